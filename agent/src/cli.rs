@@ -1,0 +1,153 @@
+//! Command-line interface of `tresor-agent`. The forms are fixed so runbooks can rely on them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Tresor agent: back up and restore with a Tresor vault.
+#[derive(Debug, Parser)]
+#[command(name = "tresor-agent", version, about, after_help = crate::exit::HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Print one JSON document on stdout (errors as JSON on stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Read the vault password from this file (else TRESOR_PASSWORD).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Open the vault with the escrow key file instead of a password.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "TRESOR_ESCROW_KEY_FILE"
+    )]
+    pub escrow_key_file: Option<PathBuf>,
+    /// Local cache directory (index copy).
+    #[arg(long, global = true, value_name = "DIR", env = "TRESOR_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Where the vault is.
+#[derive(Debug, Args)]
+pub struct VaultArg {
+    /// Vault URL: a directory path or s3://bucket/prefix.
+    #[arg(long, value_name = "URL")]
+    pub vault: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make a new vault; writes the escrow key file to keep offline.
+    Init {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// Where to write the escrow key file (refuses to overwrite).
+        #[arg(long, value_name = "FILE", default_value = "tresor-escrow.key")]
+        escrow_key_out: PathBuf,
+    },
+    /// Back up paths; prints the snapshot id.
+    Backup {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// Tag the snapshot (repeatable).
+        #[arg(long = "tag", value_name = "T")]
+        tags: Vec<String>,
+        /// Host name to record (default: this machine's).
+        #[arg(long)]
+        host: Option<String>,
+        /// Read every file even if unchanged since the parent snapshot.
+        #[arg(long)]
+        force: bool,
+        /// Paths to back up.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// List snapshots.
+    Snapshots {
+        #[command(flatten)]
+        vault: VaultArg,
+    },
+    /// List the entries of a snapshot.
+    Ls {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// Snapshot id, unique prefix, or "latest".
+        snapshot: String,
+    },
+    /// Restore a snapshot below DIR.
+    Restore {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// Snapshot id, unique prefix, or "latest".
+        snapshot: String,
+        /// Target directory; backed-up paths are recreated below it.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Restore only this path and what is below it (repeatable).
+        #[arg(long, value_name = "PATH")]
+        include: Vec<String>,
+    },
+    /// Check the vault's structure, and optionally read and verify its data.
+    Check {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// Decrypt and verify every chunk.
+        #[arg(long, conflicts_with = "read_data_subset")]
+        read_data: bool,
+        /// Decrypt and verify a seeded sample of packs, e.g. 10%.
+        #[arg(long, value_name = "N%")]
+        read_data_subset: Option<String>,
+        /// Seed for the sample (default: random, printed).
+        #[arg(long, requires = "read_data_subset")]
+        seed: Option<u64>,
+    },
+    /// Manage key slots.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Add a key slot for a new password (TRESOR_NEW_PASSWORD or --new-password-file).
+    Add {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// File holding the new password.
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+        /// Who holds the new key.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List key slots.
+    List {
+        #[command(flatten)]
+        vault: VaultArg,
+    },
+    /// Remove a key slot.
+    Remove {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// Slot id.
+        id: String,
+    },
+    /// Replace the slot you opened the vault with by one for a new password.
+    Rotate {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// File holding the new password.
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,517 @@
+//! The local commands. Each returns what to print and the exit code.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use tresor_vault::backup::{BackupOptions, BackupSession};
+use tresor_vault::check::{self, ReadData};
+use tresor_vault::keys::EscrowKey;
+use tresor_vault::snapshot::NodeKind;
+use tresor_vault::{Vault, backend};
+
+use crate::cli::{Global, KeyAction};
+use crate::exit;
+use crate::files;
+use crate::progress::{Progress, human};
+use crate::secret;
+
+/// What a command prints and how it exits.
+pub struct Outcome {
+    /// Machine-readable result (`--json`).
+    pub json: serde_json::Value,
+    /// Human-readable result.
+    pub text: String,
+    /// Exit code.
+    pub code: u8,
+}
+
+impl Outcome {
+    fn ok(json: serde_json::Value, text: String) -> Self {
+        Self {
+            json,
+            text,
+            code: exit::OK,
+        }
+    }
+}
+
+fn cache_root(g: &Global) -> PathBuf {
+    if let Some(d) = &g.cache_dir {
+        return d.clone();
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(x).join("tresor");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".cache").join("tresor");
+    }
+    std::env::temp_dir().join(format!(
+        "tresor-cache-{}",
+        rustix::process::getuid().as_raw()
+    ))
+}
+
+async fn open(g: &Global, url: &str) -> anyhow::Result<Arc<Vault>> {
+    let secret = secret::open_secret(g.password_file.as_deref(), g.escrow_key_file.as_deref())?;
+    let backend = backend::from_url(url)?;
+    Ok(Arc::new(Vault::open(backend, &secret).await?))
+}
+
+fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `init`.
+pub async fn init(g: &Global, url: &str, escrow_out: &Path) -> anyhow::Result<Outcome> {
+    let password = secret::password(
+        g.password_file.as_deref(),
+        "TRESOR_PASSWORD",
+        "--password-file",
+    )?;
+    if escrow_out.exists() {
+        bail!(
+            "escrow key file {} already exists; refusing to overwrite it (choose another --escrow-key-out)",
+            escrow_out.display()
+        );
+    }
+    let backend = backend::from_url(url)?;
+    let escrow = EscrowKey::generate();
+    let (vault, report) = Vault::init(backend, password, &escrow).await?;
+    write_private(escrow_out, escrow.to_file_text(&vault.config().vault_id).as_bytes())
+        .with_context(|| format!("the vault was made, but writing the escrow key file {} failed; add an escrow slot before relying on it", escrow_out.display()))?;
+    let caps = &report.config.capabilities;
+    let text = format!(
+        "created vault {} at {url}\n  format v{}, chunks {}-{}-{} bytes, cipher {}\n  backend {}: create-once {}, delete {}\n  key slots: password {}, escrow {}\n  escrow key file: {}  <- store it offline; with the storage location it restores everything",
+        report.config.vault_id,
+        report.config.version,
+        report.config.chunker.min_size,
+        report.config.chunker.avg_size,
+        report.config.chunker.max_size,
+        report.config.cipher,
+        caps.backend,
+        if caps.create_once {
+            "enforced by storage"
+        } else {
+            "NOT enforced by storage"
+        },
+        if caps.delete {
+            "allowed with these credentials"
+        } else {
+            "refused"
+        },
+        report.password_slot,
+        report.escrow_slot,
+        escrow_out.display()
+    );
+    Ok(Outcome::ok(
+        json!({"vault_id": report.config.vault_id, "config": report.config, "password_slot": report.password_slot, "escrow_slot": report.escrow_slot, "escrow_key_file": escrow_out}),
+        text,
+    ))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// `backup`.
+pub async fn backup(
+    g: &Global,
+    url: &str,
+    paths: &[PathBuf],
+    tags: &[String],
+    host: Option<String>,
+    force: bool,
+) -> anyhow::Result<Outcome> {
+    let mut roots = Vec::new();
+    for p in paths {
+        let abs = std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))?;
+        std::fs::symlink_metadata(&abs)
+            .with_context(|| format!("cannot back up {}", abs.display()))?;
+        roots.push(abs);
+    }
+    roots.sort();
+    roots.dedup();
+    let vault = open(g, url).await?;
+    let index = vault.sync_index(&cache_root(g)).await?;
+    let host = host.unwrap_or_else(hostname);
+    let path_strings: Vec<String> = roots.iter().map(|p| p.display().to_string()).collect();
+
+    // Parent: the newest snapshot of the same host and paths.
+    let mut parent = None;
+    if !force {
+        let snaps = vault.snapshots().await?;
+        if let Some((id, Ok(m))) = snaps.into_iter().rev().find(|(_, m)| {
+            m.as_ref()
+                .is_ok_and(|m| m.host == host && m.paths == path_strings && m.source == "files")
+        }) {
+            match vault.read_tree(&m, &index).await {
+                Ok(nodes) => {
+                    parent = Some((
+                        id,
+                        nodes
+                            .into_iter()
+                            .map(|n| (n.path.clone(), n))
+                            .collect::<HashMap<_, _>>(),
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "parent snapshot unreadable; reading every file")
+                }
+            }
+        }
+    }
+    let opts = BackupOptions {
+        host: host.clone(),
+        paths: path_strings.clone(),
+        tags: tags.to_vec(),
+        parent: parent.as_ref().map(|p| p.0),
+        ..BackupOptions::default()
+    };
+    let session = BackupSession::start(vault.clone(), index, opts).await?;
+    let sink = session.sink();
+    let progress_sink = sink.clone();
+    let progress = Progress::start(g.json, move || {
+        let s = progress_sink.stats();
+        format!(
+            "read {}  new {}  stored {}",
+            human(s.bytes_read.load(Ordering::Relaxed)),
+            human(s.bytes_new.load(Ordering::Relaxed)),
+            human(s.bytes_stored.load(Ordering::Relaxed))
+        )
+    });
+    let walk_roots = roots.clone();
+    let walked = tokio::task::spawn_blocking(move || {
+        let parent_map = parent.as_ref().map(|p| &p.1);
+        let r = files::walk::walk_and_store(&walk_roots, parent_map, &sink);
+        drop(sink);
+        r
+    })
+    .await?;
+    let walked = match walked {
+        Ok(w) => w,
+        Err(e) => {
+            session.abort().await;
+            return Err(anyhow::Error::from(e).context("backup failed; no snapshot was written"));
+        }
+    };
+    for e in &walked.errors {
+        tracing::warn!(path = %e.path, error = %e.error, "skipped");
+    }
+    let (sid, manifest) = session
+        .commit(walked.nodes, walked.summary, Default::default())
+        .await
+        .context("backup failed; no snapshot was written")?;
+    drop(progress);
+    let s = &manifest.summary;
+    let mut text = format!(
+        "snapshot {sid} saved\n  {} files, {} dirs, {} in total; read {}, new {} in {} chunks, stored {} in {:.1} s",
+        s.files,
+        s.dirs,
+        human(s.bytes),
+        human(s.bytes_read),
+        human(s.bytes_new),
+        s.chunks_new,
+        human(s.bytes_stored),
+        s.duration_ms as f64 / 1000.0
+    );
+    for e in &walked.errors {
+        text.push_str(&format!("\n  skipped {}: {}", e.path, e.error));
+    }
+    let code = if walked.errors.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    };
+    Ok(Outcome {
+        json: json!({"snapshot": sid, "manifest": manifest, "errors": walked.errors}),
+        text,
+        code,
+    })
+}
+
+/// `snapshots`.
+pub async fn snapshots(g: &Global, url: &str) -> anyhow::Result<Outcome> {
+    let vault = open(g, url).await?;
+    let mut rows = Vec::new();
+    let mut text =
+        String::from("ID        TIME                       HOST         SIZE       PATHS\n");
+    let mut bad = 0;
+    for (id, m) in vault.snapshots().await? {
+        match m {
+            Ok(m) => {
+                text.push_str(&format!(
+                    "{:<9} {:<26} {:<12} {:<10} {}\n",
+                    id.short(),
+                    &m.time[..m.time.len().min(26)],
+                    m.host,
+                    human(m.summary.bytes),
+                    m.paths.join(" ")
+                ));
+                rows.push(json!({"id": id, "time": m.time, "host": m.host, "source": m.source, "paths": m.paths, "tags": m.tags, "summary": m.summary}));
+            }
+            Err(e) => {
+                bad += 1;
+                text.push_str(&format!("{:<9} UNREADABLE: {e}\n", id.short()));
+                rows.push(json!({"id": id, "error": e}));
+            }
+        }
+    }
+    text.push_str(&format!("{} snapshots", rows.len()));
+    Ok(Outcome {
+        json: json!(rows),
+        text,
+        code: if bad > 0 { exit::DAMAGE } else { exit::OK },
+    })
+}
+
+/// `ls`.
+pub async fn ls(g: &Global, url: &str, spec: &str) -> anyhow::Result<Outcome> {
+    let vault = open(g, url).await?;
+    let index = vault.sync_index(&cache_root(g)).await?;
+    let (id, m) = vault.resolve_snapshot(spec).await?;
+    let nodes = vault.read_tree(&m, &index).await?;
+    let mut text = format!("snapshot {id} of {} at {}\n", m.host, m.time);
+    let mut rows = Vec::new();
+    for n in &nodes {
+        let kind = match n.kind {
+            NodeKind::File => "file",
+            NodeKind::Dir => "dir",
+            NodeKind::Symlink => "symlink",
+            NodeKind::Hardlink => "hardlink",
+            NodeKind::Fifo => "fifo",
+        };
+        text.push_str(&format!(
+            "{kind:<8} {:o} {:>12} {}\n",
+            n.mode & 0o7777,
+            n.size,
+            n.display_path()
+        ));
+        rows.push(json!({"path": n.display_path(), "kind": kind, "mode": n.mode, "uid": n.uid, "gid": n.gid, "size": n.size, "mtime_ns": n.mtime_ns, "blake3": n.hash.as_ref().map(hex::encode)}));
+    }
+    text.pop();
+    Ok(Outcome::ok(json!({"snapshot": id, "nodes": rows}), text))
+}
+
+/// `restore`.
+pub async fn restore(
+    g: &Global,
+    url: &str,
+    spec: &str,
+    to: &Path,
+    include: &[String],
+) -> anyhow::Result<Outcome> {
+    let started = std::time::Instant::now();
+    let vault = open(g, url).await?;
+    let index = vault.sync_index(&cache_root(g)).await?;
+    let (id, m) = vault.resolve_snapshot(spec).await?;
+    let nodes = files::restore::select(vault.read_tree(&m, &index).await?, include)?;
+    let progress = Progress::start(g.json, || "restoring".to_string());
+    let report = files::restore::restore_tree(vault, index, nodes, to).await?;
+    drop(progress);
+    let secs = started.elapsed().as_secs_f64();
+    let mut text = format!(
+        "restored snapshot {id} to {}: {} files ({}), {} other entries, {} already in place, in {secs:.1} s",
+        to.display(),
+        report.files,
+        human(report.bytes),
+        report.others,
+        report.files_skipped
+    );
+    for (p, why) in &report.failed {
+        text.push_str(&format!("\n  FAILED {p}: {why}"));
+    }
+    let code = if report.failed.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    };
+    Ok(Outcome {
+        json: json!({"snapshot": id, "target": to, "report": report, "seconds": secs}),
+        text,
+        code,
+    })
+}
+
+/// `check`.
+pub async fn check(
+    g: &Global,
+    url: &str,
+    read_data: bool,
+    subset: Option<&str>,
+    seed: Option<u64>,
+) -> anyhow::Result<Outcome> {
+    let read = match (read_data, subset) {
+        (true, _) => ReadData::All,
+        (false, Some(s)) => {
+            let pct: f64 = s.trim_end_matches('%').trim().parse().map_err(|_| {
+                anyhow::anyhow!("--read-data-subset {s:?}: expected a percentage such as 10%")
+            })?;
+            if !(0.0..=100.0).contains(&pct) || !s.trim().ends_with('%') {
+                bail!("--read-data-subset {s:?}: expected a percentage between 0% and 100%");
+            }
+            ReadData::Subset {
+                percent: pct,
+                seed: seed.unwrap_or_else(rand::random),
+            }
+        }
+        (false, None) => ReadData::None,
+    };
+    let vault = open(g, url).await?;
+    let scratch = tempfile_dir()?;
+    let report = check::run(vault, read, scratch.path()).await?;
+    let mut text = format!(
+        "{} snapshots, {} index segments, {} packs ({} unreferenced); read {} packs, verified {} chunks ({})",
+        report.snapshots,
+        report.index_segments,
+        report.packs,
+        report.unreferenced_packs,
+        report.packs_read,
+        report.chunks_verified,
+        human(report.bytes_read)
+    );
+    if let Some(seed) = report.seed {
+        text.push_str(&format!("\nsample seed {seed} (repeat with --seed {seed})"));
+    }
+    for t in &report.transient {
+        text.push_str(&format!("\ntransient: {}: {}", t.object, t.detail));
+    }
+    for p in &report.problems {
+        text.push_str(&format!("\nERROR {}: {}", p.object, p.detail));
+    }
+    for d in &report.damaged_snapshots {
+        text.push_str(&format!(
+            "\nsnapshot {} ({}) is damaged:",
+            d.snapshot, d.time
+        ));
+        for f in &d.files {
+            text.push_str(&format!("\n    {f}"));
+        }
+    }
+    text.push_str(if report.is_ok() {
+        "\nno errors found"
+    } else {
+        "\nDAMAGE FOUND"
+    });
+    let code = if report.is_ok() {
+        exit::OK
+    } else {
+        exit::DAMAGE
+    };
+    Ok(Outcome {
+        json: serde_json::to_value(&report)?,
+        text,
+        code,
+    })
+}
+
+fn tempfile_dir() -> anyhow::Result<TempDir> {
+    let p = std::env::temp_dir().join(format!(
+        "tresor-check-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&p)?;
+    Ok(TempDir(p))
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `key ...`.
+pub async fn key(g: &Global, action: &KeyAction) -> anyhow::Result<Outcome> {
+    match action {
+        KeyAction::List { vault } => {
+            let v = open(g, &vault.vault).await?;
+            let slots = v.key_list().await?;
+            let mut text =
+                String::from("ID                KIND      CREATED               LABEL\n");
+            for s in &slots {
+                let mark = if s.id == v.slot_id() { "*" } else { " " };
+                text.push_str(&format!(
+                    "{mark}{:<17} {:<9} {:<21} {}\n",
+                    s.id,
+                    format!("{:?}", s.kind).to_lowercase(),
+                    s.created,
+                    s.label
+                ));
+            }
+            text.pop();
+            let rows: Vec<_> = slots.iter().map(|s| json!({"id": s.id, "kind": s.kind, "label": s.label, "created": s.created, "kdf": {"algorithm": s.kdf.algorithm, "memory_kib": s.kdf.memory_kib, "iterations": s.kdf.iterations, "parallelism": s.kdf.parallelism}, "current": s.id == v.slot_id()})).collect();
+            Ok(Outcome::ok(json!(rows), text))
+        }
+        KeyAction::Add {
+            vault,
+            new_password_file,
+            label,
+        } => {
+            let new = secret::password(
+                new_password_file.as_deref(),
+                "TRESOR_NEW_PASSWORD",
+                "--new-password-file",
+            )?;
+            let v = open(g, &vault.vault).await?;
+            let slot = v.key_add(&new, label).await?;
+            Ok(Outcome::ok(
+                json!({"added": slot.id}),
+                format!("added key slot {} (read back and verified)", slot.id),
+            ))
+        }
+        KeyAction::Remove { vault, id } => {
+            let v = open(g, &vault.vault).await?;
+            v.key_remove(id).await?;
+            Ok(Outcome::ok(
+                json!({"removed": id}),
+                format!("removed key slot {id}"),
+            ))
+        }
+        KeyAction::Rotate {
+            vault,
+            new_password_file,
+        } => {
+            let new = secret::password(
+                new_password_file.as_deref(),
+                "TRESOR_NEW_PASSWORD",
+                "--new-password-file",
+            )?;
+            let v = open(g, &vault.vault).await?;
+            let mut v =
+                Arc::try_unwrap(v).map_err(|_| anyhow::anyhow!("vault handle is shared"))?;
+            let old = v.slot_id().to_string();
+            let slot = v.key_rotate(&new).await?;
+            Ok(Outcome::ok(
+                json!({"removed": old, "added": slot.id}),
+                format!(
+                    "key slot {old} replaced by {} (new slot verified before the old one was removed)",
+                    slot.id
+                ),
+            ))
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The files source: plain paths.
+
+pub mod meta;
+pub mod restore;
+pub mod walk;

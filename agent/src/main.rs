@@ -1,0 +1,123 @@
+//! `tresor-agent`: thin binary over the agent library modules.
+
+mod cli;
+mod commands;
+mod exit;
+mod files;
+mod progress;
+mod secret;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRESOR_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let json = cli.global.json;
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = run(&cli) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    match result {
+        None => {
+            eprintln!("interrupted; nothing half-written was committed");
+            ExitCode::from(exit::INTERRUPTED)
+        }
+        Some(Ok(out)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out.json).unwrap_or_default()
+                );
+            } else {
+                println!("{}", out.text);
+            }
+            ExitCode::from(out.code)
+        }
+        Some(Err(e)) => {
+            let code = exit::code_for(&e);
+            if json {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"error": format!("{e:#}"), "exit_code": code})
+                );
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Init {
+            vault,
+            escrow_key_out,
+        } => commands::init(g, &vault.vault, escrow_key_out).await,
+        Command::Backup {
+            vault,
+            tags,
+            host,
+            force,
+            paths,
+        } => commands::backup(g, &vault.vault, paths, tags, host.clone(), *force).await,
+        Command::Snapshots { vault } => commands::snapshots(g, &vault.vault).await,
+        Command::Ls { vault, snapshot } => commands::ls(g, &vault.vault, snapshot).await,
+        Command::Restore {
+            vault,
+            snapshot,
+            to,
+            include,
+        } => commands::restore(g, &vault.vault, snapshot, to, include).await,
+        Command::Check {
+            vault,
+            read_data,
+            read_data_subset,
+            seed,
+        } => {
+            commands::check(
+                g,
+                &vault.vault,
+                *read_data,
+                read_data_subset.as_deref(),
+                *seed,
+            )
+            .await
+        }
+        Command::Key { action } => commands::key(g, action).await,
+    }
+}

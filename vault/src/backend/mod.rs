@@ -1,0 +1,138 @@
+//! Storage backends. Objects are write-once (`create`); only session markers are overwritten.
+//!
+//! Every backend passes the same conformance suite (`tests/backend_conformance.rs`).
+
+pub mod local;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Result of a create-once write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The object was written.
+    New,
+    /// An object of that name already existed and was left untouched.
+    Existed,
+}
+
+/// A listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the vault root, `/`-separated.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Backend errors. `Transient` ones may succeed when retried.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The object does not exist.
+    #[error("{0}: object not found")]
+    NotFound(String),
+    /// The vault location itself does not exist.
+    #[error("vault location {0} does not exist")]
+    NoSuchLocation(String),
+    /// Access was refused.
+    #[error("{key}: permission denied: {detail}")]
+    PermissionDenied {
+        /// Key or location.
+        key: String,
+        /// Backend message.
+        detail: String,
+    },
+    /// The local disk or target file system is full.
+    #[error("{0}: no space left on the storage")]
+    NoSpace(String),
+    /// A retryable failure (network, 5xx) that persisted through retries.
+    #[error("{key}: transient storage error: {detail}")]
+    Transient {
+        /// Key.
+        key: String,
+        /// Detail.
+        detail: String,
+    },
+    /// Any other failure.
+    #[error("{key}: {detail}")]
+    Other {
+        /// Key.
+        key: String,
+        /// Detail.
+        detail: String,
+    },
+}
+
+impl BackendError {
+    /// Map a local I/O error for `key`.
+    pub fn from_io(key: &str, e: &std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => Self::NotFound(key.to_string()),
+            std::io::ErrorKind::PermissionDenied => Self::PermissionDenied {
+                key: key.to_string(),
+                detail: e.to_string(),
+            },
+            std::io::ErrorKind::StorageFull => Self::NoSpace(key.to_string()),
+            _ => Self::Other {
+                key: key.to_string(),
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
+/// A place where a vault's objects live.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The location, for messages.
+    fn location(&self) -> String;
+    /// "local" or "s3".
+    fn kind(&self) -> &'static str;
+    /// Check that the location exists and is reachable.
+    async fn check_location(&self) -> Result<(), BackendError>;
+    /// Write `bytes` under `key` unless it exists. Must be atomic: readers see all or nothing.
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<Created, BackendError>;
+    /// Write or replace `key` atomically (session markers only).
+    async fn overwrite(&self, key: &str, bytes: Bytes) -> Result<(), BackendError>;
+    /// Read a whole object.
+    async fn get(&self, key: &str) -> Result<Bytes, BackendError>;
+    /// Read a byte range; the result is exactly `range.end - range.start` bytes or an error.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError>;
+    /// Size of an object, `None` if absent.
+    async fn size(&self, key: &str) -> Result<Option<u64>, BackendError>;
+    /// All objects whose key starts with `prefix`, sorted by key. Errors are never turned into
+    /// a short listing.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError>;
+    /// Delete an object; deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), BackendError>;
+}
+
+/// Shared handle to a backend.
+pub type DynBackend = Arc<dyn Backend>;
+
+/// Open the backend named by a vault URL: a directory path, or `s3://bucket/prefix`.
+pub fn from_url(url: &str) -> Result<DynBackend, BackendError> {
+    if url.trim().is_empty() {
+        return Err(BackendError::Other {
+            key: url.into(),
+            detail: "vault URL is empty".into(),
+        });
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        return Err(BackendError::Other {
+            key: url.into(),
+            detail: format!("S3 vaults (bucket {rest:?}) are not supported by this build yet"),
+        });
+    }
+    if url.contains("://") {
+        return Err(BackendError::Other {
+            key: url.into(),
+            detail: "unknown URL scheme: use a directory path or s3://bucket/prefix".into(),
+        });
+    }
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    Ok(Arc::new(local::LocalBackend::new(path.into())))
+}

@@ -1,0 +1,754 @@
+//! The backup data path: chunk, hash, dedup, encode, encrypt, pack, upload, then commit.
+//!
+//! ```text
+//! callers' reader threads          pack workers (blocking)           uploader (async task)
+//! read -> CDC -> keyed BLAKE3 ->   compress -> encrypt -> verify ->   put packs (N in flight)
+//! dedup (index + pending set)  ==> own open pack (<= target size) ==> session marker refresh
+//!        [chunk queue: bounded in bytes]       [pack queue: 1 pack]
+//! commit: tree chunks -> drain -> index segments -> manifest (the one commit point)
+//! ```
+//! Every queue is bounded (docs/ARCHITECTURE.md lists the bounds), CPU work runs on blocking
+//! threads, and storage I/O is async.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::chunker::Chunker;
+use crate::codec;
+use crate::crypto::{ObjectType, VaultKeys};
+use crate::error::{Error, Result};
+use crate::ids::{ChunkId, PackId, SessionId, SnapshotId};
+use crate::index::{LocalIndex, MAX_SEGMENT_ENTRIES, PackRef, Segment};
+use crate::pack::{self, PackBuilder, PackEntry};
+use crate::snapshot::{Manifest, Node, Summary, encode_tree};
+use crate::vault::Vault;
+use crate::{failpoint, layout, object};
+
+/// Tuning of one backup run.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Host name recorded in the manifest.
+    pub host: String,
+    /// Source kind ("files").
+    pub source: String,
+    /// Paths as given.
+    pub paths: Vec<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Parent snapshot used for change detection.
+    pub parent: Option<SnapshotId>,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Pack workers (compress + encrypt threads).
+    pub workers: usize,
+    /// Pack uploads in flight.
+    pub uploads: usize,
+    /// Bound of the chunk queue, in bytes of plaintext.
+    pub queue_bytes: usize,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Self {
+            host: String::new(),
+            source: "files".into(),
+            paths: Vec::new(),
+            tags: Vec::new(),
+            parent: None,
+            compression_level: 3,
+            workers: cores.clamp(1, 8),
+            uploads: 2,
+            queue_bytes: 24 << 20,
+        }
+    }
+}
+
+/// Live counters of a run, readable while it works.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Bytes read from sources.
+    pub bytes_read: AtomicU64,
+    /// Chunks new to the vault.
+    pub chunks_new: AtomicU64,
+    /// Plaintext bytes of new chunks.
+    pub bytes_new: AtomicU64,
+    /// Bytes of packs uploaded.
+    pub bytes_stored: AtomicU64,
+    /// Packs uploaded.
+    pub packs: AtomicU64,
+}
+
+/// A writer session marker: announces a running backup and the packs it wrote or reuses, so that
+/// garbage collection can leave them alone, and so a later run can adopt packs of a crashed one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionMarker {
+    /// Marker format version.
+    pub v: u32,
+    /// Host.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// RFC 3339 start.
+    pub started: String,
+    /// RFC 3339 time of the last refresh.
+    pub refreshed: String,
+    /// Packs uploaded by this session and not yet in an index segment.
+    pub packs: Vec<PackRef>,
+    /// Packs holding chunks this session deduplicated against.
+    #[serde(default)]
+    pub reused: Vec<PackId>,
+}
+
+/// Bytes-counted admission to the chunk queue.
+struct ByteBudget {
+    used: Mutex<usize>,
+    cv: Condvar,
+    cap: usize,
+}
+
+impl ByteBudget {
+    fn acquire(&self, n: usize, failed: &AtomicBool) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used > 0 && *used + n > self.cap {
+            if failed.load(Ordering::Relaxed) {
+                return false;
+            }
+            used = self
+                .cv
+                .wait_timeout(used, std::time::Duration::from_millis(200))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *used += n;
+        true
+    }
+
+    fn release(&self, n: usize) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(n);
+        self.cv.notify_all();
+    }
+}
+
+struct ChunkJob {
+    kind: ObjectType,
+    id: ChunkId,
+    data: Vec<u8>,
+}
+
+struct FinishedPack {
+    id: PackId,
+    salt: [u8; 32],
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+struct Shared {
+    vault: Arc<Vault>,
+    keys: Arc<VaultKeys>,
+    index: Arc<LocalIndex>,
+    pending: Mutex<HashSet<ChunkId>>,
+    reused: Mutex<HashSet<PackId>>,
+    budget: ByteBudget,
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    stats: Stats,
+    level: i32,
+}
+
+impl Shared {
+    fn fail(&self, msg: String) {
+        self.failed.store(true, Ordering::SeqCst);
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        f.get_or_insert(msg);
+        self.budget.cv.notify_all();
+    }
+
+    fn failure(&self) -> String {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "backup pipeline stopped".into())
+    }
+}
+
+/// What storing one stream produced.
+#[derive(Debug, Clone)]
+pub struct StoredStream {
+    /// Chunk ids in order.
+    pub chunks: Vec<ChunkId>,
+    /// Bytes read.
+    pub len: u64,
+    /// BLAKE3 of the stream.
+    pub hash: [u8; 32],
+}
+
+/// A cloneable handle that reader threads use to feed data into the session.
+#[derive(Clone)]
+pub struct ChunkSink {
+    shared: Arc<Shared>,
+    tx: crossbeam_channel::Sender<ChunkJob>,
+}
+
+impl ChunkSink {
+    /// Chunk a stream and queue its new chunks. Blocking: call from a blocking thread.
+    pub fn store_stream<R: Read>(&self, reader: R) -> Result<StoredStream> {
+        self.store_kind(reader, ObjectType::DataChunk, |_| {})
+    }
+
+    /// Like [`Self::store_stream`], calling `progress(bytes)` after every chunk.
+    pub fn store_stream_with<R: Read>(
+        &self,
+        reader: R,
+        progress: impl FnMut(u64),
+    ) -> Result<StoredStream> {
+        self.store_kind(reader, ObjectType::DataChunk, progress)
+    }
+
+    fn store_kind<R: Read>(
+        &self,
+        reader: R,
+        kind: ObjectType,
+        mut progress: impl FnMut(u64),
+    ) -> Result<StoredStream> {
+        let s = &self.shared;
+        let mut chunker = Chunker::new(reader, &s.vault.config().chunker, s.keys.chunker_seed);
+        let mut hasher = blake3::Hasher::new();
+        let mut chunks = Vec::new();
+        let mut len = 0u64;
+        loop {
+            let chunk = match chunker.next_chunk() {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => return Err(Error::io("source stream", e)),
+            };
+            if s.failed.load(Ordering::Relaxed) {
+                return Err(Error::Invalid(s.failure()));
+            }
+            hasher.update(chunk);
+            len += chunk.len() as u64;
+            s.stats
+                .bytes_read
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            let id = s.keys.chunk_id(chunk);
+            chunks.push(id);
+            progress(chunk.len() as u64);
+            if self.known(&id)? {
+                continue;
+            }
+            let data = chunk.to_vec();
+            if !s.budget.acquire(data.len(), &s.failed) {
+                return Err(Error::Invalid(s.failure()));
+            }
+            s.stats.chunks_new.fetch_add(1, Ordering::Relaxed);
+            s.stats
+                .bytes_new
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            if self.tx.send(ChunkJob { kind, id, data }).is_err() {
+                return Err(Error::Invalid(s.failure()));
+            }
+        }
+        Ok(StoredStream {
+            chunks,
+            len,
+            hash: *hasher.finalize().as_bytes(),
+        })
+    }
+
+    /// True when the chunk is already stored or queued; otherwise marks it pending.
+    fn known(&self, id: &ChunkId) -> Result<bool> {
+        let s = &self.shared;
+        if let Some(e) = s.index.lookup(id)? {
+            s.reused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(e.pack.id);
+            return Ok(true);
+        }
+        let mut pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(!pending.insert(*id))
+    }
+
+    /// Whether all chunks are indexed (so a file's chunk list from the parent can be reused).
+    /// Records the packs as reused. Blocking.
+    pub fn reuse(&self, ids: &[ChunkId]) -> Result<bool> {
+        let s = &self.shared;
+        let mut packs = Vec::with_capacity(ids.len());
+        for id in ids {
+            match s.index.lookup(id)? {
+                Some(e) => packs.push(e.pack.id),
+                None => return Ok(false),
+            }
+        }
+        s.reused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(packs);
+        Ok(true)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+}
+
+/// One backup run, from start to commit.
+pub struct BackupSession {
+    shared: Arc<Shared>,
+    sink: Option<ChunkSink>,
+    workers: Vec<JoinHandle<Result<()>>>,
+    uploader: JoinHandle<Result<Vec<(PackRef, Vec<PackEntry>)>>>,
+    adopted: Vec<(PackRef, Vec<PackEntry>)>,
+    adopted_markers: Vec<(String, String)>,
+    id: SessionId,
+    opts: BackupOptions,
+    started: chrono::DateTime<chrono::Utc>,
+    clock: Instant,
+}
+
+impl BackupSession {
+    /// Start a session: announce it, adopt packs of crashed sessions, start workers and uploader.
+    pub async fn start(
+        vault: Arc<Vault>,
+        index: Arc<LocalIndex>,
+        opts: BackupOptions,
+    ) -> Result<Self> {
+        let id = SessionId::random();
+        let started = chrono::Utc::now();
+        let keys = vault.keys().clone();
+        let shared = Arc::new(Shared {
+            vault: vault.clone(),
+            keys,
+            index,
+            pending: Mutex::new(HashSet::new()),
+            reused: Mutex::new(HashSet::new()),
+            budget: ByteBudget {
+                used: Mutex::new(0),
+                cv: Condvar::new(),
+                cap: opts
+                    .queue_bytes
+                    .max(vault.config().chunker.max_size as usize),
+            },
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            stats: Stats::default(),
+            level: opts.compression_level,
+        });
+        let marker = SessionMarker {
+            v: 1,
+            host: opts.host.clone(),
+            pid: std::process::id(),
+            started: started.to_rfc3339(),
+            refreshed: started.to_rfc3339(),
+            ..Default::default()
+        };
+        write_marker(&vault, &id, &marker).await?;
+        let (adopted, adopted_markers) = adopt_orphans(&vault, &shared.index, &id).await?;
+        {
+            let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for (_, entries) in &adopted {
+                pending.extend(entries.iter().map(|e| e.id));
+            }
+        }
+        let (tx, rx) = crossbeam_channel::bounded::<ChunkJob>(64);
+        let (pack_tx, pack_rx) = mpsc::channel::<FinishedPack>(1);
+        let workers = (0..opts.workers.max(1))
+            .map(|_| {
+                let (shared, rx, pack_tx) = (shared.clone(), rx.clone(), pack_tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    let r = pack_worker(&shared, &rx, &pack_tx);
+                    if let Err(e) = &r {
+                        shared.fail(e.to_string());
+                    }
+                    r
+                })
+            })
+            .collect();
+        drop(pack_tx);
+        let uploader = tokio::spawn(uploader(
+            shared.clone(),
+            pack_rx,
+            id,
+            marker,
+            opts.uploads.max(1),
+        ));
+        Ok(Self {
+            sink: Some(ChunkSink {
+                shared: shared.clone(),
+                tx,
+            }),
+            shared,
+            workers,
+            uploader,
+            adopted,
+            adopted_markers,
+            id,
+            opts,
+            started,
+            clock: Instant::now(),
+        })
+    }
+
+    /// The handle for reader threads.
+    pub fn sink(&self) -> ChunkSink {
+        self.sink
+            .clone()
+            .unwrap_or_else(|| unreachable!("sink taken only by commit"))
+    }
+
+    /// This session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Store the tree, wait for every pack, write the index, then the manifest.
+    pub async fn commit(
+        mut self,
+        nodes: Vec<Node>,
+        mut summary: Summary,
+        probes: std::collections::BTreeMap<String, String>,
+    ) -> Result<(SnapshotId, Manifest)> {
+        let sink = self
+            .sink
+            .take()
+            .ok_or_else(|| Error::Invalid("session already committed".into()))?;
+        let tree_bytes = encode_tree(&nodes);
+        let tree = tokio::task::spawn_blocking(move || {
+            let r = sink.store_kind(&tree_bytes[..], ObjectType::TreeChunk, |_| {});
+            drop(sink);
+            r
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("tree task failed: {e}")))??;
+        let mut first_err = None;
+        for w in self.workers.drain(..) {
+            if let Err(e) = w
+                .await
+                .map_err(|e| Error::Invalid(format!("pack worker failed: {e}")))
+                .and_then(|r| r)
+            {
+                first_err.get_or_insert(e);
+            }
+        }
+        let uploaded = (&mut self.uploader)
+            .await
+            .map_err(|e| Error::Invalid(format!("uploader failed: {e}")))?;
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let mut packs = uploaded?;
+        packs.append(&mut self.adopted);
+        let vault = self.shared.vault.clone();
+        for group in group_packs(&packs) {
+            let seg = Segment::from_packs(0, group);
+            vault.write_segment(&seg).await?;
+            failpoint::hit("after-index-put");
+        }
+        let st = &self.shared.stats;
+        summary.bytes_read = st.bytes_read.load(Ordering::Relaxed);
+        summary.chunks_new = st.chunks_new.load(Ordering::Relaxed);
+        summary.bytes_new = st.bytes_new.load(Ordering::Relaxed);
+        summary.bytes_stored = st.bytes_stored.load(Ordering::Relaxed);
+        summary.duration_ms = self.clock.elapsed().as_millis() as u64;
+        let manifest = Manifest {
+            v: 1,
+            time: self
+                .started
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            host: self.opts.host.clone(),
+            source: self.opts.source.clone(),
+            paths: self.opts.paths.clone(),
+            tags: self.opts.tags.clone(),
+            tree: tree.chunks,
+            tree_nodes: nodes.len() as u64,
+            summary,
+            session: self.id,
+            parent: self.opts.parent,
+            probes,
+        };
+        let (sid, bytes) = object::seal(vault.keys(), ObjectType::Snapshot, &manifest);
+        failpoint::hit("before-manifest-put");
+        vault
+            .backend()
+            .create(&layout::snapshot(&sid), Bytes::from(bytes))
+            .await?;
+        // After the commit point: cleanup failures only leave markers behind, never damage.
+        if let Err(e) = vault.backend().delete(&layout::session(&self.id)).await {
+            tracing::warn!(error = %e, "could not remove the session marker");
+        }
+        let cutoff = chrono::Utc::now() - chrono::Duration::hours(1);
+        for (key, refreshed) in &self.adopted_markers {
+            let old = chrono::DateTime::parse_from_rfc3339(refreshed)
+                .map(|t| t < cutoff)
+                .unwrap_or(true);
+            if old {
+                let _ = vault.backend().delete(key).await;
+            }
+        }
+        Ok((sid, manifest))
+    }
+
+    /// Stop without committing (the caller hit an error). Workers are drained; uploaded packs stay
+    /// announced in the session marker for the next run to adopt.
+    pub async fn abort(mut self) {
+        self.shared.fail("backup aborted".into());
+        self.sink.take();
+        for w in self.workers.drain(..) {
+            let _ = w.await;
+        }
+        let _ = (&mut self.uploader).await;
+    }
+}
+
+fn group_packs(packs: &[(PackRef, Vec<PackEntry>)]) -> Vec<&[(PackRef, Vec<PackEntry>)]> {
+    let mut groups = Vec::new();
+    let (mut start, mut count) = (0, 0);
+    for (i, (_, e)) in packs.iter().enumerate() {
+        if count > 0 && count + e.len() > MAX_SEGMENT_ENTRIES {
+            groups.push(&packs[start..i]);
+            start = i;
+            count = 0;
+        }
+        count += e.len();
+    }
+    if start < packs.len() {
+        groups.push(&packs[start..]);
+    }
+    groups
+}
+
+fn pack_worker(
+    s: &Shared,
+    rx: &crossbeam_channel::Receiver<ChunkJob>,
+    out: &mpsc::Sender<FinishedPack>,
+) -> Result<()> {
+    let target = s.vault.config().pack_target_size as usize;
+    let mut builder: Option<PackBuilder> = None;
+    let flush = |b: PackBuilder| -> Result<()> {
+        let salt = *b.salt();
+        let (id, bytes, entries) = b.finish();
+        out.blocking_send(FinishedPack {
+            id,
+            salt,
+            bytes,
+            entries,
+        })
+        .map_err(|_| Error::Invalid(s.failure()))
+    };
+    for job in rx.iter() {
+        if s.failed.load(Ordering::Relaxed) {
+            s.budget.release(job.data.len());
+            return Err(Error::Invalid(s.failure()));
+        }
+        let (codec, encoded) = codec::encode(&job.data, s.level);
+        if builder
+            .as_ref()
+            .is_some_and(|b| b.len() + encoded.len() + 64 > target)
+        {
+            if let Some(b) = builder.take() {
+                flush(b)?;
+            }
+        }
+        let b = builder.get_or_insert_with(|| PackBuilder::new(&s.keys, target + 4096));
+        let added = b.add(&s.keys, job.kind, job.id, codec, &encoded, job.data.len());
+        s.budget.release(job.data.len());
+        added?;
+    }
+    if let Some(b) = builder.take().filter(|b| !b.is_empty()) {
+        flush(b)?;
+    }
+    Ok(())
+}
+
+async fn uploader(
+    s: Arc<Shared>,
+    mut rx: mpsc::Receiver<FinishedPack>,
+    session: SessionId,
+    mut marker: SessionMarker,
+    concurrency: usize,
+) -> Result<Vec<(PackRef, Vec<PackEntry>)>> {
+    let mut done = Vec::new();
+    let mut inflight = tokio::task::JoinSet::new();
+    let mut failure: Option<Error> = None;
+    let finish_one =
+        |r: std::result::Result<Result<(PackRef, Vec<PackEntry>, u64)>, tokio::task::JoinError>,
+         done: &mut Vec<_>| match r {
+            Ok(Ok((p, e, n))) => {
+                s.stats.bytes_stored.fetch_add(n, Ordering::Relaxed);
+                s.stats.packs.fetch_add(1, Ordering::Relaxed);
+                done.push((p, e));
+                None
+            }
+            Ok(Err(e)) => Some(e),
+            Err(e) => Some(Error::Invalid(format!("upload task failed: {e}"))),
+        };
+    loop {
+        tokio::select! {
+            biased;
+            Some(r) = inflight.join_next(), if !inflight.is_empty() => {
+                if let Some(e) = finish_one(r, &mut done) { failure.get_or_insert(e); s.fail("pack upload failed".into()); }
+                if failure.is_none() {
+                    refresh_marker(&s, &session, &mut marker, &done).await;
+                }
+            }
+            next = rx.recv(), if inflight.len() < concurrency => {
+                let Some(p) = next else { break };
+                if failure.is_some() { continue; }
+                let vault = s.vault.clone();
+                inflight.spawn(async move {
+                    let n = p.bytes.len() as u64;
+                    vault.backend().create(&layout::pack(&p.id), Bytes::from(p.bytes)).await?;
+                    failpoint::hit("after-pack-put");
+                    Ok((PackRef { id: p.id, salt: p.salt }, p.entries, n))
+                });
+            }
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        if let Some(e) = finish_one(r, &mut done) {
+            failure.get_or_insert(e);
+        }
+    }
+    if failure.is_none() {
+        refresh_marker(&s, &session, &mut marker, &done).await;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
+}
+
+async fn refresh_marker(
+    s: &Shared,
+    session: &SessionId,
+    marker: &mut SessionMarker,
+    done: &[(PackRef, Vec<PackEntry>)],
+) {
+    marker.refreshed = chrono::Utc::now().to_rfc3339();
+    marker.packs = done.iter().map(|(p, _)| *p).collect();
+    marker.reused = s
+        .reused
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .copied()
+        .collect();
+    // A failed refresh loses only the adoption hint for a crash; the backup itself goes on.
+    if let Err(e) = write_marker(&s.vault, session, marker).await {
+        tracing::warn!(error = %e, "could not refresh the session marker");
+    }
+}
+
+async fn write_marker(vault: &Vault, id: &SessionId, marker: &SessionMarker) -> Result<()> {
+    let (_, bytes) = object::seal(vault.keys(), ObjectType::Session, marker);
+    vault
+        .backend()
+        .overwrite(&layout::session(id), Bytes::from(bytes))
+        .await?;
+    Ok(())
+}
+
+type Adopted = (Vec<(PackRef, Vec<PackEntry>)>, Vec<(String, String)>);
+
+/// Packs announced by sessions that never committed are indexed by this run instead of being
+/// uploaded again; a crashed backup thus costs little more than the data in flight.
+async fn adopt_orphans(vault: &Vault, index: &LocalIndex, own: &SessionId) -> Result<Adopted> {
+    let mut adopted = Vec::new();
+    let mut markers = Vec::new();
+    let mut seen = HashSet::new();
+    for info in vault.backend().list(layout::SESSIONS).await? {
+        if info.key == layout::session(own) {
+            continue;
+        }
+        let Ok(bytes) = vault.backend().get(&info.key).await else {
+            continue;
+        };
+        let marker: SessionMarker = match object::open(vault.keys(), ObjectType::Session, &bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(key = %info.key, error = %e, "ignoring unreadable session marker");
+                continue;
+            }
+        };
+        for p in &marker.packs {
+            if !seen.insert(p.id) {
+                continue;
+            }
+            match read_pack_directory(vault, &p.id).await {
+                Ok(dir) => {
+                    let mut all_indexed = true;
+                    for e in &dir.entries {
+                        if !index.contains(&e.id)? {
+                            all_indexed = false;
+                            break;
+                        }
+                    }
+                    if !all_indexed {
+                        adopted.push((
+                            PackRef {
+                                id: p.id,
+                                salt: dir.salt,
+                            },
+                            dir.entries,
+                        ));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pack = %p.id, error = %e, "announced pack unusable; not adopted")
+                }
+            }
+        }
+        markers.push((info.key.clone(), marker.refreshed.clone()));
+    }
+    if !adopted.is_empty() {
+        tracing::info!(
+            packs = adopted.len(),
+            "adopting packs of interrupted backups"
+        );
+    }
+    Ok((adopted, markers))
+}
+
+/// Read a pack's directory with three ranged reads (size, footer, directory) plus the header.
+pub async fn read_pack_directory(vault: &Vault, id: &PackId) -> Result<pack::PackDirectory> {
+    let key = layout::pack(id);
+    let be = vault.backend();
+    let size = be
+        .size(&key)
+        .await?
+        .ok_or_else(|| Error::integrity(format!("pack {id}"), "missing"))?;
+    if size < (pack::HEADER_LEN + pack::FOOTER_LEN) as u64 {
+        return Err(Error::integrity(
+            format!("pack {id}"),
+            format!("only {size} bytes"),
+        ));
+    }
+    let footer = be
+        .get_range(&key, size - pack::FOOTER_LEN as u64..size)
+        .await?;
+    let dir_len =
+        pack::parse_footer(&footer, size).map_err(|e| Error::integrity(format!("pack {id}"), e))?;
+    let dir_start = size - pack::FOOTER_LEN as u64 - u64::from(dir_len);
+    let header = be.get_range(&key, 0..pack::HEADER_LEN as u64).await?;
+    let dir = be
+        .get_range(&key, dir_start..size - pack::FOOTER_LEN as u64)
+        .await?;
+    let keys = vault.keys().clone();
+    tokio::task::spawn_blocking(move || pack::read_directory(&keys, &header, &dir, size))
+        .await
+        .map_err(|e| Error::Invalid(format!("task failed: {e}")))?
+        .map_err(|e| Error::integrity(format!("pack {id}"), e))
+}

@@ -1,0 +1,348 @@
+//! `check`: structure (every referenced chunk indexed, every indexed pack present) and, on request,
+//! a cryptographic read of all packs or a seeded sample. Damage is traced to the snapshots and files
+//! it affects. A read that fails once and passes when repeated is reported as transient, not damage.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::ids::{ChunkId, ObjectId, PackId};
+use crate::index::LocalIndex;
+use crate::vault::Vault;
+use crate::{layout, pack};
+
+/// How much data to read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadData {
+    /// Structure only.
+    None,
+    /// Every pack.
+    All,
+    /// A sample: each pack is read with this probability, chosen by a seeded hash of its id.
+    Subset {
+        /// Percent of packs, 0-100.
+        percent: f64,
+        /// Seed (printed so a run can be repeated).
+        seed: u64,
+    },
+}
+
+/// One problem found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// What is affected (object key, chunk).
+    pub object: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// Damage as seen from one snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedSnapshot {
+    /// Snapshot id.
+    pub snapshot: String,
+    /// Snapshot time.
+    pub time: String,
+    /// Files with missing or damaged chunks (display paths); the tree itself if unreadable.
+    pub files: Vec<String>,
+}
+
+/// Result of a check.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Snapshots examined.
+    pub snapshots: usize,
+    /// Index segments read.
+    pub index_segments: usize,
+    /// Packs listed.
+    pub packs: usize,
+    /// Packs read in full.
+    pub packs_read: usize,
+    /// Chunks decrypted and verified.
+    pub chunks_verified: u64,
+    /// Bytes downloaded for the read.
+    pub bytes_read: u64,
+    /// Seed used for a subset read.
+    pub seed: Option<u64>,
+    /// Packs no index lists (left by interrupted backups; not an error).
+    pub unreferenced_packs: usize,
+    /// Errors: the vault is damaged.
+    pub problems: Vec<Problem>,
+    /// Reads that failed once and verified on the second try.
+    pub transient: Vec<Problem>,
+    /// Snapshots affected by damage, with their files.
+    pub damaged_snapshots: Vec<DamagedSnapshot>,
+}
+
+impl CheckReport {
+    /// No damage found.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty() && self.damaged_snapshots.is_empty()
+    }
+}
+
+/// Whether a pack is in the sample.
+pub fn sampled(id: &PackId, percent: f64, seed: u64) -> bool {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(id.as_bytes());
+    let v = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or_default());
+    (v as f64 / u64::MAX as f64) * 100.0 < percent
+}
+
+/// Run a check. `scratch` is an empty directory for a private index cache built from the vault
+/// (the agent's own cache is not trusted for this).
+pub async fn run(
+    vault: Arc<Vault>,
+    read: ReadData,
+    scratch: &std::path::Path,
+) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let be = vault.backend().clone();
+    let pack_list = be.list(layout::DATA).await?;
+    let packs: HashMap<PackId, u64> = pack_list
+        .iter()
+        .filter_map(|i| layout::id_of::<PackId>(&i.key).map(|id| (id, i.size)))
+        .collect();
+    report.packs = packs.len();
+    for i in &pack_list {
+        if layout::id_of::<PackId>(&i.key).is_none_or(|id| layout::pack(&id) != i.key) {
+            report.problems.push(Problem {
+                object: i.key.clone(),
+                detail: "unexpected object in data/".into(),
+            });
+        }
+    }
+
+    // Index: a private cache built only from segments that verify.
+    let mut index = LocalIndex::open(scratch)?;
+    let mut indexed_packs: HashSet<PackId> = HashSet::new();
+    let mut missing_packs: HashSet<PackId> = HashSet::new();
+    for info in be.list(layout::INDEX).await? {
+        let Some(id) = layout::id_of::<ObjectId>(&info.key) else {
+            report.problems.push(Problem {
+                object: info.key.clone(),
+                detail: "unexpected object in index/".into(),
+            });
+            continue;
+        };
+        match vault.read_segment(&id).await {
+            Ok(seg) => {
+                report.index_segments += 1;
+                for p in &seg.packs {
+                    indexed_packs.insert(p.id);
+                    if !packs.contains_key(&p.id) && missing_packs.insert(p.id) {
+                        report.problems.push(Problem {
+                            object: layout::pack(&p.id),
+                            detail: format!("pack listed by index segment {id} is missing"),
+                        });
+                    }
+                }
+                index = tokio::task::spawn_blocking(move || {
+                    let mut index = index;
+                    index.add_segment(id, &seg).map(|()| index)
+                })
+                .await
+                .map_err(|e| Error::Invalid(e.to_string()))??;
+            }
+            Err(e) => report.problems.push(Problem {
+                object: info.key.clone(),
+                detail: format!("index segment unreadable: {e}"),
+            }),
+        }
+    }
+    report.unreferenced_packs = packs.keys().filter(|p| !indexed_packs.contains(p)).count();
+
+    // Read data.
+    let mut damaged_packs: HashSet<PackId> = HashSet::new();
+    let mut damaged_chunks: HashSet<ChunkId> = HashSet::new();
+    let selected: Vec<PackId> = match read {
+        ReadData::None => Vec::new(),
+        ReadData::All => indexed_packs
+            .iter()
+            .filter(|p| packs.contains_key(p))
+            .copied()
+            .collect(),
+        ReadData::Subset { percent, seed } => {
+            report.seed = Some(seed);
+            indexed_packs
+                .iter()
+                .filter(|p| packs.contains_key(p) && sampled(p, percent, seed))
+                .copied()
+                .collect()
+        }
+    };
+    let mut selected = selected;
+    selected.sort();
+    for id in selected {
+        let mut outcome = read_pack(&vault, &id).await;
+        if outcome.as_ref().is_ok_and(|o| !o.clean()) || outcome.is_err() {
+            let first = describe(&outcome);
+            let again = read_pack(&vault, &id).await;
+            if again.as_ref().is_ok_and(PackRead::clean) {
+                report.transient.push(Problem {
+                    object: layout::pack(&id),
+                    detail: format!("first read failed ({first}); second read verified"),
+                });
+            }
+            outcome = again;
+        }
+        report.packs_read += 1;
+        match outcome {
+            Ok(o) => {
+                report.chunks_verified += o.verified;
+                report.bytes_read += o.bytes;
+                if o.hash_mismatch {
+                    report.problems.push(Problem {
+                        object: layout::pack(&id),
+                        detail: "pack content does not match its name (damaged or altered)".into(),
+                    });
+                }
+                if let Some(f) = o.fatal {
+                    damaged_packs.insert(id);
+                    report.problems.push(Problem {
+                        object: layout::pack(&id),
+                        detail: f,
+                    });
+                }
+                for (chunk, why) in o.bad {
+                    damaged_chunks.insert(chunk);
+                    report.problems.push(Problem {
+                        object: format!("{} chunk {chunk}", layout::pack(&id)),
+                        detail: why,
+                    });
+                }
+            }
+            Err(e) => {
+                damaged_packs.insert(id);
+                report.problems.push(Problem {
+                    object: layout::pack(&id),
+                    detail: e.to_string(),
+                });
+            }
+        }
+    }
+
+    // Snapshots: every chunk indexed, in a present pack, not damaged.
+    let index = Arc::new(index);
+    let unusable: HashSet<PackId> = missing_packs.union(&damaged_packs).copied().collect();
+    for (sid, manifest) in vault.snapshots().await? {
+        report.snapshots += 1;
+        let m = match manifest {
+            Ok(m) => m,
+            Err(e) => {
+                report.problems.push(Problem {
+                    object: layout::snapshot(&sid),
+                    detail: e,
+                });
+                continue;
+            }
+        };
+        let mut files = BTreeSet::new();
+        match vault.read_tree(&m, &index).await {
+            Err(e) => {
+                files.insert(format!("(tree unreadable: {e})"));
+            }
+            Ok(nodes) => {
+                let (idx, unusable, damaged) =
+                    (index.clone(), unusable.clone(), damaged_chunks.clone());
+                let bad = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+                    let mut bad = Vec::new();
+                    let mut memo: HashMap<ChunkId, bool> = HashMap::new();
+                    for n in &nodes {
+                        for c in n.chunks() {
+                            let ok = match memo.get(c) {
+                                Some(ok) => *ok,
+                                None => {
+                                    let ok = !damaged.contains(c)
+                                        && idx
+                                            .lookup(c)?
+                                            .is_some_and(|e| !unusable.contains(&e.pack.id));
+                                    memo.insert(*c, ok);
+                                    ok
+                                }
+                            };
+                            if !ok {
+                                bad.push(n.display_path());
+                                break;
+                            }
+                        }
+                    }
+                    Ok(bad)
+                })
+                .await
+                .map_err(|e| Error::Invalid(e.to_string()))??;
+                files.extend(bad);
+            }
+        }
+        if !files.is_empty() {
+            report.damaged_snapshots.push(DamagedSnapshot {
+                snapshot: sid.to_hex(),
+                time: m.time.clone(),
+                files: files.into_iter().collect(),
+            });
+        }
+    }
+    Ok(report)
+}
+
+struct PackRead {
+    verified: u64,
+    bytes: u64,
+    bad: BTreeMap<ChunkId, String>,
+    /// The directory is unreadable: every chunk of the pack is lost.
+    fatal: Option<String>,
+    /// The bytes do not hash to the pack's name.
+    hash_mismatch: bool,
+}
+
+impl PackRead {
+    fn clean(&self) -> bool {
+        self.bad.is_empty() && self.fatal.is_none() && !self.hash_mismatch
+    }
+}
+
+fn describe(r: &Result<PackRead>) -> String {
+    match r {
+        Ok(o) => o
+            .fatal
+            .clone()
+            .or_else(|| o.bad.values().next().cloned())
+            .unwrap_or_else(|| "content does not match its name".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+async fn read_pack(vault: &Arc<Vault>, id: &PackId) -> Result<PackRead> {
+    let bytes = vault.backend().get(&layout::pack(id)).await?;
+    let keys = vault.keys().clone();
+    let id = *id;
+    tokio::task::spawn_blocking(move || {
+        let hash_mismatch = *blake3::hash(&bytes).as_bytes() != id.0;
+        let mut r = PackRead {
+            verified: 0,
+            bytes: bytes.len() as u64,
+            bad: BTreeMap::new(),
+            fatal: None,
+            hash_mismatch,
+        };
+        match pack::read_directory_full(&keys, &bytes) {
+            Err(e) => r.fatal = Some(e.to_string()),
+            Ok(dir) => {
+                for (e, res) in pack::open_all(&keys, &dir, &bytes) {
+                    match res {
+                        Ok(_) => r.verified += 1,
+                        Err(err) => {
+                            r.bad.insert(e.id, err.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        r
+    })
+    .await
+    .map_err(|e| Error::Invalid(e.to_string()))
+}

@@ -1,0 +1,105 @@
+//! The crate's one public error. Module errors convert into it exactly once, here.
+
+use crate::backend::BackendError;
+use crate::index::CacheError;
+use crate::keys::KeyError;
+use crate::object::ObjectError;
+use crate::pack::PackError;
+
+/// What went wrong, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The vault location does not exist.
+    #[error("vault location {0} does not exist")]
+    NoSuchLocation(String),
+    /// The location exists but holds no vault.
+    #[error(
+        "{0} is not a Tresor vault (it has no config object); run `tresor-agent init` to make one"
+    )]
+    NotAVault(String),
+    /// `init` on an existing vault.
+    #[error("{0} already holds a Tresor vault; refusing to initialise it again")]
+    AlreadyInitialized(String),
+    /// No key slot accepts the password or key file.
+    #[error("wrong password or key file: no key slot of this vault accepts it")]
+    WrongPassword,
+    /// Other key-slot trouble.
+    #[error(transparent)]
+    Key(KeyError),
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Backend(#[from] BackendError),
+    /// Stored bytes are damaged or were altered.
+    #[error("integrity: {what}: {detail}")]
+    Integrity {
+        /// Object or chunk.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+    /// Verify-before-upload caught a fault; nothing was committed.
+    #[error(transparent)]
+    VerifyAfterEncrypt(PackError),
+    /// A snapshot id or prefix did not match.
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
+    /// The local index cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// Local file I/O (sources, restore targets).
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Invalid argument or configuration.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// Wrap an I/O error with its path.
+    pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    /// An integrity error about `what`.
+    pub fn integrity(what: impl std::fmt::Display, detail: impl std::fmt::Display) -> Self {
+        Self::Integrity {
+            what: what.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+impl From<KeyError> for Error {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::WrongSecret => Self::WrongPassword,
+            other => Self::Key(other),
+        }
+    }
+}
+
+impl From<ObjectError> for Error {
+    fn from(e: ObjectError) -> Self {
+        Self::integrity("object", e)
+    }
+}
+
+impl From<PackError> for Error {
+    fn from(e: PackError) -> Self {
+        match e {
+            PackError::VerifyAfterEncrypt(_) => Self::VerifyAfterEncrypt(e),
+            other => Self::integrity("pack", other),
+        }
+    }
+}
+
+/// Result with the crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

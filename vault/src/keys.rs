@@ -1,0 +1,375 @@
+//! Key slots: the master key wrapped under an Argon2id key-encryption key.
+//!
+//! A slot is a small JSON object `keys/<slot-id>`. Each user or agent has its own slot; the escrow
+//! slot is made at `init` from a random key file that the admin stores offline.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::crypto::MasterKey;
+use crate::ids::VaultId;
+
+/// Argon2id parameters stored in a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Always "argon2id".
+    pub algorithm: String,
+    /// Argon2 version (0x13 = 19).
+    pub version: u32,
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+    /// Random salt, base64.
+    pub salt: String,
+}
+
+impl KdfParams {
+    /// The parameters `init` and `key add` write: 64 MiB, 3 passes, 1 lane.
+    pub fn recommended() -> Self {
+        let mut salt = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+        Self {
+            algorithm: "argon2id".into(),
+            version: 0x13,
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+            salt: B64.encode(salt),
+        }
+    }
+
+    fn derive(&self, secret: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        if self.algorithm != "argon2id" || self.version != 0x13 {
+            return Err(KeyError::Malformed(format!(
+                "unsupported KDF {} version {}",
+                self.algorithm, self.version
+            )));
+        }
+        // Bounds keep a crafted slot from asking for absurd memory or time.
+        if !(8 * 1024..=4 * 1024 * 1024).contains(&self.memory_kib)
+            || !(1..=64).contains(&self.iterations)
+            || !(1..=16).contains(&self.parallelism)
+        {
+            return Err(KeyError::Malformed(format!(
+                "KDF parameters out of range: memory {} KiB, {} passes, {} lanes",
+                self.memory_kib, self.iterations, self.parallelism
+            )));
+        }
+        let salt = B64
+            .decode(&self.salt)
+            .map_err(|e| KeyError::Malformed(format!("salt is not base64: {e}")))?;
+        let params =
+            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+                .map_err(|e| KeyError::Malformed(format!("KDF parameters rejected: {e}")))?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut out = Zeroizing::new([0u8; 32]);
+        argon
+            .hash_password_into(secret, &salt, out.as_mut())
+            .map_err(|e| KeyError::Malformed(format!("KDF failed: {e}")))?;
+        Ok(out)
+    }
+}
+
+/// What a slot is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotKind {
+    /// Unlocked by a password (a person or an agent's secret file).
+    Password,
+    /// Unlocked by the escrow key file made at init.
+    Escrow,
+}
+
+/// One stored key slot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeySlot {
+    /// Format of the slot object.
+    pub version: u32,
+    /// Slot id; also the object name under `keys/`.
+    pub id: String,
+    /// Password or escrow.
+    pub kind: SlotKind,
+    /// Free text: who holds it.
+    pub label: String,
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// KDF that turns the secret into the wrapping key.
+    pub kdf: KdfParams,
+    /// base64(nonce(12) || AES-256-GCM(master key) || tag(16)); AAD = "tresor key slot v1" || vault id || slot id.
+    pub wrapped_key: String,
+    /// base64 keyed-BLAKE3 MAC of the `config` object's bytes, proving the config was not altered.
+    pub config_mac: String,
+}
+
+/// Key-slot errors.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// No slot accepted the secret.
+    #[error("wrong password or key file: no key slot of this vault accepts it")]
+    WrongSecret,
+    /// The slot's bytes are not a valid slot.
+    #[error("key slot is malformed: {0}")]
+    Malformed(String),
+    /// The slot unwrapped, but the vault config does not carry its MAC.
+    #[error("the vault's config object was altered: its MAC does not match the key slot")]
+    ConfigTampered,
+    /// An escrow key file is not in the expected form.
+    #[error("escrow key file is not valid: {0}")]
+    BadKeyFile(String),
+}
+
+fn slot_aad(vault: &VaultId, slot_id: &str) -> Vec<u8> {
+    let mut aad = b"tresor key slot v1".to_vec();
+    aad.extend_from_slice(vault.as_bytes());
+    aad.extend_from_slice(slot_id.as_bytes());
+    aad
+}
+
+impl KeySlot {
+    /// Wrap `master` under `secret` with freshly salted recommended KDF parameters.
+    pub fn wrap(
+        vault: &VaultId,
+        kind: SlotKind,
+        label: &str,
+        secret: &[u8],
+        master: &MasterKey,
+        config_mac: [u8; 32],
+    ) -> Result<Self, KeyError> {
+        Self::wrap_with(
+            vault,
+            kind,
+            label,
+            secret,
+            master,
+            config_mac,
+            KdfParams::recommended(),
+        )
+    }
+
+    /// Wrap with explicit KDF parameters.
+    pub fn wrap_with(
+        vault: &VaultId,
+        kind: SlotKind,
+        label: &str,
+        secret: &[u8],
+        master: &MasterKey,
+        config_mac: [u8; 32],
+        kdf: KdfParams,
+    ) -> Result<Self, KeyError> {
+        let mut idb = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut idb);
+        let id = hex::encode(idb);
+        let kek = kdf.derive(secret)?;
+        let mut nonce = [0u8; 12];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let cipher = Aes256Gcm::new(kek.as_ref().into());
+        let aad = slot_aad(vault, &id);
+        let ct = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: master.expose(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| KeyError::Malformed("wrapping failed".into()))?;
+        let mut wrapped = nonce.to_vec();
+        wrapped.extend_from_slice(&ct);
+        Ok(Self {
+            version: 1,
+            id,
+            kind,
+            label: label.to_string(),
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            kdf,
+            wrapped_key: B64.encode(wrapped),
+            config_mac: B64.encode(config_mac),
+        })
+    }
+
+    /// Parse a slot object.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, KeyError> {
+        let slot: Self =
+            serde_json::from_slice(bytes).map_err(|e| KeyError::Malformed(e.to_string()))?;
+        if slot.version != 1 {
+            return Err(KeyError::Malformed(format!(
+                "unknown key slot version {}",
+                slot.version
+            )));
+        }
+        Ok(slot)
+    }
+
+    /// Serialise a slot object.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// Unwrap the master key with `secret`; `WrongSecret` if it does not fit.
+    pub fn unwrap(&self, vault: &VaultId, secret: &[u8]) -> Result<MasterKey, KeyError> {
+        let wrapped = B64
+            .decode(&self.wrapped_key)
+            .map_err(|e| KeyError::Malformed(format!("wrapped key is not base64: {e}")))?;
+        if wrapped.len() != 12 + 32 + 16 {
+            return Err(KeyError::Malformed(format!(
+                "wrapped key has {} bytes, expected 60",
+                wrapped.len()
+            )));
+        }
+        let kek = self.kdf.derive(secret)?;
+        let cipher = Aes256Gcm::new(kek.as_ref().into());
+        let aad = slot_aad(vault, &self.id);
+        let plain = Zeroizing::new(
+            cipher
+                .decrypt(
+                    Nonce::from_slice(&wrapped[..12]),
+                    Payload {
+                        msg: &wrapped[12..],
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| KeyError::WrongSecret)?,
+        );
+        let bytes: [u8; 32] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::WrongSecret)?;
+        Ok(MasterKey::from_bytes(bytes))
+    }
+
+    /// Check that `config_bytes` are the config this slot was made for.
+    pub fn verify_config(&self, master: &MasterKey, config_bytes: &[u8]) -> Result<(), KeyError> {
+        let expected = master.derive().config_mac(config_bytes);
+        let stored = B64
+            .decode(&self.config_mac)
+            .map_err(|_| KeyError::ConfigTampered)?;
+        if stored.as_slice() == expected.as_slice() {
+            Ok(())
+        } else {
+            Err(KeyError::ConfigTampered)
+        }
+    }
+}
+
+/// First line of an escrow key file.
+const ESCROW_HEADER: &str = "tresor-escrow-key-v1";
+
+/// A random escrow secret, as stored in the offline key file.
+pub struct EscrowKey(Zeroizing<[u8; 32]>);
+
+impl EscrowKey {
+    /// A fresh random escrow secret.
+    pub fn generate() -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, k.as_mut());
+        Self(k)
+    }
+
+    /// The key file's text.
+    pub fn to_file_text(&self, vault: &VaultId) -> String {
+        format!(
+            "{ESCROW_HEADER}\nvault {vault}\n{}\n# Keep this file offline. With the storage location it restores every snapshot of the vault.\n",
+            B64.encode(self.0.as_ref())
+        )
+    }
+
+    /// Parse a key file.
+    pub fn from_file_text(text: &str) -> Result<Self, KeyError> {
+        let mut lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        if lines.next() != Some(ESCROW_HEADER) {
+            return Err(KeyError::BadKeyFile(format!(
+                "first line must be {ESCROW_HEADER:?}"
+            )));
+        }
+        let _vault_line = lines.next();
+        let key = lines
+            .next()
+            .ok_or_else(|| KeyError::BadKeyFile("key line missing".into()))?;
+        let raw = Zeroizing::new(
+            B64.decode(key)
+                .map_err(|e| KeyError::BadKeyFile(format!("key is not base64: {e}")))?,
+        );
+        let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
+            KeyError::BadKeyFile(format!("key has {} bytes, expected 32", raw.len()))
+        })?;
+        Ok(Self(Zeroizing::new(bytes)))
+    }
+
+    /// The secret bytes fed to the KDF.
+    pub fn secret(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast_kdf() -> KdfParams {
+        KdfParams {
+            memory_kib: 8 * 1024,
+            iterations: 1,
+            ..KdfParams::recommended()
+        }
+    }
+
+    #[test]
+    fn wrap_unwrap_and_wrong_password() {
+        let vault = VaultId::random();
+        let master = MasterKey::generate();
+        let slot = KeySlot::wrap_with(
+            &vault,
+            SlotKind::Password,
+            "admin",
+            b"pw",
+            &master,
+            [0; 32],
+            fast_kdf(),
+        )
+        .unwrap();
+        let parsed = KeySlot::from_json(&slot.to_json()).unwrap();
+        assert_eq!(
+            parsed.unwrap(&vault, b"pw").unwrap().expose(),
+            master.expose()
+        );
+        assert!(matches!(
+            parsed.unwrap(&vault, b"nope"),
+            Err(KeyError::WrongSecret)
+        ));
+        assert!(matches!(
+            parsed.unwrap(&VaultId::random(), b"pw"),
+            Err(KeyError::WrongSecret)
+        ));
+    }
+
+    #[test]
+    fn recommended_parameters_are_argon2id_64mib_3_passes() {
+        let p = KdfParams::recommended();
+        assert_eq!(
+            (p.algorithm.as_str(), p.memory_kib, p.iterations),
+            ("argon2id", 65536, 3)
+        );
+    }
+
+    #[test]
+    fn escrow_file_round_trip() {
+        let k = EscrowKey::generate();
+        let text = k.to_file_text(&VaultId::random());
+        assert_eq!(
+            EscrowKey::from_file_text(&text).unwrap().secret(),
+            k.secret()
+        );
+        assert!(EscrowKey::from_file_text("garbage").is_err());
+    }
+}

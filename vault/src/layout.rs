@@ -1,0 +1,51 @@
+//! Object names inside a vault.
+
+use crate::ids::{ObjectId, PackId, SessionId};
+
+/// The config object.
+pub const CONFIG: &str = "config";
+/// Key slots.
+pub const KEYS: &str = "keys/";
+/// Packs.
+pub const DATA: &str = "data/";
+/// Index segments.
+pub const INDEX: &str = "index/";
+/// Snapshot manifests.
+pub const SNAPSHOTS: &str = "snapshots/";
+/// Writer session markers (the only objects that are overwritten).
+pub const SESSIONS: &str = "sessions/";
+/// Controller-signed snapshot receipts (reserved in format v1).
+pub const RECEIPTS: &str = "receipts/";
+/// Capability probes at init.
+pub const PROBE: &str = "probe/";
+
+/// Key of a pack.
+pub fn pack(id: &PackId) -> String {
+    let h = id.to_hex();
+    format!("{DATA}{}/{h}", &h[..2])
+}
+
+/// Key of an index segment.
+pub fn segment(id: &ObjectId) -> String {
+    format!("{INDEX}{id}")
+}
+
+/// Key of a snapshot manifest.
+pub fn snapshot(id: &ObjectId) -> String {
+    format!("{SNAPSHOTS}{id}")
+}
+
+/// Key of a session marker.
+pub fn session(id: &SessionId) -> String {
+    format!("{SESSIONS}{id}")
+}
+
+/// Key of a key slot.
+pub fn key_slot(id: &str) -> String {
+    format!("{KEYS}{id}")
+}
+
+/// The id part of a listed key (the last path component), parsed.
+pub fn id_of<T: std::str::FromStr>(key: &str) -> Option<T> {
+    key.rsplit('/').next().and_then(|s| s.parse().ok())
+}

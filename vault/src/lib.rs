@@ -1,0 +1,34 @@
+//! # tresor-vault
+//!
+//! The storage format and data path of Tresor: content-defined chunking, keyed BLAKE3 chunk ids,
+//! per-chunk codecs, AES-256-GCM with per-pack keys, packs, index segments, snapshot manifests,
+//! key slots, storage backends and `check`. No gRPC, no scheduling.
+//!
+//! Layering inside the crate, bottom up: `ids`, `crypto`, `codec`, `chunker` (pure functions) ->
+//! `pack`, `object`, `index`, `snapshot`, `keys`, `config` (formats) -> `backend` (storage) ->
+//! `vault` (an opened vault) -> `backup`, `restore`, `check` (operations).
+//!
+//! The byte layout is frozen in docs/FORMAT.md and pinned by golden vectors in
+//! `tests/golden.rs`; changing either is a format change.
+
+pub mod backend;
+pub mod backup;
+pub mod check;
+pub mod chunker;
+pub mod codec;
+pub mod config;
+pub mod crypto;
+mod error;
+pub mod failpoint;
+pub mod ids;
+pub mod index;
+pub mod keys;
+pub mod layout;
+pub mod object;
+pub mod pack;
+pub mod restore;
+pub mod snapshot;
+mod vault;
+
+pub use error::{Error, Result};
+pub use vault::{InitReport, Secret, Vault};

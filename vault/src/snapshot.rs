@@ -1,0 +1,248 @@
+//! Snapshot manifests and the tree of entries they point to.
+//!
+//! The manifest is a sealed object (type 5) named by its content hash; it is the backup's only
+//! commit point. The tree is a stream of CBOR-encoded [`Node`]s in path order, chunked like file data
+//! and stored as tree chunks in packs, so an unchanged tree costs nothing in the next snapshot.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChunkId, SessionId, SnapshotId};
+
+/// What kind of entry a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link (`target` holds the link text).
+    Symlink,
+    /// Another name of a file earlier in the tree (`target` holds that file's path).
+    Hardlink,
+    /// Named pipe.
+    Fifo,
+}
+
+/// A run of file data starting at `offset`; holes between extents are sparse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Chunks in order.
+    pub chunks: Vec<ChunkId>,
+}
+
+/// One extended attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    /// Name bytes.
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    /// Value bytes.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+/// One entry of a snapshot's tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Absolute path without the leading `/`, as raw bytes (names need not be UTF-8).
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
+    /// Entry kind.
+    pub kind: NodeKind,
+    /// Permission bits and file type bits as `st_mode`.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time (change detection only).
+    #[serde(default)]
+    pub ctime_ns: i64,
+    /// Inode (change detection only).
+    #[serde(default)]
+    pub inode: u64,
+    /// Logical size in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// Symlink text or hardlink target path.
+    #[serde(default, with = "serde_bytes")]
+    pub target: Option<Vec<u8>>,
+    /// Extended attributes.
+    #[serde(default)]
+    pub xattrs: Vec<Xattr>,
+    /// File data.
+    #[serde(default)]
+    pub extents: Vec<Extent>,
+    /// BLAKE3 of the whole logical content (holes read as zeros).
+    #[serde(default, with = "serde_bytes")]
+    pub hash: Option<Vec<u8>>,
+}
+
+impl Node {
+    /// The path for display (lossy).
+    pub fn display_path(&self) -> String {
+        format!("/{}", String::from_utf8_lossy(&self.path))
+    }
+
+    /// All chunk ids of this node in order.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkId> {
+        self.extents.iter().flat_map(|e| e.chunks.iter())
+    }
+}
+
+/// Totals recorded with a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Other entries.
+    pub others: u64,
+    /// Logical bytes of all files.
+    pub bytes: u64,
+    /// Bytes read from files this run (unchanged files are not read).
+    pub bytes_read: u64,
+    /// Chunks new to the vault.
+    pub chunks_new: u64,
+    /// Plaintext bytes of new chunks.
+    pub bytes_new: u64,
+    /// Bytes uploaded in packs.
+    pub bytes_stored: u64,
+    /// Files that could not be read (reported, skipped).
+    pub errors: u64,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// A snapshot manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub v: u32,
+    /// RFC 3339 time the backup started.
+    pub time: String,
+    /// Host that made it.
+    pub host: String,
+    /// Source kind ("files" for paths).
+    pub source: String,
+    /// Backed-up paths as given.
+    pub paths: Vec<String>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Tree chunks in order.
+    pub tree: Vec<ChunkId>,
+    /// Nodes in the tree.
+    pub tree_nodes: u64,
+    /// Totals.
+    pub summary: Summary,
+    /// Writer session that made it.
+    pub session: SessionId,
+    /// Snapshot used for change detection.
+    #[serde(default)]
+    pub parent: Option<SnapshotId>,
+    /// Application probes recorded at backup time (sources fill these).
+    #[serde(default)]
+    pub probes: BTreeMap<String, String>,
+}
+
+/// Encode nodes as a tree stream.
+pub fn encode_tree(nodes: &[Node]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let _ = ciborium::into_writer(n, &mut out);
+    }
+    out
+}
+
+/// Decode a tree stream; errors name the position.
+pub fn decode_tree(mut bytes: &[u8], expected: u64) -> Result<Vec<Node>, String> {
+    let mut nodes = Vec::with_capacity(expected.min(1 << 20) as usize);
+    while !bytes.is_empty() {
+        let node: Node = ciborium::from_reader(&mut bytes)
+            .map_err(|e| format!("tree node #{}: {e}", nodes.len()))?;
+        nodes.push(node);
+    }
+    if nodes.len() as u64 != expected {
+        return Err(format!(
+            "tree has {} nodes, manifest says {expected}",
+            nodes.len()
+        ));
+    }
+    Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node() -> impl Strategy<Value = Node> {
+        (
+            proptest::collection::vec(any::<u8>(), 0..40),
+            0u8..5,
+            any::<u32>(),
+            any::<i64>(),
+            any::<u64>(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+            proptest::collection::vec(
+                (
+                    any::<u64>(),
+                    proptest::collection::vec(any::<[u8; 32]>(), 0..3),
+                ),
+                0..3,
+            ),
+        )
+            .prop_map(|(path, k, mode, mtime_ns, size, target, ext)| Node {
+                path,
+                kind: [
+                    NodeKind::File,
+                    NodeKind::Dir,
+                    NodeKind::Symlink,
+                    NodeKind::Hardlink,
+                    NodeKind::Fifo,
+                ][k as usize],
+                mode,
+                uid: mode / 3,
+                gid: mode / 5,
+                mtime_ns,
+                ctime_ns: mtime_ns / 2,
+                inode: size / 7,
+                size,
+                target,
+                xattrs: vec![Xattr {
+                    name: b"user.x".to_vec(),
+                    value: vec![0, 255],
+                }],
+                extents: ext
+                    .into_iter()
+                    .map(|(offset, c)| Extent {
+                        offset,
+                        chunks: c.into_iter().map(ChunkId).collect(),
+                    })
+                    .collect(),
+                hash: Some(vec![1; 32]),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn tree_round_trip(nodes in proptest::collection::vec(node(), 0..20)) {
+            let bytes = encode_tree(&nodes);
+            prop_assert_eq!(decode_tree(&bytes, nodes.len() as u64).unwrap(), nodes);
+        }
+
+        #[test]
+        fn garbage_trees_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode_tree(&bytes, 3);
+        }
+    }
+}
