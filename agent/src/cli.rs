@@ -24,12 +24,7 @@ pub struct Global {
     #[arg(long, global = true, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// Open the vault with the escrow key file instead of a password.
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        env = "TRESOR_ESCROW_KEY_FILE"
-    )]
+    #[arg(long, global = true, value_name = "FILE", env = "TRESOR_ESCROW_KEY_FILE")]
     pub escrow_key_file: Option<PathBuf>,
     /// Local cache directory (index copy).
     #[arg(long, global = true, value_name = "DIR", env = "TRESOR_CACHE_DIR")]

@@ -31,11 +31,7 @@ pub struct Outcome {
 
 impl Outcome {
     fn ok(json: serde_json::Value, text: String) -> Self {
-        Self {
-            json,
-            text,
-            code: exit::OK,
-        }
+        Self { json, text, code: exit::OK }
     }
 }
 
@@ -49,10 +45,7 @@ fn cache_root(g: &Global) -> PathBuf {
     if let Some(h) = std::env::var_os("HOME") {
         return PathBuf::from(h).join(".cache").join("tresor");
     }
-    std::env::temp_dir().join(format!(
-        "tresor-cache-{}",
-        rustix::process::getuid().as_raw()
-    ))
+    std::env::temp_dir().join(format!("tresor-cache-{}", rustix::process::getuid().as_raw()))
 }
 
 async fn open(g: &Global, url: &str) -> anyhow::Result<Arc<Vault>> {
@@ -62,19 +55,12 @@ async fn open(g: &Global, url: &str) -> anyhow::Result<Arc<Vault>> {
 }
 
 fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
 /// `init`.
 pub async fn init(g: &Global, url: &str, escrow_out: &Path) -> anyhow::Result<Outcome> {
-    let password = secret::password(
-        g.password_file.as_deref(),
-        "TRESOR_PASSWORD",
-        "--password-file",
-    )?;
+    let password = secret::password(g.password_file.as_deref(), "TRESOR_PASSWORD", "--password-file")?;
     if escrow_out.exists() {
         bail!(
             "escrow key file {} already exists; refusing to overwrite it (choose another --escrow-key-out)",
@@ -84,8 +70,12 @@ pub async fn init(g: &Global, url: &str, escrow_out: &Path) -> anyhow::Result<Ou
     let backend = backend::from_url(url)?;
     let escrow = EscrowKey::generate();
     let (vault, report) = Vault::init(backend, password, &escrow).await?;
-    write_private(escrow_out, escrow.to_file_text(&vault.config().vault_id).as_bytes())
-        .with_context(|| format!("the vault was made, but writing the escrow key file {} failed; add an escrow slot before relying on it", escrow_out.display()))?;
+    write_private(escrow_out, escrow.to_file_text(&vault.config().vault_id).as_bytes()).with_context(|| {
+        format!(
+            "the vault was made, but writing the escrow key file {} failed; add an escrow slot before relying on it",
+            escrow_out.display()
+        )
+    })?;
     let caps = &report.config.capabilities;
     let text = format!(
         "created vault {} at {url}\n  format v{}, chunks {}-{}-{} bytes, cipher {}\n  backend {}: create-once {}, delete {}\n  key slots: password {}, escrow {}\n  escrow key file: {}  <- store it offline; with the storage location it restores everything",
@@ -96,16 +86,8 @@ pub async fn init(g: &Global, url: &str, escrow_out: &Path) -> anyhow::Result<Ou
         report.config.chunker.max_size,
         report.config.cipher,
         caps.backend,
-        if caps.create_once {
-            "enforced by storage"
-        } else {
-            "NOT enforced by storage"
-        },
-        if caps.delete {
-            "allowed with these credentials"
-        } else {
-            "refused"
-        },
+        if caps.create_once { "enforced by storage" } else { "NOT enforced by storage" },
+        if caps.delete { "allowed with these credentials" } else { "refused" },
         report.password_slot,
         report.escrow_slot,
         escrow_out.display()
@@ -119,11 +101,7 @@ pub async fn init(g: &Global, url: &str, escrow_out: &Path) -> anyhow::Result<Ou
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -140,8 +118,7 @@ pub async fn backup(
     let mut roots = Vec::new();
     for p in paths {
         let abs = std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))?;
-        std::fs::symlink_metadata(&abs)
-            .with_context(|| format!("cannot back up {}", abs.display()))?;
+        std::fs::symlink_metadata(&abs).with_context(|| format!("cannot back up {}", abs.display()))?;
         roots.push(abs);
     }
     roots.sort();
@@ -155,19 +132,14 @@ pub async fn backup(
     let mut parent = None;
     if !force {
         let snaps = vault.snapshots().await?;
-        if let Some((id, Ok(m))) = snaps.into_iter().rev().find(|(_, m)| {
-            m.as_ref()
-                .is_ok_and(|m| m.host == host && m.paths == path_strings && m.source == "files")
-        }) {
+        if let Some((id, Ok(m))) = snaps
+            .into_iter()
+            .rev()
+            .find(|(_, m)| m.as_ref().is_ok_and(|m| m.host == host && m.paths == path_strings && m.source == "files"))
+        {
             match vault.read_tree(&m, &index).await {
                 Ok(nodes) => {
-                    parent = Some((
-                        id,
-                        nodes
-                            .into_iter()
-                            .map(|n| (n.path.clone(), n))
-                            .collect::<HashMap<_, _>>(),
-                    ))
+                    parent = Some((id, nodes.into_iter().map(|n| (n.path.clone(), n)).collect::<HashMap<_, _>>()))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "parent snapshot unreadable; reading every file")
@@ -232,24 +204,15 @@ pub async fn backup(
     for e in &walked.errors {
         text.push_str(&format!("\n  skipped {}: {}", e.path, e.error));
     }
-    let code = if walked.errors.is_empty() {
-        exit::OK
-    } else {
-        exit::PARTIAL
-    };
-    Ok(Outcome {
-        json: json!({"snapshot": sid, "manifest": manifest, "errors": walked.errors}),
-        text,
-        code,
-    })
+    let code = if walked.errors.is_empty() { exit::OK } else { exit::PARTIAL };
+    Ok(Outcome { json: json!({"snapshot": sid, "manifest": manifest, "errors": walked.errors}), text, code })
 }
 
 /// `snapshots`.
 pub async fn snapshots(g: &Global, url: &str) -> anyhow::Result<Outcome> {
     let vault = open(g, url).await?;
     let mut rows = Vec::new();
-    let mut text =
-        String::from("ID        TIME                       HOST         SIZE       PATHS\n");
+    let mut text = String::from("ID        TIME                       HOST         SIZE       PATHS\n");
     let mut bad = 0;
     for (id, m) in vault.snapshots().await? {
         match m {
@@ -272,11 +235,7 @@ pub async fn snapshots(g: &Global, url: &str) -> anyhow::Result<Outcome> {
         }
     }
     text.push_str(&format!("{} snapshots", rows.len()));
-    Ok(Outcome {
-        json: json!(rows),
-        text,
-        code: if bad > 0 { exit::DAMAGE } else { exit::OK },
-    })
+    Ok(Outcome { json: json!(rows), text, code: if bad > 0 { exit::DAMAGE } else { exit::OK } })
 }
 
 /// `ls`.
@@ -295,12 +254,7 @@ pub async fn ls(g: &Global, url: &str, spec: &str) -> anyhow::Result<Outcome> {
             NodeKind::Hardlink => "hardlink",
             NodeKind::Fifo => "fifo",
         };
-        text.push_str(&format!(
-            "{kind:<8} {:o} {:>12} {}\n",
-            n.mode & 0o7777,
-            n.size,
-            n.display_path()
-        ));
+        text.push_str(&format!("{kind:<8} {:o} {:>12} {}\n", n.mode & 0o7777, n.size, n.display_path()));
         rows.push(json!({"path": n.display_path(), "kind": kind, "mode": n.mode, "uid": n.uid, "gid": n.gid, "size": n.size, "mtime_ns": n.mtime_ns, "blake3": n.hash.as_ref().map(hex::encode)}));
     }
     text.pop();
@@ -308,13 +262,7 @@ pub async fn ls(g: &Global, url: &str, spec: &str) -> anyhow::Result<Outcome> {
 }
 
 /// `restore`.
-pub async fn restore(
-    g: &Global,
-    url: &str,
-    spec: &str,
-    to: &Path,
-    include: &[String],
-) -> anyhow::Result<Outcome> {
+pub async fn restore(g: &Global, url: &str, spec: &str, to: &Path, include: &[String]) -> anyhow::Result<Outcome> {
     let started = std::time::Instant::now();
     let vault = open(g, url).await?;
     let index = vault.sync_index(&cache_root(g)).await?;
@@ -335,16 +283,8 @@ pub async fn restore(
     for (p, why) in &report.failed {
         text.push_str(&format!("\n  FAILED {p}: {why}"));
     }
-    let code = if report.failed.is_empty() {
-        exit::OK
-    } else {
-        exit::PARTIAL
-    };
-    Ok(Outcome {
-        json: json!({"snapshot": id, "target": to, "report": report, "seconds": secs}),
-        text,
-        code,
-    })
+    let code = if report.failed.is_empty() { exit::OK } else { exit::PARTIAL };
+    Ok(Outcome { json: json!({"snapshot": id, "target": to, "report": report, "seconds": secs}), text, code })
 }
 
 /// `check`.
@@ -358,16 +298,15 @@ pub async fn check(
     let read = match (read_data, subset) {
         (true, _) => ReadData::All,
         (false, Some(s)) => {
-            let pct: f64 = s.trim_end_matches('%').trim().parse().map_err(|_| {
-                anyhow::anyhow!("--read-data-subset {s:?}: expected a percentage such as 10%")
-            })?;
+            let pct: f64 = s
+                .trim_end_matches('%')
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--read-data-subset {s:?}: expected a percentage such as 10%"))?;
             if !(0.0..=100.0).contains(&pct) || !s.trim().ends_with('%') {
                 bail!("--read-data-subset {s:?}: expected a percentage between 0% and 100%");
             }
-            ReadData::Subset {
-                percent: pct,
-                seed: seed.unwrap_or_else(rand::random),
-            }
+            ReadData::Subset { percent: pct, seed: seed.unwrap_or_else(rand::random) }
         }
         (false, None) => ReadData::None,
     };
@@ -394,37 +333,18 @@ pub async fn check(
         text.push_str(&format!("\nERROR {}: {}", p.object, p.detail));
     }
     for d in &report.damaged_snapshots {
-        text.push_str(&format!(
-            "\nsnapshot {} ({}) is damaged:",
-            d.snapshot, d.time
-        ));
+        text.push_str(&format!("\nsnapshot {} ({}) is damaged:", d.snapshot, d.time));
         for f in &d.files {
             text.push_str(&format!("\n    {f}"));
         }
     }
-    text.push_str(if report.is_ok() {
-        "\nno errors found"
-    } else {
-        "\nDAMAGE FOUND"
-    });
-    let code = if report.is_ok() {
-        exit::OK
-    } else {
-        exit::DAMAGE
-    };
-    Ok(Outcome {
-        json: serde_json::to_value(&report)?,
-        text,
-        code,
-    })
+    text.push_str(if report.is_ok() { "\nno errors found" } else { "\nDAMAGE FOUND" });
+    let code = if report.is_ok() { exit::OK } else { exit::DAMAGE };
+    Ok(Outcome { json: serde_json::to_value(&report)?, text, code })
 }
 
 fn tempfile_dir() -> anyhow::Result<TempDir> {
-    let p = std::env::temp_dir().join(format!(
-        "tresor-check-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let p = std::env::temp_dir().join(format!("tresor-check-{}-{}", std::process::id(), rand::random::<u32>()));
     std::fs::create_dir_all(&p)?;
     Ok(TempDir(p))
 }
@@ -450,8 +370,7 @@ pub async fn key(g: &Global, action: &KeyAction) -> anyhow::Result<Outcome> {
         KeyAction::List { vault } => {
             let v = open(g, &vault.vault).await?;
             let slots = v.key_list().await?;
-            let mut text =
-                String::from("ID                KIND      CREATED               LABEL\n");
+            let mut text = String::from("ID                KIND      CREATED               LABEL\n");
             for s in &slots {
                 let mark = if s.id == v.slot_id() { "*" } else { " " };
                 text.push_str(&format!(
@@ -466,51 +385,26 @@ pub async fn key(g: &Global, action: &KeyAction) -> anyhow::Result<Outcome> {
             let rows: Vec<_> = slots.iter().map(|s| json!({"id": s.id, "kind": s.kind, "label": s.label, "created": s.created, "kdf": {"algorithm": s.kdf.algorithm, "memory_kib": s.kdf.memory_kib, "iterations": s.kdf.iterations, "parallelism": s.kdf.parallelism}, "current": s.id == v.slot_id()})).collect();
             Ok(Outcome::ok(json!(rows), text))
         }
-        KeyAction::Add {
-            vault,
-            new_password_file,
-            label,
-        } => {
-            let new = secret::password(
-                new_password_file.as_deref(),
-                "TRESOR_NEW_PASSWORD",
-                "--new-password-file",
-            )?;
+        KeyAction::Add { vault, new_password_file, label } => {
+            let new = secret::password(new_password_file.as_deref(), "TRESOR_NEW_PASSWORD", "--new-password-file")?;
             let v = open(g, &vault.vault).await?;
             let slot = v.key_add(&new, label).await?;
-            Ok(Outcome::ok(
-                json!({"added": slot.id}),
-                format!("added key slot {} (read back and verified)", slot.id),
-            ))
+            Ok(Outcome::ok(json!({"added": slot.id}), format!("added key slot {} (read back and verified)", slot.id)))
         }
         KeyAction::Remove { vault, id } => {
             let v = open(g, &vault.vault).await?;
             v.key_remove(id).await?;
-            Ok(Outcome::ok(
-                json!({"removed": id}),
-                format!("removed key slot {id}"),
-            ))
+            Ok(Outcome::ok(json!({"removed": id}), format!("removed key slot {id}")))
         }
-        KeyAction::Rotate {
-            vault,
-            new_password_file,
-        } => {
-            let new = secret::password(
-                new_password_file.as_deref(),
-                "TRESOR_NEW_PASSWORD",
-                "--new-password-file",
-            )?;
+        KeyAction::Rotate { vault, new_password_file } => {
+            let new = secret::password(new_password_file.as_deref(), "TRESOR_NEW_PASSWORD", "--new-password-file")?;
             let v = open(g, &vault.vault).await?;
-            let mut v =
-                Arc::try_unwrap(v).map_err(|_| anyhow::anyhow!("vault handle is shared"))?;
+            let mut v = Arc::try_unwrap(v).map_err(|_| anyhow::anyhow!("vault handle is shared"))?;
             let old = v.slot_id().to_string();
             let slot = v.key_rotate(&new).await?;
             Ok(Outcome::ok(
                 json!({"removed": old, "added": slot.id}),
-                format!(
-                    "key slot {old} replaced by {} (new slot verified before the old one was removed)",
-                    slot.id
-                ),
+                format!("key slot {old} replaced by {} (new slot verified before the old one was removed)", slot.id),
             ))
         }
     }

@@ -17,26 +17,16 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
             let _ = e.print();
             return ExitCode::from(code);
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRESOR_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRESOR_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -55,12 +45,12 @@ fn main() -> ExitCode {
             eprintln!("interrupted; nothing half-written was committed");
             ExitCode::from(exit::INTERRUPTED)
         }
-        Some(Ok(out)) => {
+        Some(Ok(mut out)) => {
+            if let (Some(obj), Some(peak)) = (out.json.as_object_mut(), peak_rss_bytes()) {
+                obj.insert("peak_rss_bytes".into(), peak.into());
+            }
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&out.json).unwrap_or_default()
-                );
+                println!("{}", serde_json::to_string_pretty(&out.json).unwrap_or_default());
             } else {
                 println!("{}", out.text);
             }
@@ -69,10 +59,7 @@ fn main() -> ExitCode {
         Some(Err(e)) => {
             let code = exit::code_for(&e);
             if json {
-                eprintln!(
-                    "{}",
-                    serde_json::json!({"error": format!("{e:#}"), "exit_code": code})
-                );
+                eprintln!("{}", serde_json::json!({"error": format!("{e:#}"), "exit_code": code}));
             } else {
                 eprintln!("error: {e:#}");
             }
@@ -84,40 +71,26 @@ fn main() -> ExitCode {
 async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
     let g = &cli.global;
     match &cli.command {
-        Command::Init {
-            vault,
-            escrow_key_out,
-        } => commands::init(g, &vault.vault, escrow_key_out).await,
-        Command::Backup {
-            vault,
-            tags,
-            host,
-            force,
-            paths,
-        } => commands::backup(g, &vault.vault, paths, tags, host.clone(), *force).await,
+        Command::Init { vault, escrow_key_out } => commands::init(g, &vault.vault, escrow_key_out).await,
+        Command::Backup { vault, tags, host, force, paths } => {
+            commands::backup(g, &vault.vault, paths, tags, host.clone(), *force).await
+        }
         Command::Snapshots { vault } => commands::snapshots(g, &vault.vault).await,
         Command::Ls { vault, snapshot } => commands::ls(g, &vault.vault, snapshot).await,
-        Command::Restore {
-            vault,
-            snapshot,
-            to,
-            include,
-        } => commands::restore(g, &vault.vault, snapshot, to, include).await,
-        Command::Check {
-            vault,
-            read_data,
-            read_data_subset,
-            seed,
-        } => {
-            commands::check(
-                g,
-                &vault.vault,
-                *read_data,
-                read_data_subset.as_deref(),
-                *seed,
-            )
-            .await
+        Command::Restore { vault, snapshot, to, include } => {
+            commands::restore(g, &vault.vault, snapshot, to, include).await
+        }
+        Command::Check { vault, read_data, read_data_subset, seed } => {
+            commands::check(g, &vault.vault, *read_data, read_data_subset.as_deref(), *seed).await
         }
         Command::Key { action } => commands::key(g, action).await,
     }
+}
+
+/// The process's peak resident memory so far (VmHWM), reported with --json for capacity planning.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

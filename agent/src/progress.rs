@@ -34,10 +34,7 @@ impl Progress {
             }
             bar.finish_and_clear();
         });
-        Self {
-            stop,
-            handle: Some(handle),
-        }
+        Self { stop, handle: Some(handle) }
     }
 }
 
@@ -59,9 +56,5 @@ pub fn human(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
 }

@@ -8,10 +8,8 @@ use tresor_vault::keys::EscrowKey;
 use zeroize::Zeroizing;
 
 fn read_secret_file(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    let mut bytes = Zeroizing::new(
-        std::fs::read(path)
-            .with_context(|| format!("cannot read password file {}", path.display()))?,
-    );
+    let mut bytes =
+        Zeroizing::new(std::fs::read(path).with_context(|| format!("cannot read password file {}", path.display()))?);
     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         bytes.pop();
     }
@@ -25,8 +23,7 @@ fn read_secret_file(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
 pub fn open_secret(password_file: Option<&Path>, escrow: Option<&Path>) -> anyhow::Result<Secret> {
     if let Some(path) = escrow {
         let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read escrow key file {}", path.display()))?,
+            std::fs::read_to_string(path).with_context(|| format!("cannot read escrow key file {}", path.display()))?,
         );
         return Ok(Secret::Escrow(EscrowKey::from_file_text(&text)?));
     }

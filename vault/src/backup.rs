@@ -57,9 +57,7 @@ pub struct BackupOptions {
 
 impl Default for BackupOptions {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Self {
             host: String::new(),
             source: "files".into(),
@@ -103,7 +101,7 @@ pub struct SessionMarker {
     pub started: String,
     /// RFC 3339 time of the last refresh.
     pub refreshed: String,
-    /// Packs uploaded by this session and not yet in an index segment.
+    /// Packs this session is uploading or uploaded, not yet in an index segment.
     pub packs: Vec<PackRef>,
     /// Packs holding chunks this session deduplicated against.
     #[serde(default)]
@@ -124,11 +122,8 @@ impl ByteBudget {
             if failed.load(Ordering::Relaxed) {
                 return false;
             }
-            used = self
-                .cv
-                .wait_timeout(used, std::time::Duration::from_millis(200))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            used =
+                self.cv.wait_timeout(used, std::time::Duration::from_millis(200)).unwrap_or_else(|p| p.into_inner()).0;
         }
         *used += n;
         true
@@ -209,20 +204,11 @@ impl ChunkSink {
     }
 
     /// Like [`Self::store_stream`], calling `progress(bytes)` after every chunk.
-    pub fn store_stream_with<R: Read>(
-        &self,
-        reader: R,
-        progress: impl FnMut(u64),
-    ) -> Result<StoredStream> {
+    pub fn store_stream_with<R: Read>(&self, reader: R, progress: impl FnMut(u64)) -> Result<StoredStream> {
         self.store_kind(reader, ObjectType::DataChunk, progress)
     }
 
-    fn store_kind<R: Read>(
-        &self,
-        reader: R,
-        kind: ObjectType,
-        mut progress: impl FnMut(u64),
-    ) -> Result<StoredStream> {
+    fn store_kind<R: Read>(&self, reader: R, kind: ObjectType, mut progress: impl FnMut(u64)) -> Result<StoredStream> {
         let s = &self.shared;
         let mut chunker = Chunker::new(reader, &s.vault.config().chunker, s.keys.chunker_seed);
         let mut hasher = blake3::Hasher::new();
@@ -239,9 +225,11 @@ impl ChunkSink {
             }
             hasher.update(chunk);
             len += chunk.len() as u64;
-            s.stats
-                .bytes_read
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            // Counters are about source data; tree metadata is not counted.
+            let data_kind = kind == ObjectType::DataChunk;
+            if data_kind {
+                s.stats.bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
             let id = s.keys.chunk_id(chunk);
             chunks.push(id);
             progress(chunk.len() as u64);
@@ -252,29 +240,22 @@ impl ChunkSink {
             if !s.budget.acquire(data.len(), &s.failed) {
                 return Err(Error::Invalid(s.failure()));
             }
-            s.stats.chunks_new.fetch_add(1, Ordering::Relaxed);
-            s.stats
-                .bytes_new
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            if data_kind {
+                s.stats.chunks_new.fetch_add(1, Ordering::Relaxed);
+                s.stats.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
             if self.tx.send(ChunkJob { kind, id, data }).is_err() {
                 return Err(Error::Invalid(s.failure()));
             }
         }
-        Ok(StoredStream {
-            chunks,
-            len,
-            hash: *hasher.finalize().as_bytes(),
-        })
+        Ok(StoredStream { chunks, len, hash: *hasher.finalize().as_bytes() })
     }
 
     /// True when the chunk is already stored or queued; otherwise marks it pending.
     fn known(&self, id: &ChunkId) -> Result<bool> {
         let s = &self.shared;
         if let Some(e) = s.index.lookup(id)? {
-            s.reused
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(e.pack.id);
+            s.reused.lock().unwrap_or_else(|p| p.into_inner()).insert(e.pack.id);
             return Ok(true);
         }
         let mut pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -292,10 +273,7 @@ impl ChunkSink {
                 None => return Ok(false),
             }
         }
-        s.reused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(packs);
+        s.reused.lock().unwrap_or_else(|p| p.into_inner()).extend(packs);
         Ok(true)
     }
 
@@ -305,13 +283,16 @@ impl ChunkSink {
     }
 }
 
+/// Packs with their directories, as uploaded or adopted.
+type PackList = Vec<(PackRef, Vec<PackEntry>)>;
+
 /// One backup run, from start to commit.
 pub struct BackupSession {
     shared: Arc<Shared>,
     sink: Option<ChunkSink>,
     workers: Vec<JoinHandle<Result<()>>>,
-    uploader: JoinHandle<Result<Vec<(PackRef, Vec<PackEntry>)>>>,
-    adopted: Vec<(PackRef, Vec<PackEntry>)>,
+    uploader: JoinHandle<Result<PackList>>,
+    adopted: PackList,
     adopted_markers: Vec<(String, String)>,
     id: SessionId,
     opts: BackupOptions,
@@ -321,11 +302,7 @@ pub struct BackupSession {
 
 impl BackupSession {
     /// Start a session: announce it, adopt packs of crashed sessions, start workers and uploader.
-    pub async fn start(
-        vault: Arc<Vault>,
-        index: Arc<LocalIndex>,
-        opts: BackupOptions,
-    ) -> Result<Self> {
+    pub async fn start(vault: Arc<Vault>, index: Arc<LocalIndex>, opts: BackupOptions) -> Result<Self> {
         let id = SessionId::random();
         let started = chrono::Utc::now();
         let keys = vault.keys().clone();
@@ -338,9 +315,7 @@ impl BackupSession {
             budget: ByteBudget {
                 used: Mutex::new(0),
                 cv: Condvar::new(),
-                cap: opts
-                    .queue_bytes
-                    .max(vault.config().chunker.max_size as usize),
+                cap: opts.queue_bytes.max(vault.config().chunker.max_size as usize),
             },
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
@@ -378,18 +353,9 @@ impl BackupSession {
             })
             .collect();
         drop(pack_tx);
-        let uploader = tokio::spawn(uploader(
-            shared.clone(),
-            pack_rx,
-            id,
-            marker,
-            opts.uploads.max(1),
-        ));
+        let uploader = tokio::spawn(uploader(shared.clone(), pack_rx, id, marker, opts.uploads.max(1)));
         Ok(Self {
-            sink: Some(ChunkSink {
-                shared: shared.clone(),
-                tx,
-            }),
+            sink: Some(ChunkSink { shared: shared.clone(), tx }),
             shared,
             workers,
             uploader,
@@ -404,9 +370,7 @@ impl BackupSession {
 
     /// The handle for reader threads.
     pub fn sink(&self) -> ChunkSink {
-        self.sink
-            .clone()
-            .unwrap_or_else(|| unreachable!("sink taken only by commit"))
+        self.sink.clone().unwrap_or_else(|| unreachable!("sink taken only by commit"))
     }
 
     /// This session's id.
@@ -421,10 +385,7 @@ impl BackupSession {
         mut summary: Summary,
         probes: std::collections::BTreeMap<String, String>,
     ) -> Result<(SnapshotId, Manifest)> {
-        let sink = self
-            .sink
-            .take()
-            .ok_or_else(|| Error::Invalid("session already committed".into()))?;
+        let sink = self.sink.take().ok_or_else(|| Error::Invalid("session already committed".into()))?;
         let tree_bytes = encode_tree(&nodes);
         let tree = tokio::task::spawn_blocking(move || {
             let r = sink.store_kind(&tree_bytes[..], ObjectType::TreeChunk, |_| {});
@@ -435,17 +396,11 @@ impl BackupSession {
         .map_err(|e| Error::Invalid(format!("tree task failed: {e}")))??;
         let mut first_err = None;
         for w in self.workers.drain(..) {
-            if let Err(e) = w
-                .await
-                .map_err(|e| Error::Invalid(format!("pack worker failed: {e}")))
-                .and_then(|r| r)
-            {
+            if let Err(e) = w.await.map_err(|e| Error::Invalid(format!("pack worker failed: {e}"))).and_then(|r| r) {
                 first_err.get_or_insert(e);
             }
         }
-        let uploaded = (&mut self.uploader)
-            .await
-            .map_err(|e| Error::Invalid(format!("uploader failed: {e}")))?;
+        let uploaded = (&mut self.uploader).await.map_err(|e| Error::Invalid(format!("uploader failed: {e}")))?;
         if let Some(e) = first_err {
             return Err(e);
         }
@@ -465,9 +420,7 @@ impl BackupSession {
         summary.duration_ms = self.clock.elapsed().as_millis() as u64;
         let manifest = Manifest {
             v: 1,
-            time: self
-                .started
-                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            time: self.started.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
             host: self.opts.host.clone(),
             source: self.opts.source.clone(),
             paths: self.opts.paths.clone(),
@@ -481,19 +434,14 @@ impl BackupSession {
         };
         let (sid, bytes) = object::seal(vault.keys(), ObjectType::Snapshot, &manifest);
         failpoint::hit("before-manifest-put");
-        vault
-            .backend()
-            .create(&layout::snapshot(&sid), Bytes::from(bytes))
-            .await?;
+        vault.backend().create(&layout::snapshot(&sid), Bytes::from(bytes)).await?;
         // After the commit point: cleanup failures only leave markers behind, never damage.
         if let Err(e) = vault.backend().delete(&layout::session(&self.id)).await {
             tracing::warn!(error = %e, "could not remove the session marker");
         }
         let cutoff = chrono::Utc::now() - chrono::Duration::hours(1);
         for (key, refreshed) in &self.adopted_markers {
-            let old = chrono::DateTime::parse_from_rfc3339(refreshed)
-                .map(|t| t < cutoff)
-                .unwrap_or(true);
+            let old = chrono::DateTime::parse_from_rfc3339(refreshed).map(|t| t < cutoff).unwrap_or(true);
             if old {
                 let _ = vault.backend().delete(key).await;
             }
@@ -530,23 +478,16 @@ fn group_packs(packs: &[(PackRef, Vec<PackEntry>)]) -> Vec<&[(PackRef, Vec<PackE
     groups
 }
 
-fn pack_worker(
-    s: &Shared,
-    rx: &crossbeam_channel::Receiver<ChunkJob>,
-    out: &mpsc::Sender<FinishedPack>,
-) -> Result<()> {
+/// Each worker keeps tree and data chunks in separate packs (as restic does): tree packs stay small,
+/// so reading a snapshot's tree never fetches file data, and damage to a data pack cannot take a
+/// snapshot's whole tree with it.
+fn pack_worker(s: &Shared, rx: &crossbeam_channel::Receiver<ChunkJob>, out: &mpsc::Sender<FinishedPack>) -> Result<()> {
     let target = s.vault.config().pack_target_size as usize;
-    let mut builder: Option<PackBuilder> = None;
+    let mut builders: [Option<PackBuilder>; 2] = [None, None];
     let flush = |b: PackBuilder| -> Result<()> {
         let salt = *b.salt();
         let (id, bytes, entries) = b.finish();
-        out.blocking_send(FinishedPack {
-            id,
-            salt,
-            bytes,
-            entries,
-        })
-        .map_err(|_| Error::Invalid(s.failure()))
+        out.blocking_send(FinishedPack { id, salt, bytes, entries }).map_err(|_| Error::Invalid(s.failure()))
     };
     for job in rx.iter() {
         if s.failed.load(Ordering::Relaxed) {
@@ -554,20 +495,18 @@ fn pack_worker(
             return Err(Error::Invalid(s.failure()));
         }
         let (codec, encoded) = codec::encode(&job.data, s.level);
-        if builder
-            .as_ref()
-            .is_some_and(|b| b.len() + encoded.len() + 64 > target)
+        let slot = &mut builders[usize::from(job.kind == ObjectType::TreeChunk)];
+        if slot.as_ref().is_some_and(|b| b.len() + encoded.len() + 64 > target)
+            && let Some(b) = slot.take()
         {
-            if let Some(b) = builder.take() {
-                flush(b)?;
-            }
+            flush(b)?;
         }
-        let b = builder.get_or_insert_with(|| PackBuilder::new(&s.keys, target + 4096));
+        let b = slot.get_or_insert_with(|| PackBuilder::new(&s.keys, target + 4096));
         let added = b.add(&s.keys, job.kind, job.id, codec, &encoded, job.data.len());
         s.budget.release(job.data.len());
         added?;
     }
-    if let Some(b) = builder.take().filter(|b| !b.is_empty()) {
+    for b in builders.into_iter().flatten().filter(|b| !b.is_empty()) {
         flush(b)?;
     }
     Ok(())
@@ -583,30 +522,30 @@ async fn uploader(
     let mut done = Vec::new();
     let mut inflight = tokio::task::JoinSet::new();
     let mut failure: Option<Error> = None;
-    let finish_one =
-        |r: std::result::Result<Result<(PackRef, Vec<PackEntry>, u64)>, tokio::task::JoinError>,
-         done: &mut Vec<_>| match r {
-            Ok(Ok((p, e, n))) => {
-                s.stats.bytes_stored.fetch_add(n, Ordering::Relaxed);
-                s.stats.packs.fetch_add(1, Ordering::Relaxed);
-                done.push((p, e));
-                None
-            }
-            Ok(Err(e)) => Some(e),
-            Err(e) => Some(Error::Invalid(format!("upload task failed: {e}"))),
-        };
+    let finish_one = |r: std::result::Result<Result<(PackRef, Vec<PackEntry>, u64)>, tokio::task::JoinError>,
+                      done: &mut Vec<_>| match r {
+        Ok(Ok((p, e, n))) => {
+            s.stats.bytes_stored.fetch_add(n, Ordering::Relaxed);
+            s.stats.packs.fetch_add(1, Ordering::Relaxed);
+            done.push((p, e));
+            None
+        }
+        Ok(Err(e)) => Some(e),
+        Err(e) => Some(Error::Invalid(format!("upload task failed: {e}"))),
+    };
     loop {
         tokio::select! {
             biased;
             Some(r) = inflight.join_next(), if !inflight.is_empty() => {
                 if let Some(e) = finish_one(r, &mut done) { failure.get_or_insert(e); s.fail("pack upload failed".into()); }
-                if failure.is_none() {
-                    refresh_marker(&s, &session, &mut marker, &done).await;
-                }
             }
             next = rx.recv(), if inflight.len() < concurrency => {
                 let Some(p) = next else { break };
                 if failure.is_some() { continue; }
+                // Announce the pack before it exists, so a crash right after the put still
+                // leaves it adoptable by the next run.
+                marker.packs.push(PackRef { id: p.id, salt: p.salt });
+                refresh_marker(&s, &session, &mut marker).await;
                 let vault = s.vault.clone();
                 inflight.spawn(async move {
                     let n = p.bytes.len() as u64;
@@ -622,30 +561,15 @@ async fn uploader(
             failure.get_or_insert(e);
         }
     }
-    if failure.is_none() {
-        refresh_marker(&s, &session, &mut marker, &done).await;
-    }
     match failure {
         Some(e) => Err(e),
         None => Ok(done),
     }
 }
 
-async fn refresh_marker(
-    s: &Shared,
-    session: &SessionId,
-    marker: &mut SessionMarker,
-    done: &[(PackRef, Vec<PackEntry>)],
-) {
+async fn refresh_marker(s: &Shared, session: &SessionId, marker: &mut SessionMarker) {
     marker.refreshed = chrono::Utc::now().to_rfc3339();
-    marker.packs = done.iter().map(|(p, _)| *p).collect();
-    marker.reused = s
-        .reused
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .copied()
-        .collect();
+    marker.reused = s.reused.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
     // A failed refresh loses only the adoption hint for a crash; the backup itself goes on.
     if let Err(e) = write_marker(&s.vault, session, marker).await {
         tracing::warn!(error = %e, "could not refresh the session marker");
@@ -654,10 +578,7 @@ async fn refresh_marker(
 
 async fn write_marker(vault: &Vault, id: &SessionId, marker: &SessionMarker) -> Result<()> {
     let (_, bytes) = object::seal(vault.keys(), ObjectType::Session, marker);
-    vault
-        .backend()
-        .overwrite(&layout::session(id), Bytes::from(bytes))
-        .await?;
+    vault.backend().overwrite(&layout::session(id), Bytes::from(bytes)).await?;
     Ok(())
 }
 
@@ -697,13 +618,7 @@ async fn adopt_orphans(vault: &Vault, index: &LocalIndex, own: &SessionId) -> Re
                         }
                     }
                     if !all_indexed {
-                        adopted.push((
-                            PackRef {
-                                id: p.id,
-                                salt: dir.salt,
-                            },
-                            dir.entries,
-                        ));
+                        adopted.push((PackRef { id: p.id, salt: dir.salt }, dir.entries));
                     }
                 }
                 Err(e) => {
@@ -714,10 +629,7 @@ async fn adopt_orphans(vault: &Vault, index: &LocalIndex, own: &SessionId) -> Re
         markers.push((info.key.clone(), marker.refreshed.clone()));
     }
     if !adopted.is_empty() {
-        tracing::info!(
-            packs = adopted.len(),
-            "adopting packs of interrupted backups"
-        );
+        tracing::info!(packs = adopted.len(), "adopting packs of interrupted backups");
     }
     Ok((adopted, markers))
 }
@@ -726,26 +638,15 @@ async fn adopt_orphans(vault: &Vault, index: &LocalIndex, own: &SessionId) -> Re
 pub async fn read_pack_directory(vault: &Vault, id: &PackId) -> Result<pack::PackDirectory> {
     let key = layout::pack(id);
     let be = vault.backend();
-    let size = be
-        .size(&key)
-        .await?
-        .ok_or_else(|| Error::integrity(format!("pack {id}"), "missing"))?;
+    let size = be.size(&key).await?.ok_or_else(|| Error::integrity(format!("pack {id}"), "missing"))?;
     if size < (pack::HEADER_LEN + pack::FOOTER_LEN) as u64 {
-        return Err(Error::integrity(
-            format!("pack {id}"),
-            format!("only {size} bytes"),
-        ));
+        return Err(Error::integrity(format!("pack {id}"), format!("only {size} bytes")));
     }
-    let footer = be
-        .get_range(&key, size - pack::FOOTER_LEN as u64..size)
-        .await?;
-    let dir_len =
-        pack::parse_footer(&footer, size).map_err(|e| Error::integrity(format!("pack {id}"), e))?;
+    let footer = be.get_range(&key, size - pack::FOOTER_LEN as u64..size).await?;
+    let dir_len = pack::parse_footer(&footer, size).map_err(|e| Error::integrity(format!("pack {id}"), e))?;
     let dir_start = size - pack::FOOTER_LEN as u64 - u64::from(dir_len);
     let header = be.get_range(&key, 0..pack::HEADER_LEN as u64).await?;
-    let dir = be
-        .get_range(&key, dir_start..size - pack::FOOTER_LEN as u64)
-        .await?;
+    let dir = be.get_range(&key, dir_start..size - pack::FOOTER_LEN as u64).await?;
     let keys = vault.keys().clone();
     tokio::task::spawn_blocking(move || pack::read_directory(&keys, &header, &dir, size))
         .await

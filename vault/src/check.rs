@@ -94,25 +94,16 @@ pub fn sampled(id: &PackId, percent: f64, seed: u64) -> bool {
 
 /// Run a check. `scratch` is an empty directory for a private index cache built from the vault
 /// (the agent's own cache is not trusted for this).
-pub async fn run(
-    vault: Arc<Vault>,
-    read: ReadData,
-    scratch: &std::path::Path,
-) -> Result<CheckReport> {
+pub async fn run(vault: Arc<Vault>, read: ReadData, scratch: &std::path::Path) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let be = vault.backend().clone();
     let pack_list = be.list(layout::DATA).await?;
-    let packs: HashMap<PackId, u64> = pack_list
-        .iter()
-        .filter_map(|i| layout::id_of::<PackId>(&i.key).map(|id| (id, i.size)))
-        .collect();
+    let packs: HashMap<PackId, u64> =
+        pack_list.iter().filter_map(|i| layout::id_of::<PackId>(&i.key).map(|id| (id, i.size))).collect();
     report.packs = packs.len();
     for i in &pack_list {
         if layout::id_of::<PackId>(&i.key).is_none_or(|id| layout::pack(&id) != i.key) {
-            report.problems.push(Problem {
-                object: i.key.clone(),
-                detail: "unexpected object in data/".into(),
-            });
+            report.problems.push(Problem { object: i.key.clone(), detail: "unexpected object in data/".into() });
         }
     }
 
@@ -122,10 +113,7 @@ pub async fn run(
     let mut missing_packs: HashSet<PackId> = HashSet::new();
     for info in be.list(layout::INDEX).await? {
         let Some(id) = layout::id_of::<ObjectId>(&info.key) else {
-            report.problems.push(Problem {
-                object: info.key.clone(),
-                detail: "unexpected object in index/".into(),
-            });
+            report.problems.push(Problem { object: info.key.clone(), detail: "unexpected object in index/".into() });
             continue;
         };
         match vault.read_segment(&id).await {
@@ -147,10 +135,9 @@ pub async fn run(
                 .await
                 .map_err(|e| Error::Invalid(e.to_string()))??;
             }
-            Err(e) => report.problems.push(Problem {
-                object: info.key.clone(),
-                detail: format!("index segment unreadable: {e}"),
-            }),
+            Err(e) => report
+                .problems
+                .push(Problem { object: info.key.clone(), detail: format!("index segment unreadable: {e}") }),
         }
     }
     report.unreferenced_packs = packs.keys().filter(|p| !indexed_packs.contains(p)).count();
@@ -160,18 +147,10 @@ pub async fn run(
     let mut damaged_chunks: HashSet<ChunkId> = HashSet::new();
     let selected: Vec<PackId> = match read {
         ReadData::None => Vec::new(),
-        ReadData::All => indexed_packs
-            .iter()
-            .filter(|p| packs.contains_key(p))
-            .copied()
-            .collect(),
+        ReadData::All => indexed_packs.iter().filter(|p| packs.contains_key(p)).copied().collect(),
         ReadData::Subset { percent, seed } => {
             report.seed = Some(seed);
-            indexed_packs
-                .iter()
-                .filter(|p| packs.contains_key(p) && sampled(p, percent, seed))
-                .copied()
-                .collect()
+            indexed_packs.iter().filter(|p| packs.contains_key(p) && sampled(p, percent, seed)).copied().collect()
         }
     };
     let mut selected = selected;
@@ -202,27 +181,26 @@ pub async fn run(
                 }
                 if let Some(f) = o.fatal {
                     damaged_packs.insert(id);
-                    report.problems.push(Problem {
-                        object: layout::pack(&id),
-                        detail: f,
-                    });
+                    report.problems.push(Problem { object: layout::pack(&id), detail: f });
                 }
                 for (chunk, why) in o.bad {
                     damaged_chunks.insert(chunk);
-                    report.problems.push(Problem {
-                        object: format!("{} chunk {chunk}", layout::pack(&id)),
-                        detail: why,
-                    });
+                    report
+                        .problems
+                        .push(Problem { object: format!("{} chunk {chunk}", layout::pack(&id)), detail: why });
                 }
             }
             Err(e) => {
                 damaged_packs.insert(id);
-                report.problems.push(Problem {
-                    object: layout::pack(&id),
-                    detail: e.to_string(),
-                });
+                report.problems.push(Problem { object: layout::pack(&id), detail: e.to_string() });
             }
         }
+    }
+
+    // A pack whose directory is unreadable (truncated, say) may still hold good blobs: try each
+    // blob the index lists, so damage is traced to the chunks actually lost.
+    if !damaged_packs.is_empty() {
+        salvage(&vault, &mut damaged_packs, &mut damaged_chunks, &mut report).await?;
     }
 
     // Snapshots: every chunk indexed, in a present pack, not damaged.
@@ -233,10 +211,7 @@ pub async fn run(
         let m = match manifest {
             Ok(m) => m,
             Err(e) => {
-                report.problems.push(Problem {
-                    object: layout::snapshot(&sid),
-                    detail: e,
-                });
+                report.problems.push(Problem { object: layout::snapshot(&sid), detail: e });
                 continue;
             }
         };
@@ -246,8 +221,7 @@ pub async fn run(
                 files.insert(format!("(tree unreadable: {e})"));
             }
             Ok(nodes) => {
-                let (idx, unusable, damaged) =
-                    (index.clone(), unusable.clone(), damaged_chunks.clone());
+                let (idx, unusable, damaged) = (index.clone(), unusable.clone(), damaged_chunks.clone());
                 let bad = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
                     let mut bad = Vec::new();
                     let mut memo: HashMap<ChunkId, bool> = HashMap::new();
@@ -257,9 +231,7 @@ pub async fn run(
                                 Some(ok) => *ok,
                                 None => {
                                     let ok = !damaged.contains(c)
-                                        && idx
-                                            .lookup(c)?
-                                            .is_some_and(|e| !unusable.contains(&e.pack.id));
+                                        && idx.lookup(c)?.is_some_and(|e| !unusable.contains(&e.pack.id));
                                     memo.insert(*c, ok);
                                     ok
                                 }
@@ -321,13 +293,8 @@ async fn read_pack(vault: &Arc<Vault>, id: &PackId) -> Result<PackRead> {
     let id = *id;
     tokio::task::spawn_blocking(move || {
         let hash_mismatch = *blake3::hash(&bytes).as_bytes() != id.0;
-        let mut r = PackRead {
-            verified: 0,
-            bytes: bytes.len() as u64,
-            bad: BTreeMap::new(),
-            fatal: None,
-            hash_mismatch,
-        };
+        let mut r =
+            PackRead { verified: 0, bytes: bytes.len() as u64, bad: BTreeMap::new(), fatal: None, hash_mismatch };
         match pack::read_directory_full(&keys, &bytes) {
             Err(e) => r.fatal = Some(e.to_string()),
             Ok(dir) => {
@@ -345,4 +312,47 @@ async fn read_pack(vault: &Arc<Vault>, id: &PackId) -> Result<PackRead> {
     })
     .await
     .map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// Re-read the index for packs with an unreadable directory and verify their blobs one by one.
+async fn salvage(
+    vault: &Arc<Vault>,
+    damaged_packs: &mut HashSet<PackId>,
+    damaged_chunks: &mut HashSet<ChunkId>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let mut listed: HashMap<PackId, Vec<crate::index::IndexEntry>> = HashMap::new();
+    for info in vault.backend().list(layout::INDEX).await? {
+        let Some(id) = layout::id_of::<ObjectId>(&info.key) else { continue };
+        let Ok(seg) = vault.read_segment(&id).await else { continue };
+        for e in seg.iter().filter(|e| damaged_packs.contains(&e.pack.id)) {
+            listed.entry(e.pack.id).or_default().push(e);
+        }
+    }
+    for (pack_id, entries) in listed {
+        let Ok(bytes) = vault.backend().get(&layout::pack(&pack_id)).await else { continue };
+        let keys = vault.keys().clone();
+        let bad: Vec<ChunkId> = tokio::task::spawn_blocking(move || {
+            entries
+                .iter()
+                .filter(|e| {
+                    let (s, n) = (e.blob.offset as usize, e.blob.stored_len as usize);
+                    let loc = pack::BlobLocation { salt: e.pack.salt, counter: e.counter, entry: e.blob };
+                    bytes.get(s..s + n).is_none_or(|sealed| pack::open_located(&keys, &loc, sealed).is_err())
+                })
+                .map(|e| e.id)
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        for c in &bad {
+            report.problems.push(Problem {
+                object: format!("{} chunk {c}", layout::pack(&pack_id)),
+                detail: "blob unreadable".into(),
+            });
+        }
+        damaged_chunks.extend(bad);
+        damaged_packs.remove(&pack_id);
+    }
+    Ok(())
 }

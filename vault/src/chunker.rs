@@ -106,12 +106,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn small() -> ChunkerParams {
-        ChunkerParams {
-            min_size: 256,
-            avg_size: 1024,
-            max_size: 4096,
-            ..ChunkerParams::default()
-        }
+        ChunkerParams { min_size: 256, avg_size: 1024, max_size: 4096, ..ChunkerParams::default() }
     }
 
     proptest! {

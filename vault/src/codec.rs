@@ -64,17 +64,13 @@ pub fn decode(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, Co
     match codec {
         Codec::Raw => {
             if stored.len() != raw_len {
-                return Err(CodecError::Corrupt(format!(
-                    "raw chunk has {} bytes, index says {raw_len}",
-                    stored.len()
-                )));
+                return Err(CodecError::Corrupt(format!("raw chunk has {} bytes, index says {raw_len}", stored.len())));
             }
             Ok(stored.to_vec())
         }
         Codec::Zstd => {
             // Capacity is the recorded length, so a crafted frame cannot make us allocate more.
-            let out = zstd::bulk::decompress(stored, raw_len)
-                .map_err(|e| CodecError::Corrupt(e.to_string()))?;
+            let out = zstd::bulk::decompress(stored, raw_len).map_err(|e| CodecError::Corrupt(e.to_string()))?;
             if out.len() != raw_len {
                 return Err(CodecError::Corrupt(format!(
                     "zstd chunk decoded to {} bytes, index says {raw_len}",

@@ -122,13 +122,9 @@ impl VaultConfig {
 
     /// Parse and validate stored bytes. Unknown fields are ignored (readers skip what they do not know).
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let cfg: Self =
-            serde_json::from_slice(bytes).map_err(|e| format!("config is not valid JSON: {e}"))?;
+        let cfg: Self = serde_json::from_slice(bytes).map_err(|e| format!("config is not valid JSON: {e}"))?;
         if cfg.format != FORMAT_NAME {
-            return Err(format!(
-                "config format is {:?}, not {FORMAT_NAME:?}",
-                cfg.format
-            ));
+            return Err(format!("config format is {:?}, not {FORMAT_NAME:?}", cfg.format));
         }
         if cfg.version != FORMAT_VERSION {
             return Err(format!(
@@ -137,16 +133,10 @@ impl VaultConfig {
             ));
         }
         if cfg.cipher != "aes-256-gcm" || cfg.chunk_id != "blake3-keyed" {
-            return Err(format!(
-                "unsupported cipher {:?} or chunk id {:?}",
-                cfg.cipher, cfg.chunk_id
-            ));
+            return Err(format!("unsupported cipher {:?} or chunk id {:?}", cfg.cipher, cfg.chunk_id));
         }
         if !PACK_TARGET_RANGE.contains(&cfg.pack_target_size) {
-            return Err(format!(
-                "pack target size {} is outside 16-64 MiB",
-                cfg.pack_target_size
-            ));
+            return Err(format!("pack target size {} is outside 16-64 MiB", cfg.pack_target_size));
         }
         cfg.chunker.validate()?;
         Ok(cfg)

@@ -181,12 +181,7 @@ impl SealKey {
         let (ct, tag) = sealed.split_at(sealed.len() - TAG_LEN);
         let mut buf = ct.to_vec();
         self.0
-            .decrypt_in_place_detached(
-                Nonce::from_slice(nonce),
-                aad,
-                &mut buf,
-                Tag::from_slice(tag),
-            )
+            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag))
             .map_err(|_| AuthError)?;
         Ok(buf)
     }
@@ -200,46 +195,13 @@ mod tests {
     fn open_rejects_changed_aad_or_bytes() {
         let key = SealKey::new(&[7u8; 32]);
         let id = ChunkId([1; 32]);
-        let sealed = key.seal(
-            &counter_nonce(3),
-            &blob_aad(ObjectType::DataChunk, 0, &id),
-            b"hello",
-        );
-        assert_eq!(
-            key.open(
-                &counter_nonce(3),
-                &blob_aad(ObjectType::DataChunk, 0, &id),
-                &sealed
-            )
-            .unwrap(),
-            b"hello"
-        );
-        assert!(
-            key.open(
-                &counter_nonce(3),
-                &blob_aad(ObjectType::TreeChunk, 0, &id),
-                &sealed
-            )
-            .is_err()
-        );
-        assert!(
-            key.open(
-                &counter_nonce(4),
-                &blob_aad(ObjectType::DataChunk, 0, &id),
-                &sealed
-            )
-            .is_err()
-        );
+        let sealed = key.seal(&counter_nonce(3), &blob_aad(ObjectType::DataChunk, 0, &id), b"hello");
+        assert_eq!(key.open(&counter_nonce(3), &blob_aad(ObjectType::DataChunk, 0, &id), &sealed).unwrap(), b"hello");
+        assert!(key.open(&counter_nonce(3), &blob_aad(ObjectType::TreeChunk, 0, &id), &sealed).is_err());
+        assert!(key.open(&counter_nonce(4), &blob_aad(ObjectType::DataChunk, 0, &id), &sealed).is_err());
         let mut flipped = sealed.clone();
         flipped[0] ^= 1;
-        assert!(
-            key.open(
-                &counter_nonce(3),
-                &blob_aad(ObjectType::DataChunk, 0, &id),
-                &flipped
-            )
-            .is_err()
-        );
+        assert!(key.open(&counter_nonce(3), &blob_aad(ObjectType::DataChunk, 0, &id), &flipped).is_err());
         assert!(key.open(&counter_nonce(3), &[], &sealed[..3]).is_err());
     }
 }

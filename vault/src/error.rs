@@ -13,9 +13,7 @@ pub enum Error {
     #[error("vault location {0} does not exist")]
     NoSuchLocation(String),
     /// The location exists but holds no vault.
-    #[error(
-        "{0} is not a Tresor vault (it has no config object); run `tresor-agent init` to make one"
-    )]
+    #[error("{0} is not a Tresor vault (it has no config object); run `tresor-agent init` to make one")]
     NotAVault(String),
     /// `init` on an existing vault.
     #[error("{0} already holds a Tresor vault; refusing to initialise it again")]
@@ -62,18 +60,12 @@ pub enum Error {
 impl Error {
     /// Wrap an I/O error with its path.
     pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_string(),
-            source,
-        }
+        Self::Io { path: path.to_string(), source }
     }
 
     /// An integrity error about `what`.
     pub fn integrity(what: impl std::fmt::Display, detail: impl std::fmt::Display) -> Self {
-        Self::Integrity {
-            what: what.to_string(),
-            detail: detail.to_string(),
-        }
+        Self::Integrity { what: what.to_string(), detail: detail.to_string() }
     }
 }
 

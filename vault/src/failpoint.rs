@@ -1,10 +1,12 @@
 //! Named crash points for fault-injection tests.
 //!
-//! `TRESOR_FAILPOINTS="after-pack-put=kill,flip-after-encrypt=on"` arms them. The variable is read
-//! once; unarmed points cost one relaxed load. Names are listed in docs/ARCHITECTURE.md.
+//! `TRESOR_FAILPOINTS="after-pack-put=kill@3,flip-after-encrypt=on"` arms them: `kill` fires at the
+//! first hit, `kill@N` at the N-th. The variable is read once; unarmed points cost a map lookup
+//! on an empty map. Names are listed in docs/ARCHITECTURE.md.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 fn armed() -> &'static HashMap<String, String> {
     static ARMED: OnceLock<HashMap<String, String>> = OnceLock::new();
@@ -28,10 +30,23 @@ pub fn is_armed(name: &str) -> bool {
 /// Reach the point `name`: if armed with `kill`, the process kills itself with SIGKILL here,
 /// exactly as `kill -9` would, leaving whatever was written so far.
 pub fn hit(name: &str) {
-    if armed().get(name).is_some_and(|a| a == "kill") {
+    let Some(action) = armed().get(name) else { return };
+    let nth: u64 = match action.as_str() {
+        "kill" => 1,
+        a => match a.strip_prefix("kill@").and_then(|n| n.parse().ok()) {
+            Some(n) => n,
+            None => return,
+        },
+    };
+    static HITS: OnceLock<Mutex<HashMap<String, AtomicU64>>> = OnceLock::new();
+    let hits = HITS.get_or_init(|| Mutex::new(HashMap::new()));
+    let count = {
+        let mut map = hits.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_string()).or_insert_with(|| AtomicU64::new(0)).fetch_add(1, Ordering::SeqCst) + 1
+    };
+    if count == nth {
         tracing::warn!(failpoint = name, "failpoint: SIGKILL");
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::process::abort();
     }
 }

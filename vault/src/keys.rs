@@ -47,10 +47,7 @@ impl KdfParams {
 
     fn derive(&self, secret: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
         if self.algorithm != "argon2id" || self.version != 0x13 {
-            return Err(KeyError::Malformed(format!(
-                "unsupported KDF {} version {}",
-                self.algorithm, self.version
-            )));
+            return Err(KeyError::Malformed(format!("unsupported KDF {} version {}", self.algorithm, self.version)));
         }
         // Bounds keep a crafted slot from asking for absurd memory or time.
         if !(8 * 1024..=4 * 1024 * 1024).contains(&self.memory_kib)
@@ -62,14 +59,10 @@ impl KdfParams {
                 self.memory_kib, self.iterations, self.parallelism
             )));
         }
-        let salt = B64
-            .decode(&self.salt)
-            .map_err(|e| KeyError::Malformed(format!("salt is not base64: {e}")))?;
-        let params =
-            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
-                .map_err(|e| KeyError::Malformed(format!("KDF parameters rejected: {e}")))?;
-        let argon =
-            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let salt = B64.decode(&self.salt).map_err(|e| KeyError::Malformed(format!("salt is not base64: {e}")))?;
+        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+            .map_err(|e| KeyError::Malformed(format!("KDF parameters rejected: {e}")))?;
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = Zeroizing::new([0u8; 32]);
         argon
             .hash_password_into(secret, &salt, out.as_mut())
@@ -143,15 +136,7 @@ impl KeySlot {
         master: &MasterKey,
         config_mac: [u8; 32],
     ) -> Result<Self, KeyError> {
-        Self::wrap_with(
-            vault,
-            kind,
-            label,
-            secret,
-            master,
-            config_mac,
-            KdfParams::recommended(),
-        )
+        Self::wrap_with(vault, kind, label, secret, master, config_mac, KdfParams::recommended())
     }
 
     /// Wrap with explicit KDF parameters.
@@ -173,13 +158,7 @@ impl KeySlot {
         let cipher = Aes256Gcm::new(kek.as_ref().into());
         let aad = slot_aad(vault, &id);
         let ct = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: master.expose(),
-                    aad: &aad,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: master.expose(), aad: &aad })
             .map_err(|_| KeyError::Malformed("wrapping failed".into()))?;
         let mut wrapped = nonce.to_vec();
         wrapped.extend_from_slice(&ct);
@@ -197,13 +176,9 @@ impl KeySlot {
 
     /// Parse a slot object.
     pub fn from_json(bytes: &[u8]) -> Result<Self, KeyError> {
-        let slot: Self =
-            serde_json::from_slice(bytes).map_err(|e| KeyError::Malformed(e.to_string()))?;
+        let slot: Self = serde_json::from_slice(bytes).map_err(|e| KeyError::Malformed(e.to_string()))?;
         if slot.version != 1 {
-            return Err(KeyError::Malformed(format!(
-                "unknown key slot version {}",
-                slot.version
-            )));
+            return Err(KeyError::Malformed(format!("unknown key slot version {}", slot.version)));
         }
         Ok(slot)
     }
@@ -219,43 +194,25 @@ impl KeySlot {
             .decode(&self.wrapped_key)
             .map_err(|e| KeyError::Malformed(format!("wrapped key is not base64: {e}")))?;
         if wrapped.len() != 12 + 32 + 16 {
-            return Err(KeyError::Malformed(format!(
-                "wrapped key has {} bytes, expected 60",
-                wrapped.len()
-            )));
+            return Err(KeyError::Malformed(format!("wrapped key has {} bytes, expected 60", wrapped.len())));
         }
         let kek = self.kdf.derive(secret)?;
         let cipher = Aes256Gcm::new(kek.as_ref().into());
         let aad = slot_aad(vault, &self.id);
         let plain = Zeroizing::new(
             cipher
-                .decrypt(
-                    Nonce::from_slice(&wrapped[..12]),
-                    Payload {
-                        msg: &wrapped[12..],
-                        aad: &aad,
-                    },
-                )
+                .decrypt(Nonce::from_slice(&wrapped[..12]), Payload { msg: &wrapped[12..], aad: &aad })
                 .map_err(|_| KeyError::WrongSecret)?,
         );
-        let bytes: [u8; 32] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::WrongSecret)?;
+        let bytes: [u8; 32] = plain.as_slice().try_into().map_err(|_| KeyError::WrongSecret)?;
         Ok(MasterKey::from_bytes(bytes))
     }
 
     /// Check that `config_bytes` are the config this slot was made for.
     pub fn verify_config(&self, master: &MasterKey, config_bytes: &[u8]) -> Result<(), KeyError> {
         let expected = master.derive().config_mac(config_bytes);
-        let stored = B64
-            .decode(&self.config_mac)
-            .map_err(|_| KeyError::ConfigTampered)?;
-        if stored.as_slice() == expected.as_slice() {
-            Ok(())
-        } else {
-            Err(KeyError::ConfigTampered)
-        }
+        let stored = B64.decode(&self.config_mac).map_err(|_| KeyError::ConfigTampered)?;
+        if stored.as_slice() == expected.as_slice() { Ok(()) } else { Err(KeyError::ConfigTampered) }
     }
 }
 
@@ -283,26 +240,17 @@ impl EscrowKey {
 
     /// Parse a key file.
     pub fn from_file_text(text: &str) -> Result<Self, KeyError> {
-        let mut lines = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
         if lines.next() != Some(ESCROW_HEADER) {
-            return Err(KeyError::BadKeyFile(format!(
-                "first line must be {ESCROW_HEADER:?}"
-            )));
+            return Err(KeyError::BadKeyFile(format!("first line must be {ESCROW_HEADER:?}")));
         }
         let _vault_line = lines.next();
-        let key = lines
-            .next()
-            .ok_or_else(|| KeyError::BadKeyFile("key line missing".into()))?;
-        let raw = Zeroizing::new(
-            B64.decode(key)
-                .map_err(|e| KeyError::BadKeyFile(format!("key is not base64: {e}")))?,
-        );
-        let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
-            KeyError::BadKeyFile(format!("key has {} bytes, expected 32", raw.len()))
-        })?;
+        let key = lines.next().ok_or_else(|| KeyError::BadKeyFile("key line missing".into()))?;
+        let raw = Zeroizing::new(B64.decode(key).map_err(|e| KeyError::BadKeyFile(format!("key is not base64: {e}")))?);
+        let bytes: [u8; 32] = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::BadKeyFile(format!("key has {} bytes, expected 32", raw.len())))?;
         Ok(Self(Zeroizing::new(bytes)))
     }
 
@@ -317,59 +265,32 @@ mod tests {
     use super::*;
 
     fn fast_kdf() -> KdfParams {
-        KdfParams {
-            memory_kib: 8 * 1024,
-            iterations: 1,
-            ..KdfParams::recommended()
-        }
+        KdfParams { memory_kib: 8 * 1024, iterations: 1, ..KdfParams::recommended() }
     }
 
     #[test]
     fn wrap_unwrap_and_wrong_password() {
         let vault = VaultId::random();
         let master = MasterKey::generate();
-        let slot = KeySlot::wrap_with(
-            &vault,
-            SlotKind::Password,
-            "admin",
-            b"pw",
-            &master,
-            [0; 32],
-            fast_kdf(),
-        )
-        .unwrap();
+        let slot =
+            KeySlot::wrap_with(&vault, SlotKind::Password, "admin", b"pw", &master, [0; 32], fast_kdf()).unwrap();
         let parsed = KeySlot::from_json(&slot.to_json()).unwrap();
-        assert_eq!(
-            parsed.unwrap(&vault, b"pw").unwrap().expose(),
-            master.expose()
-        );
-        assert!(matches!(
-            parsed.unwrap(&vault, b"nope"),
-            Err(KeyError::WrongSecret)
-        ));
-        assert!(matches!(
-            parsed.unwrap(&VaultId::random(), b"pw"),
-            Err(KeyError::WrongSecret)
-        ));
+        assert_eq!(parsed.unwrap(&vault, b"pw").unwrap().expose(), master.expose());
+        assert!(matches!(parsed.unwrap(&vault, b"nope"), Err(KeyError::WrongSecret)));
+        assert!(matches!(parsed.unwrap(&VaultId::random(), b"pw"), Err(KeyError::WrongSecret)));
     }
 
     #[test]
     fn recommended_parameters_are_argon2id_64mib_3_passes() {
         let p = KdfParams::recommended();
-        assert_eq!(
-            (p.algorithm.as_str(), p.memory_kib, p.iterations),
-            ("argon2id", 65536, 3)
-        );
+        assert_eq!((p.algorithm.as_str(), p.memory_kib, p.iterations), ("argon2id", 65536, 3));
     }
 
     #[test]
     fn escrow_file_round_trip() {
         let k = EscrowKey::generate();
         let text = k.to_file_text(&VaultId::random());
-        assert_eq!(
-            EscrowKey::from_file_text(&text).unwrap().secret(),
-            k.secret()
-        );
+        assert_eq!(EscrowKey::from_file_text(&text).unwrap().secret(), k.secret());
         assert!(EscrowKey::from_file_text("garbage").is_err());
     }
 }

@@ -58,12 +58,7 @@ pub fn seal<T: Serialize>(keys: &VaultKeys, kind: ObjectType, body: &T) -> (Obje
 }
 
 /// Seal raw body bytes with a given salt (golden vectors).
-pub fn seal_bytes_with_salt(
-    keys: &VaultKeys,
-    kind: ObjectType,
-    cbor: &[u8],
-    salt: [u8; 32],
-) -> (ObjectId, Vec<u8>) {
+pub fn seal_bytes_with_salt(keys: &VaultKeys, kind: ObjectType, cbor: &[u8], salt: [u8; 32]) -> (ObjectId, Vec<u8>) {
     let (codec, encoded) = codec::encode(cbor, 3);
     let mut plain = Vec::with_capacity(encoded.len() + 1);
     plain.push(codec as u8);
@@ -72,54 +67,30 @@ pub fn seal_bytes_with_salt(
     out.extend_from_slice(OBJECT_MAGIC);
     out.push(kind as u8);
     out.extend_from_slice(&salt);
-    keys.object_key(&salt).seal_append(
-        &crypto::counter_nonce(0),
-        &object_aad(kind, &salt),
-        &plain,
-        &mut out,
-    );
+    keys.object_key(&salt).seal_append(&crypto::counter_nonce(0), &object_aad(kind, &salt), &plain, &mut out);
     (ObjectId(*blake3::hash(&out).as_bytes()), out)
 }
 
 /// Open an object expected to be of `kind` and decode its body.
-pub fn open<T: DeserializeOwned>(
-    keys: &VaultKeys,
-    kind: ObjectType,
-    stored: &[u8],
-) -> Result<T, ObjectError> {
+pub fn open<T: DeserializeOwned>(keys: &VaultKeys, kind: ObjectType, stored: &[u8]) -> Result<T, ObjectError> {
     let body = open_bytes(keys, kind, stored)?;
     ciborium::from_reader(&body[..]).map_err(|e| ObjectError::Body(e.to_string()))
 }
 
 /// Open an object and return its CBOR body bytes.
-pub fn open_bytes(
-    keys: &VaultKeys,
-    kind: ObjectType,
-    stored: &[u8],
-) -> Result<Vec<u8>, ObjectError> {
+pub fn open_bytes(keys: &VaultKeys, kind: ObjectType, stored: &[u8]) -> Result<Vec<u8>, ObjectError> {
     if stored.len() < HEADER_LEN + crypto::TAG_LEN + 1 || &stored[..8] != OBJECT_MAGIC {
-        return Err(ObjectError::Malformed(
-            "object magic missing or object truncated".into(),
-        ));
+        return Err(ObjectError::Malformed("object magic missing or object truncated".into()));
     }
     if stored[8] != kind as u8 {
-        return Err(ObjectError::WrongType {
-            expected: kind,
-            found: stored[8],
-        });
+        return Err(ObjectError::WrongType { expected: kind, found: stored[8] });
     }
     let salt = &stored[9..HEADER_LEN];
     let salt_arr: [u8; 32] = salt.try_into().unwrap_or_default();
-    let plain = keys.object_key(&salt_arr).open(
-        &crypto::counter_nonce(0),
-        &object_aad(kind, salt),
-        &stored[HEADER_LEN..],
-    )?;
-    let (&tag, encoded) = plain
-        .split_first()
-        .ok_or_else(|| ObjectError::Malformed("empty body".into()))?;
-    let codec = Codec::from_byte(tag)
-        .ok_or_else(|| ObjectError::Malformed(format!("unknown codec {tag}")))?;
+    let plain =
+        keys.object_key(&salt_arr).open(&crypto::counter_nonce(0), &object_aad(kind, salt), &stored[HEADER_LEN..])?;
+    let (&tag, encoded) = plain.split_first().ok_or_else(|| ObjectError::Malformed("empty body".into()))?;
+    let codec = Codec::from_byte(tag).ok_or_else(|| ObjectError::Malformed(format!("unknown codec {tag}")))?;
     match codec {
         Codec::Raw => Ok(encoded.to_vec()),
         Codec::Zstd => {
@@ -128,12 +99,9 @@ pub fn open_bytes(
                 .flatten()
                 .ok_or_else(|| ObjectError::Malformed("zstd frame without content size".into()))?;
             if size as usize > MAX_BODY {
-                return Err(ObjectError::Malformed(format!(
-                    "body of {size} bytes exceeds the limit"
-                )));
+                return Err(ObjectError::Malformed(format!("body of {size} bytes exceeds the limit")));
             }
-            codec::decode(codec, encoded, size as usize)
-                .map_err(|e| ObjectError::Malformed(e.to_string()))
+            codec::decode(codec, encoded, size as usize).map_err(|e| ObjectError::Malformed(e.to_string()))
         }
     }
 }
@@ -162,29 +130,14 @@ mod tests {
     #[test]
     fn round_trip_wrong_type_and_unknown_fields() {
         let k = MasterKey::from_bytes([1; 32]).derive();
-        let body = Body {
-            a: 7,
-            b: "x".repeat(500),
-        };
+        let body = Body { a: 7, b: "x".repeat(500) };
         let (id, bytes) = seal(&k, ObjectType::Snapshot, &body);
         assert_eq!(id, content_id(&bytes));
-        assert_eq!(
-            open::<Body>(&k, ObjectType::Snapshot, &bytes).unwrap(),
-            body
-        );
-        assert_eq!(
-            open::<Older>(&k, ObjectType::Snapshot, &bytes).unwrap(),
-            Older { a: 7 }
-        );
-        assert!(matches!(
-            open::<Body>(&k, ObjectType::IndexSegment, &bytes),
-            Err(ObjectError::WrongType { .. })
-        ));
+        assert_eq!(open::<Body>(&k, ObjectType::Snapshot, &bytes).unwrap(), body);
+        assert_eq!(open::<Older>(&k, ObjectType::Snapshot, &bytes).unwrap(), Older { a: 7 });
+        assert!(matches!(open::<Body>(&k, ObjectType::IndexSegment, &bytes), Err(ObjectError::WrongType { .. })));
         let mut crafted = bytes.clone();
         crafted[8] = ObjectType::IndexSegment as u8;
-        assert!(matches!(
-            open::<Body>(&k, ObjectType::IndexSegment, &crafted),
-            Err(ObjectError::Auth(_))
-        ));
+        assert!(matches!(open::<Body>(&k, ObjectType::IndexSegment, &crafted), Err(ObjectError::Auth(_))));
     }
 }

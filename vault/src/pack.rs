@@ -64,9 +64,7 @@ pub enum PackError {
     #[error("chunk {0} content does not match its id")]
     IdMismatch(ChunkId),
     /// The chunk failed the check right after encryption (RAM bit flip or codec bug).
-    #[error(
-        "chunk {0} failed verification after encryption (memory or codec fault); nothing was committed"
-    )]
+    #[error("chunk {0} failed verification after encryption (memory or codec fault); nothing was committed")]
     VerifyAfterEncrypt(ChunkId),
 }
 
@@ -91,12 +89,7 @@ impl PackBuilder {
         let mut buf = Vec::with_capacity(capacity);
         buf.extend_from_slice(PACK_MAGIC);
         buf.extend_from_slice(&salt);
-        Self {
-            salt,
-            key: keys.pack_key(&salt),
-            buf,
-            entries: Vec::new(),
-        }
+        Self { salt, key: keys.pack_key(&salt), buf, entries: Vec::new() }
     }
 
     /// Bytes so far.
@@ -133,12 +126,7 @@ impl PackBuilder {
         let counter = self.entries.len() as u64;
         let offset = self.buf.len();
         let aad = crypto::blob_aad(kind, codec as u8, &id);
-        self.key.seal_append(
-            &crypto::counter_nonce(counter),
-            &aad,
-            encoded,
-            &mut self.buf,
-        );
+        self.key.seal_append(&crypto::counter_nonce(counter), &aad, encoded, &mut self.buf);
         if crate::failpoint::is_armed("flip-after-encrypt") {
             self.buf[offset] ^= 0x04;
         }
@@ -204,8 +192,8 @@ fn open_blob(
     let encoded = key
         .open(&crypto::counter_nonce(counter), &aad, sealed)
         .map_err(|a| PackError::Auth(a, format!("blob of chunk {}", e.id)))?;
-    let plain = codec::decode(e.codec, &encoded, e.raw_len as usize)
-        .map_err(|source| PackError::Codec { id: e.id, source })?;
+    let plain =
+        codec::decode(e.codec, &encoded, e.raw_len as usize).map_err(|source| PackError::Codec { id: e.id, source })?;
     if keys.chunk_id(&plain) != e.id {
         return Err(PackError::IdMismatch(e.id));
     }
@@ -224,11 +212,7 @@ pub struct BlobLocation {
 }
 
 /// Decrypt, decode and verify one blob.
-pub fn open_located(
-    keys: &VaultKeys,
-    loc: &BlobLocation,
-    sealed: &[u8],
-) -> Result<Vec<u8>, PackError> {
+pub fn open_located(keys: &VaultKeys, loc: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>, PackError> {
     if sealed.len() != loc.entry.stored_len as usize {
         return Err(PackError::Malformed(format!(
             "blob of chunk {} has {} bytes, expected {}",
@@ -257,14 +241,10 @@ pub const fn footer_len() -> usize {
 /// Parse the footer: the sealed directory's length.
 pub fn parse_footer(footer: &[u8], pack_len: u64) -> Result<u32, PackError> {
     if footer.len() != FOOTER_LEN || &footer[4..] != PACK_END_MAGIC {
-        return Err(PackError::Malformed(
-            "end magic missing (truncated pack?)".into(),
-        ));
+        return Err(PackError::Malformed("end magic missing (truncated pack?)".into()));
     }
     let dir_len = u32::from_le_bytes(footer[..4].try_into().unwrap_or_default());
-    if u64::from(dir_len) + (HEADER_LEN + FOOTER_LEN) as u64 > pack_len
-        || (dir_len as usize) < TAG_LEN + 4
-    {
+    if u64::from(dir_len) + (HEADER_LEN + FOOTER_LEN) as u64 > pack_len || (dir_len as usize) < TAG_LEN + 4 {
         return Err(PackError::Malformed(format!(
             "directory length {dir_len} does not fit a pack of {pack_len} bytes"
         )));
@@ -285,21 +265,14 @@ pub fn read_directory(
     let salt: [u8; 32] = header[8..HEADER_LEN].try_into().unwrap_or_default();
     let key = keys.pack_key(&salt);
     let dir = key
-        .open(
-            &crypto::counter_nonce(DIRECTORY_COUNTER),
-            &directory_aad(&salt),
-            sealed_dir,
-        )
+        .open(&crypto::counter_nonce(DIRECTORY_COUNTER), &directory_aad(&salt), sealed_dir)
         .map_err(|a| PackError::Auth(a, "directory".into()))?;
     if dir.len() < 4 {
         return Err(PackError::Malformed("directory too short".into()));
     }
     let count = u32::from_le_bytes(dir[..4].try_into().unwrap_or_default());
     if count > MAX_BLOBS || dir.len() != 4 + count as usize * ENTRY_LEN {
-        return Err(PackError::Malformed(format!(
-            "directory lists {count} blobs in {} bytes",
-            dir.len()
-        )));
+        return Err(PackError::Malformed(format!("directory lists {count} blobs in {} bytes", dir.len())));
     }
     let mut entries = Vec::with_capacity(count as usize);
     let mut offset = HEADER_LEN as u64;
@@ -308,24 +281,15 @@ pub fn read_directory(
         let kind = ObjectType::from_byte(rec[0])
             .filter(|k| matches!(k, ObjectType::DataChunk | ObjectType::TreeChunk))
             .ok_or_else(|| PackError::Malformed(format!("unknown blob type {}", rec[0])))?;
-        let codec = Codec::from_byte(rec[1])
-            .ok_or_else(|| PackError::Malformed(format!("unknown codec {}", rec[1])))?;
+        let codec =
+            Codec::from_byte(rec[1]).ok_or_else(|| PackError::Malformed(format!("unknown codec {}", rec[1])))?;
         let id = ChunkId::from_slice(&rec[2..34]).unwrap_or_default();
         let stored_len = u32::from_le_bytes(rec[34..38].try_into().unwrap_or_default());
         let raw_len = u32::from_le_bytes(rec[38..42].try_into().unwrap_or_default());
         if offset + u64::from(stored_len) > blobs_end {
-            return Err(PackError::Malformed(format!(
-                "blob of chunk {id} runs past the directory"
-            )));
+            return Err(PackError::Malformed(format!("blob of chunk {id} runs past the directory")));
         }
-        entries.push(PackEntry {
-            kind,
-            codec,
-            id,
-            offset: offset as u32,
-            stored_len,
-            raw_len,
-        });
+        entries.push(PackEntry { kind, codec, id, offset: offset as u32, stored_len, raw_len });
         offset += u64::from(stored_len);
     }
     if offset != blobs_end {
@@ -337,19 +301,11 @@ pub fn read_directory(
 /// Parse a directory from a complete pack held in memory.
 pub fn read_directory_full(keys: &VaultKeys, pack: &[u8]) -> Result<PackDirectory, PackError> {
     if pack.len() < HEADER_LEN + FOOTER_LEN {
-        return Err(PackError::Malformed(format!(
-            "pack has only {} bytes",
-            pack.len()
-        )));
+        return Err(PackError::Malformed(format!("pack has only {} bytes", pack.len())));
     }
     let dir_len = parse_footer(&pack[pack.len() - FOOTER_LEN..], pack.len() as u64)? as usize;
     let dir_start = pack.len() - FOOTER_LEN - dir_len;
-    read_directory(
-        keys,
-        &pack[..HEADER_LEN],
-        &pack[dir_start..pack.len() - FOOTER_LEN],
-        pack.len() as u64,
-    )
+    read_directory(keys, &pack[..HEADER_LEN], &pack[dir_start..pack.len() - FOOTER_LEN], pack.len() as u64)
 }
 
 /// Decrypt every blob of a complete pack, in order.
@@ -383,8 +339,7 @@ mod tests {
             let data = vec![i; 1000 + i as usize];
             let id = k.chunk_id(&data);
             let (codec, enc) = codec::encode(&data, 3);
-            b.add(&k, ObjectType::DataChunk, id, codec, &enc, data.len())
-                .unwrap();
+            b.add(&k, ObjectType::DataChunk, id, codec, &enc, data.len()).unwrap();
             ids.push((id, data));
         }
         let (pid, bytes, entries) = b.finish();

@@ -71,21 +71,13 @@ pub fn plan(index: &LocalIndex, files: &[(usize, &[Extent])]) -> Result<RestoreP
                         }
                     },
                 };
-                by_chunk
-                    .entry(*id)
-                    .or_insert_with(|| (entry, Vec::new()))
-                    .1
-                    .push(ChunkTarget {
-                        file: *file,
-                        offset,
-                    });
+                by_chunk.entry(*id).or_insert_with(|| (entry, Vec::new())).1.push(ChunkTarget { file: *file, offset });
                 offset += u64::from(entry.blob.raw_len);
                 out.bytes += u64::from(entry.blob.raw_len);
             }
         }
     }
-    let mut by_pack: HashMap<crate::ids::PackId, Vec<(IndexEntry, Vec<ChunkTarget>)>> =
-        HashMap::new();
+    let mut by_pack: HashMap<crate::ids::PackId, Vec<(IndexEntry, Vec<ChunkTarget>)>> = HashMap::new();
     for (_, (e, t)) in by_chunk {
         by_pack.entry(e.pack.id).or_default().push((e, t));
     }
@@ -95,26 +87,20 @@ pub fn plan(index: &LocalIndex, files: &[(usize, &[Extent])]) -> Result<RestoreP
         blobs.sort_by_key(|(e, _)| e.blob.offset);
         let mut current: Option<Fetch> = None;
         for (e, t) in blobs {
-            let (s, end) = (
-                u64::from(e.blob.offset),
-                u64::from(e.blob.offset) + u64::from(e.blob.stored_len),
-            );
-            if let Some(f) = current.as_mut() {
-                if s >= f.end && s - f.end <= MAX_GAP && end - f.start <= MAX_FETCH {
-                    f.end = end;
-                    f.blobs.push((e, t));
-                    continue;
-                }
+            let (s, end) = (u64::from(e.blob.offset), u64::from(e.blob.offset) + u64::from(e.blob.stored_len));
+            if let Some(f) = current.as_mut()
+                && s >= f.end
+                && s - f.end <= MAX_GAP
+                && end - f.start <= MAX_FETCH
+            {
+                f.end = end;
+                f.blobs.push((e, t));
+                continue;
             }
             if let Some(f) = current.take() {
                 out.fetches.push(f);
             }
-            current = Some(Fetch {
-                pack: e.pack,
-                start: s,
-                end,
-                blobs: vec![(e, t)],
-            });
+            current = Some(Fetch { pack: e.pack, start: s, end, blobs: vec![(e, t)] });
         }
         if let Some(f) = current.take() {
             out.fetches.push(f);
@@ -183,11 +169,7 @@ pub async fn execute(
     Ok(counts)
 }
 
-async fn run_fetch(
-    vault: Arc<Vault>,
-    f: Fetch,
-    writer: Arc<dyn ChunkWriter>,
-) -> Result<RestoreCounts> {
+async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) -> Result<RestoreCounts> {
     let key = layout::pack(&f.pack.id);
     let mut counts = RestoreCounts::default();
     let mut attempt = 0;
@@ -195,9 +177,7 @@ async fn run_fetch(
         attempt += 1;
         let bytes = match vault.backend().get_range(&key, f.start..f.end).await {
             Ok(b) => Some(b),
-            Err(e)
-                if attempt < 3 && matches!(e, crate::backend::BackendError::Transient { .. }) =>
-            {
+            Err(e) if attempt < 3 && matches!(e, crate::backend::BackendError::Transient { .. }) => {
                 counts.transient_retries += 1;
                 continue;
             }
@@ -221,14 +201,8 @@ async fn run_fetch(
             let mut decoded = Vec::with_capacity(fc.blobs.len());
             for (e, _) in &fc.blobs {
                 let s = (u64::from(e.blob.offset) - fc.start) as usize;
-                let sealed = bytes
-                    .get(s..s + e.blob.stored_len as usize)
-                    .unwrap_or_default();
-                let loc = pack::BlobLocation {
-                    salt: e.pack.salt,
-                    counter: e.counter,
-                    entry: e.blob,
-                };
+                let sealed = bytes.get(s..s + e.blob.stored_len as usize).unwrap_or_default();
+                let loc = pack::BlobLocation { salt: e.pack.salt, counter: e.counter, entry: e.blob };
                 decoded.push(pack::open_located(&keys, &loc, sealed));
             }
             // One bad blob may be a damaged transfer: read the range again before calling it damage.
@@ -239,15 +213,13 @@ async fn run_fetch(
                 match d {
                     Ok(data) => {
                         for t in targets {
-                            w.write(*t, &data).map_err(|err| {
-                                Error::io(format!("restore target (file #{})", t.file), err)
-                            })?;
+                            w.write(*t, &data)
+                                .map_err(|err| Error::io(format!("restore target (file #{})", t.file), err))?;
                             c.chunks_written += 1;
                         }
                     }
                     Err(err) => {
-                        let err =
-                            Error::integrity(format!("chunk {} in pack {}", e.id, e.pack.id), err);
+                        let err = Error::integrity(format!("chunk {} in pack {}", e.id, e.pack.id), err);
                         for t in targets {
                             w.failed(*t, e.id, &err);
                             c.chunks_failed += 1;

@@ -167,15 +167,11 @@ pub fn encode_tree(nodes: &[Node]) -> Vec<u8> {
 pub fn decode_tree(mut bytes: &[u8], expected: u64) -> Result<Vec<Node>, String> {
     let mut nodes = Vec::with_capacity(expected.min(1 << 20) as usize);
     while !bytes.is_empty() {
-        let node: Node = ciborium::from_reader(&mut bytes)
-            .map_err(|e| format!("tree node #{}: {e}", nodes.len()))?;
+        let node: Node = ciborium::from_reader(&mut bytes).map_err(|e| format!("tree node #{}: {e}", nodes.len()))?;
         nodes.push(node);
     }
     if nodes.len() as u64 != expected {
-        return Err(format!(
-            "tree has {} nodes, manifest says {expected}",
-            nodes.len()
-        ));
+        return Err(format!("tree has {} nodes, manifest says {expected}", nodes.len()));
     }
     Ok(nodes)
 }
@@ -193,23 +189,12 @@ mod tests {
             any::<i64>(),
             any::<u64>(),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
-            proptest::collection::vec(
-                (
-                    any::<u64>(),
-                    proptest::collection::vec(any::<[u8; 32]>(), 0..3),
-                ),
-                0..3,
-            ),
+            proptest::collection::vec((any::<u64>(), proptest::collection::vec(any::<[u8; 32]>(), 0..3)), 0..3),
         )
             .prop_map(|(path, k, mode, mtime_ns, size, target, ext)| Node {
                 path,
-                kind: [
-                    NodeKind::File,
-                    NodeKind::Dir,
-                    NodeKind::Symlink,
-                    NodeKind::Hardlink,
-                    NodeKind::Fifo,
-                ][k as usize],
+                kind: [NodeKind::File, NodeKind::Dir, NodeKind::Symlink, NodeKind::Hardlink, NodeKind::Fifo]
+                    [k as usize],
                 mode,
                 uid: mode / 3,
                 gid: mode / 5,
@@ -218,16 +203,10 @@ mod tests {
                 inode: size / 7,
                 size,
                 target,
-                xattrs: vec![Xattr {
-                    name: b"user.x".to_vec(),
-                    value: vec![0, 255],
-                }],
+                xattrs: vec![Xattr { name: b"user.x".to_vec(), value: vec![0, 255] }],
                 extents: ext
                     .into_iter()
-                    .map(|(offset, c)| Extent {
-                        offset,
-                        chunks: c.into_iter().map(ChunkId).collect(),
-                    })
+                    .map(|(offset, c)| Extent { offset, chunks: c.into_iter().map(ChunkId).collect() })
                     .collect(),
                 hash: Some(vec![1; 32]),
             })

@@ -60,19 +60,13 @@ pub struct Vault {
 }
 
 async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Invalid(format!("worker task failed: {e}")))
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Invalid(format!("worker task failed: {e}")))
 }
 
 impl Vault {
     /// Make a new vault: probe the backend, write the password and escrow key slots, then the
     /// config (its presence marks the vault as made).
-    pub async fn init(
-        backend: DynBackend,
-        password: Secret,
-        escrow: &EscrowKey,
-    ) -> Result<(Self, InitReport)> {
+    pub async fn init(backend: DynBackend, password: Secret, escrow: &EscrowKey) -> Result<(Self, InitReport)> {
         backend.check_location().await.map_err(location_error)?;
         if backend.size(layout::CONFIG).await?.is_some() {
             return Err(Error::AlreadyInitialized(backend.location()));
@@ -90,46 +84,20 @@ impl Vault {
         let (slot_pw, slot_esc) = cpu(move || {
             Ok::<_, KeyError>((
                 KeySlot::wrap(&vault_id, pw_kind, "initial", &pw, &m1, mac)?,
-                KeySlot::wrap(
-                    &vault_id,
-                    SlotKind::Escrow,
-                    "escrow (offline key file)",
-                    &esc,
-                    &m2,
-                    mac,
-                )?,
+                KeySlot::wrap(&vault_id, SlotKind::Escrow, "escrow (offline key file)", &esc, &m2, mac)?,
             ))
         })
         .await??;
         for slot in [&slot_pw, &slot_esc] {
-            backend
-                .create(&layout::key_slot(&slot.id), Bytes::from(slot.to_json()))
-                .await?;
+            backend.create(&layout::key_slot(&slot.id), Bytes::from(slot.to_json())).await?;
         }
-        if backend
-            .create(layout::CONFIG, Bytes::from(config_bytes.clone()))
-            .await?
-            == Created::Existed
-        {
+        if backend.create(layout::CONFIG, Bytes::from(config_bytes.clone())).await? == Created::Existed {
             return Err(Error::AlreadyInitialized(backend.location()));
         }
-        let report = InitReport {
-            config: config.clone(),
-            password_slot: slot_pw.id.clone(),
-            escrow_slot: slot_esc.id.clone(),
-        };
+        let report =
+            InitReport { config: config.clone(), password_slot: slot_pw.id.clone(), escrow_slot: slot_esc.id.clone() };
         let keys = Arc::new(master.derive());
-        Ok((
-            Self {
-                backend,
-                config,
-                config_bytes,
-                master,
-                keys,
-                slot_id: slot_pw.id,
-            },
-            report,
-        ))
+        Ok((Self { backend, config, config_bytes, master, keys, slot_id: slot_pw.id }, report))
     }
 
     /// Open a vault with a password or the escrow key.
@@ -140,15 +108,12 @@ impl Vault {
             Err(BackendError::NotFound(_)) => return Err(Error::NotAVault(backend.location())),
             Err(e) => return Err(e.into()),
         };
-        let config =
-            VaultConfig::from_json(&config_bytes).map_err(|e| Error::integrity("config", e))?;
+        let config = VaultConfig::from_json(&config_bytes).map_err(|e| Error::integrity("config", e))?;
         let slots = Self::read_slots(&backend).await?;
         let wanted = secret.kind();
         let candidates: Vec<KeySlot> = slots.into_iter().filter(|s| s.kind == wanted).collect();
         if candidates.is_empty() {
-            return Err(Error::Key(KeyError::Malformed(format!(
-                "the vault has no {wanted:?} key slot"
-            ))));
+            return Err(Error::Key(KeyError::Malformed(format!("the vault has no {wanted:?} key slot"))));
         }
         let vault_id = config.vault_id;
         let secret_bytes = zeroize::Zeroizing::new(secret.bytes().to_vec());
@@ -170,14 +135,7 @@ impl Vault {
         })
         .await??;
         let keys = Arc::new(master.derive());
-        Ok(Self {
-            backend,
-            config,
-            config_bytes,
-            master,
-            keys,
-            slot_id,
-        })
+        Ok(Self { backend, config, config_bytes, master, keys, slot_id })
     }
 
     async fn read_slots(backend: &DynBackend) -> Result<Vec<KeySlot>> {
@@ -224,28 +182,19 @@ impl Vault {
 
     /// Add a slot for `secret`; it is read back and unwrapped before this returns.
     pub async fn key_add(&self, secret: &Secret, label: &str) -> Result<KeySlot> {
-        let (vid, master, mac, kind) = (
-            self.config.vault_id,
-            self.master.clone(),
-            self.keys.config_mac(&self.config_bytes),
-            secret.kind(),
-        );
+        let (vid, master, mac, kind) =
+            (self.config.vault_id, self.master.clone(), self.keys.config_mac(&self.config_bytes), secret.kind());
         let sb = zeroize::Zeroizing::new(secret.bytes().to_vec());
         let label = label.to_string();
         let slot = cpu(move || KeySlot::wrap(&vid, kind, &label, &sb, &master, mac)).await??;
-        self.backend
-            .create(&layout::key_slot(&slot.id), Bytes::from(slot.to_json()))
-            .await?;
+        self.backend.create(&layout::key_slot(&slot.id), Bytes::from(slot.to_json())).await?;
         // Read back and unwrap before anyone relies on it (restic 0.13 lost access by skipping this).
         let stored = KeySlot::from_json(&self.backend.get(&layout::key_slot(&slot.id)).await?)?;
         let sb = zeroize::Zeroizing::new(secret.bytes().to_vec());
         let expect = *self.master.expose();
         let ok = cpu(move || stored.unwrap(&vid, &sb).map(|m| *m.expose() == expect)).await??;
         if !ok {
-            return Err(Error::integrity(
-                "key slot",
-                "read-back unwrapped to a different key",
-            ));
+            return Err(Error::integrity("key slot", "read-back unwrapped to a different key"));
         }
         Ok(slot)
     }
@@ -253,16 +202,10 @@ impl Vault {
     /// Remove a slot. Refuses to remove the last password slot or the last escrow slot.
     pub async fn key_remove(&self, id: &str) -> Result<()> {
         let slots = self.key_list().await?;
-        let target = slots
-            .iter()
-            .find(|s| s.id == id)
-            .ok_or_else(|| Error::Invalid(format!("no key slot {id}")))?;
+        let target = slots.iter().find(|s| s.id == id).ok_or_else(|| Error::Invalid(format!("no key slot {id}")))?;
         let same_kind = slots.iter().filter(|s| s.kind == target.kind).count();
         if same_kind <= 1 {
-            return Err(Error::Invalid(format!(
-                "refusing to remove the last {:?} key slot {id}",
-                target.kind
-            )));
+            return Err(Error::Invalid(format!("refusing to remove the last {:?} key slot {id}", target.kind)));
         }
         self.backend.delete(&layout::key_slot(id)).await?;
         Ok(())
@@ -272,13 +215,7 @@ impl Vault {
     /// and only then delete the old slot.
     pub async fn key_rotate(&mut self, new_secret: &Secret) -> Result<KeySlot> {
         let old = self.slot_id.clone();
-        let label = self
-            .key_list()
-            .await?
-            .into_iter()
-            .find(|s| s.id == old)
-            .map(|s| s.label)
-            .unwrap_or_default();
+        let label = self.key_list().await?.into_iter().find(|s| s.id == old).map(|s| s.label).unwrap_or_default();
         let slot = self.key_add(new_secret, &label).await?;
         crate::failpoint::hit("rotate-before-delete");
         self.backend.delete(&layout::key_slot(&old)).await?;
@@ -287,9 +224,7 @@ impl Vault {
     }
 
     /// All snapshot manifests, oldest first. Unreadable manifests are returned as errors by id.
-    pub async fn snapshots(
-        &self,
-    ) -> Result<Vec<(SnapshotId, std::result::Result<Manifest, String>)>> {
+    pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, std::result::Result<Manifest, String>)>> {
         let mut out = Vec::new();
         for info in self.backend.list(layout::SNAPSHOTS).await? {
             let Some(id) = layout::id_of::<ObjectId>(&info.key) else {
@@ -312,10 +247,7 @@ impl Vault {
             r => r?,
         };
         if object::content_id(&bytes) != *id {
-            return Err(Error::integrity(
-                format!("snapshot {id}"),
-                "content does not match its name",
-            ));
+            return Err(Error::integrity(format!("snapshot {id}"), "content does not match its name"));
         }
         let keys = self.keys.clone();
         cpu(move || object::open::<Manifest>(&keys, ObjectType::Snapshot, &bytes))
@@ -327,11 +259,7 @@ impl Vault {
     pub async fn resolve_snapshot(&self, spec: &str) -> Result<(SnapshotId, Manifest)> {
         let all = self.snapshots().await?;
         let found: Vec<_> = if spec == "latest" {
-            all.into_iter()
-                .filter(|(_, m)| m.is_ok())
-                .next_back()
-                .into_iter()
-                .collect()
+            all.into_iter().rfind(|(_, m)| m.is_ok()).into_iter().collect()
         } else {
             all.into_iter()
                 .filter(|(id, _)| id.to_hex().starts_with(&spec.to_lowercase()) && !spec.is_empty())
@@ -339,19 +267,11 @@ impl Vault {
         };
         match found.len() {
             1 => {
-                let (id, m) = found
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| Error::SnapshotNotFound(spec.into()))?;
-                Ok((
-                    id,
-                    m.map_err(|e| Error::integrity(format!("snapshot {id}"), e))?,
-                ))
+                let (id, m) = found.into_iter().next().ok_or_else(|| Error::SnapshotNotFound(spec.into()))?;
+                Ok((id, m.map_err(|e| Error::integrity(format!("snapshot {id}"), e))?))
             }
             0 => Err(Error::SnapshotNotFound(spec.into())),
-            n => Err(Error::Invalid(format!(
-                "snapshot prefix {spec} matches {n} snapshots; give more digits"
-            ))),
+            n => Err(Error::Invalid(format!("snapshot prefix {spec} matches {n} snapshots; give more digits"))),
         }
     }
 
@@ -359,10 +279,8 @@ impl Vault {
     pub async fn sync_index(&self, cache_root: &std::path::Path) -> Result<Arc<LocalIndex>> {
         let dir = cache_root.join(self.config.vault_id.to_hex()).join("index");
         let listed = self.backend.list(layout::INDEX).await?;
-        let listed_ids: std::collections::BTreeSet<ObjectId> = listed
-            .iter()
-            .filter_map(|i| layout::id_of(&i.key))
-            .collect();
+        let listed_ids: std::collections::BTreeSet<ObjectId> =
+            listed.iter().filter_map(|i| layout::id_of(&i.key)).collect();
         let d = dir.clone();
         let mut ix = cpu(move || LocalIndex::open(&d)).await??;
         if ix.merged_segments().iter().any(|s| !listed_ids.contains(s)) {
@@ -373,13 +291,18 @@ impl Vault {
             })
             .await??;
         }
-        let missing: Vec<ObjectId> = listed_ids
-            .iter()
-            .filter(|s| !ix.merged_segments().contains(s))
-            .copied()
-            .collect();
+        let missing: Vec<ObjectId> = listed_ids.iter().filter(|s| !ix.merged_segments().contains(s)).copied().collect();
         for id in missing {
-            let seg = self.read_segment(&id).await?;
+            // A damaged or planted segment must not stop restores of what the others index;
+            // `check` reports it.
+            let seg = match self.read_segment(&id).await {
+                Ok(seg) => seg,
+                Err(e @ Error::Integrity { .. }) => {
+                    tracing::warn!(segment = %id, error = %e, "skipping unreadable index segment");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             ix = cpu(move || {
                 let mut ix = ix;
                 ix.add_segment(id, &seg).map(|()| ix)
@@ -393,17 +316,13 @@ impl Vault {
     pub async fn read_segment(&self, id: &ObjectId) -> Result<Segment> {
         let bytes = self.backend.get(&layout::segment(id)).await?;
         if object::content_id(&bytes) != *id {
-            return Err(Error::integrity(
-                format!("index segment {id}"),
-                "content does not match its name",
-            ));
+            return Err(Error::integrity(format!("index segment {id}"), "content does not match its name"));
         }
         let keys = self.keys.clone();
         let id = *id;
         cpu(move || {
             let body = object::open_bytes(&keys, ObjectType::IndexSegment, &bytes)?;
-            Segment::from_cbor(&body)
-                .map_err(|e| Error::integrity(format!("index segment {id}"), e))
+            Segment::from_cbor(&body).map_err(|e| Error::integrity(format!("index segment {id}"), e))
         })
         .await?
     }
@@ -411,54 +330,38 @@ impl Vault {
     /// Write an index segment (create-once); returns its id.
     pub async fn write_segment(&self, seg: &Segment) -> Result<ObjectId> {
         let (id, bytes) = object::seal(&self.keys, ObjectType::IndexSegment, &seg.to_body());
-        self.backend
-            .create(&layout::segment(&id), Bytes::from(bytes))
-            .await?;
+        self.backend.create(&layout::segment(&id), Bytes::from(bytes)).await?;
         Ok(id)
     }
 
     /// Fetch and verify one chunk by its index entry.
     pub async fn read_chunk(&self, e: &IndexEntry) -> Result<Vec<u8>> {
         let start = u64::from(e.blob.offset);
-        let sealed = self
-            .backend
-            .get_range(
-                &layout::pack(&e.pack.id),
-                start..start + u64::from(e.blob.stored_len),
-            )
-            .await?;
+        let sealed =
+            self.backend.get_range(&layout::pack(&e.pack.id), start..start + u64::from(e.blob.stored_len)).await?;
         self.open_chunk(e, sealed).await
     }
 
     /// Decrypt, decode and verify a chunk whose sealed bytes were already fetched.
     pub async fn open_chunk(&self, e: &IndexEntry, sealed: Bytes) -> Result<Vec<u8>> {
         let keys = self.keys.clone();
-        let loc = pack::BlobLocation {
-            salt: e.pack.salt,
-            counter: e.counter,
-            entry: e.blob,
-        };
+        let loc = pack::BlobLocation { salt: e.pack.salt, counter: e.counter, entry: e.blob };
         let pack_id = e.pack.id;
         cpu(move || pack::open_located(&keys, &loc, &sealed))
             .await?
-            .map_err(|err| {
-                Error::integrity(format!("chunk {} in pack {}", loc.entry.id, pack_id), err)
-            })
+            .map_err(|err| Error::integrity(format!("chunk {} in pack {}", loc.entry.id, pack_id), err))
     }
 
     /// Read the tree of a snapshot; needs the index to locate tree chunks.
     pub async fn read_tree(&self, m: &Manifest, index: &LocalIndex) -> Result<Vec<Node>> {
         let mut bytes = Vec::new();
         for id in &m.tree {
-            let e = index
-                .lookup(id)?
-                .ok_or_else(|| Error::integrity(format!("tree chunk {id}"), "not in the index"))?;
+            let e =
+                index.lookup(id)?.ok_or_else(|| Error::integrity(format!("tree chunk {id}"), "not in the index"))?;
             bytes.extend_from_slice(&self.read_chunk(&e).await?);
         }
         let n = m.tree_nodes;
-        cpu(move || crate::snapshot::decode_tree(&bytes, n))
-            .await?
-            .map_err(|e| Error::integrity("snapshot tree", e))
+        cpu(move || crate::snapshot::decode_tree(&bytes, n)).await?.map_err(|e| Error::integrity("snapshot tree", e))
     }
 }
 

@@ -15,14 +15,8 @@ pub fn node_from(path_bytes: Vec<u8>, md: &std::fs::Metadata, kind: NodeKind) ->
         mode: md.mode(),
         uid: md.uid(),
         gid: md.gid(),
-        mtime_ns: md
-            .mtime()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(md.mtime_nsec()),
-        ctime_ns: md
-            .ctime()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(md.ctime_nsec()),
+        mtime_ns: md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec()),
+        ctime_ns: md.ctime().saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec()),
         inode: md.ino(),
         size: if kind == NodeKind::File { md.len() } else { 0 },
         target: None,
@@ -57,10 +51,7 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
         };
         if let Some(l) = len {
             value.truncate(l);
-            out.push(Xattr {
-                name: name.to_vec(),
-                value,
-            });
+            out.push(Xattr { name: name.to_vec(), value });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -83,12 +74,7 @@ pub fn apply(path: &Path, node: &Node) -> std::io::Result<()> {
         rustix::fs::chownat(CWD, path, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
     }
     for x in &node.xattrs {
-        match rustix::fs::lsetxattr(
-            path,
-            OsStr::from_bytes(&x.name),
-            &x.value,
-            rustix::fs::XattrFlags::empty(),
-        ) {
+        match rustix::fs::lsetxattr(path, OsStr::from_bytes(&x.name), &x.value, rustix::fs::XattrFlags::empty()) {
             Ok(()) | Err(rustix::io::Errno::NOTSUP) => {}
             // Unprivileged users cannot set trusted.* or security.* names.
             Err(rustix::io::Errno::PERM) if !x.name.starts_with(b"user.") => {}
@@ -102,14 +88,6 @@ pub fn apply(path: &Path, node: &Node) -> std::io::Result<()> {
         tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
         tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000) as _,
     };
-    rustix::fs::utimensat(
-        CWD,
-        path,
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
+    rustix::fs::utimensat(CWD, path, &Timestamps { last_access: t, last_modification: t }, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(())
 }

@@ -59,10 +59,7 @@ impl ChunkWriter for Writer {
     }
 
     fn failed(&self, target: ChunkTarget, chunk: ChunkId, error: &tresor_vault::Error) {
-        let mut f = self.slots[target.file]
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut f = self.slots[target.file].failure.lock().unwrap_or_else(|p| p.into_inner());
         f.get_or_insert_with(|| format!("chunk {chunk}: {error}"));
     }
 }
@@ -72,10 +69,7 @@ fn target_path(root: &Path, node: &Node) -> PathBuf {
 }
 
 fn temp_path(final_path: &Path) -> PathBuf {
-    let name = final_path
-        .file_name()
-        .map(|n| n.as_bytes().to_vec())
-        .unwrap_or_default();
+    let name = final_path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
     let mut tmp = b".".to_vec();
     tmp.extend_from_slice(&name);
     tmp.extend_from_slice(b".tresor-tmp");
@@ -87,15 +81,8 @@ pub fn select(nodes: Vec<Node>, include: &[String]) -> anyhow::Result<Vec<Node>>
     if include.is_empty() {
         return Ok(nodes);
     }
-    let wanted: Vec<Vec<u8>> = include
-        .iter()
-        .map(|p| {
-            p.trim_start_matches('/')
-                .trim_end_matches('/')
-                .as_bytes()
-                .to_vec()
-        })
-        .collect();
+    let wanted: Vec<Vec<u8>> =
+        include.iter().map(|p| p.trim_start_matches('/').trim_end_matches('/').as_bytes().to_vec()).collect();
     let keep = |path: &[u8]| {
         wanted.iter().any(|w| {
             path == &w[..]
@@ -105,10 +92,7 @@ pub fn select(nodes: Vec<Node>, include: &[String]) -> anyhow::Result<Vec<Node>>
     };
     let out: Vec<Node> = nodes.into_iter().filter(|n| keep(&n.path)).collect();
     if out.is_empty() {
-        bail!(
-            "--include {} matches nothing in the snapshot",
-            include.join(", ")
-        );
+        bail!("--include {} matches nothing in the snapshot", include.join(", "));
     }
     Ok(out)
 }
@@ -133,8 +117,7 @@ pub async fn restore_tree(
     root: &Path,
 ) -> anyhow::Result<RestoreReport> {
     let mut report = RestoreReport::default();
-    std::fs::create_dir_all(root)
-        .with_context(|| format!("cannot create restore target {}", root.display()))?;
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create restore target {}", root.display()))?;
 
     // Files that still need writing, and the space they take.
     let mut todo: Vec<usize> = Vec::new();
@@ -145,10 +128,7 @@ pub async fn restore_tree(
         }
         let dest = target_path(root, n);
         if let Ok(md) = std::fs::symlink_metadata(&dest) {
-            let mtime = md
-                .mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(md.mtime_nsec());
+            let mtime = md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec());
             if md.is_file() && md.len() == n.size && mtime == n.mtime_ns {
                 report.files_skipped += 1;
                 continue;
@@ -163,8 +143,7 @@ pub async fn restore_tree(
             }
         }
     }
-    let free = free_bytes(root)
-        .with_context(|| format!("cannot read free space of {}", root.display()))?;
+    let free = free_bytes(root).with_context(|| format!("cannot read free space of {}", root.display()))?;
     // Leave a small margin for directories and metadata blocks.
     let margin = 16 << 20;
     if need + margin > free {
@@ -179,8 +158,7 @@ pub async fn restore_tree(
     // Directories first (permissive until their metadata is applied at the end).
     for n in nodes.iter().filter(|n| n.kind == NodeKind::Dir) {
         let p = target_path(root, n);
-        std::fs::create_dir_all(&p)
-            .with_context(|| format!("cannot create directory {}", p.display()))?;
+        std::fs::create_dir_all(&p).with_context(|| format!("cannot create directory {}", p.display()))?;
     }
 
     // Open temp files at full size (holes stay sparse).
@@ -189,8 +167,7 @@ pub async fn restore_tree(
         let n = &nodes[i];
         let dest = target_path(root, n);
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create directory {}", parent.display()))?;
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create directory {}", parent.display()))?;
         }
         let tmp = temp_path(&dest);
         let file = OpenOptions::new()
@@ -200,21 +177,13 @@ pub async fn restore_tree(
             .truncate(true)
             .open(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        file.set_len(n.size)
-            .with_context(|| format!("cannot size {}", tmp.display()))?;
-        slots.push(Slot {
-            file,
-            failure: Mutex::new(None),
-            written: AtomicU64::new(0),
-        });
+        file.set_len(n.size).with_context(|| format!("cannot size {}", tmp.display()))?;
+        slots.push(Slot { file, failure: Mutex::new(None), written: AtomicU64::new(0) });
     }
     let writer = Arc::new(Writer { slots });
 
-    let files: Vec<(usize, Vec<tresor_vault::snapshot::Extent>)> = todo
-        .iter()
-        .enumerate()
-        .map(|(slot, &i)| (slot, nodes[i].extents.clone()))
-        .collect();
+    let files: Vec<(usize, Vec<tresor_vault::snapshot::Extent>)> =
+        todo.iter().enumerate().map(|(slot, &i)| (slot, nodes[i].extents.clone())).collect();
     let idx = index.clone();
     let plan = tokio::task::spawn_blocking(move || {
         let refs: Vec<(usize, &[tresor_vault::snapshot::Extent])> =
@@ -224,21 +193,13 @@ pub async fn restore_tree(
     .await??;
     for (slot, chunk) in &plan.missing {
         writer.failed(
-            ChunkTarget {
-                file: *slot,
-                offset: 0,
-            },
+            ChunkTarget { file: *slot, offset: 0 },
             *chunk,
             &tresor_vault::Error::integrity(format!("chunk {chunk}"), "not in the index"),
         );
     }
-    let counts = restore::execute(
-        vault,
-        plan,
-        &RestoreOptions::default(),
-        writer.clone() as Arc<dyn ChunkWriter>,
-    )
-    .await?;
+    let counts =
+        restore::execute(vault, plan, &RestoreOptions::default(), writer.clone() as Arc<dyn ChunkWriter>).await?;
     report.transient_retries = counts.transient_retries;
 
     // Finish files: metadata, then rename into place.
@@ -253,10 +214,8 @@ pub async fn restore_tree(
             report.failed.push((n.display_path(), why));
             continue;
         }
-        meta::apply(&tmp, n)
-            .with_context(|| format!("cannot set metadata of {}", dest.display()))?;
-        std::fs::rename(&tmp, &dest)
-            .with_context(|| format!("cannot move {} into place", dest.display()))?;
+        meta::apply(&tmp, n).with_context(|| format!("cannot set metadata of {}", dest.display()))?;
+        std::fs::rename(&tmp, &dest).with_context(|| format!("cannot move {} into place", dest.display()))?;
         report.files += 1;
         report.bytes += s.written.load(Ordering::Relaxed);
         placed.insert(n.path.clone(), dest);
@@ -294,10 +253,10 @@ pub async fn restore_tree(
 
 fn restore_symlink(dest: &Path, n: &Node) -> anyhow::Result<()> {
     let target = n.target.as_deref().unwrap_or_default();
-    if let Ok(existing) = std::fs::read_link(dest) {
-        if existing.as_os_str().as_bytes() == target {
-            return meta::apply(dest, n).map_err(Into::into);
-        }
+    if let Ok(existing) = std::fs::read_link(dest)
+        && existing.as_os_str().as_bytes() == target
+    {
+        return meta::apply(dest, n).map_err(Into::into);
     }
     let tmp = temp_path(dest);
     let _ = std::fs::remove_file(&tmp);
@@ -309,8 +268,8 @@ fn restore_symlink(dest: &Path, n: &Node) -> anyhow::Result<()> {
 
 fn restore_hardlink(root: &Path, dest: &Path, n: &Node) -> anyhow::Result<()> {
     let first = root.join(OsStr::from_bytes(n.target.as_deref().unwrap_or_default()));
-    let first_md = std::fs::metadata(&first)
-        .with_context(|| format!("hardlink target {} was not restored", first.display()))?;
+    let first_md =
+        std::fs::metadata(&first).with_context(|| format!("hardlink target {} was not restored", first.display()))?;
     if let Ok(md) = std::fs::symlink_metadata(dest) {
         if md.ino() == first_md.ino() && md.dev() == first_md.dev() {
             return Ok(());

@@ -17,6 +17,9 @@ use tresor_vault::snapshot::{Extent, Node, NodeKind, Summary};
 
 use super::meta;
 
+/// A read file: its extents and whole-file BLAKE3 hash, or the error that stopped it.
+type ReadOutcome = std::io::Result<(Vec<Extent>, [u8; 32])>;
+
 /// Threads reading file contents.
 pub const READERS: usize = 2;
 
@@ -58,11 +61,7 @@ pub fn walk_and_store(
 
     for root in roots {
         // Ancestors first, so a restore recreates them with their metadata.
-        let mut ancestors: Vec<&Path> = root
-            .ancestors()
-            .skip(1)
-            .filter(|a| a.as_os_str() != "/")
-            .collect();
+        let mut ancestors: Vec<&Path> = root.ancestors().skip(1).filter(|a| a.as_os_str() != "/").collect();
         ancestors.reverse();
         for a in ancestors {
             let rel = rel_bytes(a);
@@ -80,10 +79,7 @@ pub fn walk_and_store(
             let md = match std::fs::symlink_metadata(&path) {
                 Ok(m) => m,
                 Err(e) => {
-                    errors.push(SourceError {
-                        path: path.display().to_string(),
-                        error: e.to_string(),
-                    });
+                    errors.push(SourceError { path: path.display().to_string(), error: e.to_string() });
                     continue;
                 }
             };
@@ -119,10 +115,7 @@ pub fn walk_and_store(
                     let mut children: Vec<PathBuf> = match std::fs::read_dir(&path) {
                         Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
                         Err(e) => {
-                            errors.push(SourceError {
-                                path: path.display().to_string(),
-                                error: e.to_string(),
-                            });
+                            errors.push(SourceError { path: path.display().to_string(), error: e.to_string() });
                             continue;
                         }
                     };
@@ -132,10 +125,7 @@ pub fn walk_and_store(
                 NodeKind::Symlink => match std::fs::read_link(&path) {
                     Ok(t) => node.target = Some(t.as_os_str().as_bytes().to_vec()),
                     Err(e) => {
-                        errors.push(SourceError {
-                            path: path.display().to_string(),
-                            error: e.to_string(),
-                        });
+                        errors.push(SourceError { path: path.display().to_string(), error: e.to_string() });
                         continue;
                     }
                 },
@@ -159,9 +149,9 @@ pub fn walk_and_store(
                             && old.inode == node.inode
                     });
                     let reusable = match unchanged {
-                        Some(old) => sink
-                            .reuse(&old.chunks().copied().collect::<Vec<_>>())
-                            .map_err(std::io::Error::other)?,
+                        Some(old) => {
+                            sink.reuse(&old.chunks().copied().collect::<Vec<_>>()).map_err(std::io::Error::other)?
+                        }
                         None => false,
                     };
                     if let (true, Some(old)) = (reusable, unchanged) {
@@ -179,8 +169,7 @@ pub fn walk_and_store(
 
     // Read changed files in parallel.
     let queue = Mutex::new(file_jobs.into_iter());
-    let results: Mutex<Vec<(usize, std::io::Result<(Vec<Extent>, [u8; 32])>)>> =
-        Mutex::new(Vec::new());
+    let results: Mutex<Vec<(usize, ReadOutcome)>> = Mutex::new(Vec::new());
     let fatal: Mutex<Option<std::io::Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..READERS {
@@ -189,19 +178,12 @@ pub fn walk_and_store(
                     let job = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
                     let Some((i, path)) = job else { break };
                     match store_file(&path, sink) {
-                        Ok(r) => results
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((i, Ok(r))),
-                        Err(FileError::Source(e)) => results
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((i, Err(e))),
+                        Ok(r) => results.lock().unwrap_or_else(|p| p.into_inner()).push((i, Ok(r))),
+                        Err(FileError::Source(e)) => {
+                            results.lock().unwrap_or_else(|p| p.into_inner()).push((i, Err(e)))
+                        }
                         Err(FileError::Pipeline(e)) => {
-                            fatal
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get_or_insert(e);
+                            fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                             break;
                         }
                     }
@@ -220,20 +202,13 @@ pub fn walk_and_store(
                 nodes[i].hash = Some(hash.to_vec());
             }
             Err(e) => {
-                errors.push(SourceError {
-                    path: nodes[i].display_path(),
-                    error: e.to_string(),
-                });
+                errors.push(SourceError { path: nodes[i].display_path(), error: e.to_string() });
                 drop_nodes.insert(i);
             }
         }
     }
-    let nodes: Vec<Node> = nodes
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !drop_nodes.contains(i))
-        .map(|(_, n)| n)
-        .collect();
+    let nodes: Vec<Node> =
+        nodes.into_iter().enumerate().filter(|(i, _)| !drop_nodes.contains(i)).map(|(_, n)| n).collect();
     let mut summary = Summary::default();
     for n in &nodes {
         match n.kind {
@@ -246,11 +221,7 @@ pub fn walk_and_store(
         }
     }
     summary.errors = errors.len() as u64;
-    Ok(WalkResult {
-        nodes,
-        summary,
-        errors,
-    })
+    Ok(WalkResult { nodes, summary, errors })
 }
 
 enum FileError {
@@ -306,9 +277,7 @@ fn data_regions(f: &mut File, size: u64, blocks: u64) -> std::io::Result<Vec<(u6
             Err(rustix::io::Errno::INVAL) => return Ok(vec![(0, size)]),
             Err(e) => return Err(e.into()),
         };
-        let end = rustix::fs::seek(&*f, rustix::fs::SeekFrom::Hole(start))
-            .map_err(std::io::Error::from)?
-            .min(size);
+        let end = rustix::fs::seek(&*f, rustix::fs::SeekFrom::Hole(start)).map_err(std::io::Error::from)?.min(size);
         if end > start {
             regions.push((start, end - start));
         }
@@ -329,27 +298,19 @@ fn store_file(path: &Path, sink: &ChunkSink) -> Result<(Vec<Extent>, [u8; 32]), 
         hash_zeros(&mut hasher, start - pos);
         f.seek(SeekFrom::Start(start)).map_err(FileError::Source)?;
         let mut src_err = None;
-        let reader = HashingReader {
-            inner: (&mut f).take(len),
-            hasher: &mut hasher,
-            error: &mut src_err,
-        };
+        let reader = HashingReader { inner: (&mut f).take(len), hasher: &mut hasher, error: &mut src_err };
         let stored = sink.store_stream(reader);
         if let Some(e) = src_err {
             return Err(FileError::Source(e));
         }
-        let stored =
-            stored.map_err(|e| FileError::Pipeline(std::io::Error::other(e.to_string())))?;
+        let stored = stored.map_err(|e| FileError::Pipeline(std::io::Error::other(e.to_string())))?;
         if stored.len != len {
             return Err(FileError::Source(std::io::Error::other(format!(
                 "file changed while read: expected {len} bytes at {start}, got {}",
                 stored.len
             ))));
         }
-        extents.push(Extent {
-            offset: start,
-            chunks: stored.chunks,
-        });
+        extents.push(Extent { offset: start, chunks: stored.chunks });
         pos = start + len;
     }
     hash_zeros(&mut hasher, size.saturating_sub(pos));

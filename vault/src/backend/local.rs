@@ -33,16 +33,8 @@ impl LocalBackend {
 
     fn path(&self, key: &str) -> Result<PathBuf, BackendError> {
         // Keys are made by this crate, but reject anything that could leave the root.
-        if key.is_empty()
-            || key.starts_with('/')
-            || key
-                .split('/')
-                .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return Err(BackendError::Other {
-                key: key.into(),
-                detail: "invalid object key".into(),
-            });
+        if key.is_empty() || key.starts_with('/') || key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            return Err(BackendError::Other { key: key.into(), detail: "invalid object key".into() });
         }
         Ok(self.root.join(key))
     }
@@ -103,17 +95,11 @@ impl LocalBackend {
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         if !self.root.is_dir() {
-            return Err(BackendError::NoSuchLocation(
-                self.root.display().to_string(),
-            ));
+            return Err(BackendError::NoSuchLocation(self.root.display().to_string()));
         }
         // List the deepest directory the prefix names, then filter by the full prefix.
         let dir_part = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-        let start = if dir_part.is_empty() {
-            self.root.clone()
-        } else {
-            self.path(dir_part)?
-        };
+        let start = if dir_part.is_empty() { self.root.clone() } else { self.path(dir_part)? };
         let mut out = Vec::new();
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
@@ -123,8 +109,7 @@ impl LocalBackend {
                 Err(e) => return Err(BackendError::from_io(&dir.display().to_string(), &e)),
             };
             for entry in rd {
-                let entry =
-                    entry.map_err(|e| BackendError::from_io(&dir.display().to_string(), &e))?;
+                let entry = entry.map_err(|e| BackendError::from_io(&dir.display().to_string(), &e))?;
                 let path = entry.path();
                 let rel = path.strip_prefix(&self.root).unwrap_or(&path);
                 let Some(key) = rel.to_str().map(str::to_string) else {
@@ -133,21 +118,13 @@ impl LocalBackend {
                 if key == TMP_DIR || key.starts_with("tmp/") {
                     continue;
                 }
-                let ft = entry
-                    .file_type()
-                    .map_err(|e| BackendError::from_io(&key, &e))?;
+                let ft = entry.file_type().map_err(|e| BackendError::from_io(&key, &e))?;
                 if ft.is_dir() {
-                    if prefix.starts_with(&format!("{key}/"))
-                        || key.starts_with(prefix)
-                        || prefix.is_empty()
-                    {
+                    if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) || prefix.is_empty() {
                         stack.push(path);
                     }
                 } else if ft.is_file() && key.starts_with(prefix) {
-                    let size = entry
-                        .metadata()
-                        .map_err(|e| BackendError::from_io(&key, &e))?
-                        .len();
+                    let size = entry.metadata().map_err(|e| BackendError::from_io(&key, &e))?.len();
                     out.push(ObjectInfo { key, size });
                 }
             }
@@ -170,21 +147,16 @@ fn ensure_dir(dir: &Path, key: &str) -> Result<(), BackendError> {
 
 fn fsync_dir(dir: &Path, key: &str) -> Result<(), BackendError> {
     let f = File::open(dir).map_err(|e| BackendError::from_io(key, &e))?;
-    f.sync_all().map_err(|e| BackendError::Other {
-        key: key.into(),
-        detail: format!("fsync of directory failed (fatal): {e}"),
-    })
+    f.sync_all()
+        .map_err(|e| BackendError::Other { key: key.into(), detail: format!("fsync of directory failed (fatal): {e}") })
 }
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
 ) -> Result<T, BackendError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(BackendError::Other {
-            key: String::new(),
-            detail: format!("I/O task failed: {e}"),
-        })
-    })
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(BackendError::Other { key: String::new(), detail: format!("I/O task failed: {e}") }))
 }
 
 #[async_trait]
@@ -201,10 +173,7 @@ impl Backend for LocalBackend {
         let root = self.root.clone();
         blocking(move || match fs::metadata(&root) {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(BackendError::Other {
-                key: root.display().to_string(),
-                detail: "is not a directory".into(),
-            }),
+            Ok(_) => Err(BackendError::Other { key: root.display().to_string(), detail: "is not a directory".into() }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(BackendError::NoSuchLocation(root.display().to_string()))
             }
@@ -228,12 +197,7 @@ impl Backend for LocalBackend {
     async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
         let path = self.path(key)?;
         let key = key.to_string();
-        blocking(move || {
-            fs::read(&path)
-                .map(Bytes::from)
-                .map_err(|e| BackendError::from_io(&key, &e))
-        })
-        .await
+        blocking(move || fs::read(&path).map(Bytes::from).map_err(|e| BackendError::from_io(&key, &e))).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
@@ -244,10 +208,7 @@ impl Backend for LocalBackend {
             let len = range
                 .end
                 .checked_sub(range.start)
-                .ok_or_else(|| BackendError::Other {
-                    key: key.clone(),
-                    detail: "inverted range".into(),
-                })?;
+                .ok_or_else(|| BackendError::Other { key: key.clone(), detail: "inverted range".into() })?;
             let mut buf = vec![0u8; len as usize];
             f.read_exact_at(&mut buf, range.start).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {

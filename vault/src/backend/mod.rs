@@ -71,15 +71,11 @@ impl BackendError {
     pub fn from_io(key: &str, e: &std::io::Error) -> Self {
         match e.kind() {
             std::io::ErrorKind::NotFound => Self::NotFound(key.to_string()),
-            std::io::ErrorKind::PermissionDenied => Self::PermissionDenied {
-                key: key.to_string(),
-                detail: e.to_string(),
-            },
+            std::io::ErrorKind::PermissionDenied => {
+                Self::PermissionDenied { key: key.to_string(), detail: e.to_string() }
+            }
             std::io::ErrorKind::StorageFull => Self::NoSpace(key.to_string()),
-            _ => Self::Other {
-                key: key.to_string(),
-                detail: e.to_string(),
-            },
+            _ => Self::Other { key: key.to_string(), detail: e.to_string() },
         }
     }
 }
@@ -116,10 +112,7 @@ pub type DynBackend = Arc<dyn Backend>;
 /// Open the backend named by a vault URL: a directory path, or `s3://bucket/prefix`.
 pub fn from_url(url: &str) -> Result<DynBackend, BackendError> {
     if url.trim().is_empty() {
-        return Err(BackendError::Other {
-            key: url.into(),
-            detail: "vault URL is empty".into(),
-        });
+        return Err(BackendError::Other { key: url.into(), detail: "vault URL is empty".into() });
     }
     if let Some(rest) = url.strip_prefix("s3://") {
         return Err(BackendError::Other {

@@ -41,10 +41,7 @@ pub enum CacheError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| CacheError::Io { path: path.to_path_buf(), source }
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -101,39 +98,24 @@ impl LocalIndex {
     fn open_existing(dir: &Path) -> Result<Self, CacheError> {
         let state_path = dir.join("state.json");
         let state: State = match std::fs::read(&state_path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| CacheError::Damaged(format!("state.json: {e}")))?,
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| CacheError::Damaged(format!("state.json: {e}")))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => {
-                return Err(CacheError::Io {
-                    path: state_path,
-                    source: e,
-                });
+                return Err(CacheError::Io { path: state_path, source: e });
             }
         };
         let packs_path = dir.join("packs.tbl");
-        let packs = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&packs_path)
-            .map_err(io(&packs_path))?;
+        let packs =
+            OpenOptions::new().read(true).append(true).create(true).open(&packs_path).map_err(io(&packs_path))?;
         let have = packs.metadata().map_err(io(&packs_path))?.len();
         if have < state.packs * PACK_RECORD as u64 {
-            return Err(CacheError::Damaged(
-                "pack table shorter than recorded".into(),
-            ));
+            return Err(CacheError::Damaged("pack table shorter than recorded".into()));
         }
         let mut runs = Vec::new();
         for r in &state.runs {
             runs.push(load_run(&dir.join(&r.file), r.entries)?);
         }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            state,
-            runs,
-            packs,
-        })
+        Ok(Self { dir: dir.to_path_buf(), state, runs, packs })
     }
 
     /// Segment ids already merged.
@@ -189,10 +171,7 @@ impl LocalIndex {
         w.flush().map_err(io(&path))?;
         drop(w);
         self.runs.push(load_run(&path, seg.entries.len() as u64)?);
-        self.state.runs.push(RunState {
-            file: name,
-            entries: seg.entries.len() as u64,
-        });
+        self.state.runs.push(RunState { file: name, entries: seg.entries.len() as u64 });
         self.state.packs += seg.packs.len() as u64;
         self.state.segments.insert(id);
         if self.runs.len() > MAX_RUNS {
@@ -203,8 +182,7 @@ impl LocalIndex {
 
     fn save_state(&self) -> Result<(), CacheError> {
         let tmp = self.dir.join("state.json.tmp");
-        let bytes =
-            serde_json::to_vec(&self.state).map_err(|e| CacheError::Damaged(e.to_string()))?;
+        let bytes = serde_json::to_vec(&self.state).map_err(|e| CacheError::Damaged(e.to_string()))?;
         std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
         std::fs::rename(&tmp, self.dir.join("state.json")).map_err(io(&tmp))
     }
@@ -224,13 +202,8 @@ impl LocalIndex {
         }
         let mut count = 0u64;
         let mut last: Option<[u8; 32]> = None;
-        loop {
-            let Some(i) = (0..heads.len())
-                .filter(|i| heads[*i].is_some())
-                .min_by_key(|i| heads[*i].map(|h| key(&h)))
-            else {
-                break;
-            };
+        while let Some(i) = (0..heads.len()).filter(|i| heads[*i].is_some()).min_by_key(|i| heads[*i].map(|h| key(&h)))
+        {
             let rec = heads[i].take().unwrap_or([0; ENTRY_LEN]);
             if last != Some(key(&rec)) {
                 w.write_all(&rec).map_err(io(&path))?;
@@ -244,10 +217,7 @@ impl LocalIndex {
         drop(w);
         let old: Vec<String> = self.state.runs.iter().map(|r| r.file.clone()).collect();
         self.runs = vec![load_run(&path, count)?];
-        self.state.runs = vec![RunState {
-            file: name,
-            entries: count,
-        }];
+        self.state.runs = vec![RunState { file: name, entries: count }];
         self.save_state()?;
         for f in old {
             let _ = std::fs::remove_file(self.dir.join(f));
@@ -267,19 +237,12 @@ impl LocalIndex {
         };
         let mut rec = [0u8; PACK_RECORD];
         let p = self.dir.join("packs.tbl");
-        self.packs
-            .read_exact_at(&mut rec, u64::from(pack) * PACK_RECORD as u64)
-            .map_err(io(&p))?;
+        self.packs.read_exact_at(&mut rec, u64::from(pack) * PACK_RECORD as u64).map_err(io(&p))?;
         let pack = PackRef {
             id: PackId::from_slice(&rec[..32]).unwrap_or_default(),
             salt: rec[32..].try_into().unwrap_or_default(),
         };
-        Ok(Some(IndexEntry {
-            id: *id,
-            pack,
-            counter,
-            blob,
-        }))
+        Ok(Some(IndexEntry { id: *id, pack, counter, blob }))
     }
 
     fn find(&self, id: &ChunkId) -> Result<Option<(u32, u32, crate::pack::PackEntry)>, CacheError> {
@@ -295,10 +258,8 @@ impl LocalIndex {
                 run.file
                     .read_exact_at(buf, first * ENTRY_LEN as u64)
                     .map_err(|e| CacheError::Damaged(e.to_string()))?;
-                let found = buf
-                    .chunks_exact(ENTRY_LEN)
-                    .collect::<Vec<_>>()
-                    .binary_search_by(|r| r[..32].cmp(&id.0[..]));
+                let found =
+                    buf.chunks_exact(ENTRY_LEN).collect::<Vec<_>>().binary_search_by(|r| r[..32].cmp(&id.0[..]));
                 if let Ok(i) = found {
                     let rec = &buf[i * ENTRY_LEN..(i + 1) * ENTRY_LEN];
                     return decode_entry(rec).map(Some).map_err(CacheError::Damaged);
@@ -318,10 +279,7 @@ fn read_record(rd: &mut BufReader<File>, p: &Path) -> Result<Option<[u8; ENTRY_L
     match rd.read_exact(&mut rec) {
         Ok(()) => Ok(Some(rec)),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(e) => Err(CacheError::Io {
-            path: p.to_path_buf(),
-            source: e,
-        }),
+        Err(e) => Err(CacheError::Io { path: p.to_path_buf(), source: e }),
     }
 }
 
@@ -339,15 +297,10 @@ fn load_run(path: &Path, entries: u64) -> Result<Run, CacheError> {
     let mut fence = Vec::with_capacity(blocks as usize);
     let mut k = [0u8; 8];
     for b in 0..blocks {
-        file.read_exact_at(&mut k, b * BLOCK_BYTES as u64)
-            .map_err(io(path))?;
+        file.read_exact_at(&mut k, b * BLOCK_BYTES as u64).map_err(io(path))?;
         fence.push(k);
     }
-    Ok(Run {
-        file,
-        entries,
-        fence,
-    })
+    Ok(Run { file, entries, fence })
 }
 
 #[cfg(test)]
@@ -370,16 +323,7 @@ mod tests {
                 raw_len: 3,
             })
             .collect();
-        Segment::from_packs(
-            0,
-            &[(
-                PackRef {
-                    id: PackId([salt; 32]),
-                    salt: [salt; 32],
-                },
-                dir,
-            )],
-        )
+        Segment::from_packs(0, &[(PackRef { id: PackId([salt; 32]), salt: [salt; 32] }, dir)])
     }
 
     #[test]
@@ -408,8 +352,7 @@ mod tests {
     fn damaged_state_is_rebuilt_empty() {
         let tmp = tempfile::tempdir().unwrap();
         let mut ix = LocalIndex::open(tmp.path()).unwrap();
-        ix.add_segment(SegmentId::random(), &seg(&[ChunkId::random()], 1))
-            .unwrap();
+        ix.add_segment(SegmentId::random(), &seg(&[ChunkId::random()], 1)).unwrap();
         std::fs::write(tmp.path().join("state.json"), b"{garbage").unwrap();
         let ix = LocalIndex::open(tmp.path()).unwrap();
         assert!(ix.is_empty());

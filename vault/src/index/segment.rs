@@ -75,13 +75,8 @@ impl Segment {
                 entries.push((pi as u32, counter as u32, *e));
             }
         }
-        entries.sort_by(|a, b| a.2.id.cmp(&b.2.id));
-        Self {
-            generation,
-            supersedes: Vec::new(),
-            packs: packs.iter().map(|p| p.0).collect(),
-            entries,
-        }
+        entries.sort_by_key(|a| a.2.id);
+        Self { generation, supersedes: Vec::new(), packs: packs.iter().map(|p| p.0).collect(), entries }
     }
 
     /// Iterate entries with their pack.
@@ -111,27 +106,19 @@ impl Segment {
 
     /// Decode a body opened from storage; every field is checked.
     pub fn from_cbor(body: &[u8]) -> Result<Self, String> {
-        let b: SegmentBody =
-            ciborium::from_reader(body).map_err(|e| format!("index segment body: {e}"))?;
+        let b: SegmentBody = ciborium::from_reader(body).map_err(|e| format!("index segment body: {e}"))?;
         if b.v != 1 {
             return Err(format!("index segment version {} unknown", b.v));
         }
-        if b.entries.len() % ENTRY_LEN != 0 {
-            return Err(format!(
-                "index segment entries have {} bytes, not a multiple of {ENTRY_LEN}",
-                b.entries.len()
-            ));
+        if !b.entries.len().is_multiple_of(ENTRY_LEN) {
+            return Err(format!("index segment entries have {} bytes, not a multiple of {ENTRY_LEN}", b.entries.len()));
         }
         let mut entries = Vec::with_capacity(b.entries.len() / ENTRY_LEN);
         let mut last: Option<ChunkId> = None;
         for rec in b.entries.chunks_exact(ENTRY_LEN) {
             let (p, c, e) = decode_entry(rec)?;
             if p as usize >= b.packs.len() {
-                return Err(format!(
-                    "index entry for chunk {} names pack #{p} of {}",
-                    e.id,
-                    b.packs.len()
-                ));
+                return Err(format!("index entry for chunk {} names pack #{p} of {}", e.id, b.packs.len()));
             }
             if last.is_some_and(|l| l > e.id) {
                 return Err("index segment entries are not sorted".into());
@@ -139,12 +126,7 @@ impl Segment {
             last = Some(e.id);
             entries.push((p, c, e));
         }
-        Ok(Self {
-            generation: b.generation,
-            supersedes: b.supersedes,
-            packs: b.packs,
-            entries,
-        })
+        Ok(Self { generation: b.generation, supersedes: b.supersedes, packs: b.packs, entries })
     }
 }
 
@@ -168,20 +150,9 @@ pub fn decode_entry(rec: &[u8]) -> Result<(u32, u32, PackEntry), String> {
     let kind = ObjectType::from_byte(rec[52])
         .filter(|k| matches!(k, ObjectType::DataChunk | ObjectType::TreeChunk))
         .ok_or_else(|| format!("index entry for chunk {id} has unknown type {}", rec[52]))?;
-    let codec = Codec::from_byte(rec[53])
-        .ok_or_else(|| format!("index entry for chunk {id} has unknown codec {}", rec[53]))?;
-    Ok((
-        u(32),
-        u(36),
-        PackEntry {
-            kind,
-            codec,
-            id,
-            offset: u(40),
-            stored_len: u(44),
-            raw_len: u(48),
-        },
-    ))
+    let codec =
+        Codec::from_byte(rec[53]).ok_or_else(|| format!("index entry for chunk {id} has unknown codec {}", rec[53]))?;
+    Ok((u(32), u(36), PackEntry { kind, codec, id, offset: u(40), stored_len: u(44), raw_len: u(48) }))
 }
 
 #[cfg(test)]
@@ -190,26 +161,16 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry() -> impl Strategy<Value = PackEntry> {
-        (
-            any::<[u8; 32]>(),
-            any::<bool>(),
-            any::<bool>(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<u32>(),
-        )
-            .prop_map(|(id, tree, z, offset, stored_len, raw_len)| PackEntry {
-                kind: if tree {
-                    ObjectType::TreeChunk
-                } else {
-                    ObjectType::DataChunk
-                },
+        (any::<[u8; 32]>(), any::<bool>(), any::<bool>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+            |(id, tree, z, offset, stored_len, raw_len)| PackEntry {
+                kind: if tree { ObjectType::TreeChunk } else { ObjectType::DataChunk },
                 codec: if z { Codec::Zstd } else { Codec::Raw },
                 id: ChunkId(id),
                 offset,
                 stored_len,
                 raw_len,
-            })
+            },
+        )
     }
 
     proptest! {

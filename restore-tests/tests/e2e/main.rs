@@ -1,0 +1,10 @@
+//! End-to-end tests against the real `tresor-agent` binary. They start processes, so nextest runs
+//! them one at a time (see .config/nextest.toml).
+
+mod bad_input;
+mod corruption;
+mod crash;
+mod disaster;
+mod keys;
+mod memory;
+mod roundtrip;

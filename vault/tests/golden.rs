@@ -1,0 +1,100 @@
+//! Golden vectors: a fixed master key and fixed inputs pin chunk boundaries, chunk ids, encrypted
+//! pack bytes and sealed objects. The same values are printed in docs/FORMAT.md. A failure here is
+//! a format change: bump the format version and write a decision note; never just update them.
+
+use tresor_vault::chunker::Chunker;
+use tresor_vault::codec::{self, Codec};
+use tresor_vault::config::ChunkerParams;
+use tresor_vault::crypto::{MasterKey, ObjectType};
+use tresor_vault::object;
+use tresor_vault::pack::{self, PackBuilder};
+
+/// The golden master key: bytes 0x00..0x1f.
+fn master() -> MasterKey {
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    MasterKey::from_bytes(k)
+}
+
+/// xorshift64* stream seeded with 0x7e50 (documented in FORMAT.md; no library RNG, so the input
+/// never changes with a dependency update).
+fn golden_input(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x7e50;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn print(label: &str, value: &str) {
+    if std::env::var_os("GOLDEN_PRINT").is_some() {
+        println!("GOLDEN {label}: {value}");
+    }
+}
+
+#[test]
+fn key_derivation() {
+    let keys = master().derive();
+    let id = keys.chunk_id(b"tresor");
+    print("chunk_id(\"tresor\")", &id.to_hex());
+    print("chunker_seed", &format!("{:#018x}", keys.chunker_seed));
+    assert_eq!(id.to_hex(), "73f3c749f6caca9a294f4fa28794e8f13744ffe7e7d074cab96e5c47375f4151");
+    assert_eq!(format!("{:#018x}", keys.chunker_seed), "0xe537feb5c5709e66");
+}
+
+#[test]
+fn chunk_boundaries_and_ids() {
+    let keys = master().derive();
+    let data = golden_input(16 << 20);
+    let mut c = Chunker::new(&data[..], &ChunkerParams::default(), keys.chunker_seed);
+    let mut got = Vec::new();
+    while let Some(ch) = c.next_chunk().unwrap() {
+        got.push(format!("{} {}", ch.len(), &keys.chunk_id(ch).to_hex()[..16]));
+    }
+    print("chunks", &got.join(", "));
+    assert_eq!(
+        got.join(", "),
+        "2755692 78cc12ca18025f0b, 2548268 dbb9f684defeba34, 1099201 6116a8ad1d5e7756, 2497551 e22517467f0865c4, 1227684 a4253385f5516d77, 2010178 21e923184480d64c, 1088163 3904a67e2b5e14b6, 1691939 9540218b83fe21f0, 1268615 287b286493aa9b74, 589925 26a1250f502b3caf"
+    );
+}
+
+#[test]
+fn pack_bytes() {
+    let keys = master().derive();
+    let raw = golden_input(1000);
+    let text = b"tresor golden text ".repeat(100);
+    let mut b = PackBuilder::with_salt(&keys, [0xa5; 32], 4096);
+    for data in [&raw[..], &text[..]] {
+        let (codec, enc) = codec::encode(data, 3);
+        b.add(&keys, ObjectType::DataChunk, keys.chunk_id(data), codec, &enc, data.len()).unwrap();
+    }
+    let (id, bytes, entries) = b.finish();
+    assert_eq!(entries[0].codec, Codec::Raw);
+    assert_eq!(entries[1].codec, Codec::Zstd);
+    print("pack id", &id.to_hex());
+    print("pack len", &bytes.len().to_string());
+    print("pack first blob (16 bytes)", &hex::encode(&bytes[pack::HEADER_LEN..pack::HEADER_LEN + 16]));
+    assert_eq!(bytes.len().to_string(), "1225");
+    assert_eq!(hex::encode(&bytes[pack::HEADER_LEN..pack::HEADER_LEN + 16]), "6080da074938cfe0db3bdfe165f28cd7");
+    assert_eq!(id.to_hex(), "7637c913f177d3a659f1b98fcf9bd5cae41d198fdbc69f6c1c0b40d1be40f8a2");
+}
+
+#[test]
+fn sealed_object() {
+    let keys = master().derive();
+    let (id, bytes) = object::seal_bytes_with_salt(&keys, ObjectType::Snapshot, b"\xa1\x61\x76\x01", [0x5a; 32]);
+    print("object id", &id.to_hex());
+    print("object bytes", &hex::encode(&bytes));
+    assert_eq!(
+        hex::encode(&bytes),
+        "545253524f423031055a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a8c1e91a025142dc47c7346db07c6cded34c032de83"
+    );
+    assert_eq!(id.to_hex(), "ca55ef7c8d86ee468d414d7319bd23cf313d1ce5f46fa15306f257e0a037db75");
+}
