@@ -1,5 +1,9 @@
 //! Helpers for the end-to-end tests: run the real binaries, build awkward trees, compare trees.
 
+pub mod conformance;
+pub mod fault_proxy;
+pub mod garage;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -37,6 +41,10 @@ pub struct World {
     pub cache: PathBuf,
     /// Password for the vault.
     pub password: String,
+    /// The vault URL given to the agent (the directory, unless the world is on S3).
+    pub url: String,
+    /// Extra environment for the agent (the `AWS_*` variables of an S3 world).
+    pub env: Vec<(String, String)>,
 }
 
 impl World {
@@ -53,7 +61,8 @@ impl World {
         let vault = dir.path().join("vault");
         std::fs::create_dir_all(&vault).expect("vault dir");
         let cache = dir.path().join("cache");
-        Self { vault, cache, password: "correct horse battery staple".into(), dir }
+        let url = vault.to_str().unwrap_or_default().to_string();
+        Self { vault, cache, password: "correct horse battery staple".into(), dir, url, env: Vec::new() }
     }
 
     /// Where `init` wrote the escrow key file.
@@ -61,9 +70,18 @@ impl World {
         self.dir.path().join("escrow.key")
     }
 
+    /// A world whose vault is `url` on S3, reached with `env`; initialised.
+    pub fn on_s3(url: String, env: Vec<(String, String)>) -> Self {
+        let mut w = Self::empty();
+        w.url = url;
+        w.env = env;
+        w.ok(&["init", "--vault", &w.url, "--escrow-key-out", w.escrow().to_str().unwrap_or_default()]);
+        w
+    }
+
     /// The vault URL.
     pub fn vault_str(&self) -> &str {
-        self.vault.to_str().unwrap_or_default()
+        &self.url
     }
 
     /// A path inside the world.
@@ -77,7 +95,8 @@ impl World {
         c.env("TRESOR_PASSWORD", &self.password)
             .env("TRESOR_CACHE_DIR", &self.cache)
             .env_remove("TRESOR_FAILPOINTS")
-            .env_remove("TRESOR_ESCROW_KEY_FILE");
+            .env_remove("TRESOR_ESCROW_KEY_FILE")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -439,7 +439,7 @@ impl BackupSession {
         if let Err(e) = vault.backend().delete(&layout::session(&self.id)).await {
             tracing::warn!(error = %e, "could not remove the session marker");
         }
-        let cutoff = chrono::Utc::now() - chrono::Duration::hours(1);
+        let cutoff = chrono::Utc::now() - chrono::Duration::hours(MARKER_STALE_HOURS);
         for (key, refreshed) in &self.adopted_markers {
             let old = chrono::DateTime::parse_from_rfc3339(refreshed).map(|t| t < cutoff).unwrap_or(true);
             if old {
@@ -533,11 +533,20 @@ async fn uploader(
         Ok(Err(e)) => Some(e),
         Err(e) => Some(Error::Invalid(format!("upload task failed: {e}"))),
     };
+    // A live session keeps its marker fresh even while no pack is finished (a slow reader, a
+    // long tree walk), so no other session takes it for crashed.
+    let mut keepalive = tokio::time::interval(MARKER_REFRESH);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keepalive.tick().await;
     loop {
         tokio::select! {
             biased;
+            _ = keepalive.tick() => refresh_marker(&s, &session, &mut marker).await,
             Some(r) = inflight.join_next(), if !inflight.is_empty() => {
-                if let Some(e) = finish_one(r, &mut done) { failure.get_or_insert(e); s.fail("pack upload failed".into()); }
+                if let Some(e) = finish_one(r, &mut done) {
+                    s.fail(format!("pack upload failed: {e}"));
+                    failure.get_or_insert(e);
+                }
             }
             next = rx.recv(), if inflight.len() < concurrency => {
                 let Some(p) = next else { break };
@@ -566,6 +575,11 @@ async fn uploader(
         None => Ok(done),
     }
 }
+
+/// How often a running session rewrites its marker; adopters treat markers older than
+/// [`MARKER_STALE_HOURS`] as crashed.
+const MARKER_REFRESH: Duration = Duration::from_secs(300);
+const MARKER_STALE_HOURS: i64 = 1;
 
 async fn refresh_marker(s: &Shared, session: &SessionId, marker: &mut SessionMarker) {
     marker.refreshed = chrono::Utc::now().to_rfc3339();

@@ -257,6 +257,13 @@ pub async fn run(vault: Arc<Vault>, read: ReadData, scratch: &std::path::Path) -
             });
         }
     }
+    let reread = vault.transient_reads();
+    if reread > 0 {
+        report.transient.push(Problem {
+            object: "index segments, snapshots and tree chunks".into(),
+            detail: format!("{reread} read(s) failed verification once; second read verified"),
+        });
+    }
     Ok(report)
 }
 

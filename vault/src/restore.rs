@@ -172,12 +172,14 @@ pub async fn execute(
 async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) -> Result<RestoreCounts> {
     let key = layout::pack(&f.pack.id);
     let mut counts = RestoreCounts::default();
-    let mut attempt = 0;
+    // Failed fetches and failed verifications are retried separately: a flaky read must not use
+    // up the re-read that tells a damaged transfer from damaged storage.
+    let (mut fetches, mut reads_verified) = (0, 0);
     loop {
-        attempt += 1;
+        fetches += 1;
         let bytes = match vault.backend().get_range(&key, f.start..f.end).await {
             Ok(b) => Some(b),
-            Err(e) if attempt < 3 && matches!(e, crate::backend::BackendError::Transient { .. }) => {
+            Err(e) if fetches < 3 && matches!(e, crate::backend::BackendError::Transient { .. }) => {
                 counts.transient_retries += 1;
                 continue;
             }
@@ -194,7 +196,8 @@ async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) ->
         };
         let keys = vault.keys().clone();
         let (fc, w) = (f.clone(), writer.clone());
-        let last = attempt >= 2;
+        reads_verified += 1;
+        let last = reads_verified >= 2;
         let outcome = tokio::task::spawn_blocking(move || -> Result<(RestoreCounts, bool)> {
             let bytes = bytes.unwrap_or_default();
             let mut c = RestoreCounts::default();
@@ -236,7 +239,7 @@ async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) ->
             counts.transient_retries += 1;
             continue;
         }
-        if attempt > 1 && c.chunks_failed == 0 {
+        if reads_verified > 1 && c.chunks_failed == 0 {
             tracing::info!(pack = %f.pack.id, "pack range read again after a bad transfer; second read verified");
         }
         counts.chunks_written += c.chunks_written;

@@ -8,3 +8,4 @@ mod disaster;
 mod keys;
 mod memory;
 mod roundtrip;
+mod s3;

@@ -182,6 +182,13 @@ impl Backend for LocalBackend {
         .await
     }
 
+    async fn prepare_location(&self) -> Result<(), BackendError> {
+        let root = self.root.clone();
+        blocking(move || fs::create_dir_all(&root).map_err(|e| BackendError::from_io(&root.display().to_string(), &e)))
+            .await?;
+        self.check_location().await
+    }
+
     async fn create(&self, key: &str, bytes: Bytes) -> Result<Created, BackendError> {
         let me = Self::new(self.root.clone());
         let key = key.to_string();

@@ -3,6 +3,7 @@
 //! Every backend passes the same conformance suite (`tests/backend_conformance.rs`).
 
 pub mod local;
+pub mod s3;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -89,6 +90,13 @@ pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Check that the location exists and is reachable.
     async fn check_location(&self) -> Result<(), BackendError>;
+    /// Make the location ready for a new vault (a directory is created; a bucket must exist).
+    async fn prepare_location(&self) -> Result<(), BackendError> {
+        self.check_location().await
+    }
+    /// The capability probe found that the storage does not enforce create-once: look before
+    /// every create from now on (best effort, a race window remains; see docs/SECURITY.md).
+    fn check_before_create(&self) {}
     /// Write `bytes` under `key` unless it exists. Must be atomic: readers see all or nothing.
     async fn create(&self, key: &str, bytes: Bytes) -> Result<Created, BackendError>;
     /// Write or replace `key` atomically (session markers only).
@@ -114,11 +122,11 @@ pub fn from_url(url: &str) -> Result<DynBackend, BackendError> {
     if url.trim().is_empty() {
         return Err(BackendError::Other { key: url.into(), detail: "vault URL is empty".into() });
     }
-    if let Some(rest) = url.strip_prefix("s3://") {
-        return Err(BackendError::Other {
-            key: url.into(),
-            detail: format!("S3 vaults (bucket {rest:?}) are not supported by this build yet"),
-        });
+    if url.starts_with("s3://") {
+        return Ok(Arc::new(s3::S3Backend::from_env(url, s3::S3Options::default())?));
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        return Ok(Arc::new(local::LocalBackend::new(path.into())));
     }
     if url.contains("://") {
         return Err(BackendError::Other {
@@ -126,6 +134,5 @@ pub fn from_url(url: &str) -> Result<DynBackend, BackendError> {
             detail: "unknown URL scheme: use a directory path or s3://bucket/prefix".into(),
         });
     }
-    let path = url.strip_prefix("file://").unwrap_or(url);
-    Ok(Arc::new(local::LocalBackend::new(path.into())))
+    Ok(Arc::new(local::LocalBackend::new(url.into())))
 }

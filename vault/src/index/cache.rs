@@ -108,8 +108,14 @@ impl LocalIndex {
         let packs =
             OpenOptions::new().read(true).append(true).create(true).open(&packs_path).map_err(io(&packs_path))?;
         let have = packs.metadata().map_err(io(&packs_path))?.len();
-        if have < state.packs * PACK_RECORD as u64 {
+        let recorded = state.packs * PACK_RECORD as u64;
+        if have < recorded {
             return Err(CacheError::Damaged("pack table shorter than recorded".into()));
+        }
+        // Records past the saved state come from an add that never reached save_state; new
+        // records are numbered from the saved count, so the table must end there.
+        if have > recorded {
+            packs.set_len(recorded).map_err(io(&packs_path))?;
         }
         let mut runs = Vec::new();
         for r in &state.runs {

@@ -1,0 +1,33 @@
+# Tresor: the two commands are `make demo` and `make test`. See README.md.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+
+.PHONY: demo test test-deps build lint bench clean-work
+
+## demo: a local vault, a backup of sample data, a restore, and a comparison of the two trees.
+demo: build
+	scripts/demo.sh
+
+## test: install what the tests need (Garage, nextest) when missing, build the binaries, run every test.
+test: test-deps
+	@scripts/stage.sh "build binaries" $(CARGO) build --bins
+	@scripts/stage.sh "test suite" $(CARGO) nextest run --workspace --no-fail-fast
+
+test-deps:
+	@scripts/stage.sh "test dependencies" scripts/ensure-test-deps.sh
+
+build:
+	$(CARGO) build --bins
+
+## lint: formatting and clippy with warnings as errors.
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## bench: Tresor against restic and borg on the same corpus, in one run; writes docs/BENCHMARKS.md.
+bench:
+	scripts/bench.sh
+
+clean-work:
+	rm -rf demo-work bench-work

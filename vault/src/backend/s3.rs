@@ -1,0 +1,408 @@
+//! S3-compatible object storage through `object_store`.
+//!
+//! Create-once is a conditional PUT (`If-None-Match: *`); whether the server honours it is found
+//! out by the capability probe at `init` and recorded in the vault config. Uploads carry a SHA-256
+//! checksum the server verifies. `object_store` retries 5xx answers and broken connections with
+//! exponential backoff; reads are retried once more here when a body breaks off mid-transfer.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
+use object_store::path::Path as StorePath;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload,
+    RetryConfig,
+};
+
+use super::{Backend, BackendError, Created, ObjectInfo};
+
+/// Tuning of the S3 backend.
+#[derive(Debug, Clone)]
+pub struct S3Options {
+    /// Objects larger than this are uploaded in parts.
+    pub multipart_threshold: usize,
+    /// Size of one part.
+    pub part_size: usize,
+    /// Parts uploaded at once for one object.
+    pub parts_in_flight: usize,
+    /// Attempts per read (each attempt already includes `object_store`'s own retries).
+    pub read_attempts: u32,
+    /// Requests retried by `object_store` before an error is returned.
+    pub max_retries: usize,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        Self { multipart_threshold: 32 << 20, part_size: 8 << 20, parts_in_flight: 3, read_attempts: 3, max_retries: 6 }
+    }
+}
+
+/// A vault under `s3://bucket/prefix`.
+pub struct S3Backend {
+    store: Arc<AmazonS3>,
+    bucket: String,
+    prefix: String,
+    opts: S3Options,
+    /// Set once the server answered a conditional PUT with "not implemented".
+    no_conditional_put: AtomicBool,
+    /// Set when the probe found that the server ignores conditional PUTs.
+    look_first: AtomicBool,
+}
+
+/// Split `s3://bucket/prefix` into bucket and prefix (without surrounding slashes).
+pub fn parse_url(url: &str) -> Result<(String, String), BackendError> {
+    let rest = url.strip_prefix("s3://").ok_or_else(|| other(url, "an S3 vault URL starts with s3://"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(other(url, "the S3 vault URL names no bucket (s3://bucket/prefix)"));
+    }
+    let prefix = prefix.trim_matches('/');
+    if prefix.split('/').any(|p| p == "." || p == "..") {
+        return Err(other(url, "the prefix must not contain . or .. components"));
+    }
+    Ok((bucket.to_string(), prefix.to_string()))
+}
+
+impl S3Backend {
+    /// Open `s3://bucket/prefix` with endpoint, region and credentials from the `AWS_*` variables.
+    pub fn from_env(url: &str, opts: S3Options) -> Result<Self, BackendError> {
+        Self::from_vars(url, std::env::vars(), opts)
+    }
+
+    /// Open `s3://bucket/prefix` with the given `AWS_*` variables (tests pass their own).
+    pub fn from_vars(
+        url: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+        opts: S3Options,
+    ) -> Result<Self, BackendError> {
+        let (bucket, prefix) = parse_url(url)?;
+        let vars: Vec<(String, String)> = vars.into_iter().filter(|(k, _)| k.starts_with("AWS_")).collect();
+        let var = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let endpoint = var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT"));
+        let mut builder = AmazonS3Builder::new();
+        for (k, v) in &vars {
+            if let Ok(key) = k.to_ascii_lowercase().parse() {
+                builder = builder.with_config(key, v);
+            }
+        }
+        builder = builder.with_bucket_name(&bucket);
+        if var("AWS_REGION").is_none() && var("AWS_DEFAULT_REGION").is_none() {
+            builder = builder.with_region("us-east-1");
+        }
+        let plain_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+        builder = builder
+            .with_allow_http(plain_http)
+            .with_checksum_algorithm(Checksum::SHA256)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(5),
+                    base: 2.0,
+                },
+                max_retries: opts.max_retries,
+                retry_timeout: Duration::from_secs(180),
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(plain_http)
+                    .with_connect_timeout(Duration::from_secs(10))
+                    .with_timeout(Duration::from_secs(300)),
+            );
+        let store = builder.build().map_err(|e| other(url, &format!("S3 configuration: {e}")))?;
+        Ok(Self {
+            store: Arc::new(store),
+            bucket,
+            prefix,
+            opts,
+            no_conditional_put: AtomicBool::new(false),
+            look_first: AtomicBool::new(false),
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<StorePath, BackendError> {
+        if key.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+            return Err(other(key, "object key has an empty, . or .. component"));
+        }
+        let full = if self.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.prefix) };
+        StorePath::parse(&full).map_err(|e| other(key, &e.to_string()))
+    }
+
+    fn key_of(&self, path: &StorePath) -> String {
+        let s = path.as_ref();
+        if self.prefix.is_empty() {
+            s.to_string()
+        } else {
+            s.strip_prefix(&self.prefix).and_then(|r| r.strip_prefix('/')).unwrap_or(s).to_string()
+        }
+    }
+
+    async fn put_once(&self, key: &str, path: &StorePath, bytes: Bytes) -> Result<Created, BackendError> {
+        if self.look_first.load(Ordering::Relaxed) && self.size(key).await?.is_some() {
+            return Ok(Created::Existed);
+        }
+        if !self.no_conditional_put.load(Ordering::Relaxed) {
+            let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+            match self.store.put_opts(path, PutPayload::from(bytes.clone()), opts).await {
+                Ok(_) => return Ok(Created::New),
+                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                    return Ok(Created::Existed);
+                }
+                Err(e) if is_not_implemented(&e) => {
+                    tracing::warn!(bucket = %self.bucket, "server does not implement conditional PUT; create-once is best effort");
+                    self.no_conditional_put.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(map_err(key, e)),
+            }
+        }
+        // Best effort: look first. The probe at init records that this backend cannot promise more.
+        if self.size(key).await?.is_some() {
+            return Ok(Created::Existed);
+        }
+        self.store.put(path, PutPayload::from(bytes)).await.map_err(|e| map_err(key, e))?;
+        Ok(Created::New)
+    }
+
+    /// Large objects go up in parts. A multipart upload cannot be conditional, so the object is
+    /// looked up first; objects this large are packs, named by their content, so a racing writer
+    /// can only write the same bytes.
+    async fn put_parts(&self, key: &str, path: &StorePath, bytes: Bytes) -> Result<Created, BackendError> {
+        if self.size(key).await?.is_some() {
+            return Ok(Created::Existed);
+        }
+        let mut upload =
+            self.store.put_multipart_opts(path, PutMultipartOptions::default()).await.map_err(|e| map_err(key, e))?;
+        let step = self.opts.part_size.max(5 << 20);
+        let parts: Vec<_> = (0..bytes.len())
+            .step_by(step)
+            .map(|s| upload.put_part(PutPayload::from(bytes.slice(s..(s + step).min(bytes.len())))))
+            .collect();
+        let sent: Result<Vec<()>, _> =
+            futures::stream::iter(parts).buffered(self.opts.parts_in_flight.max(1)).try_collect().await;
+        let done = match sent {
+            Ok(_) => upload.complete().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            let _ = upload.abort().await;
+            return Err(map_err(key, e));
+        }
+        Ok(Created::New)
+    }
+
+    /// Run a read, trying again when the failure may be passing (a broken-off body, a 5xx that
+    /// outlasted `object_store`'s own retries).
+    async fn read<T, F, Fut>(&self, key: &str, mut op: F) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match op().await {
+                Err(BackendError::Transient { detail, .. }) if attempt < self.opts.read_attempts => {
+                    tracing::warn!(key, attempt, %detail, "storage read failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn check_location(&self) -> Result<(), BackendError> {
+        let prefix = if self.prefix.is_empty() { None } else { Some(StorePath::from(self.prefix.as_str())) };
+        let location = self.location();
+        self.read(&location, || async {
+            match self.store.list_with_delimiter(prefix.as_ref()).await {
+                Ok(_) => Ok(()),
+                Err(object_store::Error::NotFound { .. }) => Err(BackendError::NoSuchLocation(self.location())),
+                Err(e) => Err(map_err(&self.location(), e)),
+            }
+        })
+        .await
+    }
+
+    fn check_before_create(&self) {
+        self.look_first.store(true, Ordering::Relaxed);
+    }
+
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<Created, BackendError> {
+        let path = self.path(key)?;
+        if bytes.len() > self.opts.multipart_threshold {
+            self.put_parts(key, &path, bytes).await
+        } else {
+            self.put_once(key, &path, bytes).await
+        }
+    }
+
+    async fn overwrite(&self, key: &str, bytes: Bytes) -> Result<(), BackendError> {
+        let path = self.path(key)?;
+        self.store.put(&path, PutPayload::from(bytes)).await.map(|_| ()).map_err(|e| map_err(key, e))
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
+        let path = self.path(key)?;
+        self.read(key, || async {
+            let r = self.store.get(&path).await.map_err(|e| map_err(key, e))?;
+            let expected = r.meta.size;
+            let bytes = r.bytes().await.map_err(|e| map_err(key, e))?;
+            if bytes.len() as u64 != expected {
+                return Err(transient(key, &format!("body has {} bytes, object has {expected}", bytes.len())));
+            }
+            Ok(bytes)
+        })
+        .await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
+        let path = self.path(key)?;
+        let want = range.end.saturating_sub(range.start);
+        if want == 0 {
+            return Ok(Bytes::new());
+        }
+        self.read(key, || async {
+            match self.store.get_range(&path, range.clone()).await {
+                Ok(b) if b.len() as u64 == want => Ok(b),
+                Ok(b) => {
+                    // Either the object is shorter than the range (damage) or the transfer broke off.
+                    match self.store.head(&path).await {
+                        Ok(meta) if meta.size < range.end => {
+                            Err(other(key, &format!("object shorter than requested range {range:?}")))
+                        }
+                        _ => Err(transient(key, &format!("range {range:?}: got {} of {want} bytes", b.len()))),
+                    }
+                }
+                Err(e) if is_range_error(&e) => {
+                    Err(other(key, &format!("object shorter than requested range {range:?}")))
+                }
+                Err(e) => Err(map_err(key, e)),
+            }
+        })
+        .await
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, BackendError> {
+        let path = self.path(key)?;
+        self.read(key, || async {
+            match self.store.head(&path).await {
+                Ok(m) => Ok(Some(m.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(map_err(key, e)),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        // object_store lists by whole path segments; our prefixes end with `/`.
+        let dir = prefix.trim_end_matches('/');
+        let path = if dir.is_empty() {
+            (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()))
+        } else {
+            Some(self.path(dir)?)
+        };
+        self.read(prefix, || async {
+            let mut out: Vec<ObjectInfo> = self
+                .store
+                .list(path.as_ref())
+                .map_ok(|m| ObjectInfo { key: self.key_of(&m.location), size: m.size })
+                .try_collect()
+                .await
+                .map_err(|e| map_err(prefix, e))?;
+            out.retain(|o| o.key.starts_with(prefix));
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BackendError> {
+        let path = self.path(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_err(key, e)),
+        }
+    }
+}
+
+fn other(key: &str, detail: &str) -> BackendError {
+    BackendError::Other { key: key.to_string(), detail: detail.to_string() }
+}
+
+fn transient(key: &str, detail: &str) -> BackendError {
+    BackendError::Transient { key: key.to_string(), detail: detail.to_string() }
+}
+
+/// The whole error chain as one line: `object_store` keeps the useful part in the sources.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn is_not_implemented(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. })
+        || chain(e).contains("501")
+}
+
+fn is_range_error(e: &object_store::Error) -> bool {
+    let text = chain(e);
+    text.contains("416") || text.contains("InvalidRange") || text.contains("Wanted range")
+}
+
+/// A failure of the network or of the server (5xx, reset, timeout) may pass; anything else is
+/// reported as it is.
+fn is_passing(e: &object_store::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = cur {
+        if let Some(h) = s.downcast_ref::<object_store::client::HttpError>() {
+            use object_store::client::HttpErrorKind as K;
+            if matches!(h.kind(), K::Connect | K::Request | K::Timeout | K::Interrupted | K::Decode) {
+                return true;
+            }
+        }
+        cur = s.source();
+    }
+    let text = chain(e);
+    text.contains("status code: 5") || text.contains("error decoding response body") || text.contains("connection")
+}
+
+fn map_err(key: &str, e: object_store::Error) -> BackendError {
+    match &e {
+        object_store::Error::NotFound { .. } => BackendError::NotFound(key.to_string()),
+        _ if chain(&e).contains("NoSuchBucket") => BackendError::NoSuchLocation(key.to_string()),
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            BackendError::PermissionDenied { key: key.to_string(), detail: chain(&e) }
+        }
+        _ if is_passing(&e) => transient(key, &chain(&e)),
+        _ => other(key, &chain(&e)),
+    }
+}
