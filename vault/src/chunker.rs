@@ -1,7 +1,8 @@
 //! Content-defined chunking over a byte stream: FastCDC 2020 with the vault's seeded gear table.
 //!
 //! The fastcdc crate's `StreamCDC` moves its whole buffer after every chunk; this reader keeps a
-//! window twice the maximum chunk size and cuts in place, so each byte is copied once.
+//! window twice the maximum chunk size (grown on demand, so small files stay cheap) and cuts in
+//! place, so each byte is moved at most once.
 
 use std::io::Read;
 
@@ -48,9 +49,6 @@ impl<R: Read> Chunker<R> {
     }
 
     fn fill(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            self.buf = vec![0u8; self.max + self.max.min(1 << 20)];
-        }
         if self.end - self.start >= self.max || self.eof {
             return Ok(());
         }
@@ -59,7 +57,18 @@ impl<R: Read> Chunker<R> {
             self.end -= self.start;
             self.start = 0;
         }
-        while self.end < self.buf.len() {
+        // Twice the largest chunk: the tail moved to the front is at most one maximum chunk, and
+        // it is moved only after at least as many bytes were cut, so each byte moves at most once.
+        let window = 2 * self.max;
+        loop {
+            if self.end == self.buf.len() {
+                // Grow by doubling up to the window: a small file never pays for zeroing a
+                // window sized for the largest chunk.
+                if self.buf.len() >= window {
+                    break;
+                }
+                self.buf.resize((self.buf.len() * 2).max(64 << 10).min(window), 0);
+            }
             match self.source.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     self.eof = true;

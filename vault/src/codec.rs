@@ -38,6 +38,41 @@ const MIN_GAIN_NUM: usize = 95;
 /// Size of the probe compressed first to skip incompressible data cheaply.
 const PROBE_LEN: usize = 64 * 1024;
 
+thread_local! {
+    // zstd contexts are costly to create (hundreds of KiB zeroed); each pack worker and restore
+    // thread keeps one of each.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match slot.as_mut() {
+            Some((_, c)) => c.compress(data),
+            None => zstd::bulk::compress(data, level),
+        }
+    })
+}
+
+fn decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress(stored, capacity),
+            None => zstd::bulk::decompress(stored, capacity),
+        }
+    })
+}
+
 /// Encode `data`, choosing zstd only when it saves at least 5 %. Returns the codec and the bytes
 /// (borrowed when raw).
 pub fn encode(data: &[u8], level: i32) -> (Codec, std::borrow::Cow<'_, [u8]>) {
@@ -48,12 +83,12 @@ pub fn encode(data: &[u8], level: i32) -> (Codec, std::borrow::Cow<'_, [u8]>) {
     // A cheap probe on the first 64 KiB skips the full attempt on random, encrypted or
     // already-compressed data, which is most of what a backup of models and databases sees.
     if data.len() > 2 * PROBE_LEN {
-        match zstd::bulk::compress(&data[..PROBE_LEN], level) {
+        match compress(&data[..PROBE_LEN], level) {
             Ok(p) if p.len() * 100 < PROBE_LEN * 98 => {}
             _ => return (Codec::Raw, Cow::Borrowed(data)),
         }
     }
-    match zstd::bulk::compress(data, level) {
+    match compress(data, level) {
         Ok(c) if c.len() * 100 <= data.len() * MIN_GAIN_NUM => (Codec::Zstd, Cow::Owned(c)),
         _ => (Codec::Raw, Cow::Borrowed(data)),
     }
@@ -70,7 +105,7 @@ pub fn decode(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, Co
         }
         Codec::Zstd => {
             // Capacity is the recorded length, so a crafted frame cannot make us allocate more.
-            let out = zstd::bulk::decompress(stored, raw_len).map_err(|e| CodecError::Corrupt(e.to_string()))?;
+            let out = decompress(stored, raw_len).map_err(|e| CodecError::Corrupt(e.to_string()))?;
             if out.len() != raw_len {
                 return Err(CodecError::Corrupt(format!(
                     "zstd chunk decoded to {} bytes, index says {raw_len}",

@@ -200,6 +200,40 @@ fn open_blob(
     Ok(plain)
 }
 
+/// Like [`open_located`], decrypting where the bytes lie: a raw chunk comes back borrowed from
+/// `sealed`, without a copy.
+pub fn open_located_in_place<'a>(
+    keys: &VaultKeys,
+    loc: &BlobLocation,
+    sealed: &'a mut [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, PackError> {
+    let e = &loc.entry;
+    if sealed.len() != e.stored_len as usize {
+        return Err(PackError::Malformed(format!(
+            "blob of chunk {} has {} bytes, expected {}",
+            e.id,
+            sealed.len(),
+            e.stored_len
+        )));
+    }
+    let key = keys.pack_key(&loc.salt);
+    let aad = crypto::blob_aad(e.kind, e.codec as u8, &e.id);
+    let encoded = key
+        .open_in_place(&crypto::counter_nonce(u64::from(loc.counter)), &aad, sealed)
+        .map_err(|a| PackError::Auth(a, format!("blob of chunk {}", e.id)))?;
+    let plain = match e.codec {
+        Codec::Raw if encoded.len() == e.raw_len as usize => std::borrow::Cow::Borrowed(encoded),
+        codec => std::borrow::Cow::Owned(
+            codec::decode(codec, encoded, e.raw_len as usize)
+                .map_err(|source| PackError::Codec { id: e.id, source })?,
+        ),
+    };
+    if keys.chunk_id(&plain) != e.id {
+        return Err(PackError::IdMismatch(e.id));
+    }
+    Ok(plain)
+}
+
 /// Everything needed to decrypt one blob read by a ranged GET.
 #[derive(Debug, Clone, Copy)]
 pub struct BlobLocation {

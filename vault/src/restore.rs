@@ -199,14 +199,23 @@ async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) ->
         reads_verified += 1;
         let last = reads_verified >= 2;
         let outcome = tokio::task::spawn_blocking(move || -> Result<(RestoreCounts, bool)> {
-            let bytes = bytes.unwrap_or_default();
+            // Decrypt in the fetched buffer itself: raw chunks are then written without a copy.
+            let mut bytes = bytes.unwrap_or_default().try_into_mut().unwrap_or_else(|b| bytes::BytesMut::from(&b[..]));
             let mut c = RestoreCounts::default();
             let mut decoded = Vec::with_capacity(fc.blobs.len());
+            let mut rest: &mut [u8] = &mut bytes[..];
+            let mut at = fc.start;
             for (e, _) in &fc.blobs {
-                let s = (u64::from(e.blob.offset) - fc.start) as usize;
-                let sealed = bytes.get(s..s + e.blob.stored_len as usize).unwrap_or_default();
+                let (s, len) = (u64::from(e.blob.offset), e.blob.stored_len as usize);
                 let loc = pack::BlobLocation { salt: e.pack.salt, counter: e.counter, entry: e.blob };
-                decoded.push(pack::open_located(&keys, &loc, sealed));
+                // Blobs are sorted by offset and never overlap; a short read leaves them empty.
+                let skip = (s.saturating_sub(at) as usize).min(rest.len());
+                let tail = std::mem::take(&mut rest);
+                let take = len.min(tail.len() - skip);
+                let (blob, after) = tail[skip..].split_at_mut(take);
+                rest = after;
+                at = s + blob.len() as u64;
+                decoded.push(pack::open_located_in_place(&keys, &loc, blob));
             }
             // One bad blob may be a damaged transfer: read the range again before calling it damage.
             if !last && decoded.iter().any(|d| d.is_err()) {

@@ -4,7 +4,6 @@
 //! once all its chunks are written and its metadata is set. A re-run after an interruption skips
 //! files already in place (same size and mtime) and redoes the rest. Free space is checked first.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
@@ -12,7 +11,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
 use tresor_vault::Vault;
@@ -40,27 +39,94 @@ pub struct RestoreReport {
     pub failed: Vec<(String, String)>,
 }
 
+/// Files at least this large start their writeback as soon as they are complete.
+const EARLY_WRITEBACK: u64 = 4 << 20;
+
+/// One file being restored.
 struct Slot {
-    file: File,
+    node: usize,
+    dest: PathBuf,
+    tmp: PathBuf,
+    /// Opened at the first chunk and closed when the file is finished.
+    file: Mutex<Option<Arc<File>>>,
+    /// Chunk writes still to come; the write that brings it to zero finishes the file.
+    pending: AtomicU64,
     failure: Mutex<Option<String>>,
     written: AtomicU64,
+    placed: AtomicBool,
 }
 
+/// Writes chunks into temporary files and moves each file into place as soon as its last chunk
+/// is written, so creating, writing and renaming files overlap with fetching and decrypting.
 struct Writer {
+    nodes: Arc<Vec<Node>>,
     slots: Vec<Slot>,
+}
+
+impl Writer {
+    fn file(&self, slot: &Slot) -> std::io::Result<Arc<File>> {
+        let mut guard = slot.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = guard.as_ref() {
+            return Ok(f.clone());
+        }
+        let open = || OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&slot.tmp);
+        let file = match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(parent) = slot.tmp.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                open()
+            }
+            r => r,
+        }
+        .map_err(|e| with_path("cannot create", &slot.tmp, e))?;
+        // Full size at once: holes between written chunks stay sparse.
+        file.set_len(self.nodes[slot.node].size).map_err(|e| with_path("cannot size", &slot.tmp, e))?;
+        let file = Arc::new(file);
+        *guard = Some(file.clone());
+        Ok(file)
+    }
+
+    /// Metadata, then rename into place. Called once every chunk is written.
+    fn finish(&self, slot: &Slot) -> std::io::Result<()> {
+        let file = slot.file.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let node = &self.nodes[slot.node];
+        if let Some(f) = file
+            && node.size >= EARLY_WRITEBACK
+        {
+            // Start writing a large file back now rather than all at the final syncfs. Only a
+            // hint: the syncfs at the end is what makes the restore durable.
+            let _ = rustix::fs::fadvise(&*f, 0, None, rustix::fs::Advice::DontNeed);
+        }
+        meta::apply(&slot.tmp, node).map_err(|e| with_path("cannot set metadata of", &slot.dest, e))?;
+        std::fs::rename(&slot.tmp, &slot.dest).map_err(|e| with_path("cannot move into place", &slot.dest, e))?;
+        slot.placed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn with_path(what: &str, path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
 impl ChunkWriter for Writer {
     fn write(&self, target: ChunkTarget, data: &[u8]) -> std::io::Result<()> {
         let slot = &self.slots[target.file];
-        slot.file.write_all_at(data, target.offset)?;
+        let file = self.file(slot)?;
+        file.write_all_at(data, target.offset).map_err(|e| with_path("cannot write", &slot.tmp, e))?;
+        drop(file);
         slot.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let last = slot.pending.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last && slot.failure.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            self.finish(slot)?;
+        }
         Ok(())
     }
 
     fn failed(&self, target: ChunkTarget, chunk: ChunkId, error: &tresor_vault::Error) {
-        let mut f = self.slots[target.file].failure.lock().unwrap_or_else(|p| p.into_inner());
-        f.get_or_insert_with(|| format!("chunk {chunk}: {error}"));
+        let slot = &self.slots[target.file];
+        slot.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| format!("chunk {chunk}: {error}"));
+        slot.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -109,19 +175,38 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// Restore `nodes` below `root`.
+/// Restore `nodes` below `root`. File system work runs on blocking threads.
 pub async fn restore_tree(
     vault: Arc<Vault>,
     index: Arc<LocalIndex>,
     nodes: Vec<Node>,
     root: &Path,
 ) -> anyhow::Result<RestoreReport> {
-    let mut report = RestoreReport::default();
-    std::fs::create_dir_all(root).with_context(|| format!("cannot create restore target {}", root.display()))?;
+    let nodes = Arc::new(nodes);
+    let root = root.to_path_buf();
+    let (n, r) = (nodes.clone(), root.clone());
+    let (writer, plan, skipped) = tokio::task::spawn_blocking(move || prepare(&index, n, &r)).await??;
+    tracing::debug!(fetches = plan.fetches.len(), bytes = plan.bytes, "restore planned");
+    let writer = Arc::new(writer);
+    let counts =
+        restore::execute(vault, plan, &RestoreOptions::default(), writer.clone() as Arc<dyn ChunkWriter>).await?;
+    tracing::debug!("restore data written");
+    let mut report = tokio::task::spawn_blocking(move || complete(&writer, &root)).await??;
+    tracing::debug!("restore complete");
+    report.files_skipped = skipped;
+    report.transient_retries = counts.transient_retries;
+    Ok(report)
+}
 
-    // Files that still need writing, and the space they take.
-    let mut todo: Vec<usize> = Vec::new();
-    let mut need = 0u64;
+/// Find what is left to write, plan the reads, check free space, make the directories.
+fn prepare(
+    index: &LocalIndex,
+    nodes: Arc<Vec<Node>>,
+    root: &Path,
+) -> anyhow::Result<(Writer, restore::RestorePlan, u64)> {
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create restore target {}", root.display()))?;
+    let mut skipped = 0;
+    let mut slots = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         if n.kind != NodeKind::File {
             continue;
@@ -130,99 +215,77 @@ pub async fn restore_tree(
         if let Ok(md) = std::fs::symlink_metadata(&dest) {
             let mtime = md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec());
             if md.is_file() && md.len() == n.size && mtime == n.mtime_ns {
-                report.files_skipped += 1;
+                skipped += 1;
                 continue;
             }
         }
-        todo.push(i);
-        let idx = index.clone();
-        let chunks: Vec<ChunkId> = n.chunks().copied().collect();
-        for c in chunks {
-            if let Some(e) = idx.lookup(&c)? {
-                need += u64::from(e.blob.raw_len);
+        slots.push(Slot {
+            node: i,
+            tmp: temp_path(&dest),
+            dest,
+            file: Mutex::new(None),
+            pending: AtomicU64::new(0),
+            failure: Mutex::new(None),
+            written: AtomicU64::new(0),
+            placed: AtomicBool::new(false),
+        });
+    }
+    let files: Vec<(usize, &[tresor_vault::snapshot::Extent])> =
+        slots.iter().enumerate().map(|(s, slot)| (s, nodes[slot.node].extents.as_slice())).collect();
+    let plan = restore::plan(index, &files)?;
+    for f in &plan.fetches {
+        for (_, targets) in &f.blobs {
+            for t in targets {
+                slots[t.file].pending.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+    for (slot, chunk) in &plan.missing {
+        slots[*slot].failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| {
+            format!("chunk {chunk}: {}", tresor_vault::Error::integrity(format!("chunk {chunk}"), "not in the index"))
+        });
     }
     let free = free_bytes(root).with_context(|| format!("cannot read free space of {}", root.display()))?;
     // Leave a small margin for directories and metadata blocks.
     let margin = 16 << 20;
-    if need + margin > free {
+    if plan.bytes + margin > free {
         bail!(
             "not enough free space at {}: the restore needs {} MiB, {} MiB are free; nothing was written",
             root.display(),
-            (need + margin).div_ceil(1 << 20),
+            (plan.bytes + margin).div_ceil(1 << 20),
             free >> 20
         );
     }
-
     // Directories first (permissive until their metadata is applied at the end).
     for n in nodes.iter().filter(|n| n.kind == NodeKind::Dir) {
         let p = target_path(root, n);
         std::fs::create_dir_all(&p).with_context(|| format!("cannot create directory {}", p.display()))?;
     }
+    Ok((Writer { nodes, slots }, plan, skipped))
+}
 
-    // Open temp files at full size (holes stay sparse).
-    let mut slots = Vec::with_capacity(todo.len());
-    for &i in &todo {
-        let n = &nodes[i];
-        let dest = target_path(root, n);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create directory {}", parent.display()))?;
-        }
-        let tmp = temp_path(&dest);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        file.set_len(n.size).with_context(|| format!("cannot size {}", tmp.display()))?;
-        slots.push(Slot { file, failure: Mutex::new(None), written: AtomicU64::new(0) });
-    }
-    let writer = Arc::new(Writer { slots });
-
-    let files: Vec<(usize, Vec<tresor_vault::snapshot::Extent>)> =
-        todo.iter().enumerate().map(|(slot, &i)| (slot, nodes[i].extents.clone())).collect();
-    let idx = index.clone();
-    let plan = tokio::task::spawn_blocking(move || {
-        let refs: Vec<(usize, &[tresor_vault::snapshot::Extent])> =
-            files.iter().map(|(s, e)| (*s, e.as_slice())).collect();
-        restore::plan(&idx, &refs)
-    })
-    .await??;
-    for (slot, chunk) in &plan.missing {
-        writer.failed(
-            ChunkTarget { file: *slot, offset: 0 },
-            *chunk,
-            &tresor_vault::Error::integrity(format!("chunk {chunk}"), "not in the index"),
-        );
-    }
-    let counts =
-        restore::execute(vault, plan, &RestoreOptions::default(), writer.clone() as Arc<dyn ChunkWriter>).await?;
-    report.transient_retries = counts.transient_retries;
-
-    // Finish files: metadata, then rename into place.
-    let mut placed: HashMap<Vec<u8>, PathBuf> = HashMap::new();
-    for (slot, &i) in todo.iter().enumerate() {
-        let n = &nodes[i];
-        let dest = target_path(root, n);
-        let tmp = temp_path(&dest);
-        let s = &writer.slots[slot];
-        if let Some(why) = s.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = std::fs::remove_file(&tmp);
+/// Files without chunks, failed files, links, special files, directory metadata, then one syncfs.
+fn complete(writer: &Writer, root: &Path) -> anyhow::Result<RestoreReport> {
+    let mut report = RestoreReport::default();
+    for slot in &writer.slots {
+        let n = &writer.nodes[slot.node];
+        if let Some(why) = slot.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            slot.file.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let _ = std::fs::remove_file(&slot.tmp);
             report.failed.push((n.display_path(), why));
             continue;
         }
-        meta::apply(&tmp, n).with_context(|| format!("cannot set metadata of {}", dest.display()))?;
-        std::fs::rename(&tmp, &dest).with_context(|| format!("cannot move {} into place", dest.display()))?;
+        if !slot.placed.load(Ordering::Acquire) {
+            // Empty or all-hole files have no chunk to write.
+            writer.file(slot)?;
+            writer.finish(slot)?;
+        }
         report.files += 1;
-        report.bytes += s.written.load(Ordering::Relaxed);
-        placed.insert(n.path.clone(), dest);
+        report.bytes += slot.written.load(Ordering::Relaxed);
     }
 
     // Links and special files.
-    for n in &nodes {
+    for n in writer.nodes.iter() {
         let dest = target_path(root, n);
         let r = match n.kind {
             NodeKind::Symlink => restore_symlink(&dest, n),
@@ -237,7 +300,7 @@ pub async fn restore_tree(
     }
 
     // Directory metadata last, deepest first, so restored children do not change their mtime.
-    let mut dirs: Vec<&Node> = nodes.iter().filter(|n| n.kind == NodeKind::Dir).collect();
+    let mut dirs: Vec<&Node> = writer.nodes.iter().filter(|n| n.kind == NodeKind::Dir).collect();
     dirs.sort_by_key(|n| std::cmp::Reverse(n.path.iter().filter(|b| **b == b'/').count()));
     for n in dirs {
         let p = target_path(root, n);
