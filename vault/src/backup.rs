@@ -496,7 +496,7 @@ fn pack_worker(s: &Shared, rx: &crossbeam_channel::Receiver<ChunkJob>, out: &mps
         }
         let (codec, encoded) = codec::encode(&job.data, s.level);
         let slot = &mut builders[usize::from(job.kind == ObjectType::TreeChunk)];
-        if slot.as_ref().is_some_and(|b| b.len() + encoded.len() + 64 > target)
+        if slot.as_ref().is_some_and(|b| b.len_with(encoded.len()) > target || !b.has_room_for_blob())
             && let Some(b) = slot.take()
         {
             flush(b)?;

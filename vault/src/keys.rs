@@ -220,21 +220,25 @@ impl KeySlot {
 const ESCROW_HEADER: &str = "tresor-escrow-key-v1";
 
 /// A random escrow secret, as stored in the offline key file.
-pub struct EscrowKey(Zeroizing<[u8; 32]>);
+pub struct EscrowKey {
+    key: Zeroizing<[u8; 32]>,
+    /// The vault the key file names, checked at open for a clear error.
+    vault: Option<String>,
+}
 
 impl EscrowKey {
     /// A fresh random escrow secret.
     pub fn generate() -> Self {
         let mut k = Zeroizing::new([0u8; 32]);
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, k.as_mut());
-        Self(k)
+        Self { key: k, vault: None }
     }
 
     /// The key file's text.
     pub fn to_file_text(&self, vault: &VaultId) -> String {
         format!(
             "{ESCROW_HEADER}\nvault {vault}\n{}\n# Keep this file offline. With the storage location it restores every snapshot of the vault.\n",
-            B64.encode(self.0.as_ref())
+            B64.encode(self.key.as_ref())
         )
     }
 
@@ -244,19 +248,28 @@ impl EscrowKey {
         if lines.next() != Some(ESCROW_HEADER) {
             return Err(KeyError::BadKeyFile(format!("first line must be {ESCROW_HEADER:?}")));
         }
-        let _vault_line = lines.next();
+        let vault = lines
+            .next()
+            .and_then(|l| l.strip_prefix("vault "))
+            .ok_or_else(|| KeyError::BadKeyFile("second line must be \"vault <vault id>\"".into()))?
+            .to_string();
         let key = lines.next().ok_or_else(|| KeyError::BadKeyFile("key line missing".into()))?;
         let raw = Zeroizing::new(B64.decode(key).map_err(|e| KeyError::BadKeyFile(format!("key is not base64: {e}")))?);
         let bytes: [u8; 32] = raw
             .as_slice()
             .try_into()
             .map_err(|_| KeyError::BadKeyFile(format!("key has {} bytes, expected 32", raw.len())))?;
-        Ok(Self(Zeroizing::new(bytes)))
+        Ok(Self { key: Zeroizing::new(bytes), vault: Some(vault) })
+    }
+
+    /// The vault id the key file names (`None` for a key not read from a file).
+    pub fn vault(&self) -> Option<&str> {
+        self.vault.as_deref()
     }
 
     /// The secret bytes fed to the KDF.
     pub fn secret(&self) -> &[u8] {
-        self.0.as_ref()
+        self.key.as_ref()
     }
 }
 

@@ -97,6 +97,17 @@ impl PackBuilder {
         self.buf.len()
     }
 
+    /// Bytes the finished pack will have with one more blob of `encoded_len` bytes: blobs, tag,
+    /// directory entries and footer included.
+    pub fn len_with(&self, encoded_len: usize) -> usize {
+        self.buf.len() + encoded_len + TAG_LEN + (self.entries.len() + 1) * ENTRY_LEN + 4 + TAG_LEN + FOOTER_LEN
+    }
+
+    /// Whether the pack can take another blob under the reader's limit.
+    pub fn has_room_for_blob(&self) -> bool {
+        self.entries.len() < MAX_BLOBS as usize
+    }
+
     /// Whether no blob was added.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -125,6 +125,16 @@ impl Vault {
             Err(e) => return Err(e.into()),
         };
         let config = VaultConfig::from_json(&config_bytes).map_err(|e| Error::integrity("config", e))?;
+        if let Secret::Escrow(k) = secret
+            && let Some(named) = k.vault()
+            && named != config.vault_id.to_string()
+        {
+            return Err(Error::Key(KeyError::BadKeyFile(format!(
+                "this escrow key file belongs to vault {named}, not to vault {} at {}",
+                config.vault_id,
+                backend.location()
+            ))));
+        }
         let slots = Self::read_slots(&backend).await?;
         let wanted = secret.kind();
         let candidates: Vec<KeySlot> = slots.into_iter().filter(|s| s.kind == wanted).collect();
@@ -289,9 +299,17 @@ impl Vault {
             Err(e) => return Err(e),
         };
         let keys = self.keys.clone();
-        cpu(move || object::open::<Manifest>(&keys, ObjectType::Snapshot, &bytes))
+        let m = cpu(move || object::open::<Manifest>(&keys, ObjectType::Snapshot, &bytes))
             .await?
-            .map_err(|e| Error::integrity(format!("snapshot {id}"), e))
+            .map_err(|e| Error::integrity(format!("snapshot {id}"), e))?;
+        // Unknown fields are skipped, but a new version means a layout this build cannot read.
+        if m.v != 1 {
+            return Err(Error::Invalid(format!(
+                "snapshot {id} has manifest version {}; this build reads version 1",
+                m.v
+            )));
+        }
+        Ok(m)
     }
 
     /// Resolve `latest`, a full id or a unique prefix.
@@ -402,12 +420,20 @@ impl Vault {
     }
 
     /// Read the tree of a snapshot; needs the index to locate tree chunks.
-    pub async fn read_tree(&self, m: &Manifest, index: &LocalIndex) -> Result<Vec<Node>> {
+    pub async fn read_tree(&self, m: &Manifest, index: &Arc<LocalIndex>) -> Result<Vec<Node>> {
+        // Index lookups are file reads: off the runtime.
+        let (ix, ids) = (index.clone(), m.tree.clone());
+        let entries = cpu(move || {
+            ids.iter()
+                .map(|id| {
+                    ix.lookup(id)?.ok_or_else(|| Error::integrity(format!("tree chunk {id}"), "not in the index"))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .await??;
         let mut bytes = Vec::new();
-        for id in &m.tree {
-            let e =
-                index.lookup(id)?.ok_or_else(|| Error::integrity(format!("tree chunk {id}"), "not in the index"))?;
-            bytes.extend_from_slice(&self.read_chunk(&e).await?);
+        for e in &entries {
+            bytes.extend_from_slice(&self.read_chunk(e).await?);
         }
         let n = m.tree_nodes;
         cpu(move || crate::snapshot::decode_tree(&bytes, n)).await?.map_err(|e| Error::integrity("snapshot tree", e))

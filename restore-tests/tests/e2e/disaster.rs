@@ -38,3 +38,18 @@ fn restore_with_only_storage_and_escrow_key() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
 }
+
+#[test]
+fn escrow_key_of_another_vault_is_named_as_such() {
+    let a = World::new();
+    let b = World::new();
+    let out = b
+        .agent()
+        .env_remove("TRESOR_PASSWORD")
+        .args(["--escrow-key-file", a.escrow().to_str().unwrap(), "snapshots", "--vault", b.vault_str()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to vault") && err.contains("not to vault"), "{err}");
+}
