@@ -600,7 +600,7 @@ type Adopted = (Vec<(PackRef, Vec<PackEntry>)>, Vec<(String, String)>);
 
 /// Packs announced by sessions that never committed are indexed by this run instead of being
 /// uploaded again; a crashed backup thus costs little more than the data in flight.
-async fn adopt_orphans(vault: &Vault, index: &LocalIndex, own: &SessionId) -> Result<Adopted> {
+async fn adopt_orphans(vault: &Vault, index: &Arc<LocalIndex>, own: &SessionId) -> Result<Adopted> {
     let mut adopted = Vec::new();
     let mut markers = Vec::new();
     let mut seen = HashSet::new();
@@ -624,13 +624,19 @@ async fn adopt_orphans(vault: &Vault, index: &LocalIndex, own: &SessionId) -> Re
             }
             match read_pack_directory(vault, &p.id).await {
                 Ok(dir) => {
-                    let mut all_indexed = true;
-                    for e in &dir.entries {
-                        if !index.contains(&e.id)? {
-                            all_indexed = false;
-                            break;
+                    // Index lookups read files: off the runtime.
+                    let (ix, ids): (Arc<LocalIndex>, Vec<ChunkId>) =
+                        (index.clone(), dir.entries.iter().map(|e| e.id).collect());
+                    let all_indexed = tokio::task::spawn_blocking(move || -> Result<bool> {
+                        for id in &ids {
+                            if !ix.contains(id)? {
+                                return Ok(false);
+                            }
                         }
-                    }
+                        Ok(true)
+                    })
+                    .await
+                    .map_err(|e| Error::Invalid(format!("index task failed: {e}")))??;
                     if !all_indexed {
                         adopted.push((PackRef { id: p.id, salt: dir.salt }, dir.entries));
                     }

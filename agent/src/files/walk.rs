@@ -17,8 +17,10 @@ use tresor_vault::snapshot::{Extent, Node, NodeKind, Summary};
 
 use super::meta;
 
-/// A read file: its extents and whole-file BLAKE3 hash, or the error that stopped it.
-type ReadOutcome = std::io::Result<(Vec<Extent>, [u8; 32])>;
+/// A file as read: its extents, whole-file BLAKE3 hash and the size they cover.
+type ReadFile = (Vec<Extent>, [u8; 32], u64);
+/// A read file, or the error that stopped it.
+type ReadOutcome = std::io::Result<ReadFile>;
 
 /// Threads reading file contents.
 pub const READERS: usize = 2;
@@ -197,14 +199,28 @@ pub fn walk_and_store(
     let mut drop_nodes = std::collections::HashSet::new();
     for (i, r) in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
         match r {
-            Ok((extents, hash)) => {
+            Ok((extents, hash, size)) => {
+                // The size the extents and hash cover: a file that grew since the walk's lstat is
+                // recorded as read, so size, extents and hash always agree.
                 nodes[i].extents = extents;
                 nodes[i].hash = Some(hash.to_vec());
+                nodes[i].size = size;
             }
             Err(e) => {
                 errors.push(SourceError { path: nodes[i].display_path(), error: e.to_string() });
                 drop_nodes.insert(i);
             }
+        }
+    }
+    // A hardlink whose first path could not be read has nothing to link to: report it as well.
+    let dropped: std::collections::HashSet<Vec<u8>> = drop_nodes.iter().map(|i| nodes[*i].path.clone()).collect();
+    for (i, n) in nodes.iter().enumerate() {
+        if n.kind == NodeKind::Hardlink && n.target.as_ref().is_some_and(|t| dropped.contains(t)) {
+            errors.push(SourceError {
+                path: n.display_path(),
+                error: "hard link to a file that could not be read".into(),
+            });
+            drop_nodes.insert(i);
         }
     }
     let nodes: Vec<Node> =
@@ -286,7 +302,7 @@ fn data_regions(f: &mut File, size: u64, blocks: u64) -> std::io::Result<Vec<(u6
     Ok(regions)
 }
 
-fn store_file(path: &Path, sink: &ChunkSink) -> Result<(Vec<Extent>, [u8; 32]), FileError> {
+fn store_file(path: &Path, sink: &ChunkSink) -> Result<ReadFile, FileError> {
     let mut f = File::open(path).map_err(FileError::Source)?;
     let md = f.metadata().map_err(FileError::Source)?;
     let size = md.len();
@@ -314,5 +330,5 @@ fn store_file(path: &Path, sink: &ChunkSink) -> Result<(Vec<Extent>, [u8; 32]), 
         pos = start + len;
     }
     hash_zeros(&mut hasher, size.saturating_sub(pos));
-    Ok((extents, *hasher.finalize().as_bytes()))
+    Ok((extents, *hasher.finalize().as_bytes(), size))
 }

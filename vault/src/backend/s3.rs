@@ -172,6 +172,22 @@ impl S3Backend {
     /// looked up first; objects this large are packs, named by their content, so a racing writer
     /// can only write the same bytes.
     async fn put_parts(&self, key: &str, path: &StorePath, bytes: Bytes) -> Result<Created, BackendError> {
+        // Starting and completing a multipart upload are POSTs, which object_store does not
+        // retry; the whole upload is retried instead (a completed one is then found by HEAD).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.put_parts_once(key, path, bytes.clone()).await {
+                Err(BackendError::Transient { detail, .. }) if attempt < self.opts.read_attempts => {
+                    tracing::warn!(key, attempt, %detail, "multipart upload failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn put_parts_once(&self, key: &str, path: &StorePath, bytes: Bytes) -> Result<Created, BackendError> {
         if self.size(key).await?.is_some() {
             return Ok(Created::Existed);
         }
@@ -189,8 +205,16 @@ impl S3Backend {
             Err(e) => Err(e),
         };
         if let Err(e) = done {
+            // A completion whose answer was lost is retried by object_store and then fails with
+            // NoSuchUpload although the object exists: look before calling it a failure.
+            if self.size(key).await.ok().flatten() == Some(bytes.len() as u64) {
+                return Ok(Created::New);
+            }
             let _ = upload.abort().await;
-            return Err(map_err(key, e));
+            return Err(match map_err(key, e) {
+                BackendError::NotFound(_) => transient(key, "multipart upload vanished before completion"),
+                other => other,
+            });
         }
         Ok(Created::New)
     }
