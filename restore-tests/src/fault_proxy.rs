@@ -39,6 +39,11 @@ pub struct Matcher {
 }
 
 impl Matcher {
+    /// Requests with `method` whose target contains `part`.
+    pub fn on(method: &'static str, part: &str) -> Self {
+        Self { method: Some(method), target_contains: Some(part.to_string()) }
+    }
+
     fn matches(&self, method: &str, target: &str) -> bool {
         self.method.is_none_or(|m| m == method) && self.target_contains.as_deref().is_none_or(|s| target.contains(s))
     }
@@ -87,7 +92,12 @@ impl FaultProxy {
             while let Ok((client, _)) = listener.accept().await {
                 let st = st.clone();
                 tokio::spawn(async move {
-                    let _ = serve(client, upstream, st).await;
+                    // Injected faults end connections on purpose; anything else is worth seeing.
+                    if let Err(e) = serve(client, upstream, st).await
+                        && e.kind() != std::io::ErrorKind::UnexpectedEof
+                    {
+                        eprintln!("fault proxy: connection ended: {e}");
+                    }
                 });
             }
         });

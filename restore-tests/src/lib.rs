@@ -51,8 +51,19 @@ impl World {
     /// A new world with an initialised vault.
     pub fn new() -> Self {
         let w = Self::empty();
-        w.ok(&["init", "--vault", w.vault_str(), "--escrow-key-out", w.escrow().to_str().unwrap_or_default()]);
+        w.init();
         w
+    }
+
+    /// `init` the vault, writing the escrow key file to [`Self::escrow`]; returns init's JSON.
+    pub fn init(&self) -> serde_json::Value {
+        self.json(&[
+            "init",
+            "--vault",
+            self.vault_str(),
+            "--escrow-key-out",
+            self.escrow().to_str().unwrap_or_default(),
+        ])
     }
 
     /// A new world without a vault yet (the vault directory exists, empty).
@@ -75,7 +86,7 @@ impl World {
         let mut w = Self::empty();
         w.url = url;
         w.env = env;
-        w.ok(&["init", "--vault", &w.url, "--escrow-key-out", w.escrow().to_str().unwrap_or_default()]);
+        w.init();
         w
     }
 
@@ -103,6 +114,17 @@ impl World {
     /// Run the agent; return its output whatever the exit code.
     pub fn run(&self, args: &[&str]) -> Output {
         self.agent().args(args).output().expect("agent runs")
+    }
+
+    /// Run the agent with the password from `file` instead of `TRESOR_PASSWORD`.
+    pub fn run_with_password_file(&self, file: &Path, args: &[&str]) -> Output {
+        self.agent()
+            .env_remove("TRESOR_PASSWORD")
+            .arg("--password-file")
+            .arg(file)
+            .args(args)
+            .output()
+            .expect("agent runs")
     }
 
     /// Run the agent and require success; returns stdout.
@@ -136,9 +158,15 @@ impl World {
     /// Snapshot ids.
     pub fn snapshot_ids(&self) -> Vec<String> {
         // Unreadable snapshots make the command exit non-zero but are still listed.
+        // Anything but a JSON list is a failure, so "no snapshot" can never come from a broken run.
         let out = self.run(&["--json", "snapshots", "--vault", self.vault_str()]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v.as_array().map(|a| a.iter().filter_map(|s| s["id"].as_str().map(String::from)).collect()).unwrap_or_default()
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("snapshots --json printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr))
+        });
+        let list = v.as_array().unwrap_or_else(|| panic!("snapshots --json printed no list: {v}"));
+        list.iter()
+            .map(|s| s["id"].as_str().unwrap_or_else(|| panic!("snapshot without id: {s}")).to_string())
+            .collect()
     }
 
     /// Total bytes of packs in the vault.
@@ -155,20 +183,7 @@ impl Default for World {
 
 /// Sum of file sizes below `dir`.
 pub fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(md) = e.metadata() else { continue };
-            if md.is_dir() {
-                stack.push(e.path());
-            } else {
-                total += md.len();
-            }
-        }
-    }
-    total
+    files_below(dir).iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum()
 }
 
 /// Files below `dir`, recursively.
@@ -188,6 +203,13 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// A seed from the environment variable `var` (to repeat a failed run), else random; printed.
+pub fn seed_from_env(var: &str, what: &str) -> u64 {
+    let seed = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("{what} seed {seed} (repeat with {var}={seed})");
+    seed
 }
 
 /// Write `len` seeded random bytes to `path`.

@@ -97,8 +97,7 @@ fn kill_between_temp_write_and_rename() {
 
 #[test]
 fn twenty_seeded_random_kills() {
-    let seed: u64 = std::env::var("TRESOR_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("random kill seed {seed} (repeat with TRESOR_CRASH_SEED={seed})");
+    let seed = restore_tests::seed_from_env("TRESOR_CRASH_SEED", "random kill");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for round in 0..20 {
         let w = World::new();

@@ -24,6 +24,27 @@ fn s3(g: &Garage, endpoint: &str, prefix: &str) -> S3Backend {
     be
 }
 
+/// The four faults a transfer survives by retrying.
+const RETRIED_FAULTS: [Fault; 4] = [Fault::ServiceUnavailable, Fault::Reset, Fault::TruncateBody, Fault::ShortListing];
+
+/// A fault proxy before `g` injecting [`RETRIED_FAULTS`] at random with `probability`; the seed is
+/// printed (`TRESOR_FAULT_SEED` repeats a run).
+fn faulty_proxy(g: &Garage, probability: f64) -> (FaultProxy, u64) {
+    let proxy = FaultProxy::start(g.s3_addr);
+    let seed = restore_tests::seed_from_env("TRESOR_FAULT_SEED", "fault");
+    proxy.set_random(seed, probability, &RETRIED_FAULTS);
+    (proxy, seed)
+}
+
+/// Every kind in [`RETRIED_FAULTS`] was injected at least once.
+fn assert_each_fault_injected(proxy: &FaultProxy, seed: u64) {
+    let injected = proxy.injected();
+    println!("{} requests, faults injected: {injected:?}", proxy.requests());
+    for f in RETRIED_FAULTS {
+        assert!(injected.get(&f).copied().unwrap_or(0) > 0, "seed {seed}: no {f:?} was injected: {injected:?}");
+    }
+}
+
 #[test]
 fn local_backend_conforms() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,28 +74,13 @@ fn garage_conforms() {
 #[test]
 fn garage_conforms_through_faults() {
     let g = Garage::start();
-    let proxy = FaultProxy::start(g.s3_addr);
-    let seed = std::env::var("TRESOR_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("fault seed {seed} (repeat with TRESOR_FAULT_SEED={seed})");
-    proxy.set_random(seed, 0.08, &[Fault::ServiceUnavailable, Fault::Reset, Fault::TruncateBody, Fault::ShortListing]);
+    let (proxy, seed) = faulty_proxy(&g, 0.08);
     // Listings and whole-object reads are few: make sure those faults show up.
-    proxy.add_rule(
-        Matcher { method: Some("GET"), target_contains: Some("list-type=2".into()) },
-        Fault::ShortListing,
-        2,
-    );
-    proxy.add_rule(
-        Matcher { method: Some("GET"), target_contains: Some("/data/cd/big".into()) },
-        Fault::TruncateBody,
-        2,
-    );
+    proxy.add_rule(Matcher::on("GET", "list-type=2"), Fault::ShortListing, 2);
+    proxy.add_rule(Matcher::on("GET", "/data/cd/big"), Fault::TruncateBody, 2);
     let be = s3(&g, &proxy.endpoint, "faulty");
     runtime().block_on(conformance::suite(&be));
-    let injected = proxy.injected();
-    println!("{} requests, faults injected: {injected:?}", proxy.requests());
-    for f in [Fault::ServiceUnavailable, Fault::Reset, Fault::TruncateBody, Fault::ShortListing] {
-        assert!(injected.get(&f).copied().unwrap_or(0) > 0, "seed {seed}: no {f:?} was injected: {injected:?}");
-    }
+    assert_each_fault_injected(&proxy, seed);
 }
 
 fn sample_tree(w: &World) -> std::path::PathBuf {
@@ -94,7 +100,7 @@ fn cli_round_trip_on_garage() {
     let mut w = World::empty();
     w.url = g.url("tresor/vault");
     w.env = g.env();
-    let init = w.json(&["init", "--vault", &w.url.clone(), "--escrow-key-out", w.escrow().to_str().unwrap()]);
+    let init = w.init();
     let caps = &init["config"]["capabilities"];
     assert_eq!(caps["backend"], "s3", "{init}");
     assert_eq!(
@@ -121,18 +127,14 @@ fn cli_round_trip_on_garage() {
 #[test]
 fn cli_through_faults_retries_and_reports_transient_not_damage() {
     let g = Garage::start();
-    let proxy = FaultProxy::start(g.s3_addr);
-    let seed = std::env::var("TRESOR_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("fault seed {seed} (repeat with TRESOR_FAULT_SEED={seed})");
-    proxy.set_random(seed, 0.1, &[Fault::ServiceUnavailable, Fault::Reset, Fault::TruncateBody, Fault::ShortListing]);
+    let (proxy, seed) = faulty_proxy(&g, 0.1);
     // Beside the random faults, each kind at least once where it hurts most.
-    let on = |method: &'static str, part: &str| Matcher { method: Some(method), target_contains: Some(part.into()) };
-    proxy.add_rule(on("PUT", "/data/"), Fault::ServiceUnavailable, 2);
-    proxy.add_rule(on("PUT", "/index/"), Fault::Reset, 1);
-    proxy.add_rule(on("PUT", "/snapshots/"), Fault::ServiceUnavailable, 1);
-    proxy.add_rule(on("GET", "/data/"), Fault::TruncateBody, 1);
-    proxy.add_rule(on("GET", "/data/"), Fault::Reset, 1);
-    proxy.add_rule(on("GET", "list-type=2"), Fault::ShortListing, 1);
+    proxy.add_rule(Matcher::on("PUT", "/data/"), Fault::ServiceUnavailable, 2);
+    proxy.add_rule(Matcher::on("PUT", "/index/"), Fault::Reset, 1);
+    proxy.add_rule(Matcher::on("PUT", "/snapshots/"), Fault::ServiceUnavailable, 1);
+    proxy.add_rule(Matcher::on("GET", "/data/"), Fault::TruncateBody, 1);
+    proxy.add_rule(Matcher::on("GET", "/data/"), Fault::Reset, 1);
+    proxy.add_rule(Matcher::on("GET", "list-type=2"), Fault::ShortListing, 1);
     let w = World::on_s3(g.url("faulty"), g.env_for(&proxy.endpoint));
     let src = sample_tree(&w);
     w.backup(&[&src]);
@@ -140,14 +142,10 @@ fn cli_through_faults_retries_and_reports_transient_not_damage() {
     w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", out.to_str().unwrap()]);
     assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
     proxy.clear_random();
-    let injected = proxy.injected();
-    println!("{} requests, faults injected: {injected:?}", proxy.requests());
-    for f in [Fault::ServiceUnavailable, Fault::Reset, Fault::TruncateBody, Fault::ShortListing] {
-        assert!(injected.get(&f).copied().unwrap_or(0) > 0, "seed {seed}: no {f:?} was injected: {injected:?}");
-    }
+    assert_each_fault_injected(&proxy, seed);
 
     // Bits flipped in transit: the pack is read again, verifies, and counts as transient.
-    proxy.add_rule(Matcher { method: Some("GET"), target_contains: Some("/data/".into()) }, Fault::FlipBody, 1);
+    proxy.add_rule(Matcher::on("GET", "/data/"), Fault::FlipBody, 1);
     let check = w.run(&["--json", "check", "--vault", w.vault_str(), "--read-data"]);
     let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
     assert_eq!(check.status.code(), Some(0), "{report}");
@@ -158,8 +156,8 @@ fn cli_through_faults_retries_and_reports_transient_not_damage() {
     );
 
     // A flipped snapshot manifest and a flipped chunk range on restore: read again, not damage.
-    proxy.add_rule(Matcher { method: Some("GET"), target_contains: Some("/snapshots/".into()) }, Fault::FlipBody, 1);
-    proxy.add_rule(Matcher { method: Some("GET"), target_contains: Some("/data/".into()) }, Fault::FlipBody, 1);
+    proxy.add_rule(Matcher::on("GET", "/snapshots/"), Fault::FlipBody, 1);
+    proxy.add_rule(Matcher::on("GET", "/data/"), Fault::FlipBody, 1);
     let out2 = w.path("restored-again");
     w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", out2.to_str().unwrap()]);
     assert_same_tree(&src, &out2.join(src.strip_prefix("/").unwrap()));
