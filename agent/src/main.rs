@@ -46,10 +46,10 @@ fn main() -> ExitCode {
             ExitCode::from(exit::INTERRUPTED)
         }
         Some(Ok(mut out)) => {
-            if let (Some(obj), Some(peak)) = (out.json.as_object_mut(), peak_rss_bytes()) {
-                obj.insert("peak_rss_bytes".into(), peak.into());
-            }
             if json {
+                if let (Some(obj), Some(peak)) = (out.json.as_object_mut(), peak_rss_bytes()) {
+                    obj.insert("peak_rss_bytes".into(), peak.into());
+                }
                 println!("{}", serde_json::to_string_pretty(&out.json).unwrap_or_default());
             } else {
                 println!("{}", out.text);

@@ -50,26 +50,22 @@ thread_local! {
 fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        match slot.as_mut() {
-            Some((_, c)) => c.compress(data),
-            None => zstd::bulk::compress(data, level),
-        }
+        let c = match &mut *slot {
+            Some((l, c)) if *l == level => c,
+            s => &mut s.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
+        c.compress(data)
     })
 }
 
 fn decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new()?);
-        }
-        match slot.as_mut() {
-            Some(d) => d.decompress(stored, capacity),
-            None => zstd::bulk::decompress(stored, capacity),
-        }
+        let d = match &mut *slot {
+            Some(d) => d,
+            s => s.insert(zstd::bulk::Decompressor::new()?),
+        };
+        d.decompress(stored, capacity)
     })
 }
 

@@ -186,16 +186,11 @@ impl SealKey {
         Ok(ct)
     }
 
-    /// Decrypt and authenticate `ciphertext || tag`.
+    /// Decrypt and authenticate `ciphertext || tag` into a new buffer.
     pub fn open(&self, nonce: &[u8; 12], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
-        if sealed.len() < TAG_LEN {
-            return Err(AuthError);
-        }
-        let (ct, tag) = sealed.split_at(sealed.len() - TAG_LEN);
-        let mut buf = ct.to_vec();
-        self.0
-            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag))
-            .map_err(|_| AuthError)?;
+        let mut buf = sealed.to_vec();
+        let len = self.open_in_place(nonce, aad, &mut buf)?.len();
+        buf.truncate(len);
         Ok(buf)
     }
 }

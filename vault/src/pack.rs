@@ -190,47 +190,18 @@ fn directory_aad(salt: &[u8; 32]) -> Vec<u8> {
     aad
 }
 
-/// The blob counter of an entry, derived from its position in the directory.
-fn open_blob(
+/// Decrypt, decode and verify a blob in its own buffer; a raw chunk comes back borrowed.
+fn open_blob_in_place<'a>(
     keys: &VaultKeys,
     salt: &[u8; 32],
     counter: u64,
     e: &PackEntry,
-    sealed: &[u8],
-) -> Result<Vec<u8>, PackError> {
+    sealed: &'a mut [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, PackError> {
     let key = keys.pack_key(salt);
     let aad = crypto::blob_aad(e.kind, e.codec as u8, &e.id);
     let encoded = key
-        .open(&crypto::counter_nonce(counter), &aad, sealed)
-        .map_err(|a| PackError::Auth(a, format!("blob of chunk {}", e.id)))?;
-    let plain =
-        codec::decode(e.codec, &encoded, e.raw_len as usize).map_err(|source| PackError::Codec { id: e.id, source })?;
-    if keys.chunk_id(&plain) != e.id {
-        return Err(PackError::IdMismatch(e.id));
-    }
-    Ok(plain)
-}
-
-/// Like [`open_located`], decrypting where the bytes lie: a raw chunk comes back borrowed from
-/// `sealed`, without a copy.
-pub fn open_located_in_place<'a>(
-    keys: &VaultKeys,
-    loc: &BlobLocation,
-    sealed: &'a mut [u8],
-) -> Result<std::borrow::Cow<'a, [u8]>, PackError> {
-    let e = &loc.entry;
-    if sealed.len() != e.stored_len as usize {
-        return Err(PackError::Malformed(format!(
-            "blob of chunk {} has {} bytes, expected {}",
-            e.id,
-            sealed.len(),
-            e.stored_len
-        )));
-    }
-    let key = keys.pack_key(&loc.salt);
-    let aad = crypto::blob_aad(e.kind, e.codec as u8, &e.id);
-    let encoded = key
-        .open_in_place(&crypto::counter_nonce(u64::from(loc.counter)), &aad, sealed)
+        .open_in_place(&crypto::counter_nonce(counter), &aad, sealed)
         .map_err(|a| PackError::Auth(a, format!("blob of chunk {}", e.id)))?;
     let plain = match e.codec {
         Codec::Raw if encoded.len() == e.raw_len as usize => std::borrow::Cow::Borrowed(encoded),
@@ -243,6 +214,39 @@ pub fn open_located_in_place<'a>(
         return Err(PackError::IdMismatch(e.id));
     }
     Ok(plain)
+}
+
+/// Like [`open_blob_in_place`] on a copy of `sealed`.
+fn open_blob(
+    keys: &VaultKeys,
+    salt: &[u8; 32],
+    counter: u64,
+    e: &PackEntry,
+    sealed: &[u8],
+) -> Result<Vec<u8>, PackError> {
+    let mut buf = sealed.to_vec();
+    open_blob_in_place(keys, salt, counter, e, &mut buf).map(std::borrow::Cow::into_owned)
+}
+
+/// Like [`open_located`], decrypting where the bytes lie: a raw chunk comes back borrowed from
+/// `sealed`, without a copy.
+pub fn open_located_in_place<'a>(
+    keys: &VaultKeys,
+    loc: &BlobLocation,
+    sealed: &'a mut [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, PackError> {
+    check_located_len(loc, sealed.len())?;
+    open_blob_in_place(keys, &loc.salt, u64::from(loc.counter), &loc.entry, sealed)
+}
+
+fn check_located_len(loc: &BlobLocation, len: usize) -> Result<(), PackError> {
+    if len != loc.entry.stored_len as usize {
+        return Err(PackError::Malformed(format!(
+            "blob of chunk {} has {len} bytes, expected {}",
+            loc.entry.id, loc.entry.stored_len
+        )));
+    }
+    Ok(())
 }
 
 /// Everything needed to decrypt one blob read by a ranged GET.
@@ -258,14 +262,7 @@ pub struct BlobLocation {
 
 /// Decrypt, decode and verify one blob.
 pub fn open_located(keys: &VaultKeys, loc: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>, PackError> {
-    if sealed.len() != loc.entry.stored_len as usize {
-        return Err(PackError::Malformed(format!(
-            "blob of chunk {} has {} bytes, expected {}",
-            loc.entry.id,
-            sealed.len(),
-            loc.entry.stored_len
-        )));
-    }
+    check_located_len(loc, sealed.len())?;
     open_blob(keys, &loc.salt, u64::from(loc.counter), &loc.entry, sealed)
 }
 

@@ -274,6 +274,11 @@ impl Vault {
         self.transient_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    fn note_transient(&self, key: &str) {
+        self.transient_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(key, "read failed verification once; second read verified (transient)");
+    }
+
     /// Read an object named by its content; a mismatch is read once more before it counts as
     /// damage, so a bit flipped in transit is not reported as a damaged vault. `None`: damaged.
     async fn get_named(&self, key: &str, id: &ObjectId) -> Result<Option<Bytes>> {
@@ -283,8 +288,7 @@ impl Vault {
         }
         let again = self.backend.get(key).await?;
         if object::content_id(&again) == *id {
-            self.transient_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(key, "object failed verification once; second read verified (transient)");
+            self.note_transient(key);
             return Ok(Some(again));
         }
         Ok(None)
@@ -400,8 +404,7 @@ impl Vault {
             Err(Error::Integrity { .. }) => {
                 let r = self.open_chunk(e, self.backend.get_range(&key, range).await?).await;
                 if r.is_ok() {
-                    self.transient_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(key, chunk = %e.id, "chunk failed verification once; second read verified (transient)");
+                    self.note_transient(&key);
                 }
                 r
             }

@@ -56,6 +56,13 @@ struct Slot {
     placed: AtomicBool,
 }
 
+impl Slot {
+    /// Record the first failure of this file; it is then not moved into place.
+    fn fail(&self, chunk: ChunkId, error: &tresor_vault::Error) {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| format!("chunk {chunk}: {error}"));
+    }
+}
+
 /// Writes chunks into temporary files and moves each file into place as soon as its last chunk
 /// is written, so creating, writing and renaming files overlap with fetching and decrypting.
 struct Writer {
@@ -73,7 +80,7 @@ impl Writer {
         let file = match open() {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(parent) = slot.tmp.parent() {
-                    std::fs::create_dir_all(parent)?;
+                    std::fs::create_dir_all(parent).map_err(|e| with_path("cannot create directory", parent, e))?;
                 }
                 open()
             }
@@ -125,7 +132,7 @@ impl ChunkWriter for Writer {
 
     fn failed(&self, target: ChunkTarget, chunk: ChunkId, error: &tresor_vault::Error) {
         let slot = &self.slots[target.file];
-        slot.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| format!("chunk {chunk}: {error}"));
+        slot.fail(chunk, error);
         slot.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -241,9 +248,7 @@ fn prepare(
         }
     }
     for (slot, chunk) in &plan.missing {
-        slots[*slot].failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| {
-            format!("chunk {chunk}: {}", tresor_vault::Error::integrity(format!("chunk {chunk}"), "not in the index"))
-        });
+        slots[*slot].fail(*chunk, &tresor_vault::Error::integrity(format!("chunk {chunk}"), "not in the index"));
     }
     let free = free_bytes(root).with_context(|| format!("cannot read free space of {}", root.display()))?;
     // Leave a small margin for directories and metadata blocks.

@@ -160,10 +160,8 @@ impl S3Backend {
                 Err(e) => return Err(map_err(key, e)),
             }
         }
-        // Best effort: look first. The probe at init records that this backend cannot promise more.
-        if self.size(key).await?.is_some() {
-            return Ok(Created::Existed);
-        }
+        // Unconditional: the init probe then sees a second create win, records that storage does
+        // not enforce create-once, and the vault turns on `look_first` for every later create.
         self.store.put(path, PutPayload::from(bytes)).await.map_err(|e| map_err(key, e))?;
         Ok(Created::New)
     }
@@ -174,17 +172,7 @@ impl S3Backend {
     async fn put_parts(&self, key: &str, path: &StorePath, bytes: Bytes) -> Result<Created, BackendError> {
         // Starting and completing a multipart upload are POSTs, which object_store does not
         // retry; the whole upload is retried instead (a completed one is then found by HEAD).
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.put_parts_once(key, path, bytes.clone()).await {
-                Err(BackendError::Transient { detail, .. }) if attempt < self.opts.read_attempts => {
-                    tracing::warn!(key, attempt, %detail, "multipart upload failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                }
-                r => return r,
-            }
-        }
+        self.retry("multipart upload", key, || self.put_parts_once(key, path, bytes.clone())).await
     }
 
     async fn put_parts_once(&self, key: &str, path: &StorePath, bytes: Bytes) -> Result<Created, BackendError> {
@@ -219,9 +207,9 @@ impl S3Backend {
         Ok(Created::New)
     }
 
-    /// Run a read, trying again when the failure may be passing (a broken-off body, a 5xx that
-    /// outlasted `object_store`'s own retries).
-    async fn read<T, F, Fut>(&self, key: &str, mut op: F) -> Result<T, BackendError>
+    /// Run `op` (a read, or a whole multipart upload), trying again when the failure may be
+    /// passing (a broken-off body, a 5xx that outlasted `object_store`'s own retries).
+    async fn retry<T, F, Fut>(&self, what: &str, key: &str, mut op: F) -> Result<T, BackendError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, BackendError>>,
@@ -231,7 +219,7 @@ impl S3Backend {
             attempt += 1;
             match op().await {
                 Err(BackendError::Transient { detail, .. }) if attempt < self.opts.read_attempts => {
-                    tracing::warn!(key, attempt, %detail, "storage read failed; retrying");
+                    tracing::warn!(key, attempt, %detail, "storage {what} failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
                 r => return r,
@@ -257,11 +245,11 @@ impl Backend for S3Backend {
     async fn check_location(&self) -> Result<(), BackendError> {
         let prefix = if self.prefix.is_empty() { None } else { Some(StorePath::from(self.prefix.as_str())) };
         let location = self.location();
-        self.read(&location, || async {
+        self.retry("read", &location, || async {
             match self.store.list_with_delimiter(prefix.as_ref()).await {
                 Ok(_) => Ok(()),
-                Err(object_store::Error::NotFound { .. }) => Err(BackendError::NoSuchLocation(self.location())),
-                Err(e) => Err(map_err(&self.location(), e)),
+                Err(object_store::Error::NotFound { .. }) => Err(BackendError::NoSuchLocation(location.clone())),
+                Err(e) => Err(map_err(&location, e)),
             }
         })
         .await
@@ -287,7 +275,7 @@ impl Backend for S3Backend {
 
     async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
         let path = self.path(key)?;
-        self.read(key, || async {
+        self.retry("read", key, || async {
             let r = self.store.get(&path).await.map_err(|e| map_err(key, e))?;
             let expected = r.meta.size;
             let bytes = r.bytes().await.map_err(|e| map_err(key, e))?;
@@ -305,7 +293,7 @@ impl Backend for S3Backend {
         if want == 0 {
             return Ok(Bytes::new());
         }
-        self.read(key, || async {
+        self.retry("read", key, || async {
             match self.store.get_range(&path, range.clone()).await {
                 Ok(b) if b.len() as u64 == want => Ok(b),
                 Ok(b) => {
@@ -328,7 +316,7 @@ impl Backend for S3Backend {
 
     async fn size(&self, key: &str) -> Result<Option<u64>, BackendError> {
         let path = self.path(key)?;
-        self.read(key, || async {
+        self.retry("read", key, || async {
             match self.store.head(&path).await {
                 Ok(m) => Ok(Some(m.size)),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -346,7 +334,7 @@ impl Backend for S3Backend {
         } else {
             Some(self.path(dir)?)
         };
-        self.read(prefix, || async {
+        self.retry("read", prefix, || async {
             let mut out: Vec<ObjectInfo> = self
                 .store
                 .list(path.as_ref())
@@ -404,7 +392,7 @@ fn is_range_error(e: &object_store::Error) -> bool {
 
 /// A failure of the network or of the server (5xx, reset, timeout) may pass; anything else is
 /// reported as it is.
-fn is_passing(e: &object_store::Error) -> bool {
+fn is_passing(e: &object_store::Error, text: &str) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = cur {
         if let Some(h) = s.downcast_ref::<object_store::client::HttpError>() {
@@ -415,18 +403,20 @@ fn is_passing(e: &object_store::Error) -> bool {
         }
         cur = s.source();
     }
-    let text = chain(e);
     text.contains("status code: 5") || text.contains("error decoding response body") || text.contains("connection")
 }
 
 fn map_err(key: &str, e: object_store::Error) -> BackendError {
+    if let object_store::Error::NotFound { .. } = e {
+        return BackendError::NotFound(key.to_string());
+    }
+    let text = chain(&e);
     match &e {
-        object_store::Error::NotFound { .. } => BackendError::NotFound(key.to_string()),
-        _ if chain(&e).contains("NoSuchBucket") => BackendError::NoSuchLocation(key.to_string()),
+        _ if text.contains("NoSuchBucket") => BackendError::NoSuchLocation(key.to_string()),
         object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-            BackendError::PermissionDenied { key: key.to_string(), detail: chain(&e) }
+            BackendError::PermissionDenied { key: key.to_string(), detail: text }
         }
-        _ if is_passing(&e) => transient(key, &chain(&e)),
-        _ => other(key, &chain(&e)),
+        _ if is_passing(&e, &text) => transient(key, &text),
+        _ => other(key, &text),
     }
 }
