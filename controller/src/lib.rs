@@ -1,7 +1,26 @@
-//! The controller: scheduler, catalog, retention, drills. Filled by the control-plane issue; it
-//! depends only on `tresor-proto` so far, and never on vault keys.
+//! # tresor-controller
+//!
+//! The control plane: its own CA and agent enrollment, the job table with leases, the
+//! scheduler, the sled catalog, policies, receipts and status. It holds no vault keys and touches
+//! no backup data: every operation on a vault is a job an agent runs.
+//!
+//! Layers, bottom up: `ids`, `fsutil`, `error` -> `config`, `policy`, `pki`, `state`, `catalog`
+//! -> `jobs` -> `core` -> `scheduler`, `status`, `metrics` -> `grpc` -> `server`.
 
-/// The API this controller will serve.
-pub fn api_definition() -> &'static str {
-    tresor_proto::PROTO
-}
+pub mod catalog;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod fsutil;
+pub mod grpc;
+pub mod ids;
+pub mod jobs;
+pub mod metrics;
+pub mod pki;
+pub mod policy;
+pub mod scheduler;
+pub mod server;
+pub mod state;
+pub mod status;
+
+pub use error::{Error, Result};

@@ -1,0 +1,140 @@
+//! `controller.toml`. Unknown fields are refused so a typo cannot silently change behaviour.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The controller's settings, after validation.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// gRPC listen address (agents and tresorctl).
+    pub listen: SocketAddr,
+    /// Where the CA, keys, policies and the sled catalog live.
+    pub state_dir: PathBuf,
+    /// DNS names and IP addresses in the controller's server certificate.
+    pub server_names: Vec<String>,
+    /// Life of agent certificates; agents renew at two thirds of it.
+    pub cert_lifetime: Duration,
+    /// A job attempt's lease; heartbeats extend it.
+    pub lease: Duration,
+    /// How often agents heartbeat.
+    pub heartbeat: Duration,
+    /// Prometheus `/metrics` listen address, if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// An agent not seen for this long raises an alert.
+    pub agent_offline_after: Duration,
+    /// Attempts per job before it fails.
+    pub max_attempts: u32,
+    /// First retry delay; doubled per attempt.
+    pub retry_backoff: Duration,
+    /// Where alerts go.
+    pub alerts: Alerts,
+    /// How long a one-time enrollment token lives by default.
+    pub enroll_token_ttl: Duration,
+}
+
+/// Alert destinations. Both may be set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    /// POST a JSON document here (http:// only on loopback; put a relay in front otherwise).
+    pub webhook: Option<String>,
+    /// Run this program with the alert as JSON on stdin.
+    pub command: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: Option<String>,
+    state_dir: Option<PathBuf>,
+    server_names: Option<Vec<String>>,
+    cert_lifetime: Option<String>,
+    lease: Option<String>,
+    heartbeat: Option<String>,
+    metrics_listen: Option<String>,
+    agent_offline_after: Option<String>,
+    max_attempts: Option<u32>,
+    retry_backoff: Option<String>,
+    enroll_token_ttl: Option<String>,
+    #[serde(default)]
+    alerts: Alerts,
+}
+
+fn duration(field: &str, v: Option<String>, default: &str) -> Result<Duration> {
+    let text = v.unwrap_or_else(|| default.to_string());
+    tresor_proto::parse_duration(&text).map_err(|e| Error::Config(format!("{field}: {e}")))
+}
+
+fn addr(field: &str, v: &str) -> Result<SocketAddr> {
+    v.parse().map_err(|e| Error::Config(format!("{field}: {v:?} is not an address such as 127.0.0.1:7443 ({e})")))
+}
+
+impl ControllerConfig {
+    /// Parse `controller.toml` text; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// Names the file and the field that is wrong.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let raw: Raw = toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {}", e.message())))?;
+        let wrap = |e: Error| Error::Config(format!("{origin}: {e}"));
+        let cfg = Self {
+            listen: addr("listen", raw.listen.as_deref().unwrap_or("127.0.0.1:7443")).map_err(wrap)?,
+            state_dir: raw.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/tresor-controller")),
+            server_names: raw.server_names.unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]),
+            cert_lifetime: duration("cert_lifetime", raw.cert_lifetime, "24h").map_err(wrap)?,
+            lease: duration("lease", raw.lease, "60s").map_err(wrap)?,
+            heartbeat: duration("heartbeat", raw.heartbeat, "10s").map_err(wrap)?,
+            metrics_listen: raw
+                .metrics_listen
+                .as_deref()
+                .map(|a| addr("metrics_listen", a))
+                .transpose()
+                .map_err(wrap)?,
+            agent_offline_after: duration("agent_offline_after", raw.agent_offline_after, "15m").map_err(wrap)?,
+            max_attempts: raw.max_attempts.unwrap_or(3),
+            retry_backoff: duration("retry_backoff", raw.retry_backoff, "30s").map_err(wrap)?,
+            enroll_token_ttl: duration("enroll_token_ttl", raw.enroll_token_ttl, "1h").map_err(wrap)?,
+            alerts: raw.alerts,
+        };
+        cfg.validate().map_err(wrap)?;
+        Ok(cfg)
+    }
+
+    /// Read and parse a config file.
+    ///
+    /// # Errors
+    /// The file cannot be read, or is invalid.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.cert_lifetime < Duration::from_secs(10) {
+            return Err(Error::Config("cert_lifetime: must be at least 10s".into()));
+        }
+        if self.heartbeat * 3 > self.lease {
+            return Err(Error::Config(format!(
+                "lease: {:?} must be at least three heartbeats ({:?}) so one lost heartbeat does not fence an agent",
+                self.lease, self.heartbeat
+            )));
+        }
+        if self.max_attempts == 0 {
+            return Err(Error::Config("max_attempts: must be at least 1".into()));
+        }
+        if self.server_names.is_empty() {
+            return Err(Error::Config("server_names: give at least one name agents dial".into()));
+        }
+        if let Some(cmd) = &self.alerts.command
+            && cmd.is_empty()
+        {
+            return Err(Error::Config("alerts.command: give the program to run".into()));
+        }
+        Ok(())
+    }
+}

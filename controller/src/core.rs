@@ -1,0 +1,535 @@
+//! The controller's shared state and the operations the gRPC services, the scheduler and the
+//! command line call. Nothing here touches backup data or holds vault keys.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use tresor_proto::pb;
+
+use crate::catalog::{Catalog, EnrollToken, SnapshotRecord, SourceRecord};
+use crate::config::ControllerConfig;
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::ids::{AgentId, Role};
+use crate::jobs::{JobRecord, JobSpec, Jobs, LeaseSettings};
+use crate::pki::Pki;
+use crate::policy::Policy;
+use crate::state::{AccessToken, AgentEntry, State, new_token, token_hash};
+
+/// What the controller last heard from a connected agent.
+#[derive(Debug, Clone, Default)]
+pub struct LiveAgent {
+    /// Last heartbeat (Unix seconds).
+    pub last_seen_unix: i64,
+    /// Vaults it reported.
+    pub vaults: Vec<pb::VaultState>,
+    /// Its host name.
+    pub hostname: String,
+}
+
+/// The controller.
+pub struct Controller {
+    /// Settings.
+    pub config: ControllerConfig,
+    /// CA and TLS identity.
+    pub pki: Pki,
+    /// Files outside sled.
+    pub state: State,
+    /// The sled catalog.
+    pub catalog: Arc<Catalog>,
+    /// Jobs and leases.
+    pub jobs: Arc<Jobs>,
+    policies: Arc<Mutex<BTreeMap<String, Policy>>>,
+    live: Mutex<HashMap<AgentId, LiveAgent>>,
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl Controller {
+    /// Load or make everything below the state directory.
+    ///
+    /// # Errors
+    /// A file is damaged, or the catalog cannot be opened even fresh.
+    pub fn open(config: ControllerConfig) -> Result<Arc<Self>> {
+        let dir = &config.state_dir;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let pki = Pki::load_or_create(dir, &config.server_names)?;
+        let state = State::load(dir)?;
+        let catalog = Arc::new(Catalog::open(dir)?);
+        let policies = Arc::new(Mutex::new(load_policies(&state)?));
+        let limits = policies.clone();
+        let vault_limit = Box::new(move |vault: &str| {
+            let p = limits.lock().unwrap_or_else(|p| p.into_inner());
+            p.values().flat_map(|p| p.vaults.iter()).find(|v| v.name == vault).map_or(2, |v| v.max_concurrent_jobs)
+        });
+        let settings = LeaseSettings { lease: config.lease, backoff: config.retry_backoff };
+        let jobs = Arc::new(Jobs::new(catalog.clone(), settings, vault_limit));
+        Ok(Arc::new(Self { config, pki, state, catalog, jobs, policies, live: Mutex::new(HashMap::new()) }))
+    }
+
+    /// A copy of the applied policies.
+    pub fn policies(&self) -> BTreeMap<String, Policy> {
+        self.policies.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    // --- people and tokens --------------------------------------------------------------------
+
+    /// Check a bearer token for `need`.
+    ///
+    /// # Errors
+    /// Unknown or expired tokens, or a role below `need`.
+    pub fn authorize(&self, token: Option<&str>, need: Role, what: &str) -> Result<Role> {
+        let token = token.ok_or_else(|| {
+            Error::Unauthenticated(format!(
+                "{what} needs a token (tresorctl reads it from --token-file or TRESOR_TOKEN_FILE)"
+            ))
+        })?;
+        let role = self
+            .state
+            .role_of(token, now_unix())
+            .ok_or_else(|| Error::Unauthenticated(format!("{what}: the token is unknown or expired")))?;
+        if role < need {
+            return Err(Error::PermissionDenied(format!(
+                "{what} needs the {} role; this token has the {} role",
+                need.name(),
+                role.name()
+            )));
+        }
+        Ok(role)
+    }
+
+    /// Make a token: a one-time enrollment token for "agent", or a person's token.
+    ///
+    /// # Errors
+    /// Unknown role, or the token cannot be stored.
+    pub async fn create_token(&self, role: &str, ttl_secs: u32, label: &str) -> Result<(String, i64)> {
+        let now = now_unix();
+        if role == "agent" || role.is_empty() {
+            let ttl = if ttl_secs == 0 { self.config.enroll_token_ttl.as_secs() as i64 } else { i64::from(ttl_secs) };
+            // The token carries the CA's pin so a new agent can trust the controller on first contact.
+            let token = format!("{}.{}", new_token("tenr_"), self.pki.ca_pin()?);
+            let expires = now + ttl;
+            self.catalog
+                .add_enroll_token(&token_hash(&token), &EnrollToken { expires_unix: expires, label: label.into() })
+                .await?;
+            return Ok((token, expires));
+        }
+        let role = Role::parse(role).ok_or_else(|| {
+            Error::InvalidArgument(format!("role {role:?} is unknown; use agent, admin, operator or auditor"))
+        })?;
+        let expires = if ttl_secs == 0 { 0 } else { now + i64::from(ttl_secs) };
+        let token = new_token(&format!("t{}_", &role.name()[..3]));
+        let entry = AccessToken { role, label: label.into(), expires_unix: expires };
+        let state_token = token.clone();
+        self.blocking(move |c| c.state.add_access(&state_token, entry)).await?;
+        Ok((token, expires))
+    }
+
+    /// Run small file writes without stalling other tasks on this runtime thread.
+    pub async fn blocking<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        tokio::task::block_in_place(|| f(self))
+    }
+
+    // --- agents -------------------------------------------------------------------------------
+
+    /// Enroll an agent: consume the token, sign its CSR.
+    ///
+    /// # Errors
+    /// Bad, used or expired token; a name already enrolled; a bad CSR.
+    pub async fn enroll(&self, req: &pb::EnrollRequest) -> Result<pb::EnrollReply> {
+        let name = req.name.trim();
+        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(Error::InvalidArgument(format!(
+                "agent name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        let secret = req.token.trim();
+        let _token = self.catalog.take_enroll_token(&token_hash(secret), now_unix()).await?;
+        if let Some((id, _)) = self.state.find_agent(name)
+            && !self.state.is_revoked(&id)
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "an agent named {name:?} is already enrolled ({id}); revoke it first (tresorctl agent revoke {name}) or choose another name"
+            )));
+        }
+        let id = AgentId::random();
+        let issued = self.pki.issue_agent_cert(&req.csr_pem, id.as_str(), self.config.cert_lifetime)?;
+        let entry = AgentEntry {
+            name: name.to_string(),
+            enrolled_unix: now_unix(),
+            cert_not_after_unix: issued.not_after_unix,
+        };
+        let id2 = id.clone();
+        self.blocking(move |c| c.state.put_agent(&id2, entry)).await?;
+        tracing::info!(agent = %id, name, "agent enrolled");
+        Ok(pb::EnrollReply {
+            agent_id: id.to_string(),
+            cert_pem: issued.cert_pem,
+            ca_pem: self.pki.ca_pem().to_string(),
+            not_after_unix: issued.not_after_unix,
+        })
+    }
+
+    /// Renew an agent's certificate.
+    ///
+    /// # Errors
+    /// A bad CSR, or the registry cannot be written.
+    pub async fn renew(&self, agent: &AgentId, csr_pem: &str) -> Result<pb::RenewReply> {
+        let (_, mut entry) = self.known_agent(agent)?;
+        let issued = self.pki.issue_agent_cert(csr_pem, agent.as_str(), self.config.cert_lifetime)?;
+        entry.cert_not_after_unix = issued.not_after_unix;
+        let id = agent.clone();
+        self.blocking(move |c| c.state.put_agent(&id, entry)).await?;
+        Ok(pb::RenewReply { cert_pem: issued.cert_pem, not_after_unix: issued.not_after_unix })
+    }
+
+    /// An enrolled, not revoked agent.
+    ///
+    /// # Errors
+    /// `Unauthenticated` naming why.
+    pub fn known_agent(&self, agent: &AgentId) -> Result<(AgentId, AgentEntry)> {
+        if self.state.is_revoked(agent) {
+            return Err(Error::Unauthenticated(format!("agent {agent} is revoked; enroll it again with a new token")));
+        }
+        self.state
+            .find_agent(agent.as_str())
+            .ok_or_else(|| Error::Unauthenticated(format!("agent {agent} is not enrolled with this controller")))
+    }
+
+    /// Note a heartbeat.
+    pub fn seen(&self, agent: &AgentId, req: &pb::HeartbeatRequest) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = live.insert(
+            agent.clone(),
+            LiveAgent { last_seen_unix: now_unix(), vaults: req.vaults.clone(), hostname: req.hostname.clone() },
+        );
+    }
+
+    /// What we last heard from an agent.
+    pub fn live(&self, agent: &AgentId) -> Option<LiveAgent> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).get(agent).cloned()
+    }
+
+    /// Revoke an agent by name or id; its streams are closed at once.
+    ///
+    /// # Errors
+    /// Unknown agent, or the list cannot be written.
+    pub async fn revoke(&self, key: &str) -> Result<AgentId> {
+        let (id, entry) =
+            self.state.find_agent(key).ok_or_else(|| Error::NotFound(format!("no agent named {key:?}")))?;
+        let id2 = id.clone();
+        self.blocking(move |c| c.state.revoke(&id2, &entry.name, now_unix())).await?;
+        self.jobs.drop_stream(&id);
+        tracing::warn!(agent = %id, "agent revoked");
+        Ok(id)
+    }
+
+    /// The agents with their state.
+    pub fn agent_infos(&self) -> Vec<pb::AgentInfo> {
+        self.state
+            .agents()
+            .into_iter()
+            .map(|(id, a)| {
+                let live = self.live(&id).unwrap_or_default();
+                pb::AgentInfo {
+                    connected: self.jobs.is_connected(&id),
+                    agent_id: id.to_string(),
+                    revoked: self.state.is_revoked(&id),
+                    name: a.name,
+                    last_seen_unix: live.last_seen_unix,
+                    cert_not_after_unix: a.cert_not_after_unix,
+                    enrolled_unix: a.enrolled_unix,
+                    vaults: live.vaults,
+                    hostname: live.hostname,
+                }
+            })
+            .collect()
+    }
+
+    // --- policies -----------------------------------------------------------------------------
+
+    /// Validate and apply a policy; it replaces the policy of the same name.
+    ///
+    /// # Errors
+    /// Invalid text, an unknown agent, or a vault the agent reported it cannot open.
+    pub async fn apply_policy(&self, text: &str, origin: &str) -> Result<pb::ApplyPolicyReply> {
+        let policy = Policy::parse(text, origin)?;
+        let mut warnings = Vec::new();
+        let agents = self.state.agents();
+        for (i, s) in policy.sources.iter().enumerate() {
+            let Some((id, _)) = agents.iter().find(|(_, a)| a.name == s.agent) else {
+                return Err(Error::Config(format!(
+                    "{origin}: source[{i}].agent: {:?} is not an enrolled agent (see tresorctl agents)",
+                    s.agent
+                )));
+            };
+            match self.live(id).and_then(|l| l.vaults.into_iter().find(|v| v.name == s.vault)) {
+                Some(v) if !v.error.is_empty() => {
+                    return Err(Error::Config(format!(
+                        "{origin}: source[{i}].vault: agent {} cannot reach vault {:?}: {}",
+                        s.agent, s.vault, v.error
+                    )));
+                }
+                Some(_) => {}
+                None if self.live(id).is_some() => {
+                    return Err(Error::Config(format!(
+                        "{origin}: source[{i}].vault: agent {} has no vault {:?} in its agent.toml",
+                        s.agent, s.vault
+                    )));
+                }
+                None => {
+                    warnings.push(format!("agent {} has not connected yet; vault {:?} is unchecked", s.agent, s.vault))
+                }
+            }
+        }
+        for (i, v) in policy.vaults.iter().enumerate() {
+            if !agents.values().any(|a| a.name == v.maintainer) {
+                return Err(Error::Config(format!(
+                    "{origin}: vault[{i}].maintainer: {:?} is not an enrolled agent",
+                    v.maintainer
+                )));
+            }
+        }
+        // New sources start at the current slot: the first run is the next one, not a catch-up.
+        let now = chrono::Utc::now();
+        for s in &policy.sources {
+            let key = format!("{}/{}", s.agent, s.name);
+            let mut rec = self.catalog.source(&key)?;
+            if rec.last_slot_unix == 0 {
+                rec.last_slot_unix = s.schedule.last_slot(now).map_or(0, |t| t.timestamp());
+                if let Some(c) = &s.check {
+                    rec.last_check_slot_unix = c.schedule.last_slot(now).map_or(0, |t| t.timestamp());
+                }
+                self.catalog.put_source(&key, &rec)?;
+            }
+        }
+        self.catalog.flush().await?;
+        let path = self.state.policy_dir().join(format!("{}.toml", policy.name));
+        let bytes = text.as_bytes().to_vec();
+        self.blocking(move |_| write_atomic(&path, &bytes, 0o644).map_err(|e| Error::io("writing the policy", e)))
+            .await?;
+        let reply =
+            pb::ApplyPolicyReply { policy: policy.name.clone(), sources: policy.sources.len() as u32, warnings };
+        let _ = self.policies.lock().unwrap_or_else(|p| p.into_inner()).insert(policy.name.clone(), policy);
+        Ok(reply)
+    }
+
+    /// Find a source by "AGENT/SOURCE" in the applied policies.
+    ///
+    /// # Errors
+    /// Malformed selector or unknown source.
+    pub fn find_source(&self, selector: &str) -> Result<(crate::policy::SourcePolicy, crate::policy::VaultPolicy)> {
+        let (agent, source) = selector
+            .split_once('/')
+            .ok_or_else(|| Error::InvalidArgument(format!("{selector:?}: expected AGENT/SOURCE")))?;
+        let policies = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+        for p in policies.values() {
+            if let Some(s) = p.sources.iter().find(|s| s.agent == agent && s.name == source) {
+                let v = p
+                    .vaults
+                    .iter()
+                    .find(|v| v.name == s.vault)
+                    .cloned()
+                    .ok_or_else(|| Error::Config(format!("policy {}: vault {} missing", p.name, s.vault)))?;
+                return Ok((s.clone(), v));
+            }
+        }
+        Err(Error::NotFound(format!("no source {selector:?} in the applied policies (tresorctl policy apply FILE)")))
+    }
+
+    /// Queue a backup of a source now.
+    ///
+    /// # Errors
+    /// Unknown source or agent.
+    pub fn start_backup(&self, selector: &str, trigger: &str) -> Result<JobRecord> {
+        let (s, _) = self.find_source(selector)?;
+        let (id, a) = self
+            .state
+            .find_agent(&s.agent)
+            .ok_or_else(|| Error::NotFound(format!("agent {:?} is not enrolled", s.agent)))?;
+        if self.state.is_revoked(&id) {
+            return Err(Error::FailedPrecondition(format!("agent {} is revoked", s.agent)));
+        }
+        let spec = JobSpec::Backup { source: s.name.clone(), paths: s.paths.clone(), tags: s.tags.clone() };
+        let job = JobRecord::new(id, a.name, s.vault.clone(), spec, trigger, self.config.max_attempts);
+        self.jobs.submit(&job)?;
+        Ok(job)
+    }
+
+    // --- results ------------------------------------------------------------------------------
+
+    /// Accept a job result and record what it means; returns the receipt for a backup.
+    ///
+    /// # Errors
+    /// Stale attempts; catalog failures.
+    pub async fn finish(&self, agent: &AgentId, result: pb::JobResult) -> Result<pb::FinishReply> {
+        let job = self.jobs.finish(agent, &result)?;
+        let mut reply = pb::FinishReply::default();
+        let source_key = match &job.spec {
+            JobSpec::Backup { source, .. } => Some(format!("{}/{}", job.agent_name, source)),
+            _ => None,
+        };
+        use pb::job_result::Kind;
+        match (&result.kind, result.error.is_empty()) {
+            (Some(Kind::Backup(b)), true) => {
+                let meta = b.snapshot.clone().unwrap_or_default();
+                let JobSpec::Backup { source, .. } = &job.spec else {
+                    return Err(Error::InvalidArgument("a backup result for a job that is not a backup".into()));
+                };
+                let mut receipt = pb::Receipt {
+                    vault_id: meta.vault_id.clone(),
+                    snapshot_id: meta.snapshot_id.clone(),
+                    agent: job.agent_name.clone(),
+                    source: source.clone(),
+                    committed_unix: now_unix(),
+                    signature: vec![],
+                };
+                receipt.signature = self.state.sign(&tresor_proto::receipt_signing_bytes(&receipt));
+                let rec = snapshot_record(&meta, &job.vault, &receipt);
+                self.catalog.put_snapshot(&rec)?;
+                if let Some(key) = &source_key {
+                    let mut s = self.catalog.source(key)?;
+                    s.last_success_unix = receipt.committed_unix;
+                    s.last_error.clear();
+                    s.failures = 0;
+                    s.last_duration_ms = meta.duration_ms;
+                    s.last_bytes_new = meta.bytes_new;
+                    s.last_bytes_total = meta.bytes_total;
+                    self.catalog.put_source(key, &s)?;
+                }
+                reply.receipt = Some(receipt);
+            }
+            (Some(Kind::Scan(scan)), true) => {
+                let n = self.merge_scan(&job.vault, scan)?;
+                tracing::info!(vault = %job.vault, snapshots = n, "catalog rebuilt from the vault");
+            }
+            (Some(Kind::Prune(p)), true) => {
+                if let Some(vid) = self.vault_id_of(&job.vault) {
+                    for s in &p.forgotten {
+                        self.catalog.remove_snapshot(&vid, s)?;
+                    }
+                }
+            }
+            (_, false) => {
+                if let Some(key) = &source_key {
+                    let mut s = self.catalog.source(key)?;
+                    s.last_error = result.error.clone();
+                    s.failures += 1;
+                    s.failures_total += 1;
+                    self.catalog.put_source(key, &s)?;
+                }
+            }
+            _ => {}
+        }
+        self.catalog.flush().await?;
+        Ok(reply)
+    }
+
+    fn vault_id_of(&self, vault: &str) -> Option<String> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.values()
+            .flat_map(|l| l.vaults.iter())
+            .find(|v| v.name == vault && !v.vault_id.is_empty())
+            .map(|v| v.vault_id.clone())
+    }
+
+    /// Merge a vault scan into the catalog. Receipts are verified with our key; a snapshot
+    /// without a valid one is kept, but retention never forgets it.
+    fn merge_scan(&self, vault: &str, scan: &pb::ScanResult) -> Result<usize> {
+        let mut n = 0;
+        for meta in &scan.snapshots {
+            let mut rec = snapshot_record(meta, vault, &pb::Receipt::default());
+            rec.committed_unix = None;
+            rec.receipt_sig = None;
+            if let Some(r) = &meta.receipt
+                && r.snapshot_id == meta.snapshot_id
+                && r.vault_id == scan.vault_id
+                && self.state.verify(&tresor_proto::receipt_signing_bytes(r), &r.signature)
+            {
+                rec.committed_unix = Some(r.committed_unix);
+                rec.receipt_sig = Some(hex::encode(&r.signature));
+                rec.agent = r.agent.clone();
+                rec.source = r.source.clone();
+                let key = format!("{}/{}", r.agent, r.source);
+                let mut s = self.catalog.source(&key)?;
+                if r.committed_unix > s.last_success_unix {
+                    s.last_success_unix = r.committed_unix;
+                    s.last_bytes_total = meta.bytes_total;
+                    self.catalog.put_source(&key, &s)?;
+                }
+            }
+            self.catalog.put_snapshot(&rec)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Snapshots matching "", "AGENT" or "AGENT/SOURCE", oldest first by receipt time.
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn snapshots(&self, selector: &str) -> Result<Vec<SnapshotRecord>> {
+        let (agent, source) = match selector.split_once('/') {
+            Some((a, s)) => (a, Some(s)),
+            None => (selector, None),
+        };
+        let mut out: Vec<_> = self
+            .catalog
+            .snapshots()?
+            .into_iter()
+            .filter(|s| agent.is_empty() || s.agent == agent)
+            .filter(|s| source.is_none_or(|src| s.source == src))
+            .collect();
+        out.sort_by(|a, b| a.committed_unix.cmp(&b.committed_unix).then(a.manifest_time.cmp(&b.manifest_time)));
+        Ok(out)
+    }
+
+    /// State of one source for status and metrics.
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn source_state(&self, key: &str) -> Result<SourceRecord> {
+        self.catalog.source(key)
+    }
+}
+
+/// A catalog record from a snapshot's metadata and its receipt.
+pub fn snapshot_record(meta: &pb::SnapshotMeta, vault: &str, receipt: &pb::Receipt) -> SnapshotRecord {
+    let signed = !receipt.signature.is_empty();
+    SnapshotRecord {
+        vault_id: meta.vault_id.clone(),
+        vault: vault.to_string(),
+        snapshot_id: meta.snapshot_id.clone(),
+        agent: if signed { receipt.agent.clone() } else { meta.agent.clone() },
+        source: if signed { receipt.source.clone() } else { meta.source.clone() },
+        host: meta.host.clone(),
+        manifest_time: meta.manifest_time.clone(),
+        committed_unix: signed.then_some(receipt.committed_unix),
+        receipt_sig: signed.then(|| hex::encode(&receipt.signature)),
+        files: meta.files,
+        bytes_total: meta.bytes_total,
+        bytes_new: meta.bytes_new,
+        bytes_stored: meta.bytes_stored,
+        duration_ms: meta.duration_ms,
+        paths: meta.paths.clone(),
+    }
+}
+
+fn load_policies(state: &State) -> Result<BTreeMap<String, Policy>> {
+    let dir = state.policy_dir();
+    let mut out = BTreeMap::new();
+    let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let p = Policy::parse(&text, &path.display().to_string())?;
+            let _ = out.insert(p.name.clone(), p);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,230 @@
+//! AdminService: everything tresorctl does, each call checked against the caller's role.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tresor_proto::pb;
+use tresor_proto::pb::admin_service_server::AdminService;
+
+use super::bearer;
+use crate::core::Controller;
+use crate::error::Error;
+use crate::ids::Role;
+use crate::jobs::{JobRecord, JobSpec, JobState};
+
+/// The service.
+pub struct AdminApi(pub Arc<Controller>);
+
+/// Bound of a WatchJob stream, in events.
+const WATCH_EVENTS: usize = 16;
+
+impl AdminApi {
+    fn need<T>(&self, req: &Request<T>, role: Role, what: &str) -> Result<(), Status> {
+        let _ = self.0.authorize(bearer(req), role, what)?;
+        Ok(())
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+
+fn snapshot_meta(s: &crate::catalog::SnapshotRecord) -> pb::SnapshotMeta {
+    pb::SnapshotMeta {
+        snapshot_id: s.snapshot_id.clone(),
+        vault_id: s.vault_id.clone(),
+        agent: s.agent.clone(),
+        source: s.source.clone(),
+        manifest_time: s.manifest_time.clone(),
+        files: s.files,
+        bytes_total: s.bytes_total,
+        bytes_new: s.bytes_new,
+        bytes_stored: s.bytes_stored,
+        duration_ms: s.duration_ms,
+        paths: s.paths.clone(),
+        host: s.host.clone(),
+        receipt: s.committed_unix.map(|t| pb::Receipt {
+            vault_id: s.vault_id.clone(),
+            snapshot_id: s.snapshot_id.clone(),
+            agent: s.agent.clone(),
+            source: s.source.clone(),
+            committed_unix: t,
+            signature: s.receipt_sig.as_deref().and_then(|h| hex::decode(h).ok()).unwrap_or_default(),
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        self.need(&req, Role::Auditor, "status")?;
+        Ok(Response::new(crate::status::status(&self.0)?))
+    }
+
+    async fn list_agents(&self, req: Request<pb::ListAgentsRequest>) -> Result<Response<pb::AgentList>, Status> {
+        self.need(&req, Role::Auditor, "agents")?;
+        Ok(Response::new(pb::AgentList { agents: self.0.agent_infos() }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenReply>, Status> {
+        self.need(&req, Role::Admin, "token create")?;
+        let r = req.get_ref();
+        let (token, expires_unix) = self.0.create_token(&r.role, r.ttl_seconds, &r.label).await?;
+        Ok(Response::new(pb::CreateTokenReply { token, expires_unix }))
+    }
+
+    async fn revoke_agent(
+        &self,
+        req: Request<pb::RevokeAgentRequest>,
+    ) -> Result<Response<pb::RevokeAgentReply>, Status> {
+        self.need(&req, Role::Admin, "agent revoke")?;
+        let id = self.0.revoke(&req.get_ref().agent).await?;
+        Ok(Response::new(pb::RevokeAgentReply { agent_id: id.to_string() }))
+    }
+
+    async fn apply_policy(
+        &self,
+        req: Request<pb::ApplyPolicyRequest>,
+    ) -> Result<Response<pb::ApplyPolicyReply>, Status> {
+        self.need(&req, Role::Admin, "policy apply")?;
+        let r = req.get_ref();
+        let origin = if r.file_name.is_empty() { "policy" } else { &r.file_name };
+        Ok(Response::new(self.0.apply_policy(&r.toml, origin).await?))
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::SnapshotList>, Status> {
+        self.need(&req, Role::Auditor, "snapshots")?;
+        let snaps = self.0.snapshots(&req.get_ref().selector)?;
+        Ok(Response::new(pb::SnapshotList { snapshots: snaps.iter().map(snapshot_meta).collect() }))
+    }
+
+    async fn start_backup(&self, req: Request<pb::StartBackupRequest>) -> Result<Response<pb::JobHandle>, Status> {
+        self.need(&req, Role::Operator, "backup")?;
+        let job = self.0.start_backup(&req.get_ref().selector, "manual")?;
+        Ok(Response::new(pb::JobHandle { job_id: job.id.to_string() }))
+    }
+
+    async fn start_restore(&self, req: Request<pb::StartRestoreRequest>) -> Result<Response<pb::JobHandle>, Status> {
+        self.need(&req, Role::Operator, "restore")?;
+        let job = start_restore(&self.0, req.get_ref())?;
+        Ok(Response::new(pb::JobHandle { job_id: job.id.to_string() }))
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(&self, req: Request<pb::JobHandle>) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.need(&req, Role::Auditor, "watch")?;
+        let id = req.get_ref().job_id.clone();
+        // Subscribe before reading the record so no transition falls between the two.
+        let mut events = self.0.jobs.subscribe();
+        let job = self.0.catalog.job(&id)?.ok_or_else(|| Error::NotFound(format!("no job {id}")))?;
+        let (tx, rx) = mpsc::channel(WATCH_EVENTS);
+        let ctl = self.0.clone();
+        drop(tokio::spawn(async move {
+            let mut last = job.event();
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            let terminal = |e: &pb::JobEvent| e.state == "succeeded" || e.state == "failed";
+            while !terminal(&last) {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Ok(ev) if ev.job_id == id => last = ev,
+                        Ok(_) => continue,
+                        // Fell behind: re-read the record instead of replaying.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            match ctl.catalog.job(&id) { Ok(Some(j)) => last = j.event(), _ => return }
+                        }
+                        Err(_) => return,
+                    },
+                    () = tx.closed() => return,
+                }
+                if tx.send(Ok(last.clone())).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn rebuild_catalog(
+        &self,
+        req: Request<pb::RebuildCatalogRequest>,
+    ) -> Result<Response<pb::RebuildCatalogReply>, Status> {
+        self.need(&req, Role::Admin, "rebuild-catalog")?;
+        let (vaults, problems) = crate::scheduler::queue_rebuild(&self.0)?;
+        Ok(Response::new(pb::RebuildCatalogReply { vaults, snapshots: 0, problems }))
+    }
+}
+
+/// Resolve a restore request into a queued job on the agent that will write the files.
+fn start_restore(ctl: &Controller, r: &pb::StartRestoreRequest) -> Result<JobRecord, Error> {
+    let (source, vault) = ctl.find_source(&r.selector)?;
+    if !r.target.starts_with('/') {
+        return Err(Error::InvalidArgument(format!("--to {:?}: give an absolute path on the agent", r.target)));
+    }
+    let snaps = ctl.snapshots(&r.selector)?;
+    let snap =
+        if !r.snapshot.is_empty() {
+            let matching: Vec<_> = snaps.iter().filter(|s| s.snapshot_id.starts_with(&r.snapshot)).collect();
+            match matching.as_slice() {
+                [one] => (*one).clone(),
+                [] => return Err(Error::NotFound(format!("{}: no snapshot {}", r.selector, r.snapshot))),
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "snapshot prefix {} is ambiguous; give more of it",
+                        r.snapshot
+                    )));
+                }
+            }
+        } else if !r.at.is_empty() {
+            let at = chrono::DateTime::parse_from_rfc3339(&r.at)
+                .map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "--at {:?}: not an RFC 3339 time such as 2026-11-28T02:00:00+01:00 ({e})",
+                        r.at
+                    ))
+                })?
+                .timestamp();
+            snaps.iter().filter(|s| s.committed_unix.is_some_and(|t| t <= at)).next_back().cloned().ok_or_else(
+                || Error::NotFound(format!("{}: no snapshot committed at or before {}", r.selector, r.at)),
+            )?
+        } else {
+            snaps.last().cloned().ok_or_else(|| Error::NotFound(format!("{} has no snapshots yet", r.selector)))?
+        };
+    let on = if r.on_agent.is_empty() { source.agent.clone() } else { r.on_agent.clone() };
+    let (id, a) = ctl.state.find_agent(&on).ok_or_else(|| Error::NotFound(format!("--on {on:?}: no such agent")))?;
+    if ctl.state.is_revoked(&id) {
+        return Err(Error::FailedPrecondition(format!("agent {on} is revoked")));
+    }
+    if on != source.agent {
+        let holds = ctl.live(&id).is_some_and(|l| l.vaults.iter().any(|v| v.name == vault.name && v.error.is_empty()));
+        if !holds {
+            return Err(Error::FailedPrecondition(format!(
+                "agent {on} cannot open vault {:?}: it needs its own key slot. On a machine that opens the vault run \
+                 `tresor-agent key add --vault URL --label {on}`, give {on} that password file, list the vault in {on}'s \
+                 agent.toml as [vaults.{}] and restart the agent",
+                vault.name, vault.name
+            )));
+        }
+    }
+    let spec = JobSpec::Restore {
+        snapshot: snap.snapshot_id.clone(),
+        target: r.target.clone(),
+        force: r.force,
+        dry_run: r.dry_run,
+        origin: r.selector.clone(),
+    };
+    let mut job = JobRecord::new(id, a.name, vault.name.clone(), spec, "manual", 1);
+    job.state = JobState::Queued;
+    ctl.jobs.submit(&job)?;
+    Ok(job)
+}

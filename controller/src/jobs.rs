@@ -1,0 +1,533 @@
+//! Jobs: what agents are asked to do, their attempts and leases.
+//!
+//! Every dispatch of a job is an attempt with a fresh lease epoch (strictly increasing, from the
+//! catalog). An attempt is valid while its lease holds; heartbeats extend it. A lapsed lease makes
+//! the attempt stale: its results are refused and the job is retried with backoff, so an agent
+//! that was stopped and comes back cannot commit over a newer attempt.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tonic::Status;
+use tresor_proto::pb;
+use tresor_proto::prost::Message;
+
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::ids::{AgentId, JobId};
+
+/// What a job does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobSpec {
+    /// Back up a source.
+    Backup {
+        /// Source name.
+        source: String,
+        /// Paths.
+        paths: Vec<String>,
+        /// Tags.
+        tags: Vec<String>,
+    },
+    /// Restore a snapshot.
+    Restore {
+        /// Full snapshot id.
+        snapshot: String,
+        /// Target directory on the executing agent.
+        target: String,
+        /// Allow a non-empty target.
+        force: bool,
+        /// Only report what would be restored.
+        dry_run: bool,
+        /// The agent/source the snapshot came from (for display).
+        origin: String,
+    },
+    /// Check the vault.
+    Check {
+        /// Share of packs to read.
+        read_data_percent: f64,
+    },
+    /// Forget snapshots and collect garbage (maintainer only).
+    Prune {
+        /// Snapshot ids to forget.
+        forget: Vec<String>,
+        /// GC grace.
+        gc_grace_seconds: u32,
+    },
+    /// List the vault's snapshots and receipts (catalog rebuild).
+    Scan,
+}
+
+impl JobSpec {
+    /// A short name for the kind of job.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Backup { .. } => "backup",
+            Self::Restore { .. } => "restore",
+            Self::Check { .. } => "check",
+            Self::Prune { .. } => "prune",
+            Self::Scan => "scan",
+        }
+    }
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for its agent, its vault's concurrency limit or its retry time.
+    Queued,
+    /// Dispatched; the lease holds.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Gave up.
+    Failed,
+}
+
+impl JobState {
+    /// The state's name as shown to people.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Latest progress of a running job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProgressRecord {
+    /// Phase name.
+    pub phase: String,
+    /// Bytes done.
+    pub bytes: u64,
+    /// Files done.
+    pub files: u64,
+}
+
+/// A job as the catalog keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Id.
+    pub id: JobId,
+    /// The agent that runs it.
+    pub agent_id: AgentId,
+    /// Its name (for display).
+    pub agent_name: String,
+    /// The vault's name (agents resolve it in their agent.toml).
+    pub vault: String,
+    /// What to do.
+    pub spec: JobSpec,
+    /// Where it is.
+    pub state: JobState,
+    /// Attempts dispatched so far.
+    pub attempt: u32,
+    /// The current attempt's fence.
+    pub lease_epoch: u64,
+    /// Until when the current attempt's lease holds (Unix ms, controller clock).
+    pub lease_deadline_ms: i64,
+    /// Not dispatched before this (retry backoff; Unix ms).
+    pub not_before_ms: i64,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Created (Unix seconds).
+    pub created_unix: i64,
+    /// Last dispatched.
+    pub started_unix: i64,
+    /// Finished.
+    pub finished_unix: i64,
+    /// Error of the last attempt.
+    pub error: String,
+    /// The result (prost-encoded `JobResult`, base64).
+    pub result: Option<String>,
+    /// Progress.
+    pub progress: ProgressRecord,
+    /// "schedule", "manual", "rebuild", "retention".
+    pub trigger: String,
+}
+
+impl JobRecord {
+    /// A new queued job.
+    pub fn new(
+        agent_id: AgentId,
+        agent_name: String,
+        vault: String,
+        spec: JobSpec,
+        trigger: &str,
+        max_attempts: u32,
+    ) -> Self {
+        Self {
+            id: JobId::generate(),
+            agent_id,
+            agent_name,
+            vault,
+            spec,
+            state: JobState::Queued,
+            attempt: 0,
+            lease_epoch: 0,
+            lease_deadline_ms: 0,
+            not_before_ms: 0,
+            max_attempts,
+            created_unix: chrono::Utc::now().timestamp(),
+            started_unix: 0,
+            finished_unix: 0,
+            error: String::new(),
+            result: None,
+            progress: ProgressRecord::default(),
+            trigger: trigger.to_string(),
+        }
+    }
+
+    /// The fencing triple of the current attempt.
+    pub fn job_ref(&self) -> pb::JobRef {
+        pb::JobRef { job_id: self.id.to_string(), attempt: self.attempt, lease_epoch: self.lease_epoch }
+    }
+
+    /// The decoded result, if any.
+    pub fn result(&self) -> Option<pb::JobResult> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(self.result.as_deref()?).ok()?;
+        pb::JobResult::decode(bytes.as_slice()).ok()
+    }
+
+    /// The event WatchJob streams for this record.
+    pub fn event(&self) -> pb::JobEvent {
+        pb::JobEvent {
+            job_id: self.id.to_string(),
+            state: self.state.name().into(),
+            attempt: self.attempt,
+            agent: self.agent_name.clone(),
+            phase: self.progress.phase.clone(),
+            bytes_done: self.progress.bytes,
+            files_done: self.progress.files,
+            error: self.error.clone(),
+            result: self.result(),
+            kind: self.spec.kind().into(),
+        }
+    }
+
+    fn to_wire(&self, lease: Duration) -> pb::Job {
+        use pb::job::Kind;
+        let kind = match &self.spec {
+            JobSpec::Backup { source, paths, tags } => Kind::Backup(pb::BackupJob {
+                source: source.clone(),
+                vault: self.vault.clone(),
+                paths: paths.clone(),
+                tags: tags.clone(),
+            }),
+            JobSpec::Restore { snapshot, target, force, dry_run, .. } => Kind::Restore(pb::RestoreJob {
+                vault: self.vault.clone(),
+                snapshot: snapshot.clone(),
+                target: target.clone(),
+                force: *force,
+                dry_run: *dry_run,
+                include: vec![],
+            }),
+            JobSpec::Check { read_data_percent } => {
+                Kind::Check(pb::CheckJob { vault: self.vault.clone(), read_data_percent: *read_data_percent })
+            }
+            JobSpec::Prune { forget, gc_grace_seconds } => Kind::Prune(pb::PruneJob {
+                vault: self.vault.clone(),
+                forget: forget.clone(),
+                gc_grace_seconds: *gc_grace_seconds,
+            }),
+            JobSpec::Scan => Kind::Scan(pb::ScanJob { vault: self.vault.clone() }),
+        };
+        pb::Job { r#ref: Some(self.job_ref()), lease_ms: lease.as_millis() as u32, kind: Some(kind) }
+    }
+}
+
+/// The bound of each agent's job stream, in jobs: dispatch waits for the agent to take them.
+pub const AGENT_STREAM_JOBS: usize = 16;
+/// The bound of the job event broadcast, in events; slow watchers skip to the newest state.
+pub const JOB_EVENTS: usize = 256;
+
+type JobSender = mpsc::Sender<Result<pb::Job, Status>>;
+
+/// Lease and retry settings.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseSettings {
+    /// Lease per attempt.
+    pub lease: Duration,
+    /// First retry delay (doubled per attempt).
+    pub backoff: Duration,
+}
+
+/// The job table: dispatch, leases, results.
+pub struct Jobs {
+    catalog: Arc<Catalog>,
+    settings: LeaseSettings,
+    streams: Mutex<HashMap<AgentId, (u64, JobSender)>>,
+    // Serialises read-modify-write of job records; only synchronous code runs under it.
+    records: Mutex<()>,
+    events: broadcast::Sender<pb::JobEvent>,
+    wake: Notify,
+    vault_limit: Box<dyn Fn(&str) -> u32 + Send + Sync>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Jobs {
+    /// A job table over the catalog. `vault_limit` gives each vault's concurrent-job limit.
+    pub fn new(
+        catalog: Arc<Catalog>,
+        settings: LeaseSettings,
+        vault_limit: Box<dyn Fn(&str) -> u32 + Send + Sync>,
+    ) -> Self {
+        Self {
+            catalog,
+            settings,
+            streams: Mutex::new(HashMap::new()),
+            records: Mutex::new(()),
+            events: broadcast::channel(JOB_EVENTS).0,
+            wake: Notify::new(),
+            vault_limit,
+        }
+    }
+
+    fn lock_records(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, job: &JobRecord) {
+        let _ = self.events.send(job.event());
+    }
+
+    /// Watch job events.
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::JobEvent> {
+        self.events.subscribe()
+    }
+
+    /// Wait until something may be dispatchable.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Queue a job.
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn submit(&self, job: &JobRecord) -> Result<()> {
+        {
+            let _g = self.lock_records();
+            self.catalog.put_active(job)?;
+        }
+        self.emit(job);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// An agent opened its job stream; returns a connection number for `disconnect`.
+    pub fn connect(&self, agent: &AgentId, tx: JobSender) -> u64 {
+        let conn = rand::random();
+        let _ = self.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(agent.clone(), (conn, tx));
+        self.wake.notify_one();
+        conn
+    }
+
+    /// The agent's stream ended (only if it is still connection `conn`).
+    pub fn disconnect(&self, agent: &AgentId, conn: u64) {
+        let mut s = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if s.get(agent).is_some_and(|(c, _)| *c == conn) {
+            let _ = s.remove(agent);
+        }
+    }
+
+    /// Close an agent's stream (revocation).
+    pub fn drop_stream(&self, agent: &AgentId) {
+        let _ = self.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(agent);
+    }
+
+    /// Whether an agent has its job stream open.
+    pub fn is_connected(&self, agent: &AgentId) -> bool {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner()).get(agent).is_some_and(|(_, tx)| !tx.is_closed())
+    }
+
+    /// One pass: expire lapsed leases, dispatch what can run. Returns when the next retry is due.
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn tick(&self) -> Result<Option<i64>> {
+        let now = now_ms();
+        let mut changed = Vec::new();
+        let mut next_due = None;
+        {
+            let _g = self.lock_records();
+            let mut jobs = self.catalog.active_jobs()?;
+            let mut running: HashMap<String, u32> = HashMap::new();
+            for j in &mut jobs {
+                if j.state == JobState::Running && j.lease_deadline_ms < now {
+                    j.error = format!(
+                        "attempt {} lost its lease: agent {} stopped answering (killed, stopped or cut off)",
+                        j.attempt, j.agent_name
+                    );
+                    self.retry_or_fail(j, now)?;
+                    changed.push(j.clone());
+                }
+                if j.state == JobState::Running {
+                    *running.entry(j.vault.clone()).or_default() += 1;
+                }
+            }
+            let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for j in &mut jobs {
+                if j.state != JobState::Queued {
+                    continue;
+                }
+                if j.not_before_ms > now {
+                    next_due = Some(next_due.map_or(j.not_before_ms, |n: i64| n.min(j.not_before_ms)));
+                    continue;
+                }
+                let busy = running.get(&j.vault).copied().unwrap_or(0);
+                if busy >= (self.vault_limit)(&j.vault) {
+                    continue;
+                }
+                let Some((_, tx)) = streams.get(&j.agent_id) else { continue };
+                let mut next = j.clone();
+                next.attempt += 1;
+                next.lease_epoch = self.catalog.next_epoch()?;
+                next.lease_deadline_ms = now + self.settings.lease.as_millis() as i64;
+                next.state = JobState::Running;
+                next.started_unix = now / 1000;
+                next.progress = ProgressRecord::default();
+                // Persist before sending: an agent must never hold a lease the catalog forgot.
+                self.catalog.put_active(&next)?;
+                if tx.try_send(Ok(next.to_wire(self.settings.lease))).is_ok() {
+                    *running.entry(j.vault.clone()).or_default() += 1;
+                    *j = next;
+                    changed.push(j.clone());
+                } else {
+                    self.catalog.put_active(j)?;
+                }
+            }
+        }
+        for j in &changed {
+            self.emit(j);
+        }
+        Ok(next_due)
+    }
+
+    fn retry_or_fail(&self, j: &mut JobRecord, now: i64) -> Result<()> {
+        if j.attempt < j.max_attempts {
+            j.state = JobState::Queued;
+            let factor = 1u32 << (j.attempt.saturating_sub(1)).min(10);
+            j.not_before_ms = now + (self.settings.backoff * factor).as_millis() as i64;
+            self.catalog.put_active(j)
+        } else {
+            j.state = JobState::Failed;
+            j.finished_unix = now / 1000;
+            self.catalog.finish(j)
+        }
+    }
+
+    /// Extend the leases of the attempts an agent says it runs; stale ones are reported invalid.
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn heartbeat(&self, agent: &AgentId, running: &[pb::JobRef]) -> Result<Vec<pb::LeaseGrant>> {
+        let now = now_ms();
+        let _g = self.lock_records();
+        let mut grants = Vec::new();
+        for r in running {
+            let valid = match self.catalog.job(&r.job_id)? {
+                Some(mut j) if Self::is_current(&j, agent, r, now) => {
+                    j.lease_deadline_ms = now + self.settings.lease.as_millis() as i64;
+                    self.catalog.put_active(&j)?;
+                    true
+                }
+                _ => false,
+            };
+            grants.push(pb::LeaseGrant {
+                job: Some(r.clone()),
+                valid,
+                lease_ms: if valid { self.settings.lease.as_millis() as u32 } else { 0 },
+            });
+        }
+        Ok(grants)
+    }
+
+    fn is_current(j: &JobRecord, agent: &AgentId, r: &pb::JobRef, now: i64) -> bool {
+        j.state == JobState::Running
+            && &j.agent_id == agent
+            && j.attempt == r.attempt
+            && j.lease_epoch == r.lease_epoch
+            && j.lease_deadline_ms >= now
+    }
+
+    /// Record progress of a current attempt (stale reports are ignored).
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn progress(&self, agent: &AgentId, p: &pb::ProgressReport) -> Result<()> {
+        let Some(r) = &p.r#ref else { return Ok(()) };
+        let now = now_ms();
+        let job = {
+            let _g = self.lock_records();
+            match self.catalog.job(&r.job_id)? {
+                Some(mut j) if Self::is_current(&j, agent, r, now) => {
+                    j.progress = ProgressRecord { phase: p.phase.clone(), bytes: p.bytes_done, files: p.files_done };
+                    self.catalog.put_active(&j)?;
+                    j
+                }
+                _ => return Ok(()),
+            }
+        };
+        self.emit(&job);
+        Ok(())
+    }
+
+    /// Accept the result of the current attempt. A stale attempt (lapsed lease, newer attempt,
+    /// other agent) is refused. A failed attempt is retried while attempts remain.
+    ///
+    /// # Errors
+    /// `FailedPrecondition` for a stale attempt; sled failures.
+    pub fn finish(&self, agent: &AgentId, result: &pb::JobResult) -> Result<JobRecord> {
+        let r = result.r#ref.as_ref().ok_or_else(|| Error::InvalidArgument("result without a job reference".into()))?;
+        let now = now_ms();
+        let job = {
+            let _g = self.lock_records();
+            let mut j = self
+                .catalog
+                .job(&r.job_id)?
+                .ok_or_else(|| Error::NotFound(format!("job {} is not in the catalog", r.job_id)))?;
+            if !Self::is_current(&j, agent, r, now) {
+                return Err(Error::FailedPrecondition(format!(
+                    "stale attempt: job {} attempt {} (lease epoch {}) is no longer current (now attempt {}, {}); its result is refused",
+                    r.job_id,
+                    r.attempt,
+                    r.lease_epoch,
+                    j.attempt,
+                    j.state.name()
+                )));
+            }
+            j.result = Some(base64::engine::general_purpose::STANDARD.encode(result.encode_to_vec()));
+            if result.error.is_empty() {
+                j.state = JobState::Succeeded;
+                j.error.clear();
+                j.finished_unix = now / 1000;
+                self.catalog.finish(&j)?;
+            } else {
+                j.error = result.error.clone();
+                // Restores and scans are not retried blindly: a person is waiting and reads the error.
+                if matches!(j.spec, JobSpec::Backup { .. } | JobSpec::Check { .. } | JobSpec::Prune { .. }) {
+                    self.retry_or_fail(&mut j, now)?;
+                } else {
+                    j.state = JobState::Failed;
+                    j.finished_unix = now / 1000;
+                    self.catalog.finish(&j)?;
+                }
+            }
+            j
+        };
+        self.emit(&job);
+        self.wake.notify_one();
+        Ok(job)
+    }
+}

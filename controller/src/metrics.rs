@@ -1,0 +1,109 @@
+//! Prometheus `/metrics` over plain HTTP/1.1 on its own address (keep it on loopback or behind
+//! the scrape network). The text format is simple enough not to need an HTTP framework.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::core::Controller;
+
+/// Render the metrics text.
+pub fn render(ctl: &Controller) -> String {
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, rows: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    };
+    let mut last = vec![];
+    let mut dur = vec![];
+    let mut new = vec![];
+    let mut total = vec![];
+    let mut dedup = vec![];
+    let mut fails = vec![];
+    let mut overdue = vec![];
+    let now = crate::core::now_unix();
+    for p in ctl.policies().values() {
+        for s in &p.sources {
+            let key = format!("{}/{}", s.agent, s.name);
+            let Ok(r) = ctl.source_state(&key) else { continue };
+            let l = format!("agent=\"{}\",source=\"{}\",vault=\"{}\"", s.agent, s.name, s.vault);
+            last.push((l.clone(), r.last_success_unix as f64));
+            dur.push((l.clone(), r.last_duration_ms as f64 / 1000.0));
+            new.push((l.clone(), r.last_bytes_new as f64));
+            total.push((l.clone(), r.last_bytes_total as f64));
+            let ratio = if r.last_bytes_new > 0 { r.last_bytes_total as f64 / r.last_bytes_new as f64 } else { 0.0 };
+            dedup.push((l.clone(), ratio));
+            fails.push((l.clone(), r.failures_total as f64));
+            overdue.push((l, f64::from(u8::from(now - r.last_success_unix > s.rpo.as_secs() as i64))));
+        }
+    }
+    gauge("tresor_source_last_success_timestamp_seconds", "Receipt time of the last good backup.", last);
+    gauge("tresor_source_last_duration_seconds", "Duration of the last good backup.", dur);
+    gauge("tresor_source_last_bytes_new", "Bytes new in the last good backup.", new);
+    gauge("tresor_source_last_bytes_total", "Bytes in the last good backup.", total);
+    gauge("tresor_source_dedup_ratio", "Bytes in total over bytes new, last good backup.", dedup);
+    gauge("tresor_source_failures_total", "Failed backup attempts.", fails);
+    gauge("tresor_source_overdue", "1 when the last good backup is older than the RPO target.", overdue);
+    let agents = ctl.agent_infos();
+    gauge(
+        "tresor_agent_connected",
+        "1 when the agent has its job stream open.",
+        agents
+            .iter()
+            .filter(|a| !a.revoked)
+            .map(|a| (format!("agent=\"{}\"", a.name), f64::from(u8::from(a.connected))))
+            .collect(),
+    );
+    gauge(
+        "tresor_agent_cert_expiry_timestamp_seconds",
+        "Expiry of the agent's newest certificate.",
+        agents
+            .iter()
+            .filter(|a| !a.revoked)
+            .map(|a| (format!("agent=\"{}\"", a.name), a.cert_not_after_unix as f64))
+            .collect(),
+    );
+    out
+}
+
+/// Serve `/metrics` until `stop` turns true.
+pub async fn serve(ctl: Arc<Controller>, addr: SocketAddr, mut stop: watch::Receiver<bool>) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot serve /metrics");
+            return;
+        }
+    };
+    loop {
+        let (mut sock, _) = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+        };
+        let ctl = ctl.clone();
+        drop(tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if req.starts_with("GET /metrics ") {
+                ("200 OK", render(&ctl))
+            } else {
+                ("404 Not Found", "only /metrics is served here\n".to_string())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+        }));
+    }
+}

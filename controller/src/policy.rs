@@ -1,0 +1,394 @@
+//! Policies: which agent backs up what, to which vault, when, and how long snapshots are kept.
+//! Written in TOML by admins (config/*.policy.toml are examples, each parsed by a test).
+//! Unknown fields are refused and every error names the field.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The default time zone of schedules.
+pub const DEFAULT_TZ: &str = "Europe/Berlin";
+
+/// A parsed, validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The policy's name; applying a policy of the same name replaces it.
+    pub name: String,
+    /// The vaults it uses.
+    pub vaults: Vec<VaultPolicy>,
+    /// The sources it backs up.
+    pub sources: Vec<SourcePolicy>,
+}
+
+/// How the controller treats a vault.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VaultPolicy {
+    /// The name agents list the vault under in their agent.toml.
+    pub name: String,
+    /// The only agent that runs prune and GC on it.
+    pub maintainer: String,
+    /// At most this many jobs run against the vault at once.
+    pub max_concurrent_jobs: u32,
+    /// When prune and GC run.
+    pub prune: Option<Schedule>,
+    /// Packs unreferenced for this long may be deleted by GC.
+    pub gc_grace: Duration,
+}
+
+/// One source on one agent.
+#[derive(Debug, Clone)]
+pub struct SourcePolicy {
+    /// The agent's name.
+    pub agent: String,
+    /// The source's name, unique per agent.
+    pub name: String,
+    /// The vault's name.
+    pub vault: String,
+    /// Paths to back up.
+    pub paths: Vec<String>,
+    /// Tags for its snapshots.
+    pub tags: Vec<String>,
+    /// When backups run.
+    pub schedule: Schedule,
+    /// The age past which the last good backup is overdue.
+    pub rpo: Duration,
+    /// What to keep.
+    pub retention: Retention,
+    /// Scheduled `check --read-data-subset`.
+    pub check: Option<CheckPolicy>,
+}
+
+/// A cron schedule in a time zone, with jitter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Schedule {
+    /// The cron expression (5 fields, or 6 with seconds first).
+    pub cron: String,
+    /// The IANA time zone.
+    pub timezone: String,
+    /// Runs start up to this long after the slot, spread by a hash of the source.
+    pub jitter: Duration,
+}
+
+impl Schedule {
+    fn parse(field: &str, cron: &str, timezone: &str, jitter: Duration) -> Result<Self> {
+        let s = Self { cron: cron.to_string(), timezone: timezone.to_string(), jitter };
+        s.compiled(field)?;
+        Ok(s)
+    }
+
+    fn compiled(&self, field: &str) -> Result<(Cron, Tz)> {
+        let cron = Cron::from_str(&self.cron).map_err(|e| {
+            Error::Config(format!("{field}.schedule: {:?} is not a valid cron expression: {e}", self.cron))
+        })?;
+        let tz: Tz = self
+            .timezone
+            .parse()
+            .map_err(|_| Error::Config(format!("{field}.timezone: {:?} is not an IANA time zone", self.timezone)))?;
+        Ok((cron, tz))
+    }
+
+    /// The newest slot at or before `now`, if any within a year.
+    pub fn last_slot(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let (cron, tz) = self.compiled("schedule").ok()?;
+        cron.find_previous_occurrence(&now.with_timezone(&tz), true).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The first slot after `after`.
+    pub fn next_slot(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let (cron, tz) = self.compiled("schedule").ok()?;
+        cron.find_next_occurrence(&after.with_timezone(&tz), false).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    /// This source's fixed share of the jitter window, so runs spread out but stay predictable.
+    pub fn jitter_for(&self, key: &str) -> Duration {
+        let ms = self.jitter.as_millis() as u64;
+        if ms == 0 {
+            return Duration::ZERO;
+        }
+        let h = u64::from_le_bytes(blake3::hash(key.as_bytes()).as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        Duration::from_millis(h % ms)
+    }
+}
+
+/// What retention keeps. A snapshot is kept if any rule keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// The newest N.
+    pub keep_last: Option<u32>,
+    /// The newest in each of the last N hours that have one.
+    pub keep_hourly: Option<u32>,
+    /// ... days.
+    pub keep_daily: Option<u32>,
+    /// ... ISO weeks.
+    pub keep_weekly: Option<u32>,
+    /// ... months.
+    pub keep_monthly: Option<u32>,
+    /// ... years.
+    pub keep_yearly: Option<u32>,
+    /// Everything newer than this (e.g. "2d").
+    pub keep_within: Option<String>,
+}
+
+impl Retention {
+    /// Whether no rule is set (then nothing is ever forgotten).
+    pub fn keeps_everything(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A scheduled data check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckPolicy {
+    /// When it runs.
+    pub schedule: Schedule,
+    /// Share of packs to read, in percent.
+    pub read_data_percent: f64,
+}
+
+// --- the TOML as written -------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    schedule: Option<String>,
+    read_data_subset: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    schedule: Option<String>,
+    timezone: Option<String>,
+    jitter: Option<String>,
+    rpo: Option<String>,
+    retention: Option<Retention>,
+    check: Option<RawCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    name: String,
+    maintainer: String,
+    max_concurrent_jobs: Option<u32>,
+    prune_schedule: Option<String>,
+    gc_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    agent: String,
+    name: String,
+    vault: String,
+    paths: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    schedule: Option<String>,
+    timezone: Option<String>,
+    jitter: Option<String>,
+    rpo: Option<String>,
+    retention: Option<Retention>,
+    check: Option<RawCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: String,
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default, rename = "vault")]
+    vaults: Vec<RawVault>,
+    #[serde(default, rename = "source")]
+    sources: Vec<RawSource>,
+}
+
+fn dur(field: &str, v: Option<&str>, default: &str) -> Result<Duration> {
+    tresor_proto::parse_duration(v.unwrap_or(default)).map_err(|e| Error::Config(format!("{field}: {e}")))
+}
+
+fn percent(field: &str, v: &str) -> Result<f64> {
+    let p = v.trim().strip_suffix('%').and_then(|n| n.trim().parse::<f64>().ok());
+    match p {
+        Some(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(Error::Config(format!("{field}: {v:?} is not a percentage between 0% and 100%"))),
+    }
+}
+
+fn name_ok(field: &str, v: &str) -> Result<()> {
+    let good = !v.is_empty()
+        && v.len() <= 64
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !v.starts_with('.');
+    if good {
+        Ok(())
+    } else {
+        Err(Error::Config(format!("{field}: {v:?} must be 1-64 letters, digits, '-', '_' or '.'")))
+    }
+}
+
+impl Policy {
+    /// Parse and validate policy text; `origin` (a file name) prefixes every error.
+    ///
+    /// # Errors
+    /// Names the field that is wrong.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let field = e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default();
+            Error::Config(format!("{origin}: {}{field}", e.message().trim_end()))
+        })?;
+        Self::from_raw(raw).map_err(|e| Error::Config(format!("{origin}: {e}")))
+    }
+
+    fn from_raw(raw: RawPolicy) -> Result<Self> {
+        name_ok("name", &raw.name)?;
+        let d = &raw.defaults;
+        let tz_default = d.timezone.clone().unwrap_or_else(|| DEFAULT_TZ.to_string());
+        let jitter_default = dur("defaults.jitter", d.jitter.as_deref(), "0s")?;
+        let mut vaults = Vec::new();
+        for (i, v) in raw.vaults.into_iter().enumerate() {
+            let f = format!("vault[{i}]");
+            name_ok(&format!("{f}.name"), &v.name)?;
+            name_ok(&format!("{f}.maintainer"), &v.maintainer)?;
+            if vaults.iter().any(|o: &VaultPolicy| o.name == v.name) {
+                return Err(Error::Config(format!("{f}.name: vault {:?} is listed twice", v.name)));
+            }
+            let max = v.max_concurrent_jobs.unwrap_or(2);
+            if max == 0 {
+                return Err(Error::Config(format!("{f}.max_concurrent_jobs: must be at least 1")));
+            }
+            let prune = v
+                .prune_schedule
+                .as_deref()
+                .map(|c| Schedule::parse(&format!("{f}.prune"), c, &tz_default, Duration::ZERO))
+                .transpose()?;
+            let gc_grace = dur(&format!("{f}.gc_grace"), v.gc_grace.as_deref(), "1h")?;
+            vaults.push(VaultPolicy {
+                name: v.name,
+                maintainer: v.maintainer,
+                max_concurrent_jobs: max,
+                prune,
+                gc_grace,
+            });
+        }
+        let mut sources: Vec<SourcePolicy> = Vec::new();
+        for (i, s) in raw.sources.into_iter().enumerate() {
+            let f = format!("source[{i}]");
+            name_ok(&format!("{f}.agent"), &s.agent)?;
+            name_ok(&format!("{f}.name"), &s.name)?;
+            if !vaults.iter().any(|v| v.name == s.vault) {
+                return Err(Error::Config(format!(
+                    "{f}.vault: {:?} is not a vault of this policy (add a [[vault]] with that name)",
+                    s.vault
+                )));
+            }
+            if sources.iter().any(|o| o.agent == s.agent && o.name == s.name) {
+                return Err(Error::Config(format!("{f}.name: {}/{} is listed twice", s.agent, s.name)));
+            }
+            if s.paths.is_empty() || s.paths.iter().any(|p| !p.starts_with('/')) {
+                return Err(Error::Config(format!("{f}.paths: give one or more absolute paths")));
+            }
+            let cron = s
+                .schedule
+                .as_deref()
+                .or(d.schedule.as_deref())
+                .ok_or_else(|| Error::Config(format!("{f}.schedule: missing (set it here or in [defaults])")))?;
+            let tz = s.timezone.as_deref().unwrap_or(&tz_default);
+            let jitter = match &s.jitter {
+                Some(j) => dur(&format!("{f}.jitter"), Some(j), "0s")?,
+                None => jitter_default,
+            };
+            let schedule = Schedule::parse(&f, cron, tz, jitter)?;
+            let rpo = dur(&format!("{f}.rpo"), s.rpo.as_deref().or(d.rpo.as_deref()), "26h")?;
+            let retention = s.retention.or_else(|| d.retention.clone()).unwrap_or_default();
+            if let Some(w) = &retention.keep_within {
+                dur(&format!("{f}.retention.keep_within"), Some(w), "0s")?;
+            }
+            let check = match s.check.as_ref().or(d.check.as_ref()) {
+                None => None,
+                Some(c) => {
+                    let cron =
+                        c.schedule.as_deref().ok_or_else(|| Error::Config(format!("{f}.check.schedule: missing")))?;
+                    let pct =
+                        percent(&format!("{f}.check.read_data_subset"), c.read_data_subset.as_deref().unwrap_or("5%"))?;
+                    Some(CheckPolicy {
+                        schedule: Schedule::parse(&format!("{f}.check"), cron, tz, Duration::ZERO)?,
+                        read_data_percent: pct,
+                    })
+                }
+            };
+            sources.push(SourcePolicy {
+                agent: s.agent,
+                name: s.name,
+                vault: s.vault,
+                paths: s.paths,
+                tags: s.tags,
+                schedule,
+                rpo,
+                retention,
+                check,
+            });
+        }
+        Ok(Self { name: raw.name, vaults, sources })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "nightly"
+[defaults]
+schedule = "0 2 * * *"
+jitter = "10m"
+rpo = "26h"
+retention = { keep_last = 3, keep_daily = 7, keep_within = "2d" }
+[[vault]]
+name = "nas"
+maintainer = "backup-01"
+[[source]]
+agent = "db-01"
+name = "models"
+vault = "nas"
+paths = ["/srv/models"]
+"#;
+
+    #[test]
+    fn a_good_policy_parses_with_berlin_as_the_default_zone() {
+        let p = Policy::parse(GOOD, "t.toml").unwrap();
+        let s = &p.sources[0];
+        assert_eq!(s.schedule.timezone, "Europe/Berlin");
+        assert_eq!(s.retention.keep_last, Some(3));
+        // 02:00 in Berlin is 01:00 UTC in winter.
+        let now = "2026-11-29T12:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(s.schedule.last_slot(now).unwrap().to_rfc3339(), "2026-11-29T01:00:00+00:00");
+        assert!(s.schedule.jitter_for("db-01/models") < Duration::from_secs(600));
+    }
+
+    fn err(text: &str) -> String {
+        Policy::parse(text, "p.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_policies_name_the_field() {
+        let e = err(&GOOD.replace("0 2 * * *", "0 25 * * *"));
+        assert!(e.contains("source[0].schedule") && e.contains("not a valid cron"), "{e}");
+        let e = err(&GOOD.replace("rpo = \"26h\"", "rpo = \"26h\"\nrpo_target = 1"));
+        assert!(e.contains("unknown field `rpo_target`"), "{e}");
+        let e = err(&GOOD.replace("vault = \"nas\"\npaths", "vault = \"tape\"\npaths"));
+        assert!(e.contains("source[0].vault") && e.contains("tape"), "{e}");
+        let e = err(&GOOD.replace("jitter = \"10m\"", "timezone = \"Mars/Olympus\""));
+        assert!(e.contains("Mars/Olympus"), "{e}");
+        let e = err(&GOOD.replace("keep_within = \"2d\"", "keep_within = \"2 days\""));
+        assert!(e.contains("keep_within"), "{e}");
+    }
+}

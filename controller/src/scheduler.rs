@@ -1,0 +1,123 @@
+//! The scheduler: turns schedule slots into jobs, and drives dispatch and lease expiry.
+//!
+//! Only the newest slot at or before now counts, and each source remembers the last slot it
+//! turned into a job (in the catalog). So slots missed while the controller was down are caught
+//! up once, not once per missed slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::core::Controller;
+use crate::error::Result;
+use crate::jobs::{JobRecord, JobSpec, JobState};
+
+/// How often the scheduler looks at the clock when nothing wakes it.
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// Run until `stop` turns true.
+pub async fn run(ctl: Arc<Controller>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = ctl.jobs.tick() {
+            tracing::error!(error = %e, "dispatch failed");
+        }
+        if let Err(e) = schedule_due(&ctl).await {
+            tracing::error!(error = %e, "scheduling failed");
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = ctl.jobs.woken() => {}
+            () = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+fn has_active(ctl: &Controller, agent: &str, pred: impl Fn(&JobSpec) -> bool) -> Result<bool> {
+    Ok(ctl
+        .catalog
+        .active_jobs()?
+        .iter()
+        .any(|j| j.agent_name == agent && matches!(j.state, JobState::Queued | JobState::Running) && pred(&j.spec)))
+}
+
+/// Queue every job whose slot has come.
+///
+/// # Errors
+/// Catalog failures.
+pub async fn schedule_due(ctl: &Controller) -> Result<()> {
+    let now = Utc::now();
+    let mut wrote = false;
+    for policy in ctl.policies().values() {
+        for s in &policy.sources {
+            let key = format!("{}/{}", s.agent, s.name);
+            let mut rec = ctl.catalog.source(&key)?;
+            if let Some(slot) = s.schedule.last_slot(now)
+                && slot.timestamp() > rec.last_slot_unix
+                && now >= slot + s.schedule.jitter_for(&key)
+            {
+                let busy =
+                    has_active(ctl, &s.agent, |j| matches!(j, JobSpec::Backup { source, .. } if *source == s.name))?;
+                if busy {
+                    tracing::info!(source = %key, "slot skipped: the previous backup is still queued or running");
+                } else {
+                    match ctl.start_backup(&key, "schedule") {
+                        Ok(job) => {
+                            tracing::info!(source = %key, job = %job.id, slot = %slot, "scheduled backup queued")
+                        }
+                        Err(e) => tracing::warn!(source = %key, error = %e, "scheduled backup not queued"),
+                    }
+                }
+                rec.last_slot_unix = slot.timestamp();
+                ctl.catalog.put_source(&key, &rec)?;
+                wrote = true;
+            }
+            if let Some(check) = &s.check
+                && let Some(slot) = check.schedule.last_slot(now)
+                && slot.timestamp() > rec.last_check_slot_unix
+            {
+                if let Some((id, a)) = ctl.state.find_agent(&s.agent) {
+                    let spec = JobSpec::Check { read_data_percent: check.read_data_percent };
+                    let job = JobRecord::new(id, a.name, s.vault.clone(), spec, "schedule", ctl.config.max_attempts);
+                    ctl.jobs.submit(&job)?;
+                }
+                rec.last_check_slot_unix = slot.timestamp();
+                ctl.catalog.put_source(&key, &rec)?;
+                wrote = true;
+            }
+        }
+    }
+    if wrote {
+        ctl.catalog.flush().await?;
+    }
+    Ok(())
+}
+
+/// Queue a scan of every vault in the policies on its maintainer. Returns the vault count and
+/// the vaults that could not be queued.
+///
+/// # Errors
+/// Catalog failures.
+pub fn queue_rebuild(ctl: &Controller) -> Result<(u32, Vec<String>)> {
+    let mut queued = 0;
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for policy in ctl.policies().values() {
+        for v in &policy.vaults {
+            if !seen.insert(v.name.clone()) {
+                continue;
+            }
+            match ctl.state.find_agent(&v.maintainer) {
+                Some((id, a)) if !ctl.state.is_revoked(&id) => {
+                    let job =
+                        JobRecord::new(id, a.name, v.name.clone(), JobSpec::Scan, "rebuild", ctl.config.max_attempts);
+                    ctl.jobs.submit(&job)?;
+                    queued += 1;
+                }
+                _ => problems.push(format!("vault {}: maintainer {} is not an enrolled agent", v.name, v.maintainer)),
+            }
+        }
+    }
+    Ok((queued, problems))
+}

@@ -1,0 +1,243 @@
+//! Controller files kept outside sled, because losing them would lose trust rather than a cache:
+//! the agent registry, the revocation list, people's access tokens and the receipt signing key.
+//! Each is small, held in memory, and rewritten atomically on change (see `fsutil`). Policies
+//! live in `policies/` as the TOML an admin applied.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsutil::{read_optional, write_atomic};
+use crate::ids::{AgentId, Role};
+
+/// An enrolled agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentEntry {
+    /// The name admins use.
+    pub name: String,
+    /// When it enrolled (Unix seconds).
+    pub enrolled_unix: i64,
+    /// Expiry of the newest certificate issued to it.
+    pub cert_not_after_unix: i64,
+}
+
+/// A revoked agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Its name at the time.
+    pub name: String,
+    /// When it was revoked.
+    pub revoked_unix: i64,
+}
+
+/// A person's access token (only its hash is kept).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessToken {
+    /// What the token may do.
+    pub role: Role,
+    /// Who it is for.
+    pub label: String,
+    /// Expiry (Unix seconds; 0 = none).
+    pub expires_unix: i64,
+}
+
+#[derive(Default)]
+struct Files {
+    agents: BTreeMap<AgentId, AgentEntry>,
+    revoked: BTreeMap<AgentId, Revocation>,
+    access: BTreeMap<String, AccessToken>,
+}
+
+/// The controller's files, loaded at start.
+pub struct State {
+    dir: PathBuf,
+    files: Mutex<Files>,
+    signing: SigningKey,
+}
+
+fn load_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> Result<T> {
+    match read_optional(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))? {
+        None => Ok(T::default()),
+        Some(b) => serde_json::from_slice(&b).map_err(|e| {
+            Error::Config(format!(
+                "{} is damaged ({e}); restore it from the backup of the controller's files",
+                path.display()
+            ))
+        }),
+    }
+}
+
+fn save_json<T: Serialize>(path: &Path, v: &T, mode: u32) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::Config(format!("encoding {}: {e}", path.display())))?;
+    write_atomic(path, &bytes, mode).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Hash of a secret token, as stored.
+pub fn token_hash(token: &str) -> String {
+    blake3::hash(token.as_bytes()).to_hex().to_string()
+}
+
+/// A fresh random token secret with a readable prefix.
+pub fn new_token(prefix: &str) -> String {
+    let bytes: [u8; 20] = rand::random();
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+impl State {
+    /// Load the files from `dir`, making the signing key and the first admin token if missing.
+    /// The first admin token is written to `dir/admin.token` (mode 0600).
+    ///
+    /// # Errors
+    /// A file is unreadable or damaged.
+    pub fn load(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("policies"))
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let key_path = crate::pki::receipt_key_path(dir);
+        let signing = match read_optional(&key_path).map_err(|e| Error::io("reading the receipt signing key", e))? {
+            Some(b) => {
+                let text = String::from_utf8_lossy(&b);
+                let raw =
+                    hex::decode(text.trim()).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()).ok_or_else(|| {
+                        Error::Config(format!(
+                            "{} is damaged; restore it from the controller backup",
+                            key_path.display()
+                        ))
+                    })?;
+                SigningKey::from_bytes(&raw)
+            }
+            None => {
+                let key = SigningKey::from_bytes(&rand::random());
+                write_atomic(&key_path, hex::encode(key.to_bytes()).as_bytes(), 0o600)
+                    .map_err(|e| Error::io("writing the receipt signing key", e))?;
+                key
+            }
+        };
+        let files = Files {
+            agents: load_json(&dir.join("agents.json"))?,
+            revoked: load_json(&dir.join("revoked.json"))?,
+            access: load_json(&dir.join("access.json"))?,
+        };
+        let state = Self { dir: dir.to_path_buf(), files: Mutex::new(files), signing };
+        state.bootstrap_admin()?;
+        Ok(state)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Files> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bootstrap_admin(&self) -> Result<()> {
+        let path = self.dir.join("admin.token");
+        let has_admin = self.lock().access.values().any(|t| t.role == Role::Admin);
+        if has_admin {
+            return Ok(());
+        }
+        let token = new_token("tadm_");
+        self.add_access(&token, AccessToken { role: Role::Admin, label: "first admin".into(), expires_unix: 0 })?;
+        write_atomic(&path, format!("{token}\n").as_bytes(), 0o600).map_err(|e| Error::io("writing admin.token", e))?;
+        tracing::info!(path = %path.display(), "wrote the first admin token");
+        Ok(())
+    }
+
+    /// Record a person's token.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn add_access(&self, token: &str, entry: AccessToken) -> Result<()> {
+        let mut f = self.lock();
+        let _ = f.access.insert(token_hash(token), entry);
+        save_json(&self.dir.join("access.json"), &f.access, 0o600)
+    }
+
+    /// The role a token grants, if it is known and not expired.
+    pub fn role_of(&self, token: &str, now_unix: i64) -> Option<Role> {
+        let f = self.lock();
+        let t = f.access.get(&token_hash(token))?;
+        (t.expires_unix == 0 || t.expires_unix > now_unix).then_some(t.role)
+    }
+
+    /// Add or update an agent.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn put_agent(&self, id: &AgentId, entry: AgentEntry) -> Result<()> {
+        let mut f = self.lock();
+        let _ = f.agents.insert(id.clone(), entry);
+        save_json(&self.dir.join("agents.json"), &f.agents, 0o644)
+    }
+
+    /// All enrolled agents.
+    pub fn agents(&self) -> BTreeMap<AgentId, AgentEntry> {
+        self.lock().agents.clone()
+    }
+
+    /// An agent by id or name.
+    pub fn find_agent(&self, key: &str) -> Option<(AgentId, AgentEntry)> {
+        let f = self.lock();
+        f.agents.iter().find(|(id, a)| id.as_str() == key || a.name == key).map(|(id, a)| (id.clone(), a.clone()))
+    }
+
+    /// Revoke an agent; it is refused from now on, also after a catalog rebuild.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn revoke(&self, id: &AgentId, name: &str, now_unix: i64) -> Result<()> {
+        let mut f = self.lock();
+        let _ = f.revoked.insert(id.clone(), Revocation { name: name.to_string(), revoked_unix: now_unix });
+        save_json(&self.dir.join("revoked.json"), &f.revoked, 0o644)
+    }
+
+    /// Whether an agent is revoked.
+    pub fn is_revoked(&self, id: &AgentId) -> bool {
+        self.lock().revoked.contains_key(id)
+    }
+
+    /// Sign bytes with the receipt key.
+    pub fn sign(&self, bytes: &[u8]) -> Vec<u8> {
+        self.signing.sign(bytes).to_bytes().to_vec()
+    }
+
+    /// Verify a receipt signature made by this controller.
+    pub fn verify(&self, bytes: &[u8], sig: &[u8]) -> bool {
+        let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else { return false };
+        self.verifying_key().verify(bytes, &sig).is_ok()
+    }
+
+    /// The public half of the receipt key.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    /// Where applied policies are kept.
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.join("policies")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_survive_a_restart_and_the_first_admin_token_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::load(dir.path()).unwrap();
+        let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+        assert_eq!(s.role_of(admin.trim(), 0), Some(Role::Admin));
+        assert_eq!(s.role_of("tadm_wrong", 0), None);
+        let id = AgentId::new("a-01".into());
+        s.put_agent(&id, AgentEntry { name: "db-01".into(), enrolled_unix: 1, cert_not_after_unix: 2 }).unwrap();
+        s.revoke(&id, "db-01", 3).unwrap();
+        let sig = s.sign(b"x");
+        drop(s);
+        let s = State::load(dir.path()).unwrap();
+        assert!(s.is_revoked(&id));
+        assert_eq!(s.find_agent("db-01").unwrap().0, id);
+        assert!(s.verify(b"x", &sig), "the signing key is kept");
+        assert_eq!(std::fs::read_to_string(dir.path().join("admin.token")).unwrap(), admin, "no second admin token");
+    }
+}
