@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# `make demo`: the main job on embedded defaults. A local folder vault under demo-work/, a backup of
-# sample data, a full read-data check, a restore, and a byte-for-byte comparison.
+# `make demo`: the main job on embedded defaults, all on loopback. A controller (its own CA, the
+# sled catalog), one agent enrolled with a one-time token, a local folder vault, an example
+# policy, a backup of sample data through tresorctl, a one-command restore elsewhere, and a
+# byte-for-byte comparison of the restored tree with the source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-agent=target/debug/tresor-agent
-work=demo-work
+bin=$PWD/target/debug
+work=$PWD/demo-work
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
 rm -rf "$work"
 mkdir -p "$work"
-export TRESOR_PASSWORD=demo-password
-export TRESOR_CACHE_DIR="$work/cache"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+started=$(date +%s)
 
 echo "== sample data in $work/sample"
 python3 - "$work/sample" <<'PY'
@@ -28,18 +33,51 @@ open(f"{root}/docs/empty", "w").close()
 os.symlink("readme.txt", f"{root}/docs/link-to-readme")
 PY
 
-echo "== init"
-$agent init --vault "$work/vault" --escrow-key-out "$work/escrow.key"
-echo "== backup"
-$agent backup --vault "$work/vault" --tag demo "$work/sample"
-echo "== second backup (unchanged: reads nothing again)"
-$agent backup --vault "$work/vault" --tag demo "$work/sample"
+echo "== a local folder vault (the agent's key slot is its password file)"
+printf 'demo-agent-password\n' > "$work/vault.password"
+chmod 600 "$work/vault.password"
+"$bin/tresor-agent" init --vault "$work/vault" --password-file "$work/vault.password" --escrow-key-out "$work/escrow.key"
+
+echo "== controller on 127.0.0.1:$port (state in $work/controller)"
+cat > "$work/controller.toml" <<TOML
+listen = "127.0.0.1:$port"
+state_dir = "$work/controller"
+server_names = ["127.0.0.1", "localhost"]
+heartbeat = "2s"
+lease = "30s"
+TOML
+TRESOR_LOG=warn "$bin/tresor-controller" serve --config "$work/controller.toml" > "$work/controller.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/controller/admin.token" ] && grep -q listening "$work/controller.log" && break; sleep 0.1; done
+export TRESOR_CONTROLLER="https://127.0.0.1:$port" TRESOR_CA_FILE="$work/controller/ca.pem" TRESOR_TOKEN_FILE="$work/controller/admin.token"
+
+echo "== enroll the agent with a one-time token"
+"$bin/tresorctl" token create --role agent --ttl 10m --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' > "$work/enroll.token"
+cat > "$work/agent.toml" <<TOML
+name = "demo-agent"
+state_dir = "$work/agent"
+[vaults.local]
+url = "$work/vault"
+password_file = "$work/vault.password"
+TOML
+"$bin/tresor-agent" enroll --controller "$TRESOR_CONTROLLER" --token-file "$work/enroll.token" --config "$work/agent.toml"
+TRESOR_LOG=warn "$bin/tresor-agent" run --config "$work/agent.toml" > "$work/agent.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do "$bin/tresorctl" agents --json | grep -q '"connected": true' && break; sleep 0.2; done
+"$bin/tresorctl" agents
+
+echo "== apply the example policy"
+sed -e "s|/srv/models|$work/sample|" config/demo.policy.toml > "$work/demo.policy.toml"
+"$bin/tresorctl" policy apply "$work/demo.policy.toml"
+
+echo "== back up now (waits and shows progress)"
+"$bin/tresorctl" backup demo-agent/sample
 echo "== snapshots"
-$agent snapshots --vault "$work/vault"
-echo "== check --read-data"
-$agent check --vault "$work/vault" --read-data
-echo "== restore latest"
-$agent restore --vault "$work/vault" latest --to "$work/restored"
-abs=$(cd "$work/sample" && pwd)
-diff -r --no-dereference "$work/sample" "$work/restored$abs"
-echo "== restored tree equals the source: $work/restored$abs"
+"$bin/tresorctl" snapshots demo-agent/sample
+
+echo "== one-command restore to another place"
+"$bin/tresorctl" restore demo-agent/sample --to "$work/restored"
+diff -r --no-dereference "$work/sample" "$work/restored$work/sample"
+echo "== restored tree equals the source: $work/restored$work/sample"
+"$bin/tresorctl" status
+echo "== demo done in $(( $(date +%s) - started )) s"

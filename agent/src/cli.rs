@@ -105,6 +105,33 @@ pub enum Command {
         #[arg(long, requires = "read_data_subset")]
         seed: Option<u64>,
     },
+    /// Enroll this agent with a controller (one-time token from `tresorctl token create`).
+    Enroll {
+        /// The controller, e.g. https://controller.example:7443.
+        #[arg(long, value_name = "URL")]
+        controller: String,
+        /// The one-time enrollment token (or TRESOR_ENROLL_TOKEN, or --token-file).
+        #[arg(long, value_name = "T", env = "TRESOR_ENROLL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Read the token from this file.
+        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// agent.toml (for state_dir and name).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where to keep the identity (default: agent.toml's state_dir, else /var/lib/tresor-agent).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// The name admins will use (default: agent.toml's name, else the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Run the agent daemon: connect to the controller and run the jobs it sends.
+    Run {
+        /// agent.toml.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Manage key slots.
     Key {
         #[command(subcommand)]

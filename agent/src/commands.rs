@@ -35,7 +35,8 @@ impl Outcome {
     }
 }
 
-fn cache_root(g: &Global) -> PathBuf {
+/// The index cache directory.
+pub fn cache_root(g: &Global) -> PathBuf {
     if let Some(d) = &g.cache_dir {
         return d.clone();
     }
@@ -54,7 +55,8 @@ async fn open(g: &Global, url: &str) -> anyhow::Result<Arc<Vault>> {
     Ok(Arc::new(Vault::open(backend, &secret).await?))
 }
 
-fn hostname() -> String {
+/// This machine's host name.
+pub fn hostname() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
@@ -106,15 +108,36 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// `backup`.
-pub async fn backup(
-    g: &Global,
-    url: &str,
-    paths: &[PathBuf],
-    tags: &[String],
-    host: Option<String>,
-    force: bool,
-) -> anyhow::Result<Outcome> {
+/// What to back up, for the CLI and the daemon alike.
+pub struct BackupRequest {
+    /// Absolute, de-duplicated roots.
+    pub roots: Vec<PathBuf>,
+    /// Host name to record.
+    pub host: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Read every file even if unchanged since the parent.
+    pub force: bool,
+    /// Asked right before the commit point.
+    pub commit_guard: Option<tresor_vault::backup::CommitGuard>,
+    /// Called every two seconds with bytes read and bytes new.
+    pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
+    /// Show a terminal spinner.
+    pub quiet: bool,
+}
+
+/// A committed backup.
+pub struct BackupDone {
+    /// Snapshot id.
+    pub id: tresor_vault::ids::SnapshotId,
+    /// Its manifest.
+    pub manifest: tresor_vault::snapshot::Manifest,
+    /// Files that could not be read.
+    pub errors: Vec<files::walk::SourceError>,
+}
+
+/// Check and normalise the paths to back up.
+pub fn backup_roots(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut roots = Vec::new();
     for p in paths {
         let abs = std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))?;
@@ -123,20 +146,21 @@ pub async fn backup(
     }
     roots.sort();
     roots.dedup();
-    let vault = open(g, url).await?;
-    let index = vault.sync_index(&cache_root(g)).await?;
-    let host = host.unwrap_or_else(hostname);
-    let path_strings: Vec<String> = roots.iter().map(|p| p.display().to_string()).collect();
+    Ok(roots)
+}
+
+/// Back up `req.roots` into an opened vault.
+pub async fn backup_into(vault: Arc<Vault>, cache: &Path, req: BackupRequest) -> anyhow::Result<BackupDone> {
+    let index = vault.sync_index(cache).await?;
+    let path_strings: Vec<String> = req.roots.iter().map(|p| p.display().to_string()).collect();
 
     // Parent: the newest snapshot of the same host and paths.
     let mut parent = None;
-    if !force {
+    if !req.force {
         let snaps = vault.snapshots().await?;
-        if let Some((id, Ok(m))) = snaps
-            .into_iter()
-            .rev()
-            .find(|(_, m)| m.as_ref().is_ok_and(|m| m.host == host && m.paths == path_strings && m.source == "files"))
-        {
+        if let Some((id, Ok(m))) = snaps.into_iter().rev().find(|(_, m)| {
+            m.as_ref().is_ok_and(|m| m.host == req.host && m.paths == path_strings && m.source == "files")
+        }) {
             match vault.read_tree(&m, &index).await {
                 Ok(nodes) => {
                     parent = Some((id, nodes.into_iter().map(|n| (n.path.clone(), n)).collect::<HashMap<_, _>>()))
@@ -148,16 +172,17 @@ pub async fn backup(
         }
     }
     let opts = BackupOptions {
-        host: host.clone(),
-        paths: path_strings.clone(),
-        tags: tags.to_vec(),
+        host: req.host.clone(),
+        paths: path_strings,
+        tags: req.tags.clone(),
         parent: parent.as_ref().map(|p| p.0),
+        commit_guard: req.commit_guard.clone(),
         ..BackupOptions::default()
     };
     let session = BackupSession::start(vault.clone(), index, opts).await?;
     let sink = session.sink();
     let progress_sink = sink.clone();
-    let progress = Progress::start(g.json, move || {
+    let progress = Progress::start(req.quiet, move || {
         let s = progress_sink.stats();
         format!(
             "read {}  new {}  stored {}",
@@ -166,7 +191,17 @@ pub async fn backup(
             human(s.bytes_stored.load(Ordering::Relaxed))
         )
     });
-    let walk_roots = roots.clone();
+    let reporter = req.progress.clone().map(|report| {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let s = sink.stats();
+                report(s.bytes_read.load(Ordering::Relaxed), s.bytes_new.load(Ordering::Relaxed));
+            }
+        })
+    });
+    let walk_roots = req.roots.clone();
     let walked = tokio::task::spawn_blocking(move || {
         let parent_map = parent.as_ref().map(|p| &p.1);
         let r = files::walk::walk_and_store(&walk_roots, parent_map, &sink);
@@ -174,6 +209,9 @@ pub async fn backup(
         r
     })
     .await?;
+    if let Some(r) = reporter {
+        r.abort();
+    }
     let walked = match walked {
         Ok(w) => w,
         Err(e) => {
@@ -184,11 +222,35 @@ pub async fn backup(
     for e in &walked.errors {
         tracing::warn!(path = %e.path, error = %e.error, "skipped");
     }
-    let (sid, manifest) = session
+    let (id, manifest) = session
         .commit(walked.nodes, walked.summary, Default::default())
         .await
         .context("backup failed; no snapshot was written")?;
     drop(progress);
+    Ok(BackupDone { id, manifest, errors: walked.errors })
+}
+
+/// `backup`.
+pub async fn backup(
+    g: &Global,
+    url: &str,
+    paths: &[PathBuf],
+    tags: &[String],
+    host: Option<String>,
+    force: bool,
+) -> anyhow::Result<Outcome> {
+    let roots = backup_roots(paths)?;
+    let vault = open(g, url).await?;
+    let req = BackupRequest {
+        roots,
+        host: host.unwrap_or_else(hostname),
+        tags: tags.to_vec(),
+        force,
+        commit_guard: None,
+        progress: None,
+        quiet: g.json,
+    };
+    let BackupDone { id: sid, manifest, errors } = backup_into(vault, &cache_root(g), req).await?;
     let s = &manifest.summary;
     let mut text = format!(
         "snapshot {sid} saved\n  {} files, {} dirs, {} in total; read {}, new {} in {} chunks, stored {} in {:.1} s",
@@ -201,11 +263,11 @@ pub async fn backup(
         human(s.bytes_stored),
         s.duration_ms as f64 / 1000.0
     );
-    for e in &walked.errors {
+    for e in &errors {
         text.push_str(&format!("\n  skipped {}: {}", e.path, e.error));
     }
-    let code = if walked.errors.is_empty() { exit::OK } else { exit::PARTIAL };
-    Ok(Outcome { json: json!({"snapshot": sid, "manifest": manifest, "errors": walked.errors}), text, code })
+    let code = if errors.is_empty() { exit::OK } else { exit::PARTIAL };
+    Ok(Outcome { json: json!({"snapshot": sid, "manifest": manifest, "errors": errors}), text, code })
 }
 
 /// `snapshots`.
@@ -408,4 +470,38 @@ pub async fn key(g: &Global, action: &KeyAction) -> anyhow::Result<Outcome> {
             ))
         }
     }
+}
+
+/// `enroll`.
+pub async fn enroll(
+    controller: &str,
+    token: Option<&str>,
+    token_file: Option<&Path>,
+    config: Option<&Path>,
+    state_dir: Option<&Path>,
+    name: Option<&str>,
+) -> anyhow::Result<Outcome> {
+    let token = match (token, token_file) {
+        (Some(t), _) => t.to_string(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read token file {}", f.display()))?,
+        (None, None) => bail!("no enrollment token: give --token T, --token-file FILE or TRESOR_ENROLL_TOKEN"),
+    };
+    let cfg = config.map(crate::daemon::config::AgentConfig::load).transpose()?;
+    let dir = state_dir
+        .map(Path::to_path_buf)
+        .or_else(|| cfg.as_ref().map(|c| c.state_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/tresor-agent"));
+    let name = name.map(str::to_string).or_else(|| cfg.as_ref().map(|c| c.name())).unwrap_or_else(hostname);
+    let id = crate::daemon::enroll(controller, &token, &name, &dir).await?;
+    let until = chrono::DateTime::from_timestamp(id.not_after_unix, 0).map(|t| t.to_rfc3339()).unwrap_or_default();
+    Ok(Outcome::ok(
+        json!({"agent_id": id.agent_id, "name": id.name, "controller": id.controller, "state_dir": dir, "certificate_not_after": until}),
+        format!(
+            "enrolled as {} ({}) with {}; certificate valid until {until} and renewed automatically\nidentity kept in {}; start the daemon with: tresor-agent run --config agent.toml",
+            id.name,
+            id.agent_id,
+            id.controller,
+            dir.display()
+        ),
+    ))
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod daemon;
 mod exit;
 mod files;
 mod progress;
@@ -84,6 +85,14 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
             commands::check(g, &vault.vault, *read_data, read_data_subset.as_deref(), *seed).await
         }
         Command::Key { action } => commands::key(g, action).await,
+        Command::Enroll { controller, token, token_file, config, state_dir, name } => {
+            commands::enroll(controller, token.as_deref(), token_file.as_deref(), config.as_deref(), state_dir.as_deref(), name.as_deref()).await
+        }
+        Command::Run { config } => {
+            let cfg = daemon::config::AgentConfig::load(config)?;
+            daemon::run(cfg).await?;
+            Ok(commands::Outcome { json: serde_json::json!({}), text: String::new(), code: exit::OK })
+        }
     }
 }
 

@@ -53,6 +53,19 @@ pub struct BackupOptions {
     pub uploads: usize,
     /// Bound of the chunk queue, in bytes of plaintext.
     pub queue_bytes: usize,
+    /// Asked right before the commit point (the manifest put); an error aborts the commit. The
+    /// agent daemon uses it to fence itself when its job lease has lapsed.
+    pub commit_guard: Option<CommitGuard>,
+}
+
+/// See [`BackupOptions::commit_guard`].
+#[derive(Clone)]
+pub struct CommitGuard(pub Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for CommitGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitGuard")
+    }
 }
 
 impl Default for BackupOptions {
@@ -68,6 +81,7 @@ impl Default for BackupOptions {
             workers: cores.clamp(1, 8),
             uploads: 2,
             queue_bytes: 24 << 20,
+            commit_guard: None,
         }
     }
 }
@@ -434,6 +448,9 @@ impl BackupSession {
         };
         let (sid, bytes) = object::seal(vault.keys(), ObjectType::Snapshot, &manifest);
         failpoint::hit("before-manifest-put");
+        if let Some(guard) = &self.opts.commit_guard {
+            (guard.0)().map_err(|why| Error::Invalid(format!("commit refused: {why}; nothing was committed")))?;
+        }
         vault.backend().create(&layout::snapshot(&sid), Bytes::from(bytes)).await?;
         // After the commit point: cleanup failures only leave markers behind, never damage.
         if let Err(e) = vault.backend().delete(&layout::session(&self.id)).await {

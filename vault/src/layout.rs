@@ -14,7 +14,7 @@ pub const INDEX: &str = "index/";
 pub const SNAPSHOTS: &str = "snapshots/";
 /// Writer session markers (the only objects that are overwritten).
 pub const SESSIONS: &str = "sessions/";
-/// Controller-signed snapshot receipts (reserved in format v1).
+/// Controller-signed snapshot receipts (sealed object type 7, keyed by snapshot id).
 pub const RECEIPTS: &str = "receipts/";
 /// Capability probes at init.
 pub const PROBE: &str = "probe/";
@@ -33,6 +33,11 @@ pub fn segment(id: &ObjectId) -> String {
 /// Key of a snapshot manifest.
 pub fn snapshot(id: &ObjectId) -> String {
     format!("{SNAPSHOTS}{id}")
+}
+
+/// Key of a snapshot's receipt.
+pub fn receipt(snapshot: &ObjectId) -> String {
+    format!("{RECEIPTS}{snapshot}")
 }
 
 /// Key of a session marker.

@@ -269,6 +269,43 @@ impl Vault {
         Ok(out)
     }
 
+    /// Store a controller-signed receipt for a snapshot: opaque bytes, sealed as object type 7
+    /// at `receipts/<snapshot id>`, create-once. A receipt already there is left as it is.
+    pub async fn put_receipt(&self, snapshot: &SnapshotId, receipt: &[u8]) -> Result<()> {
+        let (_, bytes) = object::seal(self.keys(), ObjectType::Receipt, &serde_bytes::Bytes::new(receipt));
+        let _ = self.backend.create(&layout::receipt(snapshot), Bytes::from(bytes)).await?;
+        Ok(())
+    }
+
+    /// Forget a snapshot: its manifest goes first, then its receipt. Its data stays until
+    /// garbage collection finds it unreferenced. Forgetting one already gone is not an error.
+    pub async fn forget_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        for key in [layout::snapshot(id), layout::receipt(id)] {
+            match self.backend.delete(&key).await {
+                Ok(()) | Err(BackendError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every receipt in the vault, by snapshot id. A receipt that does not open is reported as an
+    /// error for its id (the caller treats that snapshot as having none).
+    pub async fn receipts(&self) -> Result<Vec<(SnapshotId, std::result::Result<Vec<u8>, String>)>> {
+        let mut out = Vec::new();
+        for info in self.backend.list(layout::RECEIPTS).await? {
+            let Some(id) = layout::id_of::<ObjectId>(&info.key) else {
+                continue;
+            };
+            let bytes = self.backend.get(&info.key).await?;
+            let body = object::open::<serde_bytes::ByteBuf>(self.keys(), ObjectType::Receipt, &bytes)
+                .map(|b| b.into_vec())
+                .map_err(|e| format!("receipt {id}: {e}"));
+            out.push((id, body));
+        }
+        Ok(out)
+    }
+
     /// Reads that failed verification once and passed when repeated (reported as transient).
     pub fn transient_reads(&self) -> u64 {
         self.transient_reads.load(std::sync::atomic::Ordering::Relaxed)

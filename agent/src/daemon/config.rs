@@ -1,0 +1,74 @@
+//! `agent.toml`: where the controller is, where the agent keeps its identity, and the vaults it
+//! can open (each with this agent's own key slot). Unknown fields are refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// How this agent opens one vault.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// A directory path or s3://bucket/prefix.
+    pub url: String,
+    /// File holding this agent's password for its key slot.
+    pub password_file: Option<PathBuf>,
+    /// Or the escrow key file (disaster recovery only).
+    pub escrow_key_file: Option<PathBuf>,
+}
+
+/// The agent daemon's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The controller, e.g. https://controller.example:7443 (set by `enroll` if omitted).
+    pub controller: Option<String>,
+    /// The name admins use (default: the host name).
+    pub name: Option<String>,
+    /// Identity, outbox and index cache.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Jobs run at once.
+    #[serde(default = "default_max_jobs")]
+    pub max_jobs: usize,
+    /// The vaults, by the names policies use.
+    #[serde(default)]
+    pub vaults: BTreeMap<String, VaultConfig>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tresor-agent")
+}
+
+fn default_max_jobs() -> usize {
+    2
+}
+
+impl AgentConfig {
+    /// Read and check `agent.toml`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse `agent.toml` text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {}", e.message().trim_end()))?;
+        if cfg.max_jobs == 0 {
+            bail!("{origin}: max_jobs: must be at least 1");
+        }
+        for (name, v) in &cfg.vaults {
+            if v.password_file.is_none() && v.escrow_key_file.is_none() {
+                bail!("{origin}: vaults.{name}: give password_file (this agent's key slot) or escrow_key_file");
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// This agent's name.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(crate::commands::hostname)
+    }
+}

@@ -1,0 +1,331 @@
+//! Running one job: the same data path as the local CLI, fenced by the job's lease.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use tokio::sync::{Notify, watch};
+use tresor_proto::pb;
+use tresor_proto::pb::job::Kind;
+use tresor_proto::pb::job_result::Kind as ResultKind;
+use tresor_proto::prost::Message;
+use tresor_vault::check::{self, ReadData};
+use tresor_vault::ids::SnapshotId;
+use tresor_vault::{Vault, backend};
+
+use super::config::AgentConfig;
+use super::leases::Leases;
+use super::outbox::Outbox;
+use super::tls::Client;
+use crate::commands::{BackupRequest, backup_into, backup_roots};
+use crate::files;
+
+/// Tags that tie a snapshot to its agent and source, so a catalog rebuild can place snapshots
+/// that have no receipt.
+pub const AGENT_TAG: &str = "tresor-agent=";
+/// See [`AGENT_TAG`].
+pub const SOURCE_TAG: &str = "tresor-source=";
+
+/// What every job task shares.
+pub struct AgentCtx {
+    /// Settings.
+    pub cfg: AgentConfig,
+    /// The name this agent enrolled with.
+    pub name: String,
+    /// Job leases.
+    pub leases: Leases,
+    /// Results and receipts not yet delivered.
+    pub outbox: Outbox,
+    /// Wakes the outbox sender.
+    pub outbox_wake: Notify,
+    /// The current client (replaced when the certificate is renewed).
+    pub client: watch::Receiver<Client>,
+    vaults: Mutex<HashMap<String, Arc<Vault>>>,
+}
+
+impl AgentCtx {
+    /// Shared state for the daemon.
+    pub fn new(cfg: AgentConfig, name: String, outbox: Outbox, client: watch::Receiver<Client>) -> Self {
+        Self {
+            cfg,
+            name,
+            leases: Leases::default(),
+            outbox,
+            outbox_wake: Notify::new(),
+            client,
+            vaults: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The index cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("cache")
+    }
+
+    /// Open a vault by its name in agent.toml (opened vaults are kept).
+    pub async fn vault(&self, name: &str) -> anyhow::Result<Arc<Vault>> {
+        if let Some(v) = self.vaults.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(v.clone());
+        }
+        let vc = self.cfg.vaults.get(name).with_context(|| {
+            format!("this agent has no vault {name:?} in its agent.toml; add [vaults.{name}] with its url and this agent's password_file")
+        })?;
+        let secret = crate::secret::open_secret(vc.password_file.as_deref(), vc.escrow_key_file.as_deref())?;
+        let be = backend::from_url(&vc.url)?;
+        let v = Arc::new(Vault::open(be, &secret).await.with_context(|| format!("vault {name} ({})", vc.url))?);
+        let _ = self.vaults.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), v.clone());
+        Ok(v)
+    }
+
+    /// Try every configured vault, for the heartbeat.
+    pub async fn vault_states(&self) -> Vec<pb::VaultState> {
+        let mut out = Vec::new();
+        for name in self.cfg.vaults.keys() {
+            let st = match self.vault(name).await {
+                Ok(v) => pb::VaultState { name: name.clone(), vault_id: v.config().vault_id.to_string(), error: String::new() },
+                Err(e) => pb::VaultState { name: name.clone(), vault_id: String::new(), error: format!("{e:#}") },
+            };
+            out.push(st);
+        }
+        out
+    }
+
+    async fn progress(&self, job: &pb::JobRef, phase: &str, bytes: u64, files: u64) {
+        let mut c = self.client.borrow().clone();
+        let report = pb::ProgressReport { r#ref: Some(job.clone()), phase: phase.into(), bytes_done: bytes, files_done: files, message: String::new() };
+        if let Err(e) = c.progress(report).await {
+            tracing::debug!(error = %e.message(), "progress not delivered");
+        }
+    }
+}
+
+/// Run a job to its result (success or error); never panics on bad input.
+pub async fn run_job(ctx: Arc<AgentCtx>, job: pb::Job) {
+    let Some(jr) = job.r#ref.clone() else { return };
+    tracing::info!(job = %jr.job_id, attempt = jr.attempt, "job started");
+    let outcome = execute(&ctx, &jr, job.kind).await;
+    let result = match outcome {
+        Ok(kind) => pb::JobResult { r#ref: Some(jr.clone()), error: String::new(), kind: Some(kind) },
+        Err(e) => {
+            tracing::warn!(job = %jr.job_id, error = %format!("{e:#}"), "job failed");
+            pb::JobResult { r#ref: Some(jr.clone()), error: format!("{e:#}"), kind: None }
+        }
+    };
+    ctx.leases.end(&jr.job_id);
+    if let Err(e) = ctx.outbox.put_result(&result) {
+        tracing::error!(error = %format!("{e:#}"), "cannot keep the job result");
+    }
+    ctx.outbox_wake.notify_one();
+}
+
+async fn execute(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, kind: Option<Kind>) -> anyhow::Result<ResultKind> {
+    match kind {
+        Some(Kind::Backup(b)) => backup(ctx, jr, b).await,
+        Some(Kind::Restore(r)) => restore(ctx, r).await,
+        Some(Kind::Check(c)) => check(ctx, c).await,
+        Some(Kind::Scan(s)) => scan(ctx, s).await,
+        Some(Kind::Prune(p)) => prune(ctx, jr, p).await,
+        Some(Kind::Receipt(r)) => {
+            let rec = r.receipt.context("receipt job without a receipt")?;
+            store_receipt(ctx, &r.vault, &rec).await?;
+            Ok(ResultKind::ReceiptStored(pb::Ack {}))
+        }
+        None => bail!("this agent does not know the job kind the controller sent; upgrade the agent"),
+    }
+}
+
+/// Meta of a manifest for the controller.
+pub fn meta_of(vault: &Vault, id: &SnapshotId, m: &tresor_vault::snapshot::Manifest) -> pb::SnapshotMeta {
+    let tag = |p: &str| m.tags.iter().find_map(|t| t.strip_prefix(p)).unwrap_or_default().to_string();
+    pb::SnapshotMeta {
+        snapshot_id: id.to_string(),
+        vault_id: vault.config().vault_id.to_string(),
+        agent: tag(AGENT_TAG),
+        source: tag(SOURCE_TAG),
+        manifest_time: m.time.clone(),
+        files: m.summary.files,
+        bytes_total: m.summary.bytes,
+        bytes_new: m.summary.bytes_new,
+        bytes_stored: m.summary.bytes_stored,
+        duration_ms: m.summary.duration_ms,
+        paths: m.paths.clone(),
+        receipt: None,
+        host: m.host.clone(),
+    }
+}
+
+async fn backup(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, b: pb::BackupJob) -> anyhow::Result<ResultKind> {
+    let roots = backup_roots(&b.paths.iter().map(PathBuf::from).collect::<Vec<_>>())?;
+    let vault = ctx.vault(&b.vault).await?;
+    let mut tags = b.tags.clone();
+    tags.push(format!("{AGENT_TAG}{}", ctx.name));
+    tags.push(format!("{SOURCE_TAG}{}", b.source));
+    let reporter = {
+        let (ctx, jr) = (ctx.clone(), jr.clone());
+        let handle = tokio::runtime::Handle::current();
+        Arc::new(move |read: u64, _new: u64| {
+            let (ctx, jr) = (ctx.clone(), jr.clone());
+            drop(handle.spawn(async move { ctx.progress(&jr, "backup", read, 0).await }));
+        }) as Arc<dyn Fn(u64, u64) + Send + Sync>
+    };
+    let req = BackupRequest {
+        roots,
+        host: ctx.name.clone(),
+        tags,
+        force: false,
+        commit_guard: Some(ctx.leases.guard(&jr.job_id)),
+        progress: Some(reporter),
+        quiet: true,
+    };
+    let done = backup_into(vault.clone(), &ctx.cache_dir(), req).await?;
+    let snapshot = meta_of(&vault, &done.id, &done.manifest);
+    Ok(ResultKind::Backup(pb::BackupResult {
+        snapshot: Some(snapshot),
+        skipped: done.errors.iter().map(|e| format!("{}: {}", e.path, e.error)).collect(),
+    }))
+}
+
+/// Store a receipt in its vault; kept in the outbox until that works.
+pub async fn store_receipt(ctx: &AgentCtx, vault: &str, r: &pb::Receipt) -> anyhow::Result<()> {
+    let v = ctx.vault(vault).await?;
+    let id: SnapshotId = r.snapshot_id.parse().map_err(|_| anyhow::anyhow!("receipt names a bad snapshot id"))?;
+    v.put_receipt(&id, &r.encode_to_vec()).await?;
+    Ok(())
+}
+
+fn is_nonempty_dir(p: &Path) -> anyhow::Result<bool> {
+    match std::fs::read_dir(p) {
+        Ok(mut it) => Ok(it.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => bail!("target {} exists and is not a directory", p.display()),
+        Err(e) => Err(e).with_context(|| format!("cannot read target {}", p.display())),
+    }
+}
+
+async fn restore(ctx: &Arc<AgentCtx>, r: pb::RestoreJob) -> anyhow::Result<ResultKind> {
+    let started = Instant::now();
+    let target = PathBuf::from(&r.target);
+    if !target.is_absolute() || target.parent().is_none() {
+        bail!("restore target {:?} must be an absolute path below /", r.target);
+    }
+    let vault = ctx.vault(&r.vault).await?;
+    let index = vault.sync_index(&ctx.cache_dir()).await?;
+    let (id, manifest) = vault.resolve_snapshot(&r.snapshot).await?;
+    let nodes = files::restore::select(vault.read_tree(&manifest, &index).await?, &r.include)?;
+    let nonempty = is_nonempty_dir(&target)?;
+    let mut result = pb::RestoreResult { snapshot_id: id.to_string(), target: r.target.clone(), dry_run: r.dry_run, ..Default::default() };
+    if nonempty && !r.force {
+        bail!(
+            "target {} is not empty; restore to an empty or new directory, or add --force to write into it (files of the snapshot are overwritten)",
+            target.display()
+        );
+    }
+    if r.dry_run {
+        for n in &nodes {
+            if n.kind == tresor_vault::snapshot::NodeKind::File {
+                result.files += 1;
+                result.bytes += n.size;
+            } else {
+                result.others += 1;
+            }
+        }
+        result.seconds = started.elapsed().as_secs_f64();
+        return Ok(ResultKind::Restore(result));
+    }
+    let report = if nonempty {
+        files::restore::restore_tree(vault, index, nodes, &target).await?
+    } else {
+        // Stage beside the target, then rename into place: the target appears whole or not at
+        // all. The staging name depends only on the snapshot, so a re-run resumes it.
+        let parent = target.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        let base = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let staging = parent.join(format!(".{base}.tresor-restore-{}", id.short()));
+        std::fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+        let report = files::restore::restore_tree(vault, index, nodes, &staging).await?;
+        if report.failed.is_empty() {
+            if target.exists() {
+                std::fs::remove_dir(&target).with_context(|| format!("cannot replace the empty target {}", target.display()))?;
+            }
+            std::fs::rename(&staging, &target)
+                .with_context(|| format!("cannot move {} into place at {}", staging.display(), target.display()))?;
+        }
+        report
+    };
+    result.files = report.files;
+    result.bytes = report.bytes;
+    result.others = report.others;
+    result.already_in_place = report.files_skipped;
+    result.failed = report.failed.iter().map(|(p, why)| format!("{p}: {why}")).collect();
+    result.seconds = started.elapsed().as_secs_f64();
+    if !result.failed.is_empty() {
+        bail!(
+            "{} entries could not be restored (first: {}); the staging directory is kept, re-run the restore to finish",
+            result.failed.len(),
+            result.failed[0]
+        );
+    }
+    Ok(ResultKind::Restore(result))
+}
+
+async fn check(ctx: &Arc<AgentCtx>, c: pb::CheckJob) -> anyhow::Result<ResultKind> {
+    let vault = ctx.vault(&c.vault).await?;
+    let read = match c.read_data_percent {
+        p if p <= 0.0 => ReadData::None,
+        p if p >= 100.0 => ReadData::All,
+        p => ReadData::Subset { percent: p, seed: rand::random() },
+    };
+    let scratch = ctx.cfg.state_dir.join("check-scratch");
+    std::fs::create_dir_all(&scratch)?;
+    let report = check::run(vault, read, &scratch).await?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let problems: Vec<String> = report.problems.iter().map(|p| format!("{}: {}", p.object, p.detail)).collect();
+    if !report.is_ok() {
+        bail!("check found damage: {}", problems.join("; "));
+    }
+    Ok(ResultKind::Check(pb::CheckResult {
+        ok: true,
+        packs_read: report.packs_read as u64,
+        chunks_verified: report.chunks_verified,
+        problems,
+    }))
+}
+
+async fn scan(ctx: &Arc<AgentCtx>, s: pb::ScanJob) -> anyhow::Result<ResultKind> {
+    let vault = ctx.vault(&s.vault).await?;
+    let mut receipts: HashMap<SnapshotId, pb::Receipt> = HashMap::new();
+    for (id, body) in vault.receipts().await? {
+        match body.map_err(anyhow::Error::msg).and_then(|b| Ok(pb::Receipt::decode(b.as_slice())?)) {
+            Ok(r) => {
+                let _ = receipts.insert(id, r);
+            }
+            Err(e) => tracing::warn!(snapshot = %id, error = %e, "receipt unreadable; the snapshot counts as having none"),
+        }
+    }
+    let mut snapshots = Vec::new();
+    for (id, m) in vault.snapshots().await? {
+        match m {
+            Ok(m) => {
+                let mut meta = meta_of(&vault, &id, &m);
+                meta.receipt = receipts.remove(&id);
+                snapshots.push(meta);
+            }
+            Err(e) => tracing::warn!(snapshot = %id, error = %e, "manifest unreadable; left out of the scan"),
+        }
+    }
+    Ok(ResultKind::Scan(pb::ScanResult { vault_id: vault.config().vault_id.to_string(), snapshots }))
+}
+
+async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow::Result<ResultKind> {
+    let vault = ctx.vault(&p.vault).await?;
+    let mut forgotten = Vec::new();
+    for s in &p.forget {
+        ctx.leases.check(&jr.job_id).map_err(anyhow::Error::msg)?;
+        let id: SnapshotId = s.parse().map_err(|_| anyhow::anyhow!("prune: bad snapshot id {s:?}"))?;
+        vault.forget_snapshot(&id).await?;
+        forgotten.push(s.clone());
+    }
+    Ok(ResultKind::Prune(pb::PruneResult { forgotten, ..Default::default() }))
+}

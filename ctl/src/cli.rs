@@ -1,0 +1,305 @@
+//! tresorctl's commands.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tresor_proto::pb;
+
+use crate::client::{self, Settings, status_err};
+use crate::exit;
+use crate::print::{human, when};
+
+/// tresorctl: run a Tresor controller — agents, policies, snapshots, backups and restores.
+#[derive(Debug, Parser)]
+#[command(name = "tresorctl", version, about, after_help = exit::HELP)]
+pub struct Cli {
+    /// Print JSON on stdout (errors as JSON on stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Controller URL, e.g. https://controller:7443.
+    #[arg(long, global = true, env = "TRESOR_CONTROLLER", value_name = "URL")]
+    controller: Option<String>,
+    /// The controller's CA certificate (its state_dir/ca.pem).
+    #[arg(long, global = true, env = "TRESOR_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// File holding your access token.
+    #[arg(long, global = true, env = "TRESOR_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// tresorctl.toml (default ~/.config/tresor/tresorctl.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// What is failing or overdue (exit 4 if anything is).
+    Status,
+    /// List agents.
+    Agents,
+    /// Tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Agents.
+    Agent {
+        #[command(subcommand)]
+        action: AgentAction,
+    },
+    /// Policies.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// List snapshots, optionally of one AGENT or AGENT/SOURCE.
+    Snapshots {
+        /// AGENT or AGENT/SOURCE.
+        selector: Option<String>,
+    },
+    /// Back up a source now; waits and shows progress unless --detach.
+    Backup {
+        /// AGENT/SOURCE.
+        selector: String,
+        /// Return once the job is queued.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Restore a source's snapshot with one command.
+    Restore {
+        /// AGENT/SOURCE.
+        selector: String,
+        /// Snapshot id or unique prefix (default: the newest).
+        #[arg(long, conflicts_with = "at")]
+        snapshot: Option<String>,
+        /// The newest snapshot committed at or before this RFC 3339 time.
+        #[arg(long)]
+        at: Option<String>,
+        /// Target directory on the agent (absolute).
+        #[arg(long, value_name = "PATH")]
+        to: String,
+        /// Restore on another agent (it needs its own key slot for the vault).
+        #[arg(long, value_name = "AGENT")]
+        on: Option<String>,
+        /// Only show what would be restored.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write into a non-empty target.
+        #[arg(long)]
+        force: bool,
+        /// Return once the job is queued.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Wait for a job and show its progress.
+    Watch {
+        /// Job id.
+        job: String,
+    },
+    /// Rebuild the catalog's snapshots from the vaults (a scan job per vault).
+    RebuildCatalog,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Make a token: a one-time agent enrollment token (default), or a person's token.
+    Create {
+        /// agent, admin, operator or auditor.
+        #[arg(long, default_value = "agent")]
+        role: String,
+        /// Lifetime, e.g. 1h or 30d (default: 1h for agent tokens, none for people).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Who it is for.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentAction {
+    /// Revoke an agent: refused from now on, also after a catalog rebuild.
+    Revoke {
+        /// Agent name or id.
+        agent: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyAction {
+    /// Validate and apply a policy file (replaces the policy of the same name).
+    Apply {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+fn out(json_mode: bool, value: serde_json::Value, text: String) {
+    if json_mode {
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    } else if !text.is_empty() {
+        println!("{text}");
+    }
+}
+
+/// Run the command; returns the exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let settings = Settings::resolve(cli.controller.clone(), cli.ca_file.clone(), cli.token_file.clone(), cli.config.as_deref())?;
+    let mut c = client::connect(&settings).await?;
+    let j = cli.json;
+    match cli.command {
+        Command::Status => {
+            let r = c.status(pb::StatusRequest {}).await.map_err(status_err)?.into_inner();
+            let mut text = String::from("SOURCE                     VAULT        LAST GOOD              NEXT RUN               STATE\n");
+            for s in &r.sources {
+                let state = match (s.failing, s.overdue) {
+                    (true, _) => "FAILING",
+                    (false, true) => "OVERDUE",
+                    _ => "ok",
+                };
+                text.push_str(&format!(
+                    "{:<26} {:<12} {:<22} {:<22} {state}\n",
+                    format!("{}/{}", s.agent, s.source),
+                    s.vault,
+                    when(s.last_success_unix),
+                    when(s.next_run_unix)
+                ));
+            }
+            text.push_str(&format!("jobs: {} running, {} queued\n", r.jobs_running, r.jobs_queued));
+            for p in &r.problems {
+                text.push_str(&format!("PROBLEM: {p}\n"));
+            }
+            if r.problems.is_empty() {
+                text.push_str("all good");
+            }
+            let sources: Vec<_> = r.sources.iter().map(|s| json!({"agent": s.agent, "source": s.source, "vault": s.vault, "last_success_unix": s.last_success_unix, "last_error": s.last_error, "rpo_seconds": s.rpo_seconds, "overdue": s.overdue, "failing": s.failing, "next_run_unix": s.next_run_unix})).collect();
+            out(j, json!({"sources": sources, "problems": r.problems, "jobs_running": r.jobs_running, "jobs_queued": r.jobs_queued}), text.trim_end().to_string());
+            Ok(if r.problems.is_empty() { exit::OK } else { exit::PROBLEMS })
+        }
+        Command::Agents => {
+            let r = c.list_agents(pb::ListAgentsRequest {}).await.map_err(status_err)?.into_inner();
+            let mut text = String::from("NAME             ID                   STATE         LAST SEEN              CERT UNTIL             VAULTS\n");
+            let mut rows = Vec::new();
+            for a in &r.agents {
+                let state = if a.revoked { "revoked" } else if a.connected { "connected" } else { "offline" };
+                let vaults: Vec<String> = a
+                    .vaults
+                    .iter()
+                    .map(|v| if v.error.is_empty() { v.name.clone() } else { format!("{} (UNREACHABLE: {})", v.name, v.error) })
+                    .collect();
+                text.push_str(&format!(
+                    "{:<16} {:<20} {:<13} {:<22} {:<22} {}\n",
+                    a.name,
+                    a.agent_id,
+                    state,
+                    when(a.last_seen_unix),
+                    when(a.cert_not_after_unix),
+                    vaults.join(", ")
+                ));
+                rows.push(json!({"name": a.name, "agent_id": a.agent_id, "connected": a.connected, "revoked": a.revoked, "last_seen_unix": a.last_seen_unix, "cert_not_after_unix": a.cert_not_after_unix, "enrolled_unix": a.enrolled_unix, "hostname": a.hostname, "vaults": a.vaults.iter().map(|v| json!({"name": v.name, "vault_id": v.vault_id, "error": v.error})).collect::<Vec<_>>()}));
+            }
+            out(j, json!(rows), format!("{}{} agents", text, r.agents.len()));
+            Ok(exit::OK)
+        }
+        Command::Token { action: TokenAction::Create { role, ttl, label } } => {
+            let ttl_seconds = match ttl {
+                Some(t) => u32::try_from(tresor_proto::parse_duration(&t).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?.as_secs())
+                    .context("--ttl is too long")?,
+                None => 0,
+            };
+            let r = c.create_token(pb::CreateTokenRequest { role: role.clone(), ttl_seconds, label }).await.map_err(status_err)?.into_inner();
+            let until = if r.expires_unix == 0 { "no expiry".to_string() } else { format!("valid until {}", when(r.expires_unix)) };
+            let hint = if role == "agent" {
+                "\nuse it once: tresor-agent enroll --controller URL --token-file FILE (or --token)"
+            } else {
+                "\nkeep it in a file readable only by its holder; tresorctl reads it with --token-file"
+            };
+            out(j, json!({"token": r.token, "role": role, "expires_unix": r.expires_unix}), format!("{}\n{role} token, {until}{hint}", r.token));
+            Ok(exit::OK)
+        }
+        Command::Agent { action: AgentAction::Revoke { agent } } => {
+            let r = c.revoke_agent(pb::RevokeAgentRequest { agent: agent.clone() }).await.map_err(status_err)?.into_inner();
+            out(j, json!({"revoked": r.agent_id}), format!("agent {agent} ({}) revoked; it is refused from now on", r.agent_id));
+            Ok(exit::OK)
+        }
+        Command::Policy { action: PolicyAction::Apply { file } } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let r = c
+                .apply_policy(pb::ApplyPolicyRequest { toml: text, file_name: file.display().to_string() })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let mut t = format!("policy {} applied: {} sources", r.policy, r.sources);
+            for w in &r.warnings {
+                t.push_str(&format!("\nwarning: {w}"));
+            }
+            out(j, json!({"policy": r.policy, "sources": r.sources, "warnings": r.warnings}), t);
+            Ok(exit::OK)
+        }
+        Command::Snapshots { selector } => {
+            let r = c
+                .list_snapshots(pb::ListSnapshotsRequest { selector: selector.unwrap_or_default() })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let mut text = String::from("ID        AGENT/SOURCE              COMMITTED              FILES   SIZE       NEW\n");
+            let mut rows = Vec::new();
+            for s in &r.snapshots {
+                let committed = s.receipt.as_ref().map_or("no receipt".to_string(), |r| when(r.committed_unix));
+                text.push_str(&format!(
+                    "{:<9} {:<25} {:<22} {:<7} {:<10} {}\n",
+                    &s.snapshot_id[..s.snapshot_id.len().min(8)],
+                    format!("{}/{}", s.agent, s.source),
+                    committed,
+                    s.files,
+                    human(s.bytes_total),
+                    human(s.bytes_new)
+                ));
+                rows.push(json!({"snapshot_id": s.snapshot_id, "vault_id": s.vault_id, "agent": s.agent, "source": s.source, "committed_unix": s.receipt.as_ref().map(|r| r.committed_unix), "manifest_time": s.manifest_time, "files": s.files, "bytes_total": s.bytes_total, "bytes_new": s.bytes_new, "paths": s.paths}));
+            }
+            out(j, json!(rows), format!("{}{} snapshots", text, r.snapshots.len()));
+            Ok(exit::OK)
+        }
+        Command::Backup { selector, detach } => {
+            let h = c.start_backup(pb::StartBackupRequest { selector: selector.clone() }).await.map_err(status_err)?.into_inner();
+            if detach {
+                out(j, json!({"job_id": h.job_id}), format!("backup of {selector} queued as job {}", h.job_id));
+                return Ok(exit::OK);
+            }
+            crate::print::watch(&mut c, &h.job_id, j).await
+        }
+        Command::Restore { selector, snapshot, at, to, on, dry_run, force, detach } => {
+            let h = c
+                .start_restore(pb::StartRestoreRequest {
+                    selector: selector.clone(),
+                    snapshot: snapshot.unwrap_or_default(),
+                    at: at.unwrap_or_default(),
+                    target: to,
+                    on_agent: on.unwrap_or_default(),
+                    force,
+                    dry_run,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if detach {
+                out(j, json!({"job_id": h.job_id}), format!("restore of {selector} queued as job {}", h.job_id));
+                return Ok(exit::OK);
+            }
+            crate::print::watch(&mut c, &h.job_id, j).await
+        }
+        Command::Watch { job } => crate::print::watch(&mut c, &job, j).await,
+        Command::RebuildCatalog => {
+            let r = c.rebuild_catalog(pb::RebuildCatalogRequest {}).await.map_err(status_err)?.into_inner();
+            let mut t = format!("queued a scan of {} vaults on their maintainers; snapshots return as the scans finish", r.vaults);
+            for p in &r.problems {
+                t.push_str(&format!("\nproblem: {p}"));
+            }
+            out(j, json!({"vaults": r.vaults, "problems": r.problems}), t);
+            Ok(if r.problems.is_empty() { exit::OK } else { exit::FAILURE })
+        }
+    }
+}

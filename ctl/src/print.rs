@@ -1,0 +1,126 @@
+//! Output helpers and the job watcher.
+
+use std::io::{IsTerminal, Write};
+
+use serde_json::json;
+use tresor_proto::pb;
+use tresor_proto::pb::job_result::Kind;
+
+use crate::client::{Admin, status_err};
+use crate::exit;
+
+/// Bytes for people.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// A Unix time for people (UTC), or "never".
+pub fn when(t: i64) -> String {
+    if t <= 0 {
+        return "never".into();
+    }
+    chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.format("%Y-%m-%d %H:%M:%SZ").to_string())
+}
+
+fn summary(ev: &pb::JobEvent) -> (serde_json::Value, String) {
+    let Some(r) = &ev.result else { return (json!({}), String::new()) };
+    match &r.kind {
+        Some(Kind::Backup(b)) => {
+            let s = b.snapshot.clone().unwrap_or_default();
+            let mut text = format!(
+                "snapshot {} of {}/{} saved: {} files, {} in total, {} new, in {:.1} s",
+                s.snapshot_id,
+                s.agent,
+                s.source,
+                s.files,
+                human(s.bytes_total),
+                human(s.bytes_new),
+                s.duration_ms as f64 / 1000.0
+            );
+            for sk in &b.skipped {
+                text.push_str(&format!("\n  skipped {sk}"));
+            }
+            (json!({"snapshot_id": s.snapshot_id, "files": s.files, "bytes_total": s.bytes_total, "bytes_new": s.bytes_new, "duration_ms": s.duration_ms, "skipped": b.skipped}), text)
+        }
+        Some(Kind::Restore(r)) => {
+            let verb = if r.dry_run { "would restore" } else { "restored" };
+            let text = format!(
+                "{verb} snapshot {} on {} to {}: {} files ({}), {} other entries, {} already in place, in {:.1} s",
+                &r.snapshot_id[..r.snapshot_id.len().min(12)],
+                ev.agent,
+                r.target,
+                r.files,
+                human(r.bytes),
+                r.others,
+                r.already_in_place,
+                r.seconds
+            );
+            (json!({"snapshot_id": r.snapshot_id, "agent": ev.agent, "target": r.target, "files": r.files, "bytes": r.bytes, "others": r.others, "already_in_place": r.already_in_place, "seconds": r.seconds, "dry_run": r.dry_run}), text)
+        }
+        Some(Kind::Check(c)) => (
+            json!({"ok": c.ok, "packs_read": c.packs_read, "chunks_verified": c.chunks_verified}),
+            format!("check passed: {} packs read, {} chunks verified", c.packs_read, c.chunks_verified),
+        ),
+        Some(Kind::Scan(s)) => (json!({"vault_id": s.vault_id, "snapshots": s.snapshots.len()}), format!("vault {} scanned: {} snapshots", s.vault_id, s.snapshots.len())),
+        Some(Kind::Prune(p)) => (json!({"forgotten": p.forgotten, "packs_deleted": p.packs_deleted, "bytes_freed": p.bytes_freed}), format!("forgot {} snapshots, deleted {} packs ({})", p.forgotten.len(), p.packs_deleted, human(p.bytes_freed))),
+        _ => (json!({}), String::new()),
+    }
+}
+
+/// Follow a job to its end; returns the exit code.
+pub async fn watch(c: &mut Admin, job_id: &str, json_mode: bool) -> anyhow::Result<u8> {
+    let mut stream = c.watch_job(pb::JobHandle { job_id: job_id.to_string() }).await.map_err(status_err)?.into_inner();
+    let tty = std::io::stderr().is_terminal() && !json_mode;
+    let mut last_line = String::new();
+    while let Some(ev) = stream.message().await.map_err(status_err)? {
+        let line = match ev.state.as_str() {
+            "queued" if ev.attempt > 0 => format!("{} {job_id}: attempt {} failed ({}); retrying", ev.kind, ev.attempt, ev.error),
+            "queued" => format!("{} {job_id}: queued for {}", ev.kind, ev.agent),
+            "running" => format!("{} {job_id}: running on {} (attempt {}) {} {}", ev.kind, ev.agent, ev.attempt, ev.phase, if ev.bytes_done > 0 { human(ev.bytes_done) } else { String::new() }),
+            _ => String::new(),
+        };
+        if !json_mode && !line.is_empty() && line != last_line {
+            let mut err = std::io::stderr();
+            let _ = if tty { write!(err, "\r\x1b[2K{line}") } else { writeln!(err, "{line}") };
+            last_line = line;
+        }
+        match ev.state.as_str() {
+            "succeeded" => {
+                if tty {
+                    eprintln!();
+                }
+                let (mut j, text) = summary(&ev);
+                if let Some(o) = j.as_object_mut() {
+                    let _ = o.insert("job_id".into(), job_id.into());
+                    let _ = o.insert("state".into(), "succeeded".into());
+                }
+                if json_mode {
+                    println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+                } else {
+                    println!("{text}");
+                }
+                return Ok(exit::OK);
+            }
+            "failed" => {
+                if tty {
+                    eprintln!();
+                }
+                if json_mode {
+                    println!("{}", serde_json::to_string_pretty(&json!({"job_id": job_id, "state": "failed", "error": ev.error, "attempts": ev.attempt})).unwrap_or_default());
+                } else {
+                    eprintln!("{} {job_id} failed after {} attempt(s): {}", ev.kind, ev.attempt, ev.error);
+                }
+                return Ok(exit::JOB_FAILED);
+            }
+            _ => {}
+        }
+    }
+    anyhow::bail!("the controller closed the watch of job {job_id} before it ended; run `tresorctl watch {job_id}`")
+}
