@@ -483,7 +483,9 @@ pub async fn enroll(
 ) -> anyhow::Result<Outcome> {
     let token = match (token, token_file) {
         (Some(t), _) => t.to_string(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read token file {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read token file {}", f.display()))?
+        }
         (None, None) => bail!("no enrollment token: give --token T, --token-file FILE or TRESOR_ENROLL_TOKEN"),
     };
     let cfg = config.map(crate::daemon::config::AgentConfig::load).transpose()?;

@@ -86,7 +86,15 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
         }
         Command::Key { action } => commands::key(g, action).await,
         Command::Enroll { controller, token, token_file, config, state_dir, name } => {
-            commands::enroll(controller, token.as_deref(), token_file.as_deref(), config.as_deref(), state_dir.as_deref(), name.as_deref()).await
+            commands::enroll(
+                controller,
+                token.as_deref(),
+                token_file.as_deref(),
+                config.as_deref(),
+                state_dir.as_deref(),
+                name.as_deref(),
+            )
+            .await
         }
         Command::Run { config } => {
             let cfg = daemon::config::AgentConfig::load(config)?;

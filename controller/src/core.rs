@@ -359,6 +359,58 @@ impl Controller {
         Ok(job)
     }
 
+    /// What retention would forget in a vault now: (forget, kept count).
+    ///
+    /// # Errors
+    /// Unknown vault; catalog failures.
+    pub fn plan_prune(&self, vault: &str) -> Result<(Vec<SnapshotRecord>, usize)> {
+        let policies = self.policies();
+        if !policies.values().any(|p| p.vaults.iter().any(|v| v.name == vault)) {
+            return Err(Error::NotFound(format!("no vault {vault:?} in the applied policies")));
+        }
+        let all: Vec<SnapshotRecord> = self.catalog.snapshots()?.into_iter().filter(|s| s.vault == vault).collect();
+        let mut forget = Vec::new();
+        for p in policies.values() {
+            for src in p.sources.iter().filter(|s| s.vault == vault) {
+                let mine: Vec<SnapshotRecord> =
+                    all.iter().filter(|s| s.agent == src.agent && s.source == src.name).cloned().collect();
+                let tz: chrono_tz::Tz = src.schedule.timezone.parse().unwrap_or(chrono_tz::Europe::Berlin);
+                let ids = crate::retention::to_forget(&mine, &src.retention, tz);
+                forget.extend(mine.into_iter().filter(|s| ids.contains(&s.snapshot_id)));
+            }
+        }
+        let kept = all.len() - forget.len();
+        Ok((forget, kept))
+    }
+
+    /// Queue a prune (forget what retention says, then GC) on the vault's maintainer.
+    ///
+    /// # Errors
+    /// Unknown vault or maintainer.
+    pub fn start_prune(&self, vault: &str, trigger: &str) -> Result<(JobRecord, Vec<SnapshotRecord>)> {
+        let (forget, _) = self.plan_prune(vault)?;
+        let vp = self
+            .policies()
+            .values()
+            .flat_map(|p| p.vaults.clone())
+            .find(|v| v.name == vault)
+            .ok_or_else(|| Error::NotFound(format!("no vault {vault:?}")))?;
+        let (id, a) =
+            self.state.find_agent(&vp.maintainer).filter(|(id, _)| !self.state.is_revoked(id)).ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "vault {vault}: maintainer {} is not an enrolled agent",
+                    vp.maintainer
+                ))
+            })?;
+        let spec = JobSpec::Prune {
+            forget: forget.iter().map(|s| s.snapshot_id.clone()).collect(),
+            gc_grace_seconds: vp.gc_grace.as_secs() as u32,
+        };
+        let job = JobRecord::new(id, a.name, vault.to_string(), spec, trigger, self.config.max_attempts);
+        self.jobs.submit(&job)?;
+        Ok((job, forget))
+    }
+
     // --- results ------------------------------------------------------------------------------
 
     /// Accept a job result and record what it means; returns the receipt for a backup.

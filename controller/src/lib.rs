@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
+pub mod retention;
 pub mod scheduler;
 pub mod server;
 pub mod state;

@@ -88,6 +88,32 @@ pub async fn schedule_due(ctl: &Controller) -> Result<()> {
             }
         }
     }
+    for policy in ctl.policies().values() {
+        for v in &policy.vaults {
+            let Some(prune) = &v.prune else { continue };
+            let key = format!("prune-slot/{}", v.name);
+            let last = ctl.catalog.meta_get(&key)?;
+            let Some(slot) = prune.last_slot(now) else { continue };
+            match last {
+                // First sight of this vault's schedule: start from the current slot.
+                None => ctl.catalog.meta_put(&key, slot.timestamp())?,
+                Some(l) if slot.timestamp() > l => {
+                    let busy = has_active(ctl, &v.maintainer, |j| matches!(j, JobSpec::Prune { .. }))?;
+                    if !busy {
+                        match ctl.start_prune(&v.name, "schedule") {
+                            Ok((job, forget)) => {
+                                tracing::info!(vault = %v.name, job = %job.id, forget = forget.len(), "scheduled prune queued")
+                            }
+                            Err(e) => tracing::warn!(vault = %v.name, error = %e, "scheduled prune not queued"),
+                        }
+                    }
+                    ctl.catalog.meta_put(&key, slot.timestamp())?;
+                }
+                Some(_) => continue,
+            }
+            wrote = true;
+        }
+    }
     if wrote {
         ctl.catalog.flush().await?;
     }

@@ -101,6 +101,18 @@ enum Command {
     },
     /// Rebuild the catalog's snapshots from the vaults (a scan job per vault).
     RebuildCatalog,
+    /// Apply retention to a vault now: forget what the policies say, then collect garbage (on the
+    /// vault's maintainer); waits unless --detach.
+    Prune {
+        /// The vault's name in the policies.
+        vault: String,
+        /// Only list what would be forgotten.
+        #[arg(long)]
+        dry_run: bool,
+        /// Return once the job is queued.
+        #[arg(long)]
+        detach: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,13 +159,16 @@ fn out(json_mode: bool, value: serde_json::Value, text: String) {
 
 /// Run the command; returns the exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let settings = Settings::resolve(cli.controller.clone(), cli.ca_file.clone(), cli.token_file.clone(), cli.config.as_deref())?;
+    let settings =
+        Settings::resolve(cli.controller.clone(), cli.ca_file.clone(), cli.token_file.clone(), cli.config.as_deref())?;
     let mut c = client::connect(&settings).await?;
     let j = cli.json;
     match cli.command {
         Command::Status => {
             let r = c.status(pb::StatusRequest {}).await.map_err(status_err)?.into_inner();
-            let mut text = String::from("SOURCE                     VAULT        LAST GOOD              NEXT RUN               STATE\n");
+            let mut text = String::from(
+                "SOURCE                     VAULT        LAST GOOD              NEXT RUN               STATE\n",
+            );
             for s in &r.sources {
                 let state = match (s.failing, s.overdue) {
                     (true, _) => "FAILING",
@@ -176,19 +191,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 text.push_str("all good");
             }
             let sources: Vec<_> = r.sources.iter().map(|s| json!({"agent": s.agent, "source": s.source, "vault": s.vault, "last_success_unix": s.last_success_unix, "last_error": s.last_error, "rpo_seconds": s.rpo_seconds, "overdue": s.overdue, "failing": s.failing, "next_run_unix": s.next_run_unix})).collect();
-            out(j, json!({"sources": sources, "problems": r.problems, "jobs_running": r.jobs_running, "jobs_queued": r.jobs_queued}), text.trim_end().to_string());
+            out(
+                j,
+                json!({"sources": sources, "problems": r.problems, "jobs_running": r.jobs_running, "jobs_queued": r.jobs_queued}),
+                text.trim_end().to_string(),
+            );
             Ok(if r.problems.is_empty() { exit::OK } else { exit::PROBLEMS })
         }
         Command::Agents => {
             let r = c.list_agents(pb::ListAgentsRequest {}).await.map_err(status_err)?.into_inner();
-            let mut text = String::from("NAME             ID                   STATE         LAST SEEN              CERT UNTIL             VAULTS\n");
+            let mut text = String::from(
+                "NAME             ID                   STATE         LAST SEEN              CERT UNTIL             VAULTS\n",
+            );
             let mut rows = Vec::new();
             for a in &r.agents {
-                let state = if a.revoked { "revoked" } else if a.connected { "connected" } else { "offline" };
+                let state = if a.revoked {
+                    "revoked"
+                } else if a.connected {
+                    "connected"
+                } else {
+                    "offline"
+                };
                 let vaults: Vec<String> = a
                     .vaults
                     .iter()
-                    .map(|v| if v.error.is_empty() { v.name.clone() } else { format!("{} (UNREACHABLE: {})", v.name, v.error) })
+                    .map(|v| {
+                        if v.error.is_empty() {
+                            v.name.clone()
+                        } else {
+                            format!("{} (UNREACHABLE: {})", v.name, v.error)
+                        }
+                    })
                     .collect();
                 text.push_str(&format!(
                     "{:<16} {:<20} {:<13} {:<22} {:<22} {}\n",
@@ -206,23 +239,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Token { action: TokenAction::Create { role, ttl, label } } => {
             let ttl_seconds = match ttl {
-                Some(t) => u32::try_from(tresor_proto::parse_duration(&t).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?.as_secs())
-                    .context("--ttl is too long")?,
+                Some(t) => u32::try_from(
+                    tresor_proto::parse_duration(&t).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?.as_secs(),
+                )
+                .context("--ttl is too long")?,
                 None => 0,
             };
-            let r = c.create_token(pb::CreateTokenRequest { role: role.clone(), ttl_seconds, label }).await.map_err(status_err)?.into_inner();
-            let until = if r.expires_unix == 0 { "no expiry".to_string() } else { format!("valid until {}", when(r.expires_unix)) };
+            let r = c
+                .create_token(pb::CreateTokenRequest { role: role.clone(), ttl_seconds, label })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let until = if r.expires_unix == 0 {
+                "no expiry".to_string()
+            } else {
+                format!("valid until {}", when(r.expires_unix))
+            };
             let hint = if role == "agent" {
                 "\nuse it once: tresor-agent enroll --controller URL --token-file FILE (or --token)"
             } else {
                 "\nkeep it in a file readable only by its holder; tresorctl reads it with --token-file"
             };
-            out(j, json!({"token": r.token, "role": role, "expires_unix": r.expires_unix}), format!("{}\n{role} token, {until}{hint}", r.token));
+            out(
+                j,
+                json!({"token": r.token, "role": role, "expires_unix": r.expires_unix}),
+                format!("{}\n{role} token, {until}{hint}", r.token),
+            );
             Ok(exit::OK)
         }
         Command::Agent { action: AgentAction::Revoke { agent } } => {
-            let r = c.revoke_agent(pb::RevokeAgentRequest { agent: agent.clone() }).await.map_err(status_err)?.into_inner();
-            out(j, json!({"revoked": r.agent_id}), format!("agent {agent} ({}) revoked; it is refused from now on", r.agent_id));
+            let r =
+                c.revoke_agent(pb::RevokeAgentRequest { agent: agent.clone() }).await.map_err(status_err)?.into_inner();
+            out(
+                j,
+                json!({"revoked": r.agent_id}),
+                format!("agent {agent} ({}) revoked; it is refused from now on", r.agent_id),
+            );
             Ok(exit::OK)
         }
         Command::Policy { action: PolicyAction::Apply { file } } => {
@@ -245,7 +297,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            let mut text = String::from("ID        AGENT/SOURCE              COMMITTED              FILES   SIZE       NEW\n");
+            let mut text =
+                String::from("ID        AGENT/SOURCE              COMMITTED              FILES   SIZE       NEW\n");
             let mut rows = Vec::new();
             for s in &r.snapshots {
                 let committed = s.receipt.as_ref().map_or("no receipt".to_string(), |r| when(r.committed_unix));
@@ -264,7 +317,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Backup { selector, detach } => {
-            let h = c.start_backup(pb::StartBackupRequest { selector: selector.clone() }).await.map_err(status_err)?.into_inner();
+            let h = c
+                .start_backup(pb::StartBackupRequest { selector: selector.clone() })
+                .await
+                .map_err(status_err)?
+                .into_inner();
             if detach {
                 out(j, json!({"job_id": h.job_id}), format!("backup of {selector} queued as job {}", h.job_id));
                 return Ok(exit::OK);
@@ -292,9 +349,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             crate::print::watch(&mut c, &h.job_id, j).await
         }
         Command::Watch { job } => crate::print::watch(&mut c, &job, j).await,
+        Command::Prune { vault, dry_run, detach } => {
+            let r = c
+                .start_prune(pb::StartPruneRequest { vault: vault.clone(), dry_run })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let mut text = format!("{vault}: retention keeps {} snapshots and forgets {}:", r.keep, r.forget.len());
+            for s in &r.forget {
+                let t = s.receipt.as_ref().map_or(0, |r| r.committed_unix);
+                text.push_str(&format!(
+                    "\n  forget {} {}/{} committed {}",
+                    &s.snapshot_id[..s.snapshot_id.len().min(12)],
+                    s.agent,
+                    s.source,
+                    when(t)
+                ));
+            }
+            let forget: Vec<_> = r.forget.iter().map(|s| s.snapshot_id.clone()).collect();
+            if dry_run || detach || r.job_id.is_empty() {
+                out(j, json!({"vault": vault, "keep": r.keep, "forget": forget, "job_id": r.job_id}), text);
+                return Ok(exit::OK);
+            }
+            if !j {
+                println!("{text}");
+            }
+            crate::print::watch(&mut c, &r.job_id, j).await
+        }
         Command::RebuildCatalog => {
             let r = c.rebuild_catalog(pb::RebuildCatalogRequest {}).await.map_err(status_err)?.into_inner();
-            let mut t = format!("queued a scan of {} vaults on their maintainers; snapshots return as the scans finish", r.vaults);
+            let mut t = format!(
+                "queued a scan of {} vaults on their maintainers; snapshots return as the scans finish",
+                r.vaults
+            );
             for p in &r.problems {
                 t.push_str(&format!("\nproblem: {p}"));
             }

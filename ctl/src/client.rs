@@ -46,7 +46,8 @@ impl Settings {
         let file = match config.map(Path::to_path_buf).or(default_cfg.filter(|p| p.exists())) {
             Some(p) => {
                 let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message().trim_end()))?
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message().trim_end()))?
             }
             None => FileConfig::default(),
         };
@@ -56,9 +57,13 @@ impl Settings {
         let ca = ca_file.or(file.ca_file).context(
             "no CA certificate given: use --ca-file (the controller's state_dir/ca.pem), TRESOR_CA_FILE, or `ca_file` in tresorctl.toml",
         )?;
-        let ca_pem = std::fs::read_to_string(&ca).with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
+        let ca_pem =
+            std::fs::read_to_string(&ca).with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
         let token = match token_file.or(file.token_file) {
-            Some(p) => std::fs::read_to_string(&p).with_context(|| format!("cannot read token file {}", p.display()))?.trim().to_string(),
+            Some(p) => std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read token file {}", p.display()))?
+                .trim()
+                .to_string(),
             None => String::new(),
         };
         Ok(Self { controller, ca_pem, token })
@@ -84,7 +89,10 @@ pub type Admin = AdminServiceClient<tonic::service::interceptor::InterceptedServ
 /// Connect to the controller.
 pub async fn connect(s: &Settings) -> anyhow::Result<Admin> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let uri: Uri = s.controller.parse().with_context(|| format!("{:?} is not a URL such as https://controller:7443", s.controller))?;
+    let uri: Uri = s
+        .controller
+        .parse()
+        .with_context(|| format!("{:?} is not a URL such as https://controller:7443", s.controller))?;
     if uri.scheme_str() != Some("https") {
         bail!("{}: the controller is reached over https://", s.controller);
     }

@@ -47,7 +47,10 @@ fn summary(ev: &pb::JobEvent) -> (serde_json::Value, String) {
             for sk in &b.skipped {
                 text.push_str(&format!("\n  skipped {sk}"));
             }
-            (json!({"snapshot_id": s.snapshot_id, "files": s.files, "bytes_total": s.bytes_total, "bytes_new": s.bytes_new, "duration_ms": s.duration_ms, "skipped": b.skipped}), text)
+            (
+                json!({"snapshot_id": s.snapshot_id, "files": s.files, "bytes_total": s.bytes_total, "bytes_new": s.bytes_new, "duration_ms": s.duration_ms, "skipped": b.skipped}),
+                text,
+            )
         }
         Some(Kind::Restore(r)) => {
             let verb = if r.dry_run { "would restore" } else { "restored" };
@@ -62,14 +65,36 @@ fn summary(ev: &pb::JobEvent) -> (serde_json::Value, String) {
                 r.already_in_place,
                 r.seconds
             );
-            (json!({"snapshot_id": r.snapshot_id, "agent": ev.agent, "target": r.target, "files": r.files, "bytes": r.bytes, "others": r.others, "already_in_place": r.already_in_place, "seconds": r.seconds, "dry_run": r.dry_run}), text)
+            (
+                json!({"snapshot_id": r.snapshot_id, "agent": ev.agent, "target": r.target, "files": r.files, "bytes": r.bytes, "others": r.others, "already_in_place": r.already_in_place, "seconds": r.seconds, "dry_run": r.dry_run}),
+                text,
+            )
         }
         Some(Kind::Check(c)) => (
             json!({"ok": c.ok, "packs_read": c.packs_read, "chunks_verified": c.chunks_verified}),
             format!("check passed: {} packs read, {} chunks verified", c.packs_read, c.chunks_verified),
         ),
-        Some(Kind::Scan(s)) => (json!({"vault_id": s.vault_id, "snapshots": s.snapshots.len()}), format!("vault {} scanned: {} snapshots", s.vault_id, s.snapshots.len())),
-        Some(Kind::Prune(p)) => (json!({"forgotten": p.forgotten, "packs_deleted": p.packs_deleted, "bytes_freed": p.bytes_freed}), format!("forgot {} snapshots, deleted {} packs ({})", p.forgotten.len(), p.packs_deleted, human(p.bytes_freed))),
+        Some(Kind::Scan(s)) => (
+            json!({"vault_id": s.vault_id, "snapshots": s.snapshots.len()}),
+            format!("vault {} scanned: {} snapshots", s.vault_id, s.snapshots.len()),
+        ),
+        Some(Kind::Prune(p)) => {
+            let mut text = format!(
+                "forgot {} snapshots; GC deleted {} packs ({}), marked {} of {} unreferenced packs for the next run",
+                p.forgotten.len(),
+                p.packs_deleted,
+                human(p.bytes_freed),
+                p.packs_marked,
+                p.packs_unreferenced
+            );
+            if !p.postponed.is_empty() {
+                text.push_str(&format!("\nsweep postponed: {}", p.postponed));
+            }
+            (
+                json!({"forgotten": p.forgotten, "packs_deleted": p.packs_deleted, "bytes_freed": p.bytes_freed, "packs_marked": p.packs_marked, "packs_unreferenced": p.packs_unreferenced, "segments_compacted": p.segments_compacted, "postponed": p.postponed}),
+                text,
+            )
+        }
         _ => (json!({}), String::new()),
     }
 }
@@ -81,9 +106,18 @@ pub async fn watch(c: &mut Admin, job_id: &str, json_mode: bool) -> anyhow::Resu
     let mut last_line = String::new();
     while let Some(ev) = stream.message().await.map_err(status_err)? {
         let line = match ev.state.as_str() {
-            "queued" if ev.attempt > 0 => format!("{} {job_id}: attempt {} failed ({}); retrying", ev.kind, ev.attempt, ev.error),
+            "queued" if ev.attempt > 0 => {
+                format!("{} {job_id}: attempt {} failed ({}); retrying", ev.kind, ev.attempt, ev.error)
+            }
             "queued" => format!("{} {job_id}: queued for {}", ev.kind, ev.agent),
-            "running" => format!("{} {job_id}: running on {} (attempt {}) {} {}", ev.kind, ev.agent, ev.attempt, ev.phase, if ev.bytes_done > 0 { human(ev.bytes_done) } else { String::new() }),
+            "running" => format!(
+                "{} {job_id}: running on {} (attempt {}) {} {}",
+                ev.kind,
+                ev.agent,
+                ev.attempt,
+                ev.phase,
+                if ev.bytes_done > 0 { human(ev.bytes_done) } else { String::new() }
+            ),
             _ => String::new(),
         };
         if !json_mode && !line.is_empty() && line != last_line {
@@ -113,7 +147,13 @@ pub async fn watch(c: &mut Admin, job_id: &str, json_mode: bool) -> anyhow::Resu
                     eprintln!();
                 }
                 if json_mode {
-                    println!("{}", serde_json::to_string_pretty(&json!({"job_id": job_id, "state": "failed", "error": ev.error, "attempts": ev.attempt})).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &json!({"job_id": job_id, "state": "failed", "error": ev.error, "attempts": ev.attempt})
+                        )
+                        .unwrap_or_default()
+                    );
                 } else {
                     eprintln!("{} {job_id} failed after {} attempt(s): {}", ev.kind, ev.attempt, ev.error);
                 }

@@ -174,6 +174,11 @@ struct Shared {
     failure: Mutex<Option<String>>,
     stats: Stats,
     level: i32,
+    /// Packs marked by a garbage collection: never deduplicated against.
+    avoid: HashSet<PackId>,
+    /// When this session's marker was last written successfully (see `gc`: a writer whose marker
+    /// may look dead to a collector must not commit).
+    marker_ok: Mutex<Instant>,
 }
 
 impl Shared {
@@ -268,7 +273,9 @@ impl ChunkSink {
     /// True when the chunk is already stored or queued; otherwise marks it pending.
     fn known(&self, id: &ChunkId) -> Result<bool> {
         let s = &self.shared;
-        if let Some(e) = s.index.lookup(id)? {
+        if let Some(e) = s.index.lookup(id)?
+            && !s.avoid.contains(&e.pack.id)
+        {
             s.reused.lock().unwrap_or_else(|p| p.into_inner()).insert(e.pack.id);
             return Ok(true);
         }
@@ -283,8 +290,8 @@ impl ChunkSink {
         let mut packs = Vec::with_capacity(ids.len());
         for id in ids {
             match s.index.lookup(id)? {
-                Some(e) => packs.push(e.pack.id),
-                None => return Ok(false),
+                Some(e) if !s.avoid.contains(&e.pack.id) => packs.push(e.pack.id),
+                _ => return Ok(false),
             }
         }
         s.reused.lock().unwrap_or_else(|p| p.into_inner()).extend(packs);
@@ -320,6 +327,19 @@ impl BackupSession {
         let id = SessionId::random();
         let started = chrono::Utc::now();
         let keys = vault.keys().clone();
+        let marker = SessionMarker {
+            v: 1,
+            host: opts.host.clone(),
+            pid: std::process::id(),
+            started: started.to_rfc3339(),
+            refreshed: started.to_rfc3339(),
+            ..Default::default()
+        };
+        write_marker(&vault, &id, &marker).await?;
+        // Read the GC mark only after our marker exists: a sweep that missed our marker started
+        // before this read, and its mark is still in place for us to see.
+        let avoid: HashSet<PackId> =
+            crate::gc::read_mark(&vault).await?.map(|m| m.packs.into_iter().collect()).unwrap_or_default();
         let shared = Arc::new(Shared {
             vault: vault.clone(),
             keys,
@@ -335,16 +355,9 @@ impl BackupSession {
             failure: Mutex::new(None),
             stats: Stats::default(),
             level: opts.compression_level,
+            avoid,
+            marker_ok: Mutex::new(Instant::now()),
         });
-        let marker = SessionMarker {
-            v: 1,
-            host: opts.host.clone(),
-            pid: std::process::id(),
-            started: started.to_rfc3339(),
-            refreshed: started.to_rfc3339(),
-            ..Default::default()
-        };
-        write_marker(&vault, &id, &marker).await?;
         let (adopted, adopted_markers) = adopt_orphans(&vault, &shared.index, &id).await?;
         {
             let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -448,6 +461,14 @@ impl BackupSession {
         };
         let (sid, bytes) = object::seal(vault.keys(), ObjectType::Snapshot, &manifest);
         failpoint::hit("before-manifest-put");
+        let quiet = self.shared.marker_ok.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+        if quiet.as_secs() as i64 > crate::gc::SESSION_LIVE_SECS - 120 {
+            return Err(Error::Invalid(format!(
+                "commit refused: this session's marker was last refreshed {} s ago, so a garbage collection may have \
+                 taken the session for dead; nothing was committed (run the backup again)",
+                quiet.as_secs()
+            )));
+        }
         if let Some(guard) = &self.opts.commit_guard {
             (guard.0)().map_err(|why| Error::Invalid(format!("commit refused: {why}; nothing was committed")))?;
         }
@@ -601,9 +622,11 @@ const MARKER_STALE_HOURS: i64 = 1;
 async fn refresh_marker(s: &Shared, session: &SessionId, marker: &mut SessionMarker) {
     marker.refreshed = chrono::Utc::now().to_rfc3339();
     marker.reused = s.reused.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
-    // A failed refresh loses only the adoption hint for a crash; the backup itself goes on.
-    if let Err(e) = write_marker(&s.vault, session, marker).await {
-        tracing::warn!(error = %e, "could not refresh the session marker");
+    // A failed refresh loses only the adoption hint for a crash; the backup itself goes on
+    // (unless refreshes fail so long that the commit fences itself).
+    match write_marker(&s.vault, session, marker).await {
+        Ok(()) => *s.marker_ok.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now(),
+        Err(e) => tracing::warn!(error = %e, "could not refresh the session marker"),
     }
 }
 

@@ -33,8 +33,10 @@ pub enum ObjectType {
     Snapshot = 5,
     /// A writer session marker.
     Session = 6,
-    /// A controller-signed snapshot receipt (reserved; written by the control plane).
+    /// A controller-signed snapshot receipt (written by the agent daemon).
     Receipt = 7,
+    /// The mark of a two-phase garbage collection (`gc/mark`).
+    GcMark = 8,
 }
 
 impl ObjectType {
@@ -48,6 +50,7 @@ impl ObjectType {
             5 => Self::Snapshot,
             6 => Self::Session,
             7 => Self::Receipt,
+            8 => Self::GcMark,
             _ => return None,
         })
     }

@@ -16,6 +16,8 @@ pub const SNAPSHOTS: &str = "snapshots/";
 pub const SESSIONS: &str = "sessions/";
 /// Controller-signed snapshot receipts (sealed object type 7, keyed by snapshot id).
 pub const RECEIPTS: &str = "receipts/";
+/// The mark of a two-phase garbage collection (overwritten by each GC run).
+pub const GC_MARK: &str = "gc/mark";
 /// Capability probes at init.
 pub const PROBE: &str = "probe/";
 

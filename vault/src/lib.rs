@@ -20,6 +20,7 @@ pub mod config;
 pub mod crypto;
 mod error;
 pub mod failpoint;
+pub mod gc;
 pub mod ids;
 pub mod index;
 pub mod keys;

@@ -84,7 +84,11 @@ impl AgentCtx {
         let mut out = Vec::new();
         for name in self.cfg.vaults.keys() {
             let st = match self.vault(name).await {
-                Ok(v) => pb::VaultState { name: name.clone(), vault_id: v.config().vault_id.to_string(), error: String::new() },
+                Ok(v) => pb::VaultState {
+                    name: name.clone(),
+                    vault_id: v.config().vault_id.to_string(),
+                    error: String::new(),
+                },
                 Err(e) => pb::VaultState { name: name.clone(), vault_id: String::new(), error: format!("{e:#}") },
             };
             out.push(st);
@@ -94,7 +98,13 @@ impl AgentCtx {
 
     async fn progress(&self, job: &pb::JobRef, phase: &str, bytes: u64, files: u64) {
         let mut c = self.client.borrow().clone();
-        let report = pb::ProgressReport { r#ref: Some(job.clone()), phase: phase.into(), bytes_done: bytes, files_done: files, message: String::new() };
+        let report = pb::ProgressReport {
+            r#ref: Some(job.clone()),
+            phase: phase.into(),
+            bytes_done: bytes,
+            files_done: files,
+            message: String::new(),
+        };
         if let Err(e) = c.progress(report).await {
             tracing::debug!(error = %e.message(), "progress not delivered");
         }
@@ -199,7 +209,9 @@ fn is_nonempty_dir(p: &Path) -> anyhow::Result<bool> {
     match std::fs::read_dir(p) {
         Ok(mut it) => Ok(it.next().is_some()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => bail!("target {} exists and is not a directory", p.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            bail!("target {} exists and is not a directory", p.display())
+        }
         Err(e) => Err(e).with_context(|| format!("cannot read target {}", p.display())),
     }
 }
@@ -215,7 +227,12 @@ async fn restore(ctx: &Arc<AgentCtx>, r: pb::RestoreJob) -> anyhow::Result<Resul
     let (id, manifest) = vault.resolve_snapshot(&r.snapshot).await?;
     let nodes = files::restore::select(vault.read_tree(&manifest, &index).await?, &r.include)?;
     let nonempty = is_nonempty_dir(&target)?;
-    let mut result = pb::RestoreResult { snapshot_id: id.to_string(), target: r.target.clone(), dry_run: r.dry_run, ..Default::default() };
+    let mut result = pb::RestoreResult {
+        snapshot_id: id.to_string(),
+        target: r.target.clone(),
+        dry_run: r.dry_run,
+        ..Default::default()
+    };
     if nonempty && !r.force {
         bail!(
             "target {} is not empty; restore to an empty or new directory, or add --force to write into it (files of the snapshot are overwritten)",
@@ -247,7 +264,8 @@ async fn restore(ctx: &Arc<AgentCtx>, r: pb::RestoreJob) -> anyhow::Result<Resul
         let report = files::restore::restore_tree(vault, index, nodes, &staging).await?;
         if report.failed.is_empty() {
             if target.exists() {
-                std::fs::remove_dir(&target).with_context(|| format!("cannot replace the empty target {}", target.display()))?;
+                std::fs::remove_dir(&target)
+                    .with_context(|| format!("cannot replace the empty target {}", target.display()))?;
             }
             std::fs::rename(&staging, &target)
                 .with_context(|| format!("cannot move {} into place at {}", staging.display(), target.display()))?;
@@ -301,7 +319,9 @@ async fn scan(ctx: &Arc<AgentCtx>, s: pb::ScanJob) -> anyhow::Result<ResultKind>
             Ok(r) => {
                 let _ = receipts.insert(id, r);
             }
-            Err(e) => tracing::warn!(snapshot = %id, error = %e, "receipt unreadable; the snapshot counts as having none"),
+            Err(e) => {
+                tracing::warn!(snapshot = %id, error = %e, "receipt unreadable; the snapshot counts as having none")
+            }
         }
     }
     let mut snapshots = Vec::new();
@@ -327,5 +347,18 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         vault.forget_snapshot(&id).await?;
         forgotten.push(s.clone());
     }
-    Ok(ResultKind::Prune(pb::PruneResult { forgotten, ..Default::default() }))
+    let opts = tresor_vault::gc::GcOptions {
+        grace: std::time::Duration::from_secs(u64::from(p.gc_grace_seconds)),
+        guard: Some(ctx.leases.guard(&jr.job_id)),
+    };
+    let r = tresor_vault::gc::run(vault, &ctx.cache_dir(), &opts).await?;
+    Ok(ResultKind::Prune(pb::PruneResult {
+        forgotten,
+        packs_marked: r.packs_marked as u64,
+        packs_deleted: r.packs_deleted as u64,
+        bytes_freed: r.bytes_freed,
+        segments_compacted: r.segments_compacted as u64,
+        postponed: r.postponed.unwrap_or_default(),
+        packs_unreferenced: r.unreferenced as u64,
+    }))
 }

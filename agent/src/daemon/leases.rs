@@ -29,7 +29,9 @@ impl Leases {
 
     /// A job arrived at `received` with a lease of `lease`.
     pub fn start(&self, job: &pb::JobRef, lease: Duration, received: Instant) {
-        let _ = self.lock().insert(job.job_id.clone(), Lease { job: job.clone(), deadline: received + lease, invalid: false });
+        let _ = self
+            .lock()
+            .insert(job.job_id.clone(), Lease { job: job.clone(), deadline: received + lease, invalid: false });
     }
 
     /// The job ended.
@@ -65,10 +67,13 @@ impl Leases {
         let m = self.lock();
         match m.get(job_id) {
             None => Err(format!("job {job_id} has no lease")),
-            Some(l) if l.invalid => Err(format!("the controller no longer holds attempt {} of job {job_id} valid", l.job.attempt)),
-            Some(l) if Instant::now() >= l.deadline => {
-                Err(format!("the lease of job {job_id} attempt {} lapsed (controller unreachable or process stopped)", l.job.attempt))
+            Some(l) if l.invalid => {
+                Err(format!("the controller no longer holds attempt {} of job {job_id} valid", l.job.attempt))
             }
+            Some(l) if Instant::now() >= l.deadline => Err(format!(
+                "the lease of job {job_id} attempt {} lapsed (controller unreachable or process stopped)",
+                l.job.attempt
+            )),
             Some(_) => Ok(()),
         }
     }

@@ -129,7 +129,9 @@ async fn heartbeat_loop(ctx: Arc<AgentCtx>) {
     let mut failing = false;
     let hostname = crate::commands::hostname();
     loop {
-        if checked.elapsed() > VAULT_RECHECK || vaults.iter().any(|v| !v.error.is_empty()) && checked.elapsed() > Duration::from_secs(30) {
+        if checked.elapsed() > VAULT_RECHECK
+            || vaults.iter().any(|v| !v.error.is_empty()) && checked.elapsed() > Duration::from_secs(30)
+        {
             vaults = ctx.vault_states().await;
             checked = Instant::now();
         }
@@ -232,7 +234,9 @@ async fn outbox_loop(ctx: Arc<AgentCtx>) {
                                     tracing::error!(error = %format!("{e:#}"), "cannot keep the receipt");
                                 }
                             }
-                            None => tracing::error!(vault = %r.vault_id, "receipt for a vault this agent does not list"),
+                            None => {
+                                tracing::error!(vault = %r.vault_id, "receipt for a vault this agent does not list")
+                            }
                         }
                     }
                     ctx.outbox.done(&path);
@@ -248,15 +252,18 @@ async fn outbox_loop(ctx: Arc<AgentCtx>) {
             }
         }
         for (path, p) in ctx.outbox.receipts() {
-            let stored = match hex::decode(&p.receipt_hex).ok().and_then(|b| {
-                <pb::Receipt as tresor_proto::prost::Message>::decode(b.as_slice()).ok()
-            }) {
+            let stored = match hex::decode(&p.receipt_hex)
+                .ok()
+                .and_then(|b| <pb::Receipt as tresor_proto::prost::Message>::decode(b.as_slice()).ok())
+            {
                 Some(r) => exec::store_receipt(&ctx, &p.vault, &r).await,
                 None => Err(anyhow::anyhow!("pending receipt for {} is damaged", p.snapshot_id)),
             };
             match stored {
                 Ok(()) => ctx.outbox.done(&path),
-                Err(e) => tracing::warn!(snapshot = %p.snapshot_id, error = %format!("{e:#}"), "receipt not stored yet"),
+                Err(e) => {
+                    tracing::warn!(snapshot = %p.snapshot_id, error = %format!("{e:#}"), "receipt not stored yet")
+                }
             }
         }
         tokio::select! {

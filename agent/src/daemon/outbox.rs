@@ -83,7 +83,11 @@ impl Outbox {
 
     /// Keep a receipt until it is in its vault.
     pub fn put_receipt(&self, vault: &str, r: &pb::Receipt) -> anyhow::Result<()> {
-        let pending = PendingReceipt { vault: vault.into(), snapshot_id: r.snapshot_id.clone(), receipt_hex: hex::encode(r.encode_to_vec()) };
+        let pending = PendingReceipt {
+            vault: vault.into(),
+            snapshot_id: r.snapshot_id.clone(),
+            receipt_hex: hex::encode(r.encode_to_vec()),
+        };
         write_file(&self.receipts.join(format!("{}.json", r.snapshot_id)), &serde_json::to_vec(&pending)?)
     }
 

@@ -66,10 +66,12 @@ impl IdentityFiles {
     /// Load the identity and the PEMs (cert, key, CA).
     pub fn load(&self) -> anyhow::Result<(Identity, String, String, String)> {
         let read = |n: &str| {
-            std::fs::read_to_string(self.dir.join(n))
-                .with_context(|| format!("cannot read {} (enroll the agent first: tresor-agent enroll)", self.dir.join(n).display()))
+            std::fs::read_to_string(self.dir.join(n)).with_context(|| {
+                format!("cannot read {} (enroll the agent first: tresor-agent enroll)", self.dir.join(n).display())
+            })
         };
-        let id: Identity = serde_json::from_str(&read("identity.json")?).context("identity.json is damaged; enroll again")?;
+        let id: Identity =
+            serde_json::from_str(&read("identity.json")?).context("identity.json is damaged; enroll again")?;
         Ok((id, read("agent.pem")?, read("agent.key")?, read("ca.pem")?))
     }
 
@@ -119,7 +121,9 @@ pub fn channel(url: &str, ca_pem: &str, identity: Option<(&str, &str)>) -> anyho
         .http2_keep_alive_interval(std::time::Duration::from_secs(10))
         .keep_alive_timeout(std::time::Duration::from_secs(20))
         .connect_lazy();
-    Ok(AgentServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(AgentServiceClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// The pin of a certificate: BLAKE3 of its DER, first 16 bytes, hex (as the controller makes it).
@@ -140,10 +144,11 @@ pub async fn fetch_pinned_ca(url: &str, pin: &str) -> anyhow::Result<String> {
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
-        .await
-        .context("the controller did not answer within 10 s")?
-        .with_context(|| format!("cannot reach the controller at {host}:{port}"))?;
+    let tcp =
+        tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
+            .await
+            .context("the controller did not answer within 10 s")?
+            .with_context(|| format!("cannot reach the controller at {host}:{port}"))?;
     let name = rustls::pki_types::ServerName::try_from(host.clone()).context("bad controller host name")?;
     let tls = connector.connect(name, tcp).await.context("TLS handshake with the controller failed")?;
     let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();

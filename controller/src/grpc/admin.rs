@@ -163,6 +163,26 @@ impl AdminService for AdminApi {
         let (vaults, problems) = crate::scheduler::queue_rebuild(&self.0)?;
         Ok(Response::new(pb::RebuildCatalogReply { vaults, snapshots: 0, problems }))
     }
+
+    async fn start_prune(&self, req: Request<pb::StartPruneRequest>) -> Result<Response<pb::StartPruneReply>, Status> {
+        self.need(&req, Role::Admin, "prune")?;
+        let r = req.get_ref();
+        if r.dry_run {
+            let (forget, keep) = self.0.plan_prune(&r.vault)?;
+            return Ok(Response::new(pb::StartPruneReply {
+                job_id: String::new(),
+                forget: forget.iter().map(snapshot_meta).collect(),
+                keep: keep as u32,
+            }));
+        }
+        let (job, forget) = self.0.start_prune(&r.vault, "manual")?;
+        let (_, keep) = self.0.plan_prune(&r.vault)?;
+        Ok(Response::new(pb::StartPruneReply {
+            job_id: job.id.to_string(),
+            forget: forget.iter().map(snapshot_meta).collect(),
+            keep: (keep + forget.len()).saturating_sub(forget.len()) as u32,
+        }))
+    }
 }
 
 /// Resolve a restore request into a queued job on the agent that will write the files.

@@ -1,0 +1,144 @@
+//! Retention: which snapshots of a source to keep. Time comes only from the controller's signed
+//! receipts; a snapshot without a valid receipt is never forgotten, and a manifest's own time is
+//! never read here, so a forged timestamp cannot make good snapshots expire.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono_tz::Tz;
+
+use crate::catalog::SnapshotRecord;
+use crate::policy::Retention;
+
+/// The snapshot ids retention forgets among `snaps` (all of one source).
+pub fn to_forget(snaps: &[SnapshotRecord], rules: &Retention, tz: Tz) -> Vec<String> {
+    if rules.keeps_everything() {
+        return Vec::new();
+    }
+    // Newest first, receipted only.
+    let mut timed: Vec<(i64, &SnapshotRecord)> =
+        snaps.iter().filter_map(|s| s.committed_unix.map(|t| (t, s))).collect();
+    timed.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.snapshot_id.cmp(&a.1.snapshot_id)));
+    let mut keep: BTreeSet<&str> = BTreeSet::new();
+    if let Some(n) = rules.keep_last {
+        keep.extend(timed.iter().take(n as usize).map(|(_, s)| s.snapshot_id.as_str()));
+    }
+    let local = |t: i64| DateTime::<Utc>::from_timestamp(t, 0).unwrap_or_default().with_timezone(&tz);
+    let mut bucketed = |n: Option<u32>, bucket: &dyn Fn(i64) -> i64| {
+        let Some(n) = n else { return };
+        let mut last = None;
+        let mut kept = 0;
+        for (t, s) in &timed {
+            if kept >= n {
+                break;
+            }
+            let b = bucket(*t);
+            if last != Some(b) {
+                keep.insert(s.snapshot_id.as_str());
+                last = Some(b);
+                kept += 1;
+            }
+        }
+    };
+    bucketed(rules.keep_hourly, &|t| {
+        let d = local(t);
+        i64::from(d.year()) * 1_000_000 + i64::from(d.ordinal()) * 100 + i64::from(d.hour())
+    });
+    bucketed(rules.keep_daily, &|t| {
+        let d = local(t);
+        i64::from(d.year()) * 1000 + i64::from(d.ordinal())
+    });
+    bucketed(rules.keep_weekly, &|t| {
+        let w = local(t).iso_week();
+        i64::from(w.year()) * 100 + i64::from(w.week())
+    });
+    bucketed(rules.keep_monthly, &|t| {
+        let d = local(t);
+        i64::from(d.year()) * 100 + i64::from(d.month())
+    });
+    bucketed(rules.keep_yearly, &|t| i64::from(local(t).year()));
+    if let (Some(w), Some((newest, _))) = (&rules.keep_within, timed.first()) {
+        // Counted back from the newest snapshot, not from now: if backups stop, retention does
+        // not eat the last good ones.
+        if let Ok(d) = tresor_proto::parse_duration(w) {
+            let cutoff = newest - d.as_secs() as i64;
+            keep.extend(timed.iter().filter(|(t, _)| *t >= cutoff).map(|(_, s)| s.snapshot_id.as_str()));
+        }
+    }
+    timed.iter().filter(|(_, s)| !keep.contains(s.snapshot_id.as_str())).map(|(_, s)| s.snapshot_id.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn snap(id: &str, committed: Option<i64>, manifest_time: &str) -> SnapshotRecord {
+        SnapshotRecord {
+            vault_id: "v".into(),
+            vault: "nas".into(),
+            snapshot_id: id.into(),
+            agent: "a".into(),
+            source: "s".into(),
+            host: "h".into(),
+            manifest_time: manifest_time.into(),
+            committed_unix: committed,
+            receipt_sig: committed.map(|_| "00".into()),
+            files: 0,
+            bytes_total: 0,
+            bytes_new: 0,
+            bytes_stored: 0,
+            duration_ms: 0,
+            paths: vec![],
+        }
+    }
+
+    const DAY: i64 = 86_400;
+    const T0: i64 = 1_780_012_800; // a midnight, UTC
+
+    #[test]
+    fn daily_and_last_keep_what_they_say() {
+        // Two snapshots a day for ten days.
+        let snaps: Vec<_> = (0..20).map(|i| snap(&format!("s{i:02}"), Some(T0 + i * DAY / 2), "")).collect();
+        let rules = Retention { keep_last: Some(2), keep_daily: Some(3), ..Default::default() };
+        let forget = to_forget(&snaps, &rules, chrono_tz::UTC);
+        let kept: Vec<_> = snaps.iter().map(|s| s.snapshot_id.clone()).filter(|id| !forget.contains(id)).collect();
+        // The newest two, and the newest of each of the three newest days.
+        assert_eq!(
+            kept,
+            ["s15", "s17", "s18", "s19"],
+            "the newest two, and the newest of each of the three newest days"
+        );
+    }
+
+    #[test]
+    fn forged_manifest_times_and_missing_receipts_change_nothing() {
+        let mut snaps: Vec<_> =
+            (0..5).map(|i| snap(&format!("s{i}"), Some(T0 + i * DAY), "2001-01-01T00:00:00Z")).collect();
+        snaps.push(snap("unreceipted", None, "1999-01-01T00:00:00Z"));
+        let rules = Retention { keep_within: Some("2d".into()), ..Default::default() };
+        let forget = to_forget(&snaps, &rules, chrono_tz::UTC);
+        assert_eq!(forget, vec!["s1".to_string(), "s0".to_string()], "only receipt time counts");
+        assert!(!forget.contains(&"unreceipted".to_string()));
+    }
+
+    proptest! {
+        #[test]
+        fn never_forgets_the_newest_or_unreceipted(times in proptest::collection::vec(proptest::option::of(0i64..400 * DAY), 1..40),
+                                                   last in 1u32..4, daily in proptest::option::of(0u32..5)) {
+            let snaps: Vec<_> = times.iter().enumerate().map(|(i, t)| snap(&format!("s{i}"), t.map(|t| T0 + t), "")).collect();
+            let rules = Retention { keep_last: Some(last), keep_daily: daily, ..Default::default() };
+            let forget = to_forget(&snaps, &rules, chrono_tz::Europe::Berlin);
+            for s in &snaps {
+                if s.committed_unix.is_none() {
+                    prop_assert!(!forget.contains(&s.snapshot_id));
+                }
+            }
+            if let Some(newest) = snaps.iter().filter(|s| s.committed_unix.is_some()).max_by(|a, b| a.committed_unix.cmp(&b.committed_unix).then(a.snapshot_id.cmp(&b.snapshot_id))) {
+                prop_assert!(!forget.contains(&newest.snapshot_id));
+            }
+            let receipted = snaps.iter().filter(|s| s.committed_unix.is_some()).count();
+            prop_assert!(receipted - forget.len() >= (last as usize).min(receipted));
+        }
+    }
+}

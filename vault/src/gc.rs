@@ -1,0 +1,263 @@
+//! Garbage collection in two phases, safe against concurrent writers.
+//!
+//! **Mark**: packs no snapshot references (and no writer session announced) are recorded in
+//! `gc/mark` with the time. **Sweep**, at a later run once the mark is older than the grace
+//! period: if no writer session is live, the marked packs still unreferenced are removed from the
+//! index (segments are rewritten, which also compacts them) and only then deleted.
+//!
+//! Why this is safe:
+//! - a writer that started before the mark and commits before the sweep: the sweep recomputes
+//!   references from the snapshots, so its packs are kept;
+//! - a writer still running at sweep time keeps its session marker fresh: the sweep is postponed;
+//! - a writer that starts after the mark reads `gc/mark` after writing its own marker and does not
+//!   deduplicate against marked packs;
+//! - a writer that was stopped so long that its marker looks dead fences itself: it refuses to
+//!   commit once its own marker has not been refreshed within [`SESSION_LIVE_SECS`] minus a margin.
+//!
+//! Any listing error, an unreadable snapshot, or a listing that lacks a pack a snapshot needs
+//! aborts the run before anything is deleted.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendError;
+use crate::backup::{CommitGuard, SessionMarker};
+use crate::crypto::ObjectType;
+use crate::error::{Error, Result};
+use crate::ids::{ObjectId, PackId};
+use crate::index::Segment;
+use crate::index::segment::{MAX_SEGMENT_ENTRIES, PackRef};
+use crate::pack::PackEntry;
+use crate::vault::Vault;
+use crate::{layout, object};
+
+/// A session marker refreshed within this many seconds counts as a live writer.
+pub const SESSION_LIVE_SECS: i64 = 15 * 60;
+
+/// The mark of a GC run (sealed object type 8 at `gc/mark`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcMark {
+    /// Format version.
+    pub v: u32,
+    /// RFC 3339 time of the mark.
+    pub marked_at: String,
+    /// Packs no snapshot referenced at that time.
+    pub packs: Vec<PackId>,
+}
+
+/// What a run may do.
+#[derive(Clone, Default)]
+pub struct GcOptions {
+    /// The mark must be at least this old before its packs are deleted.
+    pub grace: Duration,
+    /// Asked before anything is deleted; an error aborts the run.
+    pub guard: Option<CommitGuard>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Snapshots whose references were counted.
+    pub snapshots: usize,
+    /// Packs listed.
+    pub packs: usize,
+    /// Packs no snapshot references.
+    pub unreferenced: usize,
+    /// Packs recorded in a new mark.
+    pub packs_marked: usize,
+    /// Packs deleted by the sweep.
+    pub packs_deleted: usize,
+    /// Their bytes.
+    pub bytes_freed: u64,
+    /// Index segments rewritten into fewer.
+    pub segments_compacted: usize,
+    /// Why a due sweep did not run.
+    pub postponed: Option<String>,
+}
+
+fn guard(opts: &GcOptions) -> Result<()> {
+    match &opts.guard {
+        Some(g) => (g.0)().map_err(|why| Error::Invalid(format!("GC stopped before deleting anything: {why}"))),
+        None => Ok(()),
+    }
+}
+
+/// Read `gc/mark`, if there is one.
+///
+/// # Errors
+/// Storage errors, or a mark that does not open.
+pub async fn read_mark(vault: &Vault) -> Result<Option<GcMark>> {
+    match vault.backend().get(layout::GC_MARK).await {
+        Ok(bytes) => object::open::<GcMark>(vault.keys(), ObjectType::GcMark, &bytes)
+            .map(Some)
+            .map_err(|e| Error::integrity("gc/mark", e)),
+        Err(BackendError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Session markers: (live ones, packs announced by recent ones).
+async fn sessions(vault: &Vault) -> Result<(Vec<String>, HashSet<PackId>)> {
+    let now = chrono::Utc::now();
+    let mut live = Vec::new();
+    let mut announced = HashSet::new();
+    for info in vault.backend().list(layout::SESSIONS).await? {
+        let bytes = match vault.backend().get(&info.key).await {
+            Ok(b) => b,
+            Err(BackendError::NotFound(_)) => continue, // finished meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        let Ok(m) = object::open::<SessionMarker>(vault.keys(), ObjectType::Session, &bytes) else {
+            // Cannot tell: treat as live, never as dead.
+            live.push(format!("{} (unreadable marker)", info.key));
+            continue;
+        };
+        let age =
+            chrono::DateTime::parse_from_rfc3339(&m.refreshed).map_or(i64::MAX, |t| (now - t.to_utc()).num_seconds());
+        if age < SESSION_LIVE_SECS {
+            live.push(format!("{} on {} (refreshed {age} s ago)", info.key, m.host));
+        }
+        if age < 24 * 3600 {
+            announced.extend(m.packs.iter().map(|p| p.id));
+        }
+    }
+    Ok((live, announced))
+}
+
+/// Packs the snapshots reference, through the index.
+async fn referenced(vault: &Arc<Vault>, cache: &Path, report: &mut GcReport) -> Result<HashSet<PackId>> {
+    let index = vault.sync_index(cache).await?;
+    let mut packs = HashSet::new();
+    for (id, m) in vault.snapshots().await? {
+        let m = m.map_err(|e| {
+            Error::Invalid(format!("snapshot {id} is unreadable ({e}); GC refuses to run until `check` is clean"))
+        })?;
+        let nodes = vault.read_tree(&m, &index).await?;
+        for c in m.tree.iter().chain(nodes.iter().flat_map(|n| n.chunks())) {
+            let e = index.lookup(c)?.ok_or_else(|| {
+                Error::Invalid(format!("snapshot {id} references chunk {c} that no index segment lists; GC refuses to run until `check` is clean"))
+            })?;
+            packs.insert(e.pack.id);
+        }
+        report.snapshots += 1;
+    }
+    Ok(packs)
+}
+
+/// One GC run: sweep a mark that is old enough, then mark what is unreferenced now.
+///
+/// # Errors
+/// Listing errors, unreadable snapshots, implausible listings, or a failed guard: in each case
+/// nothing has been deleted.
+pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<GcReport> {
+    let mut report = GcReport::default();
+    let mark = read_mark(&vault).await?;
+    let refs = referenced(&vault, cache, &mut report).await?;
+    let listing = vault.backend().list(layout::DATA).await?;
+    let listed: std::collections::HashMap<PackId, u64> =
+        listing.iter().filter_map(|i| layout::id_of::<PackId>(&i.key).map(|id| (id, i.size))).collect();
+    report.packs = listed.len();
+    let missing = refs.iter().filter(|p| !listed.contains_key(p)).count();
+    if missing > 0 {
+        return Err(Error::Invalid(format!(
+            "implausible pack listing: {missing} packs that snapshots need are not listed; GC deletes nothing (run `check`)"
+        )));
+    }
+    let (live, announced) = sessions(&vault).await?;
+    let unreferenced: BTreeSet<PackId> =
+        listed.keys().filter(|p| !refs.contains(p) && !announced.contains(p)).copied().collect();
+    report.unreferenced = unreferenced.len();
+
+    if let Some(mark) = mark {
+        let age = chrono::DateTime::parse_from_rfc3339(&mark.marked_at)
+            .map_or(0, |t| (chrono::Utc::now() - t.to_utc()).num_seconds().max(0) as u64);
+        if age < opts.grace.as_secs() {
+            report.postponed =
+                Some(format!("the mark is {age} s old; packs are deleted {} s after marking", opts.grace.as_secs()));
+            return Ok(report);
+        }
+        if !live.is_empty() {
+            report.postponed = Some(format!("writer sessions are live: {}", live.join(", ")));
+            return Ok(report);
+        }
+        let doomed: BTreeSet<PackId> = mark.packs.iter().filter(|p| unreferenced.contains(p)).copied().collect();
+        guard(opts)?;
+        if !doomed.is_empty() {
+            report.segments_compacted = compact_index(&vault, &doomed).await?;
+            for p in &doomed {
+                guard(opts)?;
+                vault.backend().delete(&layout::pack(p)).await?;
+                report.packs_deleted += 1;
+                report.bytes_freed += listed.get(p).copied().unwrap_or(0);
+            }
+        }
+        vault.backend().delete(layout::GC_MARK).await?;
+        let unreferenced: BTreeSet<PackId> = unreferenced.difference(&doomed).copied().collect();
+        write_mark(&vault, &unreferenced, &mut report).await?;
+        return Ok(report);
+    }
+    write_mark(&vault, &unreferenced, &mut report).await?;
+    Ok(report)
+}
+
+async fn write_mark(vault: &Vault, packs: &BTreeSet<PackId>, report: &mut GcReport) -> Result<()> {
+    if packs.is_empty() {
+        return Ok(());
+    }
+    let mark = GcMark { v: 1, marked_at: chrono::Utc::now().to_rfc3339(), packs: packs.iter().copied().collect() };
+    let (_, bytes) = object::seal(vault.keys(), ObjectType::GcMark, &mark);
+    vault.backend().overwrite(layout::GC_MARK, Bytes::from(bytes)).await?;
+    report.packs_marked = packs.len();
+    Ok(())
+}
+
+/// Rewrite the index without the entries of `doomed` packs, into as few segments as fit; the
+/// new segments are written before the old ones are deleted, so a crash leaves duplicates (which
+/// readers tolerate), never a gap.
+async fn compact_index(vault: &Vault, doomed: &BTreeSet<PackId>) -> Result<usize> {
+    let old: Vec<ObjectId> =
+        vault.backend().list(layout::INDEX).await?.iter().filter_map(|i| layout::id_of(&i.key)).collect();
+    // Per pack, its entries by nonce counter (a pack indexed twice collapses to one).
+    let mut kept: BTreeMap<PackId, (PackRef, BTreeMap<u32, PackEntry>)> = BTreeMap::new();
+    let mut generation = 0;
+    for id in &old {
+        let seg = vault.read_segment(id).await?;
+        generation = generation.max(seg.generation);
+        for (pack_ix, counter, entry) in &seg.entries {
+            let Some(pack) = seg.packs.get(*pack_ix as usize) else { continue };
+            if !doomed.contains(&pack.id) {
+                let _ = kept.entry(pack.id).or_insert_with(|| (*pack, BTreeMap::new())).1.insert(*counter, *entry);
+            }
+        }
+    }
+    let mut segments = vec![Segment { generation: generation + 1, supersedes: old.clone(), ..Segment::default() }];
+    for (pack, entries) in kept.into_values() {
+        let cur = segments.last_mut().unwrap_or_else(|| unreachable!("never empty"));
+        if !cur.entries.is_empty() && cur.entries.len() + entries.len() > MAX_SEGMENT_ENTRIES {
+            segments.push(Segment { generation: generation + 1, supersedes: old.clone(), ..Segment::default() });
+        }
+        let cur = segments.last_mut().unwrap_or_else(|| unreachable!("never empty"));
+        let ix = cur.packs.len() as u32;
+        cur.packs.push(pack);
+        cur.entries.extend(entries.into_iter().map(|(counter, e)| (ix, counter, e)));
+    }
+    for seg in &mut segments {
+        seg.entries.sort_by_key(|a| a.2.id);
+    }
+    let groups = segments.into_iter().filter(|s| !s.packs.is_empty());
+    let mut written = HashSet::new();
+    for seg in groups {
+        written.insert(vault.write_segment(&seg).await?);
+    }
+    for id in &old {
+        if !written.contains(id) {
+            vault.backend().delete(&layout::segment(id)).await?;
+        }
+    }
+    Ok(old.len())
+}
