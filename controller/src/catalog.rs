@@ -30,8 +30,8 @@ pub struct SnapshotRecord {
     pub host: String,
     /// The manifest's own time (not trusted for retention).
     pub manifest_time: String,
-    /// The receipt's time, if the snapshot has a valid receipt.
-    pub committed_unix: Option<i64>,
+    /// The receipt's time (Unix milliseconds), if the snapshot has a valid receipt.
+    pub committed_ms: Option<i64>,
     /// The receipt's signature (hex).
     pub receipt_sig: Option<String>,
     /// Files, bytes in total, new and stored, duration.

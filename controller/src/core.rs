@@ -436,7 +436,7 @@ impl Controller {
                     snapshot_id: meta.snapshot_id.clone(),
                     agent: job.agent_name.clone(),
                     source: source.clone(),
-                    committed_unix: now_unix(),
+                    committed_unix_ms: chrono::Utc::now().timestamp_millis(),
                     signature: vec![],
                 };
                 receipt.signature = self.state.sign(&tresor_proto::receipt_signing_bytes(&receipt));
@@ -444,7 +444,7 @@ impl Controller {
                 self.catalog.put_snapshot(&rec)?;
                 if let Some(key) = &source_key {
                     let mut s = self.catalog.source(key)?;
-                    s.last_success_unix = receipt.committed_unix;
+                    s.last_success_unix = receipt.committed_unix_ms / 1000;
                     s.last_error.clear();
                     s.failures = 0;
                     s.last_duration_ms = meta.duration_ms;
@@ -494,21 +494,21 @@ impl Controller {
         let mut n = 0;
         for meta in &scan.snapshots {
             let mut rec = snapshot_record(meta, vault, &pb::Receipt::default());
-            rec.committed_unix = None;
+            rec.committed_ms = None;
             rec.receipt_sig = None;
             if let Some(r) = &meta.receipt
                 && r.snapshot_id == meta.snapshot_id
                 && r.vault_id == scan.vault_id
                 && self.state.verify(&tresor_proto::receipt_signing_bytes(r), &r.signature)
             {
-                rec.committed_unix = Some(r.committed_unix);
+                rec.committed_ms = Some(r.committed_unix_ms);
                 rec.receipt_sig = Some(hex::encode(&r.signature));
                 rec.agent = r.agent.clone();
                 rec.source = r.source.clone();
                 let key = format!("{}/{}", r.agent, r.source);
                 let mut s = self.catalog.source(&key)?;
-                if r.committed_unix > s.last_success_unix {
-                    s.last_success_unix = r.committed_unix;
+                if r.committed_unix_ms / 1000 > s.last_success_unix {
+                    s.last_success_unix = r.committed_unix_ms / 1000;
                     s.last_bytes_total = meta.bytes_total;
                     self.catalog.put_source(&key, &s)?;
                 }
@@ -535,7 +535,7 @@ impl Controller {
             .filter(|s| agent.is_empty() || s.agent == agent)
             .filter(|s| source.is_none_or(|src| s.source == src))
             .collect();
-        out.sort_by(|a, b| a.committed_unix.cmp(&b.committed_unix).then(a.manifest_time.cmp(&b.manifest_time)));
+        out.sort_by(|a, b| a.committed_ms.cmp(&b.committed_ms).then(a.snapshot_id.cmp(&b.snapshot_id)));
         Ok(out)
     }
 
@@ -559,7 +559,7 @@ pub fn snapshot_record(meta: &pb::SnapshotMeta, vault: &str, receipt: &pb::Recei
         source: if signed { receipt.source.clone() } else { meta.source.clone() },
         host: meta.host.clone(),
         manifest_time: meta.manifest_time.clone(),
-        committed_unix: signed.then_some(receipt.committed_unix),
+        committed_ms: signed.then_some(receipt.committed_unix_ms),
         receipt_sig: signed.then(|| hex::encode(&receipt.signature)),
         files: meta.files,
         bytes_total: meta.bytes_total,

@@ -341,6 +341,11 @@ impl Jobs {
         }
     }
 
+    /// Whether `conn` is still the agent's current stream.
+    pub fn holds(&self, agent: &AgentId, conn: u64) -> bool {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner()).get(agent).is_some_and(|(c, _)| *c == conn)
+    }
+
     /// Close an agent's stream (revocation).
     pub fn drop_stream(&self, agent: &AgentId) {
         let _ = self.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(agent);

@@ -10,20 +10,21 @@ use chrono_tz::Tz;
 use crate::catalog::SnapshotRecord;
 use crate::policy::Retention;
 
-/// The snapshot ids retention forgets among `snaps` (all of one source).
+/// The snapshot ids retention forgets among `snaps` (all of one source). Ties in receipt time
+/// (same millisecond) are ordered by snapshot id, as everywhere in the catalog.
 pub fn to_forget(snaps: &[SnapshotRecord], rules: &Retention, tz: Tz) -> Vec<String> {
     if rules.keeps_everything() {
         return Vec::new();
     }
     // Newest first, receipted only.
-    let mut timed: Vec<(i64, &SnapshotRecord)> =
-        snaps.iter().filter_map(|s| s.committed_unix.map(|t| (t, s))).collect();
+    let mut timed: Vec<(i64, &SnapshotRecord)> = snaps.iter().filter_map(|s| s.committed_ms.map(|t| (t, s))).collect();
     timed.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.snapshot_id.cmp(&a.1.snapshot_id)));
     let mut keep: BTreeSet<&str> = BTreeSet::new();
     if let Some(n) = rules.keep_last {
         keep.extend(timed.iter().take(n as usize).map(|(_, s)| s.snapshot_id.as_str()));
     }
-    let local = |t: i64| DateTime::<Utc>::from_timestamp(t, 0).unwrap_or_default().with_timezone(&tz);
+    let local =
+        |ms: i64| DateTime::<Utc>::from_timestamp(ms.div_euclid(1000), 0).unwrap_or_default().with_timezone(&tz);
     let mut bucketed = |n: Option<u32>, bucket: &dyn Fn(i64) -> i64| {
         let Some(n) = n else { return };
         let mut last = None;
@@ -61,7 +62,7 @@ pub fn to_forget(snaps: &[SnapshotRecord], rules: &Retention, tz: Tz) -> Vec<Str
         // Counted back from the newest snapshot, not from now: if backups stop, retention does
         // not eat the last good ones.
         if let Ok(d) = tresor_proto::parse_duration(w) {
-            let cutoff = newest - d.as_secs() as i64;
+            let cutoff = newest - d.as_millis() as i64;
             keep.extend(timed.iter().filter(|(t, _)| *t >= cutoff).map(|(_, s)| s.snapshot_id.as_str()));
         }
     }
@@ -82,7 +83,7 @@ mod tests {
             source: "s".into(),
             host: "h".into(),
             manifest_time: manifest_time.into(),
-            committed_unix: committed,
+            committed_ms: committed.map(|c| c * 1000),
             receipt_sig: committed.map(|_| "00".into()),
             files: 0,
             bytes_total: 0,
@@ -130,14 +131,14 @@ mod tests {
             let rules = Retention { keep_last: Some(last), keep_daily: daily, ..Default::default() };
             let forget = to_forget(&snaps, &rules, chrono_tz::Europe::Berlin);
             for s in &snaps {
-                if s.committed_unix.is_none() {
+                if s.committed_ms.is_none() {
                     prop_assert!(!forget.contains(&s.snapshot_id));
                 }
             }
-            if let Some(newest) = snaps.iter().filter(|s| s.committed_unix.is_some()).max_by(|a, b| a.committed_unix.cmp(&b.committed_unix).then(a.snapshot_id.cmp(&b.snapshot_id))) {
+            if let Some(newest) = snaps.iter().filter(|s| s.committed_ms.is_some()).max_by(|a, b| a.committed_ms.cmp(&b.committed_ms).then(a.snapshot_id.cmp(&b.snapshot_id))) {
                 prop_assert!(!forget.contains(&newest.snapshot_id));
             }
-            let receipted = snaps.iter().filter(|s| s.committed_unix.is_some()).count();
+            let receipted = snaps.iter().filter(|s| s.committed_ms.is_some()).count();
             prop_assert!(receipted - forget.len() >= (last as usize).min(receipted));
         }
     }

@@ -64,7 +64,7 @@ pub async fn schedule_due(ctl: &Controller) -> Result<()> {
                 } else {
                     match ctl.start_backup(&key, "schedule") {
                         Ok(job) => {
-                            tracing::info!(source = %key, job = %job.id, slot = %slot, "scheduled backup queued")
+                            tracing::info!(source = %key, job = %job.id, slot_unix = slot.timestamp(), "scheduled backup queued")
                         }
                         Err(e) => tracing::warn!(source = %key, error = %e, "scheduled backup not queued"),
                     }

@@ -301,7 +301,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 String::from("ID        AGENT/SOURCE              COMMITTED              FILES   SIZE       NEW\n");
             let mut rows = Vec::new();
             for s in &r.snapshots {
-                let committed = s.receipt.as_ref().map_or("no receipt".to_string(), |r| when(r.committed_unix));
+                let committed =
+                    s.receipt.as_ref().map_or("no receipt".to_string(), |r| when(r.committed_unix_ms / 1000));
                 text.push_str(&format!(
                     "{:<9} {:<25} {:<22} {:<7} {:<10} {}\n",
                     &s.snapshot_id[..s.snapshot_id.len().min(8)],
@@ -311,7 +312,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     human(s.bytes_total),
                     human(s.bytes_new)
                 ));
-                rows.push(json!({"snapshot_id": s.snapshot_id, "vault_id": s.vault_id, "agent": s.agent, "source": s.source, "committed_unix": s.receipt.as_ref().map(|r| r.committed_unix), "manifest_time": s.manifest_time, "files": s.files, "bytes_total": s.bytes_total, "bytes_new": s.bytes_new, "paths": s.paths}));
+                rows.push(json!({"snapshot_id": s.snapshot_id, "vault_id": s.vault_id, "agent": s.agent, "source": s.source, "committed_unix": s.receipt.as_ref().map(|r| r.committed_unix_ms / 1000), "manifest_time": s.manifest_time, "files": s.files, "bytes_total": s.bytes_total, "bytes_new": s.bytes_new, "paths": s.paths}));
             }
             out(j, json!(rows), format!("{}{} snapshots", text, r.snapshots.len()));
             Ok(exit::OK)
@@ -357,7 +358,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .into_inner();
             let mut text = format!("{vault}: retention keeps {} snapshots and forgets {}:", r.keep, r.forget.len());
             for s in &r.forget {
-                let t = s.receipt.as_ref().map_or(0, |r| r.committed_unix);
+                let t = s.receipt.as_ref().map_or(0, |r| r.committed_unix_ms / 1000);
                 text.push_str(&format!(
                     "\n  forget {} {}/{} committed {}",
                     &s.snapshot_id[..s.snapshot_id.len().min(12)],

@@ -30,7 +30,7 @@ pub fn receipt_signing_bytes(r: &pb::Receipt) -> Vec<u8> {
         out.extend_from_slice(&(field.len() as u64).to_le_bytes());
         out.extend_from_slice(field);
     }
-    out.extend_from_slice(&r.committed_unix.to_le_bytes());
+    out.extend_from_slice(&r.committed_unix_ms.to_le_bytes());
     out
 }
 

@@ -3,6 +3,7 @@
 pub mod conformance;
 pub mod fault_proxy;
 pub mod garage;
+pub mod plane;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

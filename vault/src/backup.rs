@@ -358,7 +358,7 @@ impl BackupSession {
             avoid,
             marker_ok: Mutex::new(Instant::now()),
         });
-        let (adopted, adopted_markers) = adopt_orphans(&vault, &shared.index, &id).await?;
+        let (adopted, adopted_markers) = adopt_orphans(&vault, &shared.index, &id, &shared.avoid).await?;
         {
             let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
             for (_, entries) in &adopted {
@@ -469,8 +469,11 @@ impl BackupSession {
                 quiet.as_secs()
             )));
         }
-        if let Some(guard) = &self.opts.commit_guard {
-            (guard.0)().map_err(|why| Error::Invalid(format!("commit refused: {why}; nothing was committed")))?;
+        if let Some(guard) = &self.opts.commit_guard
+            && let Err(why) = (guard.0)()
+        {
+            abandon_marker(&vault, &self.id, packs.iter().map(|p| p.0).collect()).await;
+            return Err(Error::Invalid(format!("commit refused: {why}; nothing was committed")));
         }
         vault.backend().create(&layout::snapshot(&sid), Bytes::from(bytes)).await?;
         // After the commit point: cleanup failures only leave markers behind, never damage.
@@ -495,7 +498,30 @@ impl BackupSession {
         for w in self.workers.drain(..) {
             let _ = w.await;
         }
-        let _ = (&mut self.uploader).await;
+        // Only when the uploader can say what it uploaded; otherwise the marker it kept stays.
+        if let Ok(Ok(uploaded)) = (&mut self.uploader).await {
+            let mut packs: Vec<PackRef> = uploaded.iter().map(|p| p.0).collect();
+            packs.extend(self.adopted.iter().map(|p| p.0));
+            abandon_marker(&self.shared.vault, &self.id, packs).await;
+        }
+    }
+}
+
+/// Mark a session that will never commit as abandoned: its marker keeps announcing its packs for
+/// the next backup to adopt, but with a refresh time of the epoch, so garbage collection does not
+/// wait for it and adopters take it at once.
+async fn abandon_marker(vault: &Vault, id: &SessionId, packs: Vec<PackRef>) {
+    let marker = SessionMarker {
+        v: 1,
+        host: String::new(),
+        pid: std::process::id(),
+        started: "1970-01-01T00:00:00Z".into(),
+        refreshed: "1970-01-01T00:00:00Z".into(),
+        packs,
+        reused: Vec::new(),
+    };
+    if let Err(e) = write_marker(vault, id, &marker).await {
+        tracing::warn!(error = %e, "could not mark the session abandoned; garbage collection waits for its marker to age");
     }
 }
 
@@ -640,7 +666,12 @@ type Adopted = (Vec<(PackRef, Vec<PackEntry>)>, Vec<(String, String)>);
 
 /// Packs announced by sessions that never committed are indexed by this run instead of being
 /// uploaded again; a crashed backup thus costs little more than the data in flight.
-async fn adopt_orphans(vault: &Vault, index: &Arc<LocalIndex>, own: &SessionId) -> Result<Adopted> {
+async fn adopt_orphans(
+    vault: &Vault,
+    index: &Arc<LocalIndex>,
+    own: &SessionId,
+    avoid: &HashSet<PackId>,
+) -> Result<Adopted> {
     let mut adopted = Vec::new();
     let mut markers = Vec::new();
     let mut seen = HashSet::new();
@@ -659,7 +690,7 @@ async fn adopt_orphans(vault: &Vault, index: &Arc<LocalIndex>, own: &SessionId) 
             }
         };
         for p in &marker.packs {
-            if !seen.insert(p.id) {
+            if !seen.insert(p.id) || avoid.contains(&p.id) {
                 continue;
             }
             match read_pack_directory(vault, &p.id).await {

@@ -1,7 +1,8 @@
 //! Named crash points for fault-injection tests.
 //!
 //! `TRESOR_FAILPOINTS="after-pack-put=kill@3,flip-after-encrypt=on"` arms them: `kill` fires at the
-//! first hit, `kill@N` at the N-th. The variable is read once; unarmed points cost a map lookup
+//! first hit, `kill@N` at the N-th; `sleep:MS` pauses the calling thread at every hit (tests use
+//! it to hold a job just before its commit point). The variable is read once; unarmed points cost a map lookup
 //! on an empty map. Names are listed in docs/ARCHITECTURE.md.
 
 use std::collections::HashMap;
@@ -31,6 +32,11 @@ pub fn is_armed(name: &str) -> bool {
 /// exactly as `kill -9` would, leaving whatever was written so far.
 pub fn hit(name: &str) {
     let Some(action) = armed().get(name) else { return };
+    if let Some(ms) = action.strip_prefix("sleep:").and_then(|ms| ms.parse().ok()) {
+        tracing::warn!(failpoint = name, ms, "failpoint: sleeping");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        return;
+    }
     let nth: u64 = match action.as_str() {
         "kill" => 1,
         a => match a.strip_prefix("kill@").and_then(|n| n.parse().ok()) {

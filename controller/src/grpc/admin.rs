@@ -45,12 +45,12 @@ fn snapshot_meta(s: &crate::catalog::SnapshotRecord) -> pb::SnapshotMeta {
         duration_ms: s.duration_ms,
         paths: s.paths.clone(),
         host: s.host.clone(),
-        receipt: s.committed_unix.map(|t| pb::Receipt {
+        receipt: s.committed_ms.map(|t| pb::Receipt {
             vault_id: s.vault_id.clone(),
             snapshot_id: s.snapshot_id.clone(),
             agent: s.agent.clone(),
             source: s.source.clone(),
-            committed_unix: t,
+            committed_unix_ms: t,
             signature: s.receipt_sig.as_deref().and_then(|h| hex::decode(h).ok()).unwrap_or_default(),
         }),
     }
@@ -192,34 +192,36 @@ fn start_restore(ctl: &Controller, r: &pb::StartRestoreRequest) -> Result<JobRec
         return Err(Error::InvalidArgument(format!("--to {:?}: give an absolute path on the agent", r.target)));
     }
     let snaps = ctl.snapshots(&r.selector)?;
-    let snap =
-        if !r.snapshot.is_empty() {
-            let matching: Vec<_> = snaps.iter().filter(|s| s.snapshot_id.starts_with(&r.snapshot)).collect();
-            match matching.as_slice() {
-                [one] => (*one).clone(),
-                [] => return Err(Error::NotFound(format!("{}: no snapshot {}", r.selector, r.snapshot))),
-                _ => {
-                    return Err(Error::InvalidArgument(format!(
-                        "snapshot prefix {} is ambiguous; give more of it",
-                        r.snapshot
-                    )));
-                }
+    let snap = if !r.snapshot.is_empty() {
+        let matching: Vec<_> = snaps.iter().filter(|s| s.snapshot_id.starts_with(&r.snapshot)).collect();
+        match matching.as_slice() {
+            [one] => (*one).clone(),
+            [] => return Err(Error::NotFound(format!("{}: no snapshot {}", r.selector, r.snapshot))),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "snapshot prefix {} is ambiguous; give more of it",
+                    r.snapshot
+                )));
             }
-        } else if !r.at.is_empty() {
-            let at = chrono::DateTime::parse_from_rfc3339(&r.at)
-                .map_err(|e| {
-                    Error::InvalidArgument(format!(
-                        "--at {:?}: not an RFC 3339 time such as 2026-11-28T02:00:00+01:00 ({e})",
-                        r.at
-                    ))
-                })?
-                .timestamp();
-            snaps.iter().filter(|s| s.committed_unix.is_some_and(|t| t <= at)).next_back().cloned().ok_or_else(
-                || Error::NotFound(format!("{}: no snapshot committed at or before {}", r.selector, r.at)),
-            )?
-        } else {
-            snaps.last().cloned().ok_or_else(|| Error::NotFound(format!("{} has no snapshots yet", r.selector)))?
-        };
+        }
+    } else if !r.at.is_empty() {
+        let at = chrono::DateTime::parse_from_rfc3339(&r.at)
+            .map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "--at {:?}: not an RFC 3339 time such as 2026-11-28T02:00:00+01:00 ({e})",
+                    r.at
+                ))
+            })?
+            .timestamp();
+        snaps
+            .iter()
+            .filter(|s| s.committed_ms.is_some_and(|t| t <= at * 1000 + 999))
+            .next_back()
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("{}: no snapshot committed at or before {}", r.selector, r.at)))?
+    } else {
+        snaps.last().cloned().ok_or_else(|| Error::NotFound(format!("{} has no snapshots yet", r.selector)))?
+    };
     let on = if r.on_agent.is_empty() { source.agent.clone() } else { r.on_agent.clone() };
     let (id, a) = ctl.state.find_agent(&on).ok_or_else(|| Error::NotFound(format!("--on {on:?}: no such agent")))?;
     if ctl.state.is_revoked(&id) {

@@ -54,8 +54,19 @@ impl AgentService for AgentApi {
         tracing::info!(agent = %id, "agent connected");
         // The stream ends when the agent goes away; then dispatch to it stops.
         let ctl = self.0.clone();
+        // A revocation (or a newer connection of the same agent) ends it from this side.
         drop(tokio::spawn(async move {
-            tx.closed().await;
+            loop {
+                tokio::select! {
+                    () = tx.closed() => break,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                        if ctl.state.is_revoked(&id) || !ctl.jobs.holds(&id, conn) {
+                            break;
+                        }
+                    }
+                }
+            }
+            drop(tx);
             ctl.jobs.disconnect(&id, conn);
             tracing::info!(agent = %id, "agent disconnected");
         }));

@@ -1,0 +1,167 @@
+//! Refusals: certificates from elsewhere, reused and expired tokens, revoked agents (also after a
+//! catalog rebuild), roles below what a call needs, forged receipts, and bad policies.
+
+use std::process::Command;
+use std::time::Duration;
+
+use restore_tests::bin;
+use restore_tests::plane::{Plane, VaultSpec, wait_for};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn enroll(p: &Plane, token: &std::path::Path, dir: &std::path::Path, name: &str) -> std::process::Output {
+    Command::new(bin("tresor-agent"))
+        .args(["enroll", "--controller", &p.url(), "--name", name, "--token-file"])
+        .arg(token)
+        .arg("--state-dir")
+        .arg(dir)
+        .output()
+        .expect("enroll runs")
+}
+
+#[test]
+fn tokens_roles_and_revocation_are_enforced() {
+    let mut p = Plane::start("");
+    let root = p.dir.path().to_path_buf();
+
+    // A token works once; the second use is refused and says why.
+    let token = p.token_file("agent", Some("10m"));
+    assert!(enroll(&p, &token, &root.join("a1"), "one").status.success());
+    let reuse = enroll(&p, &token, &root.join("a2"), "two");
+    assert!(!reuse.status.success());
+    assert!(stderr(&reuse).contains("unknown or already used"), "{}", stderr(&reuse));
+    // An expired token is refused as expired.
+    let short = p.token_file("agent", Some("1s"));
+    std::thread::sleep(Duration::from_millis(2500));
+    let expired = enroll(&p, &short, &root.join("a3"), "three");
+    assert!(stderr(&expired).contains("expired"), "{}", stderr(&expired));
+    // Garbage is not a token.
+    std::fs::write(root.join("junk.token"), "hello").unwrap();
+    let junk = enroll(&p, &root.join("junk.token"), &root.join("a4"), "four");
+    assert!(stderr(&junk).contains("not an enrollment token"), "{}", stderr(&junk));
+
+    // Roles: auditors read, operators back up, only admins administer.
+    let auditor = p.token_file("auditor", None);
+    let operator = p.token_file("operator", None);
+    assert!(p.ctl_as(&auditor, &["agents"]).status.success());
+    let denied = p.ctl_as(&auditor, &["token", "create"]);
+    assert_eq!(denied.status.code(), Some(6));
+    assert!(stderr(&denied).contains("needs the admin role; this token has the auditor role"), "{}", stderr(&denied));
+    let denied = p.ctl_as(&operator, &["agent", "revoke", "one"]);
+    assert_eq!(denied.status.code(), Some(6));
+    assert!(stderr(&denied).contains("needs the admin role; this token has the operator role"), "{}", stderr(&denied));
+    let denied = p.ctl_as(&auditor, &["backup", "one/x"]);
+    assert!(stderr(&denied).contains("needs the operator role"), "{}", stderr(&denied));
+    std::fs::write(root.join("forged.token"), "tadm_0000").unwrap();
+    let forged = p.ctl_as(&root.join("forged.token"), &["agents"]);
+    assert_eq!(forged.status.code(), Some(6));
+    assert!(stderr(&forged).contains("unknown or expired"), "{}", stderr(&forged));
+
+    // A revoked agent is refused, also after the catalog is rebuilt.
+    let vault = root.join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    let pw = p.password_file("rev");
+    p.init_vault(vault.to_str().unwrap(), &pw, &[]);
+    let spec = VaultSpec { name: "v".into(), url: vault.to_str().unwrap().into(), password_file: pw, env: vec![] };
+    p.add_agent("victim", std::slice::from_ref(&spec), &[]);
+    p.ctl_ok(&["agent", "revoke", "victim"]);
+    wait_for("the revoked agent to be refused", Duration::from_secs(30), || {
+        p.agent_log("victim").contains("is revoked") && p.agent_row("victim")["connected"] == false
+    });
+    p.kill_controller();
+    let out = Command::new(bin("tresor-controller"))
+        .args(["rebuild-catalog", "--config"])
+        .arg(&p.controller_toml)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    p.start_controller();
+    assert_eq!(p.agent_row("victim")["revoked"], true);
+    let before = p.agent_log("victim").matches("is revoked").count();
+    wait_for("the revoked agent to be refused after the rebuild", Duration::from_secs(60), || {
+        p.agent_log("victim").matches("is revoked").count() > before
+    });
+    assert_eq!(p.agent_row("victim")["connected"], false);
+}
+
+#[test]
+fn a_certificate_from_another_ca_is_refused() {
+    let mut p = Plane::start("");
+    let other = Plane::start("");
+    let root = p.dir.path().to_path_buf();
+    // Enroll with the other controller, then point the agent at ours, trusting our CA: the
+    // handshake must fail because its client certificate is not from our CA.
+    let token = other.token_file("agent", None);
+    let state = root.join("stranger");
+    assert!(enroll(&other, &token, &state, "stranger").status.success());
+    std::fs::copy(p.state.join("ca.pem"), state.join("ca.pem")).unwrap();
+    let config = root.join("stranger.toml");
+    std::fs::write(
+        &config,
+        format!("name = \"stranger\"\ncontroller = \"{}\"\nstate_dir = \"{}\"\n", p.url(), state.display()),
+    )
+    .unwrap();
+    let log = std::fs::File::create(root.join("stranger.log")).unwrap();
+    let mut child = Command::new(bin("tresor-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("TRESOR_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for("the stranger to be turned away", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(root.join("stranger.log")).unwrap_or_default();
+        log.contains("heartbeat failed") || log.contains("cannot reach the controller")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let agents = p.ctl_json(&["agents"]);
+    assert!(agents.as_array().unwrap().is_empty(), "no agent is known here: {agents}");
+    // tresorctl without a token is refused by name.
+    let none = p.ctl_as(&root.join("missing.token"), &["agents"]);
+    assert_ne!(none.status.code(), Some(0));
+    let _ = &mut p;
+}
+
+#[test]
+fn bad_policies_are_rejected_by_name() {
+    let mut p = Plane::start("");
+    let root = p.dir.path().to_path_buf();
+    let vault = root.join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    let pw = p.password_file("a");
+    p.init_vault(vault.to_str().unwrap(), &pw, &[]);
+    let good =
+        VaultSpec { name: "nas".into(), url: vault.to_str().unwrap().into(), password_file: pw.clone(), env: vec![] };
+    let gone = VaultSpec {
+        name: "gone".into(),
+        url: root.join("no-such-vault").to_str().unwrap().into(),
+        password_file: pw,
+        env: vec![],
+    };
+    p.add_agent("a1", &[good, gone], &[]);
+    wait_for("a1 to report its vaults", Duration::from_secs(30), || {
+        p.agent_row("a1")["vaults"].as_array().is_some_and(|v| v.len() == 2)
+    });
+    let base = |vault: &str, agent: &str, schedule: &str, extra: &str| {
+        format!(
+            "name = \"p\"\n[[vault]]\nname = \"{vault}\"\nmaintainer = \"a1\"\n[[source]]\nagent = \"{agent}\"\nname = \"s\"\nvault = \"{vault}\"\npaths = [\"/tmp\"]\nschedule = \"{schedule}\"\n{extra}"
+        )
+    };
+    let cases = [
+        (base("nas", "a1", "61 * * * *", ""), "source[0].schedule"),
+        (base("nas", "nobody", "0 2 * * *", ""), "source[0].agent: \"nobody\" is not an enrolled agent"),
+        (base("nas", "a1", "0 2 * * *", "colour = \"blue\"\n"), "unknown field `colour`"),
+        (base("gone", "a1", "0 2 * * *", ""), "agent a1 cannot reach vault \"gone\""),
+        (base("tape", "a1", "0 2 * * *", ""), "agent a1 has no vault \"tape\""),
+    ];
+    for (text, expect) in cases {
+        let out = p.apply_policy(&text);
+        assert_eq!(out.status.code(), Some(2), "{text}\n{}", stderr(&out));
+        assert!(stderr(&out).contains(expect), "expected {expect:?} in: {}", stderr(&out));
+    }
+    assert!(p.apply_policy(&base("nas", "a1", "0 2 * * *", "")).status.success());
+}
