@@ -69,6 +69,12 @@ pub struct SourceRecord {
     pub failures_total: u64,
     /// Newest check slot turned into a job.
     pub last_check_slot_unix: i64,
+    /// Error of the last scheduled check, cleared by a passing one.
+    #[serde(default)]
+    pub last_check_error: String,
+    /// Since when the controller schedules this source (RPO counts from here until a first backup).
+    #[serde(default)]
+    pub tracked_since_unix: i64,
 }
 
 /// A one-time enrollment token.
@@ -170,6 +176,15 @@ impl Catalog {
     /// sled failed.
     pub async fn flush(&self) -> Result<()> {
         let _ = self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Flush from synchronous code (callers run it off the runtime threads).
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn flush_blocking(&self) -> Result<()> {
+        let _ = self.db.flush()?;
         Ok(())
     }
 

@@ -41,6 +41,7 @@ pub struct Controller {
     pub jobs: Arc<Jobs>,
     policies: Arc<Mutex<BTreeMap<String, Policy>>>,
     live: Mutex<HashMap<AgentId, LiveAgent>>,
+    alerts_active: std::sync::atomic::AtomicUsize,
 }
 
 /// Unix seconds now.
@@ -67,7 +68,26 @@ impl Controller {
         });
         let settings = LeaseSettings { lease: config.lease, backoff: config.retry_backoff };
         let jobs = Arc::new(Jobs::new(catalog.clone(), settings, vault_limit));
-        Ok(Arc::new(Self { config, pki, state, catalog, jobs, policies, live: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Self {
+            config,
+            pki,
+            state,
+            catalog,
+            jobs,
+            policies,
+            live: Mutex::new(HashMap::new()),
+            alerts_active: std::sync::atomic::AtomicUsize::new(0),
+        }))
+    }
+
+    /// Record how many alert conditions are active (for metrics).
+    pub fn set_alerts_active(&self, n: usize) {
+        self.alerts_active.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many alert conditions are active.
+    pub fn alerts_active(&self) -> usize {
+        self.alerts_active.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A copy of the applied policies.
@@ -298,6 +318,9 @@ impl Controller {
         for s in &policy.sources {
             let key = format!("{}/{}", s.agent, s.name);
             let mut rec = self.catalog.source(&key)?;
+            if rec.tracked_since_unix == 0 {
+                rec.tracked_since_unix = now.timestamp();
+            }
             if rec.last_slot_unix == 0 {
                 rec.last_slot_unix = s.schedule.last_slot(now).map_or(0, |t| t.timestamp());
                 if let Some(c) = &s.check {
@@ -424,6 +447,14 @@ impl Controller {
             JobSpec::Backup { source, .. } => Some(format!("{}/{}", job.agent_name, source)),
             _ => None,
         };
+        if let JobSpec::Check { source, .. } = &job.spec
+            && !source.is_empty()
+            && matches!(job.state, crate::jobs::JobState::Succeeded | crate::jobs::JobState::Failed)
+        {
+            let mut s = self.catalog.source(source)?;
+            s.last_check_error = if result.error.is_empty() { String::new() } else { result.error.clone() };
+            self.catalog.put_source(source, &s)?;
+        }
         use pb::job_result::Kind;
         match (&result.kind, result.error.is_empty()) {
             (Some(Kind::Backup(b)), true) => {
@@ -467,10 +498,14 @@ impl Controller {
             }
             (_, false) => {
                 if let Some(key) = &source_key {
+                    // Every failed attempt counts for metrics; the source is failing once the job
+                    // has used up its attempts.
                     let mut s = self.catalog.source(key)?;
-                    s.last_error = result.error.clone();
-                    s.failures += 1;
                     s.failures_total += 1;
+                    if job.state == crate::jobs::JobState::Failed {
+                        s.last_error = result.error.clone();
+                        s.failures += 1;
+                    }
                     self.catalog.put_source(key, &s)?;
                 }
             }

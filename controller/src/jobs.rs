@@ -50,6 +50,9 @@ pub enum JobSpec {
     Check {
         /// Share of packs to read.
         read_data_percent: f64,
+        /// The source whose policy scheduled it ("AGENT/SOURCE"), for its status.
+        #[serde(default)]
+        source: String,
     },
     /// Forget snapshots and collect garbage (maintainer only).
     Prune {
@@ -229,7 +232,7 @@ impl JobRecord {
                 dry_run: *dry_run,
                 include: vec![],
             }),
-            JobSpec::Check { read_data_percent } => {
+            JobSpec::Check { read_data_percent, .. } => {
                 Kind::Check(pb::CheckJob { vault: self.vault.clone(), read_data_percent: *read_data_percent })
             }
             JobSpec::Prune { forget, gc_grace_seconds } => Kind::Prune(pb::PruneJob {
@@ -357,6 +360,7 @@ impl Jobs {
     }
 
     /// One pass: expire lapsed leases, dispatch what can run. Returns when the next retry is due.
+    /// Blocks on a catalog flush when it dispatches: call it off the runtime threads.
     ///
     /// # Errors
     /// sled failed.
@@ -382,6 +386,7 @@ impl Jobs {
                 }
             }
             let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut dispatch = Vec::new();
             for j in &mut jobs {
                 if j.state != JobState::Queued {
                     continue;
@@ -402,14 +407,20 @@ impl Jobs {
                 next.state = JobState::Running;
                 next.started_unix = now / 1000;
                 next.progress = ProgressRecord::default();
-                // Persist before sending: an agent must never hold a lease the catalog forgot.
                 self.catalog.put_active(&next)?;
+                *running.entry(j.vault.clone()).or_default() += 1;
+                dispatch.push((tx.clone(), j.clone(), next));
+            }
+            // Durable before sent: an agent must never hold a lease the catalog could forget in a
+            // crash (it would be handed the same job again under an older epoch).
+            if !dispatch.is_empty() {
+                self.catalog.flush_blocking()?;
+            }
+            for (tx, queued, next) in dispatch {
                 if tx.try_send(Ok(next.to_wire(self.settings.lease))).is_ok() {
-                    *running.entry(j.vault.clone()).or_default() += 1;
-                    *j = next;
-                    changed.push(j.clone());
+                    changed.push(next);
                 } else {
-                    self.catalog.put_active(j)?;
+                    self.catalog.put_active(&queued)?;
                 }
             }
         }

@@ -7,6 +7,7 @@
 //! Layers, bottom up: `ids`, `fsutil`, `error` -> `config`, `policy`, `pki`, `state`, `catalog`
 //! -> `jobs` -> `core` -> `scheduler`, `status`, `metrics` -> `grpc` -> `server`.
 
+pub mod alerts;
 pub mod catalog;
 pub mod config;
 pub mod core;

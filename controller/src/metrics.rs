@@ -68,6 +68,11 @@ pub fn render(ctl: &Controller) -> String {
             .map(|a| (format!("agent=\"{}\"", a.name), a.cert_not_after_unix as f64))
             .collect(),
     );
+    gauge(
+        "tresor_alerts_active",
+        "Alert conditions active now (see tresorctl status).",
+        vec![(String::new(), ctl.alerts_active() as f64)],
+    );
     out
 }
 

@@ -20,7 +20,7 @@ pub const TICK: Duration = Duration::from_millis(500);
 /// Run until `stop` turns true.
 pub async fn run(ctl: Arc<Controller>, mut stop: watch::Receiver<bool>) {
     loop {
-        if let Err(e) = ctl.jobs.tick() {
+        if let Err(e) = tokio::task::block_in_place(|| ctl.jobs.tick()) {
             tracing::error!(error = %e, "dispatch failed");
         }
         if let Err(e) = schedule_due(&ctl).await {
@@ -78,7 +78,7 @@ pub async fn schedule_due(ctl: &Controller) -> Result<()> {
                 && slot.timestamp() > rec.last_check_slot_unix
             {
                 if let Some((id, a)) = ctl.state.find_agent(&s.agent) {
-                    let spec = JobSpec::Check { read_data_percent: check.read_data_percent };
+                    let spec = JobSpec::Check { read_data_percent: check.read_data_percent, source: key.clone() };
                     let job = JobRecord::new(id, a.name, s.vault.clone(), spec, "schedule", ctl.config.max_attempts);
                     ctl.jobs.submit(&job)?;
                 }

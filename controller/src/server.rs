@@ -48,6 +48,7 @@ pub async fn serve(ctl: Arc<Controller>, stop: watch::Receiver<bool>) -> Result<
     tracing::info!(%addr, "controller listening");
     println!("tresor-controller listening on {addr}");
     let scheduler = tokio::spawn(crate::scheduler::run(ctl.clone(), stop.clone()));
+    let alerts = tokio::spawn(crate::alerts::run(ctl.clone(), stop.clone()));
     let metrics = match ctl.config.metrics_listen {
         Some(a) => Some(tokio::spawn(crate::metrics::serve(ctl.clone(), a, stop.clone()))),
         None => None,
@@ -69,6 +70,7 @@ pub async fn serve(ctl: Arc<Controller>, stop: watch::Receiver<bool>) -> Result<
         .await
         .map_err(|e| Error::Pki(format!("gRPC server: {e}")))?;
     let _ = scheduler.await;
+    let _ = alerts.await;
     if let Some(m) = metrics {
         let _ = m.await;
     }

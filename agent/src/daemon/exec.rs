@@ -123,7 +123,7 @@ pub async fn run_job(ctx: Arc<AgentCtx>, job: pb::Job) {
             pb::JobResult { r#ref: Some(jr.clone()), error: format!("{e:#}"), kind: None }
         }
     };
-    ctx.leases.end(&jr.job_id);
+    ctx.leases.end_attempt(&jr);
     if let Err(e) = ctx.outbox.put_result(&result) {
         tracing::error!(error = %format!("{e:#}"), "cannot keep the job result");
     }
@@ -185,7 +185,7 @@ async fn backup(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, b: pb::BackupJob) -> anyho
         host: ctx.name.clone(),
         tags,
         force: false,
-        commit_guard: Some(ctx.leases.guard(&jr.job_id)),
+        commit_guard: Some(ctx.leases.guard(jr)),
         progress: Some(reporter),
         quiet: true,
     };
@@ -342,14 +342,14 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
     let vault = ctx.vault(&p.vault).await?;
     let mut forgotten = Vec::new();
     for s in &p.forget {
-        ctx.leases.check(&jr.job_id).map_err(anyhow::Error::msg)?;
+        ctx.leases.check(&jr.job_id, jr.attempt).map_err(anyhow::Error::msg)?;
         let id: SnapshotId = s.parse().map_err(|_| anyhow::anyhow!("prune: bad snapshot id {s:?}"))?;
         vault.forget_snapshot(&id).await?;
         forgotten.push(s.clone());
     }
     let opts = tresor_vault::gc::GcOptions {
         grace: std::time::Duration::from_secs(u64::from(p.gc_grace_seconds)),
-        guard: Some(ctx.leases.guard(&jr.job_id)),
+        guard: Some(ctx.leases.guard(jr)),
     };
     let r = tresor_vault::gc::run(vault, &ctx.cache_dir(), &opts).await?;
     Ok(ResultKind::Prune(pb::PruneResult {

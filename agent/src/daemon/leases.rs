@@ -34,11 +34,6 @@ impl Leases {
             .insert(job.job_id.clone(), Lease { job: job.clone(), deadline: received + lease, invalid: false });
     }
 
-    /// The job ended.
-    pub fn end(&self, job_id: &str) {
-        let _ = self.lock().remove(job_id);
-    }
-
     /// What to report in a heartbeat.
     pub fn running(&self) -> Vec<pb::JobRef> {
         self.lock().values().map(|l| l.job.clone()).collect()
@@ -62,11 +57,14 @@ impl Leases {
         }
     }
 
-    /// Why the job may not commit now, if it may not.
-    pub fn check(&self, job_id: &str) -> Result<(), String> {
+    /// Why attempt `attempt` of the job may not commit now, if it may not.
+    pub fn check(&self, job_id: &str, attempt: u32) -> Result<(), String> {
         let m = self.lock();
         match m.get(job_id) {
             None => Err(format!("job {job_id} has no lease")),
+            Some(l) if l.job.attempt != attempt => {
+                Err(format!("attempt {attempt} of job {job_id} was superseded by attempt {}", l.job.attempt))
+            }
             Some(l) if l.invalid => {
                 Err(format!("the controller no longer holds attempt {} of job {job_id} valid", l.job.attempt))
             }
@@ -78,11 +76,19 @@ impl Leases {
         }
     }
 
-    /// A commit guard for a job.
-    pub fn guard(&self, job_id: &str) -> CommitGuard {
+    /// A commit guard for one attempt of a job.
+    pub fn guard(&self, job: &pb::JobRef) -> CommitGuard {
         let me = self.clone();
-        let id = job_id.to_string();
-        CommitGuard(Arc::new(move || me.check(&id)))
+        let (id, attempt) = (job.job_id.clone(), job.attempt);
+        CommitGuard(Arc::new(move || me.check(&id, attempt)))
+    }
+
+    /// End the lease of one attempt (a newer attempt's lease is left alone).
+    pub fn end_attempt(&self, job: &pb::JobRef) {
+        let mut m = self.lock();
+        if m.get(&job.job_id).is_some_and(|l| l.job.attempt == job.attempt) {
+            let _ = m.remove(&job.job_id);
+        }
     }
 }
 
@@ -96,15 +102,17 @@ mod tests {
         let j = pb::JobRef { job_id: "j1".into(), attempt: 1, lease_epoch: 7 };
         let t0 = Instant::now();
         l.start(&j, Duration::from_millis(50), t0);
-        assert!(l.check("j1").is_ok());
+        assert!(l.check("j1", 1).is_ok());
         std::thread::sleep(Duration::from_millis(60));
-        assert!(l.check("j1").unwrap_err().contains("lapsed"));
+        assert!(l.check("j1", 1).unwrap_err().contains("lapsed"));
         l.apply(&[pb::LeaseGrant { job: Some(j.clone()), valid: true, lease_ms: 10_000 }], Instant::now());
-        assert!(l.check("j1").is_ok(), "a granted extension revives a lease the controller still holds");
+        assert!(l.check("j1", 1).is_ok(), "a granted extension revives a lease the controller still holds");
         let stale = pb::JobRef { lease_epoch: 6, ..j.clone() };
         l.apply(&[pb::LeaseGrant { job: Some(stale), valid: false, lease_ms: 0 }], Instant::now());
-        assert!(l.check("j1").is_ok(), "a grant for another epoch is ignored");
+        assert!(l.check("j1", 1).is_ok(), "a grant for another epoch is ignored");
         l.apply(&[pb::LeaseGrant { job: Some(j), valid: false, lease_ms: 0 }], Instant::now());
-        assert!(l.check("j1").unwrap_err().contains("no longer holds"));
+        assert!(l.check("j1", 1).unwrap_err().contains("no longer holds"));
+        l.start(&pb::JobRef { attempt: 2, ..j }, Duration::from_secs(10), Instant::now());
+        assert!(l.check("j1", 1).unwrap_err().contains("superseded"), "an old attempt never commits over a new one");
     }
 }

@@ -109,12 +109,14 @@ impl AdminService for AdminApi {
     async fn start_backup(&self, req: Request<pb::StartBackupRequest>) -> Result<Response<pb::JobHandle>, Status> {
         self.need(&req, Role::Operator, "backup")?;
         let job = self.0.start_backup(&req.get_ref().selector, "manual")?;
+        self.0.catalog.flush().await?;
         Ok(Response::new(pb::JobHandle { job_id: job.id.to_string() }))
     }
 
     async fn start_restore(&self, req: Request<pb::StartRestoreRequest>) -> Result<Response<pb::JobHandle>, Status> {
         self.need(&req, Role::Operator, "restore")?;
         let job = start_restore(&self.0, req.get_ref())?;
+        self.0.catalog.flush().await?;
         Ok(Response::new(pb::JobHandle { job_id: job.id.to_string() }))
     }
 
@@ -161,6 +163,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::RebuildCatalogReply>, Status> {
         self.need(&req, Role::Admin, "rebuild-catalog")?;
         let (vaults, problems) = crate::scheduler::queue_rebuild(&self.0)?;
+        self.0.catalog.flush().await?;
         Ok(Response::new(pb::RebuildCatalogReply { vaults, snapshots: 0, problems }))
     }
 
@@ -176,6 +179,7 @@ impl AdminService for AdminApi {
             }));
         }
         let (job, forget) = self.0.start_prune(&r.vault, "manual")?;
+        self.0.catalog.flush().await?;
         let (_, keep) = self.0.plan_prune(&r.vault)?;
         Ok(Response::new(pb::StartPruneReply {
             job_id: job.id.to_string(),

@@ -1,5 +1,6 @@
 //! The control plane end to end: a real controller, agent daemons and tresorctl on loopback.
 
+mod alerts;
 mod faults;
 mod lifecycle;
 mod security;

@@ -1,0 +1,223 @@
+//! Alerts: conditions found by [`problems`] are sent once when they start and once when they
+//! clear, to a webhook (HTTP POST of JSON) and/or a command (JSON on stdin). Delivery runs on its
+//! own task behind a bounded queue, so a slow receiver never stalls the scheduler.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Alerts;
+use crate::core::{Controller, now_unix};
+use crate::error::Result;
+
+/// One condition that needs a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// What kind: backup_failed, rpo_overdue, agent_offline, cert_expiring, check_failed.
+    pub kind: &'static str,
+    /// What it is about ("AGENT/SOURCE" or an agent name).
+    pub subject: String,
+    /// For people.
+    pub message: String,
+}
+
+/// An alert as delivered.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    /// "firing" or "resolved".
+    pub state: &'static str,
+    /// The condition.
+    #[serde(flatten)]
+    pub problem: Problem,
+    /// When (Unix seconds).
+    pub at_unix: i64,
+}
+
+/// Bound of the delivery queue, in alerts; when full, new alerts are logged and dropped (the
+/// condition is still in `tresorctl status` and in the metrics).
+pub const ALERT_QUEUE: usize = 64;
+/// How often conditions are evaluated.
+pub const EVALUATE_EVERY: Duration = Duration::from_secs(2);
+
+/// Everything that is failing or overdue now.
+///
+/// # Errors
+/// Catalog failures.
+pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
+    let now = now_unix();
+    let mut out = Vec::new();
+    let maintainers: BTreeMap<String, String> =
+        ctl.policies().values().flat_map(|p| p.vaults.iter().map(|v| (v.maintainer.clone(), v.name.clone()))).collect();
+    for policy in ctl.policies().values() {
+        for s in &policy.sources {
+            let key = format!("{}/{}", s.agent, s.name);
+            let rec = ctl.source_state(&key)?;
+            let rpo = s.rpo.as_secs() as i64;
+            let since = if rec.last_success_unix > 0 { rec.last_success_unix } else { rec.tracked_since_unix };
+            if since > 0 && now - since > rpo {
+                let message = if rec.last_success_unix == 0 {
+                    format!(
+                        "{key}: no good backup since the policy was applied {} min ago (RPO target {} min)",
+                        (now - since) / 60,
+                        rpo / 60
+                    )
+                } else {
+                    format!("{key}: last good backup {} min ago, RPO target {} min", (now - since) / 60, rpo / 60)
+                };
+                out.push(Problem { kind: "rpo_overdue", subject: key.clone(), message });
+            }
+            if rec.failures > 0 {
+                out.push(Problem {
+                    kind: "backup_failed",
+                    subject: key.clone(),
+                    message: format!("{key}: backup failed ({} time(s) in a row): {}", rec.failures, rec.last_error),
+                });
+            }
+            if !rec.last_check_error.is_empty() {
+                out.push(Problem {
+                    kind: "check_failed",
+                    subject: format!("{}/{}", s.vault, key),
+                    message: format!("vault {} (checked for {key}): {}", s.vault, rec.last_check_error),
+                });
+            }
+        }
+    }
+    let offline_after = ctl.config.agent_offline_after.as_secs() as i64;
+    let lifetime = ctl.config.cert_lifetime.as_secs() as i64;
+    for a in ctl.agent_infos() {
+        if a.revoked {
+            continue;
+        }
+        let seen = a.last_seen_unix.max(a.enrolled_unix);
+        if !a.connected && now - seen > offline_after {
+            let role = maintainers.get(&a.name).map(|v| format!(" (maintainer of vault {v})")).unwrap_or_default();
+            out.push(Problem {
+                kind: "agent_offline",
+                subject: a.name.clone(),
+                message: format!("agent {}{role} not seen for {} s", a.name, now - seen),
+            });
+        }
+        // Connected agents renew at two thirds of the life; one with less than a third left is not
+        // renewing.
+        if a.cert_not_after_unix - now < lifetime / 3 {
+            out.push(Problem {
+                kind: "cert_expiring",
+                subject: a.name.clone(),
+                message: format!(
+                    "the certificate of agent {} expires in {} s",
+                    a.name,
+                    (a.cert_not_after_unix - now).max(0)
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Evaluate conditions until `stop`, sending starts and ends to the delivery task.
+pub async fn run(ctl: Arc<Controller>, mut stop: watch::Receiver<bool>) {
+    let (tx, rx) = mpsc::channel::<Alert>(ALERT_QUEUE);
+    let delivery = tokio::spawn(deliver(ctl.config.alerts.clone(), rx));
+    let mut active: BTreeMap<(String, String), Problem> = BTreeMap::new();
+    loop {
+        match problems(&ctl) {
+            Ok(now) => {
+                let current: BTreeMap<(String, String), Problem> =
+                    now.into_iter().map(|p| ((p.kind.to_string(), p.subject.clone()), p)).collect();
+                for (k, p) in &current {
+                    if !active.contains_key(k) {
+                        send(&tx, Alert { state: "firing", problem: p.clone(), at_unix: now_unix() });
+                    }
+                }
+                for (k, p) in &active {
+                    if !current.contains_key(k) {
+                        send(&tx, Alert { state: "resolved", problem: p.clone(), at_unix: now_unix() });
+                    }
+                }
+                active = current;
+                ctl.set_alerts_active(active.len());
+            }
+            Err(e) => tracing::error!(error = %e, "cannot evaluate alert conditions"),
+        }
+        tokio::select! {
+            _ = stop.changed() => break,
+            () = tokio::time::sleep(EVALUATE_EVERY) => {}
+        }
+    }
+    drop(tx);
+    let _ = delivery.await;
+}
+
+fn send(tx: &mpsc::Sender<Alert>, a: Alert) {
+    tracing::warn!(kind = a.problem.kind, subject = %a.problem.subject, state = a.state, "{}", a.problem.message);
+    if tx.try_send(a).is_err() {
+        tracing::error!("alert queue full; alert dropped (see tresorctl status)");
+    }
+}
+
+async fn deliver(cfg: Alerts, mut rx: mpsc::Receiver<Alert>) {
+    while let Some(a) = rx.recv().await {
+        let body = serde_json::to_vec(&a).unwrap_or_default();
+        if let Some(url) = &cfg.webhook {
+            for attempt in 1..=3u32 {
+                match post(url, &body).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(url, attempt, error = %e, "alert webhook failed");
+                        tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                    }
+                }
+            }
+        }
+        if let Some(cmd) = &cfg.command
+            && let Err(e) = run_command(cmd, &body).await
+        {
+            tracing::warn!(command = ?cmd, error = %e, "alert command failed");
+        }
+    }
+}
+
+async fn run_command(cmd: &[String], body: &[u8]) -> std::io::Result<()> {
+    let mut child = tokio::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(body).await?;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .map_err(|_| std::io::Error::other("timed out after 30 s"))??;
+    if status.success() { Ok(()) } else { Err(std::io::Error::other(format!("exited with {status}"))) }
+}
+
+/// POST `body` to an `http://host:port/path` URL (HTTP/1.1, one request per connection).
+async fn post(url: &str, body: &[u8]) -> std::io::Result<()> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        std::io::Error::other("only http:// webhooks are sent directly; put a relay in front for https")
+    })?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addr = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(body).await?;
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply).await?;
+        let line = String::from_utf8_lossy(&reply);
+        let code = line.split_whitespace().nth(1).unwrap_or("");
+        if code.starts_with('2') { Ok(()) } else { Err(std::io::Error::other(format!("webhook answered {code:?}"))) }
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| std::io::Error::other("timed out after 10 s"))?
+}
