@@ -138,3 +138,25 @@ impl ControllerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../config/controller.example.toml");
+        let cfg = ControllerConfig::parse(text, "config/controller.example.toml").unwrap();
+        assert!(cfg.lease >= cfg.heartbeat * 3);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let e = ControllerConfig::parse("listen = \"nowhere\"", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("listen") && e.contains("nowhere"), "{e}");
+        let e = ControllerConfig::parse("lease = \"2s\"\nheartbeat = \"1s\"", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("lease"), "{e}");
+        let e = ControllerConfig::parse("cert_life = \"1h\"", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("unknown field `cert_life`"), "{e}");
+    }
+}

@@ -329,6 +329,17 @@ impl Controller {
                 self.catalog.put_source(&key, &rec)?;
             }
         }
+        // A vault the catalog knows no snapshot of (a new controller, a lost catalog) is scanned
+        // on its maintainer, so earlier snapshots come back without a separate rebuild.
+        let known: std::collections::BTreeSet<String> =
+            self.catalog.snapshots()?.into_iter().map(|s| s.vault).collect();
+        for v in policy.vaults.iter().filter(|v| !known.contains(&v.name)) {
+            if let Some((id, a)) = self.state.find_agent(&v.maintainer).filter(|(id, _)| !self.state.is_revoked(id)) {
+                let job =
+                    JobRecord::new(id, a.name, v.name.clone(), JobSpec::Scan, "rebuild", self.config.max_attempts);
+                self.jobs.submit(&job)?;
+            }
+        }
         self.catalog.flush().await?;
         let path = self.state.policy_dir().join(format!("{}.toml", policy.name));
         let bytes = text.as_bytes().to_vec();
@@ -570,7 +581,16 @@ impl Controller {
             .filter(|s| agent.is_empty() || s.agent == agent)
             .filter(|s| source.is_none_or(|src| s.source == src))
             .collect();
-        out.sort_by(|a, b| a.committed_ms.cmp(&b.committed_ms).then(a.snapshot_id.cmp(&b.snapshot_id)));
+        // Receipted snapshots by receipt time; unreceipted ones (before them) by their manifest's
+        // own time, which is good enough for listing and never used by retention.
+        out.sort_by(|a, b| {
+            let by_manifest = if a.committed_ms.is_none() && b.committed_ms.is_none() {
+                a.manifest_time.cmp(&b.manifest_time)
+            } else {
+                std::cmp::Ordering::Equal
+            };
+            a.committed_ms.cmp(&b.committed_ms).then(by_manifest).then_with(|| a.snapshot_id.cmp(&b.snapshot_id))
+        });
         Ok(out)
     }
 

@@ -374,6 +374,21 @@ paths = ["/srv/models"]
         assert!(s.schedule.jitter_for("db-01/models") < Duration::from_secs(600));
     }
 
+    #[test]
+    fn every_example_policy_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.to_string_lossy().ends_with(".policy.toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                Policy::parse(&text, &path.display().to_string()).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "config/ has example policies");
+    }
+
     fn err(text: &str) -> String {
         Policy::parse(text, "p.toml").unwrap_err().to_string()
     }

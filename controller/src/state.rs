@@ -175,10 +175,16 @@ impl State {
         self.lock().agents.clone()
     }
 
-    /// An agent by id or name.
+    /// An agent by id or name; of several agents with one name (re-enrolled after a revocation)
+    /// the one not revoked.
     pub fn find_agent(&self, key: &str) -> Option<(AgentId, AgentEntry)> {
         let f = self.lock();
-        f.agents.iter().find(|(id, a)| id.as_str() == key || a.name == key).map(|(id, a)| (id.clone(), a.clone()))
+        let mut matches = f.agents.iter().filter(|(id, a)| id.as_str() == key || a.name == key);
+        let all: Vec<_> = matches.by_ref().collect();
+        all.iter()
+            .find(|(id, _)| !f.revoked.contains_key(*id))
+            .or(all.first())
+            .map(|(id, a)| ((*id).clone(), (*a).clone()))
     }
 
     /// Revoke an agent; it is refused from now on, also after a catalog rebuild.

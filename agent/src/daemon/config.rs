@@ -72,3 +72,22 @@ impl AgentConfig {
         self.name.clone().unwrap_or_else(crate::commands::hostname)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let cfg = AgentConfig::parse(include_str!("../../../config/agent.example.toml"), "agent.example.toml").unwrap();
+        assert!(!cfg.vaults.is_empty());
+    }
+
+    #[test]
+    fn a_vault_without_a_secret_or_an_unknown_field_is_refused() {
+        let e = AgentConfig::parse("[vaults.nas]\nurl = \"/srv\"\n", "a.toml").unwrap_err().to_string();
+        assert!(e.contains("vaults.nas: give password_file"), "{e}");
+        let e = AgentConfig::parse("controler = \"x\"\n", "a.toml").unwrap_err().to_string();
+        assert!(e.contains("unknown field `controler`"), "{e}");
+    }
+}

@@ -110,7 +110,7 @@ mod tests {
         let stale = pb::JobRef { lease_epoch: 6, ..j.clone() };
         l.apply(&[pb::LeaseGrant { job: Some(stale), valid: false, lease_ms: 0 }], Instant::now());
         assert!(l.check("j1", 1).is_ok(), "a grant for another epoch is ignored");
-        l.apply(&[pb::LeaseGrant { job: Some(j), valid: false, lease_ms: 0 }], Instant::now());
+        l.apply(&[pb::LeaseGrant { job: Some(j.clone()), valid: false, lease_ms: 0 }], Instant::now());
         assert!(l.check("j1", 1).unwrap_err().contains("no longer holds"));
         l.start(&pb::JobRef { attempt: 2, ..j }, Duration::from_secs(10), Instant::now());
         assert!(l.check("j1", 1).unwrap_err().contains("superseded"), "an old attempt never commits over a new one");

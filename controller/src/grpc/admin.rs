@@ -184,7 +184,7 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::StartPruneReply {
             job_id: job.id.to_string(),
             forget: forget.iter().map(snapshot_meta).collect(),
-            keep: (keep + forget.len()).saturating_sub(forget.len()) as u32,
+            keep: keep as u32,
         }))
     }
 }
