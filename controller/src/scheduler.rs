@@ -53,6 +53,18 @@ pub async fn schedule_due(ctl: &Controller) -> Result<()> {
         for s in &policy.sources {
             let key = format!("{}/{}", s.agent, s.name);
             let mut rec = ctl.catalog.source(&key)?;
+            if rec.last_slot_unix == 0 {
+                // A source the catalog lost (a rebuilt catalog): start from the current slot, as
+                // when its policy was applied, instead of running an old slot now.
+                rec.last_slot_unix = s.schedule.last_slot(now).map_or(1, |t| t.timestamp());
+                rec.tracked_since_unix = rec.tracked_since_unix.max(now.timestamp());
+                if let Some(c) = &s.check {
+                    rec.last_check_slot_unix = c.schedule.last_slot(now).map_or(1, |t| t.timestamp());
+                }
+                ctl.catalog.put_source(&key, &rec)?;
+                wrote = true;
+                continue;
+            }
             if let Some(slot) = s.schedule.last_slot(now)
                 && slot.timestamp() > rec.last_slot_unix
                 && now >= slot + s.schedule.jitter_for(&key)

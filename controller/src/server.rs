@@ -49,10 +49,7 @@ pub async fn serve(ctl: Arc<Controller>, stop: watch::Receiver<bool>) -> Result<
     println!("tresor-controller listening on {addr}");
     let scheduler = tokio::spawn(crate::scheduler::run(ctl.clone(), stop.clone()));
     let alerts = tokio::spawn(crate::alerts::run(ctl.clone(), stop.clone()));
-    let metrics = match ctl.config.metrics_listen {
-        Some(a) => Some(tokio::spawn(crate::metrics::serve(ctl.clone(), a, stop.clone()))),
-        None => None,
-    };
+    let metrics = ctl.config.metrics_listen.map(|a| tokio::spawn(crate::metrics::serve(ctl.clone(), a, stop.clone())));
     let mut stop_grpc = stop.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Server::builder()

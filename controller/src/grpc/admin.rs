@@ -196,36 +196,34 @@ fn start_restore(ctl: &Controller, r: &pb::StartRestoreRequest) -> Result<JobRec
         return Err(Error::InvalidArgument(format!("--to {:?}: give an absolute path on the agent", r.target)));
     }
     let snaps = ctl.snapshots(&r.selector)?;
-    let snap = if !r.snapshot.is_empty() {
-        let matching: Vec<_> = snaps.iter().filter(|s| s.snapshot_id.starts_with(&r.snapshot)).collect();
-        match matching.as_slice() {
-            [one] => (*one).clone(),
-            [] => return Err(Error::NotFound(format!("{}: no snapshot {}", r.selector, r.snapshot))),
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "snapshot prefix {} is ambiguous; give more of it",
-                    r.snapshot
-                )));
+    let snap =
+        if !r.snapshot.is_empty() {
+            let matching: Vec<_> = snaps.iter().filter(|s| s.snapshot_id.starts_with(&r.snapshot)).collect();
+            match matching.as_slice() {
+                [one] => (*one).clone(),
+                [] => return Err(Error::NotFound(format!("{}: no snapshot {}", r.selector, r.snapshot))),
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "snapshot prefix {} is ambiguous; give more of it",
+                        r.snapshot
+                    )));
+                }
             }
-        }
-    } else if !r.at.is_empty() {
-        let at = chrono::DateTime::parse_from_rfc3339(&r.at)
-            .map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "--at {:?}: not an RFC 3339 time such as 2026-11-28T02:00:00+01:00 ({e})",
-                    r.at
-                ))
+        } else if !r.at.is_empty() {
+            let at = chrono::DateTime::parse_from_rfc3339(&r.at)
+                .map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "--at {:?}: not an RFC 3339 time such as 2026-11-28T02:00:00+01:00 ({e})",
+                        r.at
+                    ))
+                })?
+                .timestamp();
+            snaps.iter().rfind(|s| s.committed_ms.is_some_and(|t| t <= at * 1000 + 999)).cloned().ok_or_else(|| {
+                Error::NotFound(format!("{}: no snapshot committed at or before {}", r.selector, r.at))
             })?
-            .timestamp();
-        snaps
-            .iter()
-            .filter(|s| s.committed_ms.is_some_and(|t| t <= at * 1000 + 999))
-            .next_back()
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("{}: no snapshot committed at or before {}", r.selector, r.at)))?
-    } else {
-        snaps.last().cloned().ok_or_else(|| Error::NotFound(format!("{} has no snapshots yet", r.selector)))?
-    };
+        } else {
+            snaps.last().cloned().ok_or_else(|| Error::NotFound(format!("{} has no snapshots yet", r.selector)))?
+        };
     let on = if r.on_agent.is_empty() { source.agent.clone() } else { r.on_agent.clone() };
     let (id, a) = ctl.state.find_agent(&on).ok_or_else(|| Error::NotFound(format!("--on {on:?}: no such agent")))?;
     if ctl.state.is_revoked(&id) {

@@ -165,3 +165,67 @@ fn bad_policies_are_rejected_by_name() {
     }
     assert!(p.apply_policy(&base("nas", "a1", "0 2 * * *", "")).status.success());
 }
+
+#[test]
+fn forged_and_replayed_receipts_are_ignored_and_never_expire_a_snapshot() {
+    let mut p = Plane::start("");
+    let root = p.dir.path().to_path_buf();
+    let vault = root.join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    let pw = p.password_file("a");
+    p.init_vault(vault.to_str().unwrap(), &pw, &[]);
+    let spec =
+        VaultSpec { name: "nas".into(), url: vault.to_str().unwrap().into(), password_file: pw.clone(), env: vec![] };
+    p.add_agent("a1", std::slice::from_ref(&spec), &[]);
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    restore_tests::random_file(&data.join("x.bin"), 256 << 10, 1);
+    let policy = format!(
+        "name = \"r\"\n[[vault]]\nname = \"nas\"\nmaintainer = \"a1\"\n[[source]]\nagent = \"a1\"\nname = \"d\"\nvault = \"nas\"\npaths = [\"{}\"]\nschedule = \"0 0 1 1 *\"\nretention = {{ keep_last = 1 }}\n",
+        data.display()
+    );
+    assert!(p.apply_policy(&policy).status.success());
+    for i in 0..3 {
+        restore_tests::random_file(&data.join("x.bin"), 256 << 10, 10 + i);
+        p.ctl_ok(&["backup", "a1/d"]);
+    }
+    let ids: Vec<String> = p.snapshots("a1/d").iter().map(|s| s["snapshot_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 3);
+
+    // Replace the receipts of the two older snapshots: one by the newest's receipt (a replay under
+    // another name), one by a copy with its time bytes changed (a forged time).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let secret = tresor_vault::Secret::Password(zeroize::Zeroizing::new(
+            std::fs::read(&pw).unwrap().trim_ascii_end().to_vec(),
+        ));
+        let v = tresor_vault::Vault::open(tresor_vault::backend::from_url(vault.to_str().unwrap()).unwrap(), &secret)
+            .await
+            .unwrap();
+        let receipts = v.receipts().await.unwrap();
+        let newest: tresor_vault::ids::SnapshotId = ids[2].parse().unwrap();
+        let genuine = receipts.iter().find(|(id, _)| *id == newest).unwrap().1.clone().unwrap();
+        let mut forged = genuine.clone();
+        let n = forged.len();
+        forged[n - 70] ^= 0x01; // inside the time field or the signature: either breaks it
+        for (i, bytes) in [(0, genuine), (1, forged)] {
+            let id: tresor_vault::ids::SnapshotId = ids[i].parse().unwrap();
+            std::fs::remove_file(vault.join("receipts").join(&ids[i])).unwrap();
+            v.put_receipt(&id, &bytes).await.unwrap();
+        }
+    });
+    // Drop the catalog's own copies so only the scan counts: a fresh catalog.
+    p.kill_controller();
+    std::fs::remove_dir_all(p.state.join("catalog.sled")).unwrap();
+    p.start_controller();
+    let snaps_after = || p.snapshots("a1/d");
+    wait_for("the scan to bring the snapshots back", Duration::from_secs(60), || snaps_after().len() == 3);
+    let by_id: std::collections::BTreeMap<String, serde_json::Value> =
+        snaps_after().into_iter().map(|s| (s["snapshot_id"].as_str().unwrap().to_string(), s)).collect();
+    assert!(by_id[&ids[0]]["committed_unix"].is_null(), "a replayed receipt is ignored");
+    assert!(by_id[&ids[1]]["committed_unix"].is_null(), "a forged receipt is ignored");
+    assert!(by_id[&ids[2]]["committed_unix"].as_i64().is_some(), "the genuine receipt verifies");
+    // keep_last = 1 keeps the newest; the two without a valid receipt are never forgotten.
+    let plan = p.ctl_json(&["prune", "nas", "--dry-run"]);
+    assert!(plan["forget"].as_array().unwrap().is_empty(), "{plan}");
+}
