@@ -547,3 +547,66 @@ impl Jobs {
         Ok(job)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(limit: u32, lease: Duration) -> (tempfile::TempDir, Jobs) {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Arc::new(Catalog::open(dir.path()).unwrap());
+        let jobs = Jobs::new(cat, LeaseSettings { lease, backoff: Duration::from_millis(1) }, Box::new(move |_| limit));
+        (dir, jobs)
+    }
+
+    fn ok(r: pb::JobRef) -> pb::JobResult {
+        pb::JobResult { r#ref: Some(r), error: String::new(), kind: None }
+    }
+
+    #[test]
+    fn a_vault_runs_at_most_its_limit_and_only_current_attempts_finish() {
+        let (_d, jobs) = table(1, Duration::from_secs(60));
+        let a = AgentId::new("a-1".into());
+        let (tx, mut rx) = mpsc::channel(AGENT_STREAM_JOBS);
+        let _ = jobs.connect(&a, tx);
+        for _ in 0..3 {
+            jobs.submit(&JobRecord::new(a.clone(), "a".into(), "nas".into(), JobSpec::Scan, "manual", 3)).unwrap();
+        }
+        let _ = jobs.tick().unwrap();
+        let first = rx.try_recv().unwrap().unwrap().r#ref.unwrap();
+        assert!(rx.try_recv().is_err(), "one job at a time on a vault with limit 1");
+
+        let older = pb::JobRef { lease_epoch: first.lease_epoch - 1, ..first.clone() };
+        assert!(matches!(jobs.finish(&a, &ok(older)), Err(Error::FailedPrecondition(_))), "a stale epoch is refused");
+        let other = AgentId::new("a-2".into());
+        assert!(
+            matches!(jobs.finish(&other, &ok(first.clone())), Err(Error::FailedPrecondition(_))),
+            "another agent is refused"
+        );
+        assert_eq!(jobs.finish(&a, &ok(first.clone())).unwrap().state, JobState::Succeeded);
+        assert!(matches!(jobs.finish(&a, &ok(first)), Err(Error::FailedPrecondition(_))), "a result counts once");
+        let _ = jobs.tick().unwrap();
+        assert!(rx.try_recv().is_ok(), "the next job runs once the slot is free");
+    }
+
+    #[test]
+    fn a_lapsed_lease_makes_a_new_attempt_with_a_higher_epoch() {
+        let (_d, jobs) = table(2, Duration::from_millis(50));
+        let a = AgentId::new("a-1".into());
+        let (tx, mut rx) = mpsc::channel(AGENT_STREAM_JOBS);
+        let _ = jobs.connect(&a, tx);
+        jobs.submit(&JobRecord::new(a.clone(), "a".into(), "nas".into(), JobSpec::Scan, "manual", 3)).unwrap();
+        let _ = jobs.tick().unwrap();
+        let first = rx.try_recv().unwrap().unwrap().r#ref.unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        let grants = jobs.heartbeat(&a, std::slice::from_ref(&first)).unwrap();
+        assert!(!grants[0].valid, "a lapsed lease is not revived by a late heartbeat");
+        let _ = jobs.tick().unwrap(); // expires the attempt
+        std::thread::sleep(Duration::from_millis(5));
+        let _ = jobs.tick().unwrap(); // dispatches the retry
+        let second = rx.try_recv().unwrap().unwrap().r#ref.unwrap();
+        assert_eq!(second.attempt, 2);
+        assert!(second.lease_epoch > first.lease_epoch);
+        assert!(jobs.finish(&a, &ok(first)).is_err(), "the stale attempt's result is refused");
+    }
+}

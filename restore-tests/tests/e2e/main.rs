@@ -6,6 +6,7 @@ mod control;
 mod corruption;
 mod crash;
 mod disaster;
+mod gc;
 mod keys;
 mod memory;
 mod roundtrip;

@@ -220,6 +220,11 @@ fn the_controller_killed_a_hundred_times_always_comes_back_whole() {
     let before: Vec<String> =
         p.snapshots("w1/data").iter().map(|s| s["snapshot_id"].as_str().unwrap().to_string()).collect();
     p.kill_controller();
+    std::thread::sleep(Duration::from_secs(4)); // pending receipts reach the vault without the controller
+    let receipted: std::collections::BTreeSet<String> = std::fs::read_dir(vault.join("receipts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     for f in restore_tests::files_below(&p.state.join("catalog.sled")) {
         std::fs::write(&f, b"this is not a sled file").unwrap();
     }
@@ -231,10 +236,17 @@ fn the_controller_killed_a_hundred_times_always_comes_back_whole() {
             p.snapshots("w1/data").iter().map(|s| s["snapshot_id"].as_str().unwrap().to_string()).collect();
         before.iter().all(|id| now.contains(id))
     });
-    assert!(
-        p.snapshots("w1/data").iter().all(|s| s["committed_unix"].as_i64().is_some()),
-        "receipts verified after the rebuild"
-    );
+    // Snapshots whose receipt reached the vault come back with it verified. (A backup committed
+    // while the controller was being killed may have no receipt: it is whole, and retention never
+    // forgets it.)
+    let verified: std::collections::BTreeSet<String> = p
+        .snapshots("w1/data")
+        .iter()
+        .filter(|s| s["committed_unix"].as_i64().is_some())
+        .map(|s| s["snapshot_id"].as_str().unwrap().to_string())
+        .collect();
+    let missing: Vec<_> = receipted.difference(&verified).collect();
+    assert!(missing.is_empty(), "receipts not verified after the rebuild: {missing:?}");
     assert_eq!(p.agent_row("gone")["revoked"], true);
     let report = check_vault(&url, &pws[0], &[], false);
     assert!(report["problems"].as_array().unwrap().is_empty(), "{report}");

@@ -176,6 +176,13 @@ fn two_agents_schedule_restore_retention_and_gc() {
     p.ctl_ok(&["restore", "gpu-01/models", "--to", older.to_str().unwrap(), "--snapshot", &ids[2]]);
     assert!(older.join(models.strip_prefix("/").unwrap()).join("own-2.bin").exists());
 
+    // Restoring on an agent without a key slot for the vault says how to add one.
+    let no_slot =
+        p.ctl(&["restore", "db-01/dumps", "--to", root.join("restored/nope").to_str().unwrap(), "--on", "gpu-01"]);
+    let why = String::from_utf8_lossy(&no_slot.stderr);
+    assert_eq!(no_slot.status.code(), Some(1), "{why}");
+    assert!(why.contains("agent gpu-01 cannot open vault \"s3\"") && why.contains("tresor-agent key add"), "{why}");
+
     // Status is clean and the scheduled source kept running on Garage.
     let status = p.ctl(&["--json", "status"]);
     assert_eq!(status.status.code(), Some(0), "{}", String::from_utf8_lossy(&status.stdout));

@@ -1,0 +1,66 @@
+//! GC refuses to delete anything when what it sees of the vault is implausible: a listing error,
+//! a pack a snapshot needs missing from the listing, or an unreadable snapshot.
+
+use std::sync::Arc;
+
+use restore_tests::{World, files_below, random_file};
+use tresor_vault::gc::{self, GcOptions};
+use tresor_vault::{Secret, Vault, backend};
+
+fn open(w: &World) -> Arc<Vault> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let secret = Secret::Password(zeroize::Zeroizing::new(w.password.clone().into_bytes()));
+        Arc::new(Vault::open(backend::from_url(w.vault_str()).unwrap(), &secret).await.unwrap())
+    })
+}
+
+fn run(w: &World, v: &Arc<Vault>) -> tresor_vault::Result<gc::GcReport> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(gc::run(v.clone(), &w.path("gc-cache"), &GcOptions::default()))
+}
+
+#[test]
+fn gc_deletes_nothing_on_an_implausible_listing_or_an_unreadable_snapshot() {
+    let w = World::new();
+    let src = w.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("a.bin"), 3 << 20, 1);
+    w.backup(&[&src]);
+    std::fs::remove_file(src.join("a.bin")).unwrap();
+    random_file(&src.join("b.bin"), 3 << 20, 2);
+    w.backup(&[&src]);
+    let packs_before = files_below(&w.vault.join("data"));
+    let v = open(&w);
+
+    // A pack a snapshot needs is missing from the listing: abort, nothing deleted, no mark.
+    let victim = packs_before.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap().clone();
+    let aside = w.path("aside.pack");
+    std::fs::rename(&victim, &aside).unwrap();
+    let err = run(&w, &v).unwrap_err().to_string();
+    assert!(err.contains("implausible pack listing"), "{err}");
+    assert!(!w.vault.join("gc").exists(), "no mark was written");
+    std::fs::rename(&aside, &victim).unwrap();
+
+    // A listing error (the data directory unreadable): abort.
+    let data = w.vault.join("data");
+    std::fs::rename(&data, w.path("data-aside")).unwrap();
+    std::fs::write(&data, b"not a directory").unwrap();
+    assert!(run(&w, &v).is_err(), "a listing error aborts GC");
+    std::fs::remove_file(&data).unwrap();
+    std::fs::rename(w.path("data-aside"), &data).unwrap();
+
+    // An unreadable snapshot: abort.
+    let snap = files_below(&w.vault.join("snapshots")).remove(0);
+    let good = std::fs::read(&snap).unwrap();
+    std::fs::write(&snap, b"garbage").unwrap();
+    let err = run(&w, &v).unwrap_err().to_string();
+    assert!(err.contains("unreadable") || err.contains("snapshot"), "{err}");
+    std::fs::write(&snap, good).unwrap();
+
+    // With the vault whole again, nothing is unreferenced and nothing is deleted.
+    let report = run(&w, &v).unwrap();
+    assert_eq!(report.packs_deleted, 0);
+    assert_eq!(report.unreferenced, 0, "{report:?}");
+    assert_eq!(files_below(&w.vault.join("data")).len(), packs_before.len());
+}
