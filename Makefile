@@ -5,7 +5,7 @@ CARGO ?= cargo
 
 .PHONY: demo test test-deps build lint bench clean-work
 
-## demo: a local vault, a backup of sample data, a restore, and a comparison of the two trees.
+## demo: controller and agent on loopback (sled catalog, folder vault, certificates made on the fly): enroll, apply a policy, back up, restore with tresorctl, compare.
 demo: build
 	scripts/demo.sh
 

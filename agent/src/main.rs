@@ -5,6 +5,7 @@ mod commands;
 mod daemon;
 mod exit;
 mod files;
+mod host;
 mod progress;
 mod secret;
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::error::{Error, Result};
-use crate::jobs::JobRecord;
+use crate::job::JobRecord;
 
 /// A snapshot as the catalog knows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 //! scheduler, the sled catalog, policies, receipts and status. It holds no vault keys and touches
 //! no backup data: every operation on a vault is a job an agent runs.
 //!
-//! Layers, bottom up: `ids`, `fsutil`, `error` -> `config`, `policy`, `pki`, `state`, `catalog`
+//! Layers, bottom up: `ids`, `fsutil`, `error` -> `config`, `policy`, `pki`, `state`, `job` -> `catalog`
 //! -> `jobs` -> `core` -> `scheduler`, `status`, `metrics` -> `grpc` -> `server`.
 
 pub mod alerts;
@@ -15,6 +15,7 @@ pub mod error;
 pub mod fsutil;
 pub mod grpc;
 pub mod ids;
+pub mod job;
 pub mod jobs;
 pub mod metrics;
 pub mod pki;

@@ -17,7 +17,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -28,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::ids::{ChunkId, PackId, SessionId, SnapshotId};
 use crate::index::{LocalIndex, MAX_SEGMENT_ENTRIES, PackRef, Segment};
 use crate::pack::{self, PackBuilder, PackEntry};
+pub use crate::session::{CommitGuard, SessionMarker};
 use crate::snapshot::{Manifest, Node, Summary, encode_tree};
 use crate::vault::Vault;
 use crate::{failpoint, layout, object};
@@ -56,16 +56,6 @@ pub struct BackupOptions {
     /// Asked right before the commit point (the manifest put); an error aborts the commit. The
     /// agent daemon uses it to fence itself when its job lease has lapsed.
     pub commit_guard: Option<CommitGuard>,
-}
-
-/// See [`BackupOptions::commit_guard`].
-#[derive(Clone)]
-pub struct CommitGuard(pub Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>);
-
-impl std::fmt::Debug for CommitGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CommitGuard")
-    }
 }
 
 impl Default for BackupOptions {
@@ -99,27 +89,6 @@ pub struct Stats {
     pub bytes_stored: AtomicU64,
     /// Packs uploaded.
     pub packs: AtomicU64,
-}
-
-/// A writer session marker: announces a running backup and the packs it wrote or reuses, so that
-/// garbage collection can leave them alone, and so a later run can adopt packs of a crashed one.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SessionMarker {
-    /// Marker format version.
-    pub v: u32,
-    /// Host.
-    pub host: String,
-    /// Process id.
-    pub pid: u32,
-    /// RFC 3339 start.
-    pub started: String,
-    /// RFC 3339 time of the last refresh.
-    pub refreshed: String,
-    /// Packs this session is uploading or uploaded, not yet in an index segment.
-    pub packs: Vec<PackRef>,
-    /// Packs holding chunks this session deduplicated against.
-    #[serde(default)]
-    pub reused: Vec<PackId>,
 }
 
 /// Bytes-counted admission to the chunk queue.
@@ -339,7 +308,7 @@ impl BackupSession {
         // Read the GC mark only after our marker exists: a sweep that missed our marker started
         // before this read, and its mark is still in place for us to see.
         let avoid: HashSet<PackId> =
-            crate::gc::read_mark(&vault).await?.map(|m| m.packs.into_iter().collect()).unwrap_or_default();
+            crate::session::read_mark(&vault).await?.map(|m| m.packs.into_iter().collect()).unwrap_or_default();
         let shared = Arc::new(Shared {
             vault: vault.clone(),
             keys,
@@ -462,7 +431,7 @@ impl BackupSession {
         let (sid, bytes) = object::seal(vault.keys(), ObjectType::Snapshot, &manifest);
         failpoint::hit("before-manifest-put");
         let quiet = self.shared.marker_ok.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-        if quiet.as_secs() as i64 > crate::gc::SESSION_LIVE_SECS - 120 {
+        if quiet.as_secs() as i64 > crate::session::SESSION_LIVE_SECS - 120 {
             return Err(Error::Invalid(format!(
                 "commit refused: this session's marker was last refreshed {} s ago, so a garbage collection may have \
                  taken the session for dead; nothing was committed (run the backup again)",

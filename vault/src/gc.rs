@@ -23,32 +23,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::backend::BackendError;
-use crate::backup::{CommitGuard, SessionMarker};
 use crate::crypto::ObjectType;
 use crate::error::{Error, Result};
 use crate::ids::{ObjectId, PackId};
 use crate::index::Segment;
 use crate::index::segment::{MAX_SEGMENT_ENTRIES, PackRef};
 use crate::pack::PackEntry;
+pub use crate::session::{CommitGuard, GcMark, SESSION_LIVE_SECS, SessionMarker, read_mark};
 use crate::vault::Vault;
 use crate::{layout, object};
-
-/// A session marker refreshed within this many seconds counts as a live writer.
-pub const SESSION_LIVE_SECS: i64 = 15 * 60;
-
-/// The mark of a GC run (sealed object type 8 at `gc/mark`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GcMark {
-    /// Format version.
-    pub v: u32,
-    /// RFC 3339 time of the mark.
-    pub marked_at: String,
-    /// Packs no snapshot referenced at that time.
-    pub packs: Vec<PackId>,
-}
 
 /// What a run may do.
 #[derive(Clone, Default)]
@@ -84,20 +70,6 @@ fn guard(opts: &GcOptions) -> Result<()> {
     match &opts.guard {
         Some(g) => (g.0)().map_err(|why| Error::Invalid(format!("GC stopped before deleting anything: {why}"))),
         None => Ok(()),
-    }
-}
-
-/// Read `gc/mark`, if there is one.
-///
-/// # Errors
-/// Storage errors, or a mark that does not open.
-pub async fn read_mark(vault: &Vault) -> Result<Option<GcMark>> {
-    match vault.backend().get(layout::GC_MARK).await {
-        Ok(bytes) => object::open::<GcMark>(vault.keys(), ObjectType::GcMark, &bytes)
-            .map(Some)
-            .map_err(|e| Error::integrity("gc/mark", e)),
-        Err(BackendError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e.into()),
     }
 }
 

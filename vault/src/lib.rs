@@ -6,7 +6,8 @@
 //!
 //! Layering inside the crate, bottom up: `ids`, `crypto`, `codec`, `chunker` (pure functions) ->
 //! `pack`, `object`, `index`, `snapshot`, `keys`, `config` (formats) -> `backend` (storage) ->
-//! `vault` (an opened vault) -> `backup`, `restore`, `check` (operations).
+//! `vault` (an opened vault) -> `session` (what writers and GC agree on) -> `backup`, `restore`,
+//! `check`, `gc` (operations).
 //!
 //! The byte layout is frozen in docs/FORMAT.md and pinned by golden vectors in
 //! `tests/golden.rs`; changing either is a format change.
@@ -28,6 +29,7 @@ pub mod layout;
 pub mod object;
 pub mod pack;
 pub mod restore;
+pub mod session;
 pub mod snapshot;
 mod vault;
 

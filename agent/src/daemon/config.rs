@@ -69,7 +69,7 @@ impl AgentConfig {
 
     /// This agent's name.
     pub fn name(&self) -> String {
-        self.name.clone().unwrap_or_else(crate::commands::hostname)
+        self.name.clone().unwrap_or_else(crate::host::hostname)
     }
 }
 

@@ -19,8 +19,8 @@ use super::config::AgentConfig;
 use super::leases::Leases;
 use super::outbox::Outbox;
 use super::tls::Client;
-use crate::commands::{BackupRequest, backup_into, backup_roots};
 use crate::files;
+use crate::files::backup::{BackupRequest, backup_into, backup_roots};
 
 /// Tags that tie a snapshot to its agent and source, so a catalog rebuild can place snapshots
 /// that have no receipt.

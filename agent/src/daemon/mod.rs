@@ -127,7 +127,7 @@ async fn heartbeat_loop(ctx: Arc<AgentCtx>) {
     let mut vaults = ctx.vault_states().await;
     let mut checked = Instant::now();
     let mut failing = false;
-    let hostname = crate::commands::hostname();
+    let hostname = crate::host::hostname();
     loop {
         if checked.elapsed() > VAULT_RECHECK
             || vaults.iter().any(|v| !v.error.is_empty()) && checked.elapsed() > Duration::from_secs(30)

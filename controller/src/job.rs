@@ -1,0 +1,237 @@
+//! What a job is: its kind, its state, and its record in the catalog.
+
+use std::time::Duration;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tresor_proto::pb;
+use tresor_proto::prost::Message;
+
+use crate::ids::{AgentId, JobId};
+
+/// What a job does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobSpec {
+    /// Back up a source.
+    Backup {
+        /// Source name.
+        source: String,
+        /// Paths.
+        paths: Vec<String>,
+        /// Tags.
+        tags: Vec<String>,
+    },
+    /// Restore a snapshot.
+    Restore {
+        /// Full snapshot id.
+        snapshot: String,
+        /// Target directory on the executing agent.
+        target: String,
+        /// Allow a non-empty target.
+        force: bool,
+        /// Only report what would be restored.
+        dry_run: bool,
+        /// The agent/source the snapshot came from (for display).
+        origin: String,
+    },
+    /// Check the vault.
+    Check {
+        /// Share of packs to read.
+        read_data_percent: f64,
+        /// The source whose policy scheduled it ("AGENT/SOURCE"), for its status.
+        #[serde(default)]
+        source: String,
+    },
+    /// Forget snapshots and collect garbage (maintainer only).
+    Prune {
+        /// Snapshot ids to forget.
+        forget: Vec<String>,
+        /// GC grace.
+        gc_grace_seconds: u32,
+    },
+    /// List the vault's snapshots and receipts (catalog rebuild).
+    Scan,
+}
+
+impl JobSpec {
+    /// A short name for the kind of job.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Backup { .. } => "backup",
+            Self::Restore { .. } => "restore",
+            Self::Check { .. } => "check",
+            Self::Prune { .. } => "prune",
+            Self::Scan => "scan",
+        }
+    }
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for its agent, its vault's concurrency limit or its retry time.
+    Queued,
+    /// Dispatched; the lease holds.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Gave up.
+    Failed,
+}
+
+impl JobState {
+    /// The state's name as shown to people.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Latest progress of a running job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProgressRecord {
+    /// Phase name.
+    pub phase: String,
+    /// Bytes done.
+    pub bytes: u64,
+    /// Files done.
+    pub files: u64,
+}
+
+/// A job as the catalog keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Id.
+    pub id: JobId,
+    /// The agent that runs it.
+    pub agent_id: AgentId,
+    /// Its name (for display).
+    pub agent_name: String,
+    /// The vault's name (agents resolve it in their agent.toml).
+    pub vault: String,
+    /// What to do.
+    pub spec: JobSpec,
+    /// Where it is.
+    pub state: JobState,
+    /// Attempts dispatched so far.
+    pub attempt: u32,
+    /// The current attempt's fence.
+    pub lease_epoch: u64,
+    /// Until when the current attempt's lease holds (Unix ms, controller clock).
+    pub lease_deadline_ms: i64,
+    /// Not dispatched before this (retry backoff; Unix ms).
+    pub not_before_ms: i64,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Created (Unix seconds).
+    pub created_unix: i64,
+    /// Last dispatched.
+    pub started_unix: i64,
+    /// Finished.
+    pub finished_unix: i64,
+    /// Error of the last attempt.
+    pub error: String,
+    /// The result (prost-encoded `JobResult`, base64).
+    pub result: Option<String>,
+    /// Progress.
+    pub progress: ProgressRecord,
+    /// "schedule", "manual", "rebuild", "retention".
+    pub trigger: String,
+}
+
+impl JobRecord {
+    /// A new queued job.
+    pub fn new(
+        agent_id: AgentId,
+        agent_name: String,
+        vault: String,
+        spec: JobSpec,
+        trigger: &str,
+        max_attempts: u32,
+    ) -> Self {
+        Self {
+            id: JobId::generate(),
+            agent_id,
+            agent_name,
+            vault,
+            spec,
+            state: JobState::Queued,
+            attempt: 0,
+            lease_epoch: 0,
+            lease_deadline_ms: 0,
+            not_before_ms: 0,
+            max_attempts,
+            created_unix: chrono::Utc::now().timestamp(),
+            started_unix: 0,
+            finished_unix: 0,
+            error: String::new(),
+            result: None,
+            progress: ProgressRecord::default(),
+            trigger: trigger.to_string(),
+        }
+    }
+
+    /// The fencing triple of the current attempt.
+    pub fn job_ref(&self) -> pb::JobRef {
+        pb::JobRef { job_id: self.id.to_string(), attempt: self.attempt, lease_epoch: self.lease_epoch }
+    }
+
+    /// The decoded result, if any.
+    pub fn result(&self) -> Option<pb::JobResult> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(self.result.as_deref()?).ok()?;
+        pb::JobResult::decode(bytes.as_slice()).ok()
+    }
+
+    /// The event WatchJob streams for this record.
+    pub fn event(&self) -> pb::JobEvent {
+        pb::JobEvent {
+            job_id: self.id.to_string(),
+            state: self.state.name().into(),
+            attempt: self.attempt,
+            agent: self.agent_name.clone(),
+            phase: self.progress.phase.clone(),
+            bytes_done: self.progress.bytes,
+            files_done: self.progress.files,
+            error: self.error.clone(),
+            result: self.result(),
+            kind: self.spec.kind().into(),
+        }
+    }
+
+    /// The job as sent to its agent.
+    pub(crate) fn to_wire(&self, lease: Duration) -> pb::Job {
+        use pb::job::Kind;
+        let kind = match &self.spec {
+            JobSpec::Backup { source, paths, tags } => Kind::Backup(pb::BackupJob {
+                source: source.clone(),
+                vault: self.vault.clone(),
+                paths: paths.clone(),
+                tags: tags.clone(),
+            }),
+            JobSpec::Restore { snapshot, target, force, dry_run, .. } => Kind::Restore(pb::RestoreJob {
+                vault: self.vault.clone(),
+                snapshot: snapshot.clone(),
+                target: target.clone(),
+                force: *force,
+                dry_run: *dry_run,
+                include: vec![],
+            }),
+            JobSpec::Check { read_data_percent, .. } => {
+                Kind::Check(pb::CheckJob { vault: self.vault.clone(), read_data_percent: *read_data_percent })
+            }
+            JobSpec::Prune { forget, gc_grace_seconds } => Kind::Prune(pb::PruneJob {
+                vault: self.vault.clone(),
+                forget: forget.clone(),
+                gc_grace_seconds: *gc_grace_seconds,
+            }),
+            JobSpec::Scan => Kind::Scan(pb::ScanJob { vault: self.vault.clone() }),
+        };
+        pb::Job { r#ref: Some(self.job_ref()), lease_ms: lease.as_millis() as u32, kind: Some(kind) }
+    }
+}
