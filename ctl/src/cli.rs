@@ -38,6 +38,8 @@ pub struct Cli {
 enum Command {
     /// What is failing or overdue (exit 4 if anything is).
     Status,
+    /// Ask the controller's gRPC health service (no token needed); exit 0 when it serves.
+    Health,
     /// List agents.
     Agents,
     /// Tokens.
@@ -157,13 +159,35 @@ fn out(json_mode: bool, value: serde_json::Value, text: String) {
     }
 }
 
+async fn health(settings: &Settings, j: bool) -> anyhow::Result<u8> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let ch = client::channel(settings).await?;
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+    let mut rows = Vec::new();
+    let mut all = true;
+    for service in ["", "tresor.v1.AgentService", "tresor.v1.AdminService"] {
+        let r = h.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.map_err(status_err)?;
+        let st = ServingStatus::try_from(r.into_inner().status).unwrap_or(ServingStatus::Unknown);
+        all &= st == ServingStatus::Serving;
+        rows.push((if service.is_empty() { "controller" } else { service }, st.as_str_name()));
+    }
+    let text = rows.iter().map(|(s, st)| format!("{s}: {st}")).collect::<Vec<_>>().join("\n");
+    let value = json!(rows.iter().map(|(s, st)| json!({"service": s, "status": st})).collect::<Vec<_>>());
+    out(j, value, text);
+    Ok(if all { exit::OK } else { exit::FAILURE })
+}
+
 /// Run the command; returns the exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let settings =
         Settings::resolve(cli.controller.clone(), cli.ca_file.clone(), cli.token_file.clone(), cli.config.as_deref())?;
-    let mut c = client::connect(&settings).await?;
     let j = cli.json;
+    if let Command::Health = cli.command {
+        return health(&settings, j).await;
+    }
+    let mut c = client::connect(&settings).await?;
     match cli.command {
+        Command::Health => unreachable!("handled above"),
         Command::Status => {
             let r = c.status(pb::StatusRequest {}).await.map_err(status_err)?.into_inner();
             let mut text = String::from(

@@ -86,8 +86,8 @@ impl Interceptor for Bearer {
 /// The admin client.
 pub type Admin = AdminServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
-/// Connect to the controller.
-pub async fn connect(s: &Settings) -> anyhow::Result<Admin> {
+/// The TLS channel to the controller.
+pub async fn channel(s: &Settings) -> anyhow::Result<Channel> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let uri: Uri = s
         .controller
@@ -104,6 +104,12 @@ pub async fn connect(s: &Settings) -> anyhow::Result<Admin> {
         .connect()
         .await
         .map_err(|e| Unreachable(format!("cannot reach the controller at {}: {e}", s.controller)))?;
+    Ok(ch)
+}
+
+/// Connect to the controller's AdminService.
+pub async fn connect(s: &Settings) -> anyhow::Result<Admin> {
+    let ch = channel(s).await?;
     let bearer = if s.token.is_empty() {
         None
     } else {

@@ -94,6 +94,11 @@ fn two_agents_schedule_restore_retention_and_gc() {
     );
     let agents = p.ctl_json(&["agents"]);
     assert_eq!(agents.as_array().unwrap().len(), 2, "{agents}");
+    let health = p.ctl_ok(&["health"]);
+    assert!(
+        health.contains("tresor.v1.AgentService: SERVING") && health.contains("tresor.v1.AdminService: SERVING"),
+        "{health}"
+    );
 
     let models = root.join("src/models");
     let dumps = root.join("src/dumps");
