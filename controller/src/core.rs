@@ -351,6 +351,29 @@ impl Controller {
         Ok(reply)
     }
 
+    /// Remove an applied policy; its sources are no longer scheduled (their snapshots stay).
+    ///
+    /// # Errors
+    /// Unknown policy, or the file cannot be removed.
+    pub async fn remove_policy(&self, name: &str) -> Result<u32> {
+        let sources = self
+            .policies()
+            .get(name)
+            .map(|p| p.sources.len() as u32)
+            .ok_or_else(|| Error::NotFound(format!("no policy named {name:?}")))?;
+        let path = self.state.policy_dir().join(format!("{name}.toml"));
+        self.blocking(|_| {
+            std::fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io("syncing the policy directory", e))
+        })
+        .await?;
+        let _ = self.policies.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        Ok(sources)
+    }
+
     /// Find a source by "AGENT/SOURCE" in the applied policies.
     ///
     /// # Errors

@@ -153,6 +153,41 @@ impl State {
         save_json(&self.dir.join("access.json"), &f.access, 0o600)
     }
 
+    /// People's tokens: (id = first 12 hex digits of the hash, entry).
+    pub fn access_tokens(&self) -> Vec<(String, AccessToken)> {
+        self.lock().access.iter().map(|(h, t)| (h[..12.min(h.len())].to_string(), t.clone())).collect()
+    }
+
+    /// Withdraw the person's token whose hash starts with `id`. The last admin token cannot be
+    /// withdrawn (nobody could administer the controller any more).
+    ///
+    /// # Errors
+    /// No or several matches, the last admin token, or the file cannot be written.
+    pub fn revoke_access(&self, id: &str, now_unix: i64) -> Result<(String, AccessToken)> {
+        let mut f = self.lock();
+        let id = id.trim().to_lowercase();
+        let matches: Vec<String> = f.access.keys().filter(|h| !id.is_empty() && h.starts_with(&id)).cloned().collect();
+        let hash = match matches.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(Error::NotFound(format!("no token with id {id} (see tresorctl token list)"))),
+            _ => return Err(Error::InvalidArgument(format!("token id {id} is ambiguous; give more digits"))),
+        };
+        let entry = f.access[&hash].clone();
+        let live_admins = f
+            .access
+            .values()
+            .filter(|t| t.role == Role::Admin && (t.expires_unix == 0 || t.expires_unix > now_unix))
+            .count();
+        if entry.role == Role::Admin && live_admins <= 1 {
+            return Err(Error::FailedPrecondition(
+                "this is the last admin token; create another admin token first".into(),
+            ));
+        }
+        let _ = f.access.remove(&hash);
+        save_json(&self.dir.join("access.json"), &f.access, 0o600)?;
+        Ok((hash[..12].to_string(), entry))
+    }
+
     /// The role a token grants, if it is known and not expired.
     pub fn role_of(&self, token: &str, now_unix: i64) -> Option<Role> {
         let f = self.lock();

@@ -131,6 +131,13 @@ enum TokenAction {
         #[arg(long, default_value = "")]
         label: String,
     },
+    /// List people's tokens (ids, roles, labels; never the tokens).
+    List,
+    /// Withdraw a person's token by its id from `token list`.
+    Revoke {
+        /// Token id (or a unique start of it).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +155,11 @@ enum PolicyAction {
     Apply {
         /// The TOML file.
         file: PathBuf,
+    },
+    /// Remove an applied policy: its sources are no longer scheduled; snapshots stay.
+    Remove {
+        /// The policy's name.
+        name: String,
     },
 }
 
@@ -288,6 +300,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 j,
                 json!({"token": r.token, "role": role, "expires_unix": r.expires_unix}),
                 format!("{}\n{role} token, {until}{hint}", r.token),
+            );
+            Ok(exit::OK)
+        }
+        Command::Token { action: TokenAction::List } => {
+            let r = c.list_tokens(pb::ListTokensRequest {}).await.map_err(status_err)?.into_inner();
+            let mut text = String::from("ID            ROLE      EXPIRES                LABEL\n");
+            for t in &r.tokens {
+                let exp = if t.expires_unix == 0 { "never".to_string() } else { when(t.expires_unix) };
+                text.push_str(&format!("{:<13} {:<9} {:<22} {}\n", t.id, t.role, exp, t.label));
+            }
+            let rows: Vec<_> = r
+                .tokens
+                .iter()
+                .map(|t| json!({"id": t.id, "role": t.role, "label": t.label, "expires_unix": t.expires_unix}))
+                .collect();
+            out(j, json!(rows), format!("{}{} tokens", text, r.tokens.len()));
+            Ok(exit::OK)
+        }
+        Command::Token { action: TokenAction::Revoke { id } } => {
+            let r = c.revoke_token(pb::RevokeTokenRequest { id }).await.map_err(status_err)?.into_inner();
+            let t = r.token.unwrap_or_default();
+            out(
+                j,
+                json!({"revoked": t.id, "role": t.role, "label": t.label}),
+                format!("token {} ({} {}) withdrawn", t.id, t.role, t.label),
+            );
+            Ok(exit::OK)
+        }
+        Command::Policy { action: PolicyAction::Remove { name } } => {
+            let r =
+                c.remove_policy(pb::RemovePolicyRequest { name: name.clone() }).await.map_err(status_err)?.into_inner();
+            out(
+                j,
+                json!({"removed": name, "sources": r.sources}),
+                format!(
+                    "policy {name} removed; its {} sources are no longer scheduled (their snapshots stay)",
+                    r.sources
+                ),
             );
             Ok(exit::OK)
         }

@@ -167,6 +167,31 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::RebuildCatalogReply { vaults, snapshots: 0, problems }))
     }
 
+    async fn list_tokens(&self, req: Request<pb::ListTokensRequest>) -> Result<Response<pb::TokenList>, Status> {
+        self.need(&req, Role::Admin, "token list")?;
+        let tokens = self.0.state.access_tokens().into_iter().map(|(id, t)| token_info(id, &t)).collect();
+        Ok(Response::new(pb::TokenList { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenReply>, Status> {
+        self.need(&req, Role::Admin, "token revoke")?;
+        let id = req.get_ref().id.clone();
+        let (id, t) = self.0.blocking(move |c| c.state.revoke_access(&id, crate::core::now_unix())).await?;
+        Ok(Response::new(pb::RevokeTokenReply { token: Some(token_info(id, &t)) }))
+    }
+
+    async fn remove_policy(
+        &self,
+        req: Request<pb::RemovePolicyRequest>,
+    ) -> Result<Response<pb::RemovePolicyReply>, Status> {
+        self.need(&req, Role::Admin, "policy remove")?;
+        let sources = self.0.remove_policy(&req.get_ref().name).await?;
+        Ok(Response::new(pb::RemovePolicyReply { sources }))
+    }
+
     async fn start_prune(&self, req: Request<pb::StartPruneRequest>) -> Result<Response<pb::StartPruneReply>, Status> {
         self.need(&req, Role::Admin, "prune")?;
         let r = req.get_ref();
@@ -187,6 +212,10 @@ impl AdminService for AdminApi {
             keep: keep as u32,
         }))
     }
+}
+
+fn token_info(id: String, t: &crate::state::AccessToken) -> pb::TokenInfo {
+    pb::TokenInfo { id, role: t.role.name().into(), label: t.label.clone(), expires_unix: t.expires_unix }
 }
 
 /// Resolve a restore request into a queued job on the agent that will write the files.

@@ -54,6 +54,17 @@ fn tokens_roles_and_revocation_are_enforced() {
     assert!(stderr(&denied).contains("needs the admin role; this token has the operator role"), "{}", stderr(&denied));
     let denied = p.ctl_as(&auditor, &["backup", "one/x"]);
     assert!(stderr(&denied).contains("needs the operator role"), "{}", stderr(&denied));
+    // A person's token can be listed and withdrawn; the last admin token cannot.
+    let list = p.ctl_json(&["token", "list"]);
+    let rows = list.as_array().unwrap();
+    let auditor_id = rows.iter().find(|t| t["role"] == "auditor").unwrap()["id"].as_str().unwrap().to_string();
+    let admin_id = rows.iter().find(|t| t["role"] == "admin").unwrap()["id"].as_str().unwrap().to_string();
+    assert!(!list.to_string().contains(std::fs::read_to_string(&auditor).unwrap().trim()), "tokens are never listed");
+    p.ctl_ok(&["token", "revoke", &auditor_id]);
+    let gone = p.ctl_as(&auditor, &["agents"]);
+    assert_eq!(gone.status.code(), Some(6), "a withdrawn token is refused");
+    let last = p.ctl(&["token", "revoke", &admin_id]);
+    assert!(stderr(&last).contains("last admin token"), "{}", stderr(&last));
     std::fs::write(root.join("forged.token"), "tadm_0000").unwrap();
     let forged = p.ctl_as(&root.join("forged.token"), &["agents"]);
     assert_eq!(forged.status.code(), Some(6));
@@ -164,6 +175,12 @@ fn bad_policies_are_rejected_by_name() {
         assert!(stderr(&out).contains(expect), "expected {expect:?} in: {}", stderr(&out));
     }
     assert!(p.apply_policy(&base("nas", "a1", "0 2 * * *", "")).status.success());
+    // A policy can be removed; its sources leave the status.
+    p.ctl_ok(&["policy", "remove", "p"]);
+    let status = p.ctl_json(&["status"]);
+    assert!(status["sources"].as_array().unwrap().is_empty(), "{status}");
+    let again = p.ctl(&["policy", "remove", "p"]);
+    assert_eq!(again.status.code(), Some(7), "{}", stderr(&again));
 }
 
 #[test]
