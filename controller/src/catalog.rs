@@ -228,6 +228,15 @@ impl Catalog {
             })
     }
 
+    /// Update a finished job.
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn put_done(&self, job: &JobRecord) -> Result<()> {
+        let _ = self.done.insert(job.id.as_str(), encode(job))?;
+        Ok(())
+    }
+
     /// All unfinished jobs, oldest first.
     ///
     /// # Errors

@@ -475,7 +475,38 @@ impl Controller {
     /// # Errors
     /// Stale attempts; catalog failures.
     pub async fn finish(&self, agent: &AgentId, result: pb::JobResult) -> Result<pb::FinishReply> {
-        let job = self.jobs.finish(agent, &result)?;
+        // A result must be of its job's kind (checked before anything is recorded).
+        if let Some(known) = result.r#ref.as_ref().map(|r| self.catalog.job(&r.job_id)).transpose()?.flatten() {
+            use pb::job_result::Kind as K;
+            let kind_fits = match (&result.kind, &known.spec) {
+                (None, _) => !result.error.is_empty(),
+                (Some(K::Backup(_)), JobSpec::Backup { .. })
+                | (Some(K::Restore(_)), JobSpec::Restore { .. })
+                | (Some(K::Check(_)), JobSpec::Check { .. })
+                | (Some(K::Prune(_)), JobSpec::Prune { .. })
+                | (Some(K::Scan(_)), JobSpec::Scan) => true,
+                _ => false,
+            };
+            if !kind_fits {
+                return Err(Error::InvalidArgument(format!(
+                    "the result of job {} does not match its kind ({})",
+                    known.id,
+                    known.spec.kind()
+                )));
+            }
+        }
+        let job = match self.jobs.finish(agent, &result)? {
+            crate::jobs::Finished::First(job) => job,
+            crate::jobs::Finished::Again(job) => {
+                let receipt = job.receipt.as_deref().and_then(|b| {
+                    use base64::Engine;
+                    use tresor_proto::prost::Message;
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(b).ok()?;
+                    pb::Receipt::decode(bytes.as_slice()).ok()
+                });
+                return Ok(pb::FinishReply { receipt });
+            }
+        };
         let mut reply = pb::FinishReply::default();
         let source_key = match &job.spec {
             JobSpec::Backup { source, .. } => Some(format!("{}/{}", job.agent_name, source)),
@@ -517,6 +548,7 @@ impl Controller {
                     s.last_bytes_total = meta.bytes_total;
                     self.catalog.put_source(key, &s)?;
                 }
+                self.jobs.set_receipt(&job, &receipt)?;
                 reply.receipt = Some(receipt);
             }
             (Some(Kind::Scan(scan)), true) => {

@@ -143,6 +143,10 @@ pub struct JobRecord {
     pub progress: ProgressRecord,
     /// "schedule", "manual", "rebuild", "retention".
     pub trigger: String,
+    /// The receipt signed for this job's snapshot (prost-encoded, base64), so a repeated Finish
+    /// of the same attempt gets the same answer.
+    #[serde(default)]
+    pub receipt: Option<String>,
 }
 
 impl JobRecord {
@@ -174,6 +178,7 @@ impl JobRecord {
             result: None,
             progress: ProgressRecord::default(),
             trigger: trigger.to_string(),
+            receipt: None,
         }
     }
 

@@ -20,6 +20,14 @@ use crate::error::{Error, Result};
 use crate::ids::AgentId;
 pub use crate::job::{JobRecord, JobSpec, JobState, ProgressRecord};
 
+/// What accepting a result did.
+pub enum Finished {
+    /// The result was recorded now.
+    First(JobRecord),
+    /// This attempt had already finished; nothing changed.
+    Again(JobRecord),
+}
+
 /// The bound of each agent's job stream, in jobs: dispatch waits for the agent to take them.
 pub const AGENT_STREAM_JOBS: usize = 16;
 /// The bound of the job event broadcast, in events; slow watchers skip to the newest state.
@@ -278,7 +286,7 @@ impl Jobs {
     ///
     /// # Errors
     /// `FailedPrecondition` for a stale attempt; sled failures.
-    pub fn finish(&self, agent: &AgentId, result: &pb::JobResult) -> Result<JobRecord> {
+    pub fn finish(&self, agent: &AgentId, result: &pb::JobResult) -> Result<Finished> {
         let r = result.r#ref.as_ref().ok_or_else(|| Error::InvalidArgument("result without a job reference".into()))?;
         let now = now_ms();
         let job = {
@@ -287,6 +295,14 @@ impl Jobs {
                 .catalog
                 .job(&r.job_id)?
                 .ok_or_else(|| Error::NotFound(format!("job {} is not in the catalog", r.job_id)))?;
+            // The same attempt finishing again (its answer was lost): answer again, change nothing.
+            if j.state == JobState::Succeeded
+                && &j.agent_id == agent
+                && j.attempt == r.attempt
+                && j.lease_epoch == r.lease_epoch
+            {
+                return Ok(Finished::Again(j));
+            }
             if !Self::is_current(&j, agent, r, now) {
                 return Err(Error::FailedPrecondition(format!(
                     "stale attempt: job {} attempt {} (lease epoch {}) is no longer current (now attempt {}, {}); its result is refused",
@@ -318,7 +334,20 @@ impl Jobs {
         };
         self.emit(&job);
         self.wake.notify_one();
-        Ok(job)
+        Ok(Finished::First(job))
+    }
+
+    /// Store the receipt signed for a finished job.
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn set_receipt(&self, job: &JobRecord, receipt: &pb::Receipt) -> Result<()> {
+        let _g = self.lock_records();
+        if let Some(mut j) = self.catalog.job(job.id.as_str())? {
+            j.receipt = Some(base64::engine::general_purpose::STANDARD.encode(receipt.encode_to_vec()));
+            self.catalog.put_done(&j)?;
+        }
+        Ok(())
     }
 }
 
@@ -357,8 +386,13 @@ mod tests {
             matches!(jobs.finish(&other, &ok(first.clone())), Err(Error::FailedPrecondition(_))),
             "another agent is refused"
         );
-        assert_eq!(jobs.finish(&a, &ok(first.clone())).unwrap().state, JobState::Succeeded);
-        assert!(matches!(jobs.finish(&a, &ok(first)), Err(Error::FailedPrecondition(_))), "a result counts once");
+        assert!(
+            matches!(jobs.finish(&a, &ok(first.clone())).unwrap(), Finished::First(j) if j.state == JobState::Succeeded)
+        );
+        assert!(
+            matches!(jobs.finish(&a, &ok(first)).unwrap(), Finished::Again(_)),
+            "a repeated result changes nothing"
+        );
         let _ = jobs.tick().unwrap();
         assert!(rx.try_recv().is_ok(), "the next job runs once the slot is free");
     }

@@ -309,6 +309,14 @@ impl BackupSession {
         // before this read, and its mark is still in place for us to see.
         let avoid: HashSet<PackId> =
             crate::session::read_mark(&vault).await?.map(|m| m.packs.into_iter().collect()).unwrap_or_default();
+        // A sweep that finished between the caller's index load and our marker deleted the
+        // segments it compacted: the loaded index may name deleted packs. Detect it, start again.
+        let listed: HashSet<crate::ids::ObjectId> =
+            vault.backend().list(layout::INDEX).await?.iter().filter_map(|i| layout::id_of(&i.key)).collect();
+        if index.merged_segments().iter().any(|s| !listed.contains(s)) {
+            let _ = vault.backend().delete(&layout::session(&id)).await;
+            return Err(Error::IndexChanged);
+        }
         let shared = Arc::new(Shared {
             vault: vault.clone(),
             keys,

@@ -18,6 +18,10 @@ pub enum Error {
     /// `init` on an existing vault.
     #[error("{0} already holds a Tresor vault; refusing to initialise it again")]
     AlreadyInitialized(String),
+    /// The index changed (a garbage collection swept) between loading it and starting a backup
+    /// session; load it again and start again.
+    #[error("the vault's index changed while the backup started (a garbage collection ran); start again")]
+    IndexChanged,
     /// No key slot accepts the password or key file.
     #[error("wrong password or key file: no key slot of this vault accepts it")]
     WrongPassword,

@@ -92,6 +92,7 @@ async fn sessions(vault: &Vault) -> Result<(Vec<String>, HashSet<PackId>)> {
         let age =
             chrono::DateTime::parse_from_rfc3339(&m.refreshed).map_or(i64::MAX, |t| (now - t.to_utc()).num_seconds());
         if age < SESSION_LIVE_SECS {
+            announced.extend(m.reused.iter().copied());
             live.push(format!("{} on {} (refreshed {age} s ago)", info.key, m.host));
         }
         if age < 24 * 3600 {
@@ -129,6 +130,9 @@ async fn referenced(vault: &Arc<Vault>, cache: &Path, report: &mut GcReport) -> 
 pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<GcReport> {
     let mut report = GcReport::default();
     let mark = read_mark(&vault).await?;
+    // Sessions first: a writer that commits after this listing has its snapshot in the listing
+    // below; one that is live now postpones the sweep.
+    let (live, announced) = sessions(&vault).await?;
     let refs = referenced(&vault, cache, &mut report).await?;
     let listing = vault.backend().list(layout::DATA).await?;
     let listed: std::collections::HashMap<PackId, u64> =
@@ -140,7 +144,6 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
             "implausible pack listing: {missing} packs that snapshots need are not listed; GC deletes nothing (run `check`)"
         )));
     }
-    let (live, announced) = sessions(&vault).await?;
     let unreferenced: BTreeSet<PackId> =
         listed.keys().filter(|p| !refs.contains(p) && !announced.contains(p)).copied().collect();
     report.unreferenced = unreferenced.len();

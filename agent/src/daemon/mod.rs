@@ -181,8 +181,10 @@ async fn stream_loop(ctx: Arc<AgentCtx>, max_jobs: usize) -> anyhow::Result<()> 
                         msg = stream.message() => match msg {
                             Ok(Some(job)) => {
                                 let Some(jr) = job.r#ref.clone() else { continue };
-                                // The lease counts from now and heartbeats extend it while the job waits for a slot.
-                                ctx.leases.start(&jr, Duration::from_millis(u64::from(job.lease_ms)), Instant::now());
+                                // The controller started the lease before the job travelled here: until a
+                                // heartbeat is granted, count only half of it. Heartbeats extend it while
+                                // the job waits for a slot.
+                                ctx.leases.start(&jr, Duration::from_millis(u64::from(job.lease_ms) / 2), Instant::now());
                                 let (ctx, slots) = (ctx.clone(), slots.clone());
                                 drop(tokio::spawn(async move {
                                     let Ok(_permit) = slots.acquire_owned().await else { return };
@@ -231,11 +233,14 @@ async fn outbox_loop(ctx: Arc<AgentCtx>) {
                         match vault_name_for(&ctx, &r.vault_id).await {
                             Some(v) => {
                                 if let Err(e) = ctx.outbox.put_receipt(&v, &r) {
-                                    tracing::error!(error = %format!("{e:#}"), "cannot keep the receipt");
+                                    // Keep the result: Finish answers the same receipt again.
+                                    tracing::error!(error = %format!("{e:#}"), "cannot keep the receipt; retrying");
+                                    break;
                                 }
                             }
                             None => {
-                                tracing::error!(vault = %r.vault_id, "receipt for a vault this agent does not list")
+                                tracing::warn!(vault = %r.vault_id, "receipt for a vault this agent cannot open now; retrying");
+                                break;
                             }
                         }
                     }

@@ -53,12 +53,16 @@ pub fn backup_roots(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(roots)
 }
 
-/// Back up `req.roots` into an opened vault.
-pub async fn backup_into(vault: Arc<Vault>, cache: &Path, req: BackupRequest) -> anyhow::Result<BackupDone> {
+type Parent = Option<(tresor_vault::ids::SnapshotId, HashMap<Vec<u8>, tresor_vault::snapshot::Node>)>;
+
+/// The index, and the parent snapshot's tree: the newest snapshot of the same host and paths.
+async fn load_index_and_parent(
+    vault: &Arc<Vault>,
+    cache: &Path,
+    req: &BackupRequest,
+) -> anyhow::Result<(Arc<tresor_vault::index::LocalIndex>, Parent)> {
     let index = vault.sync_index(cache).await?;
     let path_strings: Vec<String> = req.roots.iter().map(|p| p.display().to_string()).collect();
-
-    // Parent: the newest snapshot of the same host and paths.
     let mut parent = None;
     if !req.force {
         let snaps = vault.snapshots().await?;
@@ -75,15 +79,30 @@ pub async fn backup_into(vault: Arc<Vault>, cache: &Path, req: BackupRequest) ->
             }
         }
     }
-    let opts = BackupOptions {
-        host: req.host.clone(),
-        paths: path_strings,
-        tags: req.tags.clone(),
-        parent: parent.as_ref().map(|p| p.0),
-        commit_guard: req.commit_guard.clone(),
-        ..BackupOptions::default()
+    Ok((index, parent))
+}
+
+/// Back up `req.roots` into an opened vault.
+pub async fn backup_into(vault: Arc<Vault>, cache: &Path, req: BackupRequest) -> anyhow::Result<BackupDone> {
+    // A garbage collection sweeping between the index load and the session start makes the
+    // session refuse to start (its index could name deleted packs): load again and retry.
+    let mut attempts = 0;
+    let (session, parent) = loop {
+        let (index, parent) = load_index_and_parent(&vault, cache, &req).await?;
+        let opts = BackupOptions {
+            host: req.host.clone(),
+            paths: req.roots.iter().map(|p| p.display().to_string()).collect(),
+            tags: req.tags.clone(),
+            parent: parent.as_ref().map(|p| p.0),
+            commit_guard: req.commit_guard.clone(),
+            ..BackupOptions::default()
+        };
+        match BackupSession::start(vault.clone(), index, opts).await {
+            Ok(s) => break (s, parent),
+            Err(tresor_vault::Error::IndexChanged) if attempts < 3 => attempts += 1,
+            Err(e) => return Err(e.into()),
+        }
     };
-    let session = BackupSession::start(vault.clone(), index, opts).await?;
     let sink = session.sink();
     let progress_sink = sink.clone();
     let progress = Progress::start(req.quiet, move || {
