@@ -436,7 +436,10 @@ impl Controller {
                 forget.extend(mine.into_iter().filter(|s| ids.contains(&s.snapshot_id)));
             }
         }
-        let kept = all.len() - forget.len();
+        // A source listed in two policies must not be counted twice.
+        forget.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
+        forget.dedup_by(|a, b| a.snapshot_id == b.snapshot_id);
+        let kept = all.len().saturating_sub(forget.len());
         Ok((forget, kept))
     }
 
@@ -445,6 +448,11 @@ impl Controller {
     /// # Errors
     /// Unknown vault or maintainer.
     pub fn start_prune(&self, vault: &str, trigger: &str) -> Result<(JobRecord, Vec<SnapshotRecord>)> {
+        let busy =
+            self.catalog.active_jobs()?.iter().any(|j| j.vault == vault && matches!(j.spec, JobSpec::Prune { .. }));
+        if busy {
+            return Err(Error::FailedPrecondition(format!("a prune of vault {vault} is already queued or running")));
+        }
         let (forget, _) = self.plan_prune(vault)?;
         let vp = self
             .policies()
