@@ -57,8 +57,8 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
             let key = format!("{}/{}", s.agent, s.name);
             let rec = ctl.source_state(&key)?;
             let rpo = s.rpo.as_secs() as i64;
-            let since = if rec.last_success_unix > 0 { rec.last_success_unix } else { rec.tracked_since_unix };
-            if since > 0 && now - since > rpo {
+            let since = rec.rpo_since();
+            if rec.overdue(now, rpo) {
                 let message = if rec.last_success_unix == 0 {
                     format!(
                         "{key}: no good backup since the policy was applied {} min ago (RPO target {} min)",

@@ -77,6 +77,20 @@ pub struct SourceRecord {
     pub tracked_since_unix: i64,
 }
 
+impl SourceRecord {
+    /// Where the RPO clock starts: the last good backup, else when the source was first scheduled
+    /// (0 if neither is known).
+    pub fn rpo_since(&self) -> i64 {
+        if self.last_success_unix > 0 { self.last_success_unix } else { self.tracked_since_unix }
+    }
+
+    /// Whether the source is past its RPO target at `now`.
+    pub fn overdue(&self, now: i64, rpo_secs: i64) -> bool {
+        let since = self.rpo_since();
+        since > 0 && now - since > rpo_secs
+    }
+}
+
 /// A one-time enrollment token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnrollToken {

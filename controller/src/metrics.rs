@@ -39,7 +39,7 @@ pub fn render(ctl: &Controller) -> String {
             let ratio = if r.last_bytes_new > 0 { r.last_bytes_total as f64 / r.last_bytes_new as f64 } else { 0.0 };
             dedup.push((l.clone(), ratio));
             fails.push((l.clone(), r.failures_total as f64));
-            overdue.push((l, f64::from(u8::from(now - r.last_success_unix > s.rpo.as_secs() as i64))));
+            overdue.push((l, f64::from(u8::from(r.overdue(now, s.rpo.as_secs() as i64)))));
         }
     }
     gauge("tresor_source_last_success_timestamp_seconds", "Receipt time of the last good backup.", last);

@@ -18,7 +18,6 @@ pub fn status(ctl: &Controller) -> Result<pb::StatusReply> {
             let key = format!("{}/{}", s.agent, s.name);
             let rec = ctl.source_state(&key)?;
             let rpo = s.rpo.as_secs() as i64;
-            let since = if rec.last_success_unix > 0 { rec.last_success_unix } else { rec.tracked_since_unix };
             reply.sources.push(pb::SourceStatus {
                 agent: s.agent.clone(),
                 source: s.name.clone(),
@@ -26,7 +25,7 @@ pub fn status(ctl: &Controller) -> Result<pb::StatusReply> {
                 last_success_unix: rec.last_success_unix,
                 last_error: rec.last_error.clone(),
                 rpo_seconds: rpo as u32,
-                overdue: since > 0 && now - since > rpo,
+                overdue: rec.overdue(now, rpo),
                 failing: rec.failures > 0,
                 next_run_unix: s.schedule.next_slot(chrono::Utc::now()).map_or(0, |t| t.timestamp()),
             });

@@ -208,6 +208,17 @@ impl Plane {
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// A new folder vault `dir` (below the plane) with a first key slot for a new password named
+    /// `who`; returns how an agent lists it as `name`.
+    pub fn folder_vault(&self, dir: &str, name: &str, who: &str) -> VaultSpec {
+        let path = self.dir.path().join(dir);
+        std::fs::create_dir_all(&path).expect("vault dir");
+        let url = path.to_str().expect("utf-8 path").to_string();
+        let password_file = self.password_file(who);
+        self.init_vault(&url, &password_file, &[]);
+        VaultSpec { name: name.into(), url, password_file, env: vec![] }
+    }
+
     /// Write a password file.
     pub fn password_file(&self, name: &str) -> PathBuf {
         let p = self.dir.path().join(format!("{name}.password"));

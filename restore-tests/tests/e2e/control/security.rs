@@ -71,11 +71,7 @@ fn tokens_roles_and_revocation_are_enforced() {
     assert!(stderr(&forged).contains("unknown or expired"), "{}", stderr(&forged));
 
     // A revoked agent is refused, also after the catalog is rebuilt.
-    let vault = root.join("vault");
-    std::fs::create_dir_all(&vault).unwrap();
-    let pw = p.password_file("rev");
-    p.init_vault(vault.to_str().unwrap(), &pw, &[]);
-    let spec = VaultSpec { name: "v".into(), url: vault.to_str().unwrap().into(), password_file: pw, env: vec![] };
+    let spec = p.folder_vault("vault", "v", "rev");
     p.add_agent("victim", std::slice::from_ref(&spec), &[]);
     p.ctl_ok(&["agent", "revoke", "victim"]);
     wait_for("the revoked agent to be refused", Duration::from_secs(30), || {
@@ -99,7 +95,7 @@ fn tokens_roles_and_revocation_are_enforced() {
 
 #[test]
 fn a_certificate_from_another_ca_is_refused() {
-    let mut p = Plane::start("");
+    let p = Plane::start("");
     let other = Plane::start("");
     let root = p.dir.path().to_path_buf();
     // Enroll with the other controller, then point the agent at ours, trusting our CA: the
@@ -134,23 +130,17 @@ fn a_certificate_from_another_ca_is_refused() {
     // tresorctl without a token is refused by name.
     let none = p.ctl_as(&root.join("missing.token"), &["agents"]);
     assert_ne!(none.status.code(), Some(0));
-    let _ = &mut p;
 }
 
 #[test]
 fn bad_policies_are_rejected_by_name() {
     let mut p = Plane::start("");
     let root = p.dir.path().to_path_buf();
-    let vault = root.join("vault");
-    std::fs::create_dir_all(&vault).unwrap();
-    let pw = p.password_file("a");
-    p.init_vault(vault.to_str().unwrap(), &pw, &[]);
-    let good =
-        VaultSpec { name: "nas".into(), url: vault.to_str().unwrap().into(), password_file: pw.clone(), env: vec![] };
+    let good = p.folder_vault("vault", "nas", "a");
     let gone = VaultSpec {
         name: "gone".into(),
         url: root.join("no-such-vault").to_str().unwrap().into(),
-        password_file: pw,
+        password_file: good.password_file.clone(),
         env: vec![],
     };
     p.add_agent("a1", &[good, gone], &[]);
@@ -187,12 +177,8 @@ fn bad_policies_are_rejected_by_name() {
 fn forged_and_replayed_receipts_are_ignored_and_never_expire_a_snapshot() {
     let mut p = Plane::start("");
     let root = p.dir.path().to_path_buf();
-    let vault = root.join("vault");
-    std::fs::create_dir_all(&vault).unwrap();
-    let pw = p.password_file("a");
-    p.init_vault(vault.to_str().unwrap(), &pw, &[]);
-    let spec =
-        VaultSpec { name: "nas".into(), url: vault.to_str().unwrap().into(), password_file: pw.clone(), env: vec![] };
+    let spec = p.folder_vault("vault", "nas", "a");
+    let (vault, pw) = (std::path::PathBuf::from(&spec.url), spec.password_file.clone());
     p.add_agent("a1", std::slice::from_ref(&spec), &[]);
     let data = root.join("data");
     std::fs::create_dir_all(&data).unwrap();
