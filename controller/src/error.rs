@@ -34,6 +34,14 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// The gRPC server failed.
+    #[error("gRPC server on {addr}: {detail}")]
+    Serve {
+        /// Listen address.
+        addr: String,
+        /// What failed.
+        detail: String,
+    },
     /// Certificate work failed.
     #[error("certificates: {0}")]
     Pki(String),
@@ -66,7 +74,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Status::permission_denied(msg),
             Error::Unauthenticated(_) => Status::unauthenticated(msg),
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
-            Error::Catalog(_) | Error::Io { .. } | Error::Pki(_) | Error::Corrupt { .. } => {
+            Error::Catalog(_) | Error::Io { .. } | Error::Serve { .. } | Error::Pki(_) | Error::Corrupt { .. } => {
                 tracing::error!(error = %msg, "internal error");
                 Status::internal(msg)
             }

@@ -76,6 +76,9 @@ pub fn render(ctl: &Controller) -> String {
     out
 }
 
+/// Scrapes answered at once; more connections wait for a slot.
+const SCRAPES_AT_ONCE: usize = 4;
+
 /// Serve `/metrics` until `stop` turns true.
 pub async fn serve(ctl: Arc<Controller>, addr: SocketAddr, mut stop: watch::Receiver<bool>) {
     let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -85,13 +88,16 @@ pub async fn serve(ctl: Arc<Controller>, addr: SocketAddr, mut stop: watch::Rece
             return;
         }
     };
+    let slots = Arc::new(tokio::sync::Semaphore::new(SCRAPES_AT_ONCE));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let (mut sock, _) = tokio::select! {
             _ = stop.changed() => return,
             r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
         };
         let ctl = ctl.clone();
         drop(tokio::spawn(async move {
+            let _permit = permit;
             let mut buf = [0u8; 2048];
             let n = match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await {
                 Ok(Ok(n)) => n,

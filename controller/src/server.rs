@@ -65,7 +65,7 @@ pub async fn serve(ctl: Arc<Controller>, stop: watch::Receiver<bool>) -> Result<
             let _ = stop_grpc.wait_for(|s| *s).await;
         })
         .await
-        .map_err(|e| Error::Pki(format!("gRPC server: {e}")))?;
+        .map_err(|e| Error::Serve { addr: addr.to_string(), detail: e.to_string() })?;
     let _ = scheduler.await;
     let _ = alerts.await;
     if let Some(m) = metrics {
