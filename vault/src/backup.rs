@@ -45,6 +45,9 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Parent snapshot used for change detection.
     pub parent: Option<SnapshotId>,
+    /// Sources other than plain paths and their verifiers' records (set by the caller before commit
+    /// with [`BackupSession::add_sources`]).
+    pub sources: Vec<crate::snapshot::SourceRecord>,
     /// zstd level.
     pub compression_level: i32,
     /// Pack workers (compress + encrypt threads).
@@ -67,6 +70,7 @@ impl Default for BackupOptions {
             paths: Vec::new(),
             tags: Vec::new(),
             parent: None,
+            sources: Vec::new(),
             compression_level: 3,
             workers: cores.clamp(1, 8),
             uploads: 2,
@@ -123,6 +127,7 @@ struct ChunkJob {
     kind: ObjectType,
     id: ChunkId,
     data: Vec<u8>,
+    hint: codec::Hint,
 }
 
 struct FinishedPack {
@@ -178,6 +183,15 @@ pub struct StoredStream {
     pub hash: [u8; 32],
 }
 
+/// One range of a stream that is chunked on its own (see [`ChunkSink::store_spans`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Bytes in the range.
+    pub len: u64,
+    /// How its chunks are best encoded.
+    pub hint: codec::Hint,
+}
+
 /// A cloneable handle that reader threads use to feed data into the session.
 #[derive(Clone)]
 pub struct ChunkSink {
@@ -208,35 +222,92 @@ impl ChunkSink {
                 Ok(None) => break,
                 Err(e) => return Err(Error::io("source stream", e)),
             };
-            if s.failed.load(Ordering::Relaxed) {
-                return Err(Error::Invalid(s.failure()));
-            }
             hasher.update(chunk);
             len += chunk.len() as u64;
-            // Counters are about source data; tree metadata is not counted.
-            let data_kind = kind == ObjectType::DataChunk;
-            if data_kind {
-                s.stats.bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            }
-            let id = s.keys.chunk_id(chunk);
-            chunks.push(id);
+            chunks.push(self.emit(chunk, kind, codec::Hint::Generic)?);
             progress(chunk.len() as u64);
-            if self.known(&id)? {
-                continue;
-            }
-            let data = chunk.to_vec();
-            if !s.budget.acquire(data.len(), &s.failed) {
-                return Err(Error::Invalid(s.failure()));
-            }
-            if data_kind {
-                s.stats.chunks_new.fetch_add(1, Ordering::Relaxed);
-                s.stats.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-            if self.tx.send(ChunkJob { kind, id, data }).is_err() {
-                return Err(Error::Invalid(s.failure()));
-            }
         }
         Ok(StoredStream { chunks, len, hash: *hasher.finalize().as_bytes() })
+    }
+
+    /// Store a stream cut into spans first (a file header, each tensor): no chunk crosses a span
+    /// boundary, so a changed tensor never changes its neighbours' chunks. A span up to the
+    /// chunker's maximum is one chunk; a larger one is cut by CDC from its own start. Blocking:
+    /// call from a blocking thread.
+    pub fn store_spans<R: Read>(
+        &self,
+        mut reader: R,
+        spans: &[Span],
+        mut progress: impl FnMut(u64),
+    ) -> Result<StoredStream> {
+        let s = &self.shared;
+        let params = &s.vault.config().chunker;
+        let mut whole = blake3::Hasher::new();
+        let mut out = StoredStream { chunks: Vec::new(), len: 0, hash: [0; 32] };
+        let mut small = Vec::new();
+        for (i, span) in spans.iter().enumerate() {
+            let mut got = 0u64;
+            let mut take = (&mut reader).take(span.len);
+            if span.len <= u64::from(params.max_size) {
+                small.clear();
+                take.read_to_end(&mut small).map_err(|e| Error::io("source stream", e))?;
+                got = small.len() as u64;
+                if !small.is_empty() {
+                    whole.update(&small);
+                    out.chunks.push(self.emit(&small, ObjectType::DataChunk, span.hint)?);
+                    progress(got);
+                }
+            } else {
+                let mut chunker = Chunker::new(take, params, s.keys.chunker_seed);
+                while let Some(chunk) = chunker.next_chunk().map_err(|e| Error::io("source stream", e))? {
+                    whole.update(chunk);
+                    got += chunk.len() as u64;
+                    out.chunks.push(self.emit(chunk, ObjectType::DataChunk, span.hint)?);
+                    progress(chunk.len() as u64);
+                }
+            }
+            out.len += got;
+            if got != span.len {
+                return Err(Error::io(
+                    "source stream",
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("span #{i} ended after {got} of {} bytes (the file changed while read?)", span.len),
+                    ),
+                ));
+            }
+        }
+        out.hash = *whole.finalize().as_bytes();
+        Ok(out)
+    }
+
+    /// Hash one chunk, and queue it unless the vault or this run already has it.
+    fn emit(&self, chunk: &[u8], kind: ObjectType, hint: codec::Hint) -> Result<ChunkId> {
+        let s = &self.shared;
+        if s.failed.load(Ordering::Relaxed) {
+            return Err(Error::Invalid(s.failure()));
+        }
+        // Counters are about source data; tree metadata is not counted.
+        let data_kind = kind == ObjectType::DataChunk;
+        if data_kind {
+            s.stats.bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        let id = s.keys.chunk_id(chunk);
+        if self.known(&id)? {
+            return Ok(id);
+        }
+        let data = chunk.to_vec();
+        if !s.budget.acquire(data.len(), &s.failed) {
+            return Err(Error::Invalid(s.failure()));
+        }
+        if data_kind {
+            s.stats.chunks_new.fetch_add(1, Ordering::Relaxed);
+            s.stats.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        if self.tx.send(ChunkJob { kind, id, data, hint }).is_err() {
+            return Err(Error::Invalid(s.failure()));
+        }
+        Ok(id)
     }
 
     /// True when the chunk is already stored or queued; otherwise marks it pending.
@@ -377,6 +448,11 @@ impl BackupSession {
         self.sink.clone().unwrap_or_else(|| unreachable!("sink taken only by commit"))
     }
 
+    /// Record sources captured in this run; they go into the manifest.
+    pub fn add_sources(&mut self, sources: Vec<crate::snapshot::SourceRecord>) {
+        self.opts.sources.extend(sources);
+    }
+
     /// This session's id.
     pub fn id(&self) -> SessionId {
         self.id
@@ -435,6 +511,7 @@ impl BackupSession {
             session: self.id,
             parent: self.opts.parent,
             probes,
+            sources: std::mem::take(&mut self.opts.sources),
         };
         let (sid, bytes) = object::seal(vault.keys(), ObjectType::Snapshot, &manifest);
         failpoint::hit("before-manifest-put");
@@ -535,7 +612,7 @@ fn pack_worker(s: &Shared, rx: &crossbeam_channel::Receiver<ChunkJob>, out: &mps
             s.budget.release(job.data.len());
             return Err(Error::Invalid(s.failure()));
         }
-        let (codec, encoded) = codec::encode(&job.data, s.level);
+        let (codec, encoded) = codec::encode_hinted(&job.data, s.level, job.hint);
         let slot = &mut builders[usize::from(job.kind == ObjectType::TreeChunk)];
         if slot.as_ref().is_some_and(|b| b.len_with(encoded.len()) > target || !b.has_room_for_blob())
             && let Some(b) = slot.take()

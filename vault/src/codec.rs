@@ -8,7 +8,9 @@ pub enum Codec {
     Raw = 0,
     /// zstd frame.
     Zstd = 1,
-    // 2 is reserved for the float-tensor codec (byte-grouped planes).
+    /// Float tensor: bytes grouped by position into planes, each plane zstd or raw (see
+    /// [`encode_float`]).
+    Float = 2,
 }
 
 impl Codec {
@@ -17,6 +19,7 @@ impl Codec {
         match b {
             0 => Some(Self::Raw),
             1 => Some(Self::Zstd),
+            2 => Some(Self::Float),
             _ => None,
         }
     }
@@ -110,7 +113,114 @@ pub fn decode(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, Co
             }
             Ok(out)
         }
+        Codec::Float => decode_float(stored, raw_len),
     }
+}
+
+/// How a chunk's plaintext should be encoded: a caller that knows the bytes are little-endian
+/// floats of a width says so, and the float codec is tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hint {
+    /// Anything: the generic rule of [`encode`].
+    #[default]
+    Generic,
+    /// Little-endian floats of 2 (bf16, fp16) or 4 (fp32) bytes.
+    Float(u8),
+}
+
+/// Encode with a hint: float data goes through [`encode_float`] when that saves at least 5 %,
+/// everything else through [`encode`].
+pub fn encode_hinted(data: &[u8], level: i32, hint: Hint) -> (Codec, std::borrow::Cow<'_, [u8]>) {
+    match hint {
+        Hint::Float(width @ (2 | 4)) if data.len() >= 64 * usize::from(width) => {
+            let enc = encode_float(data, width);
+            if enc.len() * 100 <= data.len() * MIN_GAIN_NUM {
+                (Codec::Float, std::borrow::Cow::Owned(enc))
+            } else {
+                (Codec::Raw, std::borrow::Cow::Borrowed(data))
+            }
+        }
+        _ => encode(data, level),
+    }
+}
+
+/// Planes whose zstd encoding saves less than this share (2 %) are stored raw.
+const PLANE_GAIN_NUM: usize = 98;
+/// zstd level for planes. The exponent plane's few symbols repeat in short runs that higher
+/// levels code as matches, which costs more than coding them as literals: on bf16 weights the
+/// plane took 0.367 of its size at level 1 and 0.416 at level 3, its entropy being 0.332
+/// (decision 0010).
+const PLANE_LEVEL: i32 = 1;
+
+/// The float codec (ZipNN's idea): byte *p* of every element goes to plane *p*. The planes that
+/// hold sign and exponent bits compress well with zstd's entropy coder; mantissa planes are close
+/// to random and are stored raw. Layout: `width u8`, then per plane `plane codec u8 (0 raw, 1 zstd)
+/// || stored length u32 LE || bytes`, then the `len % width` trailing bytes as they are.
+pub fn encode_float(data: &[u8], width: u8) -> Vec<u8> {
+    let w = usize::from(width.max(1));
+    let count = data.len() / w;
+    let mut out = Vec::with_capacity(data.len() + 1 + 5 * w);
+    out.push(w as u8);
+    let mut plane = vec![0u8; count];
+    for p in 0..w {
+        for (dst, elem) in plane.iter_mut().zip(data.chunks_exact(w)) {
+            *dst = elem[p];
+        }
+        match compress(&plane, PLANE_LEVEL) {
+            Ok(c) if c.len() * 100 <= plane.len() * PLANE_GAIN_NUM => {
+                out.push(1);
+                out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+                out.extend_from_slice(&c);
+            }
+            _ => {
+                out.push(0);
+                out.extend_from_slice(&(plane.len() as u32).to_le_bytes());
+                out.extend_from_slice(&plane);
+            }
+        }
+    }
+    out.extend_from_slice(&data[count * w..]);
+    out
+}
+
+fn decode_float(stored: &[u8], raw_len: usize) -> Result<Vec<u8>, CodecError> {
+    let bad = |why: String| CodecError::Corrupt(format!("float chunk: {why}"));
+    let (&w, mut rest) = stored.split_first().ok_or_else(|| bad("empty".into()))?;
+    if w != 2 && w != 4 {
+        return Err(bad(format!("element width {w} (only 2 and 4 exist)")));
+    }
+    let w = usize::from(w);
+    let count = raw_len / w;
+    let mut out = vec![0u8; raw_len];
+    for p in 0..w {
+        if rest.len() < 5 {
+            return Err(bad(format!("plane {p} header cut short")));
+        }
+        let codec = rest[0];
+        let len = u32::from_le_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        rest = &rest[5..];
+        if len > rest.len() {
+            return Err(bad(format!("plane {p} says {len} bytes, {} left", rest.len())));
+        }
+        let (body, tail) = rest.split_at(len);
+        rest = tail;
+        let plane = match codec {
+            0 => std::borrow::Cow::Borrowed(body),
+            1 => std::borrow::Cow::Owned(decompress(body, count).map_err(|e| bad(format!("plane {p}: {e}")))?),
+            c => return Err(bad(format!("plane {p} has codec {c}"))),
+        };
+        if plane.len() != count {
+            return Err(bad(format!("plane {p} holds {} bytes, {count} expected", plane.len())));
+        }
+        for (elem, &b) in out.chunks_exact_mut(w).zip(plane.iter()) {
+            elem[p] = b;
+        }
+    }
+    if rest.len() != raw_len - count * w {
+        return Err(bad(format!("{} trailing bytes, {} expected", rest.len(), raw_len - count * w)));
+    }
+    out[count * w..].copy_from_slice(rest);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -128,10 +238,41 @@ mod tests {
         }
 
         #[test]
+        fn float_round_trip(data in proptest::collection::vec(any::<u8>(), 0..5000), wide in any::<bool>()) {
+            let width = if wide { 4 } else { 2 };
+            let enc = encode_float(&data, width);
+            prop_assert_eq!(decode(Codec::Float, &enc, data.len()).unwrap(), data);
+        }
+
+        #[test]
+        fn float_garbage_never_panics(stored in proptest::collection::vec(any::<u8>(), 0..2000), len in 0usize..5000) {
+            let _ = decode(Codec::Float, &stored, len);
+        }
+
+        #[test]
         fn garbage_never_panics(stored in proptest::collection::vec(any::<u8>(), 0..2000), len in 0usize..5000) {
             let _ = decode(Codec::Zstd, &stored, len);
             let _ = decode(Codec::Raw, &stored, len);
         }
+    }
+
+    /// bf16 values from a narrow normal-like distribution: the exponent plane compresses, the
+    /// mantissa plane does not, and the float codec beats plain zstd.
+    #[test]
+    fn float_codec_beats_zstd_on_bf16_weights() {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        let mut data = Vec::with_capacity(1 << 20);
+        for _ in 0..(1 << 19) {
+            let x: f32 = (rng.r#gen::<f32>() + rng.r#gen::<f32>() + rng.r#gen::<f32>() - 1.5) * 0.04;
+            data.extend_from_slice(&x.to_bits().to_le_bytes()[2..]);
+        }
+        let (codec, enc) = encode_hinted(&data, 3, Hint::Float(2));
+        assert_eq!(codec, Codec::Float);
+        let (_, z) = encode(&data, 3);
+        assert!(enc.len() < z.len(), "float {} vs zstd {}", enc.len(), z.len());
+        assert_eq!(enc[5], 0, "the mantissa plane (low byte) is stored raw");
+        assert_eq!(decode(Codec::Float, &enc, data.len()).unwrap(), data);
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub fn open_bytes(keys: &VaultKeys, kind: ObjectType, stored: &[u8]) -> Result<V
             }
             codec::decode(codec, encoded, size as usize).map_err(|e| ObjectError::Malformed(e.to_string()))
         }
+        // Sealed objects never carry tensors; a float body is damage or a forgery.
+        Codec::Float => Err(ObjectError::Malformed("float codec in a sealed object".into())),
     }
 }
 

@@ -83,6 +83,51 @@ pub struct Node {
     /// BLAKE3 of the whole logical content (holes read as zeros).
     #[serde(default, with = "serde_bytes")]
     pub hash: Option<Vec<u8>>,
+    /// For model weight files: the tensors, so a restored copy is checked tensor by tensor.
+    /// Absent for everything else (and then not written at all, so older trees read the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelLayout>,
+}
+
+/// The layout of a model weight file as parsed at backup time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelLayout {
+    /// `safetensors`, `gguf` or `pytorch-zip`.
+    pub format: String,
+    /// Tensors in file order.
+    pub tensors: Vec<TensorRecord>,
+}
+
+/// One tensor (or, in a PyTorch zip, one storage record) of a model file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorRecord {
+    /// Name as the file gives it.
+    pub name: String,
+    /// Element type as the file names it (`BF16`, `F32`, `Q4_K`, ...).
+    pub dtype: String,
+    /// Dimensions as the file lists them.
+    pub shape: Vec<u64>,
+    /// Absolute byte offset of its data in the file.
+    pub offset: u64,
+    /// Bytes of data.
+    pub len: u64,
+    /// BLAKE3 of those bytes.
+    #[serde(with = "serde_bytes")]
+    pub hash: Vec<u8>,
+}
+
+/// A source other than plain paths captured into a snapshot, with what its verifier needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    /// The kind (`model`, `sqlite`, `postgres`, `faiss`, ...).
+    pub kind: String,
+    /// The spec as given (`KIND:SPEC` without the kind).
+    pub spec: String,
+    /// Where its data sits in the tree (absolute paths).
+    pub paths: Vec<String>,
+    /// Facts recorded at backup time that must hold on a restored copy.
+    #[serde(default)]
+    pub probes: BTreeMap<String, String>,
 }
 
 impl Node {
@@ -152,6 +197,9 @@ pub struct Manifest {
     /// Application probes recorded at backup time (sources fill these).
     #[serde(default)]
     pub probes: BTreeMap<String, String>,
+    /// Sources other than plain paths, with their verifiers' records. Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceRecord>,
 }
 
 /// Encode nodes as a tree stream.
@@ -209,6 +257,17 @@ mod tests {
                     .map(|(offset, c)| Extent { offset, chunks: c.into_iter().map(ChunkId).collect() })
                     .collect(),
                 hash: Some(vec![1; 32]),
+                model: (size % 3 == 0).then(|| ModelLayout {
+                    format: "safetensors".into(),
+                    tensors: vec![TensorRecord {
+                        name: "w".into(),
+                        dtype: "BF16".into(),
+                        shape: vec![size % 7, 2],
+                        offset: size / 2,
+                        len: size / 3,
+                        hash: vec![7; 32],
+                    }],
+                }),
             })
     }
 

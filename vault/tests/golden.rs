@@ -98,3 +98,11 @@ fn sealed_object() {
     );
     assert_eq!(id.to_hex(), "ca55ef7c8d86ee468d414d7319bd23cf313d1ce5f46fa15306f257e0a037db75");
 }
+
+#[test]
+fn float_codec() {
+    let enc = codec::encode_float(&[1, 2, 3, 4, 5, 6, 7, 8, 9], 2);
+    print("float codec", &hex::encode(&enc));
+    assert_eq!(hex::encode(&enc), "0200040000000103050700040000000204060809");
+    assert_eq!(codec::decode(Codec::Float, &enc, 9).unwrap(), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+}
