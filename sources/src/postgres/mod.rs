@@ -1,0 +1,296 @@
+//! PostgreSQL: `pg_basebackup -D - -F t -X fetch` streamed straight into the chunker, unpacked
+//! member by member so nightly backups dedup file by file; a replication slot holds the WAL the
+//! backup needs until it is fetched. Probes recorded at backup: the WAL range and timeline of the
+//! consistent point, the databases and their sizes, the checksum setting, and invariants an admin
+//! gives as SQL. The verifier ([`verify`]) proves a restored data directory.
+
+pub mod tools;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tresor_vault::backup::ChunkSink;
+use tresor_vault::snapshot::{Extent, Node, NodeKind, SourceRecord};
+
+use crate::tar::{EntryKind, TarReader};
+
+/// Why a PostgreSQL backup or check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// A PostgreSQL program failed; `why` carries its own message.
+    #[error("{what}: {why}")]
+    Tool {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        why: String,
+    },
+    /// The base backup stream is not a valid archive.
+    #[error("the base backup stream: {0}")]
+    Stream(#[from] crate::tar::TarError),
+    /// Storing into the vault failed.
+    #[error("storing the base backup: {0}")]
+    Store(#[from] tresor_vault::Error),
+}
+
+/// How a PostgreSQL source is captured.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Invariants: each query returns one row whose columns must all be equal (or one `t`).
+    pub probes: Vec<String>,
+    /// Limit for each query.
+    pub query_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self { probes: Vec::new(), query_timeout: Duration::from_secs(300) }
+    }
+}
+
+/// A captured cluster: its nodes for the tree and its record for the manifest.
+pub struct PgCaptured {
+    /// The data directory's nodes (ancestors first).
+    pub nodes: Vec<Node>,
+    /// The source record.
+    pub record: SourceRecord,
+}
+
+/// Whether one probe row holds: all columns equal, or a single true.
+pub fn probe_holds(row: &[String]) -> bool {
+    match row {
+        [one] => one == "t",
+        [first, rest @ ..] => rest.iter().all(|v| v == first),
+        [] => false,
+    }
+}
+
+/// Keep at most this much of the backup manifest in memory to read its WAL range.
+const MAX_MANIFEST: u64 = 256 << 20;
+
+/// Back up the cluster `conn` (a libpq connection string) into `sink`. Blocking.
+pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptured, PgError> {
+    let bin = tools::bin_dir(None);
+    let psql = tools::program(bin.as_deref(), "psql");
+    let conn = ["-d", spec];
+    let t = opts.query_timeout;
+    let facts = tools::query(
+        &psql,
+        None,
+        &conn,
+        "SELECT current_setting('data_directory'), current_setting('server_version_num'), current_setting('data_checksums'), current_database()",
+        t,
+    )?;
+    let [datadir, version, checksums, dbname] = facts.first().map(|r| r.as_slice()).unwrap_or_default() else {
+        return Err(PgError::Tool { what: "reading the server's settings".into(), why: "unexpected answer".into() });
+    };
+    let (datadir, dbname) = (datadir.clone(), dbname.clone());
+    let mut probes = BTreeMap::new();
+    probes.insert("server_version_num".into(), version.clone());
+    probes.insert("data_checksums".into(), checksums.clone());
+    probes.insert("dbname".into(), dbname);
+    let dbs = tools::query(
+        &psql,
+        None,
+        &conn,
+        "SELECT datname, pg_database_size(datname) FROM pg_database WHERE datallowconn ORDER BY datname",
+        t,
+    )?;
+    probes.insert("databases".into(), dbs.iter().map(|r| r[0].clone()).collect::<Vec<_>>().join(","));
+    for r in &dbs {
+        probes.insert(format!("db_size.{}", r[0]), r.get(1).cloned().unwrap_or_default());
+    }
+    for (i, sql) in opts.probes.iter().enumerate() {
+        let rows = tools::query(&psql, None, &conn, sql, t)?;
+        let held = rows.len() == 1 && probe_holds(&rows[0]);
+        if !held {
+            tracing::warn!(probe = %sql, answer = ?rows, "a probe does not hold on the live database");
+        }
+        probes.insert(format!("probe.{i}"), sql.clone());
+    }
+    // The slot keeps the server from recycling WAL the backup needs before -X fetch takes it.
+    let slot = format!("tresor_{}", hex::encode(rand_bytes()));
+    tools::query(&psql, None, &conn, &format!("SELECT pg_create_physical_replication_slot('{slot}', true, false)"), t)?;
+    let streamed = stream(bin.as_deref(), spec, &datadir, sink, &mut probes);
+    if let Err(e) = tools::query(&psql, None, &conn, &format!("SELECT pg_drop_replication_slot('{slot}')"), t) {
+        tracing::warn!(slot = %slot, error = %e, "could not drop the backup's replication slot; drop it by hand");
+    }
+    let nodes = streamed?;
+    Ok(PgCaptured {
+        nodes,
+        record: SourceRecord { kind: "postgres".into(), spec: spec.to_string(), paths: vec![datadir], probes },
+    })
+}
+
+fn rand_bytes() -> [u8; 6] {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let h = blake3::hash(format!("{}{:?}", std::process::id(), t).as_bytes());
+    h.as_bytes()[..6].try_into().unwrap_or_default()
+}
+
+fn stream(
+    bin: Option<&Path>,
+    spec: &str,
+    datadir: &str,
+    sink: &ChunkSink,
+    probes: &mut BTreeMap<String, String>,
+) -> Result<Vec<Node>, PgError> {
+    let mut child = std::process::Command::new(tools::program(bin, "pg_basebackup"))
+        .args([
+            "-d",
+            spec,
+            "-D",
+            "-",
+            "-F",
+            "t",
+            "-X",
+            "fetch",
+            "-c",
+            "fast",
+            "--manifest-checksums=SHA256",
+            "-l",
+            "tresor",
+        ])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| PgError::Tool { what: "pg_basebackup".into(), why: format!("cannot start: {e}") })?;
+    let err = tools::stderr_tail(&mut child);
+    let out =
+        child.stdout.take().ok_or_else(|| PgError::Tool { what: "pg_basebackup".into(), why: "no stdout".into() })?;
+    let result = unpack(std::io::BufReader::with_capacity(1 << 20, out), datadir, sink, probes);
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| PgError::Tool { what: "pg_basebackup".into(), why: e.to_string() })?;
+    let stderr = err.join().unwrap_or_default();
+    if !status.success() {
+        return Err(PgError::Tool { what: "pg_basebackup".into(), why: format!("{status}: {stderr}") });
+    }
+    let nodes = result?;
+    if !probes.contains_key("end_lsn") {
+        return Err(PgError::Tool {
+            what: "pg_basebackup".into(),
+            why: "the stream had no backup_manifest with a WAL range".into(),
+        });
+    }
+    Ok(nodes)
+}
+
+/// Turn the archive into nodes below `datadir`, storing each file's bytes as they stream by.
+fn unpack<R: Read>(
+    r: R,
+    datadir: &str,
+    sink: &ChunkSink,
+    probes: &mut BTreeMap<String, String>,
+) -> Result<Vec<Node>, PgError> {
+    let root = PathBuf::from(datadir);
+    let rel = |p: &Path| p.to_string_lossy().trim_start_matches('/').as_bytes().to_vec();
+    let mut nodes = ancestors(&root);
+    let mut tar = TarReader::new(r);
+    let mut root_node = dir_node(rel(&root), 0o700, 0, 0, 0);
+    let root_at = nodes.len();
+    nodes.push(root_node.clone());
+    let mut first = true;
+    while let Some(e) = tar.next_entry()? {
+        if first {
+            // The archive has no entry for the data directory itself: it takes the files' owner.
+            (root_node.uid, root_node.gid, root_node.mtime_ns) = (e.uid, e.gid, e.mtime * 1_000_000_000);
+            nodes[root_at] = root_node.clone();
+            first = false;
+        }
+        let path = rel(&root.join(&e.path));
+        let mtime_ns = e.mtime.saturating_mul(1_000_000_000);
+        let node = match e.kind {
+            EntryKind::Dir => dir_node(path, e.mode, e.uid, e.gid, mtime_ns),
+            EntryKind::Symlink => Node {
+                kind: NodeKind::Symlink,
+                mode: 0o120777,
+                target: e.link.clone().map(String::into_bytes),
+                ..dir_node(path, 0, e.uid, e.gid, mtime_ns)
+            },
+            EntryKind::File => {
+                let stored = if e.path == "backup_manifest" && e.size <= MAX_MANIFEST {
+                    let mut buf = Vec::with_capacity(e.size as usize);
+                    tar.data().read_to_end(&mut buf).map_err(crate::tar::TarError::Io)?;
+                    read_wal_range(&buf, probes);
+                    sink.store_stream(&buf[..])?
+                } else {
+                    sink.store_stream(tar.data())?
+                };
+                if stored.len != e.size {
+                    return Err(crate::tar::TarError::Malformed {
+                        after: e.path.clone(),
+                        why: "member cut short".into(),
+                    }
+                    .into());
+                }
+                Node {
+                    kind: NodeKind::File,
+                    mode: 0o100000 | e.mode,
+                    size: e.size,
+                    extents: vec![Extent { offset: 0, chunks: stored.chunks }],
+                    hash: Some(stored.hash.to_vec()),
+                    ..dir_node(path, 0, e.uid, e.gid, mtime_ns)
+                }
+            }
+        };
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+fn read_wal_range(manifest: &[u8], probes: &mut BTreeMap<String, String>) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(manifest) else { return };
+    if let Some(r) = v.get("WAL-Ranges").and_then(|w| w.as_array()).and_then(|a| a.last()) {
+        for (key, field) in [("timeline", "Timeline"), ("start_lsn", "Start-LSN"), ("end_lsn", "End-LSN")] {
+            if let Some(x) = r.get(field) {
+                probes.insert(key.into(), x.as_str().map_or_else(|| x.to_string(), str::to_string));
+            }
+        }
+    }
+}
+
+fn dir_node(path: Vec<u8>, mode: u32, uid: u32, gid: u32, mtime_ns: i64) -> Node {
+    Node {
+        path,
+        kind: NodeKind::Dir,
+        mode: 0o040000 | mode,
+        uid,
+        gid,
+        mtime_ns,
+        ctime_ns: 0,
+        inode: 0,
+        size: 0,
+        target: None,
+        xattrs: Vec::new(),
+        extents: Vec::new(),
+        hash: None,
+        model: None,
+    }
+}
+
+/// The data directory's parents, as they are on this host, or plain root-owned directories when
+/// the cluster is remote.
+fn ancestors(root: &Path) -> Vec<Node> {
+    let mut list: Vec<&Path> = root.ancestors().skip(1).filter(|a| a.as_os_str() != "/").collect();
+    list.reverse();
+    list.into_iter()
+        .map(|a| {
+            let rel = a.to_string_lossy().trim_start_matches('/').as_bytes().to_vec();
+            match std::fs::metadata(a) {
+                Ok(md) => {
+                    use std::os::unix::fs::MetadataExt;
+                    dir_node(rel, md.mode() & 0o7777, md.uid(), md.gid(), md.mtime() * 1_000_000_000)
+                }
+                Err(_) => dir_node(rel, 0o755, 0, 0, 0),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,151 @@
+//! Finding PostgreSQL's programs and running them: `psql` for queries, the rest for backups and
+//! checks. Each run is bounded by a timeout and its stderr is kept for the error.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::PgError;
+
+/// The directory holding PostgreSQL's programs: `version`'s under /usr/lib/postgresql when given
+/// and present (a data directory's PG_VERSION), else the newest there, else PATH.
+pub fn bin_dir(version: Option<&str>) -> Option<PathBuf> {
+    let root = Path::new("/usr/lib/postgresql");
+    if let Some(v) = version {
+        let d = root.join(v.trim()).join("bin");
+        if d.join("postgres").is_file() {
+            return Some(d);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, p): &(u32, PathBuf)| p.join("pg_basebackup").is_file())
+        .collect();
+    versions.sort();
+    versions.pop().map(|v| v.1)
+}
+
+/// A program of that directory, or from PATH.
+pub fn program(dir: Option<&Path>, name: &str) -> PathBuf {
+    dir.map(|d| d.join(name)).filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// A command that runs as `owner` when we are root and the owner is someone else (PostgreSQL
+/// refuses to run its server as root, and its files belong to the cluster's owner).
+pub fn command_as(program: &Path, owner: Option<u32>) -> Command {
+    let me = rustix::process::geteuid().as_raw();
+    match owner {
+        Some(uid) if me == 0 && uid != 0 => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={}", gid_of(uid)))
+                .arg("--clear-groups")
+                .arg("--")
+                .arg(program);
+            c
+        }
+        _ => Command::new(program),
+    }
+}
+
+fn gid_of(uid: u32) -> u32 {
+    // /etc/passwd: name:x:uid:gid:...
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 3 && f[2].parse() == Ok(uid)).then(|| f[3].parse().ok()).flatten()
+            })
+        })
+        .unwrap_or(uid)
+}
+
+/// Drain a child's stderr on a thread; the last 8 KiB are kept.
+pub fn stderr_tail(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let pipe = child.stderr.take();
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        if let Some(mut p) = pipe {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = p.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                all.extend_from_slice(&buf[..n]);
+                if all.len() > 16 * 1024 {
+                    all.drain(..all.len() - 8 * 1024);
+                }
+            }
+        }
+        String::from_utf8_lossy(&all).trim().to_string()
+    })
+}
+
+/// Run to completion within `timeout`; returns stdout. A non-zero exit or a timeout is an error
+/// naming `what` with the program's own words.
+pub fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<String, PgError> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| PgError::Tool { what: what.into(), why: format!("cannot start: {e}") })?;
+    let err = stderr_tail(&mut child);
+    let mut out_pipe = child.stdout.take();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = out_pipe.as_mut() {
+            let _ = p.take(64 << 20).read_to_string(&mut s);
+        }
+        s
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(|e| PgError::Tool { what: what.into(), why: e.to_string() })? {
+            break s;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(PgError::Tool {
+                what: what.into(),
+                why: format!("no answer within {} s; killed", timeout.as_secs()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    if !status.success() {
+        let why = if stderr.is_empty() { status.to_string() } else { format!("{status}: {stderr}") };
+        return Err(PgError::Tool { what: what.into(), why });
+    }
+    Ok(stdout)
+}
+
+/// One query through psql: rows of fields (separated by the unit separator, so any text is safe).
+pub fn query(
+    psql: &Path,
+    owner: Option<u32>,
+    conn: &[&str],
+    sql: &str,
+    timeout: Duration,
+) -> Result<Vec<Vec<String>>, PgError> {
+    let mut c = command_as(psql, owner);
+    c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-F", "\x1f", "-R", "\x1e"])
+        .args(conn)
+        .args(["-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGOPTIONS", format!("-c statement_timeout={}", timeout.as_millis()));
+    let out = run(c, &format!("query {}", short(sql)), timeout + Duration::from_secs(15))?;
+    Ok(out
+        .trim_end_matches(['\n', '\x1e'])
+        .split('\x1e')
+        .filter(|r| !r.is_empty())
+        .map(|r| r.trim_start_matches('\n').split('\x1f').map(str::to_string).collect())
+        .collect())
+}
+
+fn short(sql: &str) -> String {
+    let s: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.chars().count() > 80 { format!("{}...", s.chars().take(80).collect::<String>()) } else { s }
+}

@@ -1,0 +1,206 @@
+//! The verifier: a restored tree checked against the snapshot it came from. Every regular file's
+//! size and BLAKE3; for model files, the header parsed again, the tensor table equal to the one
+//! recorded, and every tensor's hash, so a damaged tensor is named.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use serde::Serialize;
+use tresor_vault::snapshot::{ModelLayout, Node, NodeKind};
+
+use crate::model::{self, Format};
+
+/// One check and its outcome.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Finding {
+    /// What was checked (a path, a tensor, a probe).
+    pub subject: String,
+    /// Which check.
+    pub check: String,
+    /// Whether it held.
+    pub ok: bool,
+    /// Details: what differed, or what was seen.
+    pub detail: String,
+}
+
+/// All findings of one verification.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// Findings, failures included.
+    pub findings: Vec<Finding>,
+    /// Files checked.
+    pub files: u64,
+    /// Bytes hashed.
+    pub bytes: u64,
+    /// Tensors checked.
+    pub tensors: u64,
+}
+
+impl Report {
+    /// True when every check held.
+    pub fn ok(&self) -> bool {
+        self.findings.iter().all(|f| f.ok)
+    }
+
+    /// The failed checks.
+    pub fn failures(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| !f.ok)
+    }
+
+    pub(crate) fn push(&mut self, subject: impl Into<String>, check: &str, ok: bool, detail: impl Into<String>) {
+        self.findings.push(Finding { subject: subject.into(), check: check.into(), ok, detail: detail.into() });
+    }
+}
+
+fn format_of(name: &str) -> Option<Format> {
+    [Format::Safetensors, Format::Gguf, Format::PytorchZip].into_iter().find(|f| f.name() == name)
+}
+
+/// Check the files of `nodes` restored under `root`. Blocking: call from a blocking thread.
+pub fn verify_files(root: &Path, nodes: &[Node], report: &mut Report) {
+    for n in nodes {
+        let path = root.join(OsStr::from_bytes(&n.path));
+        let shown = n.display_path();
+        match n.kind {
+            NodeKind::File => {
+                if let Err(e) = verify_file(&path, n, &shown, report) {
+                    report.push(&shown, "readable", false, e.to_string());
+                }
+            }
+            NodeKind::Dir => {
+                let ok = path.is_dir();
+                if !ok {
+                    report.push(&shown, "directory exists", false, "missing");
+                }
+            }
+            NodeKind::Symlink => {
+                let got = std::fs::read_link(&path).map(|t| t.as_os_str().as_bytes().to_vec()).ok();
+                if got.as_deref() != n.target.as_deref() {
+                    report.push(&shown, "symlink target", false, "missing or different");
+                }
+            }
+            NodeKind::Hardlink | NodeKind::Fifo => {
+                if std::fs::symlink_metadata(&path).is_err() {
+                    report.push(&shown, "exists", false, "missing");
+                }
+            }
+        }
+    }
+}
+
+fn verify_file(path: &Path, n: &Node, shown: &str, report: &mut Report) -> std::io::Result<()> {
+    let mut file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    report.files += 1;
+    if size != n.size {
+        report.push(shown, "size", false, format!("{size} bytes, snapshot says {}", n.size));
+        return Ok(());
+    }
+    if let Some(m) = &n.model {
+        verify_model(&mut file, size, m, shown, report)?;
+    }
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, &mut std::fs::File::open(path)?), &mut hasher)?;
+    report.bytes += size;
+    let got = hasher.finalize();
+    match &n.hash {
+        Some(want) if want.as_slice() == got.as_bytes() => {}
+        Some(want) => {
+            report.push(shown, "file BLAKE3", false, format!("{} != recorded {}", got.to_hex(), hex::encode(want)))
+        }
+        None => report.push(shown, "file BLAKE3", false, "the snapshot recorded no hash"),
+    }
+    Ok(())
+}
+
+fn verify_model(
+    file: &mut std::fs::File,
+    size: u64,
+    recorded: &ModelLayout,
+    shown: &str,
+    report: &mut Report,
+) -> std::io::Result<()> {
+    let Some(format) = format_of(&recorded.format) else {
+        report.push(shown, "model format", false, format!("unknown format {:?} in the snapshot", recorded.format));
+        return Ok(());
+    };
+    let layout = match model::parse(format, file, size) {
+        Ok(l) => l,
+        Err(e) => {
+            report.push(shown, "model header", false, e.to_string());
+            return Ok(());
+        }
+    };
+    let same_table = layout.tensors.len() == recorded.tensors.len()
+        && layout.tensors.iter().zip(&recorded.tensors).all(|(a, b)| {
+            a.name == b.name && a.dtype == b.dtype && a.shape == b.shape && a.offset == b.offset && a.len == b.len
+        });
+    if !same_table {
+        let first = layout
+            .tensors
+            .iter()
+            .zip(&recorded.tensors)
+            .find(|(a, b)| a.name != b.name || a.offset != b.offset || a.len != b.len || a.shape != b.shape)
+            .map(|(a, b)| {
+                format!("first difference: {:?} at {} vs recorded {:?} at {}", a.name, a.offset, b.name, b.offset)
+            })
+            .unwrap_or_else(|| format!("{} tensors, {} recorded", layout.tensors.len(), recorded.tensors.len()));
+        report.push(shown, "tensor table", false, first);
+        return Ok(());
+    }
+    let hashes = model::hash_tensors(file, &layout)?;
+    let mut bad = 0;
+    for (t, h) in recorded.tensors.iter().zip(&hashes) {
+        report.tensors += 1;
+        if t.hash.as_slice() != h {
+            bad += 1;
+            report.push(
+                format!("{shown} tensor {}", t.name),
+                "tensor BLAKE3",
+                false,
+                format!("{} {:?}: {} != recorded {}", t.dtype, t.shape, hex::encode(h), hex::encode(&t.hash)),
+            );
+        }
+    }
+    if bad == 0 {
+        report.push(
+            shown,
+            "model",
+            true,
+            format!(
+                "{} header parses, {} tensors cover the file as recorded, all hashes equal",
+                format.name(),
+                hashes.len()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Run each source's own verifier on its restored copy under `root`. Blocking.
+pub fn verify_sources(root: &Path, sources: &[tresor_vault::snapshot::SourceRecord], report: &mut Report) {
+    for s in sources {
+        for p in &s.paths {
+            let restored = root.join(p.trim_start_matches('/'));
+            match s.kind.as_str() {
+                "model" => {
+                    if s.probes.contains_key("shards") {
+                        match crate::model::hf::check_dir(&restored) {
+                            Ok(i) => report.push(
+                                p,
+                                "model index",
+                                true,
+                                format!("{} names {} shards, all present and complete", i.indexes.join(", "), i.shards),
+                            ),
+                            Err(e) => report.push(p, "model index", false, e.to_string()),
+                        }
+                    }
+                }
+                "sqlite" => crate::sqlite::verify(&restored, &s.probes, report),
+                "postgres" => crate::postgres::verify::verify(&restored, &s.probes, report),
+                other => report.push(p, "source kind", false, format!("no verifier for kind {other:?}")),
+            }
+        }
+    }
+}
