@@ -49,7 +49,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE", default_value = "tresor-escrow.key")]
         escrow_key_out: PathBuf,
     },
-    /// Back up paths; prints the snapshot id.
+    /// Back up paths and sources; prints the snapshot id.
     Backup {
         #[command(flatten)]
         vault: VaultArg,
@@ -62,9 +62,36 @@ pub enum Command {
         /// Read every file even if unchanged since the parent snapshot.
         #[arg(long)]
         force: bool,
+        /// A source other than plain paths (repeatable): model:PATH (a weights file or a Hugging Face
+        /// model directory), sqlite:PATH (through the online backup API).
+        #[arg(long = "source", value_name = "KIND:SPEC", value_parser = parse_source)]
+        sources: Vec<tresor_sources::spec::SourceSpec>,
+        /// An invariant for database sources (repeatable): SQL returning one row whose columns are all
+        /// equal (or one true), checked at backup and by verify on the restored copy.
+        #[arg(long = "probe", value_name = "SQL")]
+        probes: Vec<String>,
+        /// Shell command run before anything is read; if it fails, nothing is backed up.
+        #[arg(long, value_name = "CMD")]
+        pre_hook: Option<String>,
+        /// Shell command run afterwards, always; TRESOR_RESULT is ok or failed.
+        #[arg(long, value_name = "CMD")]
+        post_hook: Option<String>,
+        /// Each hook is killed after this long (e.g. 90s, 10m).
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+        hook_timeout: std::time::Duration,
         /// Paths to back up.
-        #[arg(required = true, value_name = "PATH")]
+        #[arg(required_unless_present = "sources")]
         paths: Vec<PathBuf>,
+    },
+    /// Check a restored copy against its snapshot: file hashes, model tensors, source probes.
+    Verify {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// Snapshot id, unique prefix, or "latest".
+        #[arg(long)]
+        snapshot: String,
+        /// The directory the snapshot was restored to (the --to of restore).
+        path: PathBuf,
     },
     /// List snapshots.
     Snapshots {
@@ -172,4 +199,12 @@ pub enum KeyAction {
         #[arg(long, value_name = "FILE")]
         new_password_file: Option<PathBuf>,
     },
+}
+
+fn parse_source(s: &str) -> Result<tresor_sources::spec::SourceSpec, String> {
+    s.parse()
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    tresor_proto::parse_duration(s).map_err(|e| e.to_string())
 }

@@ -103,10 +103,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// `backup`.
+#[allow(clippy::too_many_arguments)]
 pub async fn backup(
     g: &Global,
     url: &str,
     paths: &[PathBuf],
+    sources: &[tresor_sources::spec::SourceSpec],
+    (hooks, probes): (tresor_sources::hooks::Hooks, Vec<String>),
     tags: &[String],
     host: Option<String>,
     force: bool,
@@ -115,6 +118,9 @@ pub async fn backup(
     let vault = open(g, url).await?;
     let req = BackupRequest {
         roots,
+        sources: sources.to_vec(),
+        hooks,
+        probes,
         host: host.unwrap_or_else(hostname),
         tags: tags.to_vec(),
         force,
@@ -219,6 +225,48 @@ pub async fn restore(g: &Global, url: &str, spec: &str, to: &Path, include: &[St
     }
     let code = if report.failed.is_empty() { exit::OK } else { exit::PARTIAL };
     Ok(Outcome { json: json!({"snapshot": id, "target": to, "report": report, "seconds": secs}), text, code })
+}
+
+/// `verify`: a restored copy against its snapshot.
+pub async fn verify(g: &Global, url: &str, spec: &str, path: &Path) -> anyhow::Result<Outcome> {
+    let started = std::time::Instant::now();
+    if !path.is_dir() {
+        anyhow::bail!("{} is not a directory: give the directory the snapshot was restored to", path.display());
+    }
+    let vault = open(g, url).await?;
+    let index = vault.sync_index(&cache_root(g)).await?;
+    let (id, m) = vault.resolve_snapshot(spec).await?;
+    let nodes = vault.read_tree(&m, &index).await?;
+    let (root, sources) = (path.to_path_buf(), m.sources.clone());
+    let progress = Progress::start(g.json, || "verifying".to_string());
+    let report = tokio::task::spawn_blocking(move || {
+        let mut report = tresor_sources::verify::Report::default();
+        tresor_sources::verify::verify_files(&root, &nodes, &mut report);
+        tresor_sources::verify::verify_sources(&root, &sources, &mut report);
+        report
+    })
+    .await?;
+    drop(progress);
+    let secs = started.elapsed().as_secs_f64();
+    let failures: Vec<_> = report.failures().collect();
+    let mut text = format!(
+        "verified {} against snapshot {id}: {} files ({}), {} tensors, {} source checks; {} in {secs:.1} s",
+        path.display(),
+        report.files,
+        human(report.bytes),
+        report.tensors,
+        report.findings.iter().filter(|f| f.check != "model").count().saturating_sub(failures.len()),
+        if failures.is_empty() { "all good".to_string() } else { format!("{} FAILED", failures.len()) }
+    );
+    for f in &failures {
+        text.push_str(&format!("\n  FAILED {} ({}): {}", f.subject, f.check, f.detail));
+    }
+    let code = if failures.is_empty() { exit::OK } else { exit::DAMAGE };
+    Ok(Outcome {
+        json: json!({"snapshot": id, "path": path, "ok": failures.is_empty(), "report": report, "seconds": secs}),
+        text,
+        code,
+    })
 }
 
 /// `check`.

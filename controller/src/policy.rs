@@ -293,8 +293,14 @@ impl Policy {
             if sources.iter().any(|o| o.agent == s.agent && o.name == s.name) {
                 return Err(Error::Config(format!("{f}.name: {}/{} is listed twice", s.agent, s.name)));
             }
-            if s.paths.is_empty() || s.paths.iter().any(|p| !p.starts_with('/')) {
-                return Err(Error::Config(format!("{f}.paths: give one or more absolute paths")));
+            if s.paths.is_empty() {
+                return Err(Error::Config(format!("{f}.paths: give one or more absolute paths or KIND:SPEC sources")));
+            }
+            if let Some(p) = s.paths.iter().find(|p| !tresor_proto::is_backup_item(p)) {
+                return Err(Error::Config(format!(
+                    "{f}.paths: {p:?} is neither an absolute path nor KIND:SPEC with KIND one of {}",
+                    tresor_proto::SOURCE_KINDS.join(", ")
+                )));
             }
             let cron = s
                 .schedule
@@ -405,5 +411,17 @@ paths = ["/srv/models"]
         assert!(e.contains("Mars/Olympus"), "{e}");
         let e = err(&GOOD.replace("keep_within = \"2d\"", "keep_within = \"2 days\""));
         assert!(e.contains("keep_within"), "{e}");
+        let e = err(&GOOD.replace("paths = [\"/srv/models\"]", "paths = [\"mongo:/var/db\"]"));
+        assert!(e.contains("source[0].paths") && e.contains("mongo:/var/db"), "{e}");
+    }
+
+    #[test]
+    fn sources_sit_beside_paths() {
+        let p = Policy::parse(
+            &GOOD.replace("paths = [\"/srv/models\"]", "paths = [\"/srv/models\", \"sqlite:/var/lib/app/app.db\"]"),
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(p.sources[0].paths[1], "sqlite:/var/lib/app/app.db");
     }
 }

@@ -59,6 +59,16 @@ mod tests {
 ///
 /// # Errors
 /// Names the text and the expected form.
+/// Source kinds a policy may name as `KIND:SPEC` beside plain paths; the agent's
+/// `tresor_sources::spec::Kind` is the authority and a test keeps the two equal.
+pub const SOURCE_KINDS: &[&str] = &["model", "sqlite", "postgres"];
+
+/// Whether a policy's backup item is an absolute path or `KIND:/absolute/path` of a known kind.
+pub fn is_backup_item(item: &str) -> bool {
+    item.starts_with('/')
+        || item.split_once(':').is_some_and(|(kind, rest)| SOURCE_KINDS.contains(&kind) && !rest.is_empty())
+}
+
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());

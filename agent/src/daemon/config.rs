@@ -36,7 +36,29 @@ pub struct AgentConfig {
     /// The vaults, by the names policies use.
     #[serde(default)]
     pub vaults: BTreeMap<String, VaultConfig>,
+    /// Settings of sources, by the names policies give them. Hooks live here and never in a
+    /// policy: the controller schedules, but only this host's admin chooses what runs on it.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
 }
+
+/// This host's settings for one source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Shell command run before the capture; its failure fails the job.
+    pub pre_hook: Option<String>,
+    /// Shell command run after, always (TRESOR_RESULT=ok|failed).
+    pub post_hook: Option<String>,
+    /// Each hook is killed after this long (default 10m).
+    pub hook_timeout: Option<String>,
+    /// Invariants (SQL) for database sources, checked at backup and on restored copies.
+    #[serde(default)]
+    pub probes: Vec<String>,
+}
+
+/// Hooks that say nothing of their timeout get this long.
+const DEFAULT_HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/tresor-agent")
@@ -59,12 +81,29 @@ impl AgentConfig {
         if cfg.max_jobs == 0 {
             bail!("{origin}: max_jobs: must be at least 1");
         }
+        for name in cfg.sources.keys() {
+            cfg.hooks(name).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        }
         for (name, v) in &cfg.vaults {
             if v.password_file.is_none() && v.escrow_key_file.is_none() {
                 bail!("{origin}: vaults.{name}: give password_file (this agent's key slot) or escrow_key_file");
             }
         }
         Ok(cfg)
+    }
+
+    /// The hooks configured for a source (none when it has no entry).
+    pub fn hooks(&self, source: &str) -> anyhow::Result<tresor_sources::hooks::Hooks> {
+        let Some(c) = self.sources.get(source) else {
+            return Ok(tresor_sources::hooks::Hooks { timeout: DEFAULT_HOOK_TIMEOUT, ..Default::default() });
+        };
+        let timeout = match &c.hook_timeout {
+            Some(t) => {
+                tresor_proto::parse_duration(t).map_err(|e| anyhow::anyhow!("sources.{source}.hook_timeout: {e}"))?
+            }
+            None => DEFAULT_HOOK_TIMEOUT,
+        };
+        Ok(tresor_sources::hooks::Hooks { pre: c.pre_hook.clone(), post: c.post_hook.clone(), timeout })
     }
 
     /// This agent's name.
@@ -76,6 +115,23 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_and_the_agent_know_the_same_source_kinds() {
+        let agent: Vec<&str> = tresor_sources::spec::Kind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(agent, tresor_proto::SOURCE_KINDS);
+    }
+
+    #[test]
+    fn source_hooks_parse_and_bad_timeouts_are_named() {
+        let cfg =
+            AgentConfig::parse("[sources.db]\npre_hook = \"app save\"\nhook_timeout = \"90s\"\n", "a.toml").unwrap();
+        let h = cfg.hooks("db").unwrap();
+        assert_eq!((h.pre.as_deref(), h.timeout.as_secs()), (Some("app save"), 90));
+        assert_eq!(cfg.hooks("other").unwrap().timeout.as_secs(), 600);
+        let e = AgentConfig::parse("[sources.db]\nhook_timeout = \"soon\"\n", "a.toml").unwrap_err().to_string();
+        assert!(e.contains("sources.db.hook_timeout"), "{e}");
+    }
 
     #[test]
     fn the_example_config_parses() {

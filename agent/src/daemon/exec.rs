@@ -167,7 +167,15 @@ pub fn meta_of(vault: &Vault, id: &SnapshotId, m: &tresor_vault::snapshot::Manif
 }
 
 async fn backup(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, b: pb::BackupJob) -> anyhow::Result<ResultKind> {
-    let roots = backup_roots(&b.paths.iter().map(PathBuf::from).collect::<Vec<_>>())?;
+    // A policy lists plain absolute paths and KIND:SPEC sources side by side.
+    let (plain, specs): (Vec<&String>, Vec<&String>) = b.paths.iter().partition(|p| p.starts_with('/'));
+    let roots = backup_roots(&plain.into_iter().map(PathBuf::from).collect::<Vec<_>>())?;
+    let sources = specs
+        .into_iter()
+        .map(|s| s.parse::<tresor_sources::spec::SourceSpec>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let hooks = ctx.cfg.hooks(&b.source)?;
+    let probes = ctx.cfg.sources.get(&b.source).map(|s| s.probes.clone()).unwrap_or_default();
     let vault = ctx.vault(&b.vault).await?;
     let mut tags = b.tags.clone();
     tags.push(format!("{AGENT_TAG}{}", ctx.name));
@@ -181,6 +189,9 @@ async fn backup(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, b: pb::BackupJob) -> anyho
         }) as Arc<dyn Fn(u64, u64) + Send + Sync>
     };
     let req = BackupRequest {
+        sources,
+        hooks,
+        probes,
         roots,
         host: ctx.name.clone(),
         tags,

@@ -23,6 +23,7 @@ pub fn node_from(path_bytes: Vec<u8>, md: &std::fs::Metadata, kind: NodeKind) ->
         xattrs: Vec::new(),
         extents: Vec::new(),
         hash: None,
+        model: None,
     }
 }
 

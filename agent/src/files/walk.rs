@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use tresor_vault::backup::ChunkSink;
-use tresor_vault::snapshot::{Extent, Node, NodeKind, Summary};
+use tresor_vault::snapshot::{Extent, ModelLayout, Node, NodeKind, Summary};
 
 use super::meta;
 
-/// A file as read: its extents, whole-file BLAKE3 hash and the size they cover.
-type ReadFile = (Vec<Extent>, [u8; 32], u64);
+/// A file as read: its extents, whole-file BLAKE3 hash, the size they cover and, for model
+/// weight files, the tensor layout.
+type ReadFile = (Vec<Extent>, [u8; 32], u64, Option<ModelLayout>);
 /// A read file, or the error that stopped it.
 type ReadOutcome = std::io::Result<ReadFile>;
 
@@ -49,9 +50,10 @@ fn rel_bytes(p: &Path) -> Vec<u8> {
     b.strip_prefix(b"/").unwrap_or(b).to_vec()
 }
 
-/// Walk `roots` (absolute paths) and store every changed file through `sink`.
+/// Walk `roots` and store every changed file through `sink`. Each root is (where it is on disk,
+/// where it sits in the tree); they differ for a source captured into a staging copy.
 pub fn walk_and_store(
-    roots: &[PathBuf],
+    roots: &[(PathBuf, PathBuf)],
     parent: Option<&HashMap<Vec<u8>, Node>>,
     sink: &ChunkSink,
 ) -> std::io::Result<WalkResult> {
@@ -61,9 +63,14 @@ pub fn walk_and_store(
     let mut hardlinks: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let mut file_jobs: Vec<(usize, PathBuf)> = Vec::new();
 
-    for root in roots {
+    for (root, tree_root) in roots {
+        let tree_path = |p: &Path| match p.strip_prefix(root) {
+            Ok(rest) if rest.as_os_str().is_empty() => tree_root.clone(),
+            Ok(rest) => tree_root.join(rest),
+            Err(_) => p.to_path_buf(),
+        };
         // Ancestors first, so a restore recreates them with their metadata.
-        let mut ancestors: Vec<&Path> = root.ancestors().skip(1).filter(|a| a.as_os_str() != "/").collect();
+        let mut ancestors: Vec<&Path> = tree_root.ancestors().skip(1).filter(|a| a.as_os_str() != "/").collect();
         ancestors.reverse();
         for a in ancestors {
             let rel = rel_bytes(a);
@@ -74,7 +81,7 @@ pub fn walk_and_store(
         }
         let mut stack = vec![root.clone()];
         while let Some(path) = stack.pop() {
-            let rel = rel_bytes(&path);
+            let rel = rel_bytes(&tree_path(&path));
             if !seen_paths.insert(rel.clone()) {
                 continue;
             }
@@ -159,6 +166,7 @@ pub fn walk_and_store(
                     if let (true, Some(old)) = (reusable, unchanged) {
                         node.extents = old.extents.clone();
                         node.hash = old.hash.clone();
+                        node.model = old.model.clone();
                     } else {
                         file_jobs.push((nodes.len(), path.clone()));
                     }
@@ -199,7 +207,8 @@ pub fn walk_and_store(
     let mut drop_nodes = std::collections::HashSet::new();
     for (i, r) in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
         match r {
-            Ok((extents, hash, size)) => {
+            Ok((extents, hash, size, model)) => {
+                nodes[i].model = model;
                 // The size the extents and hash cover: a file that grew since the walk's lstat is
                 // recorded as read, so size, extents and hash always agree.
                 nodes[i].extents = extents;
@@ -306,6 +315,16 @@ fn store_file(path: &Path, sink: &ChunkSink) -> Result<ReadFile, FileError> {
     let mut f = File::open(path).map_err(FileError::Source)?;
     let md = f.metadata().map_err(FileError::Source)?;
     let size = md.len();
+    match tresor_sources::model::detect(&mut f, size) {
+        Ok(Some(layout)) => return store_model(f, &layout, sink),
+        Ok(None) => {}
+        // A damaged model file is still a file: stored as it is, and said (a `model:` source
+        // checked it before the walk and refused it).
+        Err(tresor_sources::model::ModelError::Io(e)) => return Err(FileError::Source(e)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "looks like a model file but does not parse; stored as an ordinary file")
+        }
+    }
     let regions = data_regions(&mut f, size, md.blocks()).map_err(FileError::Source)?;
     let mut hasher = blake3::Hasher::new();
     let mut extents = Vec::with_capacity(regions.len());
@@ -330,5 +349,30 @@ fn store_file(path: &Path, sink: &ChunkSink) -> Result<ReadFile, FileError> {
         pos = start + len;
     }
     hash_zeros(&mut hasher, size.saturating_sub(pos));
-    Ok((extents, *hasher.finalize().as_bytes(), size))
+    Ok((extents, *hasher.finalize().as_bytes(), size, None))
+}
+
+/// A model file: cut at tensor boundaries, each tensor hashed on the way through.
+fn store_model(mut f: File, layout: &tresor_sources::model::Layout, sink: &ChunkSink) -> Result<ReadFile, FileError> {
+    f.seek(SeekFrom::Start(0)).map_err(FileError::Source)?;
+    let (mut src_err, mut unused) = (None, blake3::Hasher::new());
+    // The reader keeps the file's own errors apart from pipeline failures; the session hashes
+    // the whole stream itself.
+    let reader = HashingReader {
+        inner: std::io::BufReader::with_capacity(1 << 20, f),
+        hasher: &mut unused,
+        error: &mut src_err,
+    };
+    let mut tensors = tresor_sources::model::TensorHasher::new(reader, layout);
+    let stored = sink.store_spans(&mut tensors, &layout.spans(), |_| {});
+    let hashes = tensors.finish();
+    if let Some(e) = src_err {
+        return Err(FileError::Source(e));
+    }
+    let stored = stored.map_err(|e| match e {
+        tresor_vault::Error::Io { .. } => FileError::Source(std::io::Error::other(e.to_string())),
+        e => FileError::Pipeline(std::io::Error::other(e.to_string())),
+    })?;
+    let extents = vec![Extent { offset: 0, chunks: stored.chunks }];
+    Ok((extents, stored.hash, stored.len, Some(layout.record(hashes))))
 }
