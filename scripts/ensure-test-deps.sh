@@ -17,3 +17,23 @@ if ! have_garage; then
 fi
 have_garage || { echo "error: garage ${GARAGE_VERSION} is not on PATH after installing it" >&2; exit 1; }
 echo "garage: $(command -v garage) ($(garage --version | head -1))"
+
+# PostgreSQL server binaries: the source tests make scratch clusters with initdb as the postgres user.
+have_pg() {
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && compgen -G "/usr/lib/postgresql/*/bin/pg_basebackup" >/dev/null \
+        && id postgres >/dev/null 2>&1
+}
+if ! have_pg; then
+    echo "installing PostgreSQL server binaries (postgresql-15)"
+    if [[ "$(id -u)" != 0 ]]; then
+        echo "error: installing postgresql-15 needs root; install it, or run make test as root" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
+fi
+have_pg || { echo "error: PostgreSQL server binaries are not under /usr/lib/postgresql after installing them" >&2; exit 1; }
+[[ "$(id -u)" == 0 ]] || { echo "error: the PostgreSQL tests run initdb as the postgres user and need root (setpriv)" >&2; exit 1; }
+echo "postgresql: $(ls -d /usr/lib/postgresql/*/bin | tail -1)"
+
+scripts/ensure-python-deps.sh

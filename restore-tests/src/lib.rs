@@ -3,6 +3,7 @@
 pub mod conformance;
 pub mod fault_proxy;
 pub mod garage;
+pub mod pg;
 pub mod plane;
 
 use std::collections::BTreeMap;
@@ -324,4 +325,18 @@ pub fn assert_same_tree(source: &Path, restored: &Path) {
 /// Disk blocks (512-byte units) used by a file.
 pub fn blocks(p: &Path) -> u64 {
     std::fs::metadata(p).expect("stat").blocks()
+}
+
+/// Where `scripts/ensure-python-deps.sh` put the Python venv and the real model files. Missing
+/// dependencies fail the test loudly: the suite never skips.
+pub fn test_deps() -> PathBuf {
+    let dir = std::env::var_os("TRESOR_TEST_DEPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tresor-test-deps"));
+    assert!(
+        dir.join("weights").is_dir() && dir.join("venv/bin/python").is_file(),
+        "the source tests need {}: run scripts/ensure-python-deps.sh (make test does)",
+        dir.display()
+    );
+    dir
 }

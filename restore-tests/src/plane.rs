@@ -241,6 +241,11 @@ impl Plane {
 
     /// Enroll an agent `name` listing `vaults`, and start its daemon (with `env`).
     pub fn add_agent(&mut self, name: &str, vaults: &[VaultSpec], env: &[(&str, &str)]) {
+        self.add_agent_toml(name, vaults, env, "");
+    }
+
+    /// [`Self::add_agent`] with `extra` appended to its agent.toml (source hooks).
+    pub fn add_agent_toml(&mut self, name: &str, vaults: &[VaultSpec], env: &[(&str, &str)], extra: &str) {
         let state = self.dir.path().join(format!("agent-{name}"));
         let config = self.dir.path().join(format!("agent-{name}.toml"));
         let mut toml = format!("name = \"{name}\"\nstate_dir = \"{}\"\n", state.display());
@@ -254,6 +259,7 @@ impl Plane {
             ));
             daemon_env.extend(v.env.iter().cloned());
         }
+        toml.push_str(extra);
         std::fs::write(&config, toml).expect("agent.toml");
         let token = self.token_file("agent", Some("10m"));
         let out = Command::new(bin("tresor-agent"))

@@ -11,3 +11,4 @@ mod keys;
 mod memory;
 mod roundtrip;
 mod s3;
+mod sources;

@@ -328,5 +328,6 @@ fn twenty_second_certificates_renew_without_a_failed_job() {
     assert_eq!(status.status.code(), Some(0), "{}", String::from_utf8_lossy(&status.stdout));
     assert!(!p.agent_log("w1").contains("job failed"), "{}", p.agent_log("w1"));
     assert!(p.snapshots("w1/data").len() >= 10, "backups kept running");
-    assert_eq!(p.agent_row("w1")["connected"], true);
+    // Each renewal reconnects the job stream with the new certificate: allow for one in progress.
+    wait_for("the agent connected", Duration::from_secs(30), || p.agent_row("w1")["connected"] == true);
 }
