@@ -20,6 +20,7 @@ fi
 echo "== building release binaries"
 cargo build --release --bins
 cargo build --release -p tresor-vault --example cipher_throughput
+cargo build --release -p tresor-sources --example float_ratio
 agent=$root/target/release/tresor-agent
 
 mkdir -p "$work"
@@ -99,9 +100,38 @@ for tool in tresor restic borg; do
     run_tool "$tool"
 done
 
+echo "== the model alone: float codec against borg (zstd,3) and the order-0 floor"
+model_tsv=$work/model.tsv
+printf 'tool\tinitial_bytes\tpartial_increment\tfull_increment\n' > "$model_tsv"
+"$root/target/release/examples/float_ratio" "$corpus/base/model/model.safetensors" 2 | tee "$work/floor.json"
+msrc=$work/model-src
+for tool in tresor borg; do
+    repo=$work/model-repo-$tool
+    rm -rf "$repo" "$msrc" "$work/cache/$tool"
+    mkdir -p "$msrc"
+    cp "$corpus/base/model/model.safetensors" "$msrc/model.safetensors"
+    case $tool in
+        tresor) "$agent" init --vault "$repo" --escrow-key-out "$work/m-escrow.$$" >/dev/null; rm -f "$work/m-escrow.$$"
+                backup=("$agent" backup --vault "$repo" "$msrc") ;;
+        borg)   borg init --encryption=repokey-blake2 "$repo" >/dev/null
+                backup=(bash -c 'borg_create "$0" "$1"' "$repo" "$msrc") ;;
+    esac
+    sizes=()
+    for variant in base partial full; do
+        [ "$variant" = base ] || cp "$corpus/variants/$variant.safetensors" "$msrc/model.safetensors"
+        "${backup[@]}" > "$work/model-$tool-$variant.log" 2>&1 || { echo "$tool model $variant failed"; tail "$work/model-$tool-$variant.log"; exit 1; }
+        sizes+=("$(du -sb "$repo" | cut -f1)")
+    done
+    printf '%s\t%s\t%s\t%s\n' "$tool" "${sizes[0]}" "$((sizes[1] - sizes[0]))" "$((sizes[2] - sizes[1]))" | tee -a "$model_tsv"
+done
+
+echo "== PostgreSQL base backup (pgbench scale ${PG_SCALE:=30})"
+pg_tsv=$work/pg.tsv
+scripts/bench_pg.sh "$work/pg" "$PG_SCALE" "$agent" "$pg_tsv"
+
 echo "== cipher throughput"
 "$root/target/release/examples/cipher_throughput" | tee "$work/cipher.json"
 
-python3 scripts/bench_report.py "$results" "$work/cipher.json" "$src" > docs/BENCHMARKS.md
+python3 scripts/bench_report.py "$results" "$work/cipher.json" "$src" "$model_tsv" "$work/floor.json" "$pg_tsv" > docs/BENCHMARKS.md
 echo "== wrote docs/BENCHMARKS.md"
 cat docs/BENCHMARKS.md
