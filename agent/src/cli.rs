@@ -31,6 +31,18 @@ pub struct Global {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// The command that answers golden queries for vector indexes Tresor cannot search itself.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Shell command run with TRESOR_INDEX set to the index path; prints the golden-query JSON
+    /// (docs/OPERATIONS.md). Needed for hnswlib and non-flat FAISS indexes, at backup and verify.
+    #[arg(long, value_name = "CMD")]
+    pub probe_command: Option<String>,
+    /// The probe command is killed after this long.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub probe_timeout: std::time::Duration,
+}
+
 /// Where the vault is.
 #[derive(Debug, Args)]
 pub struct VaultArg {
@@ -63,7 +75,9 @@ pub enum Command {
         #[arg(long)]
         force: bool,
         /// A source other than plain paths (repeatable): model:PATH (a weights file or a Hugging Face
-        /// model directory), sqlite:PATH (through the online backup API).
+        /// model directory), sqlite:PATH (through the online backup API), postgres:CONNSTR
+        /// (pg_basebackup; e.g. "postgres:host=/run/postgresql port=5432 user=postgres"), faiss:PATH and
+        /// hnswlib:PATH (index files the application saved; golden queries recorded).
         #[arg(long = "source", value_name = "KIND:SPEC", value_parser = parse_source)]
         sources: Vec<tresor_sources::spec::SourceSpec>,
         /// An invariant for database sources (repeatable): SQL returning one row whose columns are all
@@ -79,6 +93,8 @@ pub enum Command {
         /// Each hook is killed after this long (e.g. 90s, 10m).
         #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
         hook_timeout: std::time::Duration,
+        #[command(flatten)]
+        probe: ProbeArgs,
         /// Paths to back up.
         #[arg(required_unless_present = "sources")]
         paths: Vec<PathBuf>,
@@ -90,6 +106,8 @@ pub enum Command {
         /// Snapshot id, unique prefix, or "latest".
         #[arg(long)]
         snapshot: String,
+        #[command(flatten)]
+        probe: ProbeArgs,
         /// The directory the snapshot was restored to (the --to of restore).
         path: PathBuf,
     },

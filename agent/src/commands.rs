@@ -109,7 +109,7 @@ pub async fn backup(
     url: &str,
     paths: &[PathBuf],
     sources: &[tresor_sources::spec::SourceSpec],
-    (hooks, probes): (tresor_sources::hooks::Hooks, Vec<String>),
+    options: tresor_sources::capture::SourceOptions,
     tags: &[String],
     host: Option<String>,
     force: bool,
@@ -119,8 +119,7 @@ pub async fn backup(
     let req = BackupRequest {
         roots,
         sources: sources.to_vec(),
-        hooks,
-        probes,
+        options,
         host: host.unwrap_or_else(hostname),
         tags: tags.to_vec(),
         force,
@@ -228,7 +227,13 @@ pub async fn restore(g: &Global, url: &str, spec: &str, to: &Path, include: &[St
 }
 
 /// `verify`: a restored copy against its snapshot.
-pub async fn verify(g: &Global, url: &str, spec: &str, path: &Path) -> anyhow::Result<Outcome> {
+pub async fn verify(
+    g: &Global,
+    url: &str,
+    spec: &str,
+    opts: &tresor_sources::verify::VerifyOptions,
+    path: &Path,
+) -> anyhow::Result<Outcome> {
     let started = std::time::Instant::now();
     if !path.is_dir() {
         anyhow::bail!("{} is not a directory: give the directory the snapshot was restored to", path.display());
@@ -237,12 +242,12 @@ pub async fn verify(g: &Global, url: &str, spec: &str, path: &Path) -> anyhow::R
     let index = vault.sync_index(&cache_root(g)).await?;
     let (id, m) = vault.resolve_snapshot(spec).await?;
     let nodes = vault.read_tree(&m, &index).await?;
-    let (root, sources) = (path.to_path_buf(), m.sources.clone());
+    let (root, sources, opts) = (path.to_path_buf(), m.sources.clone(), opts.clone());
     let progress = Progress::start(g.json, || "verifying".to_string());
     let report = tokio::task::spawn_blocking(move || {
         let mut report = tresor_sources::verify::Report::default();
         tresor_sources::verify::verify_files(&root, &nodes, &mut report);
-        tresor_sources::verify::verify_sources(&root, &sources, &mut report);
+        tresor_sources::verify::verify_sources(&root, &sources, &opts, &mut report);
         report
     })
     .await?;

@@ -75,12 +75,38 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
     let g = &cli.global;
     match &cli.command {
         Command::Init { vault, escrow_key_out } => commands::init(g, &vault.vault, escrow_key_out).await,
-        Command::Backup { vault, tags, host, force, sources, probes, pre_hook, post_hook, hook_timeout, paths } => {
-            let hooks =
-                tresor_sources::hooks::Hooks { pre: pre_hook.clone(), post: post_hook.clone(), timeout: *hook_timeout };
-            commands::backup(g, &vault.vault, paths, sources, (hooks, probes.clone()), tags, host.clone(), *force).await
+        Command::Backup {
+            vault,
+            tags,
+            host,
+            force,
+            sources,
+            probes,
+            pre_hook,
+            post_hook,
+            hook_timeout,
+            probe,
+            paths,
+        } => {
+            let options = tresor_sources::capture::SourceOptions {
+                hooks: tresor_sources::hooks::Hooks {
+                    pre: pre_hook.clone(),
+                    post: post_hook.clone(),
+                    timeout: *hook_timeout,
+                },
+                probes: probes.clone(),
+                probe_command: probe.probe_command.clone(),
+                probe_timeout: probe.probe_timeout,
+            };
+            commands::backup(g, &vault.vault, paths, sources, options, tags, host.clone(), *force).await
         }
-        Command::Verify { vault, snapshot, path } => commands::verify(g, &vault.vault, snapshot, path).await,
+        Command::Verify { vault, snapshot, probe, path } => {
+            let opts = tresor_sources::verify::VerifyOptions {
+                probe_command: probe.probe_command.clone(),
+                probe_timeout: probe.probe_timeout,
+            };
+            commands::verify(g, &vault.vault, snapshot, &opts, path).await
+        }
         Command::Snapshots { vault } => commands::snapshots(g, &vault.vault).await,
         Command::Ls { vault, snapshot } => commands::ls(g, &vault.vault, snapshot).await,
         Command::Restore { vault, snapshot, to, include } => {

@@ -1,7 +1,7 @@
 //! Stored size of a float tensor file under zstd 3 and under the float codec, per 1 MiB chunk, and
 //! the order-0 entropy of its bytes grouped by position (the floor a byte-wise entropy coder can
-//! reach). `cargo run --release -p tresor-sources --example float_ratio -- FILE WIDTH` or, without
-//! a file, 64 MiB of synthetic bf16 weights.
+//! reach). `cargo run --release -p tresor-sources --example float_ratio -- [FILE [WIDTH]]`; without
+//! a file, 64 MiB of synthetic bf16 weights. Prints one JSON line (used by `make bench`).
 
 use tresor_vault::codec::{self, Hint};
 
@@ -17,13 +17,10 @@ fn main() {
         float += codec::encode_hinted(chunk, 3, Hint::Float(width)).1.len();
     }
     let floor = tresor_sources::model::grouped_entropy_bytes(&data, width);
-    let n = data.len() as f64;
     println!(
-        "bytes {}  zstd-3 {:.4}  float {:.4}  floor {:.4}  float/zstd {:.3}  float/floor {:.3}",
+        "{{\"bytes\": {}, \"width\": {width}, \"zstd3_bytes\": {zstd}, \"float_codec_bytes\": {float}, \"floor_bytes\": {:.0}, \"float_over_zstd\": {:.4}, \"float_over_floor\": {:.4}}}",
         data.len(),
-        zstd as f64 / n,
-        float as f64 / n,
-        floor / n,
+        floor,
         float as f64 / zstd as f64,
         float as f64 / floor
     );

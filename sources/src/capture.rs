@@ -50,13 +50,37 @@ pub enum CaptureError {
     },
 }
 
+/// Per-source settings that come from the host (CLI flags or agent.toml), never from a policy.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Pre and post commands.
+    pub hooks: crate::hooks::Hooks,
+    /// SQL invariants for database sources.
+    pub probes: Vec<String>,
+    /// The command answering golden queries for indexes Tresor cannot search itself.
+    pub probe_command: Option<String>,
+    /// Limit for one run of the probe command.
+    pub probe_timeout: std::time::Duration,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            hooks: crate::hooks::Hooks { timeout: std::time::Duration::from_secs(600), ..Default::default() },
+            probes: Vec::new(),
+            probe_command: None,
+            probe_timeout: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
 /// Whether a kind streams into the open session (after the walk) instead of being captured before it.
 pub fn is_streamed(kind: Kind) -> bool {
     kind == Kind::Postgres
 }
 
 /// Capture one source that is not streamed; `staging` is an empty directory this run owns. Blocking.
-pub fn capture(spec: &SourceSpec, staging: &Path) -> Result<Captured, CaptureError> {
+pub fn capture(spec: &SourceSpec, staging: &Path, opts: &SourceOptions) -> Result<Captured, CaptureError> {
     let path = spec.path();
     let bad = |why: String| CaptureError::Source { spec: spec.to_string(), why };
     if is_streamed(spec.kind) {
@@ -93,6 +117,13 @@ pub fn capture(spec: &SourceSpec, staging: &Path) -> Result<Captured, CaptureErr
             vec![(copy, path.clone())]
         }
         Kind::Postgres => unreachable!("streamed sources returned above"),
+        Kind::Faiss | Kind::Hnswlib => {
+            if !md.is_file() {
+                return Err(bad(format!("{} is not a file", path.display())));
+            }
+            probes.extend(record_golden(spec, &path, opts).map_err(bad)?);
+            vec![(path.clone(), path.clone())]
+        }
     };
     Ok(Captured {
         roots,
@@ -136,3 +167,38 @@ fn check_models(spec: &SourceSpec, path: &Path, is_dir: bool) -> Result<(u64, u6
     }
     Ok((n, tensors))
 }
+
+/// Golden queries for an index: through the probe command when one is given, else by the
+/// built-in search of a FAISS flat index.
+fn record_golden(spec: &SourceSpec, path: &Path, opts: &SourceOptions) -> Result<BTreeMap<String, String>, String> {
+    use crate::vector::{faiss, probe};
+    let mut probes = BTreeMap::new();
+    let golden = match (&opts.probe_command, spec.kind) {
+        (Some(cmd), _) => {
+            probes.insert("golden_method".into(), "command".into());
+            probes.insert("probe_command".into(), cmd.clone());
+            probe::run(cmd, path, opts.probe_timeout).map_err(|e| e.to_string())?
+        }
+        (None, Kind::Faiss) => {
+            let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+            let size = file.metadata().map_err(|e| e.to_string())?.len();
+            let flat = faiss::read_flat(std::io::BufReader::new(file), size).map_err(|e| e.to_string())?;
+            let (queries, golden) = flat.golden(GOLDEN_QUERIES, GOLDEN_K);
+            probes.insert("golden_method".into(), "builtin-flat".into());
+            probes.insert("golden_queries".into(), faiss::encode_queries(&queries));
+            golden
+        }
+        (None, _) => {
+            return Err(format!(
+                "{} indexes answer golden queries through a probe command: give --probe-command (or probe_command in agent.toml)",
+                spec.kind.name()
+            ));
+        }
+    };
+    probes.insert("golden".into(), serde_json::to_string(&golden).map_err(|e| e.to_string())?);
+    Ok(probes)
+}
+
+/// Queries and results per query the built-in search records.
+const GOLDEN_QUERIES: usize = 16;
+const GOLDEN_K: usize = 10;

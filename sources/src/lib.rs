@@ -14,4 +14,5 @@ pub mod postgres;
 pub mod spec;
 pub mod sqlite;
 pub mod tar;
+pub mod vector;
 pub mod verify;

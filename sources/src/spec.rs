@@ -13,11 +13,15 @@ pub enum Kind {
     Sqlite,
     /// A PostgreSQL cluster, by libpq connection string, through `pg_basebackup`.
     Postgres,
+    /// A FAISS index file the application saved (a pre-hook makes it save).
+    Faiss,
+    /// An hnswlib index file the application saved.
+    Hnswlib,
 }
 
 impl Kind {
     /// Every kind, for help texts.
-    pub const ALL: [Kind; 3] = [Kind::Model, Kind::Sqlite, Kind::Postgres];
+    pub const ALL: [Kind; 5] = [Kind::Model, Kind::Sqlite, Kind::Postgres, Kind::Faiss, Kind::Hnswlib];
 
     /// The name used in `KIND:SPEC` and in snapshots.
     pub fn name(self) -> &'static str {
@@ -25,6 +29,8 @@ impl Kind {
             Self::Model => "model",
             Self::Sqlite => "sqlite",
             Self::Postgres => "postgres",
+            Self::Faiss => "faiss",
+            Self::Hnswlib => "hnswlib",
         }
     }
 }
@@ -66,7 +72,7 @@ impl FromStr for SourceSpec {
             return Err(format!("{s:?}: nothing after {}:", kind.name()));
         }
         let spec = match kind {
-            Kind::Model | Kind::Sqlite => {
+            Kind::Model | Kind::Sqlite | Kind::Faiss | Kind::Hnswlib => {
                 std::path::absolute(rest).map_err(|e| format!("{s:?}: bad path: {e}"))?.to_string_lossy().into_owned()
             }
             Kind::Postgres => rest.to_string(),

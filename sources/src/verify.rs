@@ -178,8 +178,23 @@ fn verify_model(
     Ok(())
 }
 
+/// What the host running the verifier supplies (never taken from the snapshot: a snapshot names
+/// no command for us to run).
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// The probe command for indexes whose golden queries were recorded by one.
+    pub probe_command: Option<String>,
+    /// Its time limit.
+    pub probe_timeout: std::time::Duration,
+}
+
 /// Run each source's own verifier on its restored copy under `root`. Blocking.
-pub fn verify_sources(root: &Path, sources: &[tresor_vault::snapshot::SourceRecord], report: &mut Report) {
+pub fn verify_sources(
+    root: &Path,
+    sources: &[tresor_vault::snapshot::SourceRecord],
+    opts: &VerifyOptions,
+    report: &mut Report,
+) {
     for s in sources {
         for p in &s.paths {
             let restored = root.join(p.trim_start_matches('/'));
@@ -199,8 +214,69 @@ pub fn verify_sources(root: &Path, sources: &[tresor_vault::snapshot::SourceReco
                 }
                 "sqlite" => crate::sqlite::verify(&restored, &s.probes, report),
                 "postgres" => crate::postgres::verify::verify(&restored, &s.probes, report),
+                "faiss" | "hnswlib" => verify_golden(&restored, p, &s.probes, opts, report),
                 other => report.push(p, "source kind", false, format!("no verifier for kind {other:?}")),
             }
         }
     }
+}
+
+fn verify_golden(
+    index: &Path,
+    shown: &str,
+    probes: &std::collections::BTreeMap<String, String>,
+    opts: &VerifyOptions,
+    report: &mut Report,
+) {
+    use crate::vector::{Golden, compare, faiss, probe};
+    let check = "golden queries";
+    let Some(recorded) = probes.get("golden").and_then(|g| serde_json::from_str::<Golden>(g).ok()) else {
+        return report.push(shown, check, false, "the snapshot holds no readable golden queries");
+    };
+    let now = match probes.get("golden_method").map(String::as_str) {
+        Some("builtin-flat") => {
+            let read = std::fs::File::open(index).map_err(|e| e.to_string()).and_then(|f| {
+                let size = f.metadata().map_err(|e| e.to_string())?.len();
+                faiss::read_flat(std::io::BufReader::new(f), size).map_err(|e| e.to_string())
+            });
+            let queries = probes.get("golden_queries").and_then(|q| faiss::decode_queries(q));
+            match (read, queries) {
+                (Ok(flat), Some(q)) => flat.search(&q, recorded.k),
+                (Err(e), _) => return report.push(shown, check, false, e),
+                (_, None) => return report.push(shown, check, false, "the recorded query vectors are unreadable"),
+            }
+        }
+        _ => {
+            let Some(cmd) = &opts.probe_command else {
+                return report.push(
+                    shown,
+                    check,
+                    false,
+                    format!(
+                        "recorded by a probe command; give --probe-command to re-run them (the backup used `{}`)",
+                        probes.get("probe_command").map_or("?", String::as_str)
+                    ),
+                );
+            };
+            match probe::run(cmd, index, opts.probe_timeout) {
+                Ok(g) => g,
+                Err(e) => return report.push(shown, check, false, e.to_string()),
+            }
+        }
+    };
+    let c = compare(&recorded, &now);
+    let need = if recorded.exact {
+        "exact index: 1.0 required".to_string()
+    } else {
+        format!("at least {} required", recorded.min_recall)
+    };
+    report.push(
+        shown,
+        check,
+        c.passes(&recorded),
+        format!(
+            "recall@{} {:.3} over {} queries ({need}); {} distances differ",
+            recorded.k, c.recall, c.queries, c.distance_mismatches
+        ),
+    );
 }

@@ -55,10 +55,11 @@ pub struct SourceConfig {
     /// Invariants (SQL) for database sources, checked at backup and on restored copies.
     #[serde(default)]
     pub probes: Vec<String>,
+    /// The command answering golden queries for vector indexes (TRESOR_INDEX is the index path).
+    pub probe_command: Option<String>,
+    /// Its time limit (default 5m).
+    pub probe_timeout: Option<String>,
 }
-
-/// Hooks that say nothing of their timeout get this long.
-const DEFAULT_HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/tresor-agent")
@@ -82,7 +83,7 @@ impl AgentConfig {
             bail!("{origin}: max_jobs: must be at least 1");
         }
         for name in cfg.sources.keys() {
-            cfg.hooks(name).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+            cfg.source_options(name).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         }
         for (name, v) in &cfg.vaults {
             if v.password_file.is_none() && v.escrow_key_file.is_none() {
@@ -92,18 +93,23 @@ impl AgentConfig {
         Ok(cfg)
     }
 
-    /// The hooks configured for a source (none when it has no entry).
-    pub fn hooks(&self, source: &str) -> anyhow::Result<tresor_sources::hooks::Hooks> {
-        let Some(c) = self.sources.get(source) else {
-            return Ok(tresor_sources::hooks::Hooks { timeout: DEFAULT_HOOK_TIMEOUT, ..Default::default() });
+    /// This host's settings for a source (defaults when it has no entry).
+    pub fn source_options(&self, source: &str) -> anyhow::Result<tresor_sources::capture::SourceOptions> {
+        let mut o = tresor_sources::capture::SourceOptions::default();
+        let Some(c) = self.sources.get(source) else { return Ok(o) };
+        let dur = |field: &str, v: &Option<String>, default| match v {
+            Some(t) => tresor_proto::parse_duration(t).map_err(|e| anyhow::anyhow!("sources.{source}.{field}: {e}")),
+            None => Ok(default),
         };
-        let timeout = match &c.hook_timeout {
-            Some(t) => {
-                tresor_proto::parse_duration(t).map_err(|e| anyhow::anyhow!("sources.{source}.hook_timeout: {e}"))?
-            }
-            None => DEFAULT_HOOK_TIMEOUT,
+        o.hooks = tresor_sources::hooks::Hooks {
+            pre: c.pre_hook.clone(),
+            post: c.post_hook.clone(),
+            timeout: dur("hook_timeout", &c.hook_timeout, o.hooks.timeout)?,
         };
-        Ok(tresor_sources::hooks::Hooks { pre: c.pre_hook.clone(), post: c.post_hook.clone(), timeout })
+        o.probes = c.probes.clone();
+        o.probe_command = c.probe_command.clone();
+        o.probe_timeout = dur("probe_timeout", &c.probe_timeout, o.probe_timeout)?;
+        Ok(o)
     }
 
     /// This agent's name.
@@ -126,9 +132,9 @@ mod tests {
     fn source_hooks_parse_and_bad_timeouts_are_named() {
         let cfg =
             AgentConfig::parse("[sources.db]\npre_hook = \"app save\"\nhook_timeout = \"90s\"\n", "a.toml").unwrap();
-        let h = cfg.hooks("db").unwrap();
+        let h = cfg.source_options("db").unwrap().hooks;
         assert_eq!((h.pre.as_deref(), h.timeout.as_secs()), (Some("app save"), 90));
-        assert_eq!(cfg.hooks("other").unwrap().timeout.as_secs(), 600);
+        assert_eq!(cfg.source_options("other").unwrap().hooks.timeout.as_secs(), 600);
         let e = AgentConfig::parse("[sources.db]\nhook_timeout = \"soon\"\n", "a.toml").unwrap_err().to_string();
         assert!(e.contains("sources.db.hook_timeout"), "{e}");
     }

@@ -174,8 +174,7 @@ async fn backup(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, b: pb::BackupJob) -> anyho
         .into_iter()
         .map(|s| s.parse::<tresor_sources::spec::SourceSpec>().map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let hooks = ctx.cfg.hooks(&b.source)?;
-    let probes = ctx.cfg.sources.get(&b.source).map(|s| s.probes.clone()).unwrap_or_default();
+    let options = ctx.cfg.source_options(&b.source)?;
     let vault = ctx.vault(&b.vault).await?;
     let mut tags = b.tags.clone();
     tags.push(format!("{AGENT_TAG}{}", ctx.name));
@@ -190,8 +189,7 @@ async fn backup(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, b: pb::BackupJob) -> anyho
     };
     let req = BackupRequest {
         sources,
-        hooks,
-        probes,
+        options,
         roots,
         host: ctx.name.clone(),
         tags,

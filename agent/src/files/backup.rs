@@ -11,7 +11,8 @@ use anyhow::Context;
 use tresor_vault::Vault;
 use tresor_vault::backup::{BackupOptions, BackupSession};
 
-use tresor_sources::hooks::{self, Hooks};
+use tresor_sources::capture::SourceOptions;
+use tresor_sources::hooks;
 use tresor_sources::spec::SourceSpec;
 
 use crate::files;
@@ -23,10 +24,8 @@ pub struct BackupRequest {
     pub roots: Vec<PathBuf>,
     /// Sources other than plain paths.
     pub sources: Vec<SourceSpec>,
-    /// Pre and post commands around the whole run.
-    pub hooks: Hooks,
-    /// Invariants (SQL) recorded for database sources and checked on restored copies.
-    pub probes: Vec<String>,
+    /// Hooks, probes and the probe command (from the CLI or agent.toml).
+    pub options: SourceOptions,
     /// Host name to record.
     pub host: String,
     /// Tags.
@@ -116,7 +115,7 @@ async fn load_index_and_parent(
 
 /// Back up `req` into an opened vault, between its hooks.
 pub async fn backup_into(vault: Arc<Vault>, cache: &Path, req: BackupRequest) -> anyhow::Result<BackupDone> {
-    let pre = match req.hooks.pre.clone() {
+    let pre = match req.options.hooks.pre.clone() {
         Some(cmd) => run_hook("pre", cmd, &req, "").await,
         None => Ok(()),
     };
@@ -125,7 +124,7 @@ pub async fn backup_into(vault: Arc<Vault>, cache: &Path, req: BackupRequest) ->
         Err(e) => Err(anyhow::Error::from(e).context("backup failed before reading anything; no snapshot was written")),
     };
     let outcome = if result.is_ok() { "ok" } else { "failed" };
-    let post = match req.hooks.post.clone() {
+    let post = match req.options.hooks.post.clone() {
         Some(cmd) => run_hook("post", cmd, &req, outcome).await,
         None => Ok(()),
     };
@@ -146,7 +145,7 @@ async fn run_hook(
     req: &BackupRequest,
     outcome: &str,
 ) -> Result<(), hooks::HookError> {
-    let (timeout, items, outcome) = (req.hooks.timeout, req.items().join(" "), outcome.to_string());
+    let (timeout, items, outcome) = (req.options.hooks.timeout, req.items().join(" "), outcome.to_string());
     tokio::task::spawn_blocking(move || {
         hooks::run(which, &cmd, timeout, &[("TRESOR_SOURCES", items.as_str()), ("TRESOR_RESULT", outcome.as_str())])
     })
@@ -185,11 +184,11 @@ async fn capture_and_store(vault: Arc<Vault>, cache: &Path, req: &BackupRequest)
     let mut walk_roots: Vec<(PathBuf, PathBuf)> = req.roots.iter().map(|p| (p.clone(), p.clone())).collect();
     let mut records = Vec::new();
     for (i, spec) in req.sources.iter().enumerate().filter(|(_, s)| !tresor_sources::capture::is_streamed(s.kind)) {
-        let (spec, dir) = (spec.clone(), staging.0.join(i.to_string()));
+        let (spec, dir, opts) = (spec.clone(), staging.0.join(i.to_string()), req.options.clone());
         let captured = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot make the staging directory {}", dir.display()))?;
-            tresor_sources::capture::capture(&spec, &dir).map_err(anyhow::Error::from)
+            tresor_sources::capture::capture(&spec, &dir, &opts).map_err(anyhow::Error::from)
         })
         .await?
         .context("backup failed; no snapshot was written")?;
@@ -270,7 +269,7 @@ async fn store(
     };
     for spec in req.sources.iter().filter(|s| tresor_sources::capture::is_streamed(s.kind)) {
         let (sink, spec_text) = (session.sink(), spec.spec.clone());
-        let opts = tresor_sources::postgres::PgOptions { probes: req.probes.clone(), ..Default::default() };
+        let opts = tresor_sources::postgres::PgOptions { probes: req.options.probes.clone(), ..Default::default() };
         let streamed =
             tokio::task::spawn_blocking(move || tresor_sources::postgres::backup(&spec_text, &opts, &sink)).await?;
         match streamed {

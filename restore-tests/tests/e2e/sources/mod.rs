@@ -5,6 +5,7 @@ mod hooks;
 mod models;
 mod postgres;
 mod sqlite;
+mod vectors;
 
 use std::path::Path;
 
