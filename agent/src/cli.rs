@@ -77,7 +77,8 @@ pub enum Command {
         /// A source other than plain paths (repeatable): model:PATH (a weights file or a Hugging Face
         /// model directory), sqlite:PATH (through the online backup API), postgres:CONNSTR
         /// (pg_basebackup; e.g. "postgres:host=/run/postgresql port=5432 user=postgres"), faiss:PATH and
-        /// hnswlib:PATH (index files the application saved; golden queries recorded).
+        /// hnswlib:PATH (index files the application saved; golden queries recorded), chroma:DIR,
+        /// qdrant:http(s)://HOST:PORT/collections/NAME (snapshot API; QDRANT_API_KEY if set).
         #[arg(long = "source", value_name = "KIND:SPEC", value_parser = parse_source)]
         sources: Vec<tresor_sources::spec::SourceSpec>,
         /// An invariant for database sources (repeatable): SQL returning one row whose columns are all
@@ -108,8 +109,20 @@ pub enum Command {
         snapshot: String,
         #[command(flatten)]
         probe: ProbeArgs,
+        /// A scratch Qdrant, http(s)://HOST:PORT, to recover Qdrant snapshots into for their golden
+        /// queries (a collection named NAME-tresor-verify-PID is made and removed).
+        #[arg(long, value_name = "URL")]
+        qdrant: Option<String>,
         /// The directory the snapshot was restored to (the --to of restore).
         path: PathBuf,
+    },
+    /// Recover a Qdrant collection from a restored snapshot file through Qdrant's upload API.
+    QdrantRecover {
+        /// The restored `.snapshot` file.
+        file: PathBuf,
+        /// The collection to create or overwrite: http(s)://HOST:PORT/collections/NAME.
+        #[arg(long, value_name = "URL")]
+        collection: String,
     },
     /// List snapshots.
     Snapshots {

@@ -274,6 +274,19 @@ pub async fn verify(
     })
 }
 
+/// `qdrant-recover`: a restored snapshot file back into a collection.
+pub async fn qdrant_recover(file: &Path, collection: &str) -> anyhow::Result<Outcome> {
+    use tresor_sources::vector::qdrant;
+    let c = qdrant::Collection::parse(collection).map_err(anyhow::Error::msg)?;
+    let (f, target) = (file.to_path_buf(), c.clone());
+    tokio::task::spawn_blocking(move || {
+        qdrant::Client::new(std::time::Duration::from_secs(3600))?.recover(&target, &f, None)
+    })
+    .await??;
+    let text = format!("recovered collection {} on {} from {}", c.name, c.base, file.display());
+    Ok(Outcome { json: json!({"collection": c.name, "server": c.base, "file": file}), text, code: exit::OK })
+}
+
 /// `check`.
 pub async fn check(
     g: &Global,

@@ -100,13 +100,15 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
             };
             commands::backup(g, &vault.vault, paths, sources, options, tags, host.clone(), *force).await
         }
-        Command::Verify { vault, snapshot, probe, path } => {
+        Command::Verify { vault, snapshot, probe, qdrant, path } => {
             let opts = tresor_sources::verify::VerifyOptions {
                 probe_command: probe.probe_command.clone(),
                 probe_timeout: probe.probe_timeout,
+                qdrant: qdrant.clone(),
             };
             commands::verify(g, &vault.vault, snapshot, &opts, path).await
         }
+        Command::QdrantRecover { file, collection } => commands::qdrant_recover(file, collection).await,
         Command::Snapshots { vault } => commands::snapshots(g, &vault.vault).await,
         Command::Ls { vault, snapshot } => commands::ls(g, &vault.vault, snapshot).await,
         Command::Restore { vault, snapshot, to, include } => {

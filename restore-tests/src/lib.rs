@@ -5,6 +5,7 @@ pub mod fault_proxy;
 pub mod garage;
 pub mod pg;
 pub mod plane;
+pub mod qdrant_fake;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

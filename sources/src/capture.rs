@@ -86,6 +86,9 @@ pub fn capture(spec: &SourceSpec, staging: &Path, opts: &SourceOptions) -> Resul
     if is_streamed(spec.kind) {
         return Err(bad("a streamed source is stored after the walk".into()));
     }
+    if spec.kind == Kind::Qdrant {
+        return capture_qdrant(spec, staging, opts).map_err(bad);
+    }
     let md = std::fs::metadata(&path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
     let mut probes = BTreeMap::new();
     let roots = match spec.kind {
@@ -117,6 +120,17 @@ pub fn capture(spec: &SourceSpec, staging: &Path, opts: &SourceOptions) -> Resul
             vec![(copy, path.clone())]
         }
         Kind::Postgres => unreachable!("streamed sources returned above"),
+        Kind::Chroma => {
+            let copy = staging.join("chroma");
+            std::fs::create_dir_all(&copy).map_err(|e| bad(e.to_string()))?;
+            crate::vector::chroma::copy_dir(&path, &copy).map_err(&bad)?;
+            // Golden queries on the copy: exactly what is stored, whatever the writer does meanwhile.
+            probes.extend(record_golden(spec, &copy, opts).map_err(&bad)?);
+            let db = crate::sqlite::inspect(&copy.join(crate::vector::chroma::DB)).map_err(|e| bad(e.to_string()))?;
+            probes.extend(db);
+            vec![(copy, path.clone())]
+        }
+        Kind::Qdrant => unreachable!("captured above"),
         Kind::Faiss | Kind::Hnswlib => {
             if !md.is_file() {
                 return Err(bad(format!("{} is not a file", path.display())));
@@ -202,3 +216,44 @@ fn record_golden(spec: &SourceSpec, path: &Path, opts: &SourceOptions) -> Result
 /// Queries and results per query the built-in search records.
 const GOLDEN_QUERIES: usize = 16;
 const GOLDEN_K: usize = 10;
+
+/// Where a Qdrant collection's snapshot sits in the tree (it has no path of its own).
+pub fn qdrant_tree_path(c: &crate::vector::qdrant::Collection) -> PathBuf {
+    let host: String = c
+        .base
+        .split("://")
+        .nth(1)
+        .unwrap_or_default()
+        .chars()
+        .map(|ch| if ch.is_ascii_alphanumeric() || ch == '.' || ch == '-' { ch } else { '_' })
+        .collect();
+    PathBuf::from("/tresor-sources/qdrant").join(host).join(format!("{}.snapshot", c.name))
+}
+
+fn capture_qdrant(spec: &SourceSpec, staging: &Path, opts: &SourceOptions) -> Result<Captured, String> {
+    use crate::vector::{faiss, qdrant};
+    let c = qdrant::Collection::parse(&spec.spec)?;
+    let client =
+        qdrant::Client::new(opts.probe_timeout.max(std::time::Duration::from_secs(600))).map_err(|e| e.to_string())?;
+    let file = staging.join("collection.snapshot");
+    let sha = client.snapshot_to(&c, &file).map_err(|e| e.to_string())?;
+    let queries = client.sample_vectors(&c, GOLDEN_QUERIES).map_err(|e| e.to_string())?;
+    let golden = client.golden(&c, &queries, GOLDEN_K).map_err(|e| e.to_string())?;
+    let mut probes = BTreeMap::new();
+    probes.insert("sha256".into(), sha);
+    probes.insert("collection".into(), c.name.clone());
+    probes.insert("golden_method".into(), "qdrant".into());
+    probes.insert("golden_queries".into(), faiss::encode_queries(&queries.concat()));
+    probes.insert("dim".into(), queries.first().map_or(0, Vec::len).to_string());
+    probes.insert("golden".into(), serde_json::to_string(&golden).map_err(|e| e.to_string())?);
+    let tree = qdrant_tree_path(&c);
+    Ok(Captured {
+        roots: vec![(file, tree.clone())],
+        record: SourceRecord {
+            kind: spec.kind.name().into(),
+            spec: spec.spec.clone(),
+            paths: vec![tree.display().to_string()],
+            probes,
+        },
+    })
+}

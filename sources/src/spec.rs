@@ -17,11 +17,16 @@ pub enum Kind {
     Faiss,
     /// An hnswlib index file the application saved.
     Hnswlib,
+    /// A Chroma persistent directory.
+    Chroma,
+    /// A Qdrant collection, `http(s)://HOST:PORT/collections/NAME`, through its snapshot API.
+    Qdrant,
 }
 
 impl Kind {
     /// Every kind, for help texts.
-    pub const ALL: [Kind; 5] = [Kind::Model, Kind::Sqlite, Kind::Postgres, Kind::Faiss, Kind::Hnswlib];
+    pub const ALL: [Kind; 7] =
+        [Kind::Model, Kind::Sqlite, Kind::Postgres, Kind::Faiss, Kind::Hnswlib, Kind::Chroma, Kind::Qdrant];
 
     /// The name used in `KIND:SPEC` and in snapshots.
     pub fn name(self) -> &'static str {
@@ -31,6 +36,8 @@ impl Kind {
             Self::Postgres => "postgres",
             Self::Faiss => "faiss",
             Self::Hnswlib => "hnswlib",
+            Self::Chroma => "chroma",
+            Self::Qdrant => "qdrant",
         }
     }
 }
@@ -72,10 +79,14 @@ impl FromStr for SourceSpec {
             return Err(format!("{s:?}: nothing after {}:", kind.name()));
         }
         let spec = match kind {
-            Kind::Model | Kind::Sqlite | Kind::Faiss | Kind::Hnswlib => {
+            Kind::Model | Kind::Sqlite | Kind::Faiss | Kind::Hnswlib | Kind::Chroma => {
                 std::path::absolute(rest).map_err(|e| format!("{s:?}: bad path: {e}"))?.to_string_lossy().into_owned()
             }
             Kind::Postgres => rest.to_string(),
+            Kind::Qdrant => {
+                crate::vector::qdrant::Collection::parse(rest).map_err(|e| format!("{s:?}: {e}"))?;
+                rest.to_string()
+            }
         };
         Ok(Self { kind, spec })
     }

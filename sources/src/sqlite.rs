@@ -43,6 +43,12 @@ fn err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(rusqlite::Error) -
 /// Copy `db` into `dest` (a new file) with the online backup API in one step, then check the copy
 /// and count its rows. Returns the probes to record. Blocking.
 pub fn capture(db: &Path, dest: &Path) -> Result<BTreeMap<String, String>, SqliteError> {
+    copy(db, dest)?;
+    inspect(dest)
+}
+
+/// Copy `db` into `dest` (a new file) with the online backup API in one step. Blocking.
+pub fn copy(db: &Path, dest: &Path) -> Result<(), SqliteError> {
     // Read-only and never created: a mistyped path is an error, not a new empty database.
     let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(err(db, "cannot open the database"))?;
@@ -78,6 +84,16 @@ pub fn capture(db: &Path, dest: &Path) -> Result<BTreeMap<String, String>, Sqlit
     }
     // The copy stands alone: no WAL beside it.
     dst.pragma_update(None, "journal_mode", "DELETE").map_err(err(dest, "journal mode"))?;
+    Ok(())
+}
+
+/// Check a database and count its rows: the probes a restored copy must match. Blocking.
+pub fn inspect(path: &Path) -> Result<BTreeMap<String, String>, SqliteError> {
+    let (dst, dest) = (
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(err(path, "cannot open the copy"))?,
+        path,
+    );
     integrity(&dst, dest)?;
     let mut probes = BTreeMap::new();
     for (table, rows) in row_counts(&dst, dest)? {

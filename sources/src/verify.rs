@@ -186,6 +186,8 @@ pub struct VerifyOptions {
     pub probe_command: Option<String>,
     /// Its time limit.
     pub probe_timeout: std::time::Duration,
+    /// A scratch Qdrant (`http(s)://HOST:PORT`) to recover Qdrant snapshots into for their golden queries.
+    pub qdrant: Option<String>,
 }
 
 /// Run each source's own verifier on its restored copy under `root`. Blocking.
@@ -215,6 +217,12 @@ pub fn verify_sources(
                 "sqlite" => crate::sqlite::verify(&restored, &s.probes, report),
                 "postgres" => crate::postgres::verify::verify(&restored, &s.probes, report),
                 "faiss" | "hnswlib" => verify_golden(&restored, p, &s.probes, opts, report),
+                "chroma" => {
+                    let db = restored.join(crate::vector::chroma::DB);
+                    crate::sqlite::verify(&db, &s.probes, report);
+                    verify_golden(&restored, p, &s.probes, opts, report);
+                }
+                "qdrant" => verify_qdrant(&restored, p, &s.probes, opts, report),
                 other => report.push(p, "source kind", false, format!("no verifier for kind {other:?}")),
             }
         }
@@ -279,4 +287,72 @@ fn verify_golden(
             recorded.k, c.recall, c.queries, c.distance_mismatches
         ),
     );
+}
+
+fn verify_qdrant(
+    file: &Path,
+    shown: &str,
+    probes: &std::collections::BTreeMap<String, String>,
+    opts: &VerifyOptions,
+    report: &mut Report,
+) {
+    use crate::vector::{Golden, compare, faiss, qdrant};
+    use sha2::Digest;
+    let sha = std::fs::read(file).map(|b| hex::encode(sha2::Sha256::digest(&b)));
+    let want = probes.get("sha256").cloned().unwrap_or_default();
+    match sha {
+        Ok(got) => report.push(shown, "snapshot SHA-256", got == want, format!("{got} (Qdrant said {want} at backup)")),
+        Err(e) => return report.push(shown, "snapshot SHA-256", false, e.to_string()),
+    }
+    if !report.ok() {
+        return;
+    }
+    let check = "golden queries";
+    let Some(base) = &opts.qdrant else {
+        return report.push(
+            shown,
+            check,
+            false,
+            "give --qdrant http(s)://HOST:PORT of a scratch Qdrant to recover the snapshot into",
+        );
+    };
+    let recorded: Option<Golden> = probes.get("golden").and_then(|g| serde_json::from_str(g).ok());
+    let dim: usize = probes.get("dim").and_then(|d| d.parse().ok()).unwrap_or(0);
+    let queries = probes.get("golden_queries").and_then(|q| faiss::decode_queries(q));
+    let (Some(recorded), Some(queries)) = (recorded, queries) else {
+        return report.push(shown, check, false, "the snapshot holds no readable golden queries");
+    };
+    let name = format!(
+        "{}-tresor-verify-{}",
+        probes.get("collection").map_or("collection", String::as_str),
+        std::process::id()
+    );
+    let scratch = qdrant::Collection { base: base.trim_end_matches('/').to_string(), name };
+    let client = match qdrant::Client::new(opts.probe_timeout.max(std::time::Duration::from_secs(600))) {
+        Ok(c) => c,
+        Err(e) => return report.push(shown, check, false, e.to_string()),
+    };
+    let outcome = client.recover(&scratch, file, Some(&want)).and_then(|()| {
+        let q: Vec<Vec<f32>> = queries.chunks(dim.max(1)).map(<[f32]>::to_vec).collect();
+        client.golden(&scratch, &q, recorded.k)
+    });
+    let dropped = client.drop_collection(&scratch);
+    match outcome {
+        Ok(now) => {
+            let c = compare(&recorded, &now);
+            report.push(
+                shown,
+                check,
+                c.passes(&recorded),
+                format!(
+                    "recovered into {} on {base}: recall@{} {:.3} over {} queries (at least {} required)",
+                    scratch.name, recorded.k, c.recall, c.queries, recorded.min_recall
+                ),
+            );
+        }
+        Err(e) => report.push(shown, check, false, e.to_string()),
+    }
+    if let Err(e) = dropped {
+        report.push(shown, "scratch collection removed", false, e.to_string());
+    }
 }

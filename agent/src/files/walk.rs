@@ -75,8 +75,13 @@ pub fn walk_and_store(
         for a in ancestors {
             let rel = rel_bytes(a);
             if seen_paths.insert(rel.clone()) {
-                let md = std::fs::symlink_metadata(a)?;
-                nodes.push(meta::node_from(rel, &md, NodeKind::Dir));
+                // A source grafted at a path that does not exist here (a Qdrant snapshot) gets plain
+                // directories above it.
+                match std::fs::symlink_metadata(a) {
+                    Ok(md) => nodes.push(meta::node_from(rel, &md, NodeKind::Dir)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => nodes.push(meta::plain_dir(rel)),
+                    Err(e) => return Err(e),
+                }
             }
         }
         let mut stack = vec![root.clone()];

@@ -121,7 +121,7 @@ impl Flat {
                 scored.truncate(k);
                 scored.sort_by(better);
             }
-            results.push(scored);
+            results.push(scored.into_iter().map(|(i, s)| (super::PointId::Num(i), s)).collect());
         }
         Golden { k, exact: true, min_recall: 1.0, results }
     }

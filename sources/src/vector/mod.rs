@@ -3,8 +3,10 @@
 //! built-in brute force ([`faiss`]); any other index answers through a probe command the admin
 //! gives ([`probe`]), run with the index's path in `TRESOR_INDEX`.
 
+pub mod chroma;
 pub mod faiss;
 pub mod probe;
+pub mod qdrant;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +21,17 @@ pub struct Golden {
     #[serde(default = "default_min_recall")]
     pub min_recall: f64,
     /// Per query, (id, distance) best first.
-    pub results: Vec<Vec<(i64, f32)>>,
+    pub results: Vec<Vec<(PointId, f32)>>,
+}
+
+/// A result's id: a number (FAISS, hnswlib, Qdrant) or text (Chroma, Qdrant UUIDs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PointId {
+    /// Numeric id.
+    Num(i64),
+    /// Text id.
+    Text(String),
 }
 
 fn default_min_recall() -> f64 {
@@ -77,19 +89,24 @@ mod tests {
 
     #[test]
     fn recall_counts_shared_ids() {
+        let n = PointId::Num;
         let rec = Golden {
             k: 2,
             exact: true,
             min_recall: 1.0,
-            results: vec![vec![(1, 0.5), (2, 0.7)], vec![(3, 0.1), (4, 0.2)]],
+            results: vec![vec![(n(1), 0.5), (n(2), 0.7)], vec![(n(3), 0.1), (n(4), 0.2)]],
         };
         assert_eq!(compare(&rec, &rec).recall, 1.0);
         assert!(compare(&rec, &rec).passes(&rec));
-        let half = Golden { results: vec![vec![(1, 0.5), (9, 0.7)], vec![(3, 0.1), (4, 0.2)]], ..rec.clone() };
+        let half = Golden { results: vec![vec![(n(1), 0.5), (n(9), 0.7)], rec.results[1].clone()], ..rec.clone() };
         let c = compare(&rec, &half);
         assert_eq!(c.recall, 0.75);
         assert!(!c.passes(&rec));
-        let moved = Golden { results: vec![vec![(1, 0.6), (2, 0.7)], vec![(3, 0.1), (4, 0.2)]], ..rec.clone() };
+        let moved = Golden { results: vec![vec![(n(1), 0.6), (n(2), 0.7)], rec.results[1].clone()], ..rec.clone() };
+        let text: Golden =
+            serde_json::from_str(r#"{"k":1,"exact":false,"results":[[["a-1",0.5]],[[7,0.25]]]}"#).unwrap();
+        assert_eq!(text.results[0][0].0, PointId::Text("a-1".into()));
+        assert_eq!(text.min_recall, 0.95);
         assert_eq!(compare(&rec, &moved).distance_mismatches, 1);
     }
 }

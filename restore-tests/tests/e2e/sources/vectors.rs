@@ -123,3 +123,111 @@ fn a_hanging_probe_command_fails_the_job_cleanly() {
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
     assert_eq!(w.snapshot_ids(), before);
 }
+
+/// A Chroma persistent directory while a writer keeps adding vectors: the copy restores, passes
+/// SQLite's checks and answers its golden queries exactly as the copy did at backup.
+#[test]
+fn chroma_directory_under_a_live_writer_restores_and_answers_its_golden_queries() {
+    let w = World::new();
+    let db = w.path("chroma");
+    let (ready, stop) = (w.path("ready"), w.path("stop"));
+    let writer = std::process::Command::new(python())
+        .arg(script("chroma_writer.py"))
+        .args([&db, &ready, &stop])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    restore_tests::plane::wait_for("the writer's first 2,000 vectors", std::time::Duration::from_secs(120), || {
+        std::fs::read_to_string(&ready).ok().and_then(|s| s.trim().parse::<u64>().ok()).is_some_and(|n| n >= 2000)
+    });
+    let probe = format!("{} {}", python().display(), script("chroma_probe.py").display());
+    let spec = format!("chroma:{}", db.display());
+    let b = w.json(&["backup", "--vault", w.vault_str(), "--source", &spec, "--probe-command", &probe]);
+    let during = std::fs::read_to_string(&ready).unwrap();
+    std::fs::write(&stop, b"").unwrap();
+    let out = writer.wait_with_output().unwrap();
+    assert!(out.status.success(), "the writer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let probes = &b["manifest"]["sources"][0]["probes"];
+    assert!(probes["rows.embeddings"].as_str().unwrap().parse::<u64>().unwrap() >= 2000, "{probes}");
+    eprintln!("writer had {} vectors when the backup ended", during.trim());
+
+    let to = w.path("restored");
+    w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
+    let out = w.run(&[
+        "--json",
+        "verify",
+        "--vault",
+        w.vault_str(),
+        "--snapshot",
+        "latest",
+        "--probe-command",
+        &probe,
+        to.to_str().unwrap(),
+    ]);
+    let v = verified(&out);
+    let f = recall_finding(&v);
+    assert!(f["ok"] == true && f["detail"].as_str().unwrap().contains("recall@10 1.000"), "{f}");
+    let findings = v["report"]["findings"].as_array().unwrap();
+    assert!(findings.iter().any(|f| f["check"] == "sqlite integrity_check" && f["ok"] == true), "{v}");
+}
+
+/// Qdrant through its snapshot API. THIS IS A TEST AGAINST A FAKE of Qdrant's documented HTTP API
+/// (restore_tests::qdrant_fake), not a check of a real Qdrant: no Qdrant server can run on this
+/// machine. It shows that Tresor makes, downloads and deletes the remote snapshot, records golden
+/// queries, and on verify recovers the snapshot into a scratch collection through the upload API,
+/// re-runs the queries and removes the scratch collection; `qdrant-recover` restores the collection.
+#[test]
+fn qdrant_against_a_fake_of_the_documented_api_snapshot_verify_and_recover() {
+    eprintln!("NOTE: this test runs against a fake of Qdrant's documented HTTP API, not a real Qdrant server");
+    let fake = restore_tests::qdrant_fake::FakeQdrant::start(Some("secret-key"));
+    let points: Vec<(u64, Vec<f32>)> =
+        (0..500u64).map(|i| (i, (0..16).map(|j| (((i * 31 + j * 7) % 97) as f32) / 97.0).collect())).collect();
+    fake.put_collection("docs", points.clone());
+    let w = World::new();
+    let spec = format!("qdrant:{}/collections/docs", fake.url);
+    let out = w.run(&["backup", "--vault", w.vault_str(), "--source", &spec]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "without the API key the job fails: {err}");
+    assert!(err.contains("HTTP 401"), "{err}");
+
+    let mut agent = w.agent();
+    agent.env("QDRANT_API_KEY", "secret-key");
+    let out = agent.args(["--json", "backup", "--vault", w.vault_str(), "--source", &spec]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(fake.snapshots("docs").is_empty(), "the remote snapshot was deleted after the download");
+
+    let to = w.path("restored");
+    w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
+    let file =
+        to.join("tresor-sources/qdrant").read_dir().unwrap().next().unwrap().unwrap().path().join("docs.snapshot");
+    let verify = |extra: &[&str]| {
+        let mut c = w.agent();
+        c.env("QDRANT_API_KEY", "secret-key").args([
+            "--json",
+            "verify",
+            "--vault",
+            w.vault_str(),
+            "--snapshot",
+            "latest",
+        ]);
+        c.args(extra).arg(&to).output().unwrap()
+    };
+    let v = verified(&verify(&["--qdrant", &fake.url]));
+    let f = recall_finding(&v);
+    assert!(f["ok"] == true && f["detail"].as_str().unwrap().contains("recall@10 1.000"), "{f}");
+    assert_eq!(fake.collections(), ["docs"], "the scratch collection was removed");
+
+    let mut c = w.agent();
+    c.env("QDRANT_API_KEY", "secret-key")
+        .arg("qdrant-recover")
+        .arg(&file)
+        .args(["--collection", &format!("{}/collections/docs-restored", fake.url)]);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fake.points("docs-restored").unwrap(), points);
+
+    truncate(&file, 10);
+    let out = verify(&["--qdrant", &fake.url]);
+    assert_eq!(out.status.code(), Some(13));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("snapshot SHA-256"));
+}
