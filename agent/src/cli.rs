@@ -85,6 +85,9 @@ pub enum Command {
         /// equal (or one true), checked at backup and by verify on the restored copy.
         #[arg(long = "probe", value_name = "SQL")]
         probes: Vec<String>,
+        /// PostgreSQL sources: also take a logical pg_dump -Fc of every database and the globals.
+        #[arg(long)]
+        pg_dump: bool,
         /// Shell command run before anything is read; if it fails, nothing is backed up.
         #[arg(long, value_name = "CMD")]
         pre_hook: Option<String>,

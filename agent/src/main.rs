@@ -82,6 +82,7 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
             force,
             sources,
             probes,
+            pg_dump,
             pre_hook,
             post_hook,
             hook_timeout,
@@ -97,6 +98,7 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
                 probes: probes.clone(),
                 probe_command: probe.probe_command.clone(),
                 probe_timeout: probe.probe_timeout,
+                pg_dump: *pg_dump,
             };
             commands::backup(g, &vault.vault, paths, sources, options, tags, host.clone(), *force).await
         }

@@ -61,7 +61,7 @@ mod tests {
 /// Names the text and the expected form.
 /// Source kinds a policy may name as `KIND:SPEC` beside plain paths; the agent's
 /// `tresor_sources::spec::Kind` is the authority and a test keeps the two equal.
-pub const SOURCE_KINDS: &[&str] = &["model", "sqlite", "postgres", "faiss", "hnswlib", "chroma", "qdrant"];
+pub const SOURCE_KINDS: &[&str] = &["model", "sqlite", "postgres", "faiss", "hnswlib", "chroma", "qdrant", "vectors"];
 
 /// Whether a policy's backup item is an absolute path or `KIND:/absolute/path` of a known kind.
 pub fn is_backup_item(item: &str) -> bool {

@@ -61,6 +61,8 @@ pub struct SourceOptions {
     pub probe_command: Option<String>,
     /// Limit for one run of the probe command.
     pub probe_timeout: std::time::Duration,
+    /// PostgreSQL: also take logical dumps.
+    pub pg_dump: bool,
 }
 
 impl Default for SourceOptions {
@@ -70,6 +72,7 @@ impl Default for SourceOptions {
             probes: Vec::new(),
             probe_command: None,
             probe_timeout: std::time::Duration::from_secs(300),
+            pg_dump: false,
         }
     }
 }
@@ -100,7 +103,7 @@ pub fn capture(spec: &SourceSpec, staging: &Path, opts: &SourceOptions) -> Resul
             probes.insert("model_files".into(), files.to_string());
             probes.insert("tensors".into(), tensors.to_string());
             if md.is_dir() {
-                let idx = model::hf::check_dir(&path).map_err(|e| bad(e.to_string()))?;
+                let idx = model::hf::check_tree(&path).map_err(|e| bad(e.to_string()))?;
                 if !idx.indexes.is_empty() {
                     probes.insert("shards".into(), idx.shards.to_string());
                 }
@@ -131,7 +134,7 @@ pub fn capture(spec: &SourceSpec, staging: &Path, opts: &SourceOptions) -> Resul
             vec![(copy, path.clone())]
         }
         Kind::Qdrant => unreachable!("captured above"),
-        Kind::Faiss | Kind::Hnswlib => {
+        Kind::Faiss | Kind::Hnswlib | Kind::Vectors => {
             if !md.is_file() {
                 return Err(bad(format!("{} is not a file", path.display())));
             }
@@ -193,12 +196,17 @@ fn record_golden(spec: &SourceSpec, path: &Path, opts: &SourceOptions) -> Result
             probes.insert("probe_command".into(), cmd.clone());
             probe::run(cmd, path, opts.probe_timeout).map_err(|e| e.to_string())?
         }
-        (None, Kind::Faiss) => {
-            let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-            let size = file.metadata().map_err(|e| e.to_string())?.len();
-            let flat = faiss::read_flat(std::io::BufReader::new(file), size).map_err(|e| e.to_string())?;
+        (None, Kind::Faiss | Kind::Vectors) => {
+            let flat = if spec.kind == Kind::Faiss {
+                let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+                let size = file.metadata().map_err(|e| e.to_string())?.len();
+                faiss::read_flat(std::io::BufReader::new(file), size).map_err(|e| e.to_string())?
+            } else {
+                crate::vector::matrix::read(path).map_err(|e| e.to_string())?
+            };
             let (queries, golden) = flat.golden(GOLDEN_QUERIES, GOLDEN_K);
-            probes.insert("golden_method".into(), "builtin-flat".into());
+            let method = if spec.kind == Kind::Faiss { "builtin-flat" } else { "builtin-matrix" };
+            probes.insert("golden_method".into(), method.into());
             probes.insert("golden_queries".into(), faiss::encode_queries(&queries));
             golden
         }

@@ -19,14 +19,24 @@ pub enum Kind {
     Hnswlib,
     /// A Chroma persistent directory.
     Chroma,
+    /// A raw float32 matrix (`.npy` or `.fvecs`) searched by brute force.
+    Vectors,
     /// A Qdrant collection, `http(s)://HOST:PORT/collections/NAME`, through its snapshot API.
     Qdrant,
 }
 
 impl Kind {
     /// Every kind, for help texts.
-    pub const ALL: [Kind; 7] =
-        [Kind::Model, Kind::Sqlite, Kind::Postgres, Kind::Faiss, Kind::Hnswlib, Kind::Chroma, Kind::Qdrant];
+    pub const ALL: [Kind; 8] = [
+        Kind::Model,
+        Kind::Sqlite,
+        Kind::Postgres,
+        Kind::Faiss,
+        Kind::Hnswlib,
+        Kind::Chroma,
+        Kind::Qdrant,
+        Kind::Vectors,
+    ];
 
     /// The name used in `KIND:SPEC` and in snapshots.
     pub fn name(self) -> &'static str {
@@ -38,6 +48,7 @@ impl Kind {
             Self::Hnswlib => "hnswlib",
             Self::Chroma => "chroma",
             Self::Qdrant => "qdrant",
+            Self::Vectors => "vectors",
         }
     }
 }
@@ -79,7 +90,7 @@ impl FromStr for SourceSpec {
             return Err(format!("{s:?}: nothing after {}:", kind.name()));
         }
         let spec = match kind {
-            Kind::Model | Kind::Sqlite | Kind::Faiss | Kind::Hnswlib | Kind::Chroma => {
+            Kind::Model | Kind::Sqlite | Kind::Faiss | Kind::Hnswlib | Kind::Chroma | Kind::Vectors => {
                 std::path::absolute(rest).map_err(|e| format!("{s:?}: bad path: {e}"))?.to_string_lossy().into_owned()
             }
             Kind::Postgres => rest.to_string(),

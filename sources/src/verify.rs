@@ -203,7 +203,7 @@ pub fn verify_sources(
             match s.kind.as_str() {
                 "model" => {
                     if s.probes.contains_key("shards") {
-                        match crate::model::hf::check_dir(&restored) {
+                        match crate::model::hf::check_tree(&restored) {
                             Ok(i) => report.push(
                                 p,
                                 "model index",
@@ -215,8 +215,13 @@ pub fn verify_sources(
                     }
                 }
                 "sqlite" => crate::sqlite::verify(&restored, &s.probes, report),
-                "postgres" => crate::postgres::verify::verify(&restored, &s.probes, report),
-                "faiss" | "hnswlib" => verify_golden(&restored, p, &s.probes, opts, report),
+                "postgres" => {
+                    crate::postgres::verify::verify(&restored, &s.probes, report);
+                    if let Some(d) = s.probes.get("pg_dump_dir") {
+                        crate::postgres::verify::verify_dumps(&root.join(d.trim_start_matches('/')), report);
+                    }
+                }
+                "faiss" | "hnswlib" | "vectors" => verify_golden(&restored, p, &s.probes, opts, report),
                 "chroma" => {
                     let db = restored.join(crate::vector::chroma::DB);
                     crate::sqlite::verify(&db, &s.probes, report);
@@ -242,11 +247,15 @@ fn verify_golden(
         return report.push(shown, check, false, "the snapshot holds no readable golden queries");
     };
     let now = match probes.get("golden_method").map(String::as_str) {
-        Some("builtin-flat") => {
-            let read = std::fs::File::open(index).map_err(|e| e.to_string()).and_then(|f| {
-                let size = f.metadata().map_err(|e| e.to_string())?.len();
-                faiss::read_flat(std::io::BufReader::new(f), size).map_err(|e| e.to_string())
-            });
+        Some(method @ ("builtin-flat" | "builtin-matrix")) => {
+            let read = if method == "builtin-matrix" {
+                crate::vector::matrix::read(index).map_err(|e| e.to_string())
+            } else {
+                std::fs::File::open(index).map_err(|e| e.to_string()).and_then(|f| {
+                    let size = f.metadata().map_err(|e| e.to_string())?.len();
+                    faiss::read_flat(std::io::BufReader::new(f), size).map_err(|e| e.to_string())
+                })
+            };
             let queries = probes.get("golden_queries").and_then(|q| faiss::decode_queries(q));
             match (read, queries) {
                 (Ok(flat), Some(q)) => flat.search(&q, recorded.k),

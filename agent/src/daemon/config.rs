@@ -59,6 +59,9 @@ pub struct SourceConfig {
     pub probe_command: Option<String>,
     /// Its time limit (default 5m).
     pub probe_timeout: Option<String>,
+    /// PostgreSQL: also take logical pg_dump archives.
+    #[serde(default)]
+    pub pg_dump: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -109,6 +112,7 @@ impl AgentConfig {
         o.probes = c.probes.clone();
         o.probe_command = c.probe_command.clone();
         o.probe_timeout = dur("probe_timeout", &c.probe_timeout, o.probe_timeout)?;
+        o.pg_dump = c.pg_dump;
         Ok(o)
     }
 

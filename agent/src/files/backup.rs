@@ -269,7 +269,11 @@ async fn store(
     };
     for spec in req.sources.iter().filter(|s| tresor_sources::capture::is_streamed(s.kind)) {
         let (sink, spec_text) = (session.sink(), spec.spec.clone());
-        let opts = tresor_sources::postgres::PgOptions { probes: req.options.probes.clone(), ..Default::default() };
+        let opts = tresor_sources::postgres::PgOptions {
+            probes: req.options.probes.clone(),
+            logical: req.options.pg_dump,
+            ..Default::default()
+        };
         let streamed =
             tokio::task::spawn_blocking(move || tresor_sources::postgres::backup(&spec_text, &opts, &sink)).await?;
         match streamed {

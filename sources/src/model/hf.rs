@@ -30,7 +30,7 @@ pub fn check_dir(dir: &Path) -> Result<IndexSummary, ModelError> {
     names.sort();
     for name in names {
         let f = if name.contains("safetensors") { Format::Safetensors } else { Format::PytorchZip };
-        let bad = |why: String| malformed(f, format!("{name}: {why}"));
+        let bad = |why: String| malformed(f, format!("{}: {why}", dir.join(&name).display()));
         let text = std::fs::read(dir.join(&name))?;
         let json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
         let map =
@@ -62,4 +62,24 @@ pub fn check_dir(dir: &Path) -> Result<IndexSummary, ModelError> {
         summary.indexes.push(name);
     }
     Ok(summary)
+}
+
+/// [`check_dir`] on `root` and every directory below it; index names are given relative to `root`.
+pub fn check_tree(root: &Path) -> Result<IndexSummary, ModelError> {
+    let mut total = IndexSummary::default();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let s = check_dir(&dir)?;
+        let rel = dir.strip_prefix(root).unwrap_or(&dir).to_path_buf();
+        total.indexes.extend(s.indexes.iter().map(|i| rel.join(i).display().to_string()));
+        total.shards += s.shards;
+        total.tensors += s.tensors;
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    total.indexes.sort();
+    Ok(total)
 }

@@ -44,11 +44,13 @@ pub struct PgOptions {
     pub probes: Vec<String>,
     /// Limit for each query.
     pub query_timeout: Duration,
+    /// Also take a logical `pg_dump -Fc` of every database (and the globals), streamed.
+    pub logical: bool,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        Self { probes: Vec::new(), query_timeout: Duration::from_secs(300) }
+        Self { probes: Vec::new(), query_timeout: Duration::from_secs(300), logical: false }
     }
 }
 
@@ -119,7 +121,13 @@ pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptur
     if let Err(e) = tools::query(&psql, None, &conn, &format!("SELECT pg_drop_replication_slot('{slot}')"), t) {
         tracing::warn!(slot = %slot, error = %e, "could not drop the backup's replication slot; drop it by hand");
     }
-    let nodes = streamed?;
+    let mut nodes = streamed?;
+    if opts.logical {
+        let names: Vec<String> = dbs.iter().map(|r| r[0].clone()).filter(|d| d != "template1").collect();
+        let dir = logical_dir(&datadir);
+        nodes.extend(dump_all(bin.as_deref(), spec, &names, &dir, sink)?);
+        probes.insert("pg_dump_dir".into(), dir);
+    }
     Ok(PgCaptured {
         nodes,
         record: SourceRecord { kind: "postgres".into(), spec: spec.to_string(), paths: vec![datadir], probes },
@@ -293,4 +301,107 @@ fn ancestors(root: &Path) -> Vec<Node> {
             }
         })
         .collect()
+}
+
+/// Where the logical dumps of a cluster sit in the tree (beside nothing on disk).
+pub fn logical_dir(datadir: &str) -> String {
+    format!("/tresor-sources/postgres/{}/pg_dump", datadir.trim_matches('/').replace('/', "_"))
+}
+
+/// The connection string `spec` pointed at database `db`.
+fn with_dbname(spec: &str, db: &str) -> String {
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        let (head, query) = spec.split_once('?').map_or((spec, None), |(h, q)| (h, Some(q)));
+        let authority_end = head.find("://").map_or(0, |i| i + 3);
+        let base = match head[authority_end..].find('/') {
+            Some(slash) => &head[..authority_end + slash],
+            None => head,
+        };
+        let encoded: String = db
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        format!("{base}/{encoded}{}", query.map(|q| format!("?{q}")).unwrap_or_default())
+    } else {
+        format!("{spec} dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+/// `pg_dumpall --globals-only` and `pg_dump -Fc` of each database, streamed into the sink.
+fn dump_all(bin: Option<&Path>, spec: &str, dbs: &[String], dir: &str, sink: &ChunkSink) -> Result<Vec<Node>, PgError> {
+    let root = PathBuf::from(dir);
+    let rel = |p: &Path| p.to_string_lossy().trim_start_matches('/').as_bytes().to_vec();
+    let mut nodes: Vec<Node> = ancestors(&root)
+        .into_iter()
+        .map(|mut n| {
+            n.mode = 0o040755;
+            n.uid = 0;
+            n.gid = 0;
+            n
+        })
+        .collect();
+    nodes.push(dir_node(rel(&root), 0o700, 0, 0, 0));
+    let mut jobs = vec![(
+        "globals.sql".to_string(),
+        "pg_dumpall",
+        vec!["--globals-only".to_string(), "-d".into(), spec.to_string()],
+    )];
+    for db in dbs {
+        jobs.push((format!("{db}.dump"), "pg_dump", vec!["-Fc".into(), "-d".into(), with_dbname(spec, db)]));
+    }
+    for (file, program, args) in jobs {
+        let mut child = std::process::Command::new(tools::program(bin, program))
+            .args(&args)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| PgError::Tool { what: program.into(), why: format!("cannot start: {e}") })?;
+        let err = tools::stderr_tail(&mut child);
+        let out = child.stdout.take().ok_or_else(|| PgError::Tool { what: program.into(), why: "no stdout".into() })?;
+        let stored = sink.store_stream(out);
+        let status = child.wait().map_err(|e| PgError::Tool { what: program.into(), why: e.to_string() })?;
+        let stderr = err.join().unwrap_or_default();
+        if !status.success() {
+            return Err(PgError::Tool { what: format!("{program} for {file}"), why: format!("{status}: {stderr}") });
+        }
+        let stored = stored?;
+        nodes.push(Node {
+            kind: NodeKind::File,
+            mode: 0o100600,
+            size: stored.len,
+            extents: vec![Extent { offset: 0, chunks: stored.chunks }],
+            hash: Some(stored.hash.to_vec()),
+            mtime_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
+            ..dir_node(rel(&root.join(&file)), 0, 0, 0, 0)
+        });
+    }
+    Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dbname_goes_into_either_form_of_connection_string() {
+        assert_eq!(with_dbname("host=/run/pg port=5432", "app"), "host=/run/pg port=5432 dbname='app'");
+        assert_eq!(
+            with_dbname("postgresql://u@h:5432/postgres?sslmode=require", "my db"),
+            "postgresql://u@h:5432/my%20db?sslmode=require"
+        );
+        assert_eq!(with_dbname("postgres://h", "x"), "postgres://h/x");
+        assert!(probe_holds(&["5".into(), "5".into(), "5".into()]));
+        assert!(!probe_holds(&["5".into(), "6".into()]));
+        assert!(probe_holds(&["t".into()]) && !probe_holds(&["f".into()]));
+    }
 }

@@ -17,6 +17,30 @@ use crate::verify::Report;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Check the logical dumps below `dir` with `pg_restore --list` (the archive's table of contents
+/// must read whole). Blocking.
+pub fn verify_dumps(dir: &Path, report: &mut Report) {
+    let shown = dir.display().to_string();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return report.push(&shown, "pg_dump archives", false, "missing");
+    };
+    let bin = tools::bin_dir(None);
+    for e in rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "dump")) {
+        let mut c = std::process::Command::new(program(bin.as_deref(), "pg_restore"));
+        c.arg("--list").arg(e.path());
+        let subject = e.path().display().to_string();
+        match tools::run(c, "pg_restore --list", STEP_TIMEOUT) {
+            Ok(out) => report.push(
+                &subject,
+                "pg_dump archive",
+                true,
+                format!("{} entries", out.lines().filter(|l| !l.starts_with(';') && !l.is_empty()).count()),
+            ),
+            Err(err) => report.push(&subject, "pg_dump archive", false, err.to_string()),
+        }
+    }
+}
+
 /// Check the data directory `dir` against `probes` recorded at backup. Blocking.
 pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, report: &mut Report) {
     let shown = dir.display().to_string();

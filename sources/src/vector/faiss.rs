@@ -135,7 +135,7 @@ pub fn encode_queries(q: &[f32]) -> String {
 /// The inverse of [`encode_queries`].
 pub fn decode_queries(s: &str) -> Option<Vec<f32>> {
     let b = hex::decode(s).ok()?;
-    (b.len() % 4 == 0).then(|| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    b.len().is_multiple_of(4).then(|| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod chroma;
 pub mod faiss;
+pub mod matrix;
 pub mod probe;
 pub mod qdrant;
 

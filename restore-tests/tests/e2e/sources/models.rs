@@ -120,3 +120,31 @@ fn damaged_model_files_fail_the_job_cleanly() {
     w.json(&["backup", "--vault", w.vault_str(), dir.to_str().unwrap()]);
     verified(&restore_and_verify(&w, &w.path("plain")));
 }
+
+/// A GGUF written by the `gguf` package's writer and a sharded Hugging Face directory written by
+/// `safetensors`: parsed, stored and verified; a shard missing from the directory fails the
+/// `model:` source with the index and the shard named.
+#[test]
+fn gguf_and_sharded_hf_directories_from_the_real_writers() {
+    let w = World::new();
+    let dir = w.path("models");
+    let python = test_deps().join("venv/bin/python");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/model_files.py");
+    let out = std::process::Command::new(python).arg(script).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let b = w.json(&["backup", "--vault", w.vault_str(), "--source", &format!("model:{}", dir.display())]);
+    let probes = &b["manifest"]["sources"][0]["probes"];
+    assert_eq!(probes["model_files"], "3", "{probes}");
+    assert_eq!(probes["tensors"], "8", "{probes}");
+    assert_eq!(probes["shards"], "2", "{probes}");
+    let v = verified(&restore_and_verify(&w, &w.path("restored")));
+    let findings = v["report"]["findings"].as_array().unwrap();
+    assert!(findings.iter().any(|f| f["check"] == "model" && f["detail"].as_str().unwrap().starts_with("gguf")), "{v}");
+    assert!(findings.iter().any(|f| f["check"] == "model index" && f["ok"] == true), "{v}");
+
+    fs::remove_file(dir.join("hf/model-00002-of-00002.safetensors")).unwrap();
+    let out = w.run(&["backup", "--vault", w.vault_str(), "--source", &format!("model:{}", dir.display())]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("model.safetensors.index.json") && err.contains("model-00002-of-00002.safetensors"), "{err}");
+}

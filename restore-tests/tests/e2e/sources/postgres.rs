@@ -28,7 +28,7 @@ fn a_cluster_under_pgbench_load_restores_starts_and_verifies_and_a_damaged_page_
     let load = pg.pgbench_load(2, 120);
     std::thread::sleep(std::time::Duration::from_secs(2));
     let spec = format!("postgres:{}", pg.conn());
-    let b = w.json(&["backup", "--vault", w.vault_str(), "--source", &spec, "--probe", PGBENCH_INVARIANT]);
+    let b = w.json(&["backup", "--vault", w.vault_str(), "--source", &spec, "--probe", PGBENCH_INVARIANT, "--pg-dump"]);
     let mut load = load;
     let _ = load.kill();
     let _ = load.wait();
@@ -49,9 +49,15 @@ fn a_cluster_under_pgbench_load_restores_starts_and_verifies_and_a_damaged_page_
     let out = w.run(&["--json", "verify", "--vault", w.vault_str(), "--snapshot", "latest", to.to_str().unwrap()]);
     let v = verified(&out);
     let findings = v["report"]["findings"].as_array().unwrap();
-    for check in
-        ["pg_verifybackup", "scratch server starts", "pg_amcheck", "postgres probe", "databases", "pg_checksums"]
-    {
+    for check in [
+        "pg_verifybackup",
+        "scratch server starts",
+        "pg_amcheck",
+        "postgres probe",
+        "databases",
+        "pg_checksums",
+        "pg_dump archive",
+    ] {
         assert!(findings.iter().any(|f| f["check"] == check && f["ok"] == true), "{check} missing or failed: {v}");
     }
 
