@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::verify::Report;
+use crate::report::Report;
 
 /// How long the online backup waits for other connections' locks.
 const LOCK_WAIT: Duration = Duration::from_secs(120);

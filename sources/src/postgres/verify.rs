@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::probe_holds;
 use super::tools::{self, command_as, program};
-use crate::verify::Report;
+use crate::report::Report;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(600);
 

@@ -28,9 +28,8 @@ fn npy(b: &[u8]) -> Result<Flat, FaissError> {
         Some(2 | 3) if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
         _ => return Err(bad("an .npy header of an unknown version")),
     };
-    let header = b
-        .get(start..start.saturating_add(len))
-        .ok_or_else(|| bad("the .npy header is cut short (truncated?)"))?;
+    let header =
+        b.get(start..start.saturating_add(len)).ok_or_else(|| bad("the .npy header is cut short (truncated?)"))?;
     let header = String::from_utf8_lossy(header);
     if !header.contains("'descr': '<f4'") {
         return Err(bad(format!(".npy dtype is not little-endian float32: {}", header.trim())));
