@@ -115,6 +115,24 @@ enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// Signed reports.
+    Report {
+        #[command(subcommand)]
+        action: ReportAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportAction {
+    /// Check a signed report file offline against the pinned public key (exit 9 if it was changed,
+    /// is unsigned, or was signed by another key). Needs no controller.
+    Verify {
+        /// The report (JSON).
+        file: PathBuf,
+        /// The controller's report-signing public key (PEM), the trust anchor to pin.
+        #[arg(long, value_name = "FILE")]
+        pubkey: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +209,9 @@ async fn health(settings: &Settings, j: bool) -> anyhow::Result<u8> {
 
 /// Run the command; returns the exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Report { action: ReportAction::Verify { file, pubkey } } = &cli.command {
+        return report_verify(file, pubkey, cli.json);
+    }
     let settings =
         Settings::resolve(cli.controller.clone(), cli.ca_file.clone(), cli.token_file.clone(), cli.config.as_deref())?;
     let j = cli.json;
@@ -199,7 +220,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     let mut c = client::connect(&settings).await?;
     match cli.command {
-        Command::Health => unreachable!("handled above"),
+        Command::Health | Command::Report { .. } => unreachable!("handled above"),
         Command::Status => {
             let r = c.status(pb::StatusRequest {}).await.map_err(status_err)?.into_inner();
             let mut text = String::from(
@@ -462,6 +483,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             out(j, json!({"vaults": r.vaults, "problems": r.problems}), t);
             Ok(if r.problems.is_empty() { exit::OK } else { exit::FAILURE })
+        }
+    }
+}
+
+/// `report verify`: offline, with nothing but the file and the pinned key.
+fn report_verify(file: &std::path::Path, pubkey: &std::path::Path, j: bool) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    let pem = std::fs::read_to_string(pubkey).with_context(|| format!("cannot read {}", pubkey.display()))?;
+    let key = tresor_report::sign::public_key_from_pem(&pem).with_context(|| pubkey.display().to_string())?;
+    let id = tresor_report::sign::key_id(&key);
+    match tresor_report::sign::verify(&doc, &key) {
+        Ok(()) => {
+            out(
+                j,
+                json!({"file": file, "valid": true, "key_id": id}),
+                format!("{}: signature valid (key {id})", file.display()),
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            out(
+                j,
+                json!({"file": file, "valid": false, "key_id": id, "error": e.to_string()}),
+                format!("{}: NOT VALID: {e}", file.display()),
+            );
+            Ok(exit::TAMPERED)
         }
     }
 }

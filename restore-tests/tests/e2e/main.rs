@@ -9,6 +9,7 @@ mod disaster;
 mod gc;
 mod keys;
 mod memory;
+mod reports;
 mod roundtrip;
 mod s3;
 mod sources;

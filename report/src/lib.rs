@@ -1,0 +1,12 @@
+//! # tresor-report
+//!
+//! Documents an auditor must be able to trust without trusting Tresor: canonical JSON
+//! ([`jcs`], RFC 8785) and an Ed25519 signature over it embedded in the document ([`sign`]). The
+//! controller signs drill reports and audit checkpoints; `tresorctl report verify` checks them
+//! offline with nothing but the public key.
+//!
+//! No I/O and no workspace dependency: this crate sits at the bottom, beside `proto`.
+
+pub mod audit;
+pub mod jcs;
+pub mod sign;
