@@ -4,14 +4,16 @@
 //! scheduler, the sled catalog, policies, receipts and status. It holds no vault keys and touches
 //! no backup data: every operation on a vault is a job an agent runs.
 //!
-//! Layers, bottom up: `ids`, `fsutil`, `error` -> `config`, `policy`, `pki`, `state`, `job` -> `catalog`
+//! Layers, bottom up: `ids`, `fsutil`, `error`, `fields`, `schedule` -> `config`, `drill_plan` -> `policy`, `pki`, `state`, `job` -> `catalog`
 //! -> `jobs` -> `core` -> `scheduler`, `status`, `metrics` -> `grpc` -> `server`.
 
 pub mod alerts;
 pub mod catalog;
 pub mod config;
 pub mod core;
+pub mod drill_plan;
 pub mod error;
+pub mod fields;
 pub mod fsutil;
 pub mod grpc;
 pub mod ids;
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod retention;
+pub mod schedule;
 pub mod scheduler;
 pub mod server;
 pub mod state;

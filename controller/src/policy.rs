@@ -2,15 +2,13 @@
 //! Written in TOML by admins (config/*.policy.toml are examples, each parsed by a test).
 //! Unknown fields are refused and every error names the field.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
-use croner::Cron;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fields::{name_ok, percent};
+pub use crate::schedule::Schedule;
 
 /// The default time zone of schedules.
 pub const DEFAULT_TZ: &str = "Europe/Berlin";
@@ -24,6 +22,8 @@ pub struct Policy {
     pub vaults: Vec<VaultPolicy>,
     /// The sources it backs up.
     pub sources: Vec<SourcePolicy>,
+    /// Its restore drills.
+    pub drills: Vec<crate::drill_plan::DrillPlan>,
 }
 
 /// How the controller treats a vault.
@@ -62,58 +62,6 @@ pub struct SourcePolicy {
     pub retention: Retention,
     /// Scheduled `check --read-data-subset`.
     pub check: Option<CheckPolicy>,
-}
-
-/// A cron schedule in a time zone, with jitter.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Schedule {
-    /// The cron expression (5 fields, or 6 with seconds first).
-    pub cron: String,
-    /// The IANA time zone.
-    pub timezone: String,
-    /// Runs start up to this long after the slot, spread by a hash of the source.
-    pub jitter: Duration,
-}
-
-impl Schedule {
-    fn parse(field: &str, cron: &str, timezone: &str, jitter: Duration) -> Result<Self> {
-        let s = Self { cron: cron.to_string(), timezone: timezone.to_string(), jitter };
-        s.compiled(field)?;
-        Ok(s)
-    }
-
-    fn compiled(&self, field: &str) -> Result<(Cron, Tz)> {
-        let cron = Cron::from_str(&self.cron).map_err(|e| {
-            Error::Config(format!("{field}.schedule: {:?} is not a valid cron expression: {e}", self.cron))
-        })?;
-        let tz: Tz = self
-            .timezone
-            .parse()
-            .map_err(|_| Error::Config(format!("{field}.timezone: {:?} is not an IANA time zone", self.timezone)))?;
-        Ok((cron, tz))
-    }
-
-    /// The newest slot at or before `now`, if any within a year.
-    pub fn last_slot(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let (cron, tz) = self.compiled("schedule").ok()?;
-        cron.find_previous_occurrence(&now.with_timezone(&tz), true).ok().map(|t| t.with_timezone(&Utc))
-    }
-
-    /// The first slot after `after`.
-    pub fn next_slot(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let (cron, tz) = self.compiled("schedule").ok()?;
-        cron.find_next_occurrence(&after.with_timezone(&tz), false).ok().map(|t| t.with_timezone(&Utc))
-    }
-
-    /// This source's fixed share of the jitter window, so runs spread out but stay predictable.
-    pub fn jitter_for(&self, key: &str) -> Duration {
-        let ms = self.jitter.as_millis() as u64;
-        if ms == 0 {
-            return Duration::ZERO;
-        }
-        let h = u64::from_le_bytes(blake3::hash(key.as_bytes()).as_bytes()[..8].try_into().unwrap_or([0; 8]));
-        Duration::from_millis(h % ms)
-    }
 }
 
 /// What retention keeps. A snapshot is kept if any rule keeps it.
@@ -209,30 +157,12 @@ struct RawPolicy {
     vaults: Vec<RawVault>,
     #[serde(default, rename = "source")]
     sources: Vec<RawSource>,
+    #[serde(default, rename = "drill")]
+    drills: Vec<crate::drill_plan::RawDrill>,
 }
 
 fn dur(field: &str, v: Option<&str>, default: &str) -> Result<Duration> {
     tresor_proto::parse_duration(v.unwrap_or(default)).map_err(|e| Error::Config(format!("{field}: {e}")))
-}
-
-fn percent(field: &str, v: &str) -> Result<f64> {
-    let p = v.trim().strip_suffix('%').and_then(|n| n.trim().parse::<f64>().ok());
-    match p {
-        Some(p) if (0.0..=100.0).contains(&p) => Ok(p),
-        _ => Err(Error::Config(format!("{field}: {v:?} is not a percentage between 0% and 100%"))),
-    }
-}
-
-fn name_ok(field: &str, v: &str) -> Result<()> {
-    let good = !v.is_empty()
-        && v.len() <= 64
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !v.starts_with('.');
-    if good {
-        Ok(())
-    } else {
-        Err(Error::Config(format!("{field}: {v:?} must be 1-64 letters, digits, '-', '_' or '.'")))
-    }
 }
 
 impl Policy {
@@ -343,12 +273,17 @@ impl Policy {
                 check,
             });
         }
-        Ok(Self { name: raw.name, vaults, sources })
+        let refs: Vec<crate::drill_plan::SourceRef<'_>> =
+            sources.iter().map(|s| (s.agent.as_str(), s.name.as_str(), s.rpo)).collect();
+        let drills = crate::drill_plan::parse(raw.drills, &refs, &tz_default)?;
+        Ok(Self { name: raw.name, vaults, sources, drills })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use chrono::{DateTime, Utc};
+
     use super::*;
 
     const GOOD: &str = r#"

@@ -8,5 +8,7 @@
 //! No I/O and no workspace dependency: this crate sits at the bottom, beside `proto`.
 
 pub mod audit;
+pub mod drill;
+pub mod html;
 pub mod jcs;
 pub mod sign;

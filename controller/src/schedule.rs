@@ -1,0 +1,63 @@
+//! Cron schedules in a time zone, with jitter: when backups, checks, prunes and drills run.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A cron schedule in a time zone, with jitter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Schedule {
+    /// The cron expression (5 fields, or 6 with seconds first).
+    pub cron: String,
+    /// The IANA time zone.
+    pub timezone: String,
+    /// Runs start up to this long after the slot, spread by a hash of the source.
+    pub jitter: Duration,
+}
+
+impl Schedule {
+    pub(crate) fn parse(field: &str, cron: &str, timezone: &str, jitter: Duration) -> Result<Self> {
+        let s = Self { cron: cron.to_string(), timezone: timezone.to_string(), jitter };
+        s.compiled(field)?;
+        Ok(s)
+    }
+
+    fn compiled(&self, field: &str) -> Result<(Cron, Tz)> {
+        let cron = Cron::from_str(&self.cron).map_err(|e| {
+            Error::Config(format!("{field}.schedule: {:?} is not a valid cron expression: {e}", self.cron))
+        })?;
+        let tz: Tz = self
+            .timezone
+            .parse()
+            .map_err(|_| Error::Config(format!("{field}.timezone: {:?} is not an IANA time zone", self.timezone)))?;
+        Ok((cron, tz))
+    }
+
+    /// The newest slot at or before `now`, if any within a year.
+    pub fn last_slot(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let (cron, tz) = self.compiled("schedule").ok()?;
+        cron.find_previous_occurrence(&now.with_timezone(&tz), true).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The first slot after `after`.
+    pub fn next_slot(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let (cron, tz) = self.compiled("schedule").ok()?;
+        cron.find_next_occurrence(&after.with_timezone(&tz), false).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    /// This source's fixed share of the jitter window, so runs spread out but stay predictable.
+    pub fn jitter_for(&self, key: &str) -> Duration {
+        let ms = self.jitter.as_millis() as u64;
+        if ms == 0 {
+            return Duration::ZERO;
+        }
+        let h = u64::from_le_bytes(blake3::hash(key.as_bytes()).as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        Duration::from_millis(h % ms)
+    }
+}
