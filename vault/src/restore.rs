@@ -183,6 +183,24 @@ async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) ->
                 counts.transient_retries += 1;
                 continue;
             }
+            // A range that fails as a whole (a pack cut short, a hole in the object) may still hold
+            // whole blobs: read them one by one, so only the chunks really lost fail.
+            Err(_) if f.blobs.len() > 1 => {
+                for (entry, targets) in f.blobs.iter().cloned() {
+                    let start = u64::from(entry.blob.offset);
+                    let single = Fetch {
+                        pack: f.pack,
+                        start,
+                        end: start + u64::from(entry.blob.stored_len),
+                        blobs: vec![(entry, targets)],
+                    };
+                    let c = Box::pin(run_fetch(vault.clone(), single, writer.clone())).await?;
+                    counts.chunks_written += c.chunks_written;
+                    counts.chunks_failed += c.chunks_failed;
+                    counts.transient_retries += c.transient_retries;
+                }
+                return Ok(counts);
+            }
             Err(e) => {
                 let err = Error::from(e);
                 for (entry, targets) in &f.blobs {
