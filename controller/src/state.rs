@@ -1,5 +1,6 @@
 //! Controller files kept outside sled, because losing them would lose trust rather than a cache:
-//! the agent registry, the revocation list, people's access tokens and the receipt signing key.
+//! the agent registry, the revocation list, people's access tokens, the receipt signing key and the
+//! report signing key (with its public half in PEM for auditors).
 //! Each is small, held in memory, and rewritten atomically on change (see `fsutil`). Policies
 //! live in `policies/` as the TOML an admin applied.
 
@@ -57,6 +58,7 @@ pub struct State {
     dir: PathBuf,
     files: Mutex<Files>,
     signing: SigningKey,
+    report_signing: SigningKey,
 }
 
 fn load_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> Result<T> {
@@ -87,6 +89,30 @@ pub fn new_token(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(bytes))
 }
 
+/// The key that signs drill reports and audit checkpoints, and its public half in PEM.
+pub const REPORT_KEY: &str = "report-signing.key";
+/// The public half of [`REPORT_KEY`], the file auditors pin.
+pub const REPORT_PUBKEY: &str = "report-signing.pub.pem";
+
+/// Read a hex Ed25519 key, or make and store one (mode 0600) if the file does not exist.
+fn load_or_make_key(path: &Path, what: &str) -> Result<SigningKey> {
+    match read_optional(path).map_err(|e| Error::io(format!("reading the {what}"), e))? {
+        Some(b) => {
+            let text = String::from_utf8_lossy(&b);
+            let raw = hex::decode(text.trim()).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()).ok_or_else(|| {
+                Error::Config(format!("{} is damaged; restore it from the controller backup", path.display()))
+            })?;
+            Ok(SigningKey::from_bytes(&raw))
+        }
+        None => {
+            let key = SigningKey::from_bytes(&rand::random());
+            write_atomic(path, hex::encode(key.to_bytes()).as_bytes(), 0o600)
+                .map_err(|e| Error::io(format!("writing the {what}"), e))?;
+            Ok(key)
+        }
+    }
+}
+
 impl State {
     /// Load the files from `dir`, making the signing key and the first admin token if missing.
     /// The first admin token is written to `dir/admin.token` (mode 0600).
@@ -96,32 +122,18 @@ impl State {
     pub fn load(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir.join("policies"))
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let key_path = crate::pki::receipt_key_path(dir);
-        let signing = match read_optional(&key_path).map_err(|e| Error::io("reading the receipt signing key", e))? {
-            Some(b) => {
-                let text = String::from_utf8_lossy(&b);
-                let raw =
-                    hex::decode(text.trim()).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()).ok_or_else(|| {
-                        Error::Config(format!(
-                            "{} is damaged; restore it from the controller backup",
-                            key_path.display()
-                        ))
-                    })?;
-                SigningKey::from_bytes(&raw)
-            }
-            None => {
-                let key = SigningKey::from_bytes(&rand::random());
-                write_atomic(&key_path, hex::encode(key.to_bytes()).as_bytes(), 0o600)
-                    .map_err(|e| Error::io("writing the receipt signing key", e))?;
-                key
-            }
-        };
+        let signing = load_or_make_key(&crate::pki::receipt_key_path(dir), "receipt signing key")?;
+        let report_signing = load_or_make_key(&dir.join(REPORT_KEY), "report signing key")?;
+        // The public half, for auditors to pin (docs/DRILLS.md); rewritten at every start.
+        let pem = tresor_report::sign::public_key_pem(&report_signing.verifying_key());
+        write_atomic(&dir.join(REPORT_PUBKEY), pem.as_bytes(), 0o644)
+            .map_err(|e| Error::io("writing the report signing public key", e))?;
         let files = Files {
             agents: load_json(&dir.join("agents.json"))?,
             revoked: load_json(&dir.join("revoked.json"))?,
             access: load_json(&dir.join("access.json"))?,
         };
-        let state = Self { dir: dir.to_path_buf(), files: Mutex::new(files), signing };
+        let state = Self { dir: dir.to_path_buf(), files: Mutex::new(files), signing, report_signing };
         state.bootstrap_admin()?;
         Ok(state)
     }
@@ -253,6 +265,19 @@ impl State {
         self.signing.verifying_key()
     }
 
+    /// Sign a JSON document (a drill report, an audit checkpoint) with the report key.
+    ///
+    /// # Errors
+    /// The document is not a JSON object or has no canonical form.
+    pub fn sign_document(&self, doc: &mut serde_json::Value) -> Result<()> {
+        tresor_report::sign::sign(doc, &self.report_signing).map_err(|e| Error::Config(format!("signing: {e}")))
+    }
+
+    /// The public half of the report key.
+    pub fn report_key(&self) -> VerifyingKey {
+        self.report_signing.verifying_key()
+    }
+
     /// Where applied policies are kept.
     pub fn policy_dir(&self) -> PathBuf {
         self.dir.join("policies")
@@ -280,5 +305,24 @@ mod tests {
         assert_eq!(s.find_agent("db-01").unwrap().0, id);
         assert!(s.verify(b"x", &sig), "the signing key is kept");
         assert_eq!(std::fs::read_to_string(dir.path().join("admin.token")).unwrap(), admin, "no second admin token");
+    }
+
+    #[test]
+    fn the_report_key_is_kept_and_its_pem_verifies_what_it_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::load(dir.path()).unwrap();
+        let mut doc = serde_json::json!({"type": "tresor.drill-report.v1", "verdict": "PASS"});
+        s.sign_document(&mut doc).unwrap();
+        let first = s.report_key();
+        assert_ne!(first, s.verifying_key(), "reports and receipts use different keys");
+        drop(s);
+        let s = State::load(dir.path()).unwrap();
+        assert_eq!(s.report_key(), first, "the report key is kept across restarts");
+        let pem = std::fs::read_to_string(dir.path().join(REPORT_PUBKEY)).unwrap();
+        let pinned = tresor_report::sign::public_key_from_pem(&pem).unwrap();
+        tresor_report::sign::verify(&doc, &pinned).unwrap();
+        std::fs::write(dir.path().join(REPORT_KEY), "not hex").unwrap();
+        let e = State::load(dir.path()).err().expect("a damaged key is refused").to_string();
+        assert!(e.contains("report-signing.key is damaged"), "{e}");
     }
 }
