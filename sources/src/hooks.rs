@@ -1,11 +1,9 @@
 //! Pre and post commands around a source's capture (make an application save its index, pause a
-//! writer), run by `/bin/sh -c` with a timeout. A hook that overruns is killed with its whole
-//! process group, so a hung child cannot hold the backup.
+//! writer), run by `/bin/sh -c` through [`crate::proc`]: a hook that overruns is killed with its
+//! whole process group, so a hung child cannot hold the backup.
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// A source's hooks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,54 +64,23 @@ fn stderr_tail(s: &str) -> String {
 
 /// Run one hook to completion or its timeout. `env` is added to its environment. Blocking.
 pub fn run(which: &'static str, cmd: &str, timeout: Duration, env: &[(&str, &str)]) -> Result<(), HookError> {
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .envs(env.iter().copied())
-        .env("TRESOR_HOOK", which)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        // Its own process group: a timeout kills the shell and everything it started.
-        .process_group(0)
-        .spawn()
-        .map_err(|source| HookError::Spawn { which, cmd: cmd.into(), source })?;
-    // Drain stderr on a thread so a chatty hook cannot block on a full pipe.
-    let mut pipe = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(p) = pipe.as_mut() {
-            let _ = p.take(64 * 1024).read_to_end(&mut buf);
-            let _ = std::io::copy(p, &mut std::io::sink());
-        }
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Ok(s),
-            Ok(None) if started.elapsed() >= timeout => {
-                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                break Err(HookError::Timeout { which, cmd: cmd.into(), timeout });
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(source) => break Err(HookError::Spawn { which, cmd: cmd.into(), source }),
-        }
+    let mut c = Command::new("/bin/sh");
+    c.arg("-c").arg(cmd).envs(env.iter().copied()).env("TRESOR_HOOK", which);
+    let done = match crate::proc::run(c, timeout, 0) {
+        Ok(f) => f,
+        Err(crate::proc::RunError::Timeout(_)) => return Err(HookError::Timeout { which, cmd: cmd.into(), timeout }),
+        Err(crate::proc::RunError::Spawn(source)) => return Err(HookError::Spawn { which, cmd: cmd.into(), source }),
     };
-    let status = status?;
-    let stderr = reader.join().unwrap_or_default();
-    if status.success() {
+    if done.status.success() {
         return Ok(());
     }
-    Err(HookError::Failed { which, cmd: cmd.into(), status: status.to_string(), stderr })
+    Err(HookError::Failed { which, cmd: cmd.into(), status: done.status.to_string(), stderr: done.stderr })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]

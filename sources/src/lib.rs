@@ -5,7 +5,8 @@
 //! queries, hooks around it all, and the verifier that checks a restored tree against its snapshot.
 //!
 //! Layering, bottom up (dependencies point down):
-//! 1. `report`, `spec`, `hooks`, `tar`, `model` (parsers of untrusted bytes, no vault I/O)
+//! 1. `report`, `spec`, `proc` (programs run with a time limit), `hooks`, `tar`, `model` (parsers
+//!    of untrusted bytes, no vault I/O)
 //! 2. `sqlite`, `postgres`, `vector` (each source's capture and its checker)
 //! 3. `capture` (sources made ready before the walk), `verify` (dispatch to every checker)
 //!
@@ -15,6 +16,7 @@ pub mod capture;
 pub mod hooks;
 pub mod model;
 pub mod postgres;
+pub mod proc;
 pub mod report;
 pub mod spec;
 pub mod sqlite;

@@ -131,6 +131,26 @@ pub struct SourceRecord {
 }
 
 impl Node {
+    /// A directory entry with permission bits `perm` (the type bits are added).
+    pub fn dir(path: Vec<u8>, perm: u32, uid: u32, gid: u32, mtime_ns: i64) -> Self {
+        Self {
+            path,
+            kind: NodeKind::Dir,
+            mode: 0o040000 | (perm & 0o7777),
+            uid,
+            gid,
+            mtime_ns,
+            ctime_ns: 0,
+            inode: 0,
+            size: 0,
+            target: None,
+            xattrs: Vec::new(),
+            extents: Vec::new(),
+            hash: None,
+            model: None,
+        }
+    }
+
     /// The path for display (lossy).
     pub fn display_path(&self) -> String {
         format!("/{}", String::from_utf8_lossy(&self.path))

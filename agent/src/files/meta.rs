@@ -95,20 +95,5 @@ pub fn apply(path: &Path, node: &Node) -> std::io::Result<()> {
 
 /// A directory node with no counterpart on this host: mode 0755, owned by root, time 0.
 pub fn plain_dir(path_bytes: Vec<u8>) -> Node {
-    Node {
-        path: path_bytes,
-        kind: NodeKind::Dir,
-        mode: 0o040755,
-        uid: 0,
-        gid: 0,
-        mtime_ns: 0,
-        ctime_ns: 0,
-        inode: 0,
-        size: 0,
-        target: None,
-        xattrs: Vec::new(),
-        extents: Vec::new(),
-        hash: None,
-        model: None,
-    }
+    Node::dir(path_bytes, 0o755, 0, 0, 0)
 }

@@ -169,7 +169,7 @@ fn stream(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| PgError::Tool { what: "pg_basebackup".into(), why: format!("cannot start: {e}") })?;
-    let err = tools::stderr_tail(&mut child);
+    let err = crate::proc::stderr_tail(&mut child);
     let out =
         child.stdout.take().ok_or_else(|| PgError::Tool { what: "pg_basebackup".into(), why: "no stdout".into() })?;
     let result = unpack(std::io::BufReader::with_capacity(1 << 20, out), datadir, sink, probes);
@@ -177,7 +177,7 @@ fn stream(
         let _ = child.kill();
     }
     let status = child.wait().map_err(|e| PgError::Tool { what: "pg_basebackup".into(), why: e.to_string() })?;
-    let stderr = err.join().unwrap_or_default();
+    let stderr = crate::proc::stderr_of(&err);
     if !status.success() {
         return Err(PgError::Tool { what: "pg_basebackup".into(), why: format!("{status}: {stderr}") });
     }
@@ -202,7 +202,7 @@ fn unpack<R: Read>(
     let rel = |p: &Path| p.to_string_lossy().trim_start_matches('/').as_bytes().to_vec();
     let mut nodes = ancestors(&root);
     let mut tar = TarReader::new(r);
-    let mut root_node = dir_node(rel(&root), 0o700, 0, 0, 0);
+    let mut root_node = Node::dir(rel(&root), 0o700, 0, 0, 0);
     let root_at = nodes.len();
     nodes.push(root_node.clone());
     let mut first = true;
@@ -216,12 +216,12 @@ fn unpack<R: Read>(
         let path = rel(&root.join(&e.path));
         let mtime_ns = e.mtime.saturating_mul(1_000_000_000);
         let node = match e.kind {
-            EntryKind::Dir => dir_node(path, e.mode, e.uid, e.gid, mtime_ns),
+            EntryKind::Dir => Node::dir(path, e.mode, e.uid, e.gid, mtime_ns),
             EntryKind::Symlink => Node {
                 kind: NodeKind::Symlink,
                 mode: 0o120777,
                 target: e.link.clone().map(String::into_bytes),
-                ..dir_node(path, 0, e.uid, e.gid, mtime_ns)
+                ..Node::dir(path, 0, e.uid, e.gid, mtime_ns)
             },
             EntryKind::File => {
                 let stored = if e.path == "backup_manifest" && e.size <= MAX_MANIFEST {
@@ -245,7 +245,7 @@ fn unpack<R: Read>(
                     size: e.size,
                     extents: vec![Extent { offset: 0, chunks: stored.chunks }],
                     hash: Some(stored.hash.to_vec()),
-                    ..dir_node(path, 0, e.uid, e.gid, mtime_ns)
+                    ..Node::dir(path, 0, e.uid, e.gid, mtime_ns)
                 }
             }
         };
@@ -265,25 +265,6 @@ fn read_wal_range(manifest: &[u8], probes: &mut BTreeMap<String, String>) {
     }
 }
 
-fn dir_node(path: Vec<u8>, mode: u32, uid: u32, gid: u32, mtime_ns: i64) -> Node {
-    Node {
-        path,
-        kind: NodeKind::Dir,
-        mode: 0o040000 | mode,
-        uid,
-        gid,
-        mtime_ns,
-        ctime_ns: 0,
-        inode: 0,
-        size: 0,
-        target: None,
-        xattrs: Vec::new(),
-        extents: Vec::new(),
-        hash: None,
-        model: None,
-    }
-}
-
 /// The data directory's parents, as they are on this host, or plain root-owned directories when
 /// the cluster is remote.
 fn ancestors(root: &Path) -> Vec<Node> {
@@ -295,9 +276,9 @@ fn ancestors(root: &Path) -> Vec<Node> {
             match std::fs::metadata(a) {
                 Ok(md) => {
                     use std::os::unix::fs::MetadataExt;
-                    dir_node(rel, md.mode() & 0o7777, md.uid(), md.gid(), md.mtime() * 1_000_000_000)
+                    Node::dir(rel, md.mode(), md.uid(), md.gid(), md.mtime() * 1_000_000_000)
                 }
-                Err(_) => dir_node(rel, 0o755, 0, 0, 0),
+                Err(_) => Node::dir(rel, 0o755, 0, 0, 0),
             }
         })
         .collect()
@@ -337,16 +318,8 @@ fn with_dbname(spec: &str, db: &str) -> String {
 fn dump_all(bin: Option<&Path>, spec: &str, dbs: &[String], dir: &str, sink: &ChunkSink) -> Result<Vec<Node>, PgError> {
     let root = PathBuf::from(dir);
     let rel = |p: &Path| p.to_string_lossy().trim_start_matches('/').as_bytes().to_vec();
-    let mut nodes: Vec<Node> = ancestors(&root)
-        .into_iter()
-        .map(|mut n| {
-            n.mode = 0o040755;
-            n.uid = 0;
-            n.gid = 0;
-            n
-        })
-        .collect();
-    nodes.push(dir_node(rel(&root), 0o700, 0, 0, 0));
+    let mut nodes = ancestors(&root);
+    nodes.push(Node::dir(rel(&root), 0o700, 0, 0, 0));
     let mut jobs = vec![(
         "globals.sql".to_string(),
         "pg_dumpall",
@@ -364,11 +337,11 @@ fn dump_all(bin: Option<&Path>, spec: &str, dbs: &[String], dir: &str, sink: &Ch
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| PgError::Tool { what: program.into(), why: format!("cannot start: {e}") })?;
-        let err = tools::stderr_tail(&mut child);
+        let err = crate::proc::stderr_tail(&mut child);
         let out = child.stdout.take().ok_or_else(|| PgError::Tool { what: program.into(), why: "no stdout".into() })?;
         let stored = sink.store_stream(out);
         let status = child.wait().map_err(|e| PgError::Tool { what: program.into(), why: e.to_string() })?;
-        let stderr = err.join().unwrap_or_default();
+        let stderr = crate::proc::stderr_of(&err);
         if !status.success() {
             return Err(PgError::Tool { what: format!("{program} for {file}"), why: format!("{status}: {stderr}") });
         }
@@ -382,7 +355,7 @@ fn dump_all(bin: Option<&Path>, spec: &str, dbs: &[String], dir: &str, sink: &Ch
             mtime_ns: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as i64),
-            ..dir_node(rel(&root.join(&file)), 0, 0, 0, 0)
+            ..Node::dir(rel(&root.join(&file)), 0, 0, 0, 0)
         });
     }
     Ok(nodes)

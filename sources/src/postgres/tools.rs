@@ -1,10 +1,9 @@
 //! Finding PostgreSQL's programs and running them: `psql` for queries, the rest for backups and
 //! checks. Each run is bounded by a timeout and its stderr is kept for the error.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use super::PgError;
 
@@ -64,62 +63,20 @@ fn gid_of(uid: u32) -> u32 {
         .unwrap_or(uid)
 }
 
-/// Drain a child's stderr on a thread; the last 8 KiB are kept.
-pub fn stderr_tail(child: &mut Child) -> std::thread::JoinHandle<String> {
-    let pipe = child.stderr.take();
-    std::thread::spawn(move || {
-        let mut all = Vec::new();
-        if let Some(mut p) = pipe {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = p.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                all.extend_from_slice(&buf[..n]);
-                if all.len() > 16 * 1024 {
-                    all.drain(..all.len() - 8 * 1024);
-                }
-            }
-        }
-        String::from_utf8_lossy(&all).trim().to_string()
-    })
-}
+/// Largest stdout kept from a PostgreSQL program (query answers, check reports); more is drained.
+const MAX_OUTPUT: usize = 64 << 20;
 
 /// Run to completion within `timeout`; returns stdout. A non-zero exit or a timeout is an error
 /// naming `what` with the program's own words.
-pub fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<String, PgError> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| PgError::Tool { what: what.into(), why: format!("cannot start: {e}") })?;
-    let err = stderr_tail(&mut child);
-    let mut out_pipe = child.stdout.take();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = out_pipe.as_mut() {
-            let _ = p.take(64 << 20).read_to_string(&mut s);
-        }
-        s
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().map_err(|e| PgError::Tool { what: what.into(), why: e.to_string() })? {
-            break s;
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(PgError::Tool {
-                what: what.into(),
-                why: format!("no answer within {} s; killed", timeout.as_secs()),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    if !status.success() {
-        let why = if stderr.is_empty() { status.to_string() } else { format!("{status}: {stderr}") };
+pub fn run(cmd: Command, what: &str, timeout: Duration) -> Result<String, PgError> {
+    let done = crate::proc::run(cmd, timeout, MAX_OUTPUT)
+        .map_err(|e| PgError::Tool { what: what.into(), why: e.to_string() })?;
+    if !done.status.success() {
+        let why =
+            if done.stderr.is_empty() { done.status.to_string() } else { format!("{}: {}", done.status, done.stderr) };
         return Err(PgError::Tool { what: what.into(), why });
     }
-    Ok(stdout)
+    Ok(String::from_utf8_lossy(&done.stdout).into_owned())
 }
 
 /// One query through psql: rows of fields (separated by the unit separator, so any text is safe).

@@ -1,0 +1,146 @@
+//! Running a program to completion within a time limit: the one mechanism behind hooks, probe
+//! commands and PostgreSQL's programs. The program runs in its own process group, so a timeout
+//! kills it with everything it started. Its stdout is kept up to a limit and the rest drained, its
+//! stderr's tail is kept; both pipes are read on threads, so a chatty program never blocks on a
+//! full pipe, and a background process left holding them cannot hold the caller either.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Bytes of stderr kept (its end, where the reason usually is).
+const STDERR_TAIL: usize = 8 * 1024;
+/// How long output pipes are still read after the program exited (a background process it
+/// started may hold them open).
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+/// A program that ran to its end.
+#[derive(Debug)]
+pub struct Finished {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Its stdout, at most the limit given.
+    pub stdout: Vec<u8>,
+    /// The end of its stderr, trimmed.
+    pub stderr: String,
+}
+
+/// Why a program did not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// It could not be started (or waited for).
+    #[error("cannot start: {0}")]
+    Spawn(#[from] std::io::Error),
+    /// It ran past the limit and was killed with its process group.
+    #[error("no answer within {} s; killed", .0.as_secs())]
+    Timeout(Duration),
+}
+
+/// Read a pipe to its end on a thread, keeping at most `keep` bytes (the first ones, or with
+/// `tail` the last ones); the rest is drained so the writer never blocks.
+fn reader<R: Read + Send + 'static>(pipe: Option<R>, keep: usize, tail: bool) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        if let Some(mut p) = pipe {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = p.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if tail {
+                    kept.extend_from_slice(&buf[..n]);
+                    if kept.len() > 2 * keep {
+                        kept.drain(..kept.len() - keep);
+                    }
+                } else if kept.len() < keep {
+                    kept.extend_from_slice(&buf[..n.min(keep - kept.len())]);
+                }
+            }
+        }
+        if tail && kept.len() > keep {
+            kept.drain(..kept.len() - keep);
+        }
+        let _ = tx.send(kept);
+    });
+    rx
+}
+
+/// The end of a child's stderr, read on a thread, for programs whose stdout the caller streams
+/// itself; [`stderr_of`] collects it.
+pub fn stderr_tail(child: &mut Child) -> mpsc::Receiver<Vec<u8>> {
+    reader(child.stderr.take(), STDERR_TAIL, true)
+}
+
+/// What [`stderr_tail`] read, once the child has exited.
+pub fn stderr_of(rx: &mpsc::Receiver<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&rx.recv_timeout(PIPE_GRACE).unwrap_or_default()).trim().to_string()
+}
+
+/// Run `cmd` (stdin from /dev/null) until it exits or `timeout` passes; keep at most
+/// `stdout_limit` bytes of its stdout. Blocking.
+pub fn run(mut cmd: Command, timeout: Duration, stdout_limit: usize) -> Result<Finished, RunError> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(if stdout_limit > 0 { Stdio::piped() } else { Stdio::null() })
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let out = reader(child.stdout.take(), stdout_limit, false);
+    let err = stderr_tail(&mut child);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if started.elapsed() >= timeout {
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(RunError::Timeout(timeout));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Finished { status, stdout: out.recv_timeout(PIPE_GRACE).unwrap_or_default(), stderr: stderr_of(&err) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("/bin/sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[test]
+    fn output_is_bounded_and_drained_and_timeouts_kill_the_group() {
+        // 1 MiB on stdout and stderr each: kept to the limits, the rest drained (no block).
+        let f = run(
+            sh("head -c 1048576 /dev/zero; head -c 1048576 /dev/zero >&2; echo end >&2"),
+            Duration::from_secs(30),
+            100,
+        )
+        .unwrap();
+        assert!(f.status.success());
+        assert_eq!(f.stdout.len(), 100);
+        assert!(f.stderr.ends_with("end") && f.stderr.len() <= STDERR_TAIL, "{}", f.stderr.len());
+        let t = Instant::now();
+        let e = run(sh("sleep 30 & sleep 30"), Duration::from_millis(300), 0).unwrap_err();
+        assert!(matches!(e, RunError::Timeout(_)) && t.elapsed() < Duration::from_secs(10), "{e}");
+        // A background process holding the pipes does not hold the caller past the grace time.
+        let t = Instant::now();
+        let f = run(sh("(sleep 30 >&2 &) ; echo done"), Duration::from_secs(30), 100).unwrap();
+        assert_eq!(f.stdout, b"done\n");
+        assert!(t.elapsed() < Duration::from_secs(10));
+        assert!(matches!(
+            run(Command::new("/nonexistent/program"), Duration::from_secs(1), 0),
+            Err(RunError::Spawn(_))
+        ));
+    }
+}
