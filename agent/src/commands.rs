@@ -260,7 +260,7 @@ pub async fn verify(
         report.files,
         human(report.bytes),
         report.tensors,
-        report.findings.iter().filter(|f| f.check != "model").count().saturating_sub(failures.len()),
+        report.findings.iter().filter(|f| f.ok && f.check != "model").count(),
         if failures.is_empty() { "all good".to_string() } else { format!("{} FAILED", failures.len()) }
     );
     for f in &failures {

@@ -45,9 +45,6 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Parent snapshot used for change detection.
     pub parent: Option<SnapshotId>,
-    /// Sources other than plain paths and their verifiers' records (set by the caller before commit
-    /// with [`BackupSession::add_sources`]).
-    pub sources: Vec<crate::snapshot::SourceRecord>,
     /// zstd level.
     pub compression_level: i32,
     /// Pack workers (compress + encrypt threads).
@@ -70,7 +67,6 @@ impl Default for BackupOptions {
             paths: Vec::new(),
             tags: Vec::new(),
             parent: None,
-            sources: Vec::new(),
             compression_level: 3,
             workers: cores.clamp(1, 8),
             uploads: 2,
@@ -202,70 +198,59 @@ pub struct ChunkSink {
 impl ChunkSink {
     /// Chunk a stream and queue its new chunks. Blocking: call from a blocking thread.
     pub fn store_stream<R: Read>(&self, reader: R) -> Result<StoredStream> {
-        self.store_kind(reader, ObjectType::DataChunk, |_| {})
+        self.store_kind(reader, ObjectType::DataChunk)
     }
 
-    /// Like [`Self::store_stream`], calling `progress(bytes)` after every chunk.
-    pub fn store_stream_with<R: Read>(&self, reader: R, progress: impl FnMut(u64)) -> Result<StoredStream> {
-        self.store_kind(reader, ObjectType::DataChunk, progress)
+    fn store_kind<R: Read>(&self, reader: R, kind: ObjectType) -> Result<StoredStream> {
+        let mut out = StoredStream { chunks: Vec::new(), len: 0, hash: [0; 32] };
+        let mut hasher = blake3::Hasher::new();
+        out.len = self.chunk_into(reader, kind, codec::Hint::Generic, &mut hasher, &mut out.chunks)?;
+        out.hash = *hasher.finalize().as_bytes();
+        Ok(out)
     }
 
-    fn store_kind<R: Read>(&self, reader: R, kind: ObjectType, mut progress: impl FnMut(u64)) -> Result<StoredStream> {
+    /// CDC over `reader`: hash every chunk into `whole`, emit it, append its id. Returns the bytes.
+    fn chunk_into<R: Read>(
+        &self,
+        reader: R,
+        kind: ObjectType,
+        hint: codec::Hint,
+        whole: &mut blake3::Hasher,
+        chunks: &mut Vec<ChunkId>,
+    ) -> Result<u64> {
         let s = &self.shared;
         let mut chunker = Chunker::new(reader, &s.vault.config().chunker, s.keys.chunker_seed);
-        let mut hasher = blake3::Hasher::new();
-        let mut chunks = Vec::new();
         let mut len = 0u64;
-        loop {
-            let chunk = match chunker.next_chunk() {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => return Err(Error::io("source stream", e)),
-            };
-            hasher.update(chunk);
+        while let Some(chunk) = chunker.next_chunk().map_err(|e| Error::io("source stream", e))? {
+            whole.update(chunk);
             len += chunk.len() as u64;
-            chunks.push(self.emit(chunk, kind, codec::Hint::Generic)?);
-            progress(chunk.len() as u64);
+            chunks.push(self.emit(chunk, kind, hint)?);
         }
-        Ok(StoredStream { chunks, len, hash: *hasher.finalize().as_bytes() })
+        Ok(len)
     }
 
     /// Store a stream cut into spans first (a file header, each tensor): no chunk crosses a span
     /// boundary, so a changed tensor never changes its neighbours' chunks. A span up to the
     /// chunker's maximum is one chunk; a larger one is cut by CDC from its own start. Blocking:
     /// call from a blocking thread.
-    pub fn store_spans<R: Read>(
-        &self,
-        mut reader: R,
-        spans: &[Span],
-        mut progress: impl FnMut(u64),
-    ) -> Result<StoredStream> {
-        let s = &self.shared;
-        let params = &s.vault.config().chunker;
+    pub fn store_spans<R: Read>(&self, mut reader: R, spans: &[Span]) -> Result<StoredStream> {
+        let max = u64::from(self.shared.vault.config().chunker.max_size);
         let mut whole = blake3::Hasher::new();
         let mut out = StoredStream { chunks: Vec::new(), len: 0, hash: [0; 32] };
         let mut small = Vec::new();
         for (i, span) in spans.iter().enumerate() {
-            let mut got = 0u64;
             let mut take = (&mut reader).take(span.len);
-            if span.len <= u64::from(params.max_size) {
+            let got = if span.len <= max {
                 small.clear();
                 take.read_to_end(&mut small).map_err(|e| Error::io("source stream", e))?;
-                got = small.len() as u64;
                 if !small.is_empty() {
                     whole.update(&small);
                     out.chunks.push(self.emit(&small, ObjectType::DataChunk, span.hint)?);
-                    progress(got);
                 }
+                small.len() as u64
             } else {
-                let mut chunker = Chunker::new(take, params, s.keys.chunker_seed);
-                while let Some(chunk) = chunker.next_chunk().map_err(|e| Error::io("source stream", e))? {
-                    whole.update(chunk);
-                    got += chunk.len() as u64;
-                    out.chunks.push(self.emit(chunk, ObjectType::DataChunk, span.hint)?);
-                    progress(chunk.len() as u64);
-                }
-            }
+                self.chunk_into(take, ObjectType::DataChunk, span.hint, &mut whole, &mut out.chunks)?
+            };
             out.len += got;
             if got != span.len {
                 return Err(Error::io(
@@ -448,27 +433,23 @@ impl BackupSession {
         self.sink.clone().unwrap_or_else(|| unreachable!("sink taken only by commit"))
     }
 
-    /// Record sources captured in this run; they go into the manifest.
-    pub fn add_sources(&mut self, sources: Vec<crate::snapshot::SourceRecord>) {
-        self.opts.sources.extend(sources);
-    }
-
     /// This session's id.
     pub fn id(&self) -> SessionId {
         self.id
     }
 
-    /// Store the tree, wait for every pack, write the index, then the manifest.
+    /// Store the tree, wait for every pack, write the index, then the manifest (with the records
+    /// of the sources other than plain paths this run captured).
     pub async fn commit(
         mut self,
         nodes: Vec<Node>,
         mut summary: Summary,
-        probes: std::collections::BTreeMap<String, String>,
+        sources: Vec<crate::snapshot::SourceRecord>,
     ) -> Result<(SnapshotId, Manifest)> {
         let sink = self.sink.take().ok_or_else(|| Error::Invalid("session already committed".into()))?;
         let tree_bytes = encode_tree(&nodes);
         let tree = tokio::task::spawn_blocking(move || {
-            let r = sink.store_kind(&tree_bytes[..], ObjectType::TreeChunk, |_| {});
+            let r = sink.store_kind(&tree_bytes[..], ObjectType::TreeChunk);
             drop(sink);
             r
         })
@@ -510,8 +491,8 @@ impl BackupSession {
             summary,
             session: self.id,
             parent: self.opts.parent,
-            probes,
-            sources: std::mem::take(&mut self.opts.sources),
+            probes: Default::default(),
+            sources,
         };
         let (sid, bytes) = object::seal(vault.keys(), ObjectType::Snapshot, &manifest);
         failpoint::hit("before-manifest-put");

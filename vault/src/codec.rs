@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn float_codec_beats_zstd_on_bf16_weights() {
         use rand::Rng;
-        let mut rng = rand::thread_rng();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
         let mut data = Vec::with_capacity(1 << 20);
         for _ in 0..(1 << 19) {
             let x: f32 = (rng.r#gen::<f32>() + rng.r#gen::<f32>() + rng.r#gen::<f32>() - 1.5) * 0.04;
@@ -271,7 +271,9 @@ mod tests {
         assert_eq!(codec, Codec::Float);
         let (_, z) = encode(&data, 3);
         assert!(enc.len() < z.len(), "float {} vs zstd {}", enc.len(), z.len());
-        assert_eq!(enc[5], 0, "the mantissa plane (low byte) is stored raw");
+        // Layout: width, then plane 0 (the low byte: last exponent bit and mantissa) codec byte.
+        assert_eq!((enc[0], enc[1]), (2, 0), "the mantissa plane (low byte) is stored raw");
+        assert_eq!(enc[2 + 4 + (1 << 19)], 1, "the exponent plane (high byte) is zstd");
         assert_eq!(decode(Codec::Float, &enc, data.len()).unwrap(), data);
     }
 

@@ -183,9 +183,9 @@ async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) ->
                 counts.transient_retries += 1;
                 continue;
             }
-            // A range that fails as a whole (a pack cut short, a hole in the object) may still hold
-            // whole blobs: read them one by one, so only the chunks really lost fail.
-            Err(_) if f.blobs.len() > 1 => {
+            // A range reaching past the end of a cut-short pack still holds whole blobs before the
+            // cut: read them one by one, so only the chunks really lost fail.
+            Err(crate::backend::BackendError::ShortObject { .. }) if f.blobs.len() > 1 => {
                 for (entry, targets) in f.blobs.iter().cloned() {
                     let start = u64::from(entry.blob.offset);
                     let single = Fetch {

@@ -75,11 +75,13 @@ impl BackupRequest {
 
     /// The manifest's source kind: `files`, a source kind, or kinds joined by `+`.
     fn kind(&self) -> String {
-        let mut kinds: Vec<&str> = self.sources.iter().map(|s| s.kind.name()).collect();
-        if !self.roots.is_empty() {
-            kinds.insert(0, "files");
+        let mut kinds: Vec<&str> = Vec::new();
+        let files = (!self.roots.is_empty()).then_some("files");
+        for k in files.into_iter().chain(self.sources.iter().map(|s| s.kind.name())) {
+            if !kinds.contains(&k) {
+                kinds.push(k);
+            }
         }
-        kinds.dedup();
         kinds.join("+")
     }
 }
@@ -146,18 +148,22 @@ async fn run_hook(
     outcome: &str,
 ) -> Result<(), hooks::HookError> {
     let (timeout, items, outcome) = (req.options.hooks.timeout, req.items().join(" "), outcome.to_string());
+    let shown = cmd.clone();
     tokio::task::spawn_blocking(move || {
         hooks::run(which, &cmd, timeout, &[("TRESOR_SOURCES", items.as_str()), ("TRESOR_RESULT", outcome.as_str())])
     })
     .await
-    .unwrap_or_else(|e| Err(hooks::HookError::Spawn { which, cmd: String::new(), source: std::io::Error::other(e) }))
+    .unwrap_or_else(|e| Err(hooks::HookError::Spawn { which, cmd: shown, source: std::io::Error::other(e) }))
 }
 
 /// Add a streamed source's nodes to the walk's, once per path (their parents may be walked too).
 fn merge_nodes(walked: &mut files::walk::WalkResult, nodes: Vec<tresor_vault::snapshot::Node>) {
     use tresor_vault::snapshot::NodeKind;
-    let seen: std::collections::HashSet<Vec<u8>> = walked.nodes.iter().map(|n| n.path.clone()).collect();
-    for n in nodes.into_iter().filter(|n| !seen.contains(&n.path)) {
+    let present: std::collections::HashSet<Vec<u8>> = {
+        let incoming: std::collections::HashSet<&[u8]> = nodes.iter().map(|n| n.path.as_slice()).collect();
+        walked.nodes.iter().filter(|n| incoming.contains(n.path.as_slice())).map(|n| n.path.clone()).collect()
+    };
+    for n in nodes.into_iter().filter(|n| !present.contains(&n.path)) {
         match n.kind {
             NodeKind::File => {
                 walked.summary.files += 1;
@@ -205,7 +211,7 @@ async fn store(
     cache: &Path,
     req: &BackupRequest,
     walk_roots: Vec<(PathBuf, PathBuf)>,
-    records: Vec<tresor_vault::snapshot::SourceRecord>,
+    mut records: Vec<tresor_vault::snapshot::SourceRecord>,
 ) -> anyhow::Result<BackupDone> {
     // A garbage collection sweeping between the index load and the session start makes the
     // session refuse to start (its index could name deleted packs): load again and retry.
@@ -227,8 +233,6 @@ async fn store(
             Err(e) => return Err(e.into()),
         }
     };
-    let mut session = session;
-    session.add_sources(records);
     let sink = session.sink();
     let progress_sink = sink.clone();
     let progress = Progress::start(req.quiet, move || {
@@ -279,7 +283,7 @@ async fn store(
         match streamed {
             Ok(pg) => {
                 merge_nodes(&mut walked, pg.nodes);
-                session.add_sources(vec![pg.record]);
+                records.push(pg.record);
             }
             Err(e) => {
                 session.abort().await;
@@ -291,7 +295,7 @@ async fn store(
         tracing::warn!(path = %e.path, error = %e.error, "skipped");
     }
     let (id, manifest) = session
-        .commit(walked.nodes, walked.summary, Default::default())
+        .commit(walked.nodes, walked.summary, records)
         .await
         .context("backup failed; no snapshot was written")?;
     drop(progress);

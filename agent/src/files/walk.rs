@@ -261,10 +261,11 @@ enum FileError {
     Pipeline(std::io::Error),
 }
 
-/// Hashes everything read through it.
+/// Keeps the source's own read error apart from pipeline failures, and hashes what it reads when
+/// given a hasher.
 struct HashingReader<'a, R> {
     inner: R,
-    hasher: &'a mut blake3::Hasher,
+    hasher: Option<&'a mut blake3::Hasher>,
     error: &'a mut Option<std::io::Error>,
 }
 
@@ -272,7 +273,9 @@ impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self.inner.read(buf) {
             Ok(n) => {
-                self.hasher.update(&buf[..n]);
+                if let Some(h) = self.hasher.as_mut() {
+                    h.update(&buf[..n]);
+                }
                 Ok(n)
             }
             Err(e) => {
@@ -338,7 +341,7 @@ fn store_file(path: &Path, sink: &ChunkSink) -> Result<ReadFile, FileError> {
         hash_zeros(&mut hasher, start - pos);
         f.seek(SeekFrom::Start(start)).map_err(FileError::Source)?;
         let mut src_err = None;
-        let reader = HashingReader { inner: (&mut f).take(len), hasher: &mut hasher, error: &mut src_err };
+        let reader = HashingReader { inner: (&mut f).take(len), hasher: Some(&mut hasher), error: &mut src_err };
         let stored = sink.store_stream(reader);
         if let Some(e) = src_err {
             return Err(FileError::Source(e));
@@ -360,16 +363,12 @@ fn store_file(path: &Path, sink: &ChunkSink) -> Result<ReadFile, FileError> {
 /// A model file: cut at tensor boundaries, each tensor hashed on the way through.
 fn store_model(mut f: File, layout: &tresor_sources::model::Layout, sink: &ChunkSink) -> Result<ReadFile, FileError> {
     f.seek(SeekFrom::Start(0)).map_err(FileError::Source)?;
-    let (mut src_err, mut unused) = (None, blake3::Hasher::new());
-    // The reader keeps the file's own errors apart from pipeline failures; the session hashes
-    // the whole stream itself.
-    let reader = HashingReader {
-        inner: std::io::BufReader::with_capacity(1 << 20, f),
-        hasher: &mut unused,
-        error: &mut src_err,
-    };
+    let mut src_err = None;
+    // The session hashes the whole stream itself: the reader only keeps the file's own errors.
+    let reader =
+        HashingReader { inner: std::io::BufReader::with_capacity(1 << 20, f), hasher: None, error: &mut src_err };
     let mut tensors = tresor_sources::model::TensorHasher::new(reader, layout);
-    let stored = sink.store_spans(&mut tensors, &layout.spans(), |_| {});
+    let stored = sink.store_spans(&mut tensors, &layout.spans());
     let hashes = tensors.finish();
     if let Some(e) = src_err {
         return Err(FileError::Source(e));

@@ -219,10 +219,7 @@ impl Backend for LocalBackend {
             let mut buf = vec![0u8; len as usize];
             f.read_exact_at(&mut buf, range.start).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    BackendError::Other {
-                        key: key.clone(),
-                        detail: format!("object shorter than requested range {range:?}"),
-                    }
+                    BackendError::ShortObject { key: key.clone(), range: range.clone() }
                 } else {
                     BackendError::from_io(&key, &e)
                 }

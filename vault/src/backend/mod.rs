@@ -57,6 +57,14 @@ pub enum BackendError {
         /// Detail.
         detail: String,
     },
+    /// The object ends before the requested range does (a cut-short object: damage).
+    #[error("{key}: object shorter than requested range {range:?}")]
+    ShortObject {
+        /// Key.
+        key: String,
+        /// The range asked for.
+        range: std::ops::Range<u64>,
+    },
     /// Any other failure.
     #[error("{key}: {detail}")]
     Other {

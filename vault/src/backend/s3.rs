@@ -300,13 +300,13 @@ impl Backend for S3Backend {
                     // Either the object is shorter than the range (damage) or the transfer broke off.
                     match self.store.head(&path).await {
                         Ok(meta) if meta.size < range.end => {
-                            Err(other(key, &format!("object shorter than requested range {range:?}")))
+                            Err(BackendError::ShortObject { key: key.to_string(), range: range.clone() })
                         }
                         _ => Err(transient(key, &format!("range {range:?}: got {} of {want} bytes", b.len()))),
                     }
                 }
                 Err(e) if is_range_error(&e) => {
-                    Err(other(key, &format!("object shorter than requested range {range:?}")))
+                    Err(BackendError::ShortObject { key: key.to_string(), range: range.clone() })
                 }
                 Err(e) => Err(map_err(key, e)),
             }
