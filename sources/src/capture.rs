@@ -84,66 +84,46 @@ pub fn is_streamed(kind: Kind) -> bool {
 
 /// Capture one source that is not streamed; `staging` is an empty directory this run owns. Blocking.
 pub fn capture(spec: &SourceSpec, staging: &Path, opts: &SourceOptions) -> Result<Captured, CaptureError> {
-    let path = spec.path();
     let bad = |why: String| CaptureError::Source { spec: spec.to_string(), why };
-    if is_streamed(spec.kind) {
-        return Err(bad("a streamed source is stored after the walk".into()));
-    }
-    if spec.kind == Kind::Qdrant {
-        return capture_qdrant(spec, staging, opts).map_err(bad);
-    }
-    let md = std::fs::metadata(&path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-    let mut probes = BTreeMap::new();
-    let roots = match spec.kind {
-        Kind::Model => {
-            let (files, tensors) = check_models(spec, &path, md.is_dir())?;
-            if files == 0 {
-                return Err(bad("no safetensors, GGUF or PyTorch zip file found".into()));
+    let path = spec.path();
+    let (root, probes) = match spec.kind {
+        Kind::Postgres => return Err(bad("a streamed source is stored after the walk".into())),
+        Kind::Qdrant => return capture_qdrant(spec, staging, opts).map_err(bad),
+        kind => {
+            let md = std::fs::metadata(&path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+            let wants_file = !matches!(kind, Kind::Model | Kind::Chroma);
+            if wants_file && !md.is_file() {
+                return Err(bad(format!("{} is not a file", path.display())));
             }
-            probes.insert("model_files".into(), files.to_string());
-            probes.insert("tensors".into(), tensors.to_string());
-            if md.is_dir() {
-                let idx = model::hf::check_tree(&path).map_err(|e| bad(e.to_string()))?;
-                if !idx.indexes.is_empty() {
-                    probes.insert("shards".into(), idx.shards.to_string());
+            match kind {
+                Kind::Model => (path.clone(), model_probes(spec, &path, md.is_dir())?),
+                Kind::Sqlite => {
+                    let copy = staging.join("sqlite.db");
+                    let probes = crate::sqlite::capture(&path, &copy)
+                        .map_err(|e| CaptureError::Sqlite { spec: spec.to_string(), source: Box::new(e) })?;
+                    // The copy is restored in the database's place, with its permissions.
+                    let _ = std::fs::set_permissions(&copy, md.permissions());
+                    (copy, probes)
                 }
+                Kind::Chroma => {
+                    let copy = staging.join("chroma");
+                    std::fs::create_dir_all(&copy).map_err(|e| bad(e.to_string()))?;
+                    crate::vector::chroma::copy_dir(&path, &copy).map_err(&bad)?;
+                    // Golden queries on the copy: exactly what is stored, whatever the writer does.
+                    let mut probes = record_golden(spec, &copy, opts).map_err(&bad)?;
+                    probes.extend(
+                        crate::sqlite::inspect(&copy.join(crate::vector::chroma::DB))
+                            .map_err(|e| bad(e.to_string()))?,
+                    );
+                    (copy, probes)
+                }
+                // FAISS, hnswlib, raw matrices: the file itself, with its golden queries.
+                _ => (path.clone(), record_golden(spec, &path, opts).map_err(bad)?),
             }
-            vec![(path.clone(), path.clone())]
-        }
-        Kind::Sqlite => {
-            if !md.is_file() {
-                return Err(bad(format!("{} is not a file", path.display())));
-            }
-            let copy = staging.join("sqlite.db");
-            let p = crate::sqlite::capture(&path, &copy)
-                .map_err(|e| CaptureError::Sqlite { spec: spec.to_string(), source: Box::new(e) })?;
-            // The copy is restored in the database's place, with its permissions.
-            let _ = std::fs::set_permissions(&copy, md.permissions());
-            probes.extend(p);
-            vec![(copy, path.clone())]
-        }
-        Kind::Postgres => unreachable!("streamed sources returned above"),
-        Kind::Chroma => {
-            let copy = staging.join("chroma");
-            std::fs::create_dir_all(&copy).map_err(|e| bad(e.to_string()))?;
-            crate::vector::chroma::copy_dir(&path, &copy).map_err(&bad)?;
-            // Golden queries on the copy: exactly what is stored, whatever the writer does meanwhile.
-            probes.extend(record_golden(spec, &copy, opts).map_err(&bad)?);
-            let db = crate::sqlite::inspect(&copy.join(crate::vector::chroma::DB)).map_err(|e| bad(e.to_string()))?;
-            probes.extend(db);
-            vec![(copy, path.clone())]
-        }
-        Kind::Qdrant => unreachable!("captured above"),
-        Kind::Faiss | Kind::Hnswlib | Kind::Vectors => {
-            if !md.is_file() {
-                return Err(bad(format!("{} is not a file", path.display())));
-            }
-            probes.extend(record_golden(spec, &path, opts).map_err(bad)?);
-            vec![(path.clone(), path.clone())]
         }
     };
     Ok(Captured {
-        roots,
+        roots: vec![(root, path.clone())],
         record: SourceRecord {
             kind: spec.kind.name().into(),
             spec: spec.spec.clone(),
@@ -151,6 +131,25 @@ pub fn capture(spec: &SourceSpec, staging: &Path, opts: &SourceOptions) -> Resul
             probes,
         },
     })
+}
+
+/// The probes of a `model:` source: its files and tensors (every model file must parse) and, for a
+/// directory, the shards its indexes name (every one must be there).
+fn model_probes(spec: &SourceSpec, path: &Path, is_dir: bool) -> Result<BTreeMap<String, String>, CaptureError> {
+    let bad = |why: String| CaptureError::Source { spec: spec.to_string(), why };
+    let (files, tensors) = check_models(spec, path, is_dir)?;
+    if files == 0 {
+        return Err(bad("no safetensors, GGUF or PyTorch zip file found".into()));
+    }
+    let mut probes =
+        BTreeMap::from([("model_files".to_string(), files.to_string()), ("tensors".into(), tensors.to_string())]);
+    if is_dir {
+        let idx = model::hf::check_tree(path).map_err(|e| bad(e.to_string()))?;
+        if !idx.indexes.is_empty() {
+            probes.insert("shards".into(), idx.shards.to_string());
+        }
+    }
+    Ok(probes)
 }
 
 /// Parse every model file under `path`: a `model:` source refuses damaged ones. Returns the
@@ -196,17 +195,12 @@ fn record_golden(spec: &SourceSpec, path: &Path, opts: &SourceOptions) -> Result
             probes.insert("probe_command".into(), cmd.clone());
             probe::run(cmd, path, opts.probe_timeout).map_err(|e| e.to_string())?
         }
-        (None, Kind::Faiss | Kind::Vectors) => {
-            let flat = if spec.kind == Kind::Faiss {
-                let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-                let size = file.metadata().map_err(|e| e.to_string())?.len();
-                faiss::read_flat(std::io::BufReader::new(file), size).map_err(|e| e.to_string())?
-            } else {
-                crate::vector::matrix::read(path).map_err(|e| e.to_string())?
-            };
+        (None, kind @ (Kind::Faiss | Kind::Vectors)) => {
+            let method =
+                if kind == Kind::Faiss { crate::vector::Builtin::Flat } else { crate::vector::Builtin::Matrix };
+            let flat = crate::vector::load(path, method).map_err(|e| e.to_string())?;
             let (queries, golden) = flat.golden(GOLDEN_QUERIES, GOLDEN_K);
-            let method = if spec.kind == Kind::Faiss { "builtin-flat" } else { "builtin-matrix" };
-            probes.insert("golden_method".into(), method.into());
+            probes.insert("golden_method".into(), method.name().into());
             probes.insert("golden_queries".into(), faiss::encode_queries(&queries));
             golden
         }
@@ -241,8 +235,7 @@ pub fn qdrant_tree_path(c: &crate::vector::qdrant::Collection) -> PathBuf {
 fn capture_qdrant(spec: &SourceSpec, staging: &Path, opts: &SourceOptions) -> Result<Captured, String> {
     use crate::vector::{faiss, qdrant};
     let c = qdrant::Collection::parse(&spec.spec)?;
-    let client =
-        qdrant::Client::new(opts.probe_timeout.max(std::time::Duration::from_secs(600))).map_err(|e| e.to_string())?;
+    let client = qdrant::Client::new(opts.probe_timeout).map_err(|e| e.to_string())?;
     let file = staging.join("collection.snapshot");
     let sha = client.snapshot_to(&c, &file).map_err(|e| e.to_string())?;
     let queries = client.sample_vectors(&c, GOLDEN_QUERIES).map_err(|e| e.to_string())?;

@@ -55,11 +55,7 @@ pub enum HookError {
 
 fn stderr_tail(s: &str) -> String {
     let s = s.trim();
-    if s.is_empty() {
-        return String::new();
-    }
-    let start = s.char_indices().rev().nth(400).map_or(0, |(i, _)| i);
-    format!(": {}", &s[start..])
+    if s.is_empty() { String::new() } else { format!(": {}", crate::proc::tail(s, 400)) }
 }
 
 /// Run one hook to completion or its timeout. `env` is added to its environment. Blocking.
@@ -70,6 +66,9 @@ pub fn run(which: &'static str, cmd: &str, timeout: Duration, env: &[(&str, &str
         Ok(f) => f,
         Err(crate::proc::RunError::Timeout(_)) => return Err(HookError::Timeout { which, cmd: cmd.into(), timeout }),
         Err(crate::proc::RunError::Spawn(source)) => return Err(HookError::Spawn { which, cmd: cmd.into(), source }),
+        Err(e @ crate::proc::RunError::Wait(_)) => {
+            return Err(HookError::Failed { which, cmd: cmd.into(), status: e.to_string(), stderr: String::new() });
+        }
     };
     if done.status.success() {
         return Ok(());

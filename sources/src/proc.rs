@@ -36,6 +36,23 @@ pub enum RunError {
     /// It ran past the limit and was killed with its process group.
     #[error("no answer within {} s; killed", .0.as_secs())]
     Timeout(Duration),
+    /// Waiting for it failed; it was killed with its process group.
+    #[error("waiting for it failed ({0}); killed")]
+    Wait(std::io::Error),
+}
+
+/// The last `chars` characters of `s`, for error messages.
+pub fn tail(s: &str, chars: usize) -> &str {
+    let start = s.char_indices().rev().nth(chars.saturating_sub(1)).map_or(0, |(i, _)| i);
+    &s[start..]
+}
+
+fn kill_group(child: &mut Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Read a pipe to its end on a thread, keeping at most `keep` bytes (the first ones, or with
@@ -92,15 +109,16 @@ pub fn run(mut cmd: Command, timeout: Duration, stdout_limit: usize) -> Result<F
     let err = stderr_tail(&mut child);
     let started = Instant::now();
     let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {}
+            Err(e) => {
+                kill_group(&mut child);
+                return Err(RunError::Wait(e));
+            }
         }
         if started.elapsed() >= timeout {
-            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
             return Err(RunError::Timeout(timeout));
         }
         std::thread::sleep(Duration::from_millis(20));

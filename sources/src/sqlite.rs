@@ -144,27 +144,30 @@ fn row_counts(c: &Connection, path: &Path) -> Result<BTreeMap<String, i64>, Sqli
 /// Check a restored database against the probes recorded at backup. Blocking.
 pub fn verify(db: &Path, probes: &BTreeMap<String, String>, report: &mut Report) {
     let shown = db.display().to_string();
-    let c = match Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) {
-        Ok(c) => c,
-        Err(e) => return report.push(&shown, "sqlite open", false, e.to_string()),
-    };
-    match integrity(&c, db) {
-        Ok(()) => report.push(&shown, "sqlite integrity_check", true, "ok"),
+    // The same inspection as at backup: integrity first, then every table's rows and user_version.
+    let now = match inspect(db) {
+        Ok(now) => {
+            report.push(&shown, "sqlite integrity_check", true, "ok");
+            now
+        }
         Err(e) => return report.push(&shown, "sqlite integrity_check", false, e.to_string()),
-    }
-    let counts = match row_counts(&c, db) {
-        Ok(c) => c,
-        Err(e) => return report.push(&shown, "sqlite row counts", false, e.to_string()),
     };
     for (key, want) in probes {
-        let Some(table) = key.strip_prefix("rows.") else { continue };
-        let got = counts.get(table).map(i64::to_string);
-        let ok = got.as_deref() == Some(want.as_str());
-        report.push(
-            format!("{shown} table {table}"),
-            "sqlite row count",
-            ok,
-            format!("{} rows, {want} recorded", got.as_deref().unwrap_or("no table:")),
-        );
+        let got = now.get(key).map(String::as_str);
+        if let Some(table) = key.strip_prefix("rows.") {
+            report.push(
+                format!("{shown} table {table}"),
+                "sqlite row count",
+                got == Some(want.as_str()),
+                format!("{} rows, {want} recorded", got.unwrap_or("no table:")),
+            );
+        } else if key == "user_version" {
+            report.push(
+                &shown,
+                "sqlite user_version",
+                got == Some(want.as_str()),
+                format!("{}, {want} recorded", got.unwrap_or("?")),
+            );
+        }
     }
 }

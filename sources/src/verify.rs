@@ -3,6 +3,7 @@
 //! recorded, and every tensor's hash, so a damaged tensor is named.
 
 use std::ffi::OsStr;
+use std::io::{Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -11,10 +12,6 @@ use tresor_vault::snapshot::{ModelLayout, Node, NodeKind};
 use crate::model::{self, Format};
 
 pub use crate::report::{Finding, Report};
-
-fn format_of(name: &str) -> Option<Format> {
-    [Format::Safetensors, Format::Gguf, Format::PytorchZip].into_iter().find(|f| f.name() == name)
-}
 
 /// Check the files of `nodes` restored under `root`. Blocking: call from a blocking thread.
 pub fn verify_files(root: &Path, nodes: &[Node], report: &mut Report) {
@@ -56,13 +53,30 @@ fn verify_file(path: &Path, n: &Node, shown: &str, report: &mut Report) -> std::
         report.push(shown, "size", false, format!("{size} bytes, snapshot says {}", n.size));
         return Ok(());
     }
-    if let Some(m) = &n.model {
-        verify_model(&mut file, size, m, shown, report)?;
-    }
-    let mut hasher = blake3::Hasher::new();
-    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, &mut std::fs::File::open(path)?), &mut hasher)?;
+    let layout = match &n.model {
+        Some(m) => checked_layout(&mut file, size, m, shown, report)?,
+        None => None,
+    };
+    // One pass over the file: the whole-file hash, and each tensor's on the way.
+    file.seek(SeekFrom::Start(0))?;
+    let mut whole = blake3::Hasher::new();
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let tensor_hashes = match &layout {
+        Some(l) => {
+            let mut tensors = model::TensorHasher::new(reader, l);
+            std::io::copy(&mut tensors, &mut whole)?;
+            Some(tensors.finish())
+        }
+        None => {
+            std::io::copy(&mut { reader }, &mut whole)?;
+            None
+        }
+    };
     report.bytes += size;
-    let got = hasher.finalize();
+    if let (Some(m), Some(hashes)) = (&n.model, tensor_hashes) {
+        report_tensors(m, &hashes, shown, report);
+    }
+    let got = whole.finalize();
     match &n.hash {
         Some(want) if want.as_slice() == got.as_bytes() => {}
         Some(want) => {
@@ -73,44 +87,46 @@ fn verify_file(path: &Path, n: &Node, shown: &str, report: &mut Report) -> std::
     Ok(())
 }
 
-fn verify_model(
+/// The restored file's layout when its header parses and its tensor table is the recorded one;
+/// otherwise the finding that says why, and `None`.
+fn checked_layout(
     file: &mut std::fs::File,
     size: u64,
     recorded: &ModelLayout,
     shown: &str,
     report: &mut Report,
-) -> std::io::Result<()> {
-    let Some(format) = format_of(&recorded.format) else {
+) -> std::io::Result<Option<model::Layout>> {
+    let Some(format) = Format::from_name(&recorded.format) else {
         report.push(shown, "model format", false, format!("unknown format {:?} in the snapshot", recorded.format));
-        return Ok(());
+        return Ok(None);
     };
     let layout = match model::parse(format, file, size) {
         Ok(l) => l,
+        Err(model::ModelError::Io(e)) => return Err(e),
         Err(e) => {
             report.push(shown, "model header", false, e.to_string());
-            return Ok(());
+            return Ok(None);
         }
     };
-    let same_table = layout.tensors.len() == recorded.tensors.len()
-        && layout.tensors.iter().zip(&recorded.tensors).all(|(a, b)| {
-            a.name == b.name && a.dtype == b.dtype && a.shape == b.shape && a.offset == b.offset && a.len == b.len
-        });
-    if !same_table {
-        let first = layout
-            .tensors
-            .iter()
-            .zip(&recorded.tensors)
-            .find(|(a, b)| a.name != b.name || a.offset != b.offset || a.len != b.len || a.shape != b.shape)
+    let differs = layout.tensors.iter().zip(&recorded.tensors).find(|(a, b)| !a.matches(b));
+    if differs.is_some() || layout.tensors.len() != recorded.tensors.len() {
+        let detail = differs
             .map(|(a, b)| {
-                format!("first difference: {:?} at {} vs recorded {:?} at {}", a.name, a.offset, b.name, b.offset)
+                format!(
+                    "first difference: {:?} {} {:?} at {} vs recorded {:?} {} {:?} at {}",
+                    a.name, a.dtype, a.shape, a.offset, b.name, b.dtype, b.shape, b.offset
+                )
             })
             .unwrap_or_else(|| format!("{} tensors, {} recorded", layout.tensors.len(), recorded.tensors.len()));
-        report.push(shown, "tensor table", false, first);
-        return Ok(());
+        report.push(shown, "tensor table", false, detail);
+        return Ok(None);
     }
-    let hashes = model::hash_tensors(file, &layout)?;
+    Ok(Some(layout))
+}
+
+fn report_tensors(recorded: &ModelLayout, hashes: &[[u8; 32]], shown: &str, report: &mut Report) {
     let mut bad = 0;
-    for (t, h) in recorded.tensors.iter().zip(&hashes) {
+    for (t, h) in recorded.tensors.iter().zip(hashes) {
         report.tensors += 1;
         if t.hash.as_slice() != h {
             bad += 1;
@@ -129,12 +145,11 @@ fn verify_model(
             true,
             format!(
                 "{} header parses, {} tensors cover the file as recorded, all hashes equal",
-                format.name(),
+                recorded.format,
                 hashes.len()
             ),
         );
     }
-    Ok(())
 }
 
 /// What the host running the verifier supplies (never taken from the snapshot: a snapshot names
@@ -205,16 +220,9 @@ fn verify_golden(
     let Some(recorded) = probes.get("golden").and_then(|g| serde_json::from_str::<Golden>(g).ok()) else {
         return report.push(shown, check, false, "the snapshot holds no readable golden queries");
     };
-    let now = match probes.get("golden_method").map(String::as_str) {
-        Some(method @ ("builtin-flat" | "builtin-matrix")) => {
-            let read = if method == "builtin-matrix" {
-                crate::vector::matrix::read(index).map_err(|e| e.to_string())
-            } else {
-                std::fs::File::open(index).map_err(|e| e.to_string()).and_then(|f| {
-                    let size = f.metadata().map_err(|e| e.to_string())?.len();
-                    faiss::read_flat(std::io::BufReader::new(f), size).map_err(|e| e.to_string())
-                })
-            };
+    let now = match probes.get("golden_method").and_then(|m| crate::vector::Builtin::from_name(m)) {
+        Some(builtin) => {
+            let read = crate::vector::load(index, builtin).map_err(|e| e.to_string());
             let queries = probes.get("golden_queries").and_then(|q| faiss::decode_queries(q));
             match (read, queries) {
                 (Ok(flat), Some(q)) => flat.search(&q, recorded.k),
@@ -222,7 +230,7 @@ fn verify_golden(
                 (_, None) => return report.push(shown, check, false, "the recorded query vectors are unreadable"),
             }
         }
-        _ => {
+        None => {
             let Some(cmd) = &opts.probe_command else {
                 return report.push(
                     shown,
@@ -265,15 +273,16 @@ fn verify_qdrant(
     report: &mut Report,
 ) {
     use crate::vector::{Golden, compare, faiss, qdrant};
-    use sha2::Digest;
-    let sha = std::fs::read(file).map(|b| hex::encode(sha2::Sha256::digest(&b)));
     let want = probes.get("sha256").cloned().unwrap_or_default();
-    match sha {
-        Ok(got) => report.push(shown, "snapshot SHA-256", got == want, format!("{got} (Qdrant said {want} at backup)")),
+    match qdrant::sha256_file(file) {
+        Ok(got) if got == want => {
+            report.push(shown, "snapshot SHA-256", true, format!("{got}, as Qdrant said at backup"))
+        }
+        Ok(got) => {
+            // A damaged snapshot is not uploaded anywhere.
+            return report.push(shown, "snapshot SHA-256", false, format!("{got} (Qdrant said {want} at backup)"));
+        }
         Err(e) => return report.push(shown, "snapshot SHA-256", false, e.to_string()),
-    }
-    if !report.ok() {
-        return;
     }
     let check = "golden queries";
     let Some(base) = &opts.qdrant else {
@@ -286,9 +295,12 @@ fn verify_qdrant(
     };
     let recorded: Option<Golden> = probes.get("golden").and_then(|g| serde_json::from_str(g).ok());
     let dim: usize = probes.get("dim").and_then(|d| d.parse().ok()).unwrap_or(0);
-    let queries = probes.get("golden_queries").and_then(|q| faiss::decode_queries(q));
+    let queries = probes
+        .get("golden_queries")
+        .and_then(|q| faiss::decode_queries(q))
+        .filter(|q| dim > 0 && !q.is_empty() && q.len() % dim == 0);
     let (Some(recorded), Some(queries)) = (recorded, queries) else {
-        return report.push(shown, check, false, "the snapshot holds no readable golden queries");
+        return report.push(shown, check, false, "the snapshot holds no readable golden queries (or their dimension)");
     };
     let name = format!(
         "{}-tresor-verify-{}",
@@ -296,12 +308,12 @@ fn verify_qdrant(
         std::process::id()
     );
     let scratch = qdrant::Collection { base: base.trim_end_matches('/').to_string(), name };
-    let client = match qdrant::Client::new(opts.probe_timeout.max(std::time::Duration::from_secs(600))) {
+    let client = match qdrant::Client::new(opts.probe_timeout) {
         Ok(c) => c,
         Err(e) => return report.push(shown, check, false, e.to_string()),
     };
     let outcome = client.recover(&scratch, file, Some(&want)).and_then(|()| {
-        let q: Vec<Vec<f32>> = queries.chunks(dim.max(1)).map(<[f32]>::to_vec).collect();
+        let q: Vec<Vec<f32>> = queries.chunks(dim).map(<[f32]>::to_vec).collect();
         client.golden(&scratch, &q, recorded.k)
     });
     let dropped = client.drop_collection(&scratch);

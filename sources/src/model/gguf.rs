@@ -9,6 +9,8 @@ use super::{Format, Layout, ModelError, Tensor, malformed};
 const F: Format = Format::Gguf;
 /// ggml's GGML_MAX_DIMS.
 const MAX_DIMS: u32 = 4;
+/// Longest metadata key or tensor name read (the spec caps tensor names at 64 bytes).
+const MAX_NAME: u64 = 64 * 1024;
 /// Nesting of arrays in metadata values (the format allows arrays of arrays).
 const MAX_NESTING: u32 = 4;
 
@@ -73,11 +75,16 @@ impl<R: Read> Cursor<R> {
     fn u64(&mut self, what: &str) -> Result<u64, ModelError> {
         Ok(u64::from_le_bytes(self.bytes(8, what)?.try_into().unwrap_or_default()))
     }
+    /// A name (a metadata key, a tensor name): refused past [`MAX_NAME`] before anything is allocated.
     fn string(&mut self, what: &str) -> Result<String, ModelError> {
         let n = self.u64(what)?;
+        if n > MAX_NAME {
+            return Err(malformed(F, format!("{what} claims {n} bytes (names are at most {MAX_NAME})")));
+        }
         let b = self.bytes(n, what)?;
         String::from_utf8(b).map_err(|_| malformed(F, format!("{what} is not UTF-8")))
     }
+
     fn skip(&mut self, n: u64, what: &str) -> Result<(), ModelError> {
         if self.pos.checked_add(n).is_none_or(|e| e > self.size) {
             return Err(malformed(F, format!("{what} at byte {} runs past the end of the file", self.pos)));
@@ -102,7 +109,9 @@ impl<R: Read> Cursor<R> {
             4 => Ok(Some(u64::from(self.u32(key)?))),
             10 => Ok(Some(self.u64(key)?)),
             8 => {
-                self.string(key)?;
+                // Values are not needed (a tokenizer's vocabulary can be megabytes): skip them.
+                let n = self.u64(key)?;
+                self.skip(n, key)?;
                 Ok(None)
             }
             9 => {
@@ -171,7 +180,8 @@ pub(super) fn parse<R: Read + Seek>(r: &mut R, size: u64) -> Result<Layout, Mode
             }
         }
     }
-    let mut infos = Vec::with_capacity(tensor_count as usize);
+    // The counts are untrusted: grow as entries are read, never reserve from them.
+    let mut infos = Vec::new();
     for _ in 0..tensor_count {
         let name = c.string("a tensor name")?;
         let n_dims = c.u32(&name)?;
@@ -226,11 +236,7 @@ pub(super) fn parse<R: Read + Seek>(r: &mut R, size: u64) -> Result<Layout, Mode
                 format!("tensor {name:?} ({len} bytes at {offset}) runs past the data ({data_len} bytes)"),
             ));
         }
-        let float_width = match dtype.as_str() {
-            "F16" | "BF16" => Some(2),
-            "F32" => Some(4),
-            _ => None,
-        };
+        let float_width = super::float_width(&dtype);
         tensors.push(Tensor {
             name: name.clone(),
             dtype,

@@ -28,6 +28,11 @@ pub enum Format {
 }
 
 impl Format {
+    /// The format a snapshot names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Safetensors, Self::Gguf, Self::PytorchZip].into_iter().find(|f| f.name() == name)
+    }
+
     /// The name recorded in snapshots.
     pub fn name(self) -> &'static str {
         match self {
@@ -73,6 +78,27 @@ pub struct Tensor {
     pub len: u64,
     /// Width of a little-endian float element (2 or 4) when the float codec applies.
     pub float_width: Option<u8>,
+}
+
+impl Tensor {
+    /// Whether the recorded tensor has this one's name, dtype, shape and place.
+    pub fn matches(&self, r: &TensorRecord) -> bool {
+        self.name == r.name
+            && self.dtype == r.dtype
+            && self.shape == r.shape
+            && self.offset == r.offset
+            && self.len == r.len
+    }
+}
+
+/// Width of a little-endian float element for the float codec, by the dtype names both safetensors
+/// and GGUF use.
+pub(crate) fn float_width(dtype: &str) -> Option<u8> {
+    match dtype {
+        "BF16" | "F16" => Some(2),
+        "F32" => Some(4),
+        _ => None,
+    }
 }
 
 /// A parsed model file: tensors sorted by offset, none overlapping, all inside the file.
@@ -229,25 +255,23 @@ pub(crate) fn read_at<R: Read + Seek>(
 }
 
 /// A reader that hashes each tensor's bytes as the file streams through it.
-pub struct TensorHasher<'a, R> {
+pub struct TensorHasher<R> {
     inner: R,
     pos: u64,
     ranges: Vec<(u64, u64)>,
     hashers: Vec<blake3::Hasher>,
     next: usize,
-    _layout: std::marker::PhantomData<&'a Layout>,
 }
 
-impl<'a, R: Read> TensorHasher<'a, R> {
+impl<R: Read> TensorHasher<R> {
     /// Wrap a reader positioned at the start of the file.
-    pub fn new(inner: R, layout: &'a Layout) -> Self {
+    pub fn new(inner: R, layout: &Layout) -> Self {
         Self {
             inner,
             pos: 0,
             ranges: layout.tensors.iter().map(|t| (t.offset, t.offset + t.len)).collect(),
             hashers: layout.tensors.iter().map(|_| blake3::Hasher::new()).collect(),
             next: 0,
-            _layout: std::marker::PhantomData,
         }
     }
 
@@ -257,7 +281,7 @@ impl<'a, R: Read> TensorHasher<'a, R> {
     }
 }
 
-impl<R: Read> Read for TensorHasher<'_, R> {
+impl<R: Read> Read for TensorHasher<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         let (start, end) = (self.pos, self.pos + n as u64);
@@ -276,14 +300,6 @@ impl<R: Read> Read for TensorHasher<'_, R> {
         self.pos = end;
         Ok(n)
     }
-}
-
-/// The BLAKE3 of each tensor of a file already on disk (the verifier's side).
-pub fn hash_tensors<R: Read + Seek>(r: &mut R, layout: &Layout) -> std::io::Result<Vec<[u8; 32]>> {
-    r.seek(SeekFrom::Start(0))?;
-    let mut h = TensorHasher::new(r.take(layout.size), layout);
-    std::io::copy(&mut h, &mut std::io::sink())?;
-    Ok(h.finish())
 }
 
 #[cfg(test)]

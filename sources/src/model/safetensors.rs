@@ -69,18 +69,13 @@ pub(super) fn parse<R: Read + Seek>(r: &mut R, size: u64) -> Result<Layout, Mode
         } else {
             return Err(bad(&format!("unknown dtype {dtype}")));
         }
-        let float_width = match dtype {
-            "BF16" | "F16" => Some(2),
-            "F32" => Some(4),
-            _ => None,
-        };
         tensors.push(Tensor {
             name: name.clone(),
             dtype: dtype.to_string(),
             shape,
             offset: data_start + begin,
             len: end - begin,
-            float_width,
+            float_width: super::float_width(dtype),
         });
     }
     let layout = Layout::checked(f, tensors, size)?;

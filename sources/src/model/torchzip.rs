@@ -7,6 +7,8 @@ use std::io::{Read, Seek};
 use super::{Format, Layout, ModelError, Tensor, malformed, read_at};
 
 const F: Format = Format::PytorchZip;
+/// Largest central directory read (a checkpoint's has about 100 bytes per tensor).
+const MAX_DIRECTORY: u64 = 64 << 20;
 /// Said of a valid zip without `data.pkl`: an ordinary archive, not a checkpoint.
 pub(super) const NOT_TORCH: &str = "a zip archive without data.pkl";
 
@@ -48,6 +50,12 @@ fn find_directory<R: Read + Seek>(r: &mut R, size: u64) -> Result<(u64, u64, u64
             return Err(malformed(F, "the zip64 directory record is missing"));
         }
         (entries, cd_size, cd_offset) = (u64_at(&rec, 32), u64_at(&rec, 40), u64_at(&rec, 48));
+    }
+    if cd_size > MAX_DIRECTORY {
+        return Err(malformed(
+            F,
+            format!("a central directory of {cd_size} bytes (Tresor reads at most {MAX_DIRECTORY})"),
+        ));
     }
     if cd_offset.checked_add(cd_size).is_none_or(|e| e > size) || entries > cd_size / 46 {
         return Err(malformed(

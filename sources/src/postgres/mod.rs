@@ -115,7 +115,7 @@ pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptur
         probes.insert(format!("probe.{i}"), sql.clone());
     }
     // The slot keeps the server from recycling WAL the backup needs before -X fetch takes it.
-    let slot = format!("tresor_{}", hex::encode(rand_bytes()));
+    let slot = format!("tresor_{}", hex::encode(rand::random::<[u8; 6]>()));
     tools::query(&psql, None, &conn, &format!("SELECT pg_create_physical_replication_slot('{slot}', true, false)"), t)?;
     let streamed = stream(bin.as_deref(), spec, &datadir, sink, &mut probes);
     if let Err(e) = tools::query(&psql, None, &conn, &format!("SELECT pg_drop_replication_slot('{slot}')"), t) {
@@ -134,10 +134,35 @@ pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptur
     })
 }
 
-fn rand_bytes() -> [u8; 6] {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let h = blake3::hash(format!("{}{:?}", std::process::id(), t).as_bytes());
-    h.as_bytes()[..6].try_into().unwrap_or_default()
+/// Run a PostgreSQL program whose stdout `consume` reads as it comes; a consumer that fails kills
+/// the program. The program's own failure (with its stderr) comes first, then the consumer's.
+fn streamed<T>(
+    bin: Option<&Path>,
+    program: &str,
+    args: &[&str],
+    what: &str,
+    consume: impl FnOnce(std::process::ChildStdout) -> Result<T, PgError>,
+) -> Result<T, PgError> {
+    let tool = |why: String| PgError::Tool { what: what.into(), why };
+    let mut child = std::process::Command::new(tools::program(bin, program))
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| tool(format!("cannot start: {e}")))?;
+    let err = crate::proc::stderr_tail(&mut child);
+    let out = child.stdout.take().ok_or_else(|| tool("no stdout".into()))?;
+    let result = consume(out);
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| tool(e.to_string()))?;
+    if !status.success() {
+        return Err(tool(format!("{status}: {}", crate::proc::stderr_of(&err))));
+    }
+    result
 }
 
 fn stream(
@@ -147,41 +172,11 @@ fn stream(
     sink: &ChunkSink,
     probes: &mut BTreeMap<String, String>,
 ) -> Result<Vec<Node>, PgError> {
-    let mut child = std::process::Command::new(tools::program(bin, "pg_basebackup"))
-        .args([
-            "-d",
-            spec,
-            "-D",
-            "-",
-            "-F",
-            "t",
-            "-X",
-            "fetch",
-            "-c",
-            "fast",
-            "--manifest-checksums=SHA256",
-            "-l",
-            "tresor",
-        ])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| PgError::Tool { what: "pg_basebackup".into(), why: format!("cannot start: {e}") })?;
-    let err = crate::proc::stderr_tail(&mut child);
-    let out =
-        child.stdout.take().ok_or_else(|| PgError::Tool { what: "pg_basebackup".into(), why: "no stdout".into() })?;
-    let result = unpack(std::io::BufReader::with_capacity(1 << 20, out), datadir, sink, probes);
-    if result.is_err() {
-        let _ = child.kill();
-    }
-    let status = child.wait().map_err(|e| PgError::Tool { what: "pg_basebackup".into(), why: e.to_string() })?;
-    let stderr = crate::proc::stderr_of(&err);
-    if !status.success() {
-        return Err(PgError::Tool { what: "pg_basebackup".into(), why: format!("{status}: {stderr}") });
-    }
-    let nodes = result?;
+    let args =
+        ["-d", spec, "-D", "-", "-F", "t", "-X", "fetch", "-c", "fast", "--manifest-checksums=SHA256", "-l", "tresor"];
+    let nodes = streamed(bin, "pg_basebackup", &args, "pg_basebackup", |out| {
+        unpack(std::io::BufReader::with_capacity(1 << 20, out), datadir, sink, probes)
+    })?;
     if !probes.contains_key("end_lsn") {
         return Err(PgError::Tool {
             what: "pg_basebackup".into(),
@@ -202,19 +197,16 @@ fn unpack<R: Read>(
     let rel = |p: &Path| p.to_string_lossy().trim_start_matches('/').as_bytes().to_vec();
     let mut nodes = ancestors(&root);
     let mut tar = TarReader::new(r);
-    let mut root_node = Node::dir(rel(&root), 0o700, 0, 0, 0);
     let root_at = nodes.len();
-    nodes.push(root_node.clone());
-    let mut first = true;
+    nodes.push(Node::dir(rel(&root), 0o700, 0, 0, 0));
     while let Some(e) = tar.next_entry()? {
-        if first {
-            // The archive has no entry for the data directory itself: it takes the files' owner.
-            (root_node.uid, root_node.gid, root_node.mtime_ns) = (e.uid, e.gid, e.mtime * 1_000_000_000);
-            nodes[root_at] = root_node.clone();
-            first = false;
-        }
         let path = rel(&root.join(&e.path));
         let mtime_ns = e.mtime.saturating_mul(1_000_000_000);
+        if nodes.len() == root_at + 1 {
+            // The archive has no entry for the data directory itself: it takes the first member's owner.
+            let r = &mut nodes[root_at];
+            (r.uid, r.gid, r.mtime_ns) = (e.uid, e.gid, mtime_ns);
+        }
         let node = match e.kind {
             EntryKind::Dir => Node::dir(path, e.mode, e.uid, e.gid, mtime_ns),
             EntryKind::Symlink => Node {
@@ -224,7 +216,16 @@ fn unpack<R: Read>(
                 ..Node::dir(path, 0, e.uid, e.gid, mtime_ns)
             },
             EntryKind::File => {
-                let stored = if e.path == "backup_manifest" && e.size <= MAX_MANIFEST {
+                let stored = if e.path == "backup_manifest" {
+                    if e.size > MAX_MANIFEST {
+                        return Err(PgError::Tool {
+                            what: "pg_basebackup".into(),
+                            why: format!(
+                                "its backup_manifest has {} bytes; Tresor reads at most {MAX_MANIFEST} to find the WAL range",
+                                e.size
+                            ),
+                        });
+                    }
                     let mut buf = Vec::with_capacity(e.size as usize);
                     tar.data().read_to_end(&mut buf).map_err(crate::tar::TarError::Io)?;
                     read_wal_range(&buf, probes);
@@ -329,23 +330,9 @@ fn dump_all(bin: Option<&Path>, spec: &str, dbs: &[String], dir: &str, sink: &Ch
         jobs.push((format!("{db}.dump"), "pg_dump", vec!["-Fc".into(), "-d".into(), with_dbname(spec, db)]));
     }
     for (file, program, args) in jobs {
-        let mut child = std::process::Command::new(tools::program(bin, program))
-            .args(&args)
-            .env("PGCONNECT_TIMEOUT", "10")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| PgError::Tool { what: program.into(), why: format!("cannot start: {e}") })?;
-        let err = crate::proc::stderr_tail(&mut child);
-        let out = child.stdout.take().ok_or_else(|| PgError::Tool { what: program.into(), why: "no stdout".into() })?;
-        let stored = sink.store_stream(out);
-        let status = child.wait().map_err(|e| PgError::Tool { what: program.into(), why: e.to_string() })?;
-        let stderr = crate::proc::stderr_of(&err);
-        if !status.success() {
-            return Err(PgError::Tool { what: format!("{program} for {file}"), why: format!("{status}: {stderr}") });
-        }
-        let stored = stored?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let stored =
+            streamed(bin, program, &args, &format!("{program} for {file}"), |out| Ok(sink.store_stream(out)?))?;
         nodes.push(Node {
             kind: NodeKind::File,
             mode: 0o100600,

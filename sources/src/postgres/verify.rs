@@ -62,11 +62,11 @@ pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, report: &mut Report
     c.arg(dir);
     match tools::run(c, "pg_verifybackup", STEP_TIMEOUT) {
         Ok(out) => report.push(&shown, "pg_verifybackup", true, out.trim().to_string()),
-        Err(e) => report.push(&shown, "pg_verifybackup", false, e.to_string()),
-    }
-    if !report.ok() {
-        // A copy that fails its own manifest is not started.
-        return;
+        Err(e) => {
+            // A copy that fails its own manifest is not started.
+            report.push(&shown, "pg_verifybackup", false, e.to_string());
+            return report.push(&shown, "scratch server starts", false, "not tried: the copy fails pg_verifybackup");
+        }
     }
     let scratch = match Scratch::start(dir, bin, owner) {
         Ok(s) => s,

@@ -66,10 +66,22 @@ pub fn read_flat<R: Read>(mut r: R, size: u64) -> Result<Flat, FaissError> {
     let bytes = floats.checked_mul(4).filter(|b| *b == size.saturating_sub(head.len() as u64)).ok_or_else(|| {
         FaissError::Format(format!("{floats} floats of vectors do not fit the {size}-byte file (truncated?)"))
     })?;
-    let mut raw = vec![0u8; bytes as usize];
-    r.read_exact(&mut raw).map_err(|_| FaissError::Format("the vectors are cut short (truncated?)".into()))?;
-    let vectors = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let vectors = read_f32s(&mut r, (bytes / 4) as usize)
+        .map_err(|_| FaissError::Format("the vectors are cut short (truncated?)".into()))?;
     Ok(Flat { d: d as usize, metric, vectors })
+}
+
+/// Read `count` little-endian floats through a 1 MiB block, so the file's bytes are never held
+/// beside the floats. `count` must have been checked against the file's size.
+pub(crate) fn read_f32s<R: Read>(r: &mut R, count: usize) -> std::io::Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(count);
+    let mut block = vec![0u8; (1 << 20).min(count * 4)];
+    while out.len() < count {
+        let n = ((count - out.len()) * 4).min(block.len());
+        r.read_exact(&mut block[..n])?;
+        out.extend(block[..n].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+    }
+    Ok(out)
 }
 
 impl Flat {

@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use super::faiss::{FaissError, Flat, Metric};
+use super::faiss::{FaissError, Flat, Metric, read_f32s};
 
 fn bad(why: impl Into<String>) -> FaissError {
     FaissError::Format(why.into())
@@ -13,24 +13,45 @@ fn bad(why: impl Into<String>) -> FaissError {
 
 /// Read a matrix file, by its content (`.npy` magic) or else as `.fvecs`.
 pub fn read(path: &Path) -> Result<Flat, FaissError> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
-    if bytes.starts_with(b"\x93NUMPY") { npy(&bytes) } else { fvecs(&bytes) }
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut r = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 6];
+    let got = r.read(&mut magic)?;
+    if got == 6 && &magic == b"\x93NUMPY" {
+        npy(r, size)
+    } else {
+        fvecs(std::io::Cursor::new(magic[..got].to_vec()).chain(r), size)
+    }
 }
 
-fn floats(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
+/// Longest `.npy` header read.
+const MAX_HEADER: usize = 1 << 20;
 
-fn npy(b: &[u8]) -> Result<Flat, FaissError> {
-    let (len, start) = match b.get(6) {
-        Some(1) if b.len() >= 10 => (usize::from(u16::from_le_bytes([b[8], b[9]])), 10usize),
-        Some(2 | 3) if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
+/// An `.npy` file after its 6-byte magic; `size` is the whole file's.
+fn npy<R: Read>(mut r: R, size: u64) -> Result<Flat, FaissError> {
+    let short = |_| bad("the .npy header is cut short (truncated?)");
+    let mut ver = [0u8; 2];
+    r.read_exact(&mut ver).map_err(short)?;
+    let (len, start) = match ver[0] {
+        1 => {
+            let mut l = [0u8; 2];
+            r.read_exact(&mut l).map_err(short)?;
+            (usize::from(u16::from_le_bytes(l)), 10u64)
+        }
+        2 | 3 => {
+            let mut l = [0u8; 4];
+            r.read_exact(&mut l).map_err(short)?;
+            (u32::from_le_bytes(l) as usize, 12)
+        }
         _ => return Err(bad("an .npy header of an unknown version")),
     };
-    let header =
-        b.get(start..start.saturating_add(len)).ok_or_else(|| bad("the .npy header is cut short (truncated?)"))?;
-    let header = String::from_utf8_lossy(header);
+    if len > MAX_HEADER {
+        return Err(bad(format!("an .npy header of {len} bytes (at most {MAX_HEADER})")));
+    }
+    let mut header = vec![0u8; len];
+    r.read_exact(&mut header).map_err(short)?;
+    let header = String::from_utf8_lossy(&header);
     if !header.contains("'descr': '<f4'") {
         return Err(bad(format!(".npy dtype is not little-endian float32: {}", header.trim())));
     }
@@ -41,28 +62,37 @@ fn npy(b: &[u8]) -> Result<Flat, FaissError> {
     let dims: Vec<usize> =
         shape.trim_start_matches([' ', '(']).split(',').filter_map(|d| d.trim().parse().ok()).collect();
     let [n, d] = dims[..] else { return Err(bad(format!(".npy shape ({shape}) is not two-dimensional"))) };
-    let data = &b[start + len..];
-    if d == 0 || n.checked_mul(d).and_then(|x| x.checked_mul(4)) != Some(data.len()) {
-        return Err(bad(format!(".npy says {n} x {d} floats but holds {} bytes of data (truncated?)", data.len())));
+    let data = size.saturating_sub(start + len as u64);
+    if d == 0 || n.checked_mul(d).and_then(|x| x.checked_mul(4)).map(|b| b as u64) != Some(data) {
+        return Err(bad(format!(".npy says {n} x {d} floats but holds {data} bytes of data (truncated?)")));
     }
-    Ok(Flat { d, metric: Metric::L2, vectors: floats(data) })
+    let vectors = read_f32s(&mut r, n * d).map_err(|_| bad("the .npy data is cut short (truncated?)"))?;
+    Ok(Flat { d, metric: Metric::L2, vectors })
 }
 
-fn fvecs(b: &[u8]) -> Result<Flat, FaissError> {
-    let d = b.get(..4).map(|h| i32::from_le_bytes([h[0], h[1], h[2], h[3]])).ok_or_else(|| bad("empty .fvecs file"))?;
+/// An `.fvecs` file: every vector a little-endian i32 dimension, then its floats.
+fn fvecs<R: Read>(mut r: R, size: u64) -> Result<Flat, FaissError> {
+    let mut dim = [0u8; 4];
+    r.read_exact(&mut dim).map_err(|_| bad("empty .fvecs file"))?;
+    let d = i32::from_le_bytes(dim);
     if d <= 0 || d > 1 << 16 {
         return Err(bad(format!("neither .npy nor .fvecs: a first dimension of {d}")));
     }
-    let rec = 4 * (d as usize + 1);
-    if !b.len().is_multiple_of(rec) {
-        return Err(bad(format!(".fvecs of dimension {d}: {} bytes are not whole vectors (truncated?)", b.len())));
+    let rec = 4 * (d as u64 + 1);
+    if !size.is_multiple_of(rec) {
+        return Err(bad(format!(".fvecs of dimension {d}: {size} bytes are not whole vectors (truncated?)")));
     }
-    let mut vectors = Vec::with_capacity(b.len() / 4);
-    for (i, r) in b.chunks_exact(rec).enumerate() {
-        if r[..4] != b[..4] {
-            return Err(bad(format!(".fvecs vector {i} has another dimension")));
+    let count = (size / rec) as usize;
+    let mut vectors = Vec::with_capacity(count * d as usize);
+    for i in 0..count {
+        if i > 0 {
+            let mut next = [0u8; 4];
+            r.read_exact(&mut next).map_err(|_| bad("the .fvecs data is cut short (truncated?)"))?;
+            if next != dim {
+                return Err(bad(format!(".fvecs vector {i} has another dimension")));
+            }
         }
-        vectors.extend(floats(&r[4..]));
+        vectors.extend(read_f32s(&mut r, d as usize).map_err(|_| bad("the .fvecs data is cut short (truncated?)"))?);
     }
     Ok(Flat { d: d as usize, metric: Metric::L2, vectors })
 }
@@ -90,17 +120,19 @@ mod tests {
     #[test]
     fn npy_and_fvecs_read_and_truncation_is_named() {
         let b = npy_file(20, 3);
-        let f = npy(&b).unwrap();
+        let npy_of = |b: &[u8]| npy(&b[6..], b.len() as u64);
+        let f = npy_of(&b).unwrap();
         assert_eq!((f.len(), f.d), (20, 3));
-        assert!(npy(&b[..b.len() - 4]).unwrap_err().to_string().contains("truncated"));
+        assert!(npy_of(&b[..b.len() - 4]).unwrap_err().to_string().contains("truncated"));
         let mut v = Vec::new();
         for i in 0..5 {
             v.extend_from_slice(&2i32.to_le_bytes());
             v.extend_from_slice(&(i as f32).to_le_bytes());
             v.extend_from_slice(&1f32.to_le_bytes());
         }
-        assert_eq!(fvecs(&v).unwrap().len(), 5);
-        assert!(fvecs(&v[..v.len() - 2]).unwrap_err().to_string().contains("truncated"));
+        let fvecs_of = |b: &[u8]| fvecs(b, b.len() as u64);
+        assert_eq!(fvecs_of(&v).unwrap().len(), 5);
+        assert!(fvecs_of(&v[..v.len() - 2]).unwrap_err().to_string().contains("truncated"));
     }
 
     proptest! {
@@ -108,7 +140,7 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400), npy_magic in any::<bool>()) {
             let mut b = if npy_magic { b"\x93NUMPY\x01\x00".to_vec() } else { Vec::new() };
             b.extend_from_slice(&bytes);
-            let _ = if npy_magic { npy(&b) } else { fvecs(&b) };
+            let _ = if npy_magic { npy(&b[6..], b.len() as u64) } else { fvecs(&b[..], b.len() as u64) };
         }
     }
 }

@@ -11,6 +11,42 @@ pub mod qdrant;
 
 use serde::{Deserialize, Serialize};
 
+/// The built-in searches, by what they read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// A FAISS flat index file.
+    Flat,
+    /// A raw float32 matrix (`.npy`, `.fvecs`).
+    Matrix,
+}
+
+impl Builtin {
+    /// The `golden_method` recorded in snapshots.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Flat => "builtin-flat",
+            Self::Matrix => "builtin-matrix",
+        }
+    }
+
+    /// The method a snapshot names, if it is a built-in one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Flat, Self::Matrix].into_iter().find(|b| b.name() == name)
+    }
+}
+
+/// Read the vectors a built-in search works on.
+pub fn load(path: &std::path::Path, what: Builtin) -> Result<faiss::Flat, faiss::FaissError> {
+    match what {
+        Builtin::Flat => {
+            let file = std::fs::File::open(path)?;
+            let size = file.metadata()?.len();
+            faiss::read_flat(std::io::BufReader::new(file), size)
+        }
+        Builtin::Matrix => matrix::read(path),
+    }
+}
+
 /// Answers to the golden queries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Golden {

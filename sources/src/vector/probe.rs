@@ -33,8 +33,7 @@ pub fn run(cmd: &str, index: &Path, timeout: Duration) -> Result<Golden, ProbeEr
     c.arg("-c").arg(cmd).env("TRESOR_INDEX", index);
     let done = crate::proc::run(c, timeout, MAX_OUTPUT).map_err(|e| fail(e.to_string()))?;
     if !done.status.success() {
-        let tail: String = done.stderr.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(fail(format!("{}: {tail}", done.status)));
+        return Err(fail(format!("{}: {}", done.status, crate::proc::tail(&done.stderr, 400))));
     }
     let g: Golden = serde_json::from_slice(&done.stdout)
         .map_err(|e| fail(format!("its output is not the golden-query JSON ({e})")))?;

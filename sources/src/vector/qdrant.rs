@@ -30,6 +30,24 @@ fn fail(what: &str, why: impl std::fmt::Display) -> QdrantError {
     QdrantError { what: what.into(), why: why.to_string() }
 }
 
+/// Requests are given at least this long: making or uploading a snapshot of a large collection
+/// takes minutes.
+pub const MIN_REQUEST_TIME: Duration = Duration::from_secs(600);
+
+/// The SHA-256 of a file (Qdrant's snapshot checksum), read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut hasher = sha2::Sha256::new();
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
 /// A collection on a server: `http(s)://host:port/collections/NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collection {
@@ -69,10 +87,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client with a generous timeout (snapshots of big collections take a while).
+    /// A client whose requests may take `timeout`, and at least [`MIN_REQUEST_TIME`] (snapshots of
+    /// big collections take a while).
     pub fn new(timeout: Duration) -> Result<Self, QdrantError> {
         let http = reqwest::blocking::Client::builder()
-            .timeout(timeout)
+            .timeout(timeout.max(MIN_REQUEST_TIME))
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| fail("client", e))?;
@@ -144,26 +163,32 @@ impl Client {
         Ok(sha)
     }
 
-    /// Recover `c` from a snapshot file (the collection is created or overwritten).
+    /// Recover `c` from a snapshot file (the collection is created or overwritten). The file is
+    /// streamed into the multipart body, never held in memory.
     pub fn recover(&self, c: &Collection, snapshot: &Path, sha256: Option<&str>) -> Result<(), QdrantError> {
         let what = "recover from snapshot";
-        let data = std::fs::read(snapshot).map_err(|e| fail(what, format!("{}: {e}", snapshot.display())))?;
-        let boundary = format!("tresor-{}", hex::encode(&blake3::hash(&data).as_bytes()[..8]));
-        let mut body = format!(
+        let file = std::fs::File::open(snapshot).map_err(|e| fail(what, format!("{}: {e}", snapshot.display())))?;
+        let len = file.metadata().map_err(|e| fail(what, e))?.len();
+        let boundary = format!("tresor-{}", hex::encode(rand::random::<[u8; 12]>()));
+        let head = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"snapshot\"; filename=\"{}.snapshot\"\r\nContent-Type: application/octet-stream\r\n\r\n",
             c.name
-        )
-        .into_bytes();
-        body.extend_from_slice(&data);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        );
+        let tail = format!("\r\n--{boundary}--\r\n");
+        let total = head.len() as u64 + len + tail.len() as u64;
+        let body = std::io::Cursor::new(head.into_bytes())
+            .chain(std::io::BufReader::with_capacity(1 << 20, file))
+            .chain(std::io::Cursor::new(tail.into_bytes()));
         let mut url = c.url("/snapshots/upload?wait=true&priority=snapshot");
         if let Some(sha) = sha256 {
             url.push_str(&format!("&checksum={sha}"));
         }
-        self.json(
-            what,
-            self.http.post(url).header("content-type", format!("multipart/form-data; boundary={boundary}")).body(body),
-        )?;
+        let req = self
+            .http
+            .post(url)
+            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+            .body(reqwest::blocking::Body::sized(body, total));
+        self.json(what, req)?;
         Ok(())
     }
 
@@ -186,6 +211,7 @@ impl Client {
                 p.get("vector")
                     .and_then(Value::as_array)
                     .map(|v| v.iter().filter_map(Value::as_f64).map(|x| x as f32).collect())
+                    .filter(|v: &Vec<f32>| !v.is_empty())
                     .ok_or_else(|| {
                         fail("scroll", "a point without an unnamed vector (named vectors are not supported yet)")
                     })
@@ -208,7 +234,10 @@ impl Client {
                     .iter()
                     .map(|p| {
                         let id = match p.get("id") {
-                            Some(Value::Number(n)) => PointId::Num(n.as_i64().unwrap_or(-1)),
+                            // Qdrant ids are u64: those past i64 stay exact as text.
+                            Some(Value::Number(n)) => {
+                                n.as_i64().map_or_else(|| PointId::Text(n.to_string()), PointId::Num)
+                            }
                             Some(Value::String(s)) => PointId::Text(s.clone()),
                             _ => PointId::Text(String::new()),
                         };
