@@ -120,53 +120,43 @@ pub fn checkpoint(entry: &Value, time: &str, key: &SigningKey) -> Result<Value, 
 pub struct ChainStatus {
     /// Entries checked.
     pub entries: u64,
-    /// Checkpoints met.
+    /// Checkpoints met (every checkpoint given must be met, or verification fails).
     pub checkpoints: u64,
     /// Entries after the newest checkpoint (not yet anchored).
     pub unanchored: u64,
 }
 
-/// Verify entries (in order, starting at any position) and the checkpoints signed by `key`.
+/// Verify the whole log, from its first entry, and the checkpoints signed by `key`.
 pub fn verify(entries: &[Value], checkpoints: &[Value], key: &VerifyingKey) -> Result<ChainStatus, AuditError> {
-    let mut hashes = std::collections::BTreeMap::new();
-    let mut before: Option<(u64, String)> = None;
+    let mut hashes: Vec<&str> = Vec::with_capacity(entries.len());
     for e in entries {
-        let seq = seq_of(e, "entry")?;
-        if hash_of(e)? != str_of(e, "hash", "entry")? {
+        let (seq, expected) = (seq_of(e, "entry")?, hashes.len() as u64);
+        let hash = str_of(e, "hash", "entry")?;
+        if hash_of(e)? != hash {
             return Err(AuditError::Changed { seq });
         }
-        let prev = str_of(e, "prev", "entry")?;
-        match &before {
-            Some((b, h)) => {
-                if seq != b + 1 {
-                    let why = if seq <= *b {
-                        "out of order".to_string()
-                    } else {
-                        format!("entries {} to {} are missing", b + 1, seq - 1)
-                    };
-                    return Err(AuditError::Broken { seq, before: *b, why });
-                }
-                if prev != h {
-                    return Err(AuditError::Broken {
-                        seq,
-                        before: *b,
-                        why: "its prev is not the hash of the entry before".into(),
-                    });
-                }
-            }
-            None if seq == 0 && prev != GENESIS => {
-                return Err(AuditError::Broken {
-                    seq,
-                    before: 0,
-                    why: "the first entry does not start the chain".into(),
-                });
-            }
-            None => {}
+        let before = expected.saturating_sub(1);
+        if seq != expected {
+            let why = if expected == 0 {
+                format!("the log does not start at entry 0: entries 0 to {} are missing", seq.saturating_sub(1))
+            } else if seq < expected {
+                "out of order".to_string()
+            } else {
+                format!("entries {expected} to {} are missing", seq - 1)
+            };
+            return Err(AuditError::Broken { seq, before, why });
         }
-        hashes.insert(seq, str_of(e, "hash", "entry")?.to_string());
-        before = Some((seq, str_of(e, "hash", "entry")?.to_string()));
+        let prev = hashes.last().copied().unwrap_or(GENESIS);
+        if str_of(e, "prev", "entry")? != prev {
+            let why = if seq == 0 {
+                "the first entry does not start the chain"
+            } else {
+                "its prev is not the hash of the entry before"
+            };
+            return Err(AuditError::Broken { seq, before, why: why.into() });
+        }
+        hashes.push(hash);
     }
-    let last = before.as_ref().map(|b| b.0);
     let mut newest = None;
     for c in checkpoints {
         let seq = seq_of(c, "checkpoint")?;
@@ -174,31 +164,26 @@ pub fn verify(entries: &[Value], checkpoints: &[Value], key: &VerifyingKey) -> R
             return Err(malformed("checkpoint", "wrong type"));
         }
         sign::verify(c, key).map_err(|e| AuditError::Checkpoint { seq, why: e.to_string() })?;
-        match hashes.get(&seq) {
-            Some(h) if h == str_of(c, "head", "checkpoint")? => newest = newest.max(Some(seq)),
+        match hashes.get(seq as usize) {
+            Some(h) if *h == str_of(c, "head", "checkpoint")? => newest = newest.max(Some(seq)),
             Some(_) => {
-                return Err(AuditError::Checkpoint {
-                    seq,
-                    why: "the entry's hash is not the signed head (the chain was re-hashed)".into(),
-                });
+                let why = "the entry's hash is not the signed head (the chain was re-hashed)".into();
+                return Err(AuditError::Checkpoint { seq, why });
             }
-            None if last.is_some_and(|l| seq > l) => {
-                return Err(AuditError::Checkpoint {
-                    seq,
-                    why: format!("the log ends at entry {}: later entries were removed", last.unwrap_or(0)),
-                });
+            None => {
+                let why = match hashes.len() {
+                    0 => "the log is empty: every entry was removed".to_string(),
+                    n => format!("the log ends at entry {}: later entries were removed", n - 1),
+                };
+                return Err(AuditError::Checkpoint { seq, why });
             }
-            None => {}
         }
     }
+    let entries = hashes.len() as u64;
     Ok(ChainStatus {
-        entries: entries.len() as u64,
+        entries,
         checkpoints: checkpoints.len() as u64,
-        unanchored: match (last, newest) {
-            (Some(l), Some(n)) => l - n,
-            (Some(_), None) => entries.len() as u64,
-            _ => 0,
-        },
+        unanchored: newest.map_or(entries, |n| entries - 1 - n),
     })
 }
 
@@ -257,6 +242,9 @@ mod tests {
             rechained.push(e);
         }
         assert!(matches!(verify(&rechained, &cps, &pk), Err(AuditError::Checkpoint { seq: 4, .. })));
+
+        assert!(matches!(verify(&[], &cps, &pk), Err(AuditError::Checkpoint { seq: 4, .. })));
+        assert!(matches!(verify(&log[1..], &cps, &pk), Err(AuditError::Broken { seq: 1, .. })));
 
         let truncated = log[..8].to_vec();
         assert!(matches!(verify(&truncated, &cps, &pk), Err(AuditError::Checkpoint { seq: 9, .. })));

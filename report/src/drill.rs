@@ -132,13 +132,20 @@ pub struct DrillReport {
     pub key_slot: String,
     /// The IT-Grundschutz requirements this report evidences.
     pub evidences: Vec<String>,
-    /// PASS only when every check and both targets hold.
+    /// PASS only when every check and both targets hold: set by [`DrillReport::finished`], never
+    /// by hand.
     pub verdict: Verdict,
 }
 
 impl DrillReport {
+    /// The report with its verdict set from its parts; call it last, before signing.
+    pub fn finished(mut self) -> Self {
+        self.verdict = self.computed_verdict();
+        self
+    }
+
     /// The verdict the parts give: every check and both targets PASS.
-    pub fn computed_verdict(&self) -> Verdict {
+    fn computed_verdict(&self) -> Verdict {
         Verdict::of(
             self.rpo.result == Verdict::Pass
                 && self.rto.result == Verdict::Pass
@@ -147,8 +154,9 @@ impl DrillReport {
         )
     }
 
-    /// A sample for tests and docs.
-    pub fn sample() -> Self {
+    /// A sample for the crate's tests.
+    #[cfg(test)]
+    pub(crate) fn sample() -> Self {
         Self {
             kind: REPORT_TYPE.into(),
             drill_id: "drill-20261129-0201-gpu-01-models".into(),
@@ -200,8 +208,9 @@ impl DrillReport {
             format_version: 1,
             key_slot: "drill-01".into(),
             evidences: vec!["CON.3.A15".into(), "NOT.4.16".into(), "NOT.4.17".into()],
-            verdict: Verdict::Pass,
+            verdict: Verdict::Fail,
         }
+        .finished()
     }
 }
 
@@ -213,7 +222,7 @@ mod tests {
     #[test]
     fn a_report_signs_round_trips_and_a_missed_target_fails_it() {
         let mut r = DrillReport::sample();
-        assert_eq!(r.computed_verdict(), Verdict::Pass);
+        assert_eq!(r.verdict, Verdict::Pass);
         let key = SigningKey::from_bytes(&[5; 32]);
         let mut doc = serde_json::to_value(&r).unwrap();
         crate::sign::sign(&mut doc, &key).unwrap();
@@ -224,8 +233,8 @@ mod tests {
 
         r.rto = Target::new(4_000.0, 3_600.0);
         assert_eq!(r.rto.result, Verdict::Fail);
-        assert_eq!(r.computed_verdict(), Verdict::Fail);
-        let v = serde_json::to_value(&r).unwrap();
+        let v = serde_json::to_value(r.finished()).unwrap();
+        assert_eq!(v["verdict"], "FAIL", "a missed target fails the drill");
         assert_eq!((v["rto"]["measured_s"].as_f64(), v["rto"]["target_s"].as_f64()), (Some(4000.0), Some(3600.0)));
     }
 }

@@ -24,7 +24,7 @@ impl Lang {
 }
 
 /// Every string of the page, by key: German, then English.
-pub const STRINGS: &[(&str, &str, &str)] = &[
+const STRINGS: &[(&str, &str, &str)] = &[
     ("title", "Bericht über die Wiederherstellungsübung", "Restore drill report"),
     ("verdict", "Gesamtergebnis", "Verdict"),
     ("pass", "BESTANDEN", "PASS"),
@@ -230,7 +230,7 @@ mod tests {
         r.anomalies.clear();
         r.read_seed = None;
         r.checks[0].result = Verdict::Fail;
-        r.verdict = r.computed_verdict();
+        let r = r.finished();
         pages.extend([render(&r, Lang::De), render(&r, Lang::En)]);
         for p in &pages {
             assert!(!p.contains(MISSING), "a string is missing:\n{p}");
@@ -242,7 +242,7 @@ mod tests {
         let mut r = DrillReport::sample();
         r.checks[2].result = Verdict::Fail;
         r.checks[2].detail = "tensor <layers.3> differs".into();
-        r.verdict = r.computed_verdict();
+        let r = r.finished();
         let de = render(&r, Lang::De);
         let en = render(&r, Lang::En);
         assert!(de.contains("<html lang=\"de\">") && en.contains("<html lang=\"en\">"));

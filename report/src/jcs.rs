@@ -199,7 +199,8 @@ mod tests {
             prop_assume!(x.is_finite());
             let s = number(x).unwrap();
             let back: f64 = s.parse().unwrap();
-            prop_assert!(back == x || (x == 0.0 && back == 0.0), "{x} -> {s} -> {back}");
+            // -0 is written "0" (RFC 8785): it reads back as 0, which IEEE counts equal to -0.
+            prop_assert!(back == x, "{x} -> {s} -> {back}");
         }
 
         /// Re-formatting a document never changes its canonical bytes.

@@ -1,9 +1,10 @@
 //! # tresor-report
 //!
 //! Documents an auditor must be able to trust without trusting Tresor: canonical JSON
-//! ([`jcs`], RFC 8785) and an Ed25519 signature over it embedded in the document ([`sign`]). The
-//! controller signs drill reports and audit checkpoints; `tresorctl report verify` checks them
-//! offline with nothing but the public key.
+//! ([`jcs`], RFC 8785) and an Ed25519 signature over it embedded in the document ([`sign`]);
+//! `tresorctl report verify` checks them offline with nothing but the public key. The drill report
+//! ([`drill`], [`html`]) and the audit chain ([`audit`]) are the formats issue 5's drills and audit
+//! log will write; the controller does not produce them yet.
 //!
 //! No I/O and no workspace dependency: this crate sits at the bottom, beside `proto`.
 

@@ -3,7 +3,6 @@
 //! The pinned version is installed by `make test` (scripts/ensure-test-deps.sh). A missing binary
 //! fails the test: nothing here is skipped.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,16 +45,12 @@ fn garage_bin() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
 impl Garage {
     /// Start a server, lay out its one node, and make a bucket and a key.
     pub fn start() -> Self {
         let bin = garage_bin();
         let dir = tempfile::Builder::new().prefix("tresor-garage-").tempdir().expect("tempdir");
-        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let (rpc, s3, admin) = (crate::free_port(), crate::free_port(), crate::free_port());
         let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
         let config = dir.path().join("garage.toml");
         std::fs::write(

@@ -341,3 +341,8 @@ pub fn test_deps() -> PathBuf {
     );
     dir
 }
+
+/// A port free on loopback right now (a test server binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}

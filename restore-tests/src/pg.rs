@@ -6,6 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use tresor_sources::postgres::tools;
+
 /// The test password of the `postgres` role over TCP.
 pub const PASSWORD: &str = "tresor-test-pw";
 
@@ -22,21 +24,21 @@ pub struct PgCluster {
     bin: PathBuf,
 }
 
-/// PostgreSQL's programs; the suite fails loudly without them (make test installs them).
+/// PostgreSQL's programs (the newest installed, as the agent picks them); the suite fails loudly
+/// without them (make test installs them).
 pub fn bin_dir() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.flatten().map(|e| e.path().join("bin")).filter(|p| p.join("initdb").is_file()).collect())
-        .unwrap_or_default();
-    dirs.sort();
-    dirs.pop().expect(
+    tools::bin_dir(None).expect(
         "PostgreSQL server binaries under /usr/lib/postgresql/*/bin: run scripts/ensure-test-deps.sh (make test does)",
     )
 }
 
+fn postgres_uid() -> u32 {
+    let out = Command::new("id").args(["-u", "postgres"]).output().expect("id runs");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a postgres user (make test installs PostgreSQL)")
+}
+
 fn as_postgres(program: &Path) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=postgres", "--regid=postgres", "--clear-groups", "--"]).arg(program);
-    c
+    tools::command_as(program, Some(postgres_uid()))
 }
 
 fn chown_postgres(p: &Path) {
@@ -77,7 +79,7 @@ impl PgCluster {
                 .unwrap(),
             "initdb",
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::free_port();
         let c = Self { dir, data, sock, port, bin };
         c.pg_ctl_start();
         c

@@ -51,10 +51,6 @@ pub struct Plane {
     pub agents: BTreeMap<String, AgentProc>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
 /// Wait until `f` holds, polling every 200 ms; panics with `what` and the time waited.
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -75,7 +71,7 @@ impl Plane {
     /// leases by default).
     pub fn start(extra: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("tresor-plane-").tempdir().expect("tempdir");
-        let port = free_port();
+        let port = crate::free_port();
         let state = dir.path().join("controller");
         let controller_toml = dir.path().join("controller.toml");
         let mut toml = format!(

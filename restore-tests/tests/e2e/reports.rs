@@ -46,7 +46,9 @@ fn report_verify_offline_detects_every_change() {
 
     let mut unsigned = report.clone();
     unsigned.as_object_mut().unwrap().remove("signature");
-    assert_eq!(verify(&unsigned).0, Some(9));
+    let (code, text) = verify(&unsigned);
+    assert_eq!(code, Some(9), "{text}");
+    assert!(text.contains("carries no signature"), "{text}");
 
     let mut other = changed.clone();
     sign::sign(&mut other, &SigningKey::from_bytes(&[8; 32])).unwrap();

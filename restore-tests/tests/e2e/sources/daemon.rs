@@ -2,6 +2,8 @@
 //! agent's own config holds the hooks, and `tresorctl backup` runs it all.
 
 use restore_tests::World;
+
+use super::{restore_and_verify, verified};
 use restore_tests::plane::Plane;
 use rusqlite::Connection;
 use tresor_sources::model::synth;
@@ -42,9 +44,7 @@ fn a_policy_with_sources_runs_from_the_daemon_with_the_agents_hooks() {
     let snaps = w.json(&["snapshots", "--vault", w.vault_str()]);
     let snap = &snaps[0];
     assert_eq!(snap["source"], "files+model+sqlite", "{snap}");
-    let to = w.path("restored");
-    w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
-    let v = w.json(&["verify", "--vault", w.vault_str(), "--snapshot", "latest", to.to_str().unwrap()]);
+    let v = verified(&restore_and_verify(&w, &w.path("restored")));
     assert_eq!(v["report"]["tensors"], 1, "{v}");
     let findings = v["report"]["findings"].as_array().unwrap();
     assert!(

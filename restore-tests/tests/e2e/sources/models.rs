@@ -6,7 +6,7 @@ use std::path::Path;
 use restore_tests::{World, test_deps};
 use tresor_sources::model::synth;
 
-use super::{restore_and_verify, verified};
+use super::{restore_and_verify, run_py, script, verified, verify};
 
 fn flip_byte(path: &Path, at: u64) {
     let mut b = fs::read(path).unwrap();
@@ -44,7 +44,7 @@ fn real_weights_round_trip_and_a_flipped_byte_names_the_tensor() {
 
     let restored = to.join(minilm.strip_prefix("/").unwrap()).join("model.safetensors");
     flip_byte(&restored, 40_000_000);
-    let out = w.run(&["verify", "--vault", w.vault_str(), "--snapshot", "latest", to.to_str().unwrap()]);
+    let out = verify(&w, &to, false, &[]);
     assert_eq!(out.status.code(), Some(13), "damage exits 13");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("tensor embeddings.word_embeddings.weight (tensor BLAKE3)"), "{text}");
@@ -128,10 +128,7 @@ fn damaged_model_files_fail_the_job_cleanly() {
 fn gguf_and_sharded_hf_directories_from_the_real_writers() {
     let w = World::new();
     let dir = w.path("models");
-    let python = test_deps().join("venv/bin/python");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/model_files.py");
-    let out = std::process::Command::new(python).arg(script).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_py(&[script("model_files.py"), dir.clone()]);
     let b = w.json(&["backup", "--vault", w.vault_str(), "--source", &format!("model:{}", dir.display())]);
     let probes = &b["manifest"]["sources"][0]["probes"];
     assert_eq!(probes["model_files"], "3", "{probes}");

@@ -39,9 +39,10 @@ fn wal_database_under_a_writer_is_captured_consistently() {
             }
         })
     };
-    while committed.load(Ordering::SeqCst) < 20_000 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    restore_tests::plane::wait_for("20,000 committed rows", std::time::Duration::from_secs(120), || {
+        committed.load(Ordering::SeqCst) >= 20_000 || writer.is_finished()
+    });
+    assert!(!writer.is_finished(), "the writer stopped early");
     let before = committed.load(Ordering::SeqCst);
     let b = w.json(&["backup", "--vault", w.vault_str(), "--source", &format!("sqlite:{}", db.display())]);
     stop.store(true, Ordering::Relaxed);
@@ -72,6 +73,7 @@ fn not_a_database_is_a_clear_error() {
     assert!(err.contains("junk.db") && err.contains("not a readable SQLite database"), "{err}");
     let out = w.run(&["backup", "--vault", w.vault_str(), "--source", "sqlite:/nonexistent/x.db"]);
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot read /nonexistent/x.db"), "{err}");
     assert!(w.snapshot_ids().is_empty());
 }

@@ -2,28 +2,21 @@
 //! by scripts/ensure-python-deps.sh): golden queries recorded at backup, re-run on the restored
 //! index; a truncated index fails; a probe command that hangs fails the job cleanly.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use restore_tests::{World, test_deps};
+use restore_tests::World;
 
-use super::{restore_and_verify, verified};
+use super::{python, restore_and_verify, run_py, script, verified, verify};
 
-fn python() -> PathBuf {
-    test_deps().join("venv/bin/python")
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name)
-}
-
-fn recall_finding(v: &serde_json::Value) -> serde_json::Value {
-    v["report"]["findings"]
+/// The verifier's golden-query finding must pass with recall 1.0.
+fn assert_full_recall(v: &serde_json::Value) {
+    let f = v["report"]["findings"]
         .as_array()
         .unwrap()
         .iter()
         .find(|f| f["check"] == "golden queries")
-        .cloned()
-        .unwrap_or_else(|| panic!("no golden-query finding: {v}"))
+        .unwrap_or_else(|| panic!("no golden-query finding: {v}"));
+    assert!(f["ok"] == true && f["detail"].as_str().unwrap().contains("recall@10 1.000"), "{f}");
 }
 
 fn truncate(path: &Path, by: u64) {
@@ -46,13 +39,10 @@ fn faiss_flat_index_saved_by_a_pre_hook_answers_its_golden_queries() {
     let b = w.json(&["backup", "--vault", w.vault_str(), "--pre-hook", &save, "--source", &spec]);
     assert_eq!(b["manifest"]["sources"][0]["probes"]["golden_method"], "builtin-flat", "{b}");
     let to = w.path("restored");
-    let v = verified(&restore_and_verify(&w, &to));
-    let f = recall_finding(&v);
-    assert_eq!(f["ok"], true, "{f}");
-    assert!(f["detail"].as_str().unwrap().contains("recall@10 1.000"), "{f}");
+    assert_full_recall(&verified(&restore_and_verify(&w, &to)));
 
     truncate(&to.join(index.strip_prefix("/").unwrap()), 1000);
-    let out = w.run(&["verify", "--vault", w.vault_str(), "--snapshot", "latest", to.to_str().unwrap()]);
+    let out = verify(&w, &to, false, &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(13), "{text}");
     assert!(text.contains("golden queries") && text.contains("truncated"), "{text}");
@@ -65,29 +55,20 @@ fn hnswlib_index_answers_through_a_probe_command() {
     let dir = w.path("app");
     std::fs::create_dir_all(&dir).unwrap();
     let index = dir.join("index.hnsw");
-    let out = std::process::Command::new(python()).arg(script("hnsw_build.py")).arg(&index).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_py(&[script("hnsw_build.py"), index.clone()]);
     let probe = format!("{} {} 32", python().display(), script("hnsw_probe.py").display());
     let spec = format!("hnswlib:{}", index.display());
     let b = w.json(&["backup", "--vault", w.vault_str(), "--source", &spec, "--probe-command", &probe]);
     assert_eq!(b["manifest"]["sources"][0]["probes"]["golden_method"], "command", "{b}");
     let to = w.path("restored");
     w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
-    let verify = |extra: &[&str]| {
-        let mut a = vec!["--json", "verify", "--vault", w.vault_str(), "--snapshot", "latest"];
-        a.extend_from_slice(extra);
-        a.push(to.to_str().unwrap());
-        w.run(&a)
-    };
-    let v = verified(&verify(&["--probe-command", &probe]));
-    let f = recall_finding(&v);
-    assert!(f["ok"] == true && f["detail"].as_str().unwrap().contains("recall@10 1.000"), "{f}");
+    assert_full_recall(&verified(&verify(&w, &to, true, &["--probe-command", &probe])));
     // Without the probe command the verifier says what it needs instead of passing silently.
-    let out = verify(&[]);
+    let out = verify(&w, &to, true, &[]);
     assert_eq!(out.status.code(), Some(13));
     assert!(String::from_utf8_lossy(&out.stdout).contains("--probe-command"));
     truncate(&to.join(index.strip_prefix("/").unwrap()), 4096);
-    let out = verify(&["--probe-command", &probe]);
+    let out = verify(&w, &to, true, &["--probe-command", &probe]);
     assert_eq!(out.status.code(), Some(13), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
@@ -96,9 +77,7 @@ fn hnswlib_index_answers_through_a_probe_command() {
 fn a_hanging_probe_command_fails_the_job_cleanly() {
     let w = World::new();
     let index = w.path("index.hnsw");
-    let out =
-        std::process::Command::new(python()).arg(script("hnsw_build.py")).arg(&index).arg("200").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_py(&[script("hnsw_build.py").into_os_string(), index.clone().into_os_string(), "200".into()]);
     let plain = w.path("plain");
     std::fs::create_dir_all(&plain).unwrap();
     std::fs::write(plain.join("f"), b"x").unwrap();
@@ -131,7 +110,7 @@ fn chroma_directory_under_a_live_writer_restores_and_answers_its_golden_queries(
     let w = World::new();
     let db = w.path("chroma");
     let (ready, stop) = (w.path("ready"), w.path("stop"));
-    let writer = std::process::Command::new(python())
+    let mut writer = std::process::Command::new(python())
         .arg(script("chroma_writer.py"))
         .args([&db, &ready, &stop])
         .stderr(std::process::Stdio::piped())
@@ -144,6 +123,7 @@ fn chroma_directory_under_a_live_writer_restores_and_answers_its_golden_queries(
     let spec = format!("chroma:{}", db.display());
     let b = w.json(&["backup", "--vault", w.vault_str(), "--source", &spec, "--probe-command", &probe]);
     let during = std::fs::read_to_string(&ready).unwrap();
+    assert!(writer.try_wait().unwrap().is_none(), "the writer was still writing when the backup ended");
     std::fs::write(&stop, b"").unwrap();
     let out = writer.wait_with_output().unwrap();
     assert!(out.status.success(), "the writer failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -153,20 +133,8 @@ fn chroma_directory_under_a_live_writer_restores_and_answers_its_golden_queries(
 
     let to = w.path("restored");
     w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
-    let out = w.run(&[
-        "--json",
-        "verify",
-        "--vault",
-        w.vault_str(),
-        "--snapshot",
-        "latest",
-        "--probe-command",
-        &probe,
-        to.to_str().unwrap(),
-    ]);
-    let v = verified(&out);
-    let f = recall_finding(&v);
-    assert!(f["ok"] == true && f["detail"].as_str().unwrap().contains("recall@10 1.000"), "{f}");
+    let v = verified(&verify(&w, &to, true, &["--probe-command", &probe]));
+    assert_full_recall(&v);
     let findings = v["report"]["findings"].as_array().unwrap();
     assert!(findings.iter().any(|f| f["check"] == "sqlite integrity_check" && f["ok"] == true), "{v}");
 }
@@ -183,51 +151,30 @@ fn qdrant_against_a_fake_of_the_documented_api_snapshot_verify_and_recover() {
     let points: Vec<(u64, Vec<f32>)> =
         (0..500u64).map(|i| (i, (0..16).map(|j| (((i * 31 + j * 7) % 97) as f32) / 97.0).collect())).collect();
     fake.put_collection("docs", points.clone());
-    let w = World::new();
+    let mut w = World::new();
     let spec = format!("qdrant:{}/collections/docs", fake.url);
     let out = w.run(&["backup", "--vault", w.vault_str(), "--source", &spec]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "without the API key the job fails: {err}");
     assert!(err.contains("HTTP 401"), "{err}");
 
-    let mut agent = w.agent();
-    agent.env("QDRANT_API_KEY", "secret-key");
-    let out = agent.args(["--json", "backup", "--vault", w.vault_str(), "--source", &spec]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    w.env.push(("QDRANT_API_KEY".into(), "secret-key".into()));
+    w.json(&["backup", "--vault", w.vault_str(), "--source", &spec]);
     assert!(fake.snapshots("docs").is_empty(), "the remote snapshot was deleted after the download");
 
     let to = w.path("restored");
     w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
     let file =
         to.join("tresor-sources/qdrant").read_dir().unwrap().next().unwrap().unwrap().path().join("docs.snapshot");
-    let verify = |extra: &[&str]| {
-        let mut c = w.agent();
-        c.env("QDRANT_API_KEY", "secret-key").args([
-            "--json",
-            "verify",
-            "--vault",
-            w.vault_str(),
-            "--snapshot",
-            "latest",
-        ]);
-        c.args(extra).arg(&to).output().unwrap()
-    };
-    let v = verified(&verify(&["--qdrant", &fake.url]));
-    let f = recall_finding(&v);
-    assert!(f["ok"] == true && f["detail"].as_str().unwrap().contains("recall@10 1.000"), "{f}");
+    assert_full_recall(&verified(&verify(&w, &to, true, &["--qdrant", &fake.url])));
     assert_eq!(fake.collections(), ["docs"], "the scratch collection was removed");
 
-    let mut c = w.agent();
-    c.env("QDRANT_API_KEY", "secret-key")
-        .arg("qdrant-recover")
-        .arg(&file)
-        .args(["--collection", &format!("{}/collections/docs-restored", fake.url)]);
-    let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let target = format!("{}/collections/docs-restored", fake.url);
+    w.ok(&["qdrant-recover", file.to_str().unwrap(), "--collection", &target]);
     assert_eq!(fake.points("docs-restored").unwrap(), points);
 
     truncate(&file, 10);
-    let out = verify(&["--qdrant", &fake.url]);
+    let out = verify(&w, &to, true, &["--qdrant", &fake.url]);
     assert_eq!(out.status.code(), Some(13));
     assert!(String::from_utf8_lossy(&out.stdout).contains("snapshot SHA-256"));
 }
@@ -242,15 +189,13 @@ fn a_numpy_matrix_answers_its_golden_queries_by_brute_force() {
         "import numpy as np; np.save('{}', np.random.default_rng(2).standard_normal((3000, 48), dtype=np.float32))",
         npy.display()
     );
-    let out = std::process::Command::new(python()).args(["-c", &code]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_py(&["-c", &code]);
     let b = w.json(&["backup", "--vault", w.vault_str(), "--source", &format!("vectors:{}", npy.display())]);
     assert_eq!(b["manifest"]["sources"][0]["probes"]["golden_method"], "builtin-matrix");
     let to = w.path("restored");
-    let f = recall_finding(&verified(&restore_and_verify(&w, &to)));
-    assert!(f["ok"] == true && f["detail"].as_str().unwrap().contains("recall@10 1.000"), "{f}");
+    assert_full_recall(&verified(&restore_and_verify(&w, &to)));
     truncate(&to.join(npy.strip_prefix("/").unwrap()), 8);
-    let out = w.run(&["verify", "--vault", w.vault_str(), "--snapshot", "latest", to.to_str().unwrap()]);
+    let out = verify(&w, &to, false, &[]);
     assert_eq!(out.status.code(), Some(13));
     assert!(String::from_utf8_lossy(&out.stdout).contains("truncated"));
 }
