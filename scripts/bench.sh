@@ -34,9 +34,7 @@ fi
 src=$work/src
 printf 'tool\tphase\twall_s\tcpu_s\tpeak_kib\tstored_bytes\n' > "$results"
 
-export TRESOR_PASSWORD=bench RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench
 export TRESOR_CACHE_DIR=$work/cache/tresor RESTIC_CACHE_DIR=$work/cache/restic BORG_BASE_DIR=$work/cache/borg
-export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
 
 # Reset the source tree to the base corpus (hard links: cheap, same content, fresh inode per variant).
 reset_source() {
@@ -51,16 +49,7 @@ use_variant() {
     mv "$src/model/model.safetensors.new" "$src/model/model.safetensors"
 }
 
-measure() { # tool phase repo command...
-    local tool=$1 phase=$2 repo=$3; shift 3
-    sync
-    /usr/bin/time -f '%e %U %S %M' -o "$work/time.out" "$@" > "$work/$tool-$phase.log" 2>&1 || {
-        echo "$tool $phase failed:"; tail -20 "$work/$tool-$phase.log"; exit 1; }
-    read -r wall user sys peak < "$work/time.out"
-    local stored; stored=$(du -sb "$repo" | cut -f1)
-    local cpu; cpu=$(echo "$user + $sys" | bc)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$phase" "$wall" "$cpu" "$peak" "$stored" | tee -a "$results"
-}
+source scripts/bench_lib.sh
 
 run_tool() { # tool
     local tool=$1 repo=$work/repo-$1 out=$work/restore-$1
@@ -91,9 +80,8 @@ run_tool() { # tool
     diff -r "$src" "$out$src" > /dev/null || { echo "$tool restore differs from the source"; exit 1; }
     rm -rf "$out"
 }
-borg_create() { borg create --compression zstd,3 "$1::s$(date +%s%N)" "$2"; }
 borg_extract() { (cd "$2" && borg extract "$1::$(borg list --short --last 1 "$1")"); }
-export -f borg_create borg_extract
+export -f borg_extract
 
 for tool in tresor restic borg; do
     echo "== $tool"

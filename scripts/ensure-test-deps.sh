@@ -34,6 +34,6 @@ if ! have_pg; then
 fi
 have_pg || { echo "error: PostgreSQL server binaries are not under /usr/lib/postgresql after installing them" >&2; exit 1; }
 [[ "$(id -u)" == 0 ]] || { echo "error: the PostgreSQL tests run initdb as the postgres user and need root (setpriv)" >&2; exit 1; }
-echo "postgresql: $(ls -d /usr/lib/postgresql/*/bin | tail -1)"
+echo "postgresql: $(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 
 scripts/ensure-python-deps.sh
