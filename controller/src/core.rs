@@ -341,7 +341,7 @@ impl Controller {
             }
         }
         self.catalog.flush().await?;
-        let path = self.state.policy_dir().join(format!("{}.toml", policy.name));
+        let path = self.state.policy_path(&policy.name);
         let bytes = text.as_bytes().to_vec();
         self.blocking(move |_| write_atomic(&path, &bytes, 0o644).map_err(|e| Error::io("writing the policy", e)))
             .await?;
@@ -357,17 +357,15 @@ impl Controller {
     /// Unknown policy, or the file cannot be removed.
     pub async fn remove_policy(&self, name: &str) -> Result<u32> {
         let sources = self
-            .policies()
+            .policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .map(|p| p.sources.len() as u32)
             .ok_or_else(|| Error::NotFound(format!("no policy named {name:?}")))?;
-        let path = self.state.policy_dir().join(format!("{name}.toml"));
-        self.blocking(|_| {
-            std::fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
-            let dir = path.parent().unwrap_or(std::path::Path::new("."));
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::io("syncing the policy directory", e))
+        let path = self.state.policy_path(name);
+        self.blocking(move |_| {
+            crate::fsutil::remove_durable(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))
         })
         .await?;
         let _ = self.policies.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
@@ -443,17 +441,18 @@ impl Controller {
         Ok((forget, kept))
     }
 
-    /// Queue a prune (forget what retention says, then GC) on the vault's maintainer.
+    /// Queue a prune (forget what retention says, then GC) on the vault's maintainer; returns the
+    /// job, what it forgets and how many snapshots stay.
     ///
     /// # Errors
     /// Unknown vault or maintainer.
-    pub fn start_prune(&self, vault: &str, trigger: &str) -> Result<(JobRecord, Vec<SnapshotRecord>)> {
+    pub fn start_prune(&self, vault: &str, trigger: &str) -> Result<(JobRecord, Vec<SnapshotRecord>, usize)> {
         let busy =
             self.catalog.active_jobs()?.iter().any(|j| j.vault == vault && matches!(j.spec, JobSpec::Prune { .. }));
         if busy {
             return Err(Error::FailedPrecondition(format!("a prune of vault {vault} is already queued or running")));
         }
-        let (forget, _) = self.plan_prune(vault)?;
+        let (forget, keep) = self.plan_prune(vault)?;
         let vp = self
             .policies()
             .values()
@@ -473,7 +472,7 @@ impl Controller {
         };
         let job = JobRecord::new(id, a.name, vault.to_string(), spec, trigger, self.config.max_attempts);
         self.jobs.submit(&job)?;
-        Ok((job, forget))
+        Ok((job, forget, keep))
     }
 
     // --- results ------------------------------------------------------------------------------
@@ -503,8 +502,19 @@ impl Controller {
                 )));
             }
         }
+        use pb::job_result::Kind;
         let job = match self.jobs.finish(agent, &result)? {
             crate::jobs::Finished::First(job) => job,
+            // The first delivery of a good backup stopped after the job was recorded but before its
+            // receipt was kept (a crash, a catalog error): this delivery finishes what it began.
+            crate::jobs::Finished::Again(job)
+                if job.receipt.is_none()
+                    && matches!(job.spec, JobSpec::Backup { .. })
+                    && matches!(result.kind, Some(Kind::Backup(_)))
+                    && result.error.is_empty() =>
+            {
+                job
+            }
             crate::jobs::Finished::Again(job) => {
                 let receipt = job.receipt.as_deref().and_then(|b| {
                     use base64::Engine;
@@ -528,13 +538,9 @@ impl Controller {
             s.last_check_error = if result.error.is_empty() { String::new() } else { result.error.clone() };
             self.catalog.put_source(source, &s)?;
         }
-        use pb::job_result::Kind;
-        match (&result.kind, result.error.is_empty()) {
-            (Some(Kind::Backup(b)), true) => {
+        match (&result.kind, result.error.is_empty(), &job.spec) {
+            (Some(Kind::Backup(b)), true, JobSpec::Backup { source, .. }) => {
                 let meta = b.snapshot.clone().unwrap_or_default();
-                let JobSpec::Backup { source, .. } = &job.spec else {
-                    return Err(Error::InvalidArgument("a backup result for a job that is not a backup".into()));
-                };
                 let mut receipt = pb::Receipt {
                     vault_id: meta.vault_id.clone(),
                     snapshot_id: meta.snapshot_id.clone(),
@@ -559,18 +565,18 @@ impl Controller {
                 self.jobs.set_receipt(&job, &receipt)?;
                 reply.receipt = Some(receipt);
             }
-            (Some(Kind::Scan(scan)), true) => {
+            (Some(Kind::Scan(scan)), true, _) => {
                 let n = self.merge_scan(&job.vault, scan)?;
                 tracing::info!(vault = %job.vault, snapshots = n, "catalog rebuilt from the vault");
             }
-            (Some(Kind::Prune(p)), true) => {
+            (Some(Kind::Prune(p)), true, _) => {
                 if let Some(vid) = self.vault_id_of(&job.vault) {
                     for s in &p.forgotten {
                         self.catalog.remove_snapshot(&vid, s)?;
                     }
                 }
             }
-            (_, false) => {
+            (_, false, _) => {
                 if let Some(key) = &source_key {
                     // Every failed attempt counts for metrics; the source is failing once the job
                     // has used up its attempts.

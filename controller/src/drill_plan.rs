@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::fields::{name_ok, percent};
+use crate::fields::{duration as dur, name_ok, percent};
 use crate::schedule::Schedule;
 
 /// Which snapshot a drill restores.
@@ -60,10 +60,6 @@ pub(crate) struct RawDrill {
     read_data: Option<String>,
     #[serde(default)]
     keep: bool,
-}
-
-fn dur(field: &str, v: &str) -> Result<Duration> {
-    tresor_proto::parse_duration(v).map_err(|e| Error::Config(format!("{field}: {e}")))
 }
 
 /// A source a drill may name: (agent, name, its RPO).

@@ -23,3 +23,8 @@ pub(crate) fn name_ok(field: &str, v: &str) -> Result<()> {
         Err(Error::Config(format!("{field}: {v:?} must be 1-64 letters, digits, '-', '_' or '.'")))
     }
 }
+
+/// A duration as the TOML files write it (`90s`, `26h`, `7d`).
+pub(crate) fn duration(field: &str, v: &str) -> Result<std::time::Duration> {
+    tresor_proto::parse_duration(v).map_err(|e| Error::Config(format!("{field}: {e}")))
+}

@@ -20,6 +20,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Remove `path` durably: the file, then an fsync of its directory.
+pub fn remove_durable(path: &Path) -> std::io::Result<()> {
+    std::fs::remove_file(path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
 /// Read a file that may not exist yet.
 pub fn read_optional(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     match std::fs::read(path) {

@@ -162,7 +162,7 @@ struct RawPolicy {
 }
 
 fn dur(field: &str, v: Option<&str>, default: &str) -> Result<Duration> {
-    tresor_proto::parse_duration(v.unwrap_or(default)).map_err(|e| Error::Config(format!("{field}: {e}")))
+    crate::fields::duration(field, v.unwrap_or(default))
 }
 
 impl Policy {

@@ -83,6 +83,11 @@ pub fn token_hash(token: &str) -> String {
     blake3::hash(token.as_bytes()).to_hex().to_string()
 }
 
+/// The id people use for a token: the first 12 hex digits of its hash.
+fn token_id(hash: &str) -> String {
+    hash.chars().take(12).collect()
+}
+
 /// A fresh random token secret with a readable prefix.
 pub fn new_token(prefix: &str) -> String {
     let bytes: [u8; 20] = rand::random();
@@ -124,10 +129,14 @@ impl State {
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let signing = load_or_make_key(&crate::pki::receipt_key_path(dir), "receipt signing key")?;
         let report_signing = load_or_make_key(&dir.join(REPORT_KEY), "report signing key")?;
-        // The public half, for auditors to pin (docs/DRILLS.md); rewritten at every start.
+        // The public half, for auditors to pin (docs/DRILLS.md); written again only if it is
+        // missing or does not match the key.
         let pem = tresor_report::sign::public_key_pem(&report_signing.verifying_key());
-        write_atomic(&dir.join(REPORT_PUBKEY), pem.as_bytes(), 0o644)
-            .map_err(|e| Error::io("writing the report signing public key", e))?;
+        let pem_path = dir.join(REPORT_PUBKEY);
+        if std::fs::read_to_string(&pem_path).ok().as_deref() != Some(pem.as_str()) {
+            write_atomic(&pem_path, pem.as_bytes(), 0o644)
+                .map_err(|e| Error::io("writing the report signing public key", e))?;
+        }
         let files = Files {
             agents: load_json(&dir.join("agents.json"))?,
             revoked: load_json(&dir.join("revoked.json"))?,
@@ -167,7 +176,7 @@ impl State {
 
     /// People's tokens: (id = first 12 hex digits of the hash, entry).
     pub fn access_tokens(&self) -> Vec<(String, AccessToken)> {
-        self.lock().access.iter().map(|(h, t)| (h[..12.min(h.len())].to_string(), t.clone())).collect()
+        self.lock().access.iter().map(|(h, t)| (token_id(h), t.clone())).collect()
     }
 
     /// Withdraw the person's token whose hash starts with `id`. The last admin token cannot be
@@ -197,7 +206,7 @@ impl State {
         }
         let _ = f.access.remove(&hash);
         save_json(&self.dir.join("access.json"), &f.access, 0o600)?;
-        Ok((hash[..12].to_string(), entry))
+        Ok((token_id(&hash), entry))
     }
 
     /// The role a token grants, if it is known and not expired.
@@ -281,6 +290,11 @@ impl State {
     /// Where applied policies are kept.
     pub fn policy_dir(&self) -> PathBuf {
         self.dir.join("policies")
+    }
+
+    /// The file of the applied policy `name`.
+    pub fn policy_path(&self, name: &str) -> PathBuf {
+        self.policy_dir().join(format!("{name}.toml"))
     }
 }
 

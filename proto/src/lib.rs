@@ -34,24 +34,25 @@ pub fn receipt_signing_bytes(r: &pb::Receipt) -> Vec<u8> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use prost::Message;
+/// Source kinds a policy may name as `KIND:SPEC` beside plain paths; the agent's
+/// `tresor_sources::spec::Kind` is the authority and a test keeps the two equal.
+pub const SOURCE_KINDS: &[&str] = &["model", "sqlite", "postgres", "faiss", "hnswlib", "chroma", "qdrant", "vectors"];
 
-    #[test]
-    fn descriptor_set_decodes_and_names_both_services() {
-        let fds = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).expect("descriptor decodes");
-        let services: Vec<&str> =
-            fds.file.iter().flat_map(|f| f.service.iter()).filter_map(|s| s.name.as_deref()).collect();
-        assert_eq!(services, ["AgentService", "AdminService"]);
-    }
+/// The kinds whose SPEC is a path (the others take a connection string or a URL).
+const PATH_KINDS: &[&str] = &["model", "sqlite", "faiss", "hnswlib", "chroma", "vectors"];
 
-    #[test]
-    fn receipt_encoding_separates_fields() {
-        let a = super::pb::Receipt { vault_id: "ab".into(), snapshot_id: "c".into(), ..Default::default() };
-        let b = super::pb::Receipt { vault_id: "a".into(), snapshot_id: "bc".into(), ..Default::default() };
-        assert_ne!(super::receipt_signing_bytes(&a), super::receipt_signing_bytes(&b));
-    }
+/// Whether a policy's backup item is a plain path (else it is `KIND:SPEC`).
+pub fn is_plain_path(item: &str) -> bool {
+    item.starts_with('/')
+}
+
+/// Whether a policy's backup item is an absolute path, or `KIND:SPEC` of a known kind whose SPEC
+/// is an absolute path for path kinds (a daemon has no working directory to resolve against).
+pub fn is_backup_item(item: &str) -> bool {
+    is_plain_path(item)
+        || item.split_once(':').is_some_and(|(kind, rest)| {
+            SOURCE_KINDS.contains(&kind) && !rest.is_empty() && (!PATH_KINDS.contains(&kind) || rest.starts_with('/'))
+        })
 }
 
 /// Parse a duration as written in Tresor's TOML files and flags: a number and a unit, `s`, `m`,
@@ -59,16 +60,6 @@ mod tests {
 ///
 /// # Errors
 /// Names the text and the expected form.
-/// Source kinds a policy may name as `KIND:SPEC` beside plain paths; the agent's
-/// `tresor_sources::spec::Kind` is the authority and a test keeps the two equal.
-pub const SOURCE_KINDS: &[&str] = &["model", "sqlite", "postgres", "faiss", "hnswlib", "chroma", "qdrant", "vectors"];
-
-/// Whether a policy's backup item is an absolute path or `KIND:/absolute/path` of a known kind.
-pub fn is_backup_item(item: &str) -> bool {
-    item.starts_with('/')
-        || item.split_once(':').is_some_and(|(kind, rest)| SOURCE_KINDS.contains(&kind) && !rest.is_empty())
-}
-
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -97,5 +88,37 @@ mod duration_tests {
         assert!(parse_duration("10").unwrap_err().contains("\"10\""));
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("5 years").is_err());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    #[test]
+    fn descriptor_set_decodes_and_names_both_services() {
+        let fds = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).expect("descriptor decodes");
+        let services: Vec<&str> =
+            fds.file.iter().flat_map(|f| f.service.iter()).filter_map(|s| s.name.as_deref()).collect();
+        assert_eq!(services, ["AgentService", "AdminService"]);
+    }
+
+    #[test]
+    fn receipt_encoding_separates_fields() {
+        let a = super::pb::Receipt { vault_id: "ab".into(), snapshot_id: "c".into(), ..Default::default() };
+        let b = super::pb::Receipt { vault_id: "a".into(), snapshot_id: "bc".into(), ..Default::default() };
+        assert_ne!(super::receipt_signing_bytes(&a), super::receipt_signing_bytes(&b));
+    }
+
+    #[test]
+    fn backup_items_are_absolute_paths_or_known_kinds() {
+        assert!(super::is_backup_item("/srv/models"));
+        assert!(super::is_backup_item("model:/srv/models"));
+        assert!(super::is_backup_item("postgres:host=/run/postgresql port=5432"));
+        assert!(super::is_backup_item("qdrant:http://q:6333/collections/docs"));
+        assert!(!super::is_backup_item("model:srv/models"), "a daemon cannot resolve a relative path");
+        assert!(
+            !super::is_backup_item("mongo:/x") && !super::is_backup_item("sqlite:") && !super::is_backup_item("srv")
+        );
     }
 }

@@ -367,9 +367,7 @@ impl BackupSession {
             crate::session::read_mark(&vault).await?.map(|m| m.packs.into_iter().collect()).unwrap_or_default();
         // A sweep that finished between the caller's index load and our marker deleted the
         // segments it compacted: the loaded index may name deleted packs. Detect it, start again.
-        let listed: HashSet<crate::ids::ObjectId> =
-            vault.backend().list(layout::INDEX).await?.iter().filter_map(|i| layout::id_of(&i.key)).collect();
-        if index.merged_segments().iter().any(|s| !listed.contains(s)) {
+        if index.is_stale(&vault.index_segment_ids().await?) {
             let _ = vault.backend().delete(&layout::session(&id)).await;
             return Err(Error::IndexChanged);
         }

@@ -156,8 +156,12 @@ const PLANE_LEVEL: i32 = 1;
 /// hold sign and exponent bits compress well with zstd's entropy coder; mantissa planes are close
 /// to random and are stored raw. Layout: `width u8`, then per plane `plane codec u8 (0 raw, 1 zstd)
 /// || stored length u32 LE || bytes`, then the `len % width` trailing bytes as they are.
+///
+/// # Panics
+/// `width` is not 2 or 4: no reader could decode it (a caller's mistake, never input data).
 pub fn encode_float(data: &[u8], width: u8) -> Vec<u8> {
-    let w = usize::from(width.max(1));
+    assert!(matches!(width, 2 | 4), "the float codec takes elements of 2 or 4 bytes, not {width}");
+    let w = usize::from(width);
     let count = data.len() / w;
     let mut out = Vec::with_capacity(data.len() + 1 + 5 * w);
     out.push(w as u8);

@@ -32,7 +32,7 @@ use crate::ids::{ObjectId, PackId};
 use crate::index::Segment;
 use crate::index::segment::{MAX_SEGMENT_ENTRIES, PackRef};
 use crate::pack::PackEntry;
-pub use crate::session::{CommitGuard, GcMark, SESSION_LIVE_SECS, SessionMarker, read_mark};
+use crate::session::{CommitGuard, GcMark, SESSION_LIVE_SECS, SessionMarker, read_mark};
 use crate::vault::Vault;
 use crate::{layout, object};
 

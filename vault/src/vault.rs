@@ -373,15 +373,21 @@ impl Vault {
         }
     }
 
+    /// The ids of the index segments in the vault now.
+    ///
+    /// # Errors
+    /// The listing fails.
+    pub async fn index_segment_ids(&self) -> Result<std::collections::BTreeSet<ObjectId>> {
+        Ok(self.backend.list(layout::INDEX).await?.iter().filter_map(|i| layout::id_of(&i.key)).collect())
+    }
+
     /// Bring the local index cache in line with the vault's segments.
     pub async fn sync_index(&self, cache_root: &std::path::Path) -> Result<Arc<LocalIndex>> {
         let dir = cache_root.join(self.config.vault_id.to_hex()).join("index");
-        let listed = self.backend.list(layout::INDEX).await?;
-        let listed_ids: std::collections::BTreeSet<ObjectId> =
-            listed.iter().filter_map(|i| layout::id_of(&i.key)).collect();
+        let listed_ids = self.index_segment_ids().await?;
         let d = dir.clone();
         let mut ix = cpu(move || LocalIndex::open(&d)).await??;
-        if ix.merged_segments().iter().any(|s| !listed_ids.contains(s)) {
+        if ix.is_stale(&listed_ids) {
             tracing::info!("vault lost or replaced index segments; rebuilding the local index");
             ix = cpu(move || {
                 let mut ix = ix;

@@ -168,7 +168,7 @@ pub fn meta_of(vault: &Vault, id: &SnapshotId, m: &tresor_vault::snapshot::Manif
 
 async fn backup(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, b: pb::BackupJob) -> anyhow::Result<ResultKind> {
     // A policy lists plain absolute paths and KIND:SPEC sources side by side.
-    let (plain, specs): (Vec<&String>, Vec<&String>) = b.paths.iter().partition(|p| p.starts_with('/'));
+    let (plain, specs): (Vec<&String>, Vec<&String>) = b.paths.iter().partition(|p| tresor_proto::is_plain_path(p));
     let roots = backup_roots(&plain.into_iter().map(PathBuf::from).collect::<Vec<_>>())?;
     let sources = specs
         .into_iter()

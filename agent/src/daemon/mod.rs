@@ -233,14 +233,15 @@ async fn outbox_loop(ctx: Arc<AgentCtx>) {
                         match vault_name_for(&ctx, &r.vault_id).await {
                             Some(v) => {
                                 if let Err(e) = ctx.outbox.put_receipt(&v, &r) {
-                                    // Keep the result: Finish answers the same receipt again.
+                                    // Keep the result: Finish answers the same receipt again. The
+                                    // other results go on; only a lost connection stops the round.
                                     tracing::error!(error = %format!("{e:#}"), "cannot keep the receipt; retrying");
-                                    break;
+                                    continue;
                                 }
                             }
                             None => {
                                 tracing::warn!(vault = %r.vault_id, "receipt for a vault this agent cannot open now; retrying");
-                                break;
+                                continue;
                             }
                         }
                     }

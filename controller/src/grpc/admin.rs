@@ -203,9 +203,8 @@ impl AdminService for AdminApi {
                 keep: keep as u32,
             }));
         }
-        let (job, forget) = self.0.start_prune(&r.vault, "manual")?;
+        let (job, forget, keep) = self.0.start_prune(&r.vault, "manual")?;
         self.0.catalog.flush().await?;
-        let (_, keep) = self.0.plan_prune(&r.vault)?;
         Ok(Response::new(pb::StartPruneReply {
             job_id: job.id.to_string(),
             forget: forget.iter().map(snapshot_meta).collect(),

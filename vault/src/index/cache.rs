@@ -124,6 +124,12 @@ impl LocalIndex {
         Ok(Self { dir: dir.to_path_buf(), state, runs, packs })
     }
 
+    /// Whether this index was built from a segment that `listed` (the vault's segments now) no
+    /// longer has: a garbage collection compacted it away, or the vault lost it.
+    pub fn is_stale(&self, listed: &BTreeSet<SegmentId>) -> bool {
+        self.merged_segments().iter().any(|s| !listed.contains(s))
+    }
+
     /// Segment ids already merged.
     pub fn merged_segments(&self) -> &BTreeSet<SegmentId> {
         &self.state.segments
