@@ -23,6 +23,23 @@ def corpus_bytes(path):
             total += os.path.getsize(os.path.join(d, f))
     return total
 
+def timing_table(rows, phase_list, busy):
+    """One row per phase and tool: times, memory, repository size, and Tresor's wall time over the peer's."""
+    w("| phase | tool | wall s | CPU s |" + (" cores busy |" if busy else "") + " peak MiB | stored MB | Tresor / tool" + (" |" if busy else " (wall) |"))
+    w("|---|---|---:|---:|" + ("---:|" if busy else "") + "---:|---:|---:|")
+    for p in phase_list:
+        t = rows.get(("tresor", p))
+        for tool in tools:
+            r = rows.get((tool, p))
+            if not r:
+                continue
+            wall, cpu = float(r["wall_s"]), float(r["cpu_s"])
+            ratio = "" if tool == "tresor" or not t else f"{float(t['wall_s']) / max(wall, 0.01):.2f}"
+            cores = f" {cpu / max(wall, 0.01):.2f} |" if busy else ""
+            w(f"| {p} | {tool} | {wall:.2f} | {cpu:.2f} |{cores} {int(r['peak_kib']) / 1024:.0f} | "
+              f"{int(r['stored_bytes']) / 1e6:.0f} | {ratio} |")
+
+
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 mem = next((int(l.split()[1]) // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
 out = []
@@ -37,18 +54,7 @@ w("- Settings: Tresor defaults (zstd 3, AES-256-GCM); restic defaults (repositor
 w("## Results\n")
 w("Wall time in seconds, CPU (user + system) in seconds, peak RSS in MiB, repository size in MB after the phase. "
   "Ratio: Tresor's wall time divided by the peer's (below 1 means Tresor is faster).\n")
-w("| phase | tool | wall s | CPU s | cores busy | peak MiB | stored MB | Tresor / tool |")
-w("|---|---|---:|---:|---:|---:|---:|---:|")
-for p in phases:
-    t = get.get(("tresor", p))
-    for tool in tools:
-        r = get.get((tool, p))
-        if not r:
-            continue
-        ratio = "" if tool == "tresor" or not t else f"{float(t['wall_s']) / max(float(r['wall_s']), 0.01):.2f}"
-        busy = float(r['cpu_s']) / max(float(r['wall_s']), 0.01)
-        w(f"| {p} | {tool} | {float(r['wall_s']):.2f} | {float(r['cpu_s']):.2f} | {busy:.2f} | {int(r['peak_kib']) / 1024:.0f} | "
-          f"{int(r['stored_bytes']) / 1e6:.0f} | {ratio} |")
+timing_table(get, phases, busy=True)
 w("")
 w("## Required and goals\n")
 def wall(tool, p):
@@ -116,17 +122,6 @@ if pg:
       "backed up, then again after a 15 s pgbench write load. Tresor streams `pg_basebackup -Ft -X fetch -D -` into its "
       "chunker with no copy on disk; restic and borg back up a `pg_basebackup -Ft -X fetch` written to disk first, and that "
       "step is counted in their times. Stored MB is the repository after the phase.\n")
-    w("| phase | tool | wall s | CPU s | peak MiB | stored MB | Tresor / tool (wall) |")
-    w("|---|---|---:|---:|---:|---:|---:|")
-    pget = {(r["tool"], r["phase"]): r for r in pg}
-    for phase in ["initial", "after-load"]:
-        tr = pget.get(("tresor", phase))
-        for tool in tools:
-            r = pget.get((tool, phase))
-            if not r:
-                continue
-            ratio = "" if tool == "tresor" or not tr else f"{float(tr['wall_s']) / max(float(r['wall_s']), 0.01):.2f}"
-            w(f"| {phase} | {tool} | {float(r['wall_s']):.2f} | {float(r['cpu_s']):.2f} | {int(r['peak_kib']) / 1024:.0f} | "
-              f"{int(r['stored_bytes']) / 1e6:.0f} | {ratio} |")
+    timing_table({(r["tool"], r["phase"]): r for r in pg}, ["initial", "after-load"], busy=False)
     w("")
 print("\n".join(out))

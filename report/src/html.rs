@@ -111,6 +111,12 @@ fn verdict(lang: Lang, v: Verdict) -> String {
     format!("<strong class=\"{class}\">{}</strong>", t(lang, key))
 }
 
+/// A table's row of column headers.
+fn header(cells: &[&str]) -> String {
+    let cells: String = cells.iter().map(|c| format!("<th scope=\"col\">{c}</th>")).collect();
+    format!("<tr>{cells}</tr>\n")
+}
+
 fn num(x: f64) -> String {
     if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") }
 }
@@ -129,7 +135,7 @@ pub fn render(r: &DrillReport, lang: Lang) -> String {
     h.push_str(&format!("<h1>{}: {}</h1>\n", s("title"), esc(&r.source)));
     h.push_str(&format!("<p>{}: {}</p>\n", s("verdict"), verdict(lang, r.verdict)));
     h.push_str(&format!("<h2>{}</h2>\n<table>\n<caption>{}</caption>\n", s("summary"), s("summary_caption")));
-    h.push_str(&format!("<tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr>\n", s("field"), s("value")));
+    h.push_str(&header(&[s("field"), s("value")]));
     h.push_str(&row("drill_id", esc(&r.drill_id)));
     h.push_str(&row("plan", esc(&format!("{} / {}", r.plan.policy, r.plan.name))));
     h.push_str(&row("trigger", esc(&r.plan.trigger)));
@@ -145,13 +151,7 @@ pub fn render(r: &DrillReport, lang: Lang) -> String {
     h.push_str(&row("throughput", format!("{:.1} MB/s", r.throughput_bps / 1e6)));
     h.push_str("</table>\n");
     h.push_str(&format!("<h2>{}</h2>\n<table>\n<caption>{}</caption>\n", s("targets"), s("targets_caption")));
-    h.push_str(&format!(
-        "<tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr>\n",
-        s("measure"),
-        s("measured"),
-        s("target"),
-        s("result")
-    ));
+    h.push_str(&header(&[s("measure"), s("measured"), s("target"), s("result")]));
     for (k, tgt) in [("rpo", &r.rpo), ("rto", &r.rto)] {
         h.push_str(&format!(
             "<tr><th scope=\"row\">{}</th><td>{} {sec}</td><td>{} {sec}</td><td>{}</td></tr>\n",
@@ -170,14 +170,7 @@ pub fn render(r: &DrillReport, lang: Lang) -> String {
     }
     h.push_str("</ul>\n");
     h.push_str(&format!("<h2>{}</h2>\n<table>\n<caption>{}</caption>\n", s("checks"), s("checks_caption")));
-    h.push_str(&format!(
-        "<tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr>\n",
-        s("level"),
-        s("subject"),
-        s("check"),
-        s("result"),
-        s("detail")
-    ));
+    h.push_str(&header(&[s("level"), s("subject"), s("check"), s("result"), s("detail")]));
     for c in &r.checks {
         let level = match c.level {
             Level::Structure => s("level_structure"),
