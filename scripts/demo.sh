@@ -63,7 +63,7 @@ TOML
 "$bin/tresor-agent" enroll --controller "$TRESOR_CONTROLLER" --token-file "$work/enroll.token" --config "$work/agent.toml"
 TRESOR_LOG=warn "$bin/tresor-agent" run --config "$work/agent.toml" > "$work/agent.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do "$bin/tresorctl" agents --json | grep -q '"connected": true' && break; sleep 0.2; done
+for _ in $(seq 100); do "$bin/tresorctl" agents --json | grep '"connected": true' >/dev/null && break; sleep 0.2; done
 "$bin/tresorctl" agents
 
 echo "== apply the example policy"
@@ -79,5 +79,16 @@ echo "== one-command restore to another place"
 "$bin/tresorctl" restore demo-agent/sample --to "$work/restored"
 diff -r --no-dereference "$work/sample" "$work/restored$work/sample"
 echo "== restored tree equals the source: $work/restored$work/sample"
+
+echo "== a restore drill now: sandbox restore, structure, read and application checks, RTO and RPO"
+"$bin/tresorctl" drill run demo-agent/sample
+drill=$("$bin/tresorctl" drill list demo-agent/sample --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["drills"][0]["drill_id"])')
+"$bin/tresorctl" report show "$drill" > "$work/drill-report.json"
+"$bin/tresorctl" report show "$drill" --html --lang de --out "$work/drill-report.de.html"
+"$bin/tresorctl" report show "$drill" --html --lang en --out "$work/drill-report.en.html"
+cp "$work/controller/report-signing.pub.pem" "$work/report-signing.pub.pem"
+"$bin/tresorctl" report verify "$work/drill-report.json" --pubkey "$work/report-signing.pub.pem"
+"$bin/tresorctl" audit verify --pubkey "$work/report-signing.pub.pem"
 "$bin/tresorctl" status
 echo "== demo done in $(( $(date +%s) - started )) s"
+echo "drill report (HTML): $work/drill-report.de.html (English: $work/drill-report.en.html)"

@@ -86,6 +86,7 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
             }
         }
     }
+    out.extend(drill_problems(ctl, now)?);
     let offline_after = ctl.config.agent_offline_after.as_secs() as i64;
     let lifetime = ctl.config.cert_lifetime.as_secs() as i64;
     for a in ctl.agent_infos() {
@@ -111,6 +112,43 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
                     "the certificate of agent {} expires in {} s",
                     a.name,
                     (a.cert_not_after_unix - now).max(0)
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Drills: a plan overdue, and the newest drill of a source FAIL.
+fn drill_problems(ctl: &Controller, now: i64) -> Result<Vec<Problem>> {
+    let mut out = Vec::new();
+    for p in ctl.plan_states(now)? {
+        if p.overdue {
+            let key = format!("{}/{}", p.policy, p.plan.name);
+            let last = if p.record.last_run_unix == 0 {
+                "never ran".to_string()
+            } else {
+                format!("last ran {} min ago", (now - p.record.last_run_unix) / 60)
+            };
+            out.push(Problem {
+                kind: "drill_overdue",
+                subject: key.clone(),
+                message: format!("drill plan {key}: {last}, a scheduled drill is missing"),
+            });
+        }
+    }
+    let mut newest: BTreeMap<String, crate::drills::DrillSummaryRecord> = BTreeMap::new();
+    for d in ctl.drills("")? {
+        let _ = newest.entry(d.source.clone()).or_insert(d);
+    }
+    for (source, d) in newest {
+        if d.verdict != "PASS" {
+            out.push(Problem {
+                kind: "drill_failed",
+                subject: source.clone(),
+                message: format!(
+                    "the newest drill of {source} ({}) FAILED: RTO {:.0} s of {:.0} s, RPO {:.0} s of {:.0} s; see tresorctl report show {}",
+                    d.drill_id, d.rto_s, d.rto_target_s, d.rpo_s, d.rpo_target_s, d.drill_id
                 ),
             });
         }

@@ -109,18 +109,24 @@ pub struct Catalog {
     sources: sled::Tree,
     enroll: sled::Tree,
     meta: sled::Tree,
+    /// Signed drill reports by drill id, and drill plans' memory (`drills.rs`).
+    pub(crate) drills: sled::Tree,
+    pub(crate) drill_plans: sled::Tree,
+    /// The audit log by big-endian sequence number, and its signed checkpoints (`audit_log.rs`).
+    pub(crate) audit: sled::Tree,
+    pub(crate) audit_checkpoints: sled::Tree,
     path: PathBuf,
     /// Set when the catalog was made fresh (first start or a damaged one set aside): the
     /// controller then rebuilds snapshots from the vaults.
     pub fresh: bool,
 }
 
-fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T> {
     serde_json::from_slice(v)
         .map_err(|e| Error::Corrupt { key: String::from_utf8_lossy(key).into_owned(), detail: e.to_string() })
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
@@ -164,6 +170,10 @@ impl Catalog {
             sources: db.open_tree("sources")?,
             enroll: db.open_tree("enroll-tokens")?,
             meta: db.open_tree("meta")?,
+            drills: db.open_tree("drills")?,
+            drill_plans: db.open_tree("drill-plans")?,
+            audit: db.open_tree("audit")?,
+            audit_checkpoints: db.open_tree("audit-checkpoints")?,
             db,
             path,
             fresh: false,

@@ -35,6 +35,12 @@ pub struct ControllerConfig {
     pub alerts: Alerts,
     /// How long a one-time enrollment token lives by default.
     pub enroll_token_ttl: Duration,
+    /// The auditor's read-only web page (HTTPS with the controller's certificate), off unless set.
+    pub web_listen: Option<SocketAddr>,
+    /// A drill plan is overdue this long after a slot it did not run in.
+    pub drill_grace: Duration,
+    /// How often the audit log's head is signed and sent to the vaults (when it moved).
+    pub audit_checkpoint_every: Duration,
 }
 
 /// Alert destinations. Both may be set.
@@ -61,6 +67,9 @@ struct Raw {
     max_attempts: Option<u32>,
     retry_backoff: Option<String>,
     enroll_token_ttl: Option<String>,
+    web_listen: Option<String>,
+    drill_grace: Option<String>,
+    audit_checkpoint_every: Option<String>,
     #[serde(default)]
     alerts: Alerts,
 }
@@ -100,6 +109,10 @@ impl ControllerConfig {
             retry_backoff: duration("retry_backoff", raw.retry_backoff, "30s").map_err(wrap)?,
             enroll_token_ttl: duration("enroll_token_ttl", raw.enroll_token_ttl, "1h").map_err(wrap)?,
             alerts: raw.alerts,
+            web_listen: raw.web_listen.as_deref().map(|a| addr("web_listen", a)).transpose().map_err(wrap)?,
+            drill_grace: duration("drill_grace", raw.drill_grace, "2h").map_err(wrap)?,
+            audit_checkpoint_every: duration("audit_checkpoint_every", raw.audit_checkpoint_every, "1h")
+                .map_err(wrap)?,
         };
         cfg.validate().map_err(wrap)?;
         Ok(cfg)

@@ -42,6 +42,7 @@ pub struct Controller {
     policies: Arc<Mutex<BTreeMap<String, Policy>>>,
     live: Mutex<HashMap<AgentId, LiveAgent>>,
     alerts_active: std::sync::atomic::AtomicUsize,
+    audit_log: crate::audit_log::AuditLog,
 }
 
 /// Unix seconds now.
@@ -77,7 +78,61 @@ impl Controller {
             policies,
             live: Mutex::new(HashMap::new()),
             alerts_active: std::sync::atomic::AtomicUsize::new(0),
+            audit_log: crate::audit_log::AuditLog::new(),
         }))
+    }
+
+    /// Record a control-plane action in the audit log. A failure to record is logged loudly; the
+    /// action itself has already happened and is not undone.
+    pub fn audit(&self, actor: &str, action: &str, object: &str, outcome: &str, reason: &str) {
+        let e = tresor_report::audit::Event {
+            time: crate::audit_log::now_rfc3339(),
+            actor: actor.into(),
+            action: action.into(),
+            object: object.into(),
+            outcome: outcome.into(),
+            reason: reason.into(),
+        };
+        if let Err(err) = self.audit_log.append(&self.catalog, &e) {
+            tracing::error!(error = %err, action, object, "AUDIT LOG NOT WRITTEN");
+        }
+    }
+
+    /// Sign the audit log's head if it moved since the last checkpoint, keep the checkpoint and
+    /// queue its storage in every vault (on the vault's maintainer). Returns its position.
+    ///
+    /// # Errors
+    /// Catalog failures.
+    pub fn audit_checkpoint(&self) -> Result<Option<u64>> {
+        use crate::audit_log::AuditLog;
+        let Some(head) = AuditLog::head(&self.catalog)? else { return Ok(None) };
+        let seq = head.get("seq").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        if AuditLog::last_checkpoint_seq(&self.catalog)?.is_some_and(|s| s >= seq) {
+            return Ok(None);
+        }
+        let mut c = serde_json::json!({
+            "type": tresor_report::audit::CHECKPOINT_TYPE,
+            "seq": seq,
+            "head": head.get("hash").cloned().unwrap_or_default(),
+            "time": crate::audit_log::now_rfc3339(),
+        });
+        self.state.sign_document(&mut c)?;
+        AuditLog::put_checkpoint(&self.catalog, seq, &c)?;
+        let body = serde_json::to_vec_pretty(&c).unwrap_or_default();
+        use base64::Engine;
+        let doc = (crate::audit_log::checkpoint_name(seq), base64::engine::general_purpose::STANDARD.encode(&body));
+        let mut seen = std::collections::BTreeSet::new();
+        for p in self.policies().values() {
+            for v in p.vaults.iter().filter(|v| seen.insert(v.name.clone())) {
+                if let Some((id, a)) = self.state.find_agent(&v.maintainer).filter(|(id, _)| !self.state.is_revoked(id))
+                {
+                    let spec = JobSpec::Documents { documents: vec![doc.clone()] };
+                    let job = JobRecord::new(id, a.name, v.name.clone(), spec, "audit", self.config.max_attempts);
+                    self.jobs.submit(&job)?;
+                }
+            }
+        }
+        Ok(Some(seq))
     }
 
     /// Record how many alert conditions are active (for metrics).
@@ -97,28 +152,43 @@ impl Controller {
 
     // --- people and tokens --------------------------------------------------------------------
 
-    /// Check a bearer token for `need`.
+    /// Check a bearer token for `need`; returns the caller as the audit log names it
+    /// (`ROLE:TOKEN-ID`). A refusal is recorded in the audit log.
     ///
     /// # Errors
     /// Unknown or expired tokens, or a role below `need`.
-    pub fn authorize(&self, token: Option<&str>, need: Role, what: &str) -> Result<Role> {
-        let token = token.ok_or_else(|| {
-            Error::Unauthenticated(format!(
-                "{what} needs a token (tresorctl reads it from --token-file or TRESOR_TOKEN_FILE)"
-            ))
-        })?;
-        let role = self
-            .state
-            .role_of(token, now_unix())
-            .ok_or_else(|| Error::Unauthenticated(format!("{what}: the token is unknown or expired")))?;
+    pub fn authorize(&self, token: Option<&str>, need: Role, what: &str) -> Result<String> {
+        let refuse = |actor: &str, e: Error| {
+            self.audit(actor, what, "", crate::audit_log::REFUSED, &e.to_string());
+            Err(e)
+        };
+        let Some(token) = token else {
+            return refuse(
+                "anonymous",
+                Error::Unauthenticated(format!(
+                    "{what} needs a token (tresorctl reads it from --token-file or TRESOR_TOKEN_FILE)"
+                )),
+            );
+        };
+        let id = crate::state::token_id(&token_hash(token));
+        let Some(role) = self.state.role_of(token, now_unix()) else {
+            return refuse(
+                &format!("unknown:{id}"),
+                Error::Unauthenticated(format!("{what}: the token is unknown or expired")),
+            );
+        };
+        let actor = format!("{}:{id}", role.name());
         if role < need {
-            return Err(Error::PermissionDenied(format!(
-                "{what} needs the {} role; this token has the {} role",
-                need.name(),
-                role.name()
-            )));
+            return refuse(
+                &actor,
+                Error::PermissionDenied(format!(
+                    "{what} needs the {} role; this token has the {} role",
+                    need.name(),
+                    role.name()
+                )),
+            );
         }
-        Ok(role)
+        Ok(actor)
     }
 
     /// Make a token: a one-time enrollment token for "agent", or a person's token.
@@ -185,6 +255,13 @@ impl Controller {
         let id2 = id.clone();
         self.blocking(move |c| c.state.put_agent(&id2, entry)).await?;
         tracing::info!(agent = %id, name, "agent enrolled");
+        self.audit(
+            &format!("agent:{name}"),
+            "enroll",
+            &format!("agent {name} ({id})"),
+            crate::audit_log::OK,
+            "enrollment token used",
+        );
         Ok(pb::EnrollReply {
             agent_id: id.to_string(),
             cert_pem: issued.cert_pem,
@@ -491,7 +568,9 @@ impl Controller {
                 | (Some(K::Restore(_)), JobSpec::Restore { .. })
                 | (Some(K::Check(_)), JobSpec::Check { .. })
                 | (Some(K::Prune(_)), JobSpec::Prune { .. })
-                | (Some(K::Scan(_)), JobSpec::Scan) => true,
+                | (Some(K::Scan(_)), JobSpec::Scan)
+                | (Some(K::Drill(_)), JobSpec::Drill(_))
+                | (Some(K::DocumentsStored(_)), JobSpec::Documents { .. }) => true,
                 _ => false,
             };
             if !kind_fits {
@@ -516,13 +595,18 @@ impl Controller {
                 job
             }
             crate::jobs::Finished::Again(job) => {
+                if let JobSpec::Drill(d) = &job.spec {
+                    // The report was signed the first time; the same documents go back.
+                    let documents = self.drill(&d.drill_id)?.map(|r| self.report_documents(&r)).unwrap_or_default();
+                    return Ok(pb::FinishReply { receipt: None, documents, documents_vault: job.vault.clone() });
+                }
                 let receipt = job.receipt.as_deref().and_then(|b| {
                     use base64::Engine;
                     use tresor_proto::prost::Message;
                     let bytes = base64::engine::general_purpose::STANDARD.decode(b).ok()?;
                     pb::Receipt::decode(bytes.as_slice()).ok()
                 });
-                return Ok(pb::FinishReply { receipt });
+                return Ok(pb::FinishReply { receipt, ..Default::default() });
             }
         };
         let mut reply = pb::FinishReply::default();
@@ -575,6 +659,26 @@ impl Controller {
                         self.catalog.remove_snapshot(&vid, s)?;
                     }
                 }
+                for s in &p.forgotten {
+                    let reason = format!("retention ({} prune, job {})", job.trigger, job.id);
+                    self.audit(
+                        &format!("agent:{}", job.agent_name),
+                        "prune.delete",
+                        &format!("snapshot {s} in vault {}", job.vault),
+                        crate::audit_log::OK,
+                        &reason,
+                    );
+                }
+            }
+            (Some(Kind::Drill(d)), true, JobSpec::Drill(spec)) => {
+                reply.documents = self.finish_drill(&job, spec, Some(d), "")?;
+                reply.documents_vault.clone_from(&job.vault);
+                let _ = self.audit_checkpoint()?;
+            }
+            (_, false, JobSpec::Drill(spec)) if job.state == crate::jobs::JobState::Failed => {
+                reply.documents = self.finish_drill(&job, spec, None, &result.error)?;
+                reply.documents_vault.clone_from(&job.vault);
+                let _ = self.audit_checkpoint()?;
             }
             (_, false, _) => {
                 if let Some(key) = &source_key {
@@ -591,8 +695,41 @@ impl Controller {
             }
             _ => {}
         }
+        if !matches!(job.spec, JobSpec::Drill(_)) {
+            self.audit_result(&job, &result);
+        }
         self.catalog.flush().await?;
         Ok(reply)
+    }
+
+    /// The audit entry of a finished job attempt (drills record their own).
+    fn audit_result(&self, job: &JobRecord, result: &pb::JobResult) {
+        use pb::job_result::Kind;
+        let object = match (&job.spec, &result.kind) {
+            (_, Some(Kind::Backup(b))) => {
+                format!(
+                    "{}/{} snapshot {}",
+                    job.agent_name,
+                    b.snapshot.as_ref().map_or("", |s| &s.source),
+                    b.snapshot.as_ref().map_or("", |s| &s.snapshot_id)
+                )
+            }
+            (JobSpec::Backup { source, .. }, _) => format!("{}/{source}", job.agent_name),
+            (JobSpec::Restore { snapshot, target, .. }, _) => {
+                format!("snapshot {snapshot} to {}:{target}", job.agent_name)
+            }
+            _ => format!("vault {}", job.vault),
+        };
+        let (outcome, reason) = if result.error.is_empty() {
+            let reason = match &result.kind {
+                Some(Kind::Backup(_)) => format!("receipt signed with the receipt key (job {})", job.id),
+                _ => format!("job {}", job.id),
+            };
+            (crate::audit_log::OK, reason)
+        } else {
+            (crate::audit_log::FAILED, format!("job {} attempt {}: {}", job.id, job.attempt, result.error))
+        };
+        self.audit(&format!("agent:{}", job.agent_name), job.spec.kind(), &object, outcome, &reason);
     }
 
     fn vault_id_of(&self, vault: &str) -> Option<String> {

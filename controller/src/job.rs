@@ -52,6 +52,43 @@ pub enum JobSpec {
     },
     /// List the vault's snapshots and receipts (catalog rebuild).
     Scan,
+    /// A restore drill on the sandbox agent (the job's agent).
+    Drill(Box<DrillSpec>),
+    /// Store signed documents write-once in the vault (audit checkpoints).
+    Documents {
+        /// (name, body as base64).
+        documents: Vec<(String, String)>,
+    },
+}
+
+/// What a drill job carries: the plan it follows and what it restores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillSpec {
+    /// The drill id (also the report's name).
+    pub drill_id: String,
+    /// The policy and plan (`manual` for a drill without a plan).
+    pub policy: String,
+    /// The plan's name.
+    pub plan: String,
+    /// Who started it: a token id, or `scheduler`.
+    pub operator: String,
+    /// `AGENT/SOURCE`.
+    pub source: String,
+    /// Full snapshot id.
+    pub snapshot: String,
+    /// Share of packs read, percent.
+    pub read_data_percent: f64,
+    /// Seed of a sampled read.
+    pub seed: u64,
+    /// Keep the sandbox.
+    pub keep: bool,
+    /// Targets, seconds.
+    pub rto_s: f64,
+    /// See `rto_s`.
+    pub rpo_s: f64,
+    /// What the report should say about the choice made (a window with no snapshot, say).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl JobSpec {
@@ -63,6 +100,8 @@ impl JobSpec {
             Self::Check { .. } => "check",
             Self::Prune { .. } => "prune",
             Self::Scan => "scan",
+            Self::Drill(_) => "drill",
+            Self::Documents { .. } => "documents",
         }
     }
 }
@@ -133,6 +172,9 @@ pub struct JobRecord {
     pub created_unix: i64,
     /// Last dispatched.
     pub started_unix: i64,
+    /// Last dispatched, Unix ms (a drill's start for its achieved RPO).
+    #[serde(default)]
+    pub started_ms: i64,
     /// Finished.
     pub finished_unix: i64,
     /// Error of the last attempt.
@@ -173,6 +215,7 @@ impl JobRecord {
             max_attempts,
             created_unix: chrono::Utc::now().timestamp(),
             started_unix: 0,
+            started_ms: 0,
             finished_unix: 0,
             error: String::new(),
             result: None,
@@ -236,6 +279,25 @@ impl JobRecord {
                 gc_grace_seconds: *gc_grace_seconds,
             }),
             JobSpec::Scan => Kind::Scan(pb::ScanJob { vault: self.vault.clone() }),
+            JobSpec::Drill(d) => Kind::Drill(pb::DrillJob {
+                drill_id: d.drill_id.clone(),
+                vault: self.vault.clone(),
+                snapshot: d.snapshot.clone(),
+                read_data_percent: d.read_data_percent,
+                seed: d.seed,
+                keep: d.keep,
+                source: d.source.split_once('/').map_or(d.source.clone(), |(_, s)| s.to_string()),
+            }),
+            JobSpec::Documents { documents } => Kind::Documents(pb::StoreDocuments {
+                vault: self.vault.clone(),
+                documents: documents
+                    .iter()
+                    .map(|(name, b64)| pb::Document {
+                        name: name.clone(),
+                        body: base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default(),
+                    })
+                    .collect(),
+            }),
         };
         pb::Job { r#ref: Some(self.job_ref()), lease_ms: lease.as_millis() as u32, kind: Some(kind) }
     }

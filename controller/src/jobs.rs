@@ -18,7 +18,7 @@ use tresor_proto::prost::Message;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::ids::AgentId;
-pub use crate::job::{JobRecord, JobSpec, JobState, ProgressRecord};
+pub use crate::job::{DrillSpec, JobRecord, JobSpec, JobState, ProgressRecord};
 
 /// What accepting a result did.
 pub enum Finished {
@@ -188,6 +188,7 @@ impl Jobs {
                 next.lease_deadline_ms = now + self.settings.lease.as_millis() as i64;
                 next.state = JobState::Running;
                 next.started_unix = now / 1000;
+                next.started_ms = now;
                 next.progress = ProgressRecord::default();
                 self.catalog.put_active(&next)?;
                 *running.entry(j.vault.clone()).or_default() += 1;

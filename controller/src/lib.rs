@@ -8,10 +8,12 @@
 //! -> `jobs` -> `core` -> `scheduler`, `status`, `metrics` -> `grpc` -> `server`.
 
 pub mod alerts;
+pub mod audit_log;
 pub mod catalog;
 pub mod config;
 pub mod core;
 pub mod drill_plan;
+pub mod drills;
 pub mod error;
 pub mod fields;
 pub mod fsutil;

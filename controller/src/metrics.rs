@@ -68,6 +68,46 @@ pub fn render(ctl: &Controller) -> String {
             .map(|a| (format!("agent=\"{}\"", a.name), a.cert_not_after_unix as f64))
             .collect(),
     );
+    let now = crate::core::now_unix();
+    let plans = ctl.plan_states(now).unwrap_or_default();
+    let plan_label = |p: &crate::drills::PlanState| {
+        format!("policy=\"{}\",plan=\"{}\",source=\"{}/{}\"", p.policy, p.plan.name, p.plan.agent, p.plan.source)
+    };
+    gauge(
+        "tresor_drill_plan_overdue",
+        "1 when a drill plan missed a scheduled drill (past its grace).",
+        plans.iter().map(|p| (plan_label(p), f64::from(u8::from(p.overdue)))).collect(),
+    );
+    gauge(
+        "tresor_drill_plan_failing",
+        "1 when the plan's last drill FAILED.",
+        plans.iter().map(|p| (plan_label(p), f64::from(u8::from(p.failing)))).collect(),
+    );
+    let mut newest = std::collections::BTreeMap::new();
+    for d in ctl.drills("").unwrap_or_default() {
+        let _ = newest.entry(d.source.clone()).or_insert(d);
+    }
+    let src = |s: &str| format!("source=\"{s}\"");
+    gauge(
+        "tresor_drill_last_pass",
+        "1 when the newest drill of the source passed, 0 when it FAILED.",
+        newest.values().map(|d| (src(&d.source), f64::from(u8::from(d.verdict == "PASS")))).collect(),
+    );
+    gauge(
+        "tresor_drill_last_timestamp_seconds",
+        "Start of the newest drill of the source.",
+        newest.values().map(|d| (src(&d.source), d.started_unix as f64)).collect(),
+    );
+    gauge(
+        "tresor_drill_last_rto_seconds",
+        "Measured RTO of the newest drill of the source.",
+        newest.values().map(|d| (src(&d.source), d.rto_s)).collect(),
+    );
+    gauge(
+        "tresor_drill_last_rpo_seconds",
+        "Achieved RPO of the newest drill of the source.",
+        newest.values().map(|d| (src(&d.source), d.rpo_s)).collect(),
+    );
     gauge(
         "tresor_alerts_active",
         "Alert conditions active now (see tresorctl status).",

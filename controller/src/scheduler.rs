@@ -126,6 +126,18 @@ pub async fn schedule_due(ctl: &Controller) -> Result<()> {
             wrote = true;
         }
     }
+    wrote |= ctl.schedule_drills()?;
+    let every = ctl.config.audit_checkpoint_every.as_secs() as i64;
+    let last = ctl.catalog.meta_get("audit-checkpoint-at")?.unwrap_or(0);
+    if now.timestamp() - last >= every {
+        // The clock restarts only when a checkpoint was made, so the first entries of a new log
+        // are anchored at once.
+        if let Some(seq) = ctl.audit_checkpoint()? {
+            tracing::info!(seq, "audit log checkpoint signed and sent to the vaults");
+            ctl.catalog.meta_put("audit-checkpoint-at", now.timestamp())?;
+            wrote = true;
+        }
+    }
     if wrote {
         ctl.catalog.flush().await?;
     }

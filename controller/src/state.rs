@@ -84,7 +84,7 @@ pub fn token_hash(token: &str) -> String {
 }
 
 /// The id people use for a token: the first 12 hex digits of its hash.
-fn token_id(hash: &str) -> String {
+pub fn token_id(hash: &str) -> String {
     hash.chars().take(12).collect()
 }
 

@@ -8,6 +8,7 @@ use serde_json::json;
 use tresor_proto::pb;
 
 use crate::client::{self, Settings, status_err};
+use crate::docs::{AuditAction, DrillAction, ReportAction};
 use crate::exit;
 use crate::print::{human, when};
 
@@ -115,23 +116,20 @@ enum Command {
         #[arg(long)]
         detach: bool,
     },
-    /// Signed reports.
+    /// Restore drills: run one now, list them and the plans.
+    Drill {
+        #[command(subcommand)]
+        action: DrillAction,
+    },
+    /// Signed drill reports: show (JSON or HTML), verify offline.
     Report {
         #[command(subcommand)]
         action: ReportAction,
     },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ReportAction {
-    /// Check a signed report file offline against the pinned public key (exit 9 if it was changed,
-    /// is unsigned, or was signed by another key). Needs no controller.
-    Verify {
-        /// The report (JSON).
-        file: PathBuf,
-        /// The controller's report-signing public key (PEM), the trust anchor to pin.
-        #[arg(long, value_name = "FILE")]
-        pubkey: PathBuf,
+    /// The audit log: show, export, verify (offline with --log).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
     },
 }
 
@@ -210,7 +208,10 @@ async fn health(settings: &Settings, j: bool) -> anyhow::Result<u8> {
 /// Run the command; returns the exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Command::Report { action: ReportAction::Verify { file, pubkey } } = &cli.command {
-        return report_verify(file, pubkey, cli.json);
+        return crate::docs::report_verify(file, pubkey, cli.json);
+    }
+    if let Command::Audit { action: action @ AuditAction::Verify { log: Some(_), .. } } = cli.command {
+        return crate::docs::audit(None, action, cli.json).await;
     }
     let settings =
         Settings::resolve(cli.controller.clone(), cli.ca_file.clone(), cli.token_file.clone(), cli.config.as_deref())?;
@@ -220,7 +221,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     let mut c = client::connect(&settings).await?;
     match cli.command {
-        Command::Health | Command::Report { .. } => unreachable!("handled above"),
+        Command::Health | Command::Report { action: ReportAction::Verify { .. } } => {
+            unreachable!("handled above")
+        }
+        Command::Report { action: ReportAction::Show { id, html, lang, out } } => {
+            crate::docs::report_show(&mut c, &id, html, &lang, out.as_deref()).await
+        }
+        Command::Drill { action } => crate::docs::drill(&mut c, action, j).await,
+        Command::Audit { action } => crate::docs::audit(Some(&mut c), action, j).await,
         Command::Status => {
             let r = c.status(pb::StatusRequest {}).await.map_err(status_err)?.into_inner();
             let mut text = String::from(
@@ -483,34 +491,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             out(j, json!({"vaults": r.vaults, "problems": r.problems}), t);
             Ok(if r.problems.is_empty() { exit::OK } else { exit::FAILURE })
-        }
-    }
-}
-
-/// `report verify`: offline, with nothing but the file and the pinned key.
-fn report_verify(file: &std::path::Path, pubkey: &std::path::Path, j: bool) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let doc: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
-    let pem = std::fs::read_to_string(pubkey).with_context(|| format!("cannot read {}", pubkey.display()))?;
-    let key = tresor_report::sign::public_key_from_pem(&pem).with_context(|| pubkey.display().to_string())?;
-    let id = tresor_report::sign::key_id(&key);
-    match tresor_report::sign::verify(&doc, &key) {
-        Ok(()) => {
-            out(
-                j,
-                json!({"file": file, "valid": true, "key_id": id}),
-                format!("{}: signature valid (key {id})", file.display()),
-            );
-            Ok(exit::OK)
-        }
-        Err(e) => {
-            out(
-                j,
-                json!({"file": file, "valid": false, "key_id": id, "error": e.to_string()}),
-                format!("{}: NOT VALID: {e}", file.display()),
-            );
-            Ok(exit::TAMPERED)
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod client;
+mod docs;
 mod print;
 
 use std::process::ExitCode;
@@ -30,8 +31,8 @@ pub mod exit {
     pub const TAMPERED: u8 = 9;
     /// The help text.
     pub const HELP: &str = "Exit codes: 0 ok, 1 failure, 2 usage error, 4 status found problems (failing or overdue), \
-5 the job failed, 6 not allowed (token missing, unknown, expired or role too low), 7 not found, 8 controller unreachable, \
-9 a signed report does not verify.\n\
+5 the job failed (or the drill FAILED), 6 not allowed (token missing, unknown, expired or role too low), 7 not found, 8 controller unreachable, \
+9 a signed report or the audit log does not verify.\n\
 Connection: --controller/TRESOR_CONTROLLER, --ca-file/TRESOR_CA_FILE, --token-file/TRESOR_TOKEN_FILE, or --config tresorctl.toml.";
 }
 

@@ -101,6 +101,15 @@ fn summary(ev: &pb::JobEvent) -> (serde_json::Value, String) {
 
 /// Follow a job to its end; returns the exit code.
 pub async fn watch(c: &mut Admin, job_id: &str, json_mode: bool) -> anyhow::Result<u8> {
+    follow(c, job_id, json_mode, true).await
+}
+
+/// Follow a job showing only its progress; the caller prints the outcome.
+pub async fn watch_quiet(c: &mut Admin, job_id: &str, json_mode: bool) -> anyhow::Result<u8> {
+    follow(c, job_id, json_mode, false).await
+}
+
+async fn follow(c: &mut Admin, job_id: &str, json_mode: bool, print_outcome: bool) -> anyhow::Result<u8> {
     let mut stream = c.watch_job(pb::JobHandle { job_id: job_id.to_string() }).await.map_err(status_err)?.into_inner();
     let tty = std::io::stderr().is_terminal() && !json_mode;
     let mut last_line = String::new();
@@ -130,6 +139,9 @@ pub async fn watch(c: &mut Admin, job_id: &str, json_mode: bool) -> anyhow::Resu
                 if tty {
                     eprintln!();
                 }
+                if !print_outcome {
+                    return Ok(exit::OK);
+                }
                 let (mut j, text) = summary(&ev);
                 if let Some(o) = j.as_object_mut() {
                     let _ = o.insert("job_id".into(), job_id.into());
@@ -146,7 +158,7 @@ pub async fn watch(c: &mut Admin, job_id: &str, json_mode: bool) -> anyhow::Resu
                 if tty {
                     eprintln!();
                 }
-                if json_mode {
+                if json_mode && print_outcome {
                     println!(
                         "{}",
                         serde_json::to_string_pretty(

@@ -6,7 +6,8 @@
 
 use base64::Engine;
 use ed25519_dalek::pkcs8::{DecodePublicKey, EncodePublicKey};
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, Verifier};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::{Value, json};
 
 use crate::jcs;

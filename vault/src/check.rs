@@ -267,23 +267,23 @@ pub async fn run(vault: Arc<Vault>, read: ReadData, scratch: &std::path::Path) -
     Ok(report)
 }
 
-struct PackRead {
-    verified: u64,
-    bytes: u64,
-    bad: BTreeMap<ChunkId, String>,
+pub(crate) struct PackRead {
+    pub(crate) verified: u64,
+    pub(crate) bytes: u64,
+    pub(crate) bad: BTreeMap<ChunkId, String>,
     /// The directory is unreadable: every chunk of the pack is lost.
-    fatal: Option<String>,
+    pub(crate) fatal: Option<String>,
     /// The bytes do not hash to the pack's name.
-    hash_mismatch: bool,
+    pub(crate) hash_mismatch: bool,
 }
 
 impl PackRead {
-    fn clean(&self) -> bool {
+    pub(crate) fn clean(&self) -> bool {
         self.bad.is_empty() && self.fatal.is_none() && !self.hash_mismatch
     }
 }
 
-fn describe(r: &Result<PackRead>) -> String {
+pub(crate) fn describe(r: &Result<PackRead>) -> String {
     match r {
         Ok(o) => o
             .fatal
@@ -294,7 +294,7 @@ fn describe(r: &Result<PackRead>) -> String {
     }
 }
 
-async fn read_pack(vault: &Arc<Vault>, id: &PackId) -> Result<PackRead> {
+pub(crate) async fn read_pack(vault: &Arc<Vault>, id: &PackId) -> Result<PackRead> {
     let bytes = vault.backend().get(&layout::pack(id)).await?;
     let keys = vault.keys().clone();
     let id = *id;

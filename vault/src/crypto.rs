@@ -37,6 +37,9 @@ pub enum ObjectType {
     Receipt = 7,
     /// The mark of a two-phase garbage collection (`gc/mark`).
     GcMark = 8,
+    /// A controller-signed document stored write-once: a drill report, an audit checkpoint, the
+    /// report-signing public key (`reports/`, `audit/`).
+    Document = 9,
 }
 
 impl ObjectType {
@@ -51,6 +54,7 @@ impl ObjectType {
             6 => Self::Session,
             7 => Self::Receipt,
             8 => Self::GcMark,
+            9 => Self::Document,
             _ => return None,
         })
     }

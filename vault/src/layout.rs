@@ -18,6 +18,10 @@ pub const SESSIONS: &str = "sessions/";
 pub const RECEIPTS: &str = "receipts/";
 /// The mark of a two-phase garbage collection (overwritten by each GC run).
 pub const GC_MARK: &str = "gc/mark";
+/// Signed drill reports and the public key they verify with (sealed object type 9, write-once).
+pub const REPORTS: &str = "reports/";
+/// Signed audit-log checkpoints (sealed object type 9, write-once).
+pub const AUDIT: &str = "audit/";
 /// Capability probes at init.
 pub const PROBE: &str = "probe/";
 
@@ -40,6 +44,17 @@ pub fn snapshot(id: &ObjectId) -> String {
 /// Key of a snapshot's receipt.
 pub fn receipt(snapshot: &ObjectId) -> String {
     format!("{RECEIPTS}{snapshot}")
+}
+
+/// Key of a signed document: `reports/NAME` or `audit/NAME`, NAME of 1-128 letters, digits,
+/// '.', '-' or '_' (not starting with '.'). `None` for any other name.
+pub fn document(name: &str) -> Option<String> {
+    let (prefix, rest) = name.split_once('/')?;
+    let ok_prefix = [REPORTS, AUDIT].iter().any(|p| p.strip_suffix('/') == Some(prefix));
+    let ok_rest = (1..=128).contains(&rest.len())
+        && !rest.starts_with('.')
+        && rest.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    (ok_prefix && ok_rest).then(|| name.to_string())
 }
 
 /// Key of a session marker.

@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod backup;
 pub mod check;
+pub mod check_snapshot;
 pub mod chunker;
 pub mod codec;
 pub mod config;

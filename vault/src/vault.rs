@@ -277,6 +277,40 @@ impl Vault {
         Ok(())
     }
 
+    /// Store a controller-signed document (`reports/..`, `audit/..`) write-once: sealed as object
+    /// type 9. Storing the same body again is a no-op, so a retried delivery succeeds; a different
+    /// body under a name already taken is refused, and nothing ever replaces or deletes one (GC and
+    /// prune touch only `data/`, `index/`, `snapshots/` and `receipts/`).
+    pub async fn put_document(&self, name: &str, body: &[u8]) -> Result<()> {
+        let key = layout::document(name)
+            .ok_or_else(|| Error::Invalid(format!("{name:?} is not a document name (reports/NAME or audit/NAME)")))?;
+        let (_, bytes) = object::seal(self.keys(), ObjectType::Document, &serde_bytes::Bytes::new(body));
+        if self.backend.create(&key, Bytes::from(bytes)).await? == Created::Existed {
+            let there = self.document(name).await?;
+            if there != body {
+                return Err(Error::Invalid(format!(
+                    "{key} already holds a different document; signed documents are write-once and never replaced"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// One stored document's body.
+    pub async fn document(&self, name: &str) -> Result<Vec<u8>> {
+        let key = layout::document(name).ok_or_else(|| Error::Invalid(format!("{name:?} is not a document name")))?;
+        let bytes = self.backend.get(&key).await?;
+        Ok(object::open::<serde_bytes::ByteBuf>(self.keys(), ObjectType::Document, &bytes)?.into_vec())
+    }
+
+    /// The names of the documents under `reports/` or `audit/`, sorted.
+    pub async fn document_names(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> =
+            self.backend.list(prefix).await?.into_iter().filter_map(|i| layout::document(&i.key)).collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Forget a snapshot: its manifest goes first, then its receipt. Its data stays until
     /// garbage collection finds it unreferenced. Forgetting one already gone is not an error.
     pub async fn forget_snapshot(&self, id: &SnapshotId) -> Result<()> {

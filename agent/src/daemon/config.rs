@@ -30,6 +30,9 @@ pub struct AgentConfig {
     /// Identity, outbox and index cache.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Where restore drills make their sandboxes (default: STATE_DIR/drills). Give it room for
+    /// the largest snapshot this agent rehearses.
+    pub drill_dir: Option<PathBuf>,
     /// Jobs run at once.
     #[serde(default = "default_max_jobs")]
     pub max_jobs: usize,
@@ -114,6 +117,11 @@ impl AgentConfig {
         o.probe_timeout = dur("probe_timeout", &c.probe_timeout, o.probe_timeout)?;
         o.pg_dump = c.pg_dump;
         Ok(o)
+    }
+
+    /// The directory drill sandboxes are made in.
+    pub fn drill_dir(&self) -> PathBuf {
+        self.drill_dir.clone().unwrap_or_else(|| self.state_dir.join("drills"))
     }
 
     /// This agent's name.

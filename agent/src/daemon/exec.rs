@@ -137,6 +137,11 @@ async fn execute(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, kind: Option<Kind>) -> an
         Some(Kind::Check(c)) => check(ctx, c).await,
         Some(Kind::Scan(s)) => scan(ctx, s).await,
         Some(Kind::Prune(p)) => prune(ctx, jr, p).await,
+        Some(Kind::Drill(d)) => Ok(ResultKind::Drill(super::drill::run(ctx, d).await?)),
+        Some(Kind::Documents(d)) => {
+            store_documents(ctx, &d).await?;
+            Ok(ResultKind::DocumentsStored(pb::Ack {}))
+        }
         Some(Kind::Receipt(r)) => {
             let rec = r.receipt.context("receipt job without a receipt")?;
             store_receipt(ctx, &r.vault, &rec).await?;
@@ -211,6 +216,15 @@ pub async fn store_receipt(ctx: &AgentCtx, vault: &str, r: &pb::Receipt) -> anyh
     let v = ctx.vault(vault).await?;
     let id: SnapshotId = r.snapshot_id.parse().map_err(|_| anyhow::anyhow!("receipt names a bad snapshot id"))?;
     v.put_receipt(&id, &r.encode_to_vec()).await?;
+    Ok(())
+}
+
+/// Store signed documents write-once in their vault; kept in the outbox until that works.
+pub async fn store_documents(ctx: &AgentCtx, d: &pb::StoreDocuments) -> anyhow::Result<()> {
+    let v = ctx.vault(&d.vault).await?;
+    for doc in &d.documents {
+        v.put_document(&doc.name, &doc.body).await.with_context(|| format!("storing {}", doc.name))?;
+    }
     Ok(())
 }
 

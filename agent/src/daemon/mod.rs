@@ -2,6 +2,7 @@
 //! renewal, the job stream, and the outbox. Jobs run the same data path as the local CLI.
 
 pub mod config;
+pub mod drill;
 pub mod exec;
 pub mod leases;
 pub mod outbox;
@@ -229,7 +230,16 @@ async fn outbox_loop(ctx: Arc<AgentCtx>) {
             let mut client = ctx.client.borrow().clone();
             match client.finish(result).await {
                 Ok(reply) => {
-                    if let Some(r) = reply.into_inner().receipt {
+                    let reply = reply.into_inner();
+                    if !reply.documents.is_empty() {
+                        let docs =
+                            pb::StoreDocuments { vault: reply.documents_vault.clone(), documents: reply.documents };
+                        if let Err(e) = ctx.outbox.put_documents(&docs) {
+                            tracing::error!(error = %format!("{e:#}"), "cannot keep the signed documents; retrying");
+                            continue;
+                        }
+                    }
+                    if let Some(r) = reply.receipt {
                         match vault_name_for(&ctx, &r.vault_id).await {
                             Some(v) => {
                                 if let Err(e) = ctx.outbox.put_receipt(&v, &r) {
@@ -269,6 +279,14 @@ async fn outbox_loop(ctx: Arc<AgentCtx>) {
                 Ok(()) => ctx.outbox.done(&path),
                 Err(e) => {
                     tracing::warn!(snapshot = %p.snapshot_id, error = %format!("{e:#}"), "receipt not stored yet")
+                }
+            }
+        }
+        for (path, d) in ctx.outbox.documents() {
+            match exec::store_documents(&ctx, &d).await {
+                Ok(()) => ctx.outbox.done(&path),
+                Err(e) => {
+                    tracing::warn!(vault = %d.vault, error = %format!("{e:#}"), "signed documents not stored yet")
                 }
             }
         }

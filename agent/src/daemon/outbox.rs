@@ -1,6 +1,7 @@
-//! Results not yet accepted by the controller, and receipts not yet stored in their vault, kept
-//! as files so a restart or a controller outage loses none. Both directories are small: one file
-//! per finished job attempt or committed snapshot, removed once delivered.
+//! Results not yet accepted by the controller, and receipts and signed documents (drill reports)
+//! not yet stored in their vault, kept as files so a restart or a controller outage loses none.
+//! The directories are small: one file per finished job attempt, committed snapshot or drill,
+//! removed once delivered.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,7 @@ pub struct PendingReceipt {
 pub struct Outbox {
     results: PathBuf,
     receipts: PathBuf,
+    documents: PathBuf,
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -52,10 +54,11 @@ impl Outbox {
     pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
         let results = state_dir.join("outbox");
         let receipts = state_dir.join("receipts-pending");
-        for d in [&results, &receipts] {
+        let documents = state_dir.join("documents-pending");
+        for d in [&results, &receipts, &documents] {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
-        Ok(Self { results, receipts })
+        Ok(Self { results, receipts, documents })
     }
 
     /// Keep a result until the controller accepts or refuses it.
@@ -102,6 +105,28 @@ impl Outbox {
                     let _ = std::fs::remove_file(&p);
                 }
                 r.map(|r| (p, r))
+            })
+            .collect()
+    }
+
+    /// Keep signed documents until they are in their vault.
+    pub fn put_documents(&self, d: &pb::StoreDocuments) -> anyhow::Result<()> {
+        let bytes = d.encode_to_vec();
+        let name = blake3::hash(&bytes).to_hex();
+        write_file(&self.documents.join(format!("{}.pb", &name[..32])), &bytes)
+    }
+
+    /// Documents waiting.
+    pub fn documents(&self) -> Vec<(PathBuf, pb::StoreDocuments)> {
+        list(&self.documents, "pb")
+            .into_iter()
+            .filter_map(|p| match std::fs::read(&p).ok().and_then(|b| pb::StoreDocuments::decode(b.as_slice()).ok()) {
+                Some(d) => Some((p, d)),
+                None => {
+                    tracing::warn!(path = %p.display(), "pending document unreadable; dropped");
+                    let _ = std::fs::remove_file(&p);
+                    None
+                }
             })
             .collect()
     }

@@ -11,6 +11,7 @@ use tresor_proto::pb;
 use tresor_proto::pb::admin_service_server::AdminService;
 
 use super::bearer;
+use crate::audit_log::{FAILED, OK};
 use crate::core::Controller;
 use crate::error::Error;
 use crate::ids::Role;
@@ -23,9 +24,18 @@ pub struct AdminApi(pub Arc<Controller>);
 const WATCH_EVENTS: usize = 16;
 
 impl AdminApi {
-    fn need<T>(&self, req: &Request<T>, role: Role, what: &str) -> Result<(), Status> {
-        let _ = self.0.authorize(bearer(req), role, what)?;
-        Ok(())
+    /// The caller (`ROLE:TOKEN-ID`) if its token has at least `role`.
+    fn need<T>(&self, req: &Request<T>, role: Role, what: &str) -> Result<String, Status> {
+        Ok(self.0.authorize(bearer(req), role, what)?)
+    }
+
+    /// Record a call's outcome in the audit log, then answer it.
+    fn audited<T>(&self, actor: &str, action: &str, object: &str, r: Result<T, Error>) -> Result<T, Status> {
+        match &r {
+            Ok(_) => self.0.audit(actor, action, object, OK, ""),
+            Err(e) => self.0.audit(actor, action, object, FAILED, &e.to_string()),
+        }
+        Ok(r?)
     }
 }
 
@@ -72,9 +82,11 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenReply>, Status> {
-        self.need(&req, Role::Admin, "token create")?;
+        let actor = self.need(&req, Role::Admin, "token create")?;
         let r = req.get_ref();
-        let (token, expires_unix) = self.0.create_token(&r.role, r.ttl_seconds, &r.label).await?;
+        let made = self.0.create_token(&r.role, r.ttl_seconds, &r.label).await;
+        let (token, expires_unix) =
+            self.audited(&actor, "token.create", &format!("{} token {:?}", r.role, r.label), made)?;
         Ok(Response::new(pb::CreateTokenReply { token, expires_unix }))
     }
 
@@ -82,8 +94,10 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::RevokeAgentRequest>,
     ) -> Result<Response<pb::RevokeAgentReply>, Status> {
-        self.need(&req, Role::Admin, "agent revoke")?;
-        let id = self.0.revoke(&req.get_ref().agent).await?;
+        let actor = self.need(&req, Role::Admin, "agent revoke")?;
+        let name = &req.get_ref().agent;
+        let revoked = self.0.revoke(name).await;
+        let id = self.audited(&actor, "revoke", &format!("agent {name}"), revoked)?;
         Ok(Response::new(pb::RevokeAgentReply { agent_id: id.to_string() }))
     }
 
@@ -91,10 +105,15 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyReply>, Status> {
-        self.need(&req, Role::Admin, "policy apply")?;
+        let actor = self.need(&req, Role::Admin, "policy apply")?;
         let r = req.get_ref();
         let origin = if r.file_name.is_empty() { "policy" } else { &r.file_name };
-        Ok(Response::new(self.0.apply_policy(&r.toml, origin).await?))
+        let applied = self.0.apply_policy(&r.toml, origin).await;
+        let object = match &applied {
+            Ok(a) => format!("policy {} (text BLAKE3 {})", a.policy, blake3::hash(r.toml.as_bytes()).to_hex()),
+            Err(_) => format!("policy file {origin}"),
+        };
+        Ok(Response::new(self.audited(&actor, "policy.apply", &object, applied)?))
     }
 
     async fn list_snapshots(
@@ -107,15 +126,20 @@ impl AdminService for AdminApi {
     }
 
     async fn start_backup(&self, req: Request<pb::StartBackupRequest>) -> Result<Response<pb::JobHandle>, Status> {
-        self.need(&req, Role::Operator, "backup")?;
-        let job = self.0.start_backup(&req.get_ref().selector, "manual")?;
+        let actor = self.need(&req, Role::Operator, "backup")?;
+        let selector = &req.get_ref().selector;
+        let started = self.0.start_backup(selector, "manual");
+        let job = self.audited(&actor, "backup.start", selector, started)?;
         self.0.catalog.flush().await?;
         Ok(Response::new(pb::JobHandle { job_id: job.id.to_string() }))
     }
 
     async fn start_restore(&self, req: Request<pb::StartRestoreRequest>) -> Result<Response<pb::JobHandle>, Status> {
-        self.need(&req, Role::Operator, "restore")?;
-        let job = start_restore(&self.0, req.get_ref())?;
+        let actor = self.need(&req, Role::Operator, "restore")?;
+        let r = req.get_ref();
+        let started = start_restore(&self.0, r);
+        let object = format!("{} snapshot {:?} to {:?} on {:?}", r.selector, r.snapshot, r.target, r.on_agent);
+        let job = self.audited(&actor, "restore.start", &object, started)?;
         self.0.catalog.flush().await?;
         Ok(Response::new(pb::JobHandle { job_id: job.id.to_string() }))
     }
@@ -161,8 +185,9 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::RebuildCatalogRequest>,
     ) -> Result<Response<pb::RebuildCatalogReply>, Status> {
-        self.need(&req, Role::Admin, "rebuild-catalog")?;
-        let (vaults, problems) = crate::scheduler::queue_rebuild(&self.0)?;
+        let actor = self.need(&req, Role::Admin, "rebuild-catalog")?;
+        let queued = crate::scheduler::queue_rebuild(&self.0);
+        let (vaults, problems) = self.audited(&actor, "catalog.rebuild", "every vault", queued)?;
         self.0.catalog.flush().await?;
         Ok(Response::new(pb::RebuildCatalogReply { vaults, snapshots: 0, problems }))
     }
@@ -177,9 +202,11 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenReply>, Status> {
-        self.need(&req, Role::Admin, "token revoke")?;
+        let actor = self.need(&req, Role::Admin, "token revoke")?;
         let id = req.get_ref().id.clone();
-        let (id, t) = self.0.blocking(move |c| c.state.revoke_access(&id, crate::core::now_unix())).await?;
+        let object = format!("token {id}");
+        let revoked = self.0.blocking(move |c| c.state.revoke_access(&id, crate::core::now_unix())).await;
+        let (id, t) = self.audited(&actor, "token.revoke", &object, revoked)?;
         Ok(Response::new(pb::RevokeTokenReply { token: Some(token_info(id, &t)) }))
     }
 
@@ -187,13 +214,15 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::RemovePolicyRequest>,
     ) -> Result<Response<pb::RemovePolicyReply>, Status> {
-        self.need(&req, Role::Admin, "policy remove")?;
-        let sources = self.0.remove_policy(&req.get_ref().name).await?;
+        let actor = self.need(&req, Role::Admin, "policy remove")?;
+        let name = &req.get_ref().name;
+        let removed = self.0.remove_policy(name).await;
+        let sources = self.audited(&actor, "policy.remove", &format!("policy {name}"), removed)?;
         Ok(Response::new(pb::RemovePolicyReply { sources }))
     }
 
     async fn start_prune(&self, req: Request<pb::StartPruneRequest>) -> Result<Response<pb::StartPruneReply>, Status> {
-        self.need(&req, Role::Admin, "prune")?;
+        let actor = self.need(&req, Role::Admin, "prune")?;
         let r = req.get_ref();
         if r.dry_run {
             let (forget, keep) = self.0.plan_prune(&r.vault)?;
@@ -203,12 +232,57 @@ impl AdminService for AdminApi {
                 keep: keep as u32,
             }));
         }
-        let (job, forget, keep) = self.0.start_prune(&r.vault, "manual")?;
+        let started = self.0.start_prune(&r.vault, "manual");
+        let (job, forget, keep) = self.audited(&actor, "prune.start", &format!("vault {}", r.vault), started)?;
         self.0.catalog.flush().await?;
         Ok(Response::new(pb::StartPruneReply {
             job_id: job.id.to_string(),
             forget: forget.iter().map(snapshot_meta).collect(),
             keep: keep as u32,
+        }))
+    }
+
+    async fn start_drill(&self, req: Request<pb::StartDrillRequest>) -> Result<Response<pb::JobHandle>, Status> {
+        let actor = self.need(&req, Role::Operator, "drill run")?;
+        let r = req.get_ref();
+        let started = self.0.start_drill(&r.selector, &r.plan, &r.snapshot, r.keep, "manual", &actor);
+        let job = self.audited(&actor, "drill.start", &r.selector, started)?;
+        self.0.catalog.flush().await?;
+        Ok(Response::new(pb::JobHandle { job_id: job.id.to_string() }))
+    }
+
+    async fn list_drills(&self, req: Request<pb::ListDrillsRequest>) -> Result<Response<pb::DrillList>, Status> {
+        self.need(&req, Role::Auditor, "drill list")?;
+        let drills = self.0.drills(&req.get_ref().selector)?.iter().map(|d| d.to_pb()).collect();
+        let plans = self.0.plan_states(crate::core::now_unix())?.iter().map(|p| p.to_pb()).collect();
+        Ok(Response::new(pb::DrillList { drills, plans }))
+    }
+
+    async fn get_report(&self, req: Request<pb::GetReportRequest>) -> Result<Response<pb::ReportReply>, Status> {
+        let actor = self.need(&req, Role::Auditor, "report show")?;
+        let id = &req.get_ref().drill_id;
+        let json = self.audited(&actor, "report.read", &format!("drill {id}"), self.0.report_json(id))?;
+        let public_key_pem = tresor_report::sign::public_key_pem(&self.0.state.report_key());
+        Ok(Response::new(pb::ReportReply { json, public_key_pem }))
+    }
+
+    async fn get_audit_log(&self, req: Request<pb::GetAuditLogRequest>) -> Result<Response<pb::AuditLog>, Status> {
+        let actor = self.need(&req, Role::Auditor, "audit")?;
+        use crate::audit_log::{AUDIT_PAGE, AuditLog};
+        let from = req.get_ref().from_seq;
+        let read = AuditLog::entries(&self.0.catalog, from, AUDIT_PAGE + 1)
+            .and_then(|e| Ok((e, if from == 0 { AuditLog::checkpoints(&self.0.catalog)? } else { vec![] })));
+        // Reading is itself recorded, once per reading (at its first page).
+        let (mut entries, checkpoints) =
+            if from == 0 { self.audited(&actor, "audit.read", "the audit log", read)? } else { read? };
+        let more = entries.len() > AUDIT_PAGE;
+        entries.truncate(AUDIT_PAGE);
+        let text = |v: &serde_json::Value| v.to_string();
+        Ok(Response::new(pb::AuditLog {
+            more,
+            entries: entries.iter().map(text).collect(),
+            checkpoints: checkpoints.iter().map(text).collect(),
+            public_key_pem: tresor_report::sign::public_key_pem(&self.0.state.report_key()),
         }))
     }
 }

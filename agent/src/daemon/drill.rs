@@ -1,0 +1,244 @@
+//! A restore drill on this agent: restore a snapshot into a sandbox, check it at three levels
+//! (structure; a cryptographic read of its packs; the source's own verifier) and time it. What
+//! fails is a finding in the result, never a job error: the controller judges and signs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tresor_proto::pb;
+use tresor_vault::check::ReadData;
+use tresor_vault::check_snapshot;
+use tresor_vault::snapshot::{Manifest, Node};
+use tresor_vault::{Vault, ids::SnapshotId, index::LocalIndex};
+
+use super::exec::AgentCtx;
+use crate::files;
+
+/// Findings listed one by one up to this many per check; the rest are counted.
+const LISTED: usize = 20;
+
+/// What a drill gathers as it goes.
+struct Drill {
+    t0: Instant,
+    out: pb::DrillResult,
+}
+
+impl Drill {
+    fn check(&mut self, level: &str, subject: impl Into<String>, check: &str, ok: bool, detail: impl Into<String>) {
+        self.out.checks.push(pb::DrillCheck {
+            level: level.into(),
+            subject: subject.into(),
+            check: check.into(),
+            ok,
+            detail: detail.into(),
+        });
+    }
+
+    /// One FAIL row per finding (up to [`LISTED`]), then one counting the rest.
+    fn failures(&mut self, level: &str, check: &str, found: &[(String, String)]) {
+        for (subject, why) in found.iter().take(LISTED) {
+            self.check(level, subject.clone(), check, false, why.clone());
+        }
+        if found.len() > LISTED {
+            self.check(level, "(more)", check, false, format!("{} more entries failed", found.len() - LISTED));
+        }
+    }
+
+    fn secs(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+}
+
+fn sandbox_of(ctx: &AgentCtx, drill_id: &str) -> anyhow::Result<PathBuf> {
+    if drill_id.is_empty() || !drill_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        anyhow::bail!("drill id {drill_id:?} is not a plain name");
+    }
+    Ok(ctx.cfg.drill_dir().join(drill_id))
+}
+
+/// Run a drill to its result.
+///
+/// # Errors
+/// Only a bad job (no sandbox name); every finding is in the result.
+pub async fn run(ctx: &Arc<AgentCtx>, d: pb::DrillJob) -> anyhow::Result<pb::DrillResult> {
+    let sandbox = sandbox_of(ctx, &d.drill_id)?;
+    let mut drill = Drill {
+        t0: Instant::now(),
+        out: pb::DrillResult {
+            started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            sandbox: format!("{}:{}", ctx.name, sandbox.display()),
+            tresor_version: env!("CARGO_PKG_VERSION").into(),
+            read_share_percent: d.read_data_percent.clamp(0.0, 100.0),
+            source_kind: "files".into(),
+            ..Default::default()
+        },
+    };
+    if let Err(e) = stages(ctx, &d, &sandbox, &mut drill).await {
+        drill.check("structure", "drill", "run", false, format!("{e:#}"));
+    }
+    if drill.out.rto_seconds == 0.0 {
+        drill.out.rto_seconds = drill.secs();
+    }
+    if !d.keep
+        && let Err(e) = remove_sandbox(&sandbox).await
+    {
+        drill.out.anomalies.push(format!("the sandbox {} was not removed: {e:#}", sandbox.display()));
+    }
+    drill.out.ended = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    Ok(drill.out)
+}
+
+async fn remove_sandbox(p: &Path) -> anyhow::Result<()> {
+    let p = p.to_path_buf();
+    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    })
+    .await?
+}
+
+/// The stages in order; an `Err` is a stage that could not run at all.
+async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &mut Drill) -> anyhow::Result<()> {
+    let vault = ctx.vault(&d.vault).await?;
+    drill.out.format_version = vault.config().version;
+    drill.out.key_slot = key_slot_label(&vault).await;
+    let index = vault.sync_index(&ctx.cache_dir()).await?;
+    let (id, manifest) = vault.resolve_snapshot(&d.snapshot).await?;
+    drill.out.snapshot_id = id.to_string();
+    drill.out.snapshot_time.clone_from(&manifest.time);
+    drill.out.source_kind = source_kind(&manifest);
+    let nodes = Arc::new(vault.read_tree(&manifest, &index).await?);
+
+    // Structure.
+    let s = check_snapshot::structure(&vault, index.clone(), nodes.clone()).await?;
+    if s.broken.is_empty() {
+        let detail = format!("{} entries, {} chunks in {} packs: all indexed and present", s.nodes, s.chunks, s.packs);
+        drill.check("structure", format!("snapshot {}", id.short()), "chunks indexed, packs present", true, detail);
+    }
+    drill.failures("structure", "chunks indexed, packs present", &s.broken);
+
+    // Restore, then the application check: the RTO ends when it passes.
+    let restored = restore(vault.clone(), index.clone(), &nodes, sandbox, drill).await?;
+    application(ctx, d, &id, &manifest, &nodes, sandbox, restored, drill).await?;
+
+    // The cryptographic read, timed apart from the RTO.
+    let read = match d.read_data_percent {
+        p if p >= 100.0 => ReadData::All,
+        p if p <= 0.0 => ReadData::None,
+        p => ReadData::Subset { percent: p, seed: d.seed },
+    };
+    let t = Instant::now();
+    let r = check_snapshot::read(&vault, index, nodes, read).await?;
+    drill.out.read_check_seconds = t.elapsed().as_secs_f64();
+    if r.damaged.is_empty() {
+        let sample = r.seed.map(|s| format!(", sample seed {s}")).unwrap_or_default();
+        let detail = format!(
+            "{} of {} packs read ({} bytes{sample}), {} chunks decrypted and hashed",
+            r.packs_read, r.packs_total, r.bytes_read, r.chunks_verified
+        );
+        drill.check("read", format!("snapshot {}", id.short()), "decrypt and hash", true, detail);
+    }
+    drill.failures("read", "decrypt and hash", &r.damaged);
+    drill.out.anomalies.extend(r.transient);
+    if vault.transient_reads() > 0 {
+        drill
+            .out
+            .anomalies
+            .push(format!("{} read(s) failed verification once and passed when repeated", vault.transient_reads()));
+    }
+    Ok(())
+}
+
+/// Restore into a fresh sandbox; true when every entry was restored.
+async fn restore(
+    vault: Arc<Vault>,
+    index: Arc<LocalIndex>,
+    nodes: &Arc<Vec<Node>>,
+    sandbox: &Path,
+    drill: &mut Drill,
+) -> anyhow::Result<bool> {
+    // A retried attempt starts from an empty sandbox, so nothing of the last one is counted.
+    remove_sandbox(sandbox).await?;
+    std::fs::create_dir_all(sandbox)?;
+    let t = Instant::now();
+    let report = files::restore::restore_tree(vault, index, nodes.as_ref().clone(), sandbox).await?;
+    drill.out.restore_seconds = t.elapsed().as_secs_f64();
+    drill.out.bytes = report.bytes;
+    if report.transient_retries > 0 {
+        drill.out.anomalies.push(format!("{} reads were retried after a transient failure", report.transient_retries));
+    }
+    let ok = report.failed.is_empty();
+    let detail = format!(
+        "{} files ({} bytes) and {} other entries restored in {:.2} s; {} failed",
+        report.files,
+        report.bytes,
+        report.others,
+        drill.out.restore_seconds,
+        report.failed.len()
+    );
+    drill.check("read", "sandbox", "restore (every chunk decrypted and hashed)", ok, detail);
+    drill.failures("read", "restore (every chunk decrypted and hashed)", &report.failed);
+    Ok(ok)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn application(
+    ctx: &Arc<AgentCtx>,
+    d: &pb::DrillJob,
+    id: &SnapshotId,
+    manifest: &Manifest,
+    nodes: &Arc<Vec<Node>>,
+    sandbox: &Path,
+    restored: bool,
+    drill: &mut Drill,
+) -> anyhow::Result<()> {
+    if !restored {
+        drill.check("application", "sandbox", "source verifier", false, "not run: the restore is incomplete");
+        return Ok(());
+    }
+    let src = ctx.cfg.source_options(&d.source).unwrap_or_default();
+    let opts = tresor_sources::verify::VerifyOptions {
+        probe_command: src.probe_command,
+        probe_timeout: src.probe_timeout,
+        qdrant: None,
+    };
+    let (root, nodes, sources) = (sandbox.to_path_buf(), nodes.clone(), manifest.sources.clone());
+    let report = tokio::task::spawn_blocking(move || {
+        let mut report = tresor_sources::verify::Report::default();
+        tresor_sources::verify::verify_files(&root, &nodes, &mut report);
+        tresor_sources::verify::verify_sources(&root, &sources, &opts, &mut report);
+        report
+    })
+    .await?;
+    if report.ok() {
+        drill.out.rto_seconds = drill.secs();
+    }
+    let summary = format!(
+        "{} files ({} bytes) and {} tensors match snapshot {}",
+        report.files,
+        report.bytes,
+        report.tensors,
+        id.short()
+    );
+    drill.check("application", "sandbox", "files and tensors against the snapshot", report.ok(), summary);
+    for f in report.findings.iter().filter(|f| !f.ok || f.check != "model").take(200) {
+        drill.check("application", f.subject.clone(), &f.check, f.ok, f.detail.clone());
+    }
+    Ok(())
+}
+
+fn source_kind(m: &Manifest) -> String {
+    let mut kinds: Vec<&str> = m.sources.iter().map(|s| s.kind.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    if kinds.is_empty() { "files".into() } else { kinds.join("+") }
+}
+
+async fn key_slot_label(vault: &Vault) -> String {
+    let id = vault.slot_id().to_string();
+    match vault.key_list().await {
+        Ok(slots) => slots.into_iter().find(|s| s.id == id).map_or(id, |s| format!("{} ({})", s.label, s.id)),
+        Err(_) => id,
+    }
+}

@@ -1,0 +1,401 @@
+//! Drills, their signed reports and the audit log: `drill run|list`, `report show|verify`,
+//! `audit show|export|verify`. Verification needs only files and the pinned public key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::{Value, json};
+use tresor_proto::pb;
+use tresor_report::html::Lang;
+
+use crate::client::{Admin, status_err};
+use crate::exit;
+use crate::print::when;
+
+#[derive(Debug, Subcommand)]
+pub enum DrillAction {
+    /// Run a restore drill of AGENT/SOURCE now and wait for its verdict (exit 5 if it FAILED).
+    Run {
+        /// AGENT/SOURCE.
+        selector: String,
+        /// The drill plan to follow (default: the source's first plan, else defaults).
+        #[arg(long)]
+        plan: Option<String>,
+        /// Snapshot id or prefix (default: the plan's choice).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Keep the sandbox for inspection.
+        #[arg(long)]
+        keep: bool,
+        /// Return once the drill is queued.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Drills and drill plans, newest first (exit 4 if a plan is overdue or a newest drill FAILED).
+    List {
+        /// AGENT or AGENT/SOURCE.
+        selector: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportAction {
+    /// Print a drill's signed report: JSON, or the HTML page (--html).
+    Show {
+        /// Drill id (or a unique prefix).
+        id: String,
+        /// The accessible HTML page instead of the JSON.
+        #[arg(long)]
+        html: bool,
+        /// Language of the HTML page: de or en.
+        #[arg(long, default_value = "de")]
+        lang: String,
+        /// Write to this file instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Check a signed report file offline against the pinned public key (exit 9 if it was changed,
+    /// is unsigned, or was signed by another key). Needs no controller.
+    Verify {
+        /// The report (JSON).
+        file: PathBuf,
+        /// The controller's report-signing public key (PEM), the trust anchor to pin.
+        #[arg(long, value_name = "FILE", env = "TRESOR_REPORT_PUBKEY")]
+        pubkey: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Print the audit log (the newest N entries with --tail).
+    Show {
+        /// Only the last N entries.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Write audit.jsonl, checkpoints.jsonl and report-signing.pub.pem into DIR.
+    Export {
+        /// The directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Verify the hash chain from its first entry and every signed checkpoint (exit 9 if an entry
+    /// was changed, removed, reordered or re-chained). With --log it works offline.
+    Verify {
+        /// An exported audit.jsonl (default: read the log from the controller).
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+        /// Checkpoints: a checkpoints.jsonl, or a directory of checkpoint-*.json files (as stored
+        /// in the vault). Default: the controller's.
+        #[arg(long, value_name = "FILE|DIR")]
+        checkpoints: Option<PathBuf>,
+        /// The report-signing public key (PEM) to pin.
+        #[arg(long, value_name = "FILE", env = "TRESOR_REPORT_PUBKEY")]
+        pubkey: PathBuf,
+    },
+}
+
+fn out(json_mode: bool, value: Value, text: String) {
+    if json_mode {
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    } else {
+        println!("{text}");
+    }
+}
+
+/// `drill run` and `drill list`.
+pub async fn drill(c: &mut Admin, action: DrillAction, j: bool) -> anyhow::Result<u8> {
+    match action {
+        DrillAction::Run { selector, plan, snapshot, keep, detach } => {
+            let req = pb::StartDrillRequest {
+                selector: selector.clone(),
+                plan: plan.unwrap_or_default(),
+                snapshot: snapshot.unwrap_or_default(),
+                keep,
+            };
+            let h = c.start_drill(req).await.map_err(status_err)?.into_inner();
+            if detach {
+                out(j, json!({"drill_id": h.job_id}), format!("drill of {selector} queued as {}", h.job_id));
+                return Ok(exit::OK);
+            }
+            let code = crate::print::watch_quiet(c, &h.job_id, j).await?;
+            // A drill that could not run still has a report (FAIL), unless the job never reached
+            // an agent.
+            match c.get_report(pb::GetReportRequest { drill_id: h.job_id.clone() }).await {
+                Ok(r) => {
+                    let doc: Value = serde_json::from_str(&r.get_ref().json).context("the report is not JSON")?;
+                    let pass = doc["verdict"] == "PASS";
+                    out(j, doc.clone(), verdict_text(&doc));
+                    Ok(if pass { exit::OK } else { exit::JOB_FAILED })
+                }
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(code.max(exit::JOB_FAILED)),
+                Err(s) => Err(status_err(s)),
+            }
+        }
+        DrillAction::List { selector } => {
+            let r = c
+                .list_drills(pb::ListDrillsRequest { selector: selector.unwrap_or_default() })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let mut text = String::from(
+                "DRILL                 SOURCE                  STARTED                    VERDICT  RTO (s) / TARGET   RPO (s) / TARGET\n",
+            );
+            let mut newest = std::collections::BTreeMap::new();
+            for d in &r.drills {
+                let _ = newest.entry(d.source.clone()).or_insert(d.verdict.clone());
+                text.push_str(&format!(
+                    "{:<21} {:<23} {:<26} {:<8} {:>7.1} / {:<8.0} {:>7.0} / {:<8.0}\n",
+                    d.drill_id, d.source, d.started, d.verdict, d.rto_s, d.rto_target_s, d.rpo_s, d.rpo_target_s
+                ));
+            }
+            text.push_str("\nPLAN                          SOURCE                  LAST RUN               LAST     NEXT RUN               STATE\n");
+            for p in &r.plans {
+                let state = match (p.failing, p.overdue) {
+                    (true, _) => "FAILING",
+                    (false, true) => "OVERDUE",
+                    _ => "ok",
+                };
+                text.push_str(&format!(
+                    "{:<29} {:<23} {:<22} {:<8} {:<22} {state}\n",
+                    format!("{}/{}", p.policy, p.plan),
+                    p.source,
+                    when(p.last_run_unix),
+                    if p.last_verdict.is_empty() { "-" } else { &p.last_verdict },
+                    when(p.next_run_unix)
+                ));
+            }
+            let problems = r.plans.iter().any(|p| p.overdue || p.failing) || newest.values().any(|v| v != "PASS");
+            let drills: Vec<Value> = r.drills.iter().map(|d| json!({"drill_id": d.drill_id, "source": d.source, "policy": d.policy, "plan": d.plan, "trigger": d.trigger, "snapshot": d.snapshot, "started": d.started, "verdict": d.verdict, "rto_s": d.rto_s, "rto_target_s": d.rto_target_s, "rpo_s": d.rpo_s, "rpo_target_s": d.rpo_target_s, "sandbox": d.sandbox})).collect();
+            let plans: Vec<Value> = r.plans.iter().map(|p| json!({"policy": p.policy, "plan": p.plan, "source": p.source, "last_run_unix": p.last_run_unix, "last_verdict": p.last_verdict, "last_drill_id": p.last_drill_id, "next_run_unix": p.next_run_unix, "overdue": p.overdue, "failing": p.failing})).collect();
+            out(j, json!({"drills": drills, "plans": plans}), format!("{}{} drills", text, r.drills.len()));
+            Ok(if problems { exit::PROBLEMS } else { exit::OK })
+        }
+    }
+}
+
+fn verdict_text(doc: &Value) -> String {
+    let n = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let mut t = format!(
+        "drill {} of {} (snapshot {}): {}\n  RTO {:.1} s (target {:.0} s) {}, RPO {:.0} s (target {:.0} s) {}, read check {:.1} s",
+        doc["drill_id"].as_str().unwrap_or(""),
+        doc["source"].as_str().unwrap_or(""),
+        doc["snapshot"].as_str().unwrap_or("").chars().take(12).collect::<String>(),
+        doc["verdict"].as_str().unwrap_or(""),
+        n(&doc["rto"]["measured_s"]),
+        n(&doc["rto"]["target_s"]),
+        doc["rto"]["result"].as_str().unwrap_or(""),
+        n(&doc["rpo"]["measured_s"]),
+        n(&doc["rpo"]["target_s"]),
+        doc["rpo"]["result"].as_str().unwrap_or(""),
+        n(&doc["read_check_s"]),
+    );
+    for c in doc["checks"].as_array().into_iter().flatten().filter(|c| c["result"] != "PASS") {
+        t.push_str(&format!(
+            "\n  FAIL {} {} ({}): {}",
+            c["level"].as_str().unwrap_or(""),
+            c["subject"].as_str().unwrap_or(""),
+            c["check"].as_str().unwrap_or(""),
+            c["detail"].as_str().unwrap_or("")
+        ));
+    }
+    t.push_str(&format!("\n  report: tresorctl report show {}", doc["drill_id"].as_str().unwrap_or("")));
+    t
+}
+
+/// `report show`.
+pub async fn report_show(
+    c: &mut Admin,
+    id: &str,
+    html: bool,
+    lang: &str,
+    out_file: Option<&Path>,
+) -> anyhow::Result<u8> {
+    let lang = match lang {
+        "de" => Lang::De,
+        "en" => Lang::En,
+        other => anyhow::bail!("--lang {other:?}: give de or en"),
+    };
+    let r = c.get_report(pb::GetReportRequest { drill_id: id.to_string() }).await.map_err(status_err)?.into_inner();
+    let text = if html {
+        let mut doc: Value = serde_json::from_str(&r.json).context("the report is not JSON")?;
+        if let Some(o) = doc.as_object_mut() {
+            let _ = o.remove("signature");
+        }
+        let report: tresor_report::drill::DrillReport =
+            serde_json::from_value(doc).context("the report does not match the schema of this tresorctl")?;
+        tresor_report::html::render(&report, lang)
+    } else {
+        r.json
+    };
+    match out_file {
+        Some(p) => {
+            std::fs::write(p, text.as_bytes()).with_context(|| format!("cannot write {}", p.display()))?;
+            eprintln!("wrote {}", p.display());
+        }
+        None => println!("{text}"),
+    }
+    Ok(exit::OK)
+}
+
+/// `report verify`: offline, with nothing but the file and the pinned key.
+pub fn report_verify(file: &Path, pubkey: &Path, j: bool) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let doc: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    let key = read_key(pubkey)?;
+    let id = tresor_report::sign::key_id(&key);
+    match tresor_report::sign::verify(&doc, &key) {
+        Ok(()) => {
+            out(
+                j,
+                json!({"file": file, "valid": true, "key_id": id}),
+                format!("{}: signature valid (key {id})", file.display()),
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            out(
+                j,
+                json!({"file": file, "valid": false, "key_id": id, "error": e.to_string()}),
+                format!("{}: NOT VALID: {e}", file.display()),
+            );
+            Ok(exit::TAMPERED)
+        }
+    }
+}
+
+fn read_key(pubkey: &Path) -> anyhow::Result<tresor_report::sign::VerifyingKey> {
+    let pem = std::fs::read_to_string(pubkey).with_context(|| format!("cannot read {}", pubkey.display()))?;
+    tresor_report::sign::public_key_from_pem(&pem).with_context(|| pubkey.display().to_string())
+}
+
+/// The whole log and the checkpoints from the controller, page by page.
+async fn fetch_log(c: &mut Admin) -> anyhow::Result<(Vec<Value>, Vec<Value>, String)> {
+    let (mut entries, mut checkpoints, mut pem) = (Vec::new(), Vec::new(), String::new());
+    loop {
+        let from = entries.len() as u64;
+        let page = c.get_audit_log(pb::GetAuditLogRequest { from_seq: from }).await.map_err(status_err)?.into_inner();
+        let parse =
+            |t: &String| serde_json::from_str::<Value>(t).context("the controller sent an entry that is not JSON");
+        if from == 0 {
+            checkpoints = page.checkpoints.iter().map(parse).collect::<anyhow::Result<_>>()?;
+            pem = page.public_key_pem.clone();
+        }
+        let got = page.entries.len();
+        entries.extend(page.entries.iter().map(parse).collect::<anyhow::Result<Vec<_>>>()?);
+        if !page.more || got == 0 {
+            return Ok((entries, checkpoints, pem));
+        }
+    }
+}
+
+fn read_jsonl(p: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not JSON", p.display(), i + 1)))
+        .collect()
+}
+
+/// Checkpoints from a `.jsonl` file or a directory of `checkpoint-*.json` documents.
+fn read_checkpoints(p: &Path) -> anyhow::Result<Vec<Value>> {
+    if !p.is_dir() {
+        return read_jsonl(p);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+        .with_context(|| format!("cannot read {}", p.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("checkpoint-")))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let t = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+            serde_json::from_str(&t).with_context(|| format!("{} is not JSON", f.display()))
+        })
+        .collect()
+}
+
+fn entry_line(e: &Value) -> String {
+    let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+    format!(
+        "{:>6} {} {:<22} {:<15} {:<8} {}{}",
+        e["seq"].as_u64().unwrap_or(0),
+        s("time"),
+        s("actor"),
+        s("action"),
+        s("outcome"),
+        s("object"),
+        if s("reason").is_empty() { String::new() } else { format!(" ({})", s("reason")) }
+    )
+}
+
+/// `audit show|export|verify`; `c` is only needed when the log is read from the controller.
+pub async fn audit(c: Option<&mut Admin>, action: AuditAction, j: bool) -> anyhow::Result<u8> {
+    match action {
+        AuditAction::Show { tail } => {
+            let c = c.context("audit show needs the controller")?;
+            let (entries, _, _) = fetch_log(c).await?;
+            let skip = tail.map_or(0, |n| entries.len().saturating_sub(n));
+            let shown = &entries[skip..];
+            let text = shown.iter().map(entry_line).collect::<Vec<_>>().join("\n");
+            out(j, json!(shown), format!("{text}\n{} of {} entries", shown.len(), entries.len()));
+            Ok(exit::OK)
+        }
+        AuditAction::Export { out: dir } => {
+            let c = c.context("audit export needs the controller")?;
+            let (entries, checkpoints, pem) = fetch_log(c).await?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let lines = |v: &[Value]| v.iter().map(|e| format!("{e}\n")).collect::<String>();
+            for (name, body) in [
+                ("audit.jsonl", lines(&entries)),
+                ("checkpoints.jsonl", lines(&checkpoints)),
+                ("report-signing.pub.pem", pem),
+            ] {
+                let p = dir.join(name);
+                std::fs::write(&p, body).with_context(|| format!("cannot write {}", p.display()))?;
+            }
+            out(
+                j,
+                json!({"dir": dir, "entries": entries.len(), "checkpoints": checkpoints.len()}),
+                format!("wrote {} entries and {} checkpoints to {}", entries.len(), checkpoints.len(), dir.display()),
+            );
+            Ok(exit::OK)
+        }
+        AuditAction::Verify { log, checkpoints, pubkey } => {
+            let key = read_key(&pubkey)?;
+            let (entries, mut cps) = match (log, c) {
+                (Some(l), _) => (read_jsonl(&l)?, vec![]),
+                (None, Some(c)) => {
+                    let (e, cp, _) = fetch_log(c).await?;
+                    (e, cp)
+                }
+                (None, None) => anyhow::bail!("give --log FILE, or a controller to read the log from"),
+            };
+            if let Some(p) = checkpoints {
+                cps = read_checkpoints(&p)?;
+            }
+            match tresor_report::audit::verify(&entries, &cps, &key) {
+                Ok(st) => {
+                    out(
+                        j,
+                        json!({"valid": true, "entries": st.entries, "checkpoints": st.checkpoints, "unanchored": st.unanchored}),
+                        format!(
+                            "audit log valid: {} entries chained from the first, {} signed checkpoints met, {} entries after the newest checkpoint",
+                            st.entries, st.checkpoints, st.unanchored
+                        ),
+                    );
+                    Ok(exit::OK)
+                }
+                Err(e) => {
+                    out(j, json!({"valid": false, "error": e.to_string()}), format!("audit log NOT VALID: {e}"));
+                    Ok(exit::TAMPERED)
+                }
+            }
+        }
+    }
+}
