@@ -10,9 +10,11 @@ work=$PWD/demo-work
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
+[ -n "${DEMO_HOLD:-}" ] && trap - EXIT
 rm -rf "$work"
 mkdir -p "$work"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+webport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 started=$(date +%s)
 
 echo "== sample data in $work/sample"
@@ -45,6 +47,7 @@ state_dir = "$work/controller"
 server_names = ["127.0.0.1", "localhost"]
 heartbeat = "2s"
 lease = "30s"
+web_listen = "127.0.0.1:$webport"
 TOML
 TRESOR_LOG=warn "$bin/tresor-controller" serve --config "$work/controller.toml" > "$work/controller.log" 2>&1 &
 pids+=($!)

@@ -37,3 +37,4 @@ have_pg || { echo "error: PostgreSQL server binaries are not under /usr/lib/post
 echo "postgresql: $(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 
 scripts/ensure-python-deps.sh
+scripts/ensure-browser-deps.sh

@@ -30,5 +30,6 @@ pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod web;
 
 pub use error::{Error, Result};

@@ -50,6 +50,7 @@ pub async fn serve(ctl: Arc<Controller>, stop: watch::Receiver<bool>) -> Result<
     let scheduler = tokio::spawn(crate::scheduler::run(ctl.clone(), stop.clone()));
     let alerts = tokio::spawn(crate::alerts::run(ctl.clone(), stop.clone()));
     let metrics = ctl.config.metrics_listen.map(|a| tokio::spawn(crate::metrics::serve(ctl.clone(), a, stop.clone())));
+    let web = ctl.config.web_listen.map(|a| tokio::spawn(crate::web::serve(ctl.clone(), a, stop.clone())));
     let mut stop_grpc = stop.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Server::builder()
@@ -70,6 +71,9 @@ pub async fn serve(ctl: Arc<Controller>, stop: watch::Receiver<bool>) -> Result<
     let _ = alerts.await;
     if let Some(m) = metrics {
         let _ = m.await;
+    }
+    if let Some(w) = web {
+        let _ = w.await;
     }
     ctl.catalog.flush().await?;
     Ok(())

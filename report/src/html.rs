@@ -15,7 +15,8 @@ pub enum Lang {
 }
 
 impl Lang {
-    fn code(self) -> &'static str {
+    /// The BCP 47 code (`de`, `en`).
+    pub fn code(self) -> &'static str {
         match self {
             Self::De => "de",
             Self::En => "en",
@@ -91,7 +92,7 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ("seconds", "s", "s"),
 ];
 
-fn t(lang: Lang, key: &str) -> &'static str {
+pub(crate) fn t(lang: Lang, key: &str) -> &'static str {
     STRINGS
         .iter()
         .find(|(k, _, _)| *k == key)
@@ -100,25 +101,34 @@ fn t(lang: Lang, key: &str) -> &'static str {
 }
 
 /// What a key without strings renders as, so a test can find it.
-const MISSING: &str = "\u{27e6}missing string\u{27e7}";
+pub(crate) const MISSING: &str = "\u{27e6}missing string\u{27e7}";
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-fn verdict(lang: Lang, v: Verdict) -> String {
+pub(crate) fn verdict(lang: Lang, v: Verdict) -> String {
     let (key, class) = if v == Verdict::Pass { ("pass", "pass") } else { ("fail", "fail") };
     format!("<strong class=\"{class}\">{}</strong>", t(lang, key))
 }
 
 /// A table's row of column headers.
-fn header(cells: &[&str]) -> String {
+pub(crate) fn header(cells: &[&str]) -> String {
     let cells: String = cells.iter().map(|c| format!("<th scope=\"col\">{c}</th>")).collect();
     format!("<tr>{cells}</tr>\n")
 }
 
-fn num(x: f64) -> String {
+pub(crate) fn num(x: f64) -> String {
     if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") }
+}
+
+/// The start of every page up to `<main>`: language, title (already escaped), the one style sheet
+/// (colours of at least 4.5:1 contrast on white).
+pub(crate) fn page_head(lang: Lang, title: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"{}\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title}</title>\n<style>\nbody{{font-family:sans-serif;color:#1a1a1a;background:#fff;max-width:70em;margin:1em auto;padding:0 1em;line-height:1.5}}\ntable{{border-collapse:collapse;margin:0 0 1.5em}}caption{{text-align:left;font-weight:bold;padding:.3em 0}}\nth,td{{border:1px solid #555;padding:.3em .6em;text-align:left;vertical-align:top}}\n.pass{{color:#1b5e20}}.fail{{color:#b71c1c}}\na{{color:#0b4f9c}}\n</style>\n</head>\n<body>\n",
+        lang.code()
+    )
 }
 
 /// The report as a page in `lang`.
@@ -126,12 +136,8 @@ pub fn render(r: &DrillReport, lang: Lang) -> String {
     let s = |k: &str| t(lang, k);
     let row = |k: &str, v: String| format!("<tr><th scope=\"row\">{}</th><td>{v}</td></tr>\n", s(k));
     let mut h = String::new();
-    h.push_str(&format!(
-        "<!DOCTYPE html>\n<html lang=\"{}\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{} {}</title>\n<style>\nbody{{font-family:sans-serif;color:#1a1a1a;background:#fff;max-width:70em;margin:1em auto;padding:0 1em;line-height:1.5}}\ntable{{border-collapse:collapse;margin:0 0 1.5em}}caption{{text-align:left;font-weight:bold;padding:.3em 0}}\nth,td{{border:1px solid #555;padding:.3em .6em;text-align:left;vertical-align:top}}\n.pass{{color:#1b5e20}}.fail{{color:#b71c1c}}\n</style>\n</head>\n<body>\n<main>\n",
-        lang.code(),
-        s("title"),
-        esc(&r.drill_id)
-    ));
+    h.push_str(&page_head(lang, &format!("{} {}", s("title"), esc(&r.drill_id))));
+    h.push_str("<main>\n");
     h.push_str(&format!("<h1>{}: {}</h1>\n", s("title"), esc(&r.source)));
     h.push_str(&format!("<p>{}: {}</p>\n", s("verdict"), verdict(lang, r.verdict)));
     h.push_str(&format!("<h2>{}</h2>\n<table>\n<caption>{}</caption>\n", s("summary"), s("summary_caption")));

@@ -1,0 +1,387 @@
+//! The auditor's read-only web page: HTTPS (the controller's own certificate) on `web_listen`.
+//! A person signs in with an access token (auditor role or higher; `Authorization: Bearer` works
+//! too); the page lists drills with their verdicts and targets, links every report (HTML in German
+//! or English, and the signed JSON), shows the audit log and whether it verifies. Nothing here
+//! changes anything: the only forms sign in and out, and every other method is refused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tresor_report::drill::{Target, Verdict};
+use tresor_report::html::Lang;
+use tresor_report::portal;
+
+use crate::audit_log::{AuditLog, OK, REFUSED};
+use crate::core::{Controller, now_unix};
+use crate::ids::Role;
+
+/// Connections served at once; more wait in the listen backlog.
+pub const WEB_CONNECTIONS: usize = 32;
+/// Signed-in sessions kept (the oldest is dropped beyond this).
+pub const WEB_SESSIONS: usize = 1024;
+/// A session lasts this long.
+const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+/// Audit entries per page.
+const AUDIT_ROWS: usize = 200;
+/// The sign-in form's body limit, bytes.
+const FORM_LIMIT: usize = 4096;
+const COOKIE: &str = "tresor_session";
+
+/// Sessions: the session id (random, in an HttpOnly cookie) maps to the token, which is checked
+/// again on every request, so a withdrawn or expired token ends its sessions at once.
+#[derive(Default)]
+struct Sessions(Mutex<HashMap<String, (String, Instant)>>);
+
+impl Sessions {
+    fn open(&self, token: String) -> String {
+        let id = hex::encode(rand::random::<[u8; 24]>());
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, (_, at)| at.elapsed() < SESSION_TTL);
+        if m.len() >= WEB_SESSIONS
+            && let Some(oldest) = m.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone())
+        {
+            let _ = m.remove(&oldest);
+        }
+        let _ = m.insert(id.clone(), (token, Instant::now()));
+        id
+    }
+
+    fn token(&self, id: &str) -> Option<String> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(id).filter(|(_, at)| at.elapsed() < SESSION_TTL).map(|(t, _)| t.clone())
+    }
+
+    fn close(&self, id: &str) {
+        let _ = self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
+struct Web {
+    ctl: Arc<Controller>,
+    sessions: Sessions,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+/// Serve the page on `addr` until `stop`.
+pub async fn serve(ctl: Arc<Controller>, addr: SocketAddr, mut stop: watch::Receiver<bool>) {
+    let acceptor = match tls_acceptor(&ctl) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "the auditor's page cannot start: TLS setup failed");
+            return;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot serve the auditor's page");
+            return;
+        }
+    };
+    tracing::info!(%addr, "auditor's page listening (https)");
+    let web = Arc::new(Web { ctl, sessions: Sessions::default() });
+    let slots = Arc::new(Semaphore::new(WEB_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let (sock, _) = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+        };
+        let (web, acceptor) = (web.clone(), acceptor.clone());
+        drop(tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let web = web.clone();
+                async move { Ok::<_, std::convert::Infallible>(web.handle(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tls), service);
+            let _ = tokio::time::timeout(Duration::from_secs(300), conn).await;
+        }));
+    }
+}
+
+fn tls_acceptor(ctl: &Controller) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ctl.pki.server_chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("server certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(ctl.pki.server_key_pem.as_bytes()).map_err(|e| format!("server key: {e}"))?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+fn page(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    let set = |h: &mut hyper::HeaderMap, k: header::HeaderName, v: &'static str| {
+        let _ = h.insert(k, header::HeaderValue::from_static(v));
+    };
+    if let Ok(v) = header::HeaderValue::from_str(content_type) {
+        let _ = h.insert(header::CONTENT_TYPE, v);
+    }
+    // No script runs on these pages; styles are inline; nothing may frame them.
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(h, header::CACHE_CONTROL, "no-store");
+    r
+}
+
+fn html(status: StatusCode, body: String) -> Reply {
+    page(status, "text/html; charset=utf-8", body)
+}
+
+fn redirect(to: &str, cookie: Option<String>) -> Reply {
+    let mut r = page(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", "");
+    if let Ok(v) = header::HeaderValue::from_str(to) {
+        let _ = r.headers_mut().insert(header::LOCATION, v);
+    }
+    if let Some(c) = cookie.and_then(|c| header::HeaderValue::from_str(&c).ok()) {
+        let _ = r.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    r
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+}
+
+fn lang_of(query: &str) -> Lang {
+    if query_param(query, "lang") == Some("en") { Lang::En } else { Lang::De }
+}
+
+/// `application/x-www-form-urlencoded` decoding of one value.
+fn form_value(body: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let raw = query_param(text, name)?;
+    let mut out = Vec::with_capacity(raw.len());
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn session_cookie(req: &Request<Incoming>) -> Option<String> {
+    req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
+        c.split(';').map(str::trim).find_map(|kv| kv.strip_prefix(&format!("{COOKIE}="))).map(str::to_string)
+    })
+}
+
+impl Web {
+    /// The caller's token: a bearer header, or the session's.
+    fn token(&self, req: &Request<Incoming>) -> Option<String> {
+        if let Some(b) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+            return b.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+        }
+        session_cookie(req).and_then(|id| self.sessions.token(&id))
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Reply {
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let lang = lang_of(&query);
+        match (req.method(), path.as_str()) {
+            (&Method::POST, "/login") => return self.login(req, lang).await,
+            (&Method::POST, "/logout") => {
+                if let Some(id) = session_cookie(&req) {
+                    self.sessions.close(&id);
+                }
+                let clear = format!("{COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0");
+                return redirect(&format!("/?lang={}", lang.code()), Some(clear));
+            }
+            (&Method::GET | &Method::HEAD, _) => {}
+            _ => {
+                let mut r = page(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "this page is read-only\n");
+                let _ = r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+                return r;
+            }
+        }
+        let Some(token) = self.token(&req) else {
+            return if path == "/" || path == "/index.html" {
+                html(StatusCode::OK, portal::sign_in(lang, false))
+            } else {
+                redirect(&format!("/?lang={}", lang.code()), None)
+            };
+        };
+        let ctl = self.ctl.clone();
+        let viewer = match ctl.authorize(Some(&token), Role::Auditor, &format!("web {path}")) {
+            Ok(v) => v,
+            Err(_) => return html(StatusCode::UNAUTHORIZED, portal::sign_in(lang, true)),
+        };
+        let q = query.clone();
+        let found = tokio::task::spawn_blocking(move || route(&ctl, &path, &q, lang, &viewer)).await;
+        found.unwrap_or_else(|_| page(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "internal error\n"))
+    }
+
+    async fn login(&self, req: Request<Incoming>, lang: Lang) -> Reply {
+        let body = match Limited::new(req.into_body(), FORM_LIMIT).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return page(StatusCode::PAYLOAD_TOO_LARGE, "text/plain; charset=utf-8", "form too large\n"),
+        };
+        let token = form_value(&body, "token").unwrap_or_default();
+        let token = token.trim();
+        match self.ctl.authorize(Some(token).filter(|t| !t.is_empty()), Role::Auditor, "web sign-in") {
+            Ok(viewer) => {
+                self.ctl.audit(&viewer, "web.sign_in", "the auditor's page", OK, "");
+                let id = self.sessions.open(token.to_string());
+                let cookie = format!(
+                    "{COOKIE}={id}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
+                    SESSION_TTL.as_secs()
+                );
+                redirect(&format!("/?lang={}", lang.code()), Some(cookie))
+            }
+            Err(_) => {
+                self.ctl.audit("anonymous", "web.sign_in", "the auditor's page", REFUSED, "token refused");
+                html(StatusCode::UNAUTHORIZED, portal::sign_in(lang, true))
+            }
+        }
+    }
+}
+
+/// Read-only routes (on the blocking pool: sled reads and the chain's verification).
+fn route(ctl: &Controller, path: &str, query: &str, lang: Lang, viewer: &str) -> Reply {
+    let not_found = || html(StatusCode::NOT_FOUND, format!("<!DOCTYPE html><html lang=\"{}\"><head><meta charset=\"utf-8\"><title>404</title></head><body><main><h1>404</h1><p><a href=\"/\">Tresor</a></p></main></body></html>", lang.code()));
+    match path {
+        "/" | "/index.html" => match overview(ctl, viewer) {
+            Ok(o) => html(StatusCode::OK, portal::overview(&o, lang)),
+            Err(e) => page(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", format!("{e}\n")),
+        },
+        "/audit" => {
+            let from = query_param(query, "from").and_then(|f| f.parse::<u64>().ok());
+            audit_page(ctl, viewer, from, lang)
+        }
+        "/report-signing.pub.pem" => page(
+            StatusCode::OK,
+            "application/x-pem-file",
+            tresor_report::sign::public_key_pem(&ctl.state.report_key()),
+        ),
+        _ => {
+            let Some(rest) = path.strip_prefix("/reports/") else { return not_found() };
+            let (id, json) = match rest.strip_suffix(".json") {
+                Some(id) => (id, true),
+                None => (rest, false),
+            };
+            let Ok(Some(rec)) = ctl.drill(id) else { return not_found() };
+            ctl.audit(viewer, "report.read", &format!("drill {id} (web)"), OK, "");
+            if json {
+                let mut r = page(StatusCode::OK, "application/json", rec.report);
+                if let Ok(v) = header::HeaderValue::from_str(&format!("attachment; filename=\"{id}.json\"")) {
+                    let _ = r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+                }
+                return r;
+            }
+            match crate::drills::parse_report(&rec.report) {
+                Some(report) => html(StatusCode::OK, tresor_report::html::render(&report, lang)),
+                None => page(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "the stored report does not parse\n"),
+            }
+        }
+    }
+}
+
+fn overview(ctl: &Controller, viewer: &str) -> crate::Result<portal::Overview> {
+    let drills = ctl.drills("")?;
+    let rows = drills
+        .iter()
+        .map(|d| portal::DrillRow {
+            drill_id: d.drill_id.clone(),
+            source: d.source.clone(),
+            plan: format!("{} / {}", d.policy, d.plan),
+            started: d.started.clone(),
+            verdict: if d.verdict == "PASS" { Verdict::Pass } else { Verdict::Fail },
+            rto: Target::new(d.rto_s, d.rto_target_s),
+            rpo: Target::new(d.rpo_s, d.rpo_target_s),
+        })
+        .collect();
+    let when = |t: i64| if t <= 0 { String::new() } else { chrono::DateTime::from_timestamp(t, 0).map(|d| d.to_rfc3339()).unwrap_or_default() };
+    let plans = ctl
+        .plan_states(now_unix())?
+        .into_iter()
+        .map(|p| portal::PlanRow {
+            plan: format!("{} / {}", p.policy, p.plan.name),
+            source: format!("{}/{}", p.plan.agent, p.plan.source),
+            last_run: when(p.record.last_run_unix),
+            next_run: when(p.next_run_unix),
+            overdue: p.overdue,
+            failing: p.failing,
+        })
+        .collect();
+    let mut undrilled: Vec<String> = ctl
+        .policies()
+        .values()
+        .flat_map(|p| p.sources.iter().map(|s| format!("{}/{}", s.agent, s.name)))
+        .filter(|s| !drills.iter().any(|d| &d.source == s))
+        .collect();
+    undrilled.sort();
+    undrilled.dedup();
+    let entries = AuditLog::entries(&ctl.catalog, 0, usize::MAX)?;
+    let checkpoints = AuditLog::checkpoints(&ctl.catalog)?;
+    let result = tresor_report::audit::verify(&entries, &checkpoints, &ctl.state.report_key())
+        .map(|s| (s.entries, s.checkpoints, s.unanchored))
+        .map_err(|e| e.to_string());
+    Ok(portal::Overview { viewer: viewer.into(), drills: rows, plans, undrilled, audit: portal::AuditState { result } })
+}
+
+fn audit_page(ctl: &Controller, viewer: &str, from: Option<u64>, lang: Lang) -> Reply {
+    let total = match AuditLog::head(&ctl.catalog) {
+        Ok(h) => h.and_then(|h| h.get("seq").and_then(serde_json::Value::as_u64)).map_or(0, |s| s + 1),
+        Err(e) => return page(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", format!("{e}\n")),
+    };
+    // Default: the newest page.
+    let from = from.unwrap_or_else(|| total.saturating_sub(AUDIT_ROWS as u64)).min(total);
+    let entries = match AuditLog::entries(&ctl.catalog, from, AUDIT_ROWS) {
+        Ok(e) => e,
+        Err(e) => return page(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", format!("{e}\n")),
+    };
+    let s = |e: &serde_json::Value, k: &str| e.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_string();
+    let rows: Vec<portal::AuditRow> = entries
+        .iter()
+        .map(|e| portal::AuditRow {
+            seq: e.get("seq").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            time: s(e, "time"),
+            actor: s(e, "actor"),
+            action: s(e, "action"),
+            object: s(e, "object"),
+            outcome: s(e, "outcome"),
+            reason: s(e, "reason"),
+        })
+        .collect();
+    let prev = (from > 0).then(|| from.saturating_sub(AUDIT_ROWS as u64));
+    let next = (from + (AUDIT_ROWS as u64) < total).then_some(from + AUDIT_ROWS as u64);
+    html(StatusCode::OK, portal::audit_page(&rows, viewer, prev, next, lang))
+}
