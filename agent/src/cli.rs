@@ -119,6 +119,15 @@ pub enum Command {
         /// The directory the snapshot was restored to (the --to of restore).
         path: PathBuf,
     },
+    /// The signed documents stored in the vault: drill reports, the report-signing public key, and
+    /// audit-log checkpoints. Lists them; with --out writes each as a file (reports/, audit/).
+    Documents {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// Write them below this directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Recover a Qdrant collection from a restored snapshot file through Qdrant's upload API.
     QdrantRecover {
         /// The restored `.snapshot` file.

@@ -147,6 +147,30 @@ pub async fn backup(
     Ok(Outcome { json: json!({"snapshot": sid, "manifest": manifest, "errors": errors}), text, code })
 }
 
+/// `documents`: the signed documents in the vault, and optionally each as a file.
+pub async fn documents(g: &Global, url: &str, out: Option<&Path>) -> anyhow::Result<Outcome> {
+    let vault = open(g, url).await?;
+    let mut names = vault.document_names(tresor_vault::layout::REPORTS).await?;
+    names.extend(vault.document_names(tresor_vault::layout::AUDIT).await?);
+    let mut text = String::new();
+    for name in &names {
+        let body = vault.document(name).await.with_context(|| format!("reading {name}"))?;
+        text.push_str(&format!("{name} ({} bytes)\n", body.len()));
+        if let Some(dir) = out {
+            let file = dir.join(name);
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            std::fs::write(&file, &body).with_context(|| format!("cannot write {}", file.display()))?;
+        }
+    }
+    text.push_str(&format!("{} documents", names.len()));
+    if let Some(dir) = out {
+        text.push_str(&format!(" written below {}", dir.display()));
+    }
+    Ok(Outcome { json: json!({"documents": names, "out": out}), text, code: exit::OK })
+}
+
 /// `snapshots`.
 pub async fn snapshots(g: &Global, url: &str) -> anyhow::Result<Outcome> {
     let vault = open(g, url).await?;

@@ -112,6 +112,7 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
         }
         Command::QdrantRecover { file, collection } => commands::qdrant_recover(file, collection).await,
         Command::Snapshots { vault } => commands::snapshots(g, &vault.vault).await,
+        Command::Documents { vault, out } => commands::documents(g, &vault.vault, out.as_deref()).await,
         Command::Ls { vault, snapshot } => commands::ls(g, &vault.vault, snapshot).await,
         Command::Restore { vault, snapshot, to, include } => {
             commands::restore(g, &vault.vault, snapshot, to, include).await

@@ -85,11 +85,16 @@ impl CheckReport {
 
 /// Whether a pack is in the sample.
 pub fn sampled(id: &PackId, percent: f64, seed: u64) -> bool {
+    sample_score(id, seed) < percent
+}
+
+/// Where a pack falls in a seeded sample, 0-100: it is read when its score is below the percent.
+pub fn sample_score(id: &PackId, seed: u64) -> f64 {
     let mut h = blake3::Hasher::new();
     h.update(&seed.to_le_bytes());
     h.update(id.as_bytes());
     let v = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or_default());
-    (v as f64 / u64::MAX as f64) * 100.0 < percent
+    (v as f64 / u64::MAX as f64) * 100.0
 }
 
 /// Run a check. `scratch` is an empty directory for a private index cache built from the vault

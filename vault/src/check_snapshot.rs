@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::check::{ReadData, describe, read_pack, sampled};
+use crate::check::{ReadData, describe, read_pack, sample_score, sampled};
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, PackId};
 use crate::index::LocalIndex;
@@ -125,7 +125,16 @@ pub async fn read(
         ReadData::All => by_pack.keys().copied().collect(),
         ReadData::Subset { percent, seed } => {
             out.seed = Some(seed);
-            by_pack.keys().filter(|p| sampled(p, percent, seed)).copied().collect()
+            let mut s: Vec<PackId> = by_pack.keys().filter(|p| sampled(p, percent, seed)).copied().collect();
+            // A share above zero reads at least one pack: the lowest-scoring one, same seed.
+            if s.is_empty()
+                && percent > 0.0
+                && let Some(first) =
+                    by_pack.keys().min_by(|a, b| sample_score(a, seed).total_cmp(&sample_score(b, seed)))
+            {
+                s.push(*first);
+            }
+            s
         }
     };
     let mut bad: HashMap<ChunkId, String> = HashMap::new();

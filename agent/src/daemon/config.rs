@@ -65,6 +65,9 @@ pub struct SourceConfig {
     /// PostgreSQL: also take logical pg_dump archives.
     #[serde(default)]
     pub pg_dump: bool,
+    /// Qdrant: a scratch Qdrant (http(s)://HOST:PORT) drills recover the snapshot into to re-run
+    /// its golden queries (a collection NAME-tresor-verify-PID is made and removed).
+    pub verify_qdrant: Option<String>,
 }
 
 fn default_state_dir() -> PathBuf {

@@ -201,7 +201,7 @@ async fn application(
     let opts = tresor_sources::verify::VerifyOptions {
         probe_command: src.probe_command,
         probe_timeout: src.probe_timeout,
-        qdrant: None,
+        qdrant: ctx.cfg.sources.get(&d.source).and_then(|c| c.verify_qdrant.clone()),
     };
     let (root, nodes, sources) = (sandbox.to_path_buf(), nodes.clone(), manifest.sources.clone());
     let report = tokio::task::spawn_blocking(move || {
@@ -229,6 +229,9 @@ async fn application(
 }
 
 fn source_kind(m: &Manifest) -> String {
+    if !m.source.is_empty() {
+        return m.source.clone();
+    }
     let mut kinds: Vec<&str> = m.sources.iter().map(|s| s.kind.as_str()).collect();
     kinds.sort_unstable();
     kinds.dedup();

@@ -12,4 +12,5 @@ mod memory;
 mod reports;
 mod roundtrip;
 mod s3;
+mod drills;
 mod sources;

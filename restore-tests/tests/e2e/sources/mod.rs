@@ -16,7 +16,7 @@ use restore_tests::{World, test_deps};
 
 /// `tresor-agent verify` of the newest snapshot restored at `to`, with `extra` options; `json` asks
 /// for the JSON report.
-fn verify(w: &World, to: &Path, json: bool, extra: &[&str]) -> Output {
+pub(crate) fn verify(w: &World, to: &Path, json: bool, extra: &[&str]) -> Output {
     let mut a = if json { vec!["--json"] } else { Vec::new() };
     a.extend(["verify", "--vault", w.vault_str(), "--snapshot", "latest"]);
     a.extend_from_slice(extra);
@@ -25,13 +25,13 @@ fn verify(w: &World, to: &Path, json: bool, extra: &[&str]) -> Output {
 }
 
 /// Restore the newest snapshot to `to` and run the verifier on it (JSON); returns its output.
-fn restore_and_verify(w: &World, to: &Path) -> Output {
+pub(crate) fn restore_and_verify(w: &World, to: &Path) -> Output {
     w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
     verify(w, to, true, &[])
 }
 
 /// The verifier's JSON report, requiring it to pass.
-fn verified(out: &Output) -> serde_json::Value {
+pub(crate) fn verified(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
         "verify failed ({:?}):\n{}\n{}",
@@ -43,17 +43,17 @@ fn verified(out: &Output) -> serde_json::Value {
 }
 
 /// The test venv's Python.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     test_deps().join("venv/bin/python")
 }
 
 /// A script of `restore-tests/py`.
-fn script(name: &str) -> PathBuf {
+pub(crate) fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name)
 }
 
 /// Run the test venv's Python with `args`, requiring success.
-fn run_py<S: AsRef<OsStr>>(args: &[S]) {
+pub(crate) fn run_py<S: AsRef<OsStr>>(args: &[S]) {
     let out = std::process::Command::new(python()).args(args).output().expect("python runs");
     assert!(
         out.status.success(),
