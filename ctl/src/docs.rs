@@ -121,17 +121,23 @@ pub async fn drill(c: &mut Admin, action: DrillAction, j: bool) -> anyhow::Resul
             }
             let code = crate::print::watch_quiet(c, &h.job_id, j).await?;
             // A drill that could not run still has a report (FAIL), unless the job never reached
-            // an agent.
-            match c.get_report(pb::GetReportRequest { drill_id: h.job_id.clone() }).await {
-                Ok(r) => {
-                    let doc: Value = serde_json::from_str(&r.get_ref().json).context("the report is not JSON")?;
-                    let pass = doc["verdict"] == "PASS";
-                    out(j, doc.clone(), verdict_text(&doc));
-                    Ok(if pass { exit::OK } else { exit::JOB_FAILED })
+            // an agent. The job's end is announced just before its report is kept: ask a few times.
+            for _ in 0..20 {
+                match c.get_report(pb::GetReportRequest { drill_id: h.job_id.clone() }).await {
+                    Ok(r) => {
+                        let doc: Value = serde_json::from_str(&r.get_ref().json).context("the report is not JSON")?;
+                        let pass = doc["verdict"] == "PASS";
+                        out(j, doc.clone(), verdict_text(&doc));
+                        return Ok(if pass { exit::OK } else { exit::JOB_FAILED });
+                    }
+                    Err(s) if s.code() == tonic::Code::NotFound => {
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    }
+                    Err(s) => return Err(status_err(s)),
                 }
-                Err(s) if s.code() == tonic::Code::NotFound => Ok(code.max(exit::JOB_FAILED)),
-                Err(s) => Err(status_err(s)),
             }
+            eprintln!("drill {} ended without a report; see tresorctl watch {}", h.job_id, h.job_id);
+            Ok(code.max(exit::JOB_FAILED))
         }
         DrillAction::List { selector } => {
             let r = c

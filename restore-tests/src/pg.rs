@@ -85,6 +85,20 @@ impl PgCluster {
         c
     }
 
+    /// Start the server again after [`Self::stop`].
+    pub fn restart(&self) {
+        self.pg_ctl_start();
+    }
+
+    /// Turn data checksums off (the server must be stopped): damage then goes unnoticed by the
+    /// server and by pg_basebackup, as on a cluster made without them.
+    pub fn disable_checksums(&self) {
+        must(
+            as_postgres(&self.bin.join("pg_checksums")).args(["--disable", "-D"]).arg(&self.data).output().unwrap(),
+            "pg_checksums --disable",
+        );
+    }
+
     fn pg_ctl_start(&self) {
         let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.sock.display());
         must(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tresor_proto::pb;
+use tresor_sources::verify::Report;
 use tresor_vault::check::ReadData;
 use tresor_vault::check_snapshot;
 use tresor_vault::snapshot::{Manifest, Node};
@@ -204,25 +205,24 @@ async fn application(
         qdrant: ctx.cfg.sources.get(&d.source).and_then(|c| c.verify_qdrant.clone()),
     };
     let (root, nodes, sources) = (sandbox.to_path_buf(), nodes.clone(), manifest.sources.clone());
-    let report = tokio::task::spawn_blocking(move || {
-        let mut report = tresor_sources::verify::Report::default();
-        tresor_sources::verify::verify_files(&root, &nodes, &mut report);
-        tresor_sources::verify::verify_sources(&root, &sources, &opts, &mut report);
-        report
+    let (files, sources) = tokio::task::spawn_blocking(move || {
+        let (mut files, mut checked) = (Report::default(), Report::default());
+        tresor_sources::verify::verify_files(&root, &nodes, &mut files);
+        tresor_sources::verify::verify_sources(&root, &sources, &opts, &mut checked);
+        (files, checked)
     })
     .await?;
-    if report.ok() {
+    if files.ok() && sources.ok() {
         drill.out.rto_seconds = drill.secs();
     }
-    let summary = format!(
-        "{} files ({} bytes) and {} tensors match snapshot {}",
-        report.files,
-        report.bytes,
-        report.tensors,
-        id.short()
-    );
-    drill.check("application", "sandbox", "files and tensors against the snapshot", report.ok(), summary);
-    for f in report.findings.iter().filter(|f| !f.ok || f.check != "model").take(200) {
+    let summary = if files.ok() {
+        format!("{} files ({} bytes) and {} tensors match snapshot {}", files.files, files.bytes, files.tensors, id.short())
+    } else {
+        format!("{} of the snapshot's files or tensors differ", files.failures().count())
+    };
+    drill.check("application", "sandbox", "files and tensors against the snapshot", files.ok(), summary);
+    let shown = files.findings.iter().filter(|f| !f.ok).chain(sources.findings.iter().filter(|f| !f.ok || f.check != "model"));
+    for f in shown.take(200) {
         drill.check("application", f.subject.clone(), &f.check, f.ok, f.detail.clone());
     }
     Ok(())

@@ -72,8 +72,16 @@ pub fn run(cmd: Command, what: &str, timeout: Duration) -> Result<String, PgErro
     let done = crate::proc::run(cmd, timeout, MAX_OUTPUT)
         .map_err(|e| PgError::Tool { what: what.into(), why: e.to_string() })?;
     if !done.status.success() {
-        let why =
-            if done.stderr.is_empty() { done.status.to_string() } else { format!("{}: {}", done.status, done.stderr) };
+        // Some tools report what they found on stdout (pg_amcheck names each corrupt block there).
+        let stdout = String::from_utf8_lossy(&done.stdout);
+        let found: String = stdout.lines().filter(|l| !l.trim().is_empty()).take(5).collect::<Vec<_>>().join("; ");
+        let mut why = done.status.to_string();
+        for part in [done.stderr.trim(), found.trim()] {
+            if !part.is_empty() {
+                why.push_str(": ");
+                why.push_str(part);
+            }
+        }
         return Err(PgError::Tool { what: what.into(), why });
     }
     Ok(String::from_utf8_lossy(&done.stdout).into_owned())
