@@ -128,3 +128,48 @@ impl Default for AuditLog {
 pub fn checkpoint_name(seq: u64) -> String {
     format!("audit/checkpoint-{seq:020}.json")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(action: &str) -> Event {
+        Event {
+            time: now_rfc3339(),
+            actor: "admin:0123456789ab".into(),
+            action: action.into(),
+            object: "policy p".into(),
+            outcome: OK.into(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn appends_chain_from_the_first_entry_and_pages_from_any_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        let log = AuditLog::new();
+        for a in ["enroll", "policy.apply", "backup", "drill"] {
+            let _ = log.append(&cat, &event(a)).unwrap();
+        }
+        let all = AuditLog::entries(&cat, 0, usize::MAX).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0]["prev"], tresor_report::audit::GENESIS);
+        for w in all.windows(2) {
+            assert_eq!(w[1]["prev"], w[0]["hash"]);
+        }
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let status = tresor_report::audit::verify(&all, &[], &key.verifying_key()).unwrap();
+        assert_eq!(status.entries, 4);
+        let page = AuditLog::entries(&cat, 2, 1).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0]["action"], "backup");
+        assert_eq!(AuditLog::head(&cat).unwrap().unwrap()["seq"], 3);
+        // Reopened, the chain goes on from its head.
+        drop(cat);
+        let cat = Catalog::open(dir.path()).unwrap();
+        let e = AuditLog::new().append(&cat, &event("restore")).unwrap();
+        assert_eq!((e["seq"].as_u64(), &e["prev"]), (Some(4), &all[3]["hash"]));
+        assert_eq!(checkpoint_name(7), "audit/checkpoint-00000000000000000007.json");
+    }
+}

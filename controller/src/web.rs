@@ -121,7 +121,8 @@ fn tls_acceptor(ctl: &Controller) -> Result<TlsAcceptor, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ctl.pki.server_chain_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("server certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(ctl.pki.server_key_pem.as_bytes()).map_err(|e| format!("server key: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(ctl.pki.server_key_pem.as_bytes()).map_err(|e| format!("server key: {e}"))?;
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
@@ -227,7 +228,8 @@ impl Web {
             }
             (&Method::GET | &Method::HEAD, _) => {}
             _ => {
-                let mut r = page(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "this page is read-only\n");
+                let mut r =
+                    page(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "this page is read-only\n");
                 let _ = r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
                 return r;
             }
@@ -246,7 +248,9 @@ impl Web {
         };
         let q = query.clone();
         let found = tokio::task::spawn_blocking(move || route(&ctl, &path, &q, lang, &viewer)).await;
-        found.unwrap_or_else(|_| page(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "internal error\n"))
+        found.unwrap_or_else(|_| {
+            page(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "internal error\n")
+        })
     }
 
     async fn login(&self, req: Request<Incoming>, lang: Lang) -> Reply {
@@ -276,7 +280,15 @@ impl Web {
 
 /// Read-only routes (on the blocking pool: sled reads and the chain's verification).
 fn route(ctl: &Controller, path: &str, query: &str, lang: Lang, viewer: &str) -> Reply {
-    let not_found = || html(StatusCode::NOT_FOUND, format!("<!DOCTYPE html><html lang=\"{}\"><head><meta charset=\"utf-8\"><title>404</title></head><body><main><h1>404</h1><p><a href=\"/\">Tresor</a></p></main></body></html>", lang.code()));
+    let not_found = || {
+        html(
+            StatusCode::NOT_FOUND,
+            format!(
+                "<!DOCTYPE html><html lang=\"{}\"><head><meta charset=\"utf-8\"><title>404</title></head><body><main><h1>404</h1><p><a href=\"/\">Tresor</a></p></main></body></html>",
+                lang.code()
+            ),
+        )
+    };
     match path {
         "/" | "/index.html" => match overview(ctl, viewer) {
             Ok(o) => html(StatusCode::OK, portal::overview(&o, lang)),
@@ -286,11 +298,9 @@ fn route(ctl: &Controller, path: &str, query: &str, lang: Lang, viewer: &str) ->
             let from = query_param(query, "from").and_then(|f| f.parse::<u64>().ok());
             audit_page(ctl, viewer, from, lang)
         }
-        "/report-signing.pub.pem" => page(
-            StatusCode::OK,
-            "application/x-pem-file",
-            tresor_report::sign::public_key_pem(&ctl.state.report_key()),
-        ),
+        "/report-signing.pub.pem" => {
+            page(StatusCode::OK, "application/x-pem-file", tresor_report::sign::public_key_pem(&ctl.state.report_key()))
+        }
         _ => {
             let Some(rest) = path.strip_prefix("/reports/") else { return not_found() };
             let (id, json) = match rest.strip_suffix(".json") {
@@ -308,7 +318,11 @@ fn route(ctl: &Controller, path: &str, query: &str, lang: Lang, viewer: &str) ->
             }
             match crate::drills::parse_report(&rec.report) {
                 Some(report) => html(StatusCode::OK, tresor_report::html::render(&report, lang)),
-                None => page(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "the stored report does not parse\n"),
+                None => page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain; charset=utf-8",
+                    "the stored report does not parse\n",
+                ),
             }
         }
     }
@@ -328,7 +342,13 @@ fn overview(ctl: &Controller, viewer: &str) -> crate::Result<portal::Overview> {
             rpo: Target::new(d.rpo_s, d.rpo_target_s),
         })
         .collect();
-    let when = |t: i64| if t <= 0 { String::new() } else { chrono::DateTime::from_timestamp(t, 0).map(|d| d.to_rfc3339()).unwrap_or_default() };
+    let when = |t: i64| {
+        if t <= 0 {
+            String::new()
+        } else {
+            chrono::DateTime::from_timestamp(t, 0).map(|d| d.to_rfc3339()).unwrap_or_default()
+        }
+    };
     let plans = ctl
         .plan_states(now_unix())?
         .into_iter()
@@ -384,4 +404,37 @@ fn audit_page(ctl: &Controller, viewer: &str, from: Option<u64>, lang: Lang) -> 
     let prev = (from > 0).then(|| from.saturating_sub(AUDIT_ROWS as u64));
     let next = (from + (AUDIT_ROWS as u64) < total).then_some(from + AUDIT_ROWS as u64);
     html(StatusCode::OK, portal::audit_page(&rows, viewer, prev, next, lang))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_values_decode_and_odd_input_never_panics() {
+        assert_eq!(form_value(b"x=1&token=tau_ab%2Bc+d", "token").as_deref(), Some("tau_ab+c d"));
+        assert_eq!(form_value(b"token=abc%", "token").as_deref(), Some("abc%"), "a trailing % is kept");
+        assert_eq!(form_value(b"token=%zz", "token"), None, "bad escapes refuse the value");
+        assert_eq!(form_value(b"token=%ff", "token"), None, "escapes that make bad UTF-8 refuse it");
+        assert_eq!(form_value(b"\xff\xfe", "token"), None);
+        assert_eq!(form_value(b"other=1", "token"), None);
+        assert_eq!(query_param("lang=en&from=7", "from"), Some("7"));
+        assert_eq!(lang_of("lang=fr"), Lang::De, "unknown languages fall back to German");
+    }
+
+    #[test]
+    fn sessions_end_when_closed_and_the_oldest_goes_beyond_the_bound() {
+        let s = Sessions::default();
+        let first = s.open("t-first".into());
+        assert_eq!(s.token(&first).as_deref(), Some("t-first"));
+        assert_eq!(s.token("not-a-session"), None);
+        for i in 0..WEB_SESSIONS {
+            let _ = s.open(format!("t-{i}"));
+        }
+        assert_eq!(s.token(&first), None, "the oldest session was dropped at the bound");
+        let last = s.open("t-last".into());
+        s.close(&last);
+        assert_eq!(s.token(&last), None);
+        assert!(s.0.lock().unwrap().len() <= WEB_SESSIONS);
+    }
 }

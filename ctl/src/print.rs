@@ -52,6 +52,21 @@ fn summary(ev: &pb::JobEvent) -> (serde_json::Value, String) {
                 text,
             )
         }
+        Some(Kind::Drill(d)) => {
+            let failed = d.checks.iter().filter(|c| !c.ok).count();
+            let text = format!(
+                "drill of snapshot {} finished on {}: {} checks, {failed} failed, RTO {:.1} s; the verdict is in its report (tresorctl report show {})",
+                &d.snapshot_id[..d.snapshot_id.len().min(12)],
+                ev.agent,
+                d.checks.len(),
+                d.rto_seconds,
+                ev.job_id
+            );
+            (
+                json!({"drill_id": ev.job_id, "snapshot_id": d.snapshot_id, "checks": d.checks.len(), "failed": failed, "rto_seconds": d.rto_seconds}),
+                text,
+            )
+        }
         Some(Kind::Restore(r)) => {
             let verb = if r.dry_run { "would restore" } else { "restored" };
             let text = format!(

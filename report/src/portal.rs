@@ -77,7 +77,11 @@ const STRINGS: &[(&str, &str, &str)] = &[
 ];
 
 fn p(lang: Lang, key: &str) -> &'static str {
-    STRINGS.iter().find(|(k, _, _)| *k == key).map(|(_, de, en)| if lang == Lang::De { *de } else { *en }).unwrap_or(MISSING)
+    STRINGS
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, de, en)| if lang == Lang::De { *de } else { *en })
+        .unwrap_or(MISSING)
 }
 
 /// One drill in the overview.
@@ -239,14 +243,18 @@ pub fn overview(o: &Overview, lang: Lang) -> String {
         h.push_str(&format!("<table>\n<caption>{}</caption>\n", p(lang, "attention_caption")));
         h.push_str(&header(&[p(lang, "source"), p(lang, "what")]));
         for (s, what) in &att {
-            h.push_str(&format!("<tr><th scope=\"row\">{s}</th><td><strong class=\"fail\">{what}</strong></td></tr>\n"));
+            h.push_str(&format!(
+                "<tr><th scope=\"row\">{s}</th><td><strong class=\"fail\">{what}</strong></td></tr>\n"
+            ));
         }
         h.push_str("</table>\n");
     }
 
     // Every drill: failed ones first, then by time, newest first.
     let mut drills = o.drills.clone();
-    drills.sort_by(|a, b| (a.verdict == Verdict::Pass).cmp(&(b.verdict == Verdict::Pass)).then(b.started.cmp(&a.started)));
+    drills.sort_by(|a, b| {
+        (a.verdict == Verdict::Pass).cmp(&(b.verdict == Verdict::Pass)).then(b.started.cmp(&a.started))
+    });
     h.push_str(&format!("<h2>{}</h2>\n", p(lang, "drills")));
     if drills.is_empty() {
         h.push_str(&format!("<p>{}</p>\n", p(lang, "no_drills")));
@@ -280,8 +288,18 @@ pub fn overview(o: &Overview, lang: Lang) -> String {
     }
 
     if !o.plans.is_empty() {
-        h.push_str(&format!("<h2>{}</h2>\n<table>\n<caption>{}</caption>\n", p(lang, "plans"), p(lang, "plans_caption")));
-        h.push_str(&header(&[p(lang, "plan"), p(lang, "source"), p(lang, "last_run"), p(lang, "next_run"), p(lang, "state")]));
+        h.push_str(&format!(
+            "<h2>{}</h2>\n<table>\n<caption>{}</caption>\n",
+            p(lang, "plans"),
+            p(lang, "plans_caption")
+        ));
+        h.push_str(&header(&[
+            p(lang, "plan"),
+            p(lang, "source"),
+            p(lang, "last_run"),
+            p(lang, "next_run"),
+            p(lang, "state"),
+        ]));
         for pl in &o.plans {
             let state = match (pl.failing, pl.overdue) {
                 (true, _) => format!("<strong class=\"fail\">{}</strong>", p(lang, "state_failing")),
@@ -320,7 +338,11 @@ pub fn overview(o: &Overview, lang: Lang) -> String {
 /// A page of the audit log; `prev`/`next` are the `from` of the neighbouring pages.
 pub fn audit_page(rows: &[AuditRow], viewer: &str, prev: Option<u64>, next: Option<u64>, lang: Lang) -> String {
     let mut h = top(lang, p(lang, "audit_log"), viewer, "audit");
-    h.push_str(&format!("<h1>{}</h1>\n<table>\n<caption>{}</caption>\n", p(lang, "audit_log"), p(lang, "audit_caption")));
+    h.push_str(&format!(
+        "<h1>{}</h1>\n<table>\n<caption>{}</caption>\n",
+        p(lang, "audit_log"),
+        p(lang, "audit_caption")
+    ));
     h.push_str(&header(&[
         p(lang, "seq"),
         p(lang, "time"),
@@ -345,7 +367,11 @@ pub fn audit_page(rows: &[AuditRow], viewer: &str, prev: Option<u64>, next: Opti
     h.push_str("</table>\n");
     for (from, key) in [(prev, "older"), (next, "newer")] {
         if let Some(f) = from {
-            h.push_str(&format!("<p><a href=\"{}\">{}</a></p>\n", with_lang(&format!("audit?from={f}"), lang), p(lang, key)));
+            h.push_str(&format!(
+                "<p><a href=\"{}\">{}</a></p>\n",
+                with_lang(&format!("audit?from={f}"), lang),
+                p(lang, key)
+            ));
         }
     }
     h.push_str(&bottom(lang));

@@ -106,3 +106,19 @@ fn float_codec() {
     assert_eq!(hex::encode(&enc), "0200040000000103050700040000000204060809");
     assert_eq!(codec::decode(Codec::Float, &enc, 9).unwrap(), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
 }
+
+#[test]
+fn document_object() {
+    // A signed document (type 9) is a sealed object whose CBOR body is one byte string: here
+    // `tresor` (CBOR `46 74 72 65 73 6f 72`).
+    let keys = master().derive();
+    let (id, bytes) =
+        object::seal_bytes_with_salt(&keys, ObjectType::Document, b"\x46\x74\x72\x65\x73\x6f\x72", [0x5a; 32]);
+    print("document id", &id.to_hex());
+    print("document bytes", &hex::encode(&bytes));
+    assert_eq!(
+        hex::encode(&bytes),
+        "545253524f423031095a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a8cf984a44180eaaaff6f5cdcbd358a04c7f0a1b9b7ad41c3"
+    );
+    assert_eq!(id.to_hex(), "cf9c3a0fe89244efd3ff3cbdf77a16d39e32873c70481f4da81f3eb380f6bd05");
+}

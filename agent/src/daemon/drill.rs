@@ -216,12 +216,19 @@ async fn application(
         drill.out.rto_seconds = drill.secs();
     }
     let summary = if files.ok() {
-        format!("{} files ({} bytes) and {} tensors match snapshot {}", files.files, files.bytes, files.tensors, id.short())
+        format!(
+            "{} files ({} bytes) and {} tensors match snapshot {}",
+            files.files,
+            files.bytes,
+            files.tensors,
+            id.short()
+        )
     } else {
         format!("{} of the snapshot's files or tensors differ", files.failures().count())
     };
     drill.check("application", "sandbox", "files and tensors against the snapshot", files.ok(), summary);
-    let shown = files.findings.iter().filter(|f| !f.ok).chain(sources.findings.iter().filter(|f| !f.ok || f.check != "model"));
+    let shown =
+        files.findings.iter().filter(|f| !f.ok).chain(sources.findings.iter().filter(|f| !f.ok || f.check != "model"));
     for f in shown.take(200) {
         drill.check("application", f.subject.clone(), &f.check, f.ok, f.detail.clone());
     }

@@ -64,3 +64,42 @@ fn gc_deletes_nothing_on_an_implausible_listing_or_an_unreadable_snapshot() {
     assert_eq!(report.unreferenced, 0, "{report:?}");
     assert_eq!(files_below(&w.vault.join("data")).len(), packs_before.len());
 }
+
+/// Signed documents (drill reports, audit checkpoints) are write-once: storing the same body again
+/// is a no-op, a different body under a taken name is refused, bad names are refused, and neither
+/// forgetting every snapshot nor a full GC sweep (mark, then sweep) touches them.
+#[test]
+fn signed_documents_are_write_once_and_gc_never_removes_them() {
+    let w = World::new();
+    let src = w.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("a.bin"), 2 << 20, 5);
+    w.backup(&[&src]);
+    let v = open(&w);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let report = br#"{"type":"tresor.drill-report.v1","verdict":"PASS"}"#;
+    rt.block_on(async {
+        v.put_document("reports/j-1.json", report).await.unwrap();
+        v.put_document("reports/j-1.json", report).await.unwrap();
+        let err = v.put_document("reports/j-1.json", b"{\"verdict\":\"FAIL\"}").await.unwrap_err().to_string();
+        assert!(err.contains("write-once"), "{err}");
+        v.put_document("audit/checkpoint-00000000000000000007.json", b"{}").await.unwrap();
+        for bad in ["reports/../config", "snapshots/x", "reports/", "reports/.hidden", "audit/a/b"] {
+            assert!(v.put_document(bad, b"x").await.is_err(), "{bad} is refused");
+        }
+        assert_eq!(v.document("reports/j-1.json").await.unwrap(), report);
+        for id in w.snapshot_ids() {
+            v.forget_snapshot(&id.parse().unwrap()).await.unwrap();
+        }
+    });
+    // Grace zero: the first run marks, the second sweeps every pack.
+    let opts = GcOptions { grace: std::time::Duration::ZERO, ..GcOptions::default() };
+    for _ in 0..2 {
+        rt.block_on(gc::run(v.clone(), &w.path("gc-cache"), &opts)).unwrap();
+    }
+    assert!(files_below(&w.vault.join("data")).is_empty(), "the sweep removed every pack");
+    rt.block_on(async {
+        assert_eq!(v.document("reports/j-1.json").await.unwrap(), report);
+        assert_eq!(v.document_names("audit/").await.unwrap(), ["audit/checkpoint-00000000000000000007.json"]);
+    });
+}

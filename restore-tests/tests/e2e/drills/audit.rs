@@ -17,7 +17,14 @@ fn write_log(path: &Path, entries: &[Value]) {
 
 fn event(e: &Value) -> Event {
     let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-    Event { time: s("time"), actor: s("actor"), action: s("action"), object: s("object"), outcome: s("outcome"), reason: s("reason") }
+    Event {
+        time: s("time"),
+        actor: s("actor"),
+        action: s("action"),
+        object: s("object"),
+        outcome: s("outcome"),
+        reason: s("reason"),
+    }
 }
 
 #[test]
@@ -27,14 +34,25 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     restore_tests::random_file(&data.join("a.bin"), 300_000, 1);
-    apply(&p, &policy(&[Src("app", vec![data.display().to_string()])], ""));
+    let remote = "[[drill]]\nname = \"remote\"\nsource = \"gpu-01/app\"\nsandbox_agent = \"drill-01\"\nschedule = \"0 4 * * 0\"\nrto = \"1h\"\nkeep = true\n";
+    apply(&p, &policy(&[Src("app", vec![data.display().to_string()])], remote));
     let auditor = p.token_file("auditor", None);
     p.ctl_ok(&["backup", "gpu-01/app"]);
     restore_tests::random_file(&data.join("b.bin"), 300_000, 2);
     p.ctl_ok(&["backup", "gpu-01/app"]);
     p.ctl_ok(&["restore", "gpu-01/app", "--to", tmp.path().join("restored").to_str().unwrap()]);
+    // The plan's sandbox is another host, with its own key slot for the vault; it keeps the sandbox.
+    let sandbox_password = p.password_file("drill-01");
+    p.add_key(&nas.url, &nas.password_file, &sandbox_password, &[]);
+    let own_slot = restore_tests::plane::VaultSpec { password_file: sandbox_password, ..nas.clone() };
+    p.add_agent("drill-01", &[own_slot], &[]);
     let r = drill(&p, "gpu-01/app", &[]);
     assert_eq!(r.report["verdict"], "PASS", "{}", r.report);
+    let sandbox = r.report["sandbox"].as_str().unwrap();
+    assert!(sandbox.starts_with("drill-01:"), "{sandbox}");
+    let kept = std::path::Path::new(sandbox.trim_start_matches("drill-01:"));
+    assert!(kept.join(data.strip_prefix("/").unwrap()).join("b.bin").is_file(), "keep = true leaves the sandbox");
+    assert_ne!(r.report["key_slot"], "", "the sandbox's own key slot is named");
     let drill_id = r.report["drill_id"].as_str().unwrap().to_string();
     p.ctl_ok(&["prune", "nas"]);
     p.ctl_ok(&["report", "show", &drill_id]);
@@ -77,8 +95,14 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
     ] {
         assert!(has(action, "ok", &any), "no {action} entry:\n{}", std::fs::read_to_string(&log).unwrap());
     }
-    assert!(has("prune.delete", "ok", &|e| e["reason"].as_str().unwrap().starts_with("retention")), "each deletion with its reason");
-    assert!(has("restore", "refused", &|e| e["actor"].as_str().unwrap().starts_with("auditor:")), "a refusal, with its actor");
+    assert!(
+        has("prune.delete", "ok", &|e| e["reason"].as_str().unwrap().starts_with("retention")),
+        "each deletion with its reason"
+    );
+    assert!(
+        has("restore", "refused", &|e| e["actor"].as_str().unwrap().starts_with("auditor:")),
+        "a refusal, with its actor"
+    );
     assert!(has("backup", "ok", &|e| e["actor"] == "agent:gpu-01" && e["reason"].as_str().unwrap().contains("receipt")));
     assert!(entries.iter().all(|e| e["time"].as_str().is_some_and(|t| t.ends_with('Z'))));
 
@@ -89,7 +113,16 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
     let verify = |entries: &[Value]| -> (Option<i32>, String) {
         let f = tmp.path().join(format!("log-{}.jsonl", rand::random::<u32>()));
         write_log(&f, entries);
-        let o = ctl_offline(&["audit", "verify", "--log", f.to_str().unwrap(), "--checkpoints", cps.to_str().unwrap(), "--pubkey", key.to_str().unwrap()]);
+        let o = ctl_offline(&[
+            "audit",
+            "verify",
+            "--log",
+            f.to_str().unwrap(),
+            "--checkpoints",
+            cps.to_str().unwrap(),
+            "--pubkey",
+            key.to_str().unwrap(),
+        ]);
         (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
     };
     let (code, text) = verify(&entries);
@@ -98,7 +131,9 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
     let cp_seq = std::fs::read_dir(&cps)
         .unwrap()
         .flatten()
-        .map(|e| serde_json::from_str::<Value>(&std::fs::read_to_string(e.path()).unwrap()).unwrap()["seq"].as_u64().unwrap())
+        .map(|e| {
+            serde_json::from_str::<Value>(&std::fs::read_to_string(e.path()).unwrap()).unwrap()["seq"].as_u64().unwrap()
+        })
         .max()
         .unwrap() as usize;
     assert!(cp_seq >= 5 && cp_seq < entries.len(), "checkpoint at {cp_seq} of {}", entries.len());

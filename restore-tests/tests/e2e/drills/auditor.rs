@@ -19,7 +19,10 @@ fn an_auditor_reads_everything_and_changes_nothing_in_tresorctl_and_in_chromium(
         "playwright-core and axe-core are missing below {}: run scripts/ensure-browser-deps.sh (make test does)",
         modules.display()
     );
-    assert!(std::path::Path::new("/usr/bin/chromium").exists(), "Debian's chromium is missing: run scripts/ensure-browser-deps.sh");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is missing: run scripts/ensure-browser-deps.sh"
+    );
     let web = restore_tests::free_port();
     let (p, _nas) = plane(&format!("web_listen = \"127.0.0.1:{web}\"\n"), "");
     let tmp = tempfile::tempdir().unwrap();
@@ -29,7 +32,8 @@ fn an_auditor_reads_everything_and_changes_nothing_in_tresorctl_and_in_chromium(
     }
     let sources: Vec<Src<'_>> =
         ["a", "b", "c"].iter().map(|s| Src(s, vec![tmp.path().join(s).display().to_string()])).collect();
-    let plans = "[[drill]]\nname = \"tight\"\nsource = \"gpu-01/b\"\nschedule = \"0 4 * * 0\"\nrto = \"1h\"\nrpo = \"1s\"\n";
+    let plans =
+        "[[drill]]\nname = \"tight\"\nsource = \"gpu-01/b\"\nschedule = \"0 4 * * 0\"\nrto = \"1h\"\nrpo = \"1s\"\n";
     apply(&p, &policy(&sources, plans));
     p.ctl_ok(&["backup", "gpu-01/a"]);
     p.ctl_ok(&["backup", "gpu-01/b"]);
@@ -119,6 +123,7 @@ fn an_auditor_reads_everything_and_changes_nothing_in_tresorctl_and_in_chromium(
     assert!(by_auditor.iter().any(|e| e["action"] == "report.read" && e["object"].as_str().unwrap().contains("(web)")));
     assert!(by_auditor.iter().any(|e| e["action"] == "web.sign_in" && e["outcome"] == "ok"));
     assert!(by_auditor.iter().filter(|e| e["outcome"] == "refused").count() >= 9);
-    assert!(by_auditor.iter().all(|e| e["outcome"] != "ok" || ["report.read", "audit.read", "web.sign_in"].contains(&e["action"].as_str().unwrap())));
+    assert!(by_auditor.iter().all(|e| e["outcome"] != "ok"
+        || ["report.read", "audit.read", "web.sign_in"].contains(&e["action"].as_str().unwrap())));
     assert_eq!(p.snapshots("gpu-01/a").len(), 1);
 }

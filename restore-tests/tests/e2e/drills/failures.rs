@@ -70,9 +70,16 @@ fn drills_fail_naming_missed_targets_and_damage_and_alert() {
     assert_eq!(r.code, Some(5), "a FAILed drill exits 5: {}", r.report);
     assert_eq!(r.report["verdict"], "FAIL");
     assert_eq!(r.report["rpo"]["result"], "FAIL");
-    assert!(r.report["rpo"]["measured_s"].as_f64().unwrap() >= 2.0 && r.report["rpo"]["target_s"] == 1.0, "{}", r.report);
+    assert!(
+        r.report["rpo"]["measured_s"].as_f64().unwrap() >= 2.0 && r.report["rpo"]["target_s"] == 1.0,
+        "{}",
+        r.report
+    );
     assert!(failed_checks(&r.report).is_empty(), "every check passed; only the target failed");
-    let text = String::from_utf8_lossy(&p.ctl(&["report", "show", r.report["drill_id"].as_str().unwrap(), "--html", "--lang", "en"]).stdout).into_owned();
+    let text = String::from_utf8_lossy(
+        &p.ctl(&["report", "show", r.report["drill_id"].as_str().unwrap(), "--html", "--lang", "en"]).stdout,
+    )
+    .into_owned();
     assert!(text.contains("Achieved RPO") && text.contains(">FAIL<"), "the page shows both numbers and FAIL");
 
     // The failure alerts: metric, status, the alert command.
@@ -137,12 +144,17 @@ fn drills_fail_naming_missed_targets_and_damage_and_alert() {
     wait_for("the every-minute plan to be overdue", Duration::from_secs(150), || {
         let out = p.ctl(&["--json", "drill", "list"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["plans"].as_array().is_some_and(|ps| ps.iter().any(|pl| pl["plan"] == "every-minute" && pl["overdue"] == true))
+        v["plans"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|pl| pl["plan"] == "every-minute" && pl["overdue"] == true))
     });
     assert_eq!(p.ctl(&["drill", "list"]).status.code(), Some(4));
     let (code, st) = status_code(&p);
     assert!(code == Some(4) && st.contains("drill plan drills/every-minute"), "{st}");
-    assert!(metrics(metrics_port).contains("tresor_drill_plan_overdue{policy=\"drills\",plan=\"every-minute\",source=\"gpu-01/empty\"} 1"));
+    assert!(
+        metrics(metrics_port)
+            .contains("tresor_drill_plan_overdue{policy=\"drills\",plan=\"every-minute\",source=\"gpu-01/empty\"} 1")
+    );
     wait_for("the drill_overdue alert", Duration::from_secs(30), || {
         std::fs::read_to_string(&alerts).unwrap_or_default().contains("\"drill_overdue\"")
     });

@@ -88,7 +88,16 @@ fn drills_pass_on_every_source_kind_and_the_signed_report_holds_every_part() {
     let (p, nas) = plane("", &agent);
     let d = |p: &std::path::Path| p.display().to_string();
     let sources = [
-        Src("app", vec![d(&data.join("docs")), format!("model:{}", d(&data.join("models"))), format!("sqlite:{}", d(&db)), format!("vectors:{}", d(&data.join("emb.fvecs"))), format!("faiss:{}", d(&faiss))]),
+        Src(
+            "app",
+            vec![
+                d(&data.join("docs")),
+                format!("model:{}", d(&data.join("models"))),
+                format!("sqlite:{}", d(&db)),
+                format!("vectors:{}", d(&data.join("emb.fvecs"))),
+                format!("faiss:{}", d(&faiss)),
+            ],
+        ),
         Src("vec", vec![format!("hnswlib:{}", d(&hnsw))]),
         Src("chroma", vec![format!("chroma:{}", d(&chroma))]),
         Src("qd", vec![format!("qdrant:{}/collections/docs", fake.url)]),
@@ -98,7 +107,9 @@ fn drills_pass_on_every_source_kind_and_the_signed_report_holds_every_part() {
 
     // Every kind: back up, then drill; PASS at three levels.
     let mut app_backup_started = Instant::now();
-    for (name, kinds) in [("vec", "hnswlib"), ("chroma", "chroma"), ("qd", "qdrant"), ("app", "files+model+sqlite+vectors+faiss")] {
+    for (name, kinds) in
+        [("vec", "hnswlib"), ("chroma", "chroma"), ("qd", "qdrant"), ("app", "files+model+sqlite+vectors+faiss")]
+    {
         if name == "app" {
             // A first snapshot for prune to forget later, then the one the drill restores.
             p.ctl_ok(&["backup", "gpu-01/app"]);
@@ -135,7 +146,10 @@ fn drills_pass_on_every_source_kind_and_the_signed_report_holds_every_part() {
         assert!(rep["plan"]["operator"].as_str().unwrap().starts_with("admin:"), "{rep}");
         let (rto, rpo) = (rep["rto"]["measured_s"].as_f64().unwrap(), rep["rpo"]["measured_s"].as_f64().unwrap());
         assert!(rto > 0.0 && rto <= r.wall_s, "RTO {rto} s within the {:.2} s the command took", r.wall_s);
-        assert!((2.0..=since_backup).contains(&rpo), "RPO {rpo} s: at least the 2 s slept, at most {since_backup:.2} s");
+        assert!(
+            (2.0..=since_backup).contains(&rpo),
+            "RPO {rpo} s: at least the 2 s slept, at most {since_backup:.2} s"
+        );
         assert_eq!((rep["rto"]["target_s"].as_f64(), rep["rpo"]["target_s"].as_f64()), (Some(600.0), Some(3600.0)));
         assert!(rep["read_check_s"].as_f64().unwrap() > 0.0);
         assert_eq!(rep["read_share_percent"], 50.0);
@@ -155,7 +169,11 @@ fn drills_pass_on_every_source_kind_and_the_signed_report_holds_every_part() {
         assert_eq!(&shown, rep);
         let de = p.ctl_ok(&["report", "show", &id, "--html", "--lang", "de"]);
         let en = p.ctl_ok(&["report", "show", &id, "--html", "--lang", "en"]);
-        assert!(de.contains("<html lang=\"de\">") && de.contains("BESTANDEN") && de.contains("Erklärung zur Barrierefreiheit"));
+        assert!(
+            de.contains("<html lang=\"de\">")
+                && de.contains("BESTANDEN")
+                && de.contains("Erklärung zur Barrierefreiheit")
+        );
         assert!(en.contains("<html lang=\"en\">") && en.contains(">PASS<") && en.contains("Accessibility statement"));
         let docs = tmp.path().join("vault-docs");
         vault_documents(&nas, &docs);

@@ -49,8 +49,10 @@ fn a_postgres_drill_passes_and_a_page_damaged_before_the_backup_fails_its_applic
     let fails = failed_checks(&r.report);
     assert!(fails.iter().all(|c| c["level"] == "application"), "storage is intact; the database is not: {fails:?}");
     assert!(
-        fails.iter().any(|c| c["check"] == "pg_amcheck"
-            && format!("{}{}", c["subject"], c["detail"]).contains("pgbench_accounts")),
+        fails
+            .iter()
+            .any(|c| c["check"] == "pg_amcheck"
+                && format!("{}{}", c["subject"], c["detail"]).contains("pgbench_accounts")),
         "pg_amcheck names the damaged table: {fails:?}"
     );
 }
