@@ -9,6 +9,7 @@
 
 pub mod alerts;
 pub mod audit_log;
+pub mod auditing;
 pub mod catalog;
 pub mod config;
 pub mod core;
@@ -24,6 +25,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
+pub mod results;
 pub mod retention;
 pub mod schedule;
 pub mod scheduler;

@@ -388,17 +388,11 @@ fn audit_page(ctl: &Controller, viewer: &str, from: Option<u64>, lang: Lang) -> 
         Ok(e) => e,
         Err(e) => return page(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", format!("{e}\n")),
     };
-    let s = |e: &serde_json::Value, k: &str| e.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_string();
     let rows: Vec<portal::AuditRow> = entries
         .iter()
         .map(|e| portal::AuditRow {
             seq: e.get("seq").and_then(serde_json::Value::as_u64).unwrap_or(0),
-            time: s(e, "time"),
-            actor: s(e, "actor"),
-            action: s(e, "action"),
-            object: s(e, "object"),
-            outcome: s(e, "outcome"),
-            reason: s(e, "reason"),
+            event: tresor_report::audit::Event::of_entry(e),
         })
         .collect();
     let prev = (from > 0).then(|| from.saturating_sub(AUDIT_ROWS as u64));

@@ -88,6 +88,21 @@ fn seq_of(v: &Value, what: &str) -> Result<u64, AuditError> {
     v.get("seq").and_then(Value::as_u64).ok_or_else(|| malformed(what, "no seq"))
 }
 
+impl Event {
+    /// The fields of a stored entry (missing ones empty).
+    pub fn of_entry(entry: &Value) -> Self {
+        let s = |k: &str| entry.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        Self {
+            time: s("time"),
+            actor: s("actor"),
+            action: s("action"),
+            object: s("object"),
+            outcome: s("outcome"),
+            reason: s("reason"),
+        }
+    }
+}
+
 /// The entry that follows `prev` (None for the first).
 pub fn next_entry(prev: Option<&Value>, e: &Event) -> Result<Value, AuditError> {
     let (seq, prev_hash) = match prev {

@@ -2,6 +2,7 @@
 //! (what needs attention first, every drill with its verdict and targets, the audit log's state),
 //! the audit log, and the sign-in form. Read-only: the only forms sign in and out.
 
+use crate::audit::Event;
 use crate::drill::{Target, Verdict};
 use crate::html::{Lang, MISSING, esc, header, num, page_head, t, verdict};
 
@@ -142,23 +143,13 @@ pub struct Overview {
     pub audit: AuditState,
 }
 
-/// One audit entry as shown.
+/// One audit entry as shown: its position and what it records.
 #[derive(Debug, Clone)]
 pub struct AuditRow {
     /// Position.
     pub seq: u64,
-    /// Fields.
-    pub time: String,
-    /// Who.
-    pub actor: String,
-    /// What.
-    pub action: String,
-    /// On what.
-    pub object: String,
-    /// `ok`, `refused`, `failed`.
-    pub outcome: String,
-    /// Why.
-    pub reason: String,
+    /// The entry's fields.
+    pub event: Event,
 }
 
 fn with_lang(href: &str, lang: Lang) -> String {
@@ -353,15 +344,16 @@ pub fn audit_page(rows: &[AuditRow], viewer: &str, prev: Option<u64>, next: Opti
         p(lang, "reason"),
     ]));
     for r in rows {
+        let e = &r.event;
         h.push_str(&format!(
             "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             r.seq,
-            esc(&r.time),
-            esc(&r.actor),
-            esc(&r.action),
-            esc(&r.object),
-            esc(&r.outcome),
-            esc(&r.reason)
+            esc(&e.time),
+            esc(&e.actor),
+            esc(&e.action),
+            esc(&e.object),
+            esc(&e.outcome),
+            esc(&e.reason)
         ));
     }
     h.push_str("</table>\n");
@@ -438,15 +430,15 @@ mod tests {
             assert!(!de.trim().is_empty() && !en.trim().is_empty(), "{k} is missing a language");
         }
         let mut o = sample();
-        let rows = vec![AuditRow {
-            seq: 0,
+        let event = Event {
             time: "t".into(),
             actor: "admin:x".into(),
             action: "enroll".into(),
             object: "agent a".into(),
             outcome: "ok".into(),
             reason: String::new(),
-        }];
+        };
+        let rows = vec![AuditRow { seq: 0, event }];
         let mut pages = Vec::new();
         for lang in [Lang::De, Lang::En] {
             pages.push(overview(&o, lang));

@@ -13,7 +13,7 @@ use tresor_vault::check_snapshot;
 use tresor_vault::snapshot::{Manifest, Node};
 use tresor_vault::{Vault, ids::SnapshotId, index::LocalIndex};
 
-use super::exec::AgentCtx;
+use super::ctx::AgentCtx;
 use crate::files;
 
 /// Findings listed one by one up to this many per check; the rest are counted.

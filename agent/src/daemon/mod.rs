@@ -2,6 +2,7 @@
 //! renewal, the job stream, and the outbox. Jobs run the same data path as the local CLI.
 
 pub mod config;
+pub mod ctx;
 pub mod drill;
 pub mod exec;
 pub mod leases;
@@ -18,7 +19,7 @@ use tonic::Code;
 use tresor_proto::pb;
 
 use config::AgentConfig;
-use exec::AgentCtx;
+use ctx::AgentCtx;
 use outbox::Outbox;
 use tls::{Identity, IdentityFiles};
 

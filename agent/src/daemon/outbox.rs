@@ -49,6 +49,21 @@ fn list(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
+/// Every `.pb` file of `dir`, decoded; a damaged one is dropped with a warning naming `what`.
+fn decode_all<M: Message + Default>(dir: &Path, what: &str) -> Vec<(PathBuf, M)> {
+    list(dir, "pb")
+        .into_iter()
+        .filter_map(|p| match std::fs::read(&p).ok().and_then(|b| M::decode(b.as_slice()).ok()) {
+            Some(m) => Some((p, m)),
+            None => {
+                tracing::warn!(path = %p.display(), "{what} unreadable; dropped");
+                let _ = std::fs::remove_file(&p);
+                None
+            }
+        })
+        .collect()
+}
+
 impl Outbox {
     /// The outbox below `state_dir`.
     pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
@@ -71,17 +86,7 @@ impl Outbox {
 
     /// Results waiting, oldest job first. Damaged files are dropped with a warning.
     pub fn results(&self) -> Vec<(PathBuf, pb::JobResult)> {
-        list(&self.results, "pb")
-            .into_iter()
-            .filter_map(|p| match std::fs::read(&p).ok().and_then(|b| pb::JobResult::decode(b.as_slice()).ok()) {
-                Some(r) => Some((p, r)),
-                None => {
-                    tracing::warn!(path = %p.display(), "outbox entry unreadable; dropped");
-                    let _ = std::fs::remove_file(&p);
-                    None
-                }
-            })
-            .collect()
+        decode_all(&self.results, "outbox entry")
     }
 
     /// Keep a receipt until it is in its vault.
@@ -118,17 +123,7 @@ impl Outbox {
 
     /// Documents waiting.
     pub fn documents(&self) -> Vec<(PathBuf, pb::StoreDocuments)> {
-        list(&self.documents, "pb")
-            .into_iter()
-            .filter_map(|p| match std::fs::read(&p).ok().and_then(|b| pb::StoreDocuments::decode(b.as_slice()).ok()) {
-                Some(d) => Some((p, d)),
-                None => {
-                    tracing::warn!(path = %p.display(), "pending document unreadable; dropped");
-                    let _ = std::fs::remove_file(&p);
-                    None
-                }
-            })
-            .collect()
+        decode_all(&self.documents, "pending document")
     }
 
     /// Remove a delivered entry.

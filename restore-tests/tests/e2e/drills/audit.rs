@@ -15,18 +15,6 @@ fn write_log(path: &Path, entries: &[Value]) {
     std::fs::write(path, entries.iter().map(|e| format!("{e}\n")).collect::<String>()).unwrap();
 }
 
-fn event(e: &Value) -> Event {
-    let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-    Event {
-        time: s("time"),
-        actor: s("actor"),
-        action: s("action"),
-        object: s("object"),
-        outcome: s("outcome"),
-        reason: s("reason"),
-    }
-}
-
 #[test]
 fn the_audit_log_records_every_action_and_offline_verification_detects_tampering() {
     let (mut p, nas) = plane("", "");
@@ -157,7 +145,7 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
     // vault, signed before, shows it.
     let mut rechained: Vec<Value> = entries[..2].to_vec();
     for (i, e) in entries[2..].iter().enumerate() {
-        let mut ev = event(e);
+        let mut ev = Event::of_entry(e);
         if i == 0 {
             ev.object = "something else".into();
         }

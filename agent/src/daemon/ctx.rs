@@ -1,0 +1,99 @@
+//! What every job task of the daemon shares: settings, leases, the outbox, the current client and
+//! the opened vaults.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::sync::{Notify, watch};
+use tresor_proto::pb;
+use tresor_vault::{Vault, backend};
+
+use super::config::AgentConfig;
+use super::leases::Leases;
+use super::outbox::Outbox;
+use super::tls::Client;
+
+/// What every job task shares.
+pub struct AgentCtx {
+    /// Settings.
+    pub cfg: AgentConfig,
+    /// The name this agent enrolled with.
+    pub name: String,
+    /// Job leases.
+    pub leases: Leases,
+    /// Results and receipts not yet delivered.
+    pub outbox: Outbox,
+    /// Wakes the outbox sender.
+    pub outbox_wake: Notify,
+    /// The current client (replaced when the certificate is renewed).
+    pub client: watch::Receiver<Client>,
+    vaults: Mutex<HashMap<String, Arc<Vault>>>,
+}
+
+impl AgentCtx {
+    /// Shared state for the daemon.
+    pub fn new(cfg: AgentConfig, name: String, outbox: Outbox, client: watch::Receiver<Client>) -> Self {
+        Self {
+            cfg,
+            name,
+            leases: Leases::default(),
+            outbox,
+            outbox_wake: Notify::new(),
+            client,
+            vaults: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The index cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("cache")
+    }
+
+    /// Open a vault by its name in agent.toml (opened vaults are kept).
+    pub async fn vault(&self, name: &str) -> anyhow::Result<Arc<Vault>> {
+        if let Some(v) = self.vaults.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(v.clone());
+        }
+        let vc = self.cfg.vaults.get(name).with_context(|| {
+            format!("this agent has no vault {name:?} in its agent.toml; add [vaults.{name}] with its url and this agent's password_file")
+        })?;
+        let secret = crate::secret::open_secret(vc.password_file.as_deref(), vc.escrow_key_file.as_deref())?;
+        let be = backend::from_url(&vc.url)?;
+        let v = Arc::new(Vault::open(be, &secret).await.with_context(|| format!("vault {name} ({})", vc.url))?);
+        let _ = self.vaults.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), v.clone());
+        Ok(v)
+    }
+
+    /// Try every configured vault, for the heartbeat.
+    pub async fn vault_states(&self) -> Vec<pb::VaultState> {
+        let mut out = Vec::new();
+        for name in self.cfg.vaults.keys() {
+            let st = match self.vault(name).await {
+                Ok(v) => pb::VaultState {
+                    name: name.clone(),
+                    vault_id: v.config().vault_id.to_string(),
+                    error: String::new(),
+                },
+                Err(e) => pb::VaultState { name: name.clone(), vault_id: String::new(), error: format!("{e:#}") },
+            };
+            out.push(st);
+        }
+        out
+    }
+
+    pub(crate) async fn progress(&self, job: &pb::JobRef, phase: &str, bytes: u64, files: u64) {
+        let mut c = self.client.borrow().clone();
+        let report = pb::ProgressReport {
+            r#ref: Some(job.clone()),
+            phase: phase.into(),
+            bytes_done: bytes,
+            files_done: files,
+            message: String::new(),
+        };
+        if let Err(e) = c.progress(report).await {
+            tracing::debug!(error = %e.message(), "progress not delivered");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Recording control-plane actions in the audit log (`audit_log.rs` keeps the chain) and
+//! anchoring its head with signed checkpoints stored in every vault.
+
+use tresor_proto::pb;
+
+use crate::core::Controller;
+use crate::error::Result;
+use crate::jobs::{JobRecord, JobSpec};
+
+impl Controller {
+    /// Record a control-plane action in the audit log. A failure to record is logged loudly; the
+    /// action itself has already happened and is not undone.
+    pub fn audit(&self, actor: &str, action: &str, object: &str, outcome: &str, reason: &str) {
+        let e = tresor_report::audit::Event {
+            time: crate::audit_log::now_rfc3339(),
+            actor: actor.into(),
+            action: action.into(),
+            object: object.into(),
+            outcome: outcome.into(),
+            reason: reason.into(),
+        };
+        if let Err(err) = self.audit_log.append(&self.catalog, &e) {
+            tracing::error!(error = %err, action, object, "AUDIT LOG NOT WRITTEN");
+        }
+    }
+
+    /// Sign the audit log's head if it moved since the last checkpoint, keep the checkpoint and
+    /// queue its storage in every vault (on the vault's maintainer). Returns its position.
+    ///
+    /// # Errors
+    /// Catalog failures.
+    pub fn audit_checkpoint(&self) -> Result<Option<u64>> {
+        use crate::audit_log::AuditLog;
+        let Some(head) = AuditLog::head(&self.catalog)? else { return Ok(None) };
+        let seq = head.get("seq").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        if AuditLog::last_checkpoint_seq(&self.catalog)?.is_some_and(|s| s >= seq) {
+            return Ok(None);
+        }
+        let mut c = serde_json::json!({
+            "type": tresor_report::audit::CHECKPOINT_TYPE,
+            "seq": seq,
+            "head": head.get("hash").cloned().unwrap_or_default(),
+            "time": crate::audit_log::now_rfc3339(),
+        });
+        self.state.sign_document(&mut c)?;
+        AuditLog::put_checkpoint(&self.catalog, seq, &c)?;
+        let body = serde_json::to_vec_pretty(&c).unwrap_or_default();
+        use base64::Engine;
+        let doc = (crate::audit_log::checkpoint_name(seq), base64::engine::general_purpose::STANDARD.encode(&body));
+        let mut seen = std::collections::BTreeSet::new();
+        for p in self.policies().values() {
+            for v in p.vaults.iter().filter(|v| seen.insert(v.name.clone())) {
+                if let Some((id, a)) = self.state.find_agent(&v.maintainer).filter(|(id, _)| !self.state.is_revoked(id))
+                {
+                    let spec = JobSpec::Documents { documents: vec![doc.clone()] };
+                    let job = JobRecord::new(id, a.name, v.name.clone(), spec, "audit", self.config.max_attempts);
+                    self.jobs.submit(&job)?;
+                }
+            }
+        }
+        Ok(Some(seq))
+    }
+
+    /// The audit entry of a finished job attempt (drills record their own).
+    pub(crate) fn audit_result(&self, job: &JobRecord, result: &pb::JobResult) {
+        use pb::job_result::Kind;
+        let object = match (&job.spec, &result.kind) {
+            (_, Some(Kind::Backup(b))) => {
+                format!(
+                    "{}/{} snapshot {}",
+                    job.agent_name,
+                    b.snapshot.as_ref().map_or("", |s| &s.source),
+                    b.snapshot.as_ref().map_or("", |s| &s.snapshot_id)
+                )
+            }
+            (JobSpec::Backup { source, .. }, _) => format!("{}/{source}", job.agent_name),
+            (JobSpec::Restore { snapshot, target, .. }, _) => {
+                format!("snapshot {snapshot} to {}:{target}", job.agent_name)
+            }
+            _ => format!("vault {}", job.vault),
+        };
+        let (outcome, reason) = if result.error.is_empty() {
+            let reason = match &result.kind {
+                Some(Kind::Backup(_)) => format!("receipt signed with the receipt key (job {})", job.id),
+                _ => format!("job {}", job.id),
+            };
+            (crate::audit_log::OK, reason)
+        } else {
+            (crate::audit_log::FAILED, format!("job {} attempt {}: {}", job.id, job.attempt, result.error))
+        };
+        self.audit(&format!("agent:{}", job.agent_name), job.spec.kind(), &object, outcome, &reason);
+    }
+}

@@ -1,0 +1,221 @@
+//! Job results: what a finished attempt means for the catalog (snapshots and their receipts,
+//! source states, prunes, scans, drills), and its audit entry.
+
+use tresor_proto::pb;
+
+use crate::catalog::SnapshotRecord;
+use crate::core::Controller;
+use crate::error::{Error, Result};
+use crate::ids::AgentId;
+use crate::jobs::JobSpec;
+
+impl Controller {
+    /// Accept a job result and record what it means; returns the receipt for a backup.
+    ///
+    /// # Errors
+    /// Stale attempts; catalog failures.
+    pub async fn finish(&self, agent: &AgentId, result: pb::JobResult) -> Result<pb::FinishReply> {
+        // A result must be of its job's kind (checked before anything is recorded).
+        if let Some(known) = result.r#ref.as_ref().map(|r| self.catalog.job(&r.job_id)).transpose()?.flatten() {
+            use pb::job_result::Kind as K;
+            let kind_fits = match (&result.kind, &known.spec) {
+                (None, _) => !result.error.is_empty(),
+                (Some(K::Backup(_)), JobSpec::Backup { .. })
+                | (Some(K::Restore(_)), JobSpec::Restore { .. })
+                | (Some(K::Check(_)), JobSpec::Check { .. })
+                | (Some(K::Prune(_)), JobSpec::Prune { .. })
+                | (Some(K::Scan(_)), JobSpec::Scan)
+                | (Some(K::Drill(_)), JobSpec::Drill(_))
+                | (Some(K::DocumentsStored(_)), JobSpec::Documents { .. }) => true,
+                _ => false,
+            };
+            if !kind_fits {
+                return Err(Error::InvalidArgument(format!(
+                    "the result of job {} does not match its kind ({})",
+                    known.id,
+                    known.spec.kind()
+                )));
+            }
+        }
+        use pb::job_result::Kind;
+        let job = match self.jobs.finish(agent, &result)? {
+            crate::jobs::Finished::First(job) => job,
+            // The first delivery of a good backup stopped after the job was recorded but before its
+            // receipt was kept (a crash, a catalog error): this delivery finishes what it began.
+            crate::jobs::Finished::Again(job)
+                if job.receipt.is_none()
+                    && matches!(job.spec, JobSpec::Backup { .. })
+                    && matches!(result.kind, Some(Kind::Backup(_)))
+                    && result.error.is_empty() =>
+            {
+                job
+            }
+            crate::jobs::Finished::Again(job) => {
+                if let JobSpec::Drill(d) = &job.spec {
+                    // The report was signed the first time; the same documents go back.
+                    let documents = self.drill(&d.drill_id)?.map(|r| self.report_documents(&r)).unwrap_or_default();
+                    return Ok(pb::FinishReply { receipt: None, documents, documents_vault: job.vault.clone() });
+                }
+                let receipt = job.receipt.as_deref().and_then(|b| {
+                    use base64::Engine;
+                    use tresor_proto::prost::Message;
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(b).ok()?;
+                    pb::Receipt::decode(bytes.as_slice()).ok()
+                });
+                return Ok(pb::FinishReply { receipt, ..Default::default() });
+            }
+        };
+        let mut reply = pb::FinishReply::default();
+        let source_key = match &job.spec {
+            JobSpec::Backup { source, .. } => Some(format!("{}/{}", job.agent_name, source)),
+            _ => None,
+        };
+        if let JobSpec::Check { source, .. } = &job.spec
+            && !source.is_empty()
+            && matches!(job.state, crate::jobs::JobState::Succeeded | crate::jobs::JobState::Failed)
+        {
+            let mut s = self.catalog.source(source)?;
+            s.last_check_error = if result.error.is_empty() { String::new() } else { result.error.clone() };
+            self.catalog.put_source(source, &s)?;
+        }
+        match (&result.kind, result.error.is_empty(), &job.spec) {
+            (Some(Kind::Backup(b)), true, JobSpec::Backup { source, .. }) => {
+                let meta = b.snapshot.clone().unwrap_or_default();
+                let mut receipt = pb::Receipt {
+                    vault_id: meta.vault_id.clone(),
+                    snapshot_id: meta.snapshot_id.clone(),
+                    agent: job.agent_name.clone(),
+                    source: source.clone(),
+                    committed_unix_ms: chrono::Utc::now().timestamp_millis(),
+                    signature: vec![],
+                };
+                receipt.signature = self.state.sign(&tresor_proto::receipt_signing_bytes(&receipt));
+                let rec = snapshot_record(&meta, &job.vault, &receipt);
+                self.catalog.put_snapshot(&rec)?;
+                if let Some(key) = &source_key {
+                    let mut s = self.catalog.source(key)?;
+                    s.last_success_unix = receipt.committed_unix_ms / 1000;
+                    s.last_error.clear();
+                    s.failures = 0;
+                    s.last_duration_ms = meta.duration_ms;
+                    s.last_bytes_new = meta.bytes_new;
+                    s.last_bytes_total = meta.bytes_total;
+                    self.catalog.put_source(key, &s)?;
+                }
+                self.jobs.set_receipt(&job, &receipt)?;
+                reply.receipt = Some(receipt);
+            }
+            (Some(Kind::Scan(scan)), true, _) => {
+                let n = self.merge_scan(&job.vault, scan)?;
+                tracing::info!(vault = %job.vault, snapshots = n, "catalog rebuilt from the vault");
+            }
+            (Some(Kind::Prune(p)), true, _) => {
+                if let Some(vid) = self.vault_id_of(&job.vault) {
+                    for s in &p.forgotten {
+                        self.catalog.remove_snapshot(&vid, s)?;
+                    }
+                }
+                for s in &p.forgotten {
+                    let reason = format!("retention ({} prune, job {})", job.trigger, job.id);
+                    self.audit(
+                        &format!("agent:{}", job.agent_name),
+                        "prune.delete",
+                        &format!("snapshot {s} in vault {}", job.vault),
+                        crate::audit_log::OK,
+                        &reason,
+                    );
+                }
+            }
+            (Some(Kind::Drill(d)), true, JobSpec::Drill(spec)) => {
+                reply.documents = self.finish_drill(&job, spec, Some(d), "")?;
+                reply.documents_vault.clone_from(&job.vault);
+                let _ = self.audit_checkpoint()?;
+            }
+            (_, false, JobSpec::Drill(spec)) if job.state == crate::jobs::JobState::Failed => {
+                reply.documents = self.finish_drill(&job, spec, None, &result.error)?;
+                reply.documents_vault.clone_from(&job.vault);
+                let _ = self.audit_checkpoint()?;
+            }
+            (_, false, _) => {
+                if let Some(key) = &source_key {
+                    // Every failed attempt counts for metrics; the source is failing once the job
+                    // has used up its attempts.
+                    let mut s = self.catalog.source(key)?;
+                    s.failures_total += 1;
+                    if job.state == crate::jobs::JobState::Failed {
+                        s.last_error = result.error.clone();
+                        s.failures += 1;
+                    }
+                    self.catalog.put_source(key, &s)?;
+                }
+            }
+            _ => {}
+        }
+        if !matches!(job.spec, JobSpec::Drill(_)) {
+            self.audit_result(&job, &result);
+        }
+        self.catalog.flush().await?;
+        Ok(reply)
+    }
+
+    fn vault_id_of(&self, vault: &str) -> Option<String> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.values()
+            .flat_map(|l| l.vaults.iter())
+            .find(|v| v.name == vault && !v.vault_id.is_empty())
+            .map(|v| v.vault_id.clone())
+    }
+
+    /// Merge a vault scan into the catalog. Receipts are verified with our key; a snapshot
+    /// without a valid one is kept, but retention never forgets it.
+    fn merge_scan(&self, vault: &str, scan: &pb::ScanResult) -> Result<usize> {
+        let mut n = 0;
+        for meta in &scan.snapshots {
+            let mut rec = snapshot_record(meta, vault, &pb::Receipt::default());
+            rec.committed_ms = None;
+            rec.receipt_sig = None;
+            if let Some(r) = &meta.receipt
+                && r.snapshot_id == meta.snapshot_id
+                && r.vault_id == scan.vault_id
+                && self.state.verify(&tresor_proto::receipt_signing_bytes(r), &r.signature)
+            {
+                rec.committed_ms = Some(r.committed_unix_ms);
+                rec.receipt_sig = Some(hex::encode(&r.signature));
+                rec.agent = r.agent.clone();
+                rec.source = r.source.clone();
+                let key = format!("{}/{}", r.agent, r.source);
+                let mut s = self.catalog.source(&key)?;
+                if r.committed_unix_ms / 1000 > s.last_success_unix {
+                    s.last_success_unix = r.committed_unix_ms / 1000;
+                    s.last_bytes_total = meta.bytes_total;
+                    self.catalog.put_source(&key, &s)?;
+                }
+            }
+            self.catalog.put_snapshot(&rec)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// A catalog record from a snapshot's metadata and its receipt.
+pub fn snapshot_record(meta: &pb::SnapshotMeta, vault: &str, receipt: &pb::Receipt) -> SnapshotRecord {
+    let signed = !receipt.signature.is_empty();
+    SnapshotRecord {
+        vault_id: meta.vault_id.clone(),
+        vault: vault.to_string(),
+        snapshot_id: meta.snapshot_id.clone(),
+        agent: if signed { receipt.agent.clone() } else { meta.agent.clone() },
+        source: if signed { receipt.source.clone() } else { meta.source.clone() },
+        host: meta.host.clone(),
+        manifest_time: meta.manifest_time.clone(),
+        committed_ms: signed.then_some(receipt.committed_unix_ms),
+        receipt_sig: signed.then(|| hex::encode(&receipt.signature)),
+        files: meta.files,
+        bytes_total: meta.bytes_total,
+        bytes_new: meta.bytes_new,
+        bytes_stored: meta.bytes_stored,
+        duration_ms: meta.duration_ms,
+        paths: meta.paths.clone(),
+    }
+}
