@@ -13,7 +13,7 @@ use crate::catalog::{SnapshotRecord, decode, encode};
 use crate::core::{Controller, now_unix};
 use crate::drill_plan::{DrillPlan, SnapshotChoice};
 use crate::error::{Error, Result};
-use crate::jobs::{DrillSpec, JobRecord, JobSpec};
+use crate::jobs::{DrillSpec, JobRecord, JobSpec, JobState};
 
 /// A drill without a plan: the recovery time objective it is judged by.
 pub const DEFAULT_RTO_S: f64 = 4.0 * 3600.0;
@@ -534,6 +534,18 @@ impl Controller {
                     continue;
                 }
                 let selector = format!("{}/{}", plan.agent, plan.source);
+                let busy = self.catalog.active_jobs()?.iter().any(|j| {
+                    matches!(j.state, JobState::Queued | JobState::Running)
+                        && matches!(&j.spec, JobSpec::Drill(d) if d.policy == p.name && d.plan == plan.name)
+                });
+                if busy {
+                    // The slot is not made up later: the plan's last drill has not ended yet.
+                    tracing::info!(plan = %plan.name, "drill slot skipped: the previous drill is still queued or running");
+                    rec.last_slot_unix = slot.timestamp();
+                    self.put_plan_record(&p.name, &plan.name, &rec)?;
+                    wrote = true;
+                    continue;
+                }
                 match self.start_drill(&selector, &plan.name, "", false, "schedule", "scheduler") {
                     Ok(job) => tracing::info!(plan = %plan.name, job = %job.id, "scheduled drill queued"),
                     Err(e) => {
