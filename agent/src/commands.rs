@@ -153,8 +153,17 @@ pub async fn documents(g: &Global, url: &str, out: Option<&Path>) -> anyhow::Res
     let mut names = vault.document_names(tresor_vault::layout::REPORTS).await?;
     names.extend(vault.document_names(tresor_vault::layout::AUDIT).await?);
     let mut text = String::new();
+    let mut unreadable = Vec::new();
     for name in &names {
-        let body = vault.document(name).await.with_context(|| format!("reading {name}"))?;
+        // One damaged document does not hide the others.
+        let body = match vault.document(name).await {
+            Ok(b) => b,
+            Err(e) => {
+                text.push_str(&format!("{name}: UNREADABLE: {e}\n"));
+                unreadable.push(json!({"name": name, "error": e.to_string()}));
+                continue;
+            }
+        };
         text.push_str(&format!("{name} ({} bytes)\n", body.len()));
         if let Some(dir) = out {
             let file = dir.join(name);
@@ -168,7 +177,8 @@ pub async fn documents(g: &Global, url: &str, out: Option<&Path>) -> anyhow::Res
     if let Some(dir) = out {
         text.push_str(&format!(" written below {}", dir.display()));
     }
-    Ok(Outcome { json: json!({"documents": names, "out": out}), text, code: exit::OK })
+    let code = if unreadable.is_empty() { exit::OK } else { exit::DAMAGE };
+    Ok(Outcome { json: json!({"documents": names, "unreadable": unreadable, "out": out}), text, code })
 }
 
 /// `snapshots`.

@@ -86,7 +86,15 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
             }
         }
     }
-    out.extend(drill_problems(ctl, now)?);
+    // A damaged drill record must not stop the other alerts: it becomes a problem of its own.
+    match drill_problems(ctl, now) {
+        Ok(p) => out.extend(p),
+        Err(e) => out.push(Problem {
+            kind: "drill_state_unreadable",
+            subject: "catalog".into(),
+            message: format!("drill states cannot be read from the catalog: {e}"),
+        }),
+    }
     let offline_after = ctl.config.agent_offline_after.as_secs() as i64;
     let lifetime = ctl.config.cert_lifetime.as_secs() as i64;
     for a in ctl.agent_infos() {

@@ -11,13 +11,24 @@ impl Controller {
     /// Record a control-plane action in the audit log. A failure to record is logged loudly; the
     /// action itself has already happened and is not undone.
     pub fn audit(&self, actor: &str, action: &str, object: &str, outcome: &str, reason: &str) {
+        // Fields are capped: a caller must not grow the log by sending long paths or names.
+        let cap = |s: &str, n: usize| {
+            if s.len() <= n {
+                return s.to_string();
+            }
+            let mut end = n;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}...", &s[..end])
+        };
         let e = tresor_report::audit::Event {
             time: crate::audit_log::now_rfc3339(),
-            actor: actor.into(),
-            action: action.into(),
-            object: object.into(),
+            actor: cap(actor, 128),
+            action: cap(action, 64),
+            object: cap(object, 512),
             outcome: outcome.into(),
-            reason: reason.into(),
+            reason: cap(reason, 1024),
         };
         if let Err(err) = self.audit_log.append(&self.catalog, &e) {
             tracing::error!(error = %err, action, object, "AUDIT LOG NOT WRITTEN");
@@ -31,6 +42,7 @@ impl Controller {
     /// Catalog failures.
     pub fn audit_checkpoint(&self) -> Result<Option<u64>> {
         use crate::audit_log::AuditLog;
+        let _one_at_a_time = self.checkpoint_lock.lock().unwrap_or_else(|p| p.into_inner());
         let Some(head) = AuditLog::head(&self.catalog)? else { return Ok(None) };
         let seq = head.get("seq").and_then(serde_json::Value::as_u64).unwrap_or(0);
         if AuditLog::last_checkpoint_seq(&self.catalog)?.is_some_and(|s| s >= seq) {

@@ -43,6 +43,8 @@ pub struct Controller {
     pub(crate) live: Mutex<HashMap<AgentId, LiveAgent>>,
     alerts_active: std::sync::atomic::AtomicUsize,
     pub(crate) audit_log: crate::audit_log::AuditLog,
+    // Serialises checkpoint signing: Finish and the scheduler must not sign one position twice.
+    pub(crate) checkpoint_lock: Mutex<()>,
 }
 
 /// Unix seconds now.
@@ -79,6 +81,7 @@ impl Controller {
             live: Mutex::new(HashMap::new()),
             alerts_active: std::sync::atomic::AtomicUsize::new(0),
             audit_log: crate::audit_log::AuditLog::new(),
+            checkpoint_lock: Mutex::new(()),
         }))
     }
 

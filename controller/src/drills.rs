@@ -98,6 +98,9 @@ pub struct PlanRecord {
     pub last_drill_id: String,
     /// See `last_run_unix`.
     pub last_verdict: String,
+    /// The newest slot a drill already queued or running covered (its slot was skipped as busy).
+    #[serde(default)]
+    pub covered_slot_unix: i64,
 }
 
 fn plan_key(policy: &str, plan: &str) -> String {
@@ -166,14 +169,28 @@ impl Controller {
     /// Catalog failures.
     pub fn plan_states(&self, now: i64) -> Result<Vec<PlanState>> {
         let grace = self.config.drill_grace.as_secs() as i64;
+        let active: Vec<(String, String)> = self
+            .catalog
+            .active_jobs()?
+            .into_iter()
+            .filter_map(|j| match j.spec {
+                JobSpec::Drill(d) if matches!(j.state, JobState::Queued | JobState::Running) => {
+                    Some((d.policy, d.plan))
+                }
+                _ => None,
+            })
+            .collect();
         let mut out = Vec::new();
         for p in self.policies().values() {
             for plan in &p.drills {
                 let record = self.plan_record(&p.name, &plan.name)?;
-                let base = record.last_run_unix.max(record.tracked_since_unix);
+                let base = record.last_run_unix.max(record.tracked_since_unix).max(record.covered_slot_unix);
                 let at = |t: i64| chrono::DateTime::from_timestamp(t, 0).unwrap_or_default();
                 let due_after_base = plan.schedule.next_slot(at(base)).map(|t| t.timestamp());
-                let overdue = record.tracked_since_unix > 0 && due_after_base.is_some_and(|due| now > due + grace);
+                // A drill of the plan still queued or running is not missing.
+                let active = active.iter().any(|(p_, n)| *p_ == p.name && *n == plan.name);
+                let overdue =
+                    !active && record.tracked_since_unix > 0 && due_after_base.is_some_and(|due| now > due + grace);
                 let next_run_unix = plan.schedule.next_slot(at(now)).map_or(0, |t| t.timestamp());
                 out.push(PlanState {
                     policy: p.name.clone(),
@@ -270,7 +287,8 @@ impl Controller {
             source: key,
             snapshot: snap.snapshot_id.clone(),
             read_data_percent: read,
-            seed: rand::random(),
+            // Below 2^53: the report's JSON numbers (and so its signature) keep it exactly.
+            seed: rand::random::<u64>() >> 11,
             keep: keep || plan_keep,
             rto_s,
             rpo_s,
@@ -288,6 +306,11 @@ impl Controller {
             d.drill_id = job.id.to_string();
         }
         self.jobs.submit(&job)?;
+        if let JobSpec::Drill(d) = &job.spec {
+            let object =
+                format!("{} drill {} (plan {}/{}) snapshot {}", d.source, d.drill_id, d.policy, d.plan, d.snapshot);
+            self.audit(operator, "drill.start", &object, OK, &format!("{trigger}; sandbox agent {}", job.agent_name));
+        }
         Ok(job)
     }
 
@@ -337,7 +360,22 @@ impl Controller {
         result: Option<&pb::DrillResult>,
         error: &str,
     ) -> Result<Vec<pb::Document>> {
-        let r = result.cloned().unwrap_or_default();
+        // Signed once: a repeated delivery gets the same report, never a second signature.
+        if let Some(rec) = self.drill(&spec.drill_id)? {
+            return Ok(self.report_documents(&rec));
+        }
+        let mut r = result.cloned().unwrap_or_default();
+        let mut notes_from_checks = Vec::new();
+        for (name, x) in [
+            ("rto_seconds", &mut r.rto_seconds),
+            ("read_check_seconds", &mut r.read_check_seconds),
+            ("restore_seconds", &mut r.restore_seconds),
+        ] {
+            if !x.is_finite() || *x < 0.0 {
+                notes_from_checks.push(format!("the agent reported {name} = {x}; recorded as 0"));
+                *x = 0.0;
+            }
+        }
         let started_ms = if job.started_ms > 0 { job.started_ms } else { Utc::now().timestamp_millis() };
         let started_unix = started_ms / 1000;
         // Achieved RPO: the drill's start (its dispatch, controller clock, like the receipts)
@@ -361,6 +399,15 @@ impl Controller {
                 detail: c.detail.clone(),
             })
             .collect();
+        if !r.snapshot_id.is_empty() && r.snapshot_id != spec.snapshot {
+            checks.push(Check {
+                level: Level::Structure,
+                subject: format!("snapshot {}", spec.snapshot),
+                check: "the snapshot asked for was restored".into(),
+                result: Verdict::Fail,
+                detail: format!("the agent restored snapshot {} instead", r.snapshot_id),
+            });
+        }
         if result.is_none() || checks.is_empty() {
             checks.push(Check {
                 level: Level::Structure,
@@ -371,6 +418,7 @@ impl Controller {
             });
         }
         let mut anomalies = spec.notes.clone();
+        anomalies.extend(notes_from_checks);
         if job.attempt > 1 {
             anomalies.push(format!("the drill needed {} attempts", job.attempt));
         }
@@ -390,7 +438,13 @@ impl Controller {
             snapshot: if r.snapshot_id.is_empty() { spec.snapshot.clone() } else { r.snapshot_id.clone() },
             snapshot_time: r.snapshot_time.clone(),
             rpo: Target::new(rpo_measured, spec.rpo_s),
-            rto: Target::new(r.rto_seconds, spec.rto_s),
+            // A drill that never ran has no RTO: the time until it was given up, and FAIL.
+            rto: if result.is_some() {
+                Target::new(r.rto_seconds, spec.rto_s)
+            } else {
+                let waited = (Utc::now().timestamp_millis() - started_ms).max(0) as f64 / 1000.0;
+                Target { measured_s: waited, target_s: spec.rto_s, result: Verdict::Fail }
+            },
             read_check_s: r.read_check_seconds,
             read_share_percent: spec.read_data_percent,
             read_seed: (spec.read_data_percent < 100.0).then_some(spec.seed),
@@ -498,7 +552,13 @@ impl Controller {
         let mut out: Vec<DrillSummaryRecord> = Vec::new();
         for item in self.catalog.drills.iter() {
             let (k, v) = item?;
-            let rec: DrillRecord = decode(&k, &v)?;
+            let rec: DrillRecord = match decode(&k, &v) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "a drill record in the catalog is damaged; left out");
+                    continue;
+                }
+            };
             let s = rec.summary;
             let fits = selector.is_empty()
                 || s.source == selector
@@ -507,7 +567,8 @@ impl Controller {
                 out.push(s);
             }
         }
-        out.sort_by(|a, b| b.started.cmp(&a.started).then(b.drill_id.cmp(&a.drill_id)));
+        // By the controller's clock: a sandbox agent's clock decides nothing here.
+        out.sort_by(|a, b| b.started_unix.cmp(&a.started_unix).then(b.drill_id.cmp(&a.drill_id)));
         Ok(out)
     }
 
@@ -542,6 +603,7 @@ impl Controller {
                     // The slot is not made up later: the plan's last drill has not ended yet.
                     tracing::info!(plan = %plan.name, "drill slot skipped: the previous drill is still queued or running");
                     rec.last_slot_unix = slot.timestamp();
+                    rec.covered_slot_unix = slot.timestamp();
                     self.put_plan_record(&p.name, &plan.name, &rec)?;
                     wrote = true;
                     continue;
@@ -559,6 +621,40 @@ impl Controller {
             }
         }
         Ok(wrote)
+    }
+
+    /// Drills whose job ended Failed without a Finish (its leases ran out: the agent was gone) get
+    /// their FAIL report here; the vault's maintainer stores it.
+    ///
+    /// # Errors
+    /// Catalog failures.
+    pub fn report_orphan_drills(&self) -> Result<()> {
+        use base64::Engine;
+        for j in self.catalog.recent_done(64)? {
+            let JobSpec::Drill(d) = &j.spec else { continue };
+            if j.state != JobState::Failed || self.drill(&d.drill_id)?.is_some() {
+                continue;
+            }
+            let docs = self.finish_drill(&j, d, None, &j.error)?;
+            let maintainer = self.policies().values().flat_map(|p| p.vaults.clone()).find(|v| v.name == j.vault);
+            let agent = maintainer.and_then(|v| self.state.find_agent(&v.maintainer));
+            if let Some((id, a)) = agent.filter(|(id, _)| !self.state.is_revoked(id)) {
+                let documents = docs
+                    .iter()
+                    .map(|doc| (doc.name.clone(), base64::engine::general_purpose::STANDARD.encode(&doc.body)))
+                    .collect();
+                let job = JobRecord::new(
+                    id,
+                    a.name,
+                    j.vault.clone(),
+                    JobSpec::Documents { documents },
+                    "drill",
+                    self.config.max_attempts,
+                );
+                self.jobs.submit(&job)?;
+            }
+        }
+        Ok(())
     }
 
     /// The signed report of a drill (JSON text).

@@ -297,11 +297,10 @@ impl Jobs {
                 .job(&r.job_id)?
                 .ok_or_else(|| Error::NotFound(format!("job {} is not in the catalog", r.job_id)))?;
             // The same attempt finishing again (its answer was lost): answer again, change nothing.
-            if j.state == JobState::Succeeded
-                && &j.agent_id == agent
-                && j.attempt == r.attempt
-                && j.lease_epoch == r.lease_epoch
-            {
+            // A drill ends Failed on its first error; its report is answered again the same way.
+            let ended =
+                j.state == JobState::Succeeded || (j.state == JobState::Failed && matches!(j.spec, JobSpec::Drill(_)));
+            if ended && &j.agent_id == agent && j.attempt == r.attempt && j.lease_epoch == r.lease_epoch {
                 return Ok(Finished::Again(j));
             }
             if !Self::is_current(&j, agent, r, now) {

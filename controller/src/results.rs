@@ -52,8 +52,14 @@ impl Controller {
             }
             crate::jobs::Finished::Again(job) => {
                 if let JobSpec::Drill(d) = &job.spec {
-                    // The report was signed the first time; the same documents go back.
-                    let documents = self.drill(&d.drill_id)?.map(|r| self.report_documents(&r)).unwrap_or_default();
+                    // The report signed the first time goes back again; if the first delivery
+                    // stopped before it was kept, it is made now from the recorded result.
+                    let recorded = job.result().and_then(|r| match r.kind {
+                        Some(Kind::Drill(x)) => Some(x),
+                        _ => None,
+                    });
+                    let documents = self.finish_drill(&job, d, recorded.as_ref(), &job.error)?;
+                    self.catalog.flush().await?;
                     return Ok(pb::FinishReply { receipt: None, documents, documents_vault: job.vault.clone() });
                 }
                 let receipt = job.receipt.as_deref().and_then(|b| {
@@ -110,7 +116,11 @@ impl Controller {
                 tracing::info!(vault = %job.vault, snapshots = n, "catalog rebuilt from the vault");
             }
             (Some(Kind::Prune(p)), true, _) => {
-                if let Some(vid) = self.vault_id_of(&job.vault) {
+                // The vault's id from a live heartbeat, else from the catalog's own records of it.
+                let vid = self.vault_id_of(&job.vault).or_else(|| {
+                    self.catalog.snapshots().ok()?.into_iter().find(|s| s.vault == job.vault).map(|s| s.vault_id)
+                });
+                if let Some(vid) = vid {
                     for s in &p.forgotten {
                         self.catalog.remove_snapshot(&vid, s)?;
                     }

@@ -127,6 +127,10 @@ pub async fn schedule_due(ctl: &Controller) -> Result<()> {
         }
     }
     wrote |= ctl.schedule_drills()?;
+    if now.timestamp() - ctl.catalog.meta_get("orphan-drill-scan-at")?.unwrap_or(0) >= 10 {
+        ctl.report_orphan_drills()?;
+        ctl.catalog.meta_put("orphan-drill-scan-at", now.timestamp())?;
+    }
     let every = ctl.config.audit_checkpoint_every.as_secs() as i64;
     let last = ctl.catalog.meta_get("audit-checkpoint-at")?.unwrap_or(0);
     if now.timestamp() - last >= every {

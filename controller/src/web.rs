@@ -19,7 +19,7 @@ use tresor_report::drill::{Target, Verdict};
 use tresor_report::html::Lang;
 use tresor_report::portal;
 
-use crate::audit_log::{AuditLog, OK, REFUSED};
+use crate::audit_log::{AuditLog, OK};
 use crate::core::{Controller, now_unix};
 use crate::ids::Role;
 
@@ -33,6 +33,8 @@ const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 const AUDIT_ROWS: usize = 200;
 /// The sign-in form's body limit, bytes.
 const FORM_LIMIT: usize = 4096;
+/// The sign-in form's body must arrive within this.
+const FORM_TIME: Duration = Duration::from_secs(10);
 const COOKIE: &str = "tresor_session";
 
 /// Sessions: the session id (random, in an HttpOnly cookie) maps to the token, which is checked
@@ -148,7 +150,8 @@ fn page(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     );
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, header::REFERRER_POLICY, "no-referrer");
+    // same-origin: the page's own sign-in form then carries its Origin (no-referrer would send "null").
+    set(h, header::REFERRER_POLICY, "same-origin");
     set(h, header::CACHE_CONTROL, "no-store");
     r
 }
@@ -242,7 +245,7 @@ impl Web {
             };
         };
         let ctl = self.ctl.clone();
-        let viewer = match ctl.authorize(Some(&token), Role::Auditor, &format!("web {path}")) {
+        let viewer = match ctl.authorize(Some(&token), Role::Auditor, "web.read") {
             Ok(v) => v,
             Err(_) => return html(StatusCode::UNAUTHORIZED, portal::sign_in(lang, true)),
         };
@@ -254,9 +257,18 @@ impl Web {
     }
 
     async fn login(&self, req: Request<Incoming>, lang: Lang) -> Reply {
-        let body = match Limited::new(req.into_body(), FORM_LIMIT).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return page(StatusCode::PAYLOAD_TOO_LARGE, "text/plain; charset=utf-8", "form too large\n"),
+        // Only this page's own form may sign in (no sign-in planted by another site).
+        if let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+            let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if origin != format!("https://{host}") {
+                return page(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", "sign-in from another site refused\n");
+            }
+        }
+        let read = tokio::time::timeout(FORM_TIME, Limited::new(req.into_body(), FORM_LIMIT).collect()).await;
+        let body = match read {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => return page(StatusCode::PAYLOAD_TOO_LARGE, "text/plain; charset=utf-8", "form too large\n"),
+            Err(_) => return page(StatusCode::REQUEST_TIMEOUT, "text/plain; charset=utf-8", "form too slow\n"),
         };
         let token = form_value(&body, "token").unwrap_or_default();
         let token = token.trim();
@@ -270,10 +282,8 @@ impl Web {
                 );
                 redirect(&format!("/?lang={}", lang.code()), Some(cookie))
             }
-            Err(_) => {
-                self.ctl.audit("anonymous", "web.sign_in", "the auditor's page", REFUSED, "token refused");
-                html(StatusCode::UNAUTHORIZED, portal::sign_in(lang, true))
-            }
+            // The refusal is already in the audit log (authorize records it).
+            Err(_) => html(StatusCode::UNAUTHORIZED, portal::sign_in(lang, true)),
         }
     }
 }
@@ -296,6 +306,7 @@ fn route(ctl: &Controller, path: &str, query: &str, lang: Lang, viewer: &str) ->
         },
         "/audit" => {
             let from = query_param(query, "from").and_then(|f| f.parse::<u64>().ok());
+            ctl.audit(viewer, "audit.read", "the audit log (web)", OK, "");
             audit_page(ctl, viewer, from, lang)
         }
         "/report-signing.pub.pem" => {
@@ -336,7 +347,8 @@ fn overview(ctl: &Controller, viewer: &str) -> crate::Result<portal::Overview> {
             drill_id: d.drill_id.clone(),
             source: d.source.clone(),
             plan: format!("{} / {}", d.policy, d.plan),
-            started: d.started.clone(),
+            // The controller's time of the drill, so the page orders drills by one clock.
+            started: chrono::DateTime::from_timestamp(d.started_unix, 0).map(|t| t.to_rfc3339()).unwrap_or_default(),
             verdict: if d.verdict == "PASS" { Verdict::Pass } else { Verdict::Fail },
             rto: Target::new(d.rto_s, d.rto_target_s),
             rpo: Target::new(d.rpo_s, d.rpo_target_s),
@@ -369,11 +381,22 @@ fn overview(ctl: &Controller, viewer: &str) -> crate::Result<portal::Overview> {
         .collect();
     undrilled.sort();
     undrilled.dedup();
-    let entries = AuditLog::entries(&ctl.catalog, 0, usize::MAX)?;
+    // The chain is verified page by page, so memory stays bounded by one page however long the
+    // log grows.
     let checkpoints = AuditLog::checkpoints(&ctl.catalog)?;
-    let result = tresor_report::audit::verify(&entries, &checkpoints, &ctl.state.report_key())
-        .map(|s| (s.entries, s.checkpoints, s.unanchored))
-        .map_err(|e| e.to_string());
+    let key = ctl.state.report_key();
+    let mut chain = tresor_report::audit::ChainVerifier::new(&checkpoints, &key);
+    let mut from = 0u64;
+    let result = loop {
+        let page = AuditLog::entries(&ctl.catalog, from, crate::audit_log::AUDIT_PAGE)?;
+        if let Err(e) = page.iter().try_for_each(|e| chain.push(e)) {
+            break Err(e.to_string());
+        }
+        if page.len() < crate::audit_log::AUDIT_PAGE {
+            break chain.finish().map(|s| (s.entries, s.checkpoints, s.unanchored)).map_err(|e| e.to_string());
+        }
+        from += page.len() as u64;
+    };
     Ok(portal::Overview { viewer: viewer.into(), drills: rows, plans, undrilled, audit: portal::AuditState { result } })
 }
 

@@ -104,6 +104,12 @@ fn out(json_mode: bool, value: Value, text: String) {
     }
 }
 
+/// Text from reports and the log (file names from backed-up hosts among it) with control
+/// characters shown as escapes, so nothing printed can drive the terminal.
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+}
+
 /// `drill run` and `drill list`.
 pub async fn drill(c: &mut Admin, action: DrillAction, j: bool) -> anyhow::Result<u8> {
     match action {
@@ -153,7 +159,14 @@ pub async fn drill(c: &mut Admin, action: DrillAction, j: bool) -> anyhow::Resul
                 let _ = newest.entry(d.source.clone()).or_insert(d.verdict.clone());
                 text.push_str(&format!(
                     "{:<21} {:<23} {:<26} {:<8} {:>7.1} / {:<8.0} {:>7.0} / {:<8.0}\n",
-                    d.drill_id, d.source, d.started, d.verdict, d.rto_s, d.rto_target_s, d.rpo_s, d.rpo_target_s
+                    printable(&d.drill_id),
+                    printable(&d.source),
+                    printable(&d.started),
+                    printable(&d.verdict),
+                    d.rto_s,
+                    d.rto_target_s,
+                    d.rpo_s,
+                    d.rpo_target_s
                 ));
             }
             text.push_str("\nPLAN                          SOURCE                  LAST RUN               LAST     NEXT RUN               STATE\n");
@@ -207,7 +220,7 @@ fn verdict_text(doc: &Value) -> String {
         ));
     }
     t.push_str(&format!("\n  report: tresorctl report show {}", doc["drill_id"].as_str().unwrap_or("")));
-    t
+    t.lines().map(printable).collect::<Vec<_>>().join("\n")
 }
 
 /// `report show`.
@@ -327,7 +340,7 @@ fn read_checkpoints(p: &Path) -> anyhow::Result<Vec<Value>> {
 }
 
 fn entry_line(e: &Value) -> String {
-    let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+    let s = |k: &str| printable(e[k].as_str().unwrap_or(""));
     format!(
         "{:>6} {} {:<22} {:<15} {:<8} {}{}",
         e["seq"].as_u64().unwrap_or(0),
@@ -386,6 +399,17 @@ pub async fn audit(c: Option<&mut Admin>, action: AuditAction, j: bool) -> anyho
                 cps = read_checkpoints(&p)?;
             }
             match tresor_report::audit::verify(&entries, &cps, &key) {
+                // Without a checkpoint a log re-chained after a change cannot be told from the
+                // real one: that is not a pass.
+                Ok(st) if st.checkpoints == 0 => {
+                    let why = "no signed checkpoint was given or met, so a log re-chained after a change would pass; give --checkpoints (the vault's audit/ documents: tresor-agent documents --out DIR)";
+                    out(
+                        j,
+                        json!({"valid": false, "entries": st.entries, "error": why}),
+                        format!("audit log NOT VERIFIED: {why}"),
+                    );
+                    Ok(exit::TAMPERED)
+                }
                 Ok(st) => {
                     out(
                         j,

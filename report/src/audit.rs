@@ -143,9 +143,37 @@ pub struct ChainStatus {
 
 /// Verify the whole log, from its first entry, and the checkpoints signed by `key`.
 pub fn verify(entries: &[Value], checkpoints: &[Value], key: &VerifyingKey) -> Result<ChainStatus, AuditError> {
-    let mut hashes: Vec<&str> = Vec::with_capacity(entries.len());
+    let mut chain = ChainVerifier::new(checkpoints, key);
     for e in entries {
-        let (seq, expected) = (seq_of(e, "entry")?, hashes.len() as u64);
+        chain.push(e)?;
+    }
+    chain.finish()
+}
+
+/// [`verify`] one entry at a time, keeping only the hashes the checkpoints name: memory does not
+/// grow with the log.
+pub struct ChainVerifier<'a> {
+    checkpoints: &'a [Value],
+    key: &'a VerifyingKey,
+    wanted: std::collections::BTreeSet<u64>,
+    heads: std::collections::BTreeMap<u64, String>,
+    next: u64,
+    prev: String,
+}
+
+impl<'a> ChainVerifier<'a> {
+    /// Start at entry 0.
+    pub fn new(checkpoints: &'a [Value], key: &'a VerifyingKey) -> Self {
+        let wanted = checkpoints.iter().filter_map(|c| seq_of(c, "checkpoint").ok()).collect();
+        Self { checkpoints, key, wanted, heads: Default::default(), next: 0, prev: GENESIS.to_string() }
+    }
+
+    /// The next entry of the log.
+    ///
+    /// # Errors
+    /// The entry was changed, or does not follow the one before it.
+    pub fn push(&mut self, e: &Value) -> Result<(), AuditError> {
+        let (seq, expected) = (seq_of(e, "entry")?, self.next);
         let hash = str_of(e, "hash", "entry")?;
         if hash_of(e)? != hash {
             return Err(AuditError::Changed { seq });
@@ -161,8 +189,7 @@ pub fn verify(entries: &[Value], checkpoints: &[Value], key: &VerifyingKey) -> R
             };
             return Err(AuditError::Broken { seq, before, why });
         }
-        let prev = hashes.last().copied().unwrap_or(GENESIS);
-        if str_of(e, "prev", "entry")? != prev {
+        if str_of(e, "prev", "entry")? != self.prev {
             let why = if seq == 0 {
                 "the first entry does not start the chain"
             } else {
@@ -170,36 +197,48 @@ pub fn verify(entries: &[Value], checkpoints: &[Value], key: &VerifyingKey) -> R
             };
             return Err(AuditError::Broken { seq, before, why: why.into() });
         }
-        hashes.push(hash);
-    }
-    let mut newest = None;
-    for c in checkpoints {
-        let seq = seq_of(c, "checkpoint")?;
-        if str_of(c, "type", "checkpoint")? != CHECKPOINT_TYPE {
-            return Err(malformed("checkpoint", "wrong type"));
+        if self.wanted.contains(&seq) {
+            let _ = self.heads.insert(seq, hash.to_string());
         }
-        sign::verify(c, key).map_err(|e| AuditError::Checkpoint { seq, why: e.to_string() })?;
-        match hashes.get(seq as usize) {
-            Some(h) if *h == str_of(c, "head", "checkpoint")? => newest = newest.max(Some(seq)),
-            Some(_) => {
-                let why = "the entry's hash is not the signed head (the chain was re-hashed)".into();
-                return Err(AuditError::Checkpoint { seq, why });
+        hash.clone_into(&mut self.prev);
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Check every checkpoint against the entries seen.
+    ///
+    /// # Errors
+    /// A checkpoint is not signed by the key, or the chain does not meet it.
+    pub fn finish(self) -> Result<ChainStatus, AuditError> {
+        let mut newest = None;
+        for c in self.checkpoints {
+            let seq = seq_of(c, "checkpoint")?;
+            if str_of(c, "type", "checkpoint")? != CHECKPOINT_TYPE {
+                return Err(malformed("checkpoint", "wrong type"));
             }
-            None => {
-                let why = match hashes.len() {
-                    0 => "the log is empty: every entry was removed".to_string(),
-                    n => format!("the log ends at entry {}: later entries were removed", n - 1),
-                };
-                return Err(AuditError::Checkpoint { seq, why });
+            sign::verify(c, self.key).map_err(|e| AuditError::Checkpoint { seq, why: e.to_string() })?;
+            match self.heads.get(&seq) {
+                Some(h) if h == str_of(c, "head", "checkpoint")? => newest = newest.max(Some(seq)),
+                Some(_) => {
+                    let why = "the entry's hash is not the signed head (the chain was re-hashed)".into();
+                    return Err(AuditError::Checkpoint { seq, why });
+                }
+                None => {
+                    let why = match self.next {
+                        0 => "the log is empty: every entry was removed".to_string(),
+                        n => format!("the log ends at entry {}: later entries were removed", n - 1),
+                    };
+                    return Err(AuditError::Checkpoint { seq, why });
+                }
             }
         }
+        let entries = self.next;
+        Ok(ChainStatus {
+            entries,
+            checkpoints: self.checkpoints.len() as u64,
+            unanchored: newest.map_or(entries, |n| entries - 1 - n),
+        })
     }
-    let entries = hashes.len() as u64;
-    Ok(ChainStatus {
-        entries,
-        checkpoints: checkpoints.len() as u64,
-        unanchored: newest.map_or(entries, |n| entries - 1 - n),
-    })
 }
 
 #[cfg(test)]

@@ -165,14 +165,14 @@ fn other(lang: Lang) -> Lang {
 fn top(lang: Lang, title: &str, viewer: &str, here: &str) -> String {
     let mut h = page_head(lang, &format!("{title} – {}", p(lang, "portal")));
     h.push_str(&format!(
-        "<header>\n<p>{}: <strong>{}</strong>. {}</p>\n<nav aria-label=\"{}\">\n<ul>\n<li><a href=\"{}\">{}</a></li>\n<li><a href=\"{}\">{}</a></li>\n<li><a href=\"{}\" lang=\"{}\">{}</a></li>\n</ul>\n</nav>\n<form method=\"post\" action=\"logout\"><button type=\"submit\">{}</button></form>\n</header>\n<main>\n",
+        "<header>\n<p>{}: <strong>{}</strong>. {}</p>\n<nav aria-label=\"{}\">\n<ul>\n<li><a href=\"{}\">{}</a></li>\n<li><a href=\"{}\">{}</a></li>\n<li><a href=\"{}\" lang=\"{}\">{}</a></li>\n</ul>\n</nav>\n<form method=\"post\" action=\"/logout\"><button type=\"submit\">{}</button></form>\n</header>\n<main>\n",
         p(lang, "signed_in"),
         esc(viewer),
         p(lang, "read_only"),
         p(lang, "nav"),
-        with_lang("./", lang),
+        with_lang("/", lang),
         p(lang, "overview"),
-        with_lang("audit", lang),
+        with_lang("/audit", lang),
         p(lang, "audit_log"),
         with_lang(here, other(lang)),
         other(lang).code(),
@@ -196,7 +196,7 @@ fn target(lang: Lang, x: &Target) -> String {
 
 /// The overview: attention first, then the drills (failed first), the plans, and the audit log.
 pub fn overview(o: &Overview, lang: Lang) -> String {
-    let mut h = top(lang, p(lang, "overview"), &o.viewer, "./");
+    let mut h = top(lang, p(lang, "overview"), &o.viewer, "/");
     h.push_str(&format!("<h1>{}</h1>\n", p(lang, "portal")));
 
     // What needs attention: failed newest drills, overdue plans, sources never drilled.
@@ -215,7 +215,7 @@ pub fn overview(o: &Overview, lang: Lang) -> String {
             format!(
                 "{}: <a href=\"{}\">{} {}</a>",
                 p(lang, "att_failed"),
-                with_lang(&format!("reports/{}", esc(&d.drill_id)), lang),
+                with_lang(&format!("/reports/{}", esc(&d.drill_id)), lang),
                 p(lang, "report_link"),
                 esc(&d.drill_id)
             ),
@@ -263,14 +263,14 @@ pub fn overview(o: &Overview, lang: Lang) -> String {
         for d in &drills {
             let id = esc(&d.drill_id);
             h.push_str(&format!(
-                "<tr data-drill=\"{id}\"><td>{}</td><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"{}\">{} {id}</a> (<a href=\"reports/{id}.json\">{}</a>)</td></tr>\n",
+                "<tr data-drill=\"{id}\"><td>{}</td><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"{}\">{} {id}</a> (<a href=\"/reports/{id}.json\">{}</a>)</td></tr>\n",
                 esc(&d.started),
                 esc(&d.source),
                 esc(&d.plan),
                 verdict(lang, d.verdict),
                 target(lang, &d.rto),
                 target(lang, &d.rpo),
-                with_lang(&format!("reports/{id}"), lang),
+                with_lang(&format!("/reports/{id}"), lang),
                 p(lang, "report_link"),
                 p(lang, "json"),
             ));
@@ -321,14 +321,14 @@ pub fn overview(o: &Overview, lang: Lang) -> String {
             esc(why)
         )),
     }
-    h.push_str(&format!("<p><a href=\"report-signing.pub.pem\">{}</a></p>\n", p(lang, "pubkey")));
+    h.push_str(&format!("<p><a href=\"/report-signing.pub.pem\">{}</a></p>\n", p(lang, "pubkey")));
     h.push_str(&bottom(lang));
     h
 }
 
 /// A page of the audit log; `prev`/`next` are the `from` of the neighbouring pages.
 pub fn audit_page(rows: &[AuditRow], viewer: &str, prev: Option<u64>, next: Option<u64>, lang: Lang) -> String {
-    let mut h = top(lang, p(lang, "audit_log"), viewer, "audit");
+    let mut h = top(lang, p(lang, "audit_log"), viewer, "/audit");
     h.push_str(&format!(
         "<h1>{}</h1>\n<table>\n<caption>{}</caption>\n",
         p(lang, "audit_log"),
@@ -361,7 +361,7 @@ pub fn audit_page(rows: &[AuditRow], viewer: &str, prev: Option<u64>, next: Opti
         if let Some(f) = from {
             h.push_str(&format!(
                 "<p><a href=\"{}\">{}</a></p>\n",
-                with_lang(&format!("audit?from={f}"), lang),
+                with_lang(&format!("/audit?from={f}"), lang),
                 p(lang, key)
             ));
         }
@@ -381,10 +381,10 @@ pub fn sign_in(lang: Lang, failed: bool) -> String {
         "<h2>{}</h2>\n<p>{}</p>\n<form method=\"post\" action=\"{}\">\n<p><label for=\"token\">{}</label><br>\n<input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"off\" required></p>\n<p><button type=\"submit\">{}</button></p>\n</form>\n<p><a href=\"{}\" lang=\"{}\">{}</a></p>\n",
         p(lang, "sign_in"),
         p(lang, "sign_in_text"),
-        with_lang("login", lang),
+        with_lang("/login", lang),
         p(lang, "token"),
         p(lang, "sign_in"),
-        with_lang("./", other(lang)),
+        with_lang("/", other(lang)),
         other(lang).code(),
         p(lang, "other_lang"),
     ));

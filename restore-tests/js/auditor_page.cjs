@@ -88,6 +88,9 @@ async function axe(page, name, out) {
       const r = await page.request.post(`${base}${p}`, { data: 'x=1' });
       out.refused_posts[p] = r.status();
     }
+    const cross = await page.request.post(`${base}/login`, {
+      headers: { Origin: 'https://elsewhere.example' }, form: { token } });
+    out.cross_site_sign_in = cross.status();
     for (const m of ['PUT', 'DELETE', 'PATCH']) {
       const r = await page.request.fetch(`${base}/`, { method: m });
       out.refused_posts[`${m} /`] = r.status();

@@ -173,6 +173,11 @@ pub fn verify_sources(
 ) {
     for s in sources {
         for p in &s.paths {
+            // Source paths come from storage: one that would leave the restored copy is refused.
+            if !tresor_vault::snapshot::path_stays_below(p.trim_start_matches('/').as_bytes()) {
+                report.push(p, "path", false, "the recorded path would leave the restored copy; not checked");
+                continue;
+            }
             let restored = root.join(p.trim_start_matches('/'));
             match s.kind.as_str() {
                 "model" => {
@@ -191,7 +196,11 @@ pub fn verify_sources(
                 "sqlite" => crate::sqlite::verify(&restored, &s.probes, report),
                 "postgres" => {
                     crate::postgres::verify::verify(&restored, &s.probes, report);
-                    if let Some(d) = s.probes.get("pg_dump_dir") {
+                    if let Some(d) = s
+                        .probes
+                        .get("pg_dump_dir")
+                        .filter(|d| tresor_vault::snapshot::path_stays_below(d.trim_start_matches('/').as_bytes()))
+                    {
                         crate::postgres::verify::verify_dumps(&root.join(d.trim_start_matches('/')), report);
                     }
                 }

@@ -231,11 +231,29 @@ pub fn encode_tree(nodes: &[Node]) -> Vec<u8> {
     out
 }
 
+/// Whether a stored path stays below the restore root: relative, no empty, `.` or `..` component,
+/// no NUL. Trees come from storage and are not trusted to be well formed.
+pub fn path_stays_below(path: &[u8]) -> bool {
+    !path.is_empty()
+        && !path.contains(&0)
+        && path.split(|b| *b == b'/').all(|c| !c.is_empty() && c != b"." && c != b"..")
+}
+
 /// Decode a tree stream; errors name the position.
 pub fn decode_tree(mut bytes: &[u8], expected: u64) -> Result<Vec<Node>, String> {
     let mut nodes = Vec::with_capacity(expected.min(1 << 20) as usize);
     while !bytes.is_empty() {
         let node: Node = ciborium::from_reader(&mut bytes).map_err(|e| format!("tree node #{}: {e}", nodes.len()))?;
+        // A path (or a hardlink's first name) that would leave the restore root is refused
+        // outright: a tree holding one was not written by Tresor.
+        let target_ok = node.kind != NodeKind::Hardlink || node.target.as_deref().is_some_and(path_stays_below);
+        if !path_stays_below(&node.path) || !target_ok {
+            return Err(format!(
+                "tree node #{}: path {:?} would leave the restore root",
+                nodes.len(),
+                node.display_path()
+            ));
+        }
         nodes.push(node);
     }
     if nodes.len() as u64 != expected {
@@ -251,12 +269,12 @@ mod tests {
 
     fn node() -> impl Strategy<Value = Node> {
         (
-            proptest::collection::vec(any::<u8>(), 0..40),
+            "[a-z0-9_ .\u{e9}-]{0,8}[a-z0-9](/[a-z0-9_.-]{0,8}[a-z0-9]){0,3}".prop_map(String::into_bytes),
             0u8..5,
             any::<u32>(),
             any::<i64>(),
             any::<u64>(),
-            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+            proptest::option::of("[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}".prop_map(String::into_bytes)),
             proptest::collection::vec((any::<u64>(), proptest::collection::vec(any::<[u8; 32]>(), 0..3)), 0..3),
         )
             .prop_map(|(path, k, mode, mtime_ns, size, target, ext)| Node {
@@ -270,7 +288,8 @@ mod tests {
                 ctime_ns: mtime_ns / 2,
                 inode: size / 7,
                 size,
-                target,
+                // A hardlink always names its first file.
+                target: if k == 3 { Some(target.unwrap_or_else(|| b"first".to_vec())) } else { target },
                 xattrs: vec![Xattr { name: b"user.x".to_vec(), value: vec![0, 255] }],
                 extents: ext
                     .into_iter()
@@ -296,6 +315,22 @@ mod tests {
         fn tree_round_trip(nodes in proptest::collection::vec(node(), 0..20)) {
             let bytes = encode_tree(&nodes);
             prop_assert_eq!(decode_tree(&bytes, nodes.len() as u64).unwrap(), nodes);
+        }
+
+        #[test]
+        fn paths_leaving_the_root_are_refused(bad in prop_oneof![
+            Just(b"/etc/passwd".to_vec()), Just(b"a/../../etc".to_vec()), Just(b"..".to_vec()),
+            Just(b"a//b".to_vec()), Just(b"a/./b".to_vec()), Just(Vec::new()), Just(b"a\0b".to_vec()),
+        ], as_target in any::<bool>()) {
+            let mut n = Node::dir(b"ok/dir".to_vec(), 0o755, 0, 0, 0);
+            if as_target {
+                n.kind = NodeKind::Hardlink;
+                n.target = Some(bad);
+            } else {
+                n.path = bad;
+            }
+            let err = decode_tree(&encode_tree(&[n]), 1).unwrap_err();
+            prop_assert!(err.contains("would leave the restore root"), "{}", err);
         }
 
         #[test]

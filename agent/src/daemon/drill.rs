@@ -102,9 +102,29 @@ async fn remove_sandbox(p: &Path) -> anyhow::Result<()> {
 /// The stages in order; an `Err` is a stage that could not run at all.
 async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &mut Drill) -> anyhow::Result<()> {
     let vault = ctx.vault(&d.vault).await?;
+    let transient_before = vault.transient_reads();
     drill.out.format_version = vault.config().version;
     drill.out.key_slot = key_slot_label(&vault).await;
-    let index = vault.sync_index(&ctx.cache_dir()).await?;
+    // A fresh index built from the vault's own segments, not the agent's cache: the drill proves
+    // what a new machine would find. A segment that does not read is a structure failure.
+    let scratch_index = sandbox.with_extension("index");
+    remove_sandbox(&scratch_index).await?;
+    let index = vault.sync_index(&scratch_index).await;
+    let index = match index {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = remove_sandbox(&scratch_index).await;
+            return Err(e.into());
+        }
+    };
+    let listed = vault.index_segment_ids().await?;
+    let unread: Vec<(String, String)> = listed
+        .iter()
+        .filter(|id| !index.merged_segments().contains(id))
+        .map(|id| (format!("index/{id}"), "index segment does not read (damaged or altered)".to_string()))
+        .collect();
+    drill.failures("structure", "index segments read", &unread);
+    let _ = remove_sandbox(&scratch_index).await;
     let (id, manifest) = vault.resolve_snapshot(&d.snapshot).await?;
     drill.out.snapshot_id = id.to_string();
     drill.out.snapshot_time.clone_from(&manifest.time);
@@ -132,7 +152,10 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
     let t = Instant::now();
     let r = check_snapshot::read(&vault, index, nodes, read).await?;
     drill.out.read_check_seconds = t.elapsed().as_secs_f64();
-    if r.damaged.is_empty() {
+    if read == ReadData::None {
+        // The plan reads no packs: no read-check row claims a PASS it did not earn.
+        drill.out.anomalies.push("the plan's read share is 0 %: no pack was read apart from the restore".into());
+    } else if r.damaged.is_empty() {
         let sample = r.seed.map(|s| format!(", sample seed {s}")).unwrap_or_default();
         let detail = format!(
             "{} of {} packs read ({} bytes{sample}), {} chunks decrypted and hashed",
@@ -142,11 +165,10 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
     }
     drill.failures("read", "decrypt and hash", &r.damaged);
     drill.out.anomalies.extend(r.transient);
-    if vault.transient_reads() > 0 {
-        drill
-            .out
-            .anomalies
-            .push(format!("{} read(s) failed verification once and passed when repeated", vault.transient_reads()));
+    // The vault is shared with the agent's other jobs: count only what this drill saw.
+    let transient = vault.transient_reads().saturating_sub(transient_before);
+    if transient > 0 {
+        drill.out.anomalies.push(format!("{transient} read(s) failed verification once and passed when repeated"));
     }
     Ok(())
 }
@@ -196,9 +218,18 @@ async fn application(
 ) -> anyhow::Result<()> {
     if !restored {
         drill.check("application", "sandbox", "source verifier", false, "not run: the restore is incomplete");
+        drill.out.rto_seconds = drill.secs();
         return Ok(());
     }
-    let src = ctx.cfg.source_options(&d.source).unwrap_or_default();
+    let src = match ctx.cfg.source_options(&d.source) {
+        Ok(o) => o,
+        Err(e) => {
+            let why = format!("this agent's agent.toml: {e:#}");
+            drill.check("application", format!("[sources.{}]", d.source), "verifier settings", false, why);
+            drill.out.rto_seconds = drill.secs();
+            return Ok(());
+        }
+    };
     let opts = tresor_sources::verify::VerifyOptions {
         probe_command: src.probe_command,
         probe_timeout: src.probe_timeout,
@@ -212,9 +243,8 @@ async fn application(
         (files, checked)
     })
     .await?;
-    if files.ok() && sources.ok() {
-        drill.out.rto_seconds = drill.secs();
-    }
+    // The RTO ends here, passed or not: the read check after it is timed apart.
+    drill.out.rto_seconds = drill.secs();
     let summary = if files.ok() {
         format!(
             "{} files ({} bytes) and {} tensors match snapshot {}",

@@ -132,13 +132,22 @@ pub async fn store_receipt(ctx: &AgentCtx, vault: &str, r: &pb::Receipt) -> anyh
     Ok(())
 }
 
-/// Store signed documents write-once in their vault; kept in the outbox until that works.
+/// Store signed documents write-once in their vault; kept in the outbox until that works. A
+/// document the vault refuses for good (a bad name, or a different document already under the
+/// name) is reported loudly and not retried; the others are still stored.
 pub async fn store_documents(ctx: &AgentCtx, d: &pb::StoreDocuments) -> anyhow::Result<()> {
     let v = ctx.vault(&d.vault).await?;
+    let mut retry = None;
     for doc in &d.documents {
-        v.put_document(&doc.name, &doc.body).await.with_context(|| format!("storing {}", doc.name))?;
+        match v.put_document(&doc.name, &doc.body).await {
+            Ok(()) => {}
+            Err(tresor_vault::Error::Invalid(why)) => {
+                tracing::error!(vault = %d.vault, document = %doc.name, error = %why, "signed document refused by the vault for good; not retried");
+            }
+            Err(e) => retry = Some(anyhow::Error::new(e).context(format!("storing {}", doc.name))),
+        }
     }
-    Ok(())
+    retry.map_or(Ok(()), Err)
 }
 
 fn is_nonempty_dir(p: &Path) -> anyhow::Result<bool> {

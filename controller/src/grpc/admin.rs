@@ -245,8 +245,14 @@ impl AdminService for AdminApi {
     async fn start_drill(&self, req: Request<pb::StartDrillRequest>) -> Result<Response<pb::JobHandle>, Status> {
         let actor = self.need(&req, Role::Operator, "drill run")?;
         let r = req.get_ref();
-        let started = self.0.start_drill(&r.selector, &r.plan, &r.snapshot, r.keep, "manual", &actor);
-        let job = self.audited(&actor, "drill.start", &r.selector, started)?;
+        // A started drill records itself (with its id and snapshot); a refused one is recorded here.
+        let job = match self.0.start_drill(&r.selector, &r.plan, &r.snapshot, r.keep, "manual", &actor) {
+            Ok(job) => job,
+            Err(e) => {
+                self.0.audit(&actor, "drill.start", &r.selector, FAILED, &e.to_string());
+                return Err(e.into());
+            }
+        };
         self.0.catalog.flush().await?;
         Ok(Response::new(pb::JobHandle { job_id: job.id.to_string() }))
     }
@@ -272,9 +278,9 @@ impl AdminService for AdminApi {
         let from = req.get_ref().from_seq;
         let read = AuditLog::entries(&self.0.catalog, from, AUDIT_PAGE + 1)
             .and_then(|e| Ok((e, if from == 0 { AuditLog::checkpoints(&self.0.catalog)? } else { vec![] })));
-        // Reading is itself recorded, once per reading (at its first page).
+        // Reading is itself recorded, page by page.
         let (mut entries, checkpoints) =
-            if from == 0 { self.audited(&actor, "audit.read", "the audit log", read)? } else { read? };
+            self.audited(&actor, "audit.read", &format!("the audit log from entry {from}"), read)?;
         let more = entries.len() > AUDIT_PAGE;
         entries.truncate(AUDIT_PAGE);
         let text = |v: &serde_json::Value| v.to_string();

@@ -126,6 +126,13 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
         .unwrap() as usize;
     assert!(cp_seq >= 5 && cp_seq < entries.len(), "checkpoint at {cp_seq} of {}", entries.len());
 
+    // Without checkpoints a re-chained log could not be told apart: not a pass.
+    let f = tmp.path().join("alone.jsonl");
+    write_log(&f, &entries);
+    let o = ctl_offline(&["audit", "verify", "--log", f.to_str().unwrap(), "--pubkey", key.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.code() == Some(9) && text.contains("NOT VERIFIED"), "{text}");
+
     let mut changed = entries.clone();
     changed[3]["reason"] = "nothing happened".into();
     let (code, text) = verify(&changed);

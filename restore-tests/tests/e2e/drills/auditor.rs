@@ -103,6 +103,7 @@ fn an_auditor_reads_everything_and_changes_nothing_in_tresorctl_and_in_chromium(
     assert!(seen["audit_rows"].as_i64().unwrap() > 10, "{seen}");
     assert_eq!(seen["json_signed"], true);
     assert_eq!(seen["forms_on_overview"], 1, "the only form signs out");
+    assert_eq!(seen["cross_site_sign_in"], 403, "a sign-in posted from another site is refused");
     for (what, status) in seen["refused_posts"].as_object().unwrap() {
         assert_eq!(status, 405, "{what} is refused");
     }
