@@ -109,8 +109,10 @@ pub struct Catalog {
     sources: sled::Tree,
     enroll: sled::Tree,
     meta: sled::Tree,
-    /// Signed drill reports by drill id, and drill plans' memory (`drills.rs`).
+    /// Signed drill reports by drill id, their summaries (for lists, alerts and metrics), and drill
+    /// plans' memory (`drills.rs`).
     pub(crate) drills: sled::Tree,
+    pub(crate) drill_summaries: sled::Tree,
     pub(crate) drill_plans: sled::Tree,
     /// The audit log by big-endian sequence number, and its signed checkpoints (`audit_log.rs`).
     pub(crate) audit: sled::Tree,
@@ -171,6 +173,7 @@ impl Catalog {
             enroll: db.open_tree("enroll-tokens")?,
             meta: db.open_tree("meta")?,
             drills: db.open_tree("drills")?,
+            drill_summaries: db.open_tree("drill-summaries")?,
             drill_plans: db.open_tree("drill-plans")?,
             audit: db.open_tree("audit")?,
             audit_checkpoints: db.open_tree("audit-checkpoints")?,

@@ -488,6 +488,8 @@ impl Controller {
         };
         let rec = DrillRecord { summary, report: text.clone(), vault: job.vault.clone() };
         let _ = self.catalog.drills.insert(spec.drill_id.as_bytes(), encode(&rec))?;
+        // Lists, alerts and metrics read the small summaries, never the signed reports.
+        let _ = self.catalog.drill_summaries.insert(spec.drill_id.as_bytes(), encode(&rec.summary))?;
         if spec.plan != "manual" {
             let mut p = self.plan_record(&spec.policy, &spec.plan)?;
             if started_unix >= p.last_run_unix {
@@ -550,16 +552,15 @@ impl Controller {
     /// sled failed, or a record is damaged.
     pub fn drills(&self, selector: &str) -> Result<Vec<DrillSummaryRecord>> {
         let mut out: Vec<DrillSummaryRecord> = Vec::new();
-        for item in self.catalog.drills.iter() {
+        for item in self.catalog.drill_summaries.iter() {
             let (k, v) = item?;
-            let rec: DrillRecord = match decode(&k, &v) {
+            let s: DrillSummaryRecord = match decode(&k, &v) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(error = %e, "a drill record in the catalog is damaged; left out");
+                    tracing::error!(error = %e, "a drill summary in the catalog is damaged; left out");
                     continue;
                 }
             };
-            let s = rec.summary;
             let fits = selector.is_empty()
                 || s.source == selector
                 || s.source.split_once('/').is_some_and(|(a, _)| a == selector);

@@ -51,19 +51,20 @@ impl Drill {
     }
 }
 
-fn sandbox_of(ctx: &AgentCtx, drill_id: &str) -> anyhow::Result<PathBuf> {
+/// One sandbox per attempt: an attempt that outlived its lease cannot remove the next one's.
+fn sandbox_of(ctx: &AgentCtx, drill_id: &str, attempt: u32) -> anyhow::Result<PathBuf> {
     if drill_id.is_empty() || !drill_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         anyhow::bail!("drill id {drill_id:?} is not a plain name");
     }
-    Ok(ctx.cfg.drill_dir().join(drill_id))
+    Ok(ctx.cfg.drill_dir().join(format!("{drill_id}-a{attempt}")))
 }
 
 /// Run a drill to its result.
 ///
 /// # Errors
 /// Only a bad job (no sandbox name); every finding is in the result.
-pub async fn run(ctx: &Arc<AgentCtx>, d: pb::DrillJob) -> anyhow::Result<pb::DrillResult> {
-    let sandbox = sandbox_of(ctx, &d.drill_id)?;
+pub async fn run(ctx: &Arc<AgentCtx>, attempt: u32, d: pb::DrillJob) -> anyhow::Result<pb::DrillResult> {
+    let sandbox = sandbox_of(ctx, &d.drill_id, attempt)?;
     let mut drill = Drill {
         t0: Instant::now(),
         out: pb::DrillResult {

@@ -50,7 +50,7 @@ async fn execute(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, kind: Option<Kind>) -> an
         Some(Kind::Check(c)) => check(ctx, c).await,
         Some(Kind::Scan(s)) => scan(ctx, s).await,
         Some(Kind::Prune(p)) => prune(ctx, jr, p).await,
-        Some(Kind::Drill(d)) => Ok(ResultKind::Drill(super::drill::run(ctx, d).await?)),
+        Some(Kind::Drill(d)) => Ok(ResultKind::Drill(super::drill::run(ctx, jr.attempt, d).await?)),
         Some(Kind::Documents(d)) => {
             store_documents(ctx, &d).await?;
             Ok(ResultKind::DocumentsStored(pb::Ack {}))
