@@ -10,7 +10,7 @@ use tresor_proto::pb;
 use crate::client::{self, Settings, status_err};
 use crate::docs::{AuditAction, DrillAction, ReportAction};
 use crate::exit;
-use crate::print::{human, when};
+use crate::print::{human, out, when};
 
 /// tresorctl: run a Tresor controller — agents, policies, snapshots, backups and restores.
 #[derive(Debug, Parser)]
@@ -177,14 +177,6 @@ enum PolicyAction {
         /// The policy's name.
         name: String,
     },
-}
-
-fn out(json_mode: bool, value: serde_json::Value, text: String) {
-    if json_mode {
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
-    } else if !text.is_empty() {
-        println!("{text}");
-    }
 }
 
 async fn health(settings: &Settings, j: bool) -> anyhow::Result<u8> {

@@ -11,7 +11,7 @@ use tresor_report::html::Lang;
 
 use crate::client::{Admin, status_err};
 use crate::exit;
-use crate::print::when;
+use crate::print::{out, when};
 
 #[derive(Debug, Subcommand)]
 pub enum DrillAction {
@@ -94,14 +94,6 @@ pub enum AuditAction {
         #[arg(long, value_name = "FILE", env = "TRESOR_REPORT_PUBKEY")]
         pubkey: PathBuf,
     },
-}
-
-fn out(json_mode: bool, value: Value, text: String) {
-    if json_mode {
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
-    } else {
-        println!("{text}");
-    }
 }
 
 /// Text from reports and the log (file names from backed-up hosts among it) with control

@@ -9,6 +9,15 @@ use tresor_proto::pb::job_result::Kind;
 use crate::client::{Admin, status_err};
 use crate::exit;
 
+/// A result: pretty JSON with `--json`, else the text (nothing for empty text).
+pub fn out(json_mode: bool, value: serde_json::Value, text: String) {
+    if json_mode {
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    } else if !text.is_empty() {
+        println!("{text}");
+    }
+}
+
 /// Bytes for people.
 pub fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -93,7 +93,12 @@ const STRINGS: &[(&str, &str, &str)] = &[
 ];
 
 pub(crate) fn t(lang: Lang, key: &str) -> &'static str {
-    STRINGS
+    lookup(STRINGS, lang, key)
+}
+
+/// A string of a (key, German, English) table; [`MISSING`] when the key is not in it.
+pub(crate) fn lookup(table: &[(&str, &'static str, &'static str)], lang: Lang, key: &str) -> &'static str {
+    table
         .iter()
         .find(|(k, _, _)| *k == key)
         .map(|(_, de, en)| if lang == Lang::De { *de } else { *en })

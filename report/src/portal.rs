@@ -4,7 +4,7 @@
 
 use crate::audit::Event;
 use crate::drill::{Target, Verdict};
-use crate::html::{Lang, MISSING, esc, header, num, page_head, t, verdict};
+use crate::html::{Lang, esc, header, lookup, num, page_head, t, verdict};
 
 /// The portal's own strings, by key: German, then English.
 const STRINGS: &[(&str, &str, &str)] = &[
@@ -78,11 +78,7 @@ const STRINGS: &[(&str, &str, &str)] = &[
 ];
 
 fn p(lang: Lang, key: &str) -> &'static str {
-    STRINGS
-        .iter()
-        .find(|(k, _, _)| *k == key)
-        .map(|(_, de, en)| if lang == Lang::De { *de } else { *en })
-        .unwrap_or(MISSING)
+    lookup(STRINGS, lang, key)
 }
 
 /// One drill in the overview.
@@ -395,6 +391,7 @@ pub fn sign_in(lang: Lang, failed: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::html::MISSING;
 
     fn sample() -> Overview {
         let drill = |id: &str, v: Verdict| DrillRow {
