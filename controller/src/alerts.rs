@@ -145,11 +145,7 @@ fn drill_problems(ctl: &Controller, now: i64) -> Result<Vec<Problem>> {
             });
         }
     }
-    let mut newest: BTreeMap<String, crate::drills::DrillSummaryRecord> = BTreeMap::new();
-    for d in ctl.drills("")? {
-        let _ = newest.entry(d.source.clone()).or_insert(d);
-    }
-    for (source, d) in newest {
+    for (source, d) in ctl.newest_drills()? {
         if d.verdict != "PASS" {
             out.push(Problem {
                 kind: "drill_failed",

@@ -48,29 +48,35 @@ impl Controller {
         if AuditLog::last_checkpoint_seq(&self.catalog)?.is_some_and(|s| s >= seq) {
             return Ok(None);
         }
-        let mut c = serde_json::json!({
-            "type": tresor_report::audit::CHECKPOINT_TYPE,
-            "seq": seq,
-            "head": head.get("hash").cloned().unwrap_or_default(),
-            "time": crate::audit_log::now_rfc3339(),
-        });
-        self.state.sign_document(&mut c)?;
+        let c = self.state.sign_checkpoint(&head, &crate::audit_log::now_rfc3339())?;
         AuditLog::put_checkpoint(&self.catalog, seq, &c)?;
-        let body = serde_json::to_vec_pretty(&c).unwrap_or_default();
-        use base64::Engine;
-        let doc = (crate::audit_log::checkpoint_name(seq), base64::engine::general_purpose::STANDARD.encode(&body));
+        let doc = pb::Document {
+            name: crate::audit_log::checkpoint_name(seq),
+            body: serde_json::to_vec_pretty(&c).unwrap_or_default(),
+        };
         let mut seen = std::collections::BTreeSet::new();
         for p in self.policies().values() {
             for v in p.vaults.iter().filter(|v| seen.insert(v.name.clone())) {
-                if let Some((id, a)) = self.state.find_agent(&v.maintainer).filter(|(id, _)| !self.state.is_revoked(id))
-                {
-                    let spec = JobSpec::Documents { documents: vec![doc.clone()] };
-                    let job = JobRecord::new(id, a.name, v.name.clone(), spec, "audit", self.config.max_attempts);
-                    self.jobs.submit(&job)?;
-                }
+                self.queue_documents(&v.name, std::slice::from_ref(&doc), "audit")?;
             }
         }
         Ok(Some(seq))
+    }
+
+    /// Queue signed documents for storage in `vault`, on its maintainer (nothing when the vault
+    /// has none enrolled).
+    ///
+    /// # Errors
+    /// The job cannot be queued.
+    pub(crate) fn queue_documents(&self, vault: &str, docs: &[pb::Document], trigger: &str) -> Result<()> {
+        let policies = self.policies();
+        let Some(v) = policies.values().flat_map(|p| p.vaults.iter()).find(|v| v.name == vault) else { return Ok(()) };
+        let Some((id, a)) = self.state.find_agent(&v.maintainer).filter(|(id, _)| !self.state.is_revoked(id)) else {
+            return Ok(());
+        };
+        let job =
+            JobRecord::new(id, a.name, vault.to_string(), JobSpec::documents(docs), trigger, self.config.max_attempts);
+        self.jobs.submit(&job)
     }
 
     /// The audit entry of a finished job attempt (drills record their own).

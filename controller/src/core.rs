@@ -255,6 +255,12 @@ impl Controller {
         );
     }
 
+    /// Whether the agent's last heartbeat says it opens `vault`.
+    pub fn opens_vault(&self, agent: &AgentId, vault: &str) -> bool {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.get(agent).is_some_and(|l| l.vaults.iter().any(|v| v.name == vault && v.error.is_empty()))
+    }
+
     /// What we last heard from an agent.
     pub fn live(&self, agent: &AgentId) -> Option<LiveAgent> {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).get(agent).cloned()

@@ -4,7 +4,6 @@
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tresor_proto::pb;
 use tresor_report::drill::{Check, DrillReport, Level, Plan, REPORT_TYPE, Target, Verdict};
 
@@ -271,9 +270,7 @@ impl Controller {
         if self.state.is_revoked(&id) {
             return Err(Error::FailedPrecondition(format!("sandbox agent {sandbox_agent} is revoked")));
         }
-        if sandbox_agent != source.agent
-            && !self.live(&id).is_some_and(|l| l.vaults.iter().any(|v| v.name == vault.name && v.error.is_empty()))
-        {
+        if sandbox_agent != source.agent && !self.opens_vault(&id, &vault.name) {
             return Err(Error::FailedPrecondition(format!(
                 "sandbox agent {sandbox_agent} cannot open vault {:?}: give it its own key slot and list the vault in its agent.toml",
                 vault.name
@@ -573,6 +570,18 @@ impl Controller {
         Ok(out)
     }
 
+    /// The newest drill of each source (`AGENT/SOURCE`), for alerts and metrics.
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn newest_drills(&self) -> Result<std::collections::BTreeMap<String, DrillSummaryRecord>> {
+        let mut newest = std::collections::BTreeMap::new();
+        for d in self.drills("")? {
+            let _ = newest.entry(d.source.clone()).or_insert(d);
+        }
+        Ok(newest)
+    }
+
     /// Queue the drills whose slot came; called by the scheduler.
     ///
     /// # Errors
@@ -630,30 +639,13 @@ impl Controller {
     /// # Errors
     /// Catalog failures.
     pub fn report_orphan_drills(&self) -> Result<()> {
-        use base64::Engine;
         for j in self.catalog.recent_done(64)? {
             let JobSpec::Drill(d) = &j.spec else { continue };
             if j.state != JobState::Failed || self.drill(&d.drill_id)?.is_some() {
                 continue;
             }
             let docs = self.finish_drill(&j, d, None, &j.error)?;
-            let maintainer = self.policies().values().flat_map(|p| p.vaults.clone()).find(|v| v.name == j.vault);
-            let agent = maintainer.and_then(|v| self.state.find_agent(&v.maintainer));
-            if let Some((id, a)) = agent.filter(|(id, _)| !self.state.is_revoked(id)) {
-                let documents = docs
-                    .iter()
-                    .map(|doc| (doc.name.clone(), base64::engine::general_purpose::STANDARD.encode(&doc.body)))
-                    .collect();
-                let job = JobRecord::new(
-                    id,
-                    a.name,
-                    j.vault.clone(),
-                    JobSpec::Documents { documents },
-                    "drill",
-                    self.config.max_attempts,
-                );
-                self.jobs.submit(&job)?;
-            }
+            self.queue_documents(&j.vault, &docs, "drill")?;
         }
         Ok(())
     }
@@ -675,11 +667,4 @@ impl Controller {
             _ => Err(Error::InvalidArgument(format!("drill id {id} is ambiguous; give more of it"))),
         }
     }
-}
-
-/// A report's JSON parsed back, for the auditor's page.
-pub fn parse_report(text: &str) -> Option<DrillReport> {
-    let mut v: Value = serde_json::from_str(text).ok()?;
-    v.as_object_mut()?.remove("signature");
-    serde_json::from_value(v).ok()
 }

@@ -92,6 +92,13 @@ pub struct DrillSpec {
 }
 
 impl JobSpec {
+    /// A documents job (bodies kept as base64 in the catalog's JSON).
+    pub fn documents(docs: &[pb::Document]) -> Self {
+        let documents =
+            docs.iter().map(|d| (d.name.clone(), base64::engine::general_purpose::STANDARD.encode(&d.body))).collect();
+        Self::Documents { documents }
+    }
+
     /// A short name for the kind of job.
     pub fn kind(&self) -> &'static str {
         match self {

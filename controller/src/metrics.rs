@@ -83,10 +83,7 @@ pub fn render(ctl: &Controller) -> String {
         "1 when the plan's last drill FAILED.",
         plans.iter().map(|p| (plan_label(p), f64::from(u8::from(p.failing)))).collect(),
     );
-    let mut newest = std::collections::BTreeMap::new();
-    for d in ctl.drills("").unwrap_or_default() {
-        let _ = newest.entry(d.source.clone()).or_insert(d);
-    }
+    let newest = ctl.newest_drills().unwrap_or_default();
     let src = |s: &str| format!("source=\"{s}\"");
     gauge(
         "tresor_drill_last_pass",

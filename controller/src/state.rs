@@ -282,6 +282,15 @@ impl State {
         tresor_report::sign::sign(doc, &self.report_signing).map_err(|e| Error::Config(format!("signing: {e}")))
     }
 
+    /// A signed checkpoint of the audit log at `head` (`tresor_report::audit::checkpoint`).
+    ///
+    /// # Errors
+    /// `head` is not an audit entry.
+    pub fn sign_checkpoint(&self, head: &serde_json::Value, time: &str) -> Result<serde_json::Value> {
+        tresor_report::audit::checkpoint(head, time, &self.report_signing)
+            .map_err(|e| Error::Config(format!("signing the audit checkpoint: {e}")))
+    }
+
     /// The public half of the report key.
     pub fn report_key(&self) -> VerifyingKey {
         self.report_signing.verifying_key()

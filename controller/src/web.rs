@@ -327,7 +327,7 @@ fn route(ctl: &Controller, path: &str, query: &str, lang: Lang, viewer: &str) ->
                 }
                 return r;
             }
-            match crate::drills::parse_report(&rec.report) {
+            match tresor_report::drill::DrillReport::from_json(&rec.report).ok() {
                 Some(report) => html(StatusCode::OK, tresor_report::html::render(&report, lang)),
                 None => page(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -393,11 +393,11 @@ fn overview(ctl: &Controller, viewer: &str) -> crate::Result<portal::Overview> {
             break Err(e.to_string());
         }
         if page.len() < crate::audit_log::AUDIT_PAGE {
-            break chain.finish().map(|s| (s.entries, s.checkpoints, s.unanchored)).map_err(|e| e.to_string());
+            break chain.finish().map_err(|e| e.to_string());
         }
         from += page.len() as u64;
     };
-    Ok(portal::Overview { viewer: viewer.into(), drills: rows, plans, undrilled, audit: portal::AuditState { result } })
+    Ok(portal::Overview { viewer: viewer.into(), drills: rows, plans, undrilled, audit: result })
 }
 
 fn audit_page(ctl: &Controller, viewer: &str, from: Option<u64>, lang: Lang) -> Reply {

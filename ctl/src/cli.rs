@@ -227,11 +227,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 "SOURCE                     VAULT        LAST GOOD              NEXT RUN               STATE\n",
             );
             for s in &r.sources {
-                let state = match (s.failing, s.overdue) {
-                    (true, _) => "FAILING",
-                    (false, true) => "OVERDUE",
-                    _ => "ok",
-                };
+                let state = crate::print::state_word(s.failing, s.overdue);
                 text.push_str(&format!(
                     "{:<26} {:<12} {:<22} {:<22} {state}\n",
                     format!("{}/{}", s.agent, s.source),

@@ -117,7 +117,7 @@ pub async fn drill(c: &mut Admin, action: DrillAction, j: bool) -> anyhow::Resul
                 out(j, json!({"drill_id": h.job_id}), format!("drill of {selector} queued as {}", h.job_id));
                 return Ok(exit::OK);
             }
-            let code = crate::print::watch_quiet(c, &h.job_id, j).await?;
+            crate::print::watch_quiet(c, &h.job_id, j).await?;
             // A drill that could not run still has a report (FAIL), unless the job never reached
             // an agent. The job's end is announced just before its report is kept: ask a few times.
             for _ in 0..20 {
@@ -135,7 +135,7 @@ pub async fn drill(c: &mut Admin, action: DrillAction, j: bool) -> anyhow::Resul
                 }
             }
             eprintln!("drill {} ended without a report; see tresorctl watch {}", h.job_id, h.job_id);
-            Ok(code.max(exit::JOB_FAILED))
+            Ok(exit::JOB_FAILED)
         }
         DrillAction::List { selector } => {
             let r = c
@@ -163,11 +163,7 @@ pub async fn drill(c: &mut Admin, action: DrillAction, j: bool) -> anyhow::Resul
             }
             text.push_str("\nPLAN                          SOURCE                  LAST RUN               LAST     NEXT RUN               STATE\n");
             for p in &r.plans {
-                let state = match (p.failing, p.overdue) {
-                    (true, _) => "FAILING",
-                    (false, true) => "OVERDUE",
-                    _ => "ok",
-                };
+                let state = crate::print::state_word(p.failing, p.overdue);
                 text.push_str(&format!(
                     "{:<29} {:<23} {:<22} {:<8} {:<22} {state}\n",
                     format!("{}/{}", p.policy, p.plan),
@@ -230,10 +226,7 @@ pub async fn report_show(
     };
     let r = c.get_report(pb::GetReportRequest { drill_id: id.to_string() }).await.map_err(status_err)?.into_inner();
     let text = if html {
-        let mut doc: Value = serde_json::from_str(&r.json).context("the report is not JSON")?;
-        if let Some(o) = doc.as_object_mut() {
-            let _ = o.remove("signature");
-        }
+        let doc: Value = serde_json::from_str(&r.json).context("the report is not JSON")?;
         let report: tresor_report::drill::DrillReport =
             serde_json::from_value(doc).context("the report does not match the schema of this tresorctl")?;
         tresor_report::html::render(&report, lang)

@@ -18,6 +18,15 @@ pub fn out(json_mode: bool, value: serde_json::Value, text: String) {
     }
 }
 
+/// A source's or plan's state in a word.
+pub fn state_word(failing: bool, overdue: bool) -> &'static str {
+    match (failing, overdue) {
+        (true, _) => "FAILING",
+        (false, true) => "OVERDUE",
+        _ => "ok",
+    }
+}
+
 /// Bytes for people.
 pub fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -138,6 +138,14 @@ pub struct DrillReport {
 }
 
 impl DrillReport {
+    /// A stored report read back (its `signature` member, not part of the schema, is ignored).
+    ///
+    /// # Errors
+    /// Not JSON, or not this schema.
+    pub fn from_json(text: &str) -> serde_json::Result<Self> {
+        serde_json::from_str(text)
+    }
+
     /// The report with its verdict set from its parts; call it last, before signing.
     pub fn finished(mut self) -> Self {
         self.verdict = self.computed_verdict();

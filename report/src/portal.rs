@@ -2,7 +2,7 @@
 //! (what needs attention first, every drill with its verdict and targets, the audit log's state),
 //! the audit log, and the sign-in form. Read-only: the only forms sign in and out.
 
-use crate::audit::Event;
+use crate::audit::{ChainStatus, Event};
 use crate::drill::{Target, Verdict};
 use crate::html::{Lang, esc, header, lookup, num, page_head, t, verdict};
 
@@ -117,13 +117,6 @@ pub struct PlanRow {
     pub failing: bool,
 }
 
-/// The audit log's verification, as the page shows it.
-#[derive(Debug, Clone)]
-pub struct AuditState {
-    /// `Err(why)` when it does not verify.
-    pub result: Result<(u64, u64, u64), String>,
-}
-
 /// Everything the overview shows.
 #[derive(Debug, Clone)]
 pub struct Overview {
@@ -136,7 +129,8 @@ pub struct Overview {
     /// Sources no drill ever covered.
     pub undrilled: Vec<String>,
     /// The audit log.
-    pub audit: AuditState,
+    /// The audit log's verification: what it covers, or why it does not verify.
+    pub audit: Result<ChainStatus, String>,
 }
 
 /// One audit entry as shown: its position and what it records.
@@ -305,10 +299,13 @@ pub fn overview(o: &Overview, lang: Lang) -> String {
     }
 
     h.push_str(&format!("<h2>{}</h2>\n", p(lang, "audit_state")));
-    match &o.audit.result {
-        Ok((entries, checkpoints, unanchored)) => h.push_str(&format!(
-            "<p id=\"audit-state\"><strong class=\"pass\">{}</strong>: {entries} / {checkpoints} / {unanchored} ({})</p>\n",
+    match &o.audit {
+        Ok(c) => h.push_str(&format!(
+            "<p id=\"audit-state\"><strong class=\"pass\">{}</strong>: {} / {} / {} ({})</p>\n",
             p(lang, "audit_valid"),
+            c.entries,
+            c.checkpoints,
+            c.unanchored,
             p(lang, "audit_counts")
         )),
         Err(why) => h.push_str(&format!(
@@ -415,7 +412,7 @@ mod tests {
                 failing: true,
             }],
             undrilled: vec!["db-01/<pg>".into()],
-            audit: AuditState { result: Err("entry 3 was changed".into()) },
+            audit: Err("entry 3 was changed".into()),
         }
     }
 
@@ -449,7 +446,7 @@ mod tests {
         o.plans[0].failing = false;
         o.plans[0].last_run = "2026-11-20T04:00:00Z".into();
         o.undrilled.clear();
-        o.audit.result = Ok((10, 2, 1));
+        o.audit = Ok(ChainStatus { entries: 10, checkpoints: 2, unanchored: 1 });
         pages.extend([overview(&o, Lang::De), overview(&o, Lang::En)]);
         for page in &pages {
             assert!(!page.contains(MISSING), "a string is missing:\n{page}");
@@ -464,8 +461,10 @@ mod tests {
         let en = overview(&sample(), Lang::En);
         let de = overview(&sample(), Lang::De);
         assert!(en.contains("<html lang=\"en\">") && de.contains("<html lang=\"de\">"));
-        assert!(en.find("data-drill=\"j-bad-one\"") < en.find("data-drill=\"j-ok\""), "failed drills lead");
-        assert!(en.find("Needs attention") < en.find("Restore drills"));
+        // Positions must exist: a missing row must not pass as "first" (None < Some).
+        let at = |s: &str| en.find(s).unwrap_or_else(|| panic!("{s} is not on the page"));
+        assert!(at("data-drill=\"j-bad-one\"") < at("data-drill=\"j-ok\""), "failed drills lead");
+        assert!(at("Needs attention") < at("Restore drills"));
         assert!(en.contains("db-01/&lt;pg&gt;") && !en.contains("<pg>"));
         assert!(en.contains("NOT VALID") && de.contains("UNGÜLTIG"));
         assert!(en.contains(">FAIL<") && de.contains("NICHT BESTANDEN"));

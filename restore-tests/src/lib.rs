@@ -342,6 +342,27 @@ pub fn test_deps() -> PathBuf {
     dir
 }
 
+/// The controller's `/metrics` text on `port`.
+pub fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("metrics request");
+    let mut m = String::new();
+    let _ = s.read_to_string(&mut m);
+    m
+}
+
+/// tresorctl with no controller, token or CA settings: the offline commands.
+pub fn ctl_offline(args: &[&str]) -> Output {
+    Command::new(bin("tresorctl"))
+        .env_remove("TRESOR_CONTROLLER")
+        .env_remove("TRESOR_TOKEN_FILE")
+        .env_remove("TRESOR_CA_FILE")
+        .args(args)
+        .output()
+        .expect("tresorctl runs")
+}
+
 /// A port free on loopback right now (a test server binds it next).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")

@@ -164,6 +164,13 @@ pub struct VerifyOptions {
     pub qdrant: Option<String>,
 }
 
+/// Where a recorded absolute path was restored under `root`; `None` for a path (from storage, so
+/// untrusted) that would leave it.
+fn below(root: &Path, recorded: &str) -> Option<std::path::PathBuf> {
+    let rel = recorded.trim_start_matches('/');
+    tresor_vault::snapshot::path_stays_below(rel.as_bytes()).then(|| root.join(rel))
+}
+
 /// Run each source's own verifier on its restored copy under `root`. Blocking.
 pub fn verify_sources(
     root: &Path,
@@ -173,12 +180,10 @@ pub fn verify_sources(
 ) {
     for s in sources {
         for p in &s.paths {
-            // Source paths come from storage: one that would leave the restored copy is refused.
-            if !tresor_vault::snapshot::path_stays_below(p.trim_start_matches('/').as_bytes()) {
+            let Some(restored) = below(root, p) else {
                 report.push(p, "path", false, "the recorded path would leave the restored copy; not checked");
                 continue;
-            }
-            let restored = root.join(p.trim_start_matches('/'));
+            };
             match s.kind.as_str() {
                 "model" => {
                     if s.probes.contains_key("shards") {
@@ -196,12 +201,8 @@ pub fn verify_sources(
                 "sqlite" => crate::sqlite::verify(&restored, &s.probes, report),
                 "postgres" => {
                     crate::postgres::verify::verify(&restored, &s.probes, report);
-                    if let Some(d) = s
-                        .probes
-                        .get("pg_dump_dir")
-                        .filter(|d| tresor_vault::snapshot::path_stays_below(d.trim_start_matches('/').as_bytes()))
-                    {
-                        crate::postgres::verify::verify_dumps(&root.join(d.trim_start_matches('/')), report);
+                    if let Some(dumps) = s.probes.get("pg_dump_dir").and_then(|d| below(root, d)) {
+                        crate::postgres::verify::verify_dumps(&dumps, report);
                     }
                 }
                 "faiss" | "hnswlib" | "vectors" => verify_golden(&restored, p, &s.probes, opts, report),

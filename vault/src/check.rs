@@ -29,6 +29,18 @@ pub enum ReadData {
     },
 }
 
+impl ReadData {
+    /// The read a share asks for: none at 0 % or below, all at 100 % or above, else a sample
+    /// drawn with `seed`.
+    pub fn from_percent(percent: f64, seed: u64) -> Self {
+        match percent {
+            p if p <= 0.0 => Self::None,
+            p if p >= 100.0 => Self::All,
+            p => Self::Subset { percent: p, seed },
+        }
+    }
+}
+
 /// One problem found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {

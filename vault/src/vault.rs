@@ -417,6 +417,16 @@ impl Vault {
 
     /// Bring the local index cache in line with the vault's segments.
     pub async fn sync_index(&self, cache_root: &std::path::Path) -> Result<Arc<LocalIndex>> {
+        Ok(self.sync_index_noting(cache_root).await?.0)
+    }
+
+    /// [`Self::sync_index`], also naming the listed segments that did not read (skipped, with
+    /// why), from the same listing.
+    pub async fn sync_index_noting(
+        &self,
+        cache_root: &std::path::Path,
+    ) -> Result<(Arc<LocalIndex>, Vec<(ObjectId, String)>)> {
+        let mut skipped = Vec::new();
         let dir = cache_root.join(self.config.vault_id.to_hex()).join("index");
         let listed_ids = self.index_segment_ids().await?;
         let d = dir.clone();
@@ -437,6 +447,7 @@ impl Vault {
                 Ok(seg) => seg,
                 Err(e @ Error::Integrity { .. }) => {
                     tracing::warn!(segment = %id, error = %e, "skipping unreadable index segment");
+                    skipped.push((id, e.to_string()));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -447,7 +458,7 @@ impl Vault {
             })
             .await??;
         }
-        Ok(Arc::new(ix))
+        Ok((Arc::new(ix), skipped))
     }
 
     /// Read, verify and decode one index segment.

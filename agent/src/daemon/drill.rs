@@ -110,22 +110,15 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
     // what a new machine would find. A segment that does not read is a structure failure.
     let scratch_index = sandbox.with_extension("index");
     remove_sandbox(&scratch_index).await?;
-    let index = vault.sync_index(&scratch_index).await;
-    let index = match index {
-        Ok(i) => i,
-        Err(e) => {
-            let _ = remove_sandbox(&scratch_index).await;
-            return Err(e.into());
-        }
-    };
-    let listed = vault.index_segment_ids().await?;
-    let unread: Vec<(String, String)> = listed
-        .iter()
-        .filter(|id| !index.merged_segments().contains(id))
-        .map(|id| (format!("index/{id}"), "index segment does not read (damaged or altered)".to_string()))
+    // One listing: the segments skipped are those of the listing the index was built from.
+    let synced = vault.sync_index_noting(&scratch_index).await;
+    let _ = remove_sandbox(&scratch_index).await;
+    let (index, skipped) = synced?;
+    let unread: Vec<(String, String)> = skipped
+        .into_iter()
+        .map(|(id, _)| (format!("index/{id}"), "index segment does not read (damaged or altered)".to_string()))
         .collect();
     drill.failures("structure", "index segments read", &unread);
-    let _ = remove_sandbox(&scratch_index).await;
     let (id, manifest) = vault.resolve_snapshot(&d.snapshot).await?;
     drill.out.snapshot_id = id.to_string();
     drill.out.snapshot_time.clone_from(&manifest.time);
@@ -145,11 +138,7 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
     application(ctx, d, &id, &manifest, &nodes, sandbox, restored, drill).await?;
 
     // The cryptographic read, timed apart from the RTO.
-    let read = match d.read_data_percent {
-        p if p >= 100.0 => ReadData::All,
-        p if p <= 0.0 => ReadData::None,
-        p => ReadData::Subset { percent: p, seed: d.seed },
-    };
+    let read = ReadData::from_percent(d.read_data_percent, d.seed);
     let t = Instant::now();
     let r = check_snapshot::read(&vault, index, nodes, read).await?;
     drill.out.read_check_seconds = t.elapsed().as_secs_f64();

@@ -235,11 +235,7 @@ async fn restore(ctx: &Arc<AgentCtx>, r: pb::RestoreJob) -> anyhow::Result<Resul
 
 async fn check(ctx: &Arc<AgentCtx>, c: pb::CheckJob) -> anyhow::Result<ResultKind> {
     let vault = ctx.vault(&c.vault).await?;
-    let read = match c.read_data_percent {
-        p if p <= 0.0 => ReadData::None,
-        p if p >= 100.0 => ReadData::All,
-        p => ReadData::Subset { percent: p, seed: rand::random() },
-    };
+    let read = ReadData::from_percent(c.read_data_percent, rand::random());
     let scratch = ctx.cfg.state_dir.join("check-scratch");
     std::fs::create_dir_all(&scratch)?;
     let report = check::run(vault, read, &scratch).await?;

@@ -337,16 +337,13 @@ fn start_restore(ctl: &Controller, r: &pb::StartRestoreRequest) -> Result<JobRec
     if ctl.state.is_revoked(&id) {
         return Err(Error::FailedPrecondition(format!("agent {on} is revoked")));
     }
-    if on != source.agent {
-        let holds = ctl.live(&id).is_some_and(|l| l.vaults.iter().any(|v| v.name == vault.name && v.error.is_empty()));
-        if !holds {
-            return Err(Error::FailedPrecondition(format!(
-                "agent {on} cannot open vault {:?}: it needs its own key slot. On a machine that opens the vault run \
-                 `tresor-agent key add --vault URL --label {on}`, give {on} that password file, list the vault in {on}'s \
-                 agent.toml as [vaults.{}] and restart the agent",
-                vault.name, vault.name
-            )));
-        }
+    if on != source.agent && !ctl.opens_vault(&id, &vault.name) {
+        return Err(Error::FailedPrecondition(format!(
+            "agent {on} cannot open vault {:?}: it needs its own key slot. On a machine that opens the vault run \
+             `tresor-agent key add --vault URL --label {on}`, give {on} that password file, list the vault in {on}'s \
+             agent.toml as [vaults.{}] and restart the agent",
+            vault.name, vault.name
+        )));
     }
     let spec = JobSpec::Restore {
         snapshot: snap.snapshot_id.clone(),

@@ -1,10 +1,7 @@
 //! `tresorctl report verify` works offline, with only the file and the pinned public key, and
 //! detects a changed report, an unsigned one and one signed by another key (exit 9).
 
-use std::process::Command;
-
 use ed25519_dalek::SigningKey;
-use restore_tests::bin;
 use serde_json::json;
 use tresor_report::sign;
 
@@ -23,15 +20,13 @@ fn report_verify_offline_detects_every_change() {
     let verify = |doc: &serde_json::Value| {
         std::fs::write(&file, serde_json::to_string_pretty(doc).unwrap()).unwrap();
         // No controller, no token, no configuration: the check is offline.
-        let out = Command::new(bin("tresorctl"))
-            .env_remove("TRESOR_CONTROLLER")
-            .env_remove("TRESOR_TOKEN_FILE")
-            .args(["report", "verify"])
-            .arg(&file)
-            .arg("--pubkey")
-            .arg(&pem)
-            .output()
-            .unwrap();
+        let out = restore_tests::ctl_offline(&[
+            "report",
+            "verify",
+            file.to_str().unwrap(),
+            "--pubkey",
+            pem.to_str().unwrap(),
+        ]);
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let (code, text) = verify(&report);

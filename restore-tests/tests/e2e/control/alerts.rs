@@ -112,10 +112,7 @@ fn failures_overdue_sources_offline_agents_and_failed_checks_raise_alerts() {
     assert_eq!(status.status.code(), Some(4));
     let out = String::from_utf8_lossy(&status.stdout);
     assert!(out.contains("PROBLEM: a1/broken: backup failed"), "{out}");
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut metrics = String::new();
-    let _ = s.read_to_string(&mut metrics);
+    let metrics = restore_tests::metrics(metrics_port);
     for m in [
         "tresor_source_last_success_timestamp_seconds{agent=\"a1\",source=\"good\",vault=\"nas\"}",
         "tresor_source_failures_total{agent=\"a1\",source=\"broken\",vault=\"nas\"} 1",

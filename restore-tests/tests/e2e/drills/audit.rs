@@ -9,7 +9,9 @@ use restore_tests::plane::wait_for;
 use serde_json::Value;
 use tresor_report::audit::{Event, next_entry};
 
-use super::{Src, apply, ctl_offline, drill, plane, policy, pubkey, vault_documents};
+use restore_tests::ctl_offline;
+
+use super::{Src, apply, drill, plane, policy, pubkey, vault_documents};
 
 fn write_log(path: &Path, entries: &[Value]) {
     std::fs::write(path, entries.iter().map(|e| format!("{e}\n")).collect::<String>()).unwrap();

@@ -2,22 +2,14 @@
 //! pack, a missing pack; a failed or overdue drill sets its metric, makes tresorctl exit non-zero
 //! and calls the alert command.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use restore_tests::metrics;
 use restore_tests::plane::{Plane, wait_for};
 
 use super::{Src, apply, drill, failed_checks, plane, policy};
 use crate::sources::{python, run_py, script};
-
-fn metrics(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut m = String::new();
-    let _ = s.read_to_string(&mut m);
-    m
-}
 
 fn packs(vault: &Path) -> Vec<PathBuf> {
     let mut v = restore_tests::files_below(&vault.join("data"));

@@ -8,7 +8,9 @@ use rusqlite::Connection;
 use serde_json::Value;
 use tresor_sources::model::synth;
 
-use super::{Src, apply, ctl_offline, drill, failed_checks, plane, policy, pubkey, vault_documents};
+use restore_tests::ctl_offline;
+
+use super::{Src, apply, drill, failed_checks, plane, policy, pubkey, vault_documents};
 use crate::sources::{python, run_py, script};
 
 fn write_fvecs(path: &std::path::Path, n: usize, dim: usize) {

@@ -10,7 +10,7 @@ mod kinds;
 mod postgres;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
 use restore_tests::bin;
@@ -93,17 +93,6 @@ pub(crate) fn vault_documents(nas: &VaultSpec, out: &Path) -> Value {
         .expect("tresor-agent documents runs");
     assert!(o.status.success(), "documents failed: {}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).expect("documents --json")
-}
-
-/// Run tresorctl offline (no controller settings) with `args`.
-pub(crate) fn ctl_offline(args: &[&str]) -> Output {
-    Command::new(bin("tresorctl"))
-        .env_remove("TRESOR_CONTROLLER")
-        .env_remove("TRESOR_TOKEN_FILE")
-        .env_remove("TRESOR_CA_FILE")
-        .args(args)
-        .output()
-        .expect("tresorctl runs")
 }
 
 /// The controller's report-signing public key file.
