@@ -135,7 +135,13 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
 
     // Restore, then the application check: the RTO ends when it passes.
     let restored = restore(vault.clone(), index.clone(), &nodes, sandbox, drill).await?;
-    application(ctx, d, &id, &manifest, &nodes, sandbox, restored, drill).await?;
+    if restored {
+        application(ctx, d, &id, &manifest, &nodes, sandbox, drill).await?;
+    } else {
+        drill.check("application", "sandbox", "source verifier", false, "not run: the restore is incomplete");
+    }
+    // The RTO ends here, passed or not: the read check after it is timed apart.
+    drill.out.rto_seconds = drill.secs();
 
     // The cryptographic read, timed apart from the RTO.
     let read = ReadData::from_percent(d.read_data_percent, d.seed);
@@ -173,7 +179,6 @@ async fn restore(
 ) -> anyhow::Result<bool> {
     // A retried attempt starts from an empty sandbox, so nothing of the last one is counted.
     remove_sandbox(sandbox).await?;
-    std::fs::create_dir_all(sandbox)?;
     let t = Instant::now();
     let report = files::restore::restore_tree(vault, index, nodes.as_ref().clone(), sandbox).await?;
     drill.out.restore_seconds = t.elapsed().as_secs_f64();
@@ -195,7 +200,6 @@ async fn restore(
     Ok(ok)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn application(
     ctx: &Arc<AgentCtx>,
     d: &pb::DrillJob,
@@ -203,20 +207,13 @@ async fn application(
     manifest: &Manifest,
     nodes: &Arc<Vec<Node>>,
     sandbox: &Path,
-    restored: bool,
     drill: &mut Drill,
 ) -> anyhow::Result<()> {
-    if !restored {
-        drill.check("application", "sandbox", "source verifier", false, "not run: the restore is incomplete");
-        drill.out.rto_seconds = drill.secs();
-        return Ok(());
-    }
     let src = match ctx.cfg.source_options(&d.source) {
         Ok(o) => o,
         Err(e) => {
             let why = format!("this agent's agent.toml: {e:#}");
             drill.check("application", format!("[sources.{}]", d.source), "verifier settings", false, why);
-            drill.out.rto_seconds = drill.secs();
             return Ok(());
         }
     };
@@ -233,8 +230,6 @@ async fn application(
         (files, checked)
     })
     .await?;
-    // The RTO ends here, passed or not: the read check after it is timed apart.
-    drill.out.rto_seconds = drill.secs();
     let summary = if files.ok() {
         format!(
             "{} files ({} bytes) and {} tensors match snapshot {}",
