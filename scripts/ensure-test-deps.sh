@@ -3,6 +3,8 @@
 set -euo pipefail
 GARAGE_VERSION=2.5.0
 
+scripts/ensure-disk.sh
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest"
     cargo install cargo-nextest --locked
