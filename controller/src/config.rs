@@ -37,6 +37,11 @@ pub struct ControllerConfig {
     pub enroll_token_ttl: Duration,
     /// The auditor's read-only web page (HTTPS with the controller's certificate), off unless set.
     pub web_listen: Option<SocketAddr>,
+    /// People may also sign in to that page with a client certificate issued by this CA (PEM).
+    pub web_client_ca: Option<PathBuf>,
+    /// Which certificates from `web_client_ca` sign in, as auditors: subject common names, or
+    /// `sha256:HEX` fingerprints of the whole certificate.
+    pub web_auditors: Vec<String>,
     /// A drill plan is overdue this long after a slot it did not run in.
     pub drill_grace: Duration,
     /// How often the audit log's head is signed and sent to the vaults (when it moved).
@@ -68,6 +73,9 @@ struct Raw {
     retry_backoff: Option<String>,
     enroll_token_ttl: Option<String>,
     web_listen: Option<String>,
+    web_client_ca: Option<PathBuf>,
+    #[serde(default)]
+    web_auditors: Vec<String>,
     drill_grace: Option<String>,
     audit_checkpoint_every: Option<String>,
     #[serde(default)]
@@ -110,6 +118,8 @@ impl ControllerConfig {
             enroll_token_ttl: duration("enroll_token_ttl", raw.enroll_token_ttl, "1h").map_err(wrap)?,
             alerts: raw.alerts,
             web_listen: raw.web_listen.as_deref().map(|a| addr("web_listen", a)).transpose().map_err(wrap)?,
+            web_client_ca: raw.web_client_ca,
+            web_auditors: raw.web_auditors,
             drill_grace: duration("drill_grace", raw.drill_grace, "2h").map_err(wrap)?,
             audit_checkpoint_every: duration("audit_checkpoint_every", raw.audit_checkpoint_every, "1h")
                 .map_err(wrap)?,
@@ -148,6 +158,33 @@ impl ControllerConfig {
         {
             return Err(Error::Config("alerts.command: give the program to run".into()));
         }
+        self.validate_web_auditors()
+    }
+
+    fn validate_web_auditors(&self) -> Result<()> {
+        match (&self.web_client_ca, self.web_auditors.is_empty()) {
+            (Some(_), true) => {
+                return Err(Error::Config(
+                    "web_auditors: web_client_ca is set, so list the certificates that may sign in".into(),
+                ));
+            }
+            (None, false) => {
+                return Err(Error::Config("web_auditors: set web_client_ca, the CA that issues them".into()));
+            }
+            (Some(_), false) if self.web_listen.is_none() => {
+                return Err(Error::Config("web_client_ca: the auditor's page is off; set web_listen".into()));
+            }
+            _ => {}
+        }
+        for who in &self.web_auditors {
+            let bad_fingerprint =
+                who.strip_prefix("sha256:").is_some_and(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()));
+            if who.trim().is_empty() || bad_fingerprint {
+                return Err(Error::Config(format!(
+                    "web_auditors: {who:?} is neither a common name nor sha256: and 64 hex digits"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -171,5 +208,18 @@ mod tests {
         assert!(e.contains("lease"), "{e}");
         let e = ControllerConfig::parse("cert_life = \"1h\"", "c.toml").unwrap_err().to_string();
         assert!(e.contains("unknown field `cert_life`"), "{e}");
+        let web = "web_listen = \"127.0.0.1:8443\"\nweb_client_ca = \"ca.pem\"\n";
+        for (text, names) in [
+            (web.to_string(), "list the certificates"),
+            ("web_auditors = [\"Erika\"]".to_string(), "set web_client_ca"),
+            ("web_client_ca = \"ca.pem\"\nweb_auditors = [\"Erika\"]".to_string(), "set web_listen"),
+            (format!("{web}web_auditors = [\"sha256:abc\"]"), "\"sha256:abc\" is neither"),
+            (format!("{web}web_auditors = [\" \"]"), "is neither"),
+        ] {
+            let e = ControllerConfig::parse(&text, "c.toml").unwrap_err().to_string();
+            assert!(e.contains(names), "{text}: {e}");
+        }
+        let ok = format!("{web}web_auditors = [\"Erika Mustermann\", \"sha256:{}\"]", "ab".repeat(32));
+        assert_eq!(ControllerConfig::parse(&ok, "c.toml").unwrap().web_auditors.len(), 2);
     }
 }

@@ -41,6 +41,11 @@ pub async fn serve(ctl: Arc<Controller>, stop: watch::Receiver<bool>) -> Result<
     let admin = AdminServiceServer::new(AdminApi(ctl.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Before listening: a bad web_client_ca stops the start with its name.
+    let web_tls = match ctl.config.web_listen {
+        Some(a) => Some((a, crate::web::certs::page_tls(&ctl)?)),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(ctl.config.listen)
         .await
         .map_err(|e| Error::io(format!("listening on {}", ctl.config.listen), e))?;
@@ -50,7 +55,7 @@ pub async fn serve(ctl: Arc<Controller>, stop: watch::Receiver<bool>) -> Result<
     let scheduler = tokio::spawn(crate::scheduler::run(ctl.clone(), stop.clone()));
     let alerts = tokio::spawn(crate::alerts::run(ctl.clone(), stop.clone()));
     let metrics = ctl.config.metrics_listen.map(|a| tokio::spawn(crate::metrics::serve(ctl.clone(), a, stop.clone())));
-    let web = ctl.config.web_listen.map(|a| tokio::spawn(crate::web::serve(ctl.clone(), a, stop.clone())));
+    let web = web_tls.map(|(a, tls)| tokio::spawn(crate::web::serve(ctl.clone(), a, tls, stop.clone())));
     let mut stop_grpc = stop.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Server::builder()

@@ -1,7 +1,8 @@
 //! The auditor's read-only web page: HTTPS (the controller's own certificate) on `web_listen`.
 //! A person signs in with an access token (auditor role or higher; `Authorization: Bearer` works
 //! too); the page lists drills with their verdicts and targets, links every report (HTML in German
-//! or English, and the signed JSON), shows the audit log and whether it verifies. Nothing here
+//! or English, and the signed JSON), shows the audit log and whether it verifies. A listed client
+//! certificate (`web_client_ca`, `web_auditors`; certs.rs) signs in without a token. Nothing here
 //! changes anything: the only forms sign in and out, and every other method is refused.
 
 use std::collections::HashMap;
@@ -14,14 +15,15 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{Semaphore, watch};
-use tokio_rustls::TlsAcceptor;
 use tresor_report::drill::{Target, Verdict};
 use tresor_report::html::Lang;
 use tresor_report::portal;
 
-use crate::audit_log::{AuditLog, OK};
+use crate::audit_log::{AuditLog, OK, REFUSED};
 use crate::core::{Controller, now_unix};
 use crate::ids::Role;
+
+pub mod certs;
 
 /// Connections served at once; more wait in the listen backlog.
 pub const WEB_CONNECTIONS: usize = 32;
@@ -69,19 +71,14 @@ impl Sessions {
 struct Web {
     ctl: Arc<Controller>,
     sessions: Sessions,
+    auditors: certs::CertAuditors,
 }
 
 type Reply = Response<Full<Bytes>>;
 
-/// Serve the page on `addr` until `stop`.
-pub async fn serve(ctl: Arc<Controller>, addr: SocketAddr, mut stop: watch::Receiver<bool>) {
-    let acceptor = match tls_acceptor(&ctl) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "the auditor's page cannot start: TLS setup failed");
-            return;
-        }
-    };
+/// Serve the page on `addr` until `stop` (`tls` from [`certs::page_tls`]).
+pub async fn serve(ctl: Arc<Controller>, addr: SocketAddr, tls: certs::PageTls, mut stop: watch::Receiver<bool>) {
+    let certs::PageTls { acceptor, auditors } = tls;
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -90,7 +87,7 @@ pub async fn serve(ctl: Arc<Controller>, addr: SocketAddr, mut stop: watch::Rece
         }
     };
     tracing::info!(%addr, "auditor's page listening (https)");
-    let web = Arc::new(Web { ctl, sessions: Sessions::default() });
+    let web = Arc::new(Web { ctl, sessions: Sessions::default(), auditors });
     let slots = Arc::new(Semaphore::new(WEB_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
@@ -104,9 +101,10 @@ pub async fn serve(ctl: Arc<Controller>, addr: SocketAddr, mut stop: watch::Rece
             let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await else {
                 return;
             };
+            let cert_actor: Option<Arc<str>> = web.cert_sign_in(&tls).map(Arc::from);
             let service = hyper::service::service_fn(move |req| {
-                let web = web.clone();
-                async move { Ok::<_, std::convert::Infallible>(web.handle(req).await) }
+                let (web, cert_actor) = (web.clone(), cert_actor.clone());
+                async move { Ok::<_, std::convert::Infallible>(web.handle(req, cert_actor.as_deref()).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -115,22 +113,6 @@ pub async fn serve(ctl: Arc<Controller>, addr: SocketAddr, mut stop: watch::Rece
             let _ = tokio::time::timeout(Duration::from_secs(300), conn).await;
         }));
     }
-}
-
-fn tls_acceptor(ctl: &Controller) -> Result<TlsAcceptor, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ctl.pki.server_chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("server certificate: {e}"))?;
-    let key =
-        PrivateKeyDer::from_pem_slice(ctl.pki.server_key_pem.as_bytes()).map_err(|e| format!("server key: {e}"))?;
-    let mut cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| e.to_string())?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
 fn page(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
@@ -208,6 +190,22 @@ fn session_cookie(req: &Request<Incoming>) -> Option<String> {
 }
 
 impl Web {
+    /// A client certificate the handshake verified signs its connection in when it is listed;
+    /// each such connection is one sign-in in the audit log, and so is each refusal.
+    fn cert_sign_in(&self, tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Option<String> {
+        let der = tls.get_ref().1.peer_certificates()?.first()?;
+        match self.auditors.actor(der) {
+            Ok(actor) => {
+                self.ctl.audit(&actor, "web.sign_in", "the auditor's page (client certificate)", OK, "");
+                Some(actor)
+            }
+            Err(why) => {
+                self.ctl.audit("anonymous", "web.sign_in", "the auditor's page (client certificate)", REFUSED, &why);
+                None
+            }
+        }
+    }
+
     /// The caller's token: a bearer header, or the session's.
     fn token(&self, req: &Request<Incoming>) -> Option<String> {
         if let Some(b) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
@@ -216,7 +214,7 @@ impl Web {
         session_cookie(req).and_then(|id| self.sessions.token(&id))
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Reply {
+    async fn handle(&self, req: Request<Incoming>, cert_actor: Option<&str>) -> Reply {
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         let lang = lang_of(&query);
@@ -237,17 +235,18 @@ impl Web {
                 return r;
             }
         }
-        let Some(token) = self.token(&req) else {
-            return if path == "/" || path == "/index.html" {
-                html(StatusCode::OK, portal::sign_in(lang, false))
-            } else {
-                redirect(&format!("/?lang={}", lang.code()), None)
-            };
-        };
         let ctl = self.ctl.clone();
-        let viewer = match ctl.authorize(Some(&token), Role::Auditor, "web.read") {
-            Ok(v) => v,
-            Err(_) => return html(StatusCode::UNAUTHORIZED, portal::sign_in(lang, true)),
+        // A token given is checked even on a certificate's connection: it names who acts.
+        let viewer = match (self.token(&req), cert_actor) {
+            (Some(token), _) => match ctl.authorize(Some(&token), Role::Auditor, "web.read") {
+                Ok(v) => v,
+                Err(_) => return html(StatusCode::UNAUTHORIZED, portal::sign_in(lang, true)),
+            },
+            (None, Some(actor)) => actor.to_string(),
+            (None, None) if path == "/" || path == "/index.html" => {
+                return html(StatusCode::OK, portal::sign_in(lang, false));
+            }
+            (None, None) => return redirect(&format!("/?lang={}", lang.code()), None),
         };
         let q = query.clone();
         let found = tokio::task::spawn_blocking(move || route(&ctl, &path, &q, lang, &viewer)).await;

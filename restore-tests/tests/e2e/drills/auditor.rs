@@ -3,6 +3,7 @@
 //! chromium driven by playwright-core from npm, a fresh profile), where axe-core finds no serious
 //! or critical accessibility violation and failing drills are listed first.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -127,4 +128,129 @@ fn an_auditor_reads_everything_and_changes_nothing_in_tresorctl_and_in_chromium(
     assert!(by_auditor.iter().all(|e| e["outcome"] != "ok"
         || ["report.read", "audit.read", "web.sign_in"].contains(&e["action"].as_str().unwrap())));
     assert_eq!(p.snapshots("gpu-01/a").len(), 1);
+}
+
+/// A certificate authority for people, as an administration's PKI would issue smart-card certificates.
+struct PeopleCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl PeopleCa {
+    fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self { issuer: rcgen::Issuer::new(params, key), pem }
+    }
+
+    /// A client certificate and its key, as PEM files in `dir`.
+    fn issue(&self, dir: &Path, file: &str, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+#[test]
+fn a_listed_client_certificate_reads_the_page_and_other_certificates_do_not() {
+    let people = tempfile::tempdir().unwrap();
+    let ca = PeopleCa::new("Landesamt Personen-CA");
+    std::fs::write(people.path().join("ca.pem"), &ca.pem).unwrap();
+    let erika = ca.issue(people.path(), "erika", "Erika Mustermann");
+    let max = ca.issue(people.path(), "max", "Max Unlisted");
+    let forged = PeopleCa::new("Another CA").issue(people.path(), "forged", "Erika Mustermann");
+
+    // A CA file that is not there stops the controller before it serves anything, by name.
+    let bad = people.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nweb_listen = \"127.0.0.1:0\"\nweb_client_ca = \"{}\"\nweb_auditors = [\"Erika Mustermann\"]\n",
+            people.path().join("state").display(),
+            people.path().join("missing.pem").display()
+        ),
+    )
+    .unwrap();
+    let out =
+        Command::new(restore_tests::bin("tresor-controller")).args(["serve", "--config"]).arg(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("web_client_ca") && err.contains("missing.pem"), "{err}");
+
+    let web = restore_tests::free_port();
+    let (p, _nas) = plane(
+        &format!(
+            "web_listen = \"127.0.0.1:{web}\"\nweb_client_ca = \"{}\"\nweb_auditors = [\"Erika Mustermann\"]\n",
+            people.path().join("ca.pem").display()
+        ),
+        "",
+    );
+    let data = people.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    restore_tests::random_file(&data.join("f.bin"), 100_000, 4);
+    apply(&p, &policy(&[Src("a", vec![data.display().to_string()])], ""));
+    p.ctl_ok(&["backup", "gpu-01/a"]);
+    let ran = drill(&p, "gpu-01/a", &[]);
+    let id = ran.report["drill_id"].as_str().unwrap().to_string();
+
+    // curl: (exit code, HTTP status, body).
+    let body_file = people.path().join("body");
+    let get = |cert: Option<&(PathBuf, PathBuf)>, method: &str, path: &str| {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-o"]).arg(&body_file).args(["-w", "%{http_code}", "-X", method, "--cacert"]);
+        c.arg(p.state.join("ca.pem"));
+        if let Some((cert, key)) = cert {
+            c.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let out = c.arg(format!("https://127.0.0.1:{web}{path}")).output().expect("curl runs");
+        let body = std::fs::read_to_string(&body_file).unwrap_or_default();
+        let _ = std::fs::remove_file(&body_file);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), body)
+    };
+    let sign_in_form = "name=\"token\"";
+
+    let (code, status, body) = get(Some(&erika), "GET", "/?lang=en");
+    assert_eq!((code, status.as_str()), (Some(0), "200"));
+    assert!(body.contains(&id) && !body.contains(sign_in_form), "Erika sees the drills without a token");
+    let (_, status, body) = get(Some(&erika), "GET", &format!("/reports/{id}?lang=de"));
+    assert_eq!(status, "200");
+    let passed = body.contains("BESTANDEN") && !body.contains("NICHT BESTANDEN");
+    assert!(body.contains("<html lang=\"de\">") && passed && body.contains(&id), "the report opens");
+    assert_eq!(get(Some(&erika), "GET", "/audit").1, "200");
+    for method in ["POST", "PUT", "DELETE"] {
+        assert_eq!(get(Some(&erika), method, "/").1, "405", "{method} is refused to a certificate too");
+    }
+
+    // Listed nowhere, or from another CA, or none: no way in without a token.
+    let (code, status, body) = get(Some(&max), "GET", "/");
+    assert_eq!((code, status.as_str()), (Some(0), "200"));
+    assert!(body.contains(sign_in_form) && !body.contains(&id), "an unlisted certificate gets the sign-in form");
+    assert_eq!(get(Some(&max), "GET", &format!("/reports/{id}")).1, "303");
+    let (code, _, _) = get(Some(&forged), "GET", "/");
+    assert_ne!(code, Some(0), "a certificate from another CA fails the handshake, whatever its name");
+    let (_, _, body) = get(None, "GET", "/");
+    assert!(body.contains(sign_in_form), "without a certificate the token sign-in remains");
+
+    let log = p.ctl_json(&["audit", "show"]);
+    let entries = log.as_array().unwrap();
+    let erika_did = |action: &str| {
+        entries.iter().any(|e| {
+            e["action"] == action
+                && e["outcome"] == "ok"
+                && e["actor"].as_str().unwrap().starts_with("auditor:cert:Erika Mustermann:")
+        })
+    };
+    assert!(erika_did("web.sign_in") && erika_did("report.read") && erika_did("audit.read"), "{log}");
+    assert!(entries.iter().any(|e| e["action"] == "web.sign_in"
+        && e["outcome"] == "refused"
+        && e["reason"].as_str().unwrap().contains("Max Unlisted")));
 }
