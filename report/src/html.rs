@@ -112,6 +112,12 @@ pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
+/// Text the agents and the controller write (findings, reasons) is English; on a German page it is
+/// marked so, for screen readers to speak it as English (WCAG 2.1, 3.1.2 language of parts).
+pub(crate) fn english(lang: Lang, s: &str) -> String {
+    if lang == Lang::De && !s.is_empty() { format!("<span lang=\"en\">{}</span>", esc(s)) } else { esc(s) }
+}
+
 pub(crate) fn verdict(lang: Lang, v: Verdict) -> String {
     let (key, class) = if v == Verdict::Pass { ("pass", "pass") } else { ("fail", "fail") };
     format!("<strong class=\"{class}\">{}</strong>", t(lang, key))
@@ -193,7 +199,7 @@ pub fn render(r: &DrillReport, lang: Lang) -> String {
             esc(&c.subject),
             esc(&c.check),
             verdict(lang, c.result),
-            esc(&c.detail)
+            english(lang, &c.detail)
         ));
     }
     h.push_str("</table>\n");
@@ -203,7 +209,7 @@ pub fn render(r: &DrillReport, lang: Lang) -> String {
     } else {
         h.push_str("<ul>\n");
         for a in &r.anomalies {
-            h.push_str(&format!("<li>{}</li>\n", esc(a)));
+            h.push_str(&format!("<li>{}</li>\n", english(lang, a)));
         }
         h.push_str("</ul>\n");
     }
@@ -251,7 +257,9 @@ mod tests {
         let en = render(&r, Lang::En);
         assert!(de.contains("<html lang=\"de\">") && en.contains("<html lang=\"en\">"));
         assert!(de.contains("NICHT BESTANDEN") && en.contains(">FAIL<"));
-        assert!(en.contains("tensor &lt;layers.3&gt; differs"), "text is escaped");
+        assert!(en.contains("<td>tensor &lt;layers.3&gt; differs</td>"), "text is escaped");
+        assert!(de.contains("<td><span lang=\"en\">tensor &lt;layers.3&gt; differs</span></td>"), "English marked");
+        assert!(!en.contains("<span lang="));
         assert!(de.contains("Erklärung zur Barrierefreiheit") && en.contains("Accessibility statement"));
         assert_eq!(de.matches("<h1>").count(), 1);
         assert!(!de.contains("<script"));

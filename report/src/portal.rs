@@ -4,7 +4,7 @@
 
 use crate::audit::{ChainStatus, Event};
 use crate::drill::{Target, Verdict};
-use crate::html::{Lang, esc, header, lookup, num, page_head, t, verdict};
+use crate::html::{Lang, english, esc, header, lookup, num, page_head, t, verdict};
 
 /// The portal's own strings, by key: German, then English.
 const STRINGS: &[(&str, &str, &str)] = &[
@@ -311,7 +311,7 @@ pub fn overview(o: &Overview, lang: Lang) -> String {
         Err(why) => h.push_str(&format!(
             "<p id=\"audit-state\"><strong class=\"fail\">{}</strong>: {}</p>\n",
             p(lang, "audit_invalid"),
-            esc(why)
+            english(lang, why)
         )),
     }
     h.push_str(&format!("<p><a href=\"/report-signing.pub.pem\">{}</a></p>\n", p(lang, "pubkey")));
@@ -344,9 +344,9 @@ pub fn audit_page(rows: &[AuditRow], viewer: &str, prev: Option<u64>, next: Opti
             esc(&e.time),
             esc(&e.actor),
             esc(&e.action),
-            esc(&e.object),
-            esc(&e.outcome),
-            esc(&e.reason)
+            english(lang, &e.object),
+            english(lang, &e.outcome),
+            english(lang, &e.reason)
         ));
     }
     h.push_str("</table>\n");
