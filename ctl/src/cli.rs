@@ -7,8 +7,9 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use tresor_proto::pb;
 
+use crate::audit::AuditAction;
 use crate::client::{self, Settings, status_err};
-use crate::docs::{AuditAction, DrillAction, ReportAction};
+use crate::docs::{DrillAction, ReportAction};
 use crate::exit;
 use crate::print::{human, out, when};
 
@@ -203,7 +204,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         return crate::docs::report_verify(file, pubkey, cli.json);
     }
     if let Command::Audit { action: action @ AuditAction::Verify { log: Some(_), .. } } = cli.command {
-        return crate::docs::audit(None, action, cli.json).await;
+        return crate::audit::audit(None, action, cli.json).await;
     }
     let settings =
         Settings::resolve(cli.controller.clone(), cli.ca_file.clone(), cli.token_file.clone(), cli.config.as_deref())?;
@@ -222,7 +223,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             crate::docs::report_show(&mut c, &id, html, &lang, out.as_deref()).await
         }
         Command::Drill { action } => crate::docs::drill(&mut c, action, j).await,
-        Command::Audit { action } => crate::docs::audit(Some(&mut c), action, j).await,
+        Command::Audit { action } => crate::audit::audit(Some(&mut c), action, j).await,
         Command::Status => {
             let r = c.status(pb::StatusRequest {}).await.map_err(status_err)?.into_inner();
             let mut text = String::from(

@@ -1,5 +1,6 @@
 //! `tresorctl`: talks to the controller's AdminService. Thin: parse, call, print.
 
+mod audit;
 mod cli;
 mod client;
 mod docs;
