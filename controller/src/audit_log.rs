@@ -129,9 +129,24 @@ pub fn checkpoint_name(seq: u64) -> String {
     format!("audit/checkpoint-{seq:020}.json")
 }
 
+/// Whether a document name is one [`checkpoint_name`] makes.
+pub fn is_checkpoint_name(name: &str) -> bool {
+    name.strip_prefix("audit/checkpoint-")
+        .and_then(|rest| rest.strip_suffix(".json"))
+        .is_some_and(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_names_are_recognised_and_nothing_else_is() {
+        assert!(is_checkpoint_name(&checkpoint_name(0)) && is_checkpoint_name(&checkpoint_name(u64::MAX)));
+        for other in ["reports/d-1.json", "audit/checkpoint-1.json", "audit/checkpoint-0000000000000000000x.json", ""] {
+            assert!(!is_checkpoint_name(other), "{other}");
+        }
+    }
 
     fn event(action: &str) -> Event {
         Event {

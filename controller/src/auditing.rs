@@ -5,7 +5,7 @@ use tresor_proto::pb;
 
 use crate::core::Controller;
 use crate::error::Result;
-use crate::jobs::{JobRecord, JobSpec};
+use crate::jobs::{JobRecord, JobSpec, JobState};
 
 impl Controller {
     /// Record a control-plane action in the audit log. A failure to record is logged loudly; the
@@ -54,7 +54,16 @@ impl Controller {
             name: crate::audit_log::checkpoint_name(seq),
             body: serde_json::to_vec_pretty(&c).unwrap_or_default(),
         };
-        let mut seen = std::collections::BTreeSet::new();
+        // A vault whose checkpoint job still waits (its maintainer is offline) gets no second one:
+        // this checkpoint's head follows from the waiting one's by the chain, and the next period
+        // queues again once that job is done. At most one checkpoint job per vault waits.
+        let mut seen: std::collections::BTreeSet<String> = self
+            .catalog
+            .active_jobs()?
+            .into_iter()
+            .filter(|j| j.state == JobState::Queued && is_checkpoint_job(&j.spec))
+            .map(|j| j.vault)
+            .collect();
         for p in self.policies().values() {
             for v in p.vaults.iter().filter(|v| seen.insert(v.name.clone())) {
                 self.queue_documents(&v.name, std::slice::from_ref(&doc), "audit")?;
@@ -108,4 +117,9 @@ impl Controller {
         };
         self.audit(&format!("agent:{}", job.agent_name), job.spec.kind(), &object, outcome, &reason);
     }
+}
+
+fn is_checkpoint_job(spec: &JobSpec) -> bool {
+    matches!(spec, JobSpec::Documents { documents }
+        if !documents.is_empty() && documents.iter().all(|(name, _)| crate::audit_log::is_checkpoint_name(name)))
 }

@@ -180,3 +180,46 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
     let o = ctl_offline(&["report", "verify", forged.to_str().unwrap(), "--pubkey", key.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(9));
 }
+
+#[test]
+fn checkpoint_jobs_do_not_pile_up_while_the_maintainer_is_offline() {
+    let (mut p, nas) = plane("audit_checkpoint_every = \"1s\"\n", "");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("data")).unwrap();
+    apply(&p, &policy(&[Src("app", vec![tmp.path().join("data").display().to_string()])], ""));
+    let queued = |p: &restore_tests::plane::Plane| p.ctl_json(&["status"])["jobs_queued"].as_u64().unwrap();
+    wait_for("the first checkpoint stored", Duration::from_secs(60), || queued(&p) == 0);
+    p.kill_agent("gpu-01");
+    // Each refused call moves the log, so every period has a new head to sign.
+    let auditor = p.token_file("auditor", None);
+    for _ in 0..6 {
+        assert_eq!(p.ctl_as(&auditor, &["backup", "gpu-01/app"]).status.code(), Some(6));
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let log = p.ctl_json(&["audit", "show"]);
+    let stored = log.as_array().unwrap().iter().filter(|e| e["action"] == "documents").count();
+    assert_eq!(queued(&p), 1, "one checkpoint job waits for the offline maintainer, not one per period");
+    // Back online: the waiting job is stored, then the newest head gets its own checkpoint.
+    p.start_agent("gpu-01");
+    let refused_last = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "refused")
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap();
+    let docs = tmp.path().join("docs");
+    wait_for("a checkpoint past the refused calls in the vault", Duration::from_secs(60), || {
+        let v = vault_documents(&nas, &docs);
+        v["documents"].as_array().unwrap().iter().filter_map(Value::as_str).any(|d| {
+            d.strip_prefix("audit/checkpoint-")
+                .and_then(|s| s.strip_suffix(".json"))
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|seq| seq >= refused_last)
+        })
+    });
+    let log = p.ctl_json(&["audit", "show"]);
+    let after = log.as_array().unwrap().iter().filter(|e| e["action"] == "documents").count();
+    assert!(after > stored, "the maintainer stored checkpoints once it came back");
+}
