@@ -52,6 +52,17 @@ pub fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// What a prune forgets, why, and how many snapshots of the vault stay.
+#[derive(Debug, Default)]
+pub struct PrunePlan {
+    /// The snapshots retention forgets, by id.
+    pub forget: Vec<SnapshotRecord>,
+    /// Snapshot id to the rule's words, for each one's audit entry.
+    pub reasons: std::collections::BTreeMap<String, String>,
+    /// Snapshots that stay.
+    pub kept: usize,
+}
+
 impl Controller {
     /// Load or make everything below the state directory.
     ///
@@ -447,45 +458,57 @@ impl Controller {
         Ok(job)
     }
 
-    /// What retention would forget in a vault now: (forget, kept count).
+    /// What retention would forget in a vault now, and why.
     ///
     /// # Errors
     /// Unknown vault; catalog failures.
-    pub fn plan_prune(&self, vault: &str) -> Result<(Vec<SnapshotRecord>, usize)> {
+    pub fn plan_prune(&self, vault: &str) -> Result<PrunePlan> {
         let policies = self.policies();
         if !policies.values().any(|p| p.vaults.iter().any(|v| v.name == vault)) {
             return Err(Error::NotFound(format!("no vault {vault:?} in the applied policies")));
         }
         let all: Vec<SnapshotRecord> = self.catalog.snapshots()?.into_iter().filter(|s| s.vault == vault).collect();
-        let mut forget = Vec::new();
+        let mut plan = PrunePlan::default();
         for p in policies.values() {
             for src in p.sources.iter().filter(|s| s.vault == vault) {
                 let mine: Vec<SnapshotRecord> =
                     all.iter().filter(|s| s.agent == src.agent && s.source == src.name).cloned().collect();
                 let tz: chrono_tz::Tz = src.schedule.timezone.parse().unwrap_or(chrono_tz::Europe::Berlin);
                 let ids = crate::retention::to_forget(&mine, &src.retention, tz);
-                forget.extend(mine.into_iter().filter(|s| ids.contains(&s.snapshot_id)));
+                let (kept, total) = (mine.len() - ids.len(), mine.len());
+                for s in mine.into_iter().filter(|s| ids.contains(&s.snapshot_id)) {
+                    let receipted = s
+                        .committed_ms
+                        .and_then(chrono::DateTime::from_timestamp_millis)
+                        .map_or_else(String::new, |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                    let why = format!(
+                        "retention of {}/{} in policy {} ({}) keeps {kept} of {total} snapshots; this one, receipted {receipted}, is not among them",
+                        src.agent, src.name, p.name, src.retention
+                    );
+                    let _ = plan.reasons.insert(s.snapshot_id.clone(), why);
+                    plan.forget.push(s);
+                }
             }
         }
         // A source listed in two policies must not be counted twice.
-        forget.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
-        forget.dedup_by(|a, b| a.snapshot_id == b.snapshot_id);
-        let kept = all.len().saturating_sub(forget.len());
-        Ok((forget, kept))
+        plan.forget.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
+        plan.forget.dedup_by(|a, b| a.snapshot_id == b.snapshot_id);
+        plan.kept = all.len().saturating_sub(plan.forget.len());
+        Ok(plan)
     }
 
     /// Queue a prune (forget what retention says, then GC) on the vault's maintainer; returns the
-    /// job, what it forgets and how many snapshots stay.
+    /// job and its plan.
     ///
     /// # Errors
     /// Unknown vault or maintainer.
-    pub fn start_prune(&self, vault: &str, trigger: &str) -> Result<(JobRecord, Vec<SnapshotRecord>, usize)> {
+    pub fn start_prune(&self, vault: &str, trigger: &str) -> Result<(JobRecord, PrunePlan)> {
         let busy =
             self.catalog.active_jobs()?.iter().any(|j| j.vault == vault && matches!(j.spec, JobSpec::Prune { .. }));
         if busy {
             return Err(Error::FailedPrecondition(format!("a prune of vault {vault} is already queued or running")));
         }
-        let (forget, keep) = self.plan_prune(vault)?;
+        let plan = self.plan_prune(vault)?;
         let vp = self
             .policies()
             .values()
@@ -500,12 +523,13 @@ impl Controller {
                 ))
             })?;
         let spec = JobSpec::Prune {
-            forget: forget.iter().map(|s| s.snapshot_id.clone()).collect(),
+            forget: plan.forget.iter().map(|s| s.snapshot_id.clone()).collect(),
             gc_grace_seconds: vp.gc_grace.as_secs() as u32,
+            reasons: plan.reasons.clone(),
         };
         let job = JobRecord::new(id, a.name, vault.to_string(), spec, trigger, self.config.max_attempts);
         self.jobs.submit(&job)?;
-        Ok((job, forget, keep))
+        Ok((job, plan))
     }
 
     /// Snapshots matching "", "AGENT" or "AGENT/SOURCE", oldest first by receipt time.

@@ -49,6 +49,9 @@ pub enum JobSpec {
         forget: Vec<String>,
         /// GC grace.
         gc_grace_seconds: u32,
+        /// Why each is forgotten (snapshot id to the rule's words), for its audit entry.
+        #[serde(default)]
+        reasons: std::collections::BTreeMap<String, String>,
     },
     /// List the vault's snapshots and receipts (catalog rebuild).
     Scan,
@@ -280,7 +283,7 @@ impl JobRecord {
             JobSpec::Check { read_data_percent, .. } => {
                 Kind::Check(pb::CheckJob { vault: self.vault.clone(), read_data_percent: *read_data_percent })
             }
-            JobSpec::Prune { forget, gc_grace_seconds } => Kind::Prune(pb::PruneJob {
+            JobSpec::Prune { forget, gc_grace_seconds, .. } => Kind::Prune(pb::PruneJob {
                 vault: self.vault.clone(),
                 forget: forget.clone(),
                 gc_grace_seconds: *gc_grace_seconds,

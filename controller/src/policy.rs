@@ -91,6 +91,25 @@ impl Retention {
     }
 }
 
+/// The rules as written in a policy, for audit reasons: `keep_last = 3, keep_within = 2d`.
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let counts = [
+            ("keep_last", self.keep_last),
+            ("keep_hourly", self.keep_hourly),
+            ("keep_daily", self.keep_daily),
+            ("keep_weekly", self.keep_weekly),
+            ("keep_monthly", self.keep_monthly),
+            ("keep_yearly", self.keep_yearly),
+        ];
+        let mut rules: Vec<String> = counts.iter().filter_map(|(k, n)| n.map(|n| format!("{k} = {n}"))).collect();
+        if let Some(w) = &self.keep_within {
+            rules.push(format!("keep_within = {w}"));
+        }
+        f.write_str(&rules.join(", "))
+    }
+}
+
 /// A scheduled data check.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckPolicy {
@@ -309,6 +328,7 @@ paths = ["/srv/models"]
         let s = &p.sources[0];
         assert_eq!(s.schedule.timezone, "Europe/Berlin");
         assert_eq!(s.retention.keep_last, Some(3));
+        assert_eq!(s.retention.to_string(), "keep_last = 3, keep_daily = 7, keep_within = 2d");
         // 02:00 in Berlin is 01:00 UTC in winter.
         let now = "2026-11-29T12:00:00Z".parse::<DateTime<Utc>>().unwrap();
         assert_eq!(s.schedule.last_slot(now).unwrap().to_rfc3339(), "2026-11-29T01:00:00+00:00");

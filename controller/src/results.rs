@@ -125,8 +125,14 @@ impl Controller {
                         self.catalog.remove_snapshot(&vid, s)?;
                     }
                 }
+                let planned = match &job.spec {
+                    JobSpec::Prune { reasons, .. } => Some(reasons),
+                    _ => None,
+                };
                 for s in &p.forgotten {
-                    let reason = format!("retention ({} prune, job {})", job.trigger, job.id);
+                    // Jobs queued before reasons were kept have none: the generic words remain.
+                    let rule = planned.and_then(|r| r.get(s)).map_or("retention", String::as_str);
+                    let reason = format!("{rule} ({} prune, job {})", job.trigger, job.id);
                     self.audit(
                         &format!("agent:{}", job.agent_name),
                         "prune.delete",

@@ -113,8 +113,8 @@ pub async fn schedule_due(ctl: &Controller) -> Result<()> {
                     let busy = has_active(ctl, &v.maintainer, |j| matches!(j, JobSpec::Prune { .. }))?;
                     if !busy {
                         match ctl.start_prune(&v.name, "schedule") {
-                            Ok((job, forget, _)) => {
-                                tracing::info!(vault = %v.name, job = %job.id, forget = forget.len(), "scheduled prune queued")
+                            Ok((job, plan)) => {
+                                tracing::info!(vault = %v.name, job = %job.id, forget = plan.forget.len(), "scheduled prune queued")
                             }
                             Err(e) => tracing::warn!(vault = %v.name, error = %e, "scheduled prune not queued"),
                         }

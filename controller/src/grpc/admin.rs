@@ -225,20 +225,20 @@ impl AdminService for AdminApi {
         let actor = self.need(&req, Role::Admin, "prune")?;
         let r = req.get_ref();
         if r.dry_run {
-            let (forget, keep) = self.0.plan_prune(&r.vault)?;
+            let plan = self.0.plan_prune(&r.vault)?;
             return Ok(Response::new(pb::StartPruneReply {
                 job_id: String::new(),
-                forget: forget.iter().map(snapshot_meta).collect(),
-                keep: keep as u32,
+                forget: plan.forget.iter().map(snapshot_meta).collect(),
+                keep: plan.kept as u32,
             }));
         }
         let started = self.0.start_prune(&r.vault, "manual");
-        let (job, forget, keep) = self.audited(&actor, "prune.start", &format!("vault {}", r.vault), started)?;
+        let (job, plan) = self.audited(&actor, "prune.start", &format!("vault {}", r.vault), started)?;
         self.0.catalog.flush().await?;
         Ok(Response::new(pb::StartPruneReply {
             job_id: job.id.to_string(),
-            forget: forget.iter().map(snapshot_meta).collect(),
-            keep: keep as u32,
+            forget: plan.forget.iter().map(snapshot_meta).collect(),
+            keep: plan.kept as u32,
         }))
     }
 

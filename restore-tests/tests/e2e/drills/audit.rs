@@ -86,7 +86,12 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
         assert!(has(action, "ok", &any), "no {action} entry:\n{}", std::fs::read_to_string(&log).unwrap());
     }
     assert!(
-        has("prune.delete", "ok", &|e| e["reason"].as_str().unwrap().starts_with("retention")),
+        // Each deletion names the source, the policy, its rule and the snapshot's receipt time.
+        has("prune.delete", "ok", &|e| {
+            let why = e["reason"].as_str().unwrap();
+            why.starts_with("retention of gpu-01/app in policy drills (keep_last = 1) keeps 1 of 2 snapshots; this one, receipted 20")
+                && why.contains("is not among them (manual prune, job j-")
+        }),
         "each deletion with its reason"
     );
     assert!(
