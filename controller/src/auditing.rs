@@ -1,6 +1,7 @@
 //! Recording control-plane actions in the audit log (`audit_log.rs` keeps the chain) and
 //! anchoring its head with signed checkpoints stored in every vault.
 
+use serde_json::Value;
 use tresor_proto::pb;
 
 use crate::core::Controller;
@@ -11,6 +12,11 @@ impl Controller {
     /// Record a control-plane action in the audit log. A failure to record is logged loudly; the
     /// action itself has already happened and is not undone.
     pub fn audit(&self, actor: &str, action: &str, object: &str, outcome: &str, reason: &str) {
+        let _entry = self.audit_entry(actor, action, object, outcome, reason);
+    }
+
+    /// [`Controller::audit`], returning the entry written.
+    fn audit_entry(&self, actor: &str, action: &str, object: &str, outcome: &str, reason: &str) -> Option<Value> {
         // Fields are capped: a caller must not grow the log by sending long paths or names.
         let cap = |s: &str, n: usize| {
             if s.len() <= n {
@@ -30,8 +36,12 @@ impl Controller {
             outcome: outcome.into(),
             reason: cap(reason, 1024),
         };
-        if let Err(err) = self.audit_log.append(&self.catalog, &e) {
-            tracing::error!(error = %err, action, object, "AUDIT LOG NOT WRITTEN");
+        match self.audit_log.append(&self.catalog, &e) {
+            Ok(entry) => Some(entry),
+            Err(err) => {
+                tracing::error!(error = %err, action, object, "AUDIT LOG NOT WRITTEN");
+                None
+            }
         }
     }
 
@@ -48,6 +58,14 @@ impl Controller {
         if AuditLog::last_checkpoint_seq(&self.catalog)?.is_some_and(|s| s >= seq) {
             return Ok(None);
         }
+        // The key's use is itself an entry, and the checkpoint signs that entry, so the log has
+        // not moved past its checkpoint when the next period looks. (Should the entry not be
+        // written, the head read above is signed.)
+        let key_id = tresor_report::sign::key_id(&self.state.report_key());
+        let why = format!("report-signing key {key_id}");
+        let object = "audit checkpoint of the log up to this entry";
+        let head = self.audit_entry("controller", "key.sign", object, crate::audit_log::OK, &why).unwrap_or(head);
+        let seq = head.get("seq").and_then(serde_json::Value::as_u64).unwrap_or(0);
         let c = self.state.sign_checkpoint(&head, &crate::audit_log::now_rfc3339())?;
         AuditLog::put_checkpoint(&self.catalog, seq, &c)?;
         let doc = pb::Document {

@@ -94,6 +94,21 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
         }),
         "each deletion with its reason"
     );
+    // Signing a checkpoint is a key use, recorded as the entry the checkpoint itself signs.
+    let checkpoints: Vec<Value> = std::fs::read_to_string(ex.join("checkpoints.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!checkpoints.is_empty());
+    for c in &checkpoints {
+        let e = &entries[c["seq"].as_u64().unwrap() as usize];
+        assert_eq!(
+            (&e["action"], &e["object"]),
+            (&"key.sign".into(), &"audit checkpoint of the log up to this entry".into()),
+            "{c}"
+        );
+    }
     assert!(
         has("restore", "refused", &|e| e["actor"].as_str().unwrap().starts_with("auditor:")),
         "a refusal, with its actor"
