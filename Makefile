@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: demo test test-deps build lint bench clean-work
+.PHONY: demo test test-deps build lint bench fuzz clean-work
 
 ## demo: controller and agent on loopback (sled catalog, folder vault, certificates made on the fly): enroll, apply a policy, back up, restore with tresorctl, compare.
 demo: build
@@ -28,6 +28,10 @@ lint:
 ## bench: Tresor against restic and borg on the same corpus, in one run; writes docs/BENCHMARKS.md.
 bench:
 	scripts/bench.sh
+
+## fuzz: every fuzz target (vault bytes, signed documents, source formats) for FUZZ_SECONDS each (default 60), from fuzz/seeds.
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean-work:
 	rm -rf demo-work bench-work

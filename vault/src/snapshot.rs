@@ -241,7 +241,9 @@ pub fn path_stays_below(path: &[u8]) -> bool {
 
 /// Decode a tree stream; errors name the position.
 pub fn decode_tree(mut bytes: &[u8], expected: u64) -> Result<Vec<Node>, String> {
-    let mut nodes = Vec::with_capacity(expected.min(1 << 20) as usize);
+    // The count is the manifest's word; the bytes bound it too (a node's CBOR map is far above 8
+    // bytes), so a short tree cannot make this reserve space for a million nodes.
+    let mut nodes = Vec::with_capacity(expected.min(bytes.len() as u64 / 8).min(1 << 20) as usize);
     while !bytes.is_empty() {
         let node: Node = ciborium::from_reader(&mut bytes).map_err(|e| format!("tree node #{}: {e}", nodes.len()))?;
         // A path (or a hardlink's first name) that would leave the restore root is refused

@@ -1,6 +1,6 @@
 //! Bytes from storage are untrusted: every parser of stored bytes returns an error on garbage and on
-//! damaged valid input, and never panics or allocates without bound. (The machine's stable toolchain
-//! cannot run cargo-fuzz; these property tests stand in for the fuzz targets.)
+//! damaged valid input, and never panics or allocates without bound. The same parsers are fuzz
+//! targets (fuzz/fuzz_targets/vault_bytes.rs, `make fuzz`); these run in every `make test`.
 
 use proptest::prelude::*;
 use tresor_vault::codec::{self, Codec};

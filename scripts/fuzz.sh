@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run every fuzz target for SECONDS each (default 60) with cargo-fuzz (libFuzzer, AddressSanitizer),
+# starting from the committed seeds. A crash stops the run; its input is in fuzz/artifacts/TARGET/.
+# Not part of `make test`: it builds everything again with sanitizers (docs/TESTING.md).
+set -euo pipefail
+secs=${1:-60}
+cd "$(dirname "$0")/../fuzz"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+# cargo-fuzz passes sanitizer flags that only nightly compilers take; the one toolchain here is
+# stable, and RUSTC_BOOTSTRAP lets it accept them.
+export RUSTC_BOOTSTRAP=1
+for target in $(cargo fuzz list); do
+    mkdir -p "corpus/$target"
+    echo "==> $target: ${secs} s"
+    cargo fuzz run "$target" "corpus/$target" "seeds/$target" -- \
+        -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 2>&1 \
+        | grep -E "^(==|#[0-9]+ *DONE|stat::number_of_executed_units|stat::peak_rss_mb|INFO: seed corpus)|ERROR|panicked|SUMMARY" || true
+    [[ ${PIPESTATUS[0]} == 0 ]] || { echo "error: $target found a crash; see fuzz/artifacts/$target/" >&2; exit 1; }
+done
