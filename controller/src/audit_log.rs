@@ -105,6 +105,16 @@ impl AuditLog {
             .collect()
     }
 
+    /// The newest checkpoint and its position.
+    ///
+    /// # Errors
+    /// sled failed or the checkpoint is not JSON.
+    pub fn newest_checkpoint(cat: &Catalog) -> Result<Option<(u64, Value)>> {
+        let Some((k, v)) = cat.audit_checkpoints.last()? else { return Ok(None) };
+        let seq = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).map_err(|e| corrupt(&k, e))?;
+        Ok(Some((seq, serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?)))
+    }
+
     /// The sequence number of the newest checkpoint.
     ///
     /// # Errors

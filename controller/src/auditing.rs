@@ -45,17 +45,26 @@ impl Controller {
         }
     }
 
-    /// Sign the audit log's head if it moved since the last checkpoint, keep the checkpoint and
-    /// queue its storage in every vault (on the vault's maintainer). Returns its position.
+    /// Sign the audit log's head if it moved since the last checkpoint and keep the checkpoint;
+    /// then send the newest checkpoint to every vault that lacks it (on the vault's maintainer).
+    /// Returns the position of a checkpoint signed now.
     ///
     /// # Errors
     /// Catalog failures.
     pub fn audit_checkpoint(&self) -> Result<Option<u64>> {
-        use crate::audit_log::AuditLog;
         let _one_at_a_time = self.checkpoint_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let signed = self.sign_checkpoint_if_moved()?;
+        self.send_newest_checkpoint()?;
+        Ok(signed)
+    }
+
+    fn sign_checkpoint_if_moved(&self) -> Result<Option<u64>> {
+        use crate::audit_log::AuditLog;
         let Some(head) = AuditLog::head(&self.catalog)? else { return Ok(None) };
         let seq = head.get("seq").and_then(serde_json::Value::as_u64).unwrap_or(0);
-        if AuditLog::last_checkpoint_seq(&self.catalog)?.is_some_and(|s| s >= seq) {
+        if let Some(last) = AuditLog::last_checkpoint_seq(&self.catalog)?
+            && (last >= seq || self.only_stored_documents(last + 1)?)
+        {
             return Ok(None);
         }
         // The key's use is itself an entry, and the checkpoint signs that entry, so the log has
@@ -68,26 +77,72 @@ impl Controller {
         let seq = head.get("seq").and_then(serde_json::Value::as_u64).unwrap_or(0);
         let c = self.state.sign_checkpoint(&head, &crate::audit_log::now_rfc3339())?;
         AuditLog::put_checkpoint(&self.catalog, seq, &c)?;
+        Ok(Some(seq))
+    }
+
+    /// Queue the newest checkpoint for each vault that has not been sent it. A vault whose
+    /// maintainer still has a checkpoint job (offline, or storing it now) waits for that one to
+    /// end: the newer head follows from the older by the chain, and this runs again on the next
+    /// tick. A job left for a former or revoked maintainer does not count. So at most one
+    /// checkpoint job per vault and maintainer waits, and the vault gets the newest once it can.
+    fn send_newest_checkpoint(&self) -> Result<()> {
+        let Some((seq, c)) = crate::audit_log::AuditLog::newest_checkpoint(&self.catalog)? else { return Ok(()) };
         let doc = pb::Document {
             name: crate::audit_log::checkpoint_name(seq),
             body: serde_json::to_vec_pretty(&c).unwrap_or_default(),
         };
-        // A vault whose checkpoint job still waits (its maintainer is offline) gets no second one:
-        // this checkpoint's head follows from the waiting one's by the chain, and the next period
-        // queues again once that job is done. At most one checkpoint job per vault waits.
-        let mut seen: std::collections::BTreeSet<String> = self
-            .catalog
-            .active_jobs()?
-            .into_iter()
-            .filter(|j| j.state == JobState::Queued && is_checkpoint_job(&j.spec))
-            .map(|j| j.vault)
-            .collect();
+        let mut pending: Option<Vec<(String, crate::ids::AgentId)>> = None;
+        let mut seen = std::collections::BTreeSet::new();
         for p in self.policies().values() {
             for v in p.vaults.iter().filter(|v| seen.insert(v.name.clone())) {
+                let sent_key = format!("audit-checkpoint-sent:{}", v.name);
+                if self.catalog.meta_get(&sent_key)?.is_some_and(|s| s >= seq as i64) {
+                    continue;
+                }
+                let Some((maintainer, _)) =
+                    self.state.find_agent(&v.maintainer).filter(|(id, _)| !self.state.is_revoked(id))
+                else {
+                    continue;
+                };
+                // Read once, and only when some vault lacks the newest checkpoint.
+                if pending.is_none() {
+                    pending = Some(
+                        self.catalog
+                            .active_jobs()?
+                            .into_iter()
+                            .filter(|j| {
+                                matches!(j.state, JobState::Queued | JobState::Running) && is_checkpoint_job(&j.spec)
+                            })
+                            .map(|j| (j.vault, j.agent_id))
+                            .collect(),
+                    );
+                }
+                if pending.iter().flatten().any(|(vault, a)| *vault == v.name && *a == maintainer) {
+                    continue;
+                }
                 self.queue_documents(&v.name, std::slice::from_ref(&doc), "audit")?;
+                self.catalog.meta_put(&sent_key, seq as i64)?;
             }
         }
-        Ok(Some(seq))
+        Ok(())
+    }
+
+    /// Whether every entry from `from` on records a document stored (a checkpoint or report
+    /// reaching a vault): those alone do not call for a new checkpoint, or each stored checkpoint
+    /// would call for the next. Stops at the first other entry.
+    fn only_stored_documents(&self, from: u64) -> Result<bool> {
+        use crate::audit_log::{AUDIT_PAGE, AuditLog, OK};
+        let mut at = from;
+        loop {
+            let page = AuditLog::entries(&self.catalog, at, AUDIT_PAGE)?;
+            if !page.iter().all(|e| e["action"] == "documents" && e["outcome"] == OK) {
+                return Ok(false);
+            }
+            if page.len() < AUDIT_PAGE {
+                return Ok(true);
+            }
+            at += page.len() as u64;
+        }
     }
 
     /// Queue signed documents for storage in `vault`, on its maintainer (nothing when the vault

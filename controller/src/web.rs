@@ -183,6 +183,14 @@ fn form_value(body: &[u8], name: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// `Sec-Fetch-Site` says another site started the request (browsers send it; tools do not).
+fn from_another_site(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site != "same-origin" && site != "none")
+}
+
 fn session_cookie(req: &Request<Incoming>) -> Option<String> {
     req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
         c.split(';').map(str::trim).find_map(|kv| kv.strip_prefix(&format!("{COOKIE}="))).map(str::to_string)
@@ -242,6 +250,12 @@ impl Web {
                 Ok(v) => v,
                 Err(_) => return html(StatusCode::UNAUTHORIZED, portal::sign_in(lang, true)),
             },
+            // The browser presents the certificate to requests other sites start too (the session
+            // cookie is SameSite=Strict, the certificate is not): those are refused, so no other
+            // page can read reports or verify the chain in this person's name.
+            (None, Some(_)) if from_another_site(&req) => {
+                return page(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", "request from another site refused\n");
+            }
             (None, Some(actor)) => actor.to_string(),
             (None, None) if path == "/" || path == "/index.html" => {
                 return html(StatusCode::OK, portal::sign_in(lang, false));

@@ -189,7 +189,9 @@ pub async fn audit(c: Option<&mut Admin>, action: AuditAction, j: bool) -> anyho
         AuditAction::Export { out: dir } => {
             let c = c.context("audit export needs the controller")?;
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let path = dir.join("audit.jsonl");
+            // Written beside its final name and renamed when whole: a broken connection leaves no
+            // short audit.jsonl next to the checkpoints of an earlier export.
+            let (path, done) = (dir.join("audit.jsonl.part"), dir.join("audit.jsonl"));
             let file = std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
             let mut log = std::io::BufWriter::new(file);
             let (mut entries, mut checkpoints, mut pem) = (0usize, Vec::new(), String::new());
@@ -206,6 +208,7 @@ pub async fn audit(c: Option<&mut Admin>, action: AuditAction, j: bool) -> anyho
                 }
             }
             log.flush().with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::rename(&path, &done).with_context(|| format!("cannot write {}", done.display()))?;
             let lines =
                 checkpoints.iter().map(|t| parse(t).map(|v| format!("{v}\n"))).collect::<anyhow::Result<String>>()?;
             for (name, body) in [("checkpoints.jsonl", lines), ("report-signing.pub.pem", pem)] {

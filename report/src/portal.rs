@@ -12,6 +12,11 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ("signed_in", "Angemeldet als", "Signed in as"),
     ("read_only", "Diese Seiten sind nur lesbar.", "These pages are read-only."),
     ("sign_out", "Abmelden", "Sign out"),
+    (
+        "cert_sign_out",
+        "Angemeldet mit Client-Zertifikat: Zum Abmelden die Karte entfernen oder den Browser schließen.",
+        "Signed in by client certificate: remove the card or close the browser to sign out.",
+    ),
     ("nav", "Bereiche", "Sections"),
     ("overview", "Übersicht", "Overview"),
     ("audit_log", "Prüfprotokoll", "Audit log"),
@@ -154,8 +159,18 @@ fn other(lang: Lang) -> Lang {
 /// Header with the navigation and the sign-out form; `here` is the page's own path.
 fn top(lang: Lang, title: &str, viewer: &str, here: &str) -> String {
     let mut h = page_head(lang, &format!("{title} – {}", p(lang, "portal")));
+    // A certificate's sign-in lasts as long as the browser presents it: a sign-out button would
+    // only bring the person straight back.
+    let sign_out = if viewer.starts_with("auditor:cert:") {
+        format!("<p>{}</p>\n", p(lang, "cert_sign_out"))
+    } else {
+        format!(
+            "<form method=\"post\" action=\"/logout\"><button type=\"submit\">{}</button></form>\n",
+            p(lang, "sign_out")
+        )
+    };
     h.push_str(&format!(
-        "<header>\n<p>{}: <strong>{}</strong>. {}</p>\n<nav aria-label=\"{}\">\n<ul>\n<li><a href=\"{}\">{}</a></li>\n<li><a href=\"{}\">{}</a></li>\n<li><a href=\"{}\" lang=\"{}\">{}</a></li>\n</ul>\n</nav>\n<form method=\"post\" action=\"/logout\"><button type=\"submit\">{}</button></form>\n</header>\n<main>\n",
+        "<header>\n<p>{}: <strong>{}</strong>. {}</p>\n<nav aria-label=\"{}\">\n<ul>\n<li><a href=\"{}\">{}</a></li>\n<li><a href=\"{}\">{}</a></li>\n<li><a href=\"{}\" lang=\"{}\">{}</a></li>\n</ul>\n</nav>\n{}</header>\n<main>\n",
         p(lang, "signed_in"),
         esc(viewer),
         p(lang, "read_only"),
@@ -167,7 +182,7 @@ fn top(lang: Lang, title: &str, viewer: &str, here: &str) -> String {
         with_lang(here, other(lang)),
         other(lang).code(),
         p(lang, "other_lang"),
-        p(lang, "sign_out"),
+        sign_out,
     ));
     h
 }
@@ -441,6 +456,10 @@ mod tests {
         }
         o.plans[0].failing = false;
         pages.push(overview(&o, Lang::En));
+        o.viewer = "auditor:cert:Erika Mustermann:0011223344556677".into();
+        let by_card = overview(&o, Lang::En);
+        assert_eq!(by_card.matches("<form").count(), 0, "no sign-out button that would not sign out");
+        pages.push(by_card);
         o.drills.clear();
         o.plans[0].overdue = false;
         o.plans[0].failing = false;

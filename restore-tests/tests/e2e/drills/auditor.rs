@@ -229,6 +229,30 @@ fn a_listed_client_certificate_reads_the_page_and_other_certificates_do_not() {
     for method in ["POST", "PUT", "DELETE"] {
         assert_eq!(get(Some(&erika), method, "/").1, "405", "{method} is refused to a certificate too");
     }
+    // A request another site starts (the browser says so) is refused, though the card is in.
+    let fetch_site = |site: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &format!("Sec-Fetch-Site: {site}"),
+                "--cacert",
+            ])
+            .arg(p.state.join("ca.pem"))
+            .arg("--cert")
+            .arg(&erika.0)
+            .arg("--key")
+            .arg(&erika.1)
+            .arg(format!("https://127.0.0.1:{web}/audit"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!((fetch_site("cross-site").as_str(), fetch_site("same-origin").as_str()), ("403", "200"));
 
     // Listed nowhere, or from another CA, or none: no way in without a token.
     let (code, status, body) = get(Some(&max), "GET", "/");
