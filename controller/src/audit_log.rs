@@ -111,21 +111,21 @@ impl AuditLog {
     /// sled failed or the checkpoint is not JSON.
     pub fn newest_checkpoint(cat: &Catalog) -> Result<Option<(u64, Value)>> {
         let Some((k, v)) = cat.audit_checkpoints.last()? else { return Ok(None) };
-        let seq = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).map_err(|e| corrupt(&k, e))?;
-        Ok(Some((seq, serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?)))
+        Ok(Some((checkpoint_seq(&k)?, serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?)))
     }
 
     /// The sequence number of the newest checkpoint.
     ///
     /// # Errors
-    /// sled failed.
+    /// sled failed, or the key is not a position.
     pub fn last_checkpoint_seq(cat: &Catalog) -> Result<Option<u64>> {
-        Ok(cat
-            .audit_checkpoints
-            .last()?
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
-            .map(u64::from_be_bytes))
+        cat.audit_checkpoints.last()?.map(|(k, _)| checkpoint_seq(&k)).transpose()
     }
+}
+
+/// A checkpoint's key: its position, big-endian.
+fn checkpoint_seq(k: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(k).map(u64::from_be_bytes).map_err(|e| corrupt(k, e))
 }
 
 impl Default for AuditLog {

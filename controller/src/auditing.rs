@@ -6,7 +6,7 @@ use tresor_proto::pb;
 
 use crate::core::Controller;
 use crate::error::Result;
-use crate::jobs::{JobRecord, JobSpec, JobState};
+use crate::jobs::{JobRecord, JobSpec};
 
 impl Controller {
     /// Record a control-plane action in the audit log. A failure to record is logged loudly; the
@@ -86,11 +86,11 @@ impl Controller {
     /// tick. A job left for a former or revoked maintainer does not count. So at most one
     /// checkpoint job per vault and maintainer waits, and the vault gets the newest once it can.
     fn send_newest_checkpoint(&self) -> Result<()> {
-        let Some((seq, c)) = crate::audit_log::AuditLog::newest_checkpoint(&self.catalog)? else { return Ok(()) };
-        let doc = pb::Document {
-            name: crate::audit_log::checkpoint_name(seq),
-            body: serde_json::to_vec_pretty(&c).unwrap_or_default(),
-        };
+        use crate::audit_log::AuditLog;
+        // Only keys are read on the common path (every vault has the newest already); the
+        // checkpoint's body and the active jobs only when some vault lacks it.
+        let Some(seq) = AuditLog::last_checkpoint_seq(&self.catalog)? else { return Ok(()) };
+        let mut doc: Option<pb::Document> = None;
         let mut pending: Option<Vec<(String, crate::ids::AgentId)>> = None;
         let mut seen = std::collections::BTreeSet::new();
         for p in self.policies().values() {
@@ -99,28 +99,28 @@ impl Controller {
                 if self.catalog.meta_get(&sent_key)?.is_some_and(|s| s >= seq as i64) {
                     continue;
                 }
-                let Some((maintainer, _)) =
+                let Some((maintainer, agent)) =
                     self.state.find_agent(&v.maintainer).filter(|(id, _)| !self.state.is_revoked(id))
                 else {
                     continue;
                 };
-                // Read once, and only when some vault lacks the newest checkpoint.
                 if pending.is_none() {
-                    pending = Some(
-                        self.catalog
-                            .active_jobs()?
-                            .into_iter()
-                            .filter(|j| {
-                                matches!(j.state, JobState::Queued | JobState::Running) && is_checkpoint_job(&j.spec)
-                            })
-                            .map(|j| (j.vault, j.agent_id))
-                            .collect(),
-                    );
+                    // Every active job is queued or running.
+                    let waiting = self.catalog.active_jobs()?.into_iter().filter(|j| is_checkpoint_job(&j.spec));
+                    pending = Some(waiting.map(|j| (j.vault, j.agent_id)).collect());
                 }
                 if pending.iter().flatten().any(|(vault, a)| *vault == v.name && *a == maintainer) {
                     continue;
                 }
-                self.queue_documents(&v.name, std::slice::from_ref(&doc), "audit")?;
+                if doc.is_none() {
+                    let Some((seq, c)) = AuditLog::newest_checkpoint(&self.catalog)? else { return Ok(()) };
+                    doc = Some(pb::Document {
+                        name: crate::audit_log::checkpoint_name(seq),
+                        body: serde_json::to_vec_pretty(&c).unwrap_or_default(),
+                    });
+                }
+                let docs = doc.as_slice();
+                self.submit_documents(maintainer, agent.name, &v.name, docs, "audit")?;
                 self.catalog.meta_put(&sent_key, seq as i64)?;
             }
         }
@@ -156,8 +156,19 @@ impl Controller {
         let Some((id, a)) = self.state.find_agent(&v.maintainer).filter(|(id, _)| !self.state.is_revoked(id)) else {
             return Ok(());
         };
-        let job =
-            JobRecord::new(id, a.name, vault.to_string(), JobSpec::documents(docs), trigger, self.config.max_attempts);
+        self.submit_documents(id, a.name, vault, docs, trigger)
+    }
+
+    fn submit_documents(
+        &self,
+        agent: crate::ids::AgentId,
+        agent_name: String,
+        vault: &str,
+        docs: &[pb::Document],
+        trigger: &str,
+    ) -> Result<()> {
+        let spec = JobSpec::documents(docs);
+        let job = JobRecord::new(agent, agent_name, vault.to_string(), spec, trigger, self.config.max_attempts);
         self.jobs.submit(&job)
     }
 

@@ -177,8 +177,7 @@ impl ControllerConfig {
             _ => {}
         }
         for who in &self.web_auditors {
-            let bad_fingerprint =
-                who.strip_prefix("sha256:").is_some_and(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()));
+            let bad_fingerprint = matches!(auditor_fingerprint(who), Some(Err(())));
             if who.trim().is_empty() || bad_fingerprint {
                 return Err(Error::Config(format!(
                     "web_auditors: {who:?} is neither a common name nor sha256: and 64 hex digits"
@@ -187,6 +186,13 @@ impl ControllerConfig {
         }
         Ok(())
     }
+}
+
+/// A `web_auditors` entry written as `sha256:HEX`: its bytes, or `Err` when it is not 64 hex
+/// digits; `None` for a common name.
+pub(crate) fn auditor_fingerprint(who: &str) -> Option<std::result::Result<[u8; 32], ()>> {
+    let hex = who.strip_prefix("sha256:")?;
+    Some(hex::decode(hex).ok().and_then(|b| b.try_into().ok()).ok_or(()))
 }
 
 #[cfg(test)]

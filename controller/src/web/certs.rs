@@ -32,9 +32,10 @@ impl CertAuditors {
     fn from_config(list: &[String], issuers: Vec<Vec<u8>>) -> Self {
         let mut me = Self { issuers, ..Self::default() };
         for who in list {
-            match who.strip_prefix("sha256:").and_then(|h| hex::decode(h).ok()).and_then(|b| b.try_into().ok()) {
-                Some(fp) => me.fingerprints.push(fp),
-                None => me.names.push(who.clone()),
+            // The config has refused malformed fingerprints already.
+            match crate::config::auditor_fingerprint(who) {
+                Some(Ok(fp)) => me.fingerprints.push(fp),
+                _ => me.names.push(who.clone()),
             }
         }
         me
