@@ -9,7 +9,10 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 
 # cargo-fuzz passes sanitizer flags that only nightly compilers take; the one toolchain here is
 # stable, and RUSTC_BOOTSTRAP lets it accept them.
 export RUSTC_BOOTSTRAP=1
-for target in $(cargo fuzz list); do
+# Listed apart: a failure inside `for ... in $(...)` would go unnoticed and fuzz nothing.
+targets=$(cargo fuzz list)
+[[ -n $targets ]] || { echo "error: cargo fuzz list found no targets in fuzz/" >&2; exit 1; }
+for target in $targets; do
     mkdir -p "corpus/$target"
     echo "==> $target: ${secs} s"
     # The status that counts is cargo fuzz's, not the filter's (which finds nothing on a quiet run).

@@ -72,13 +72,24 @@ fn parse(t: &str) -> anyhow::Result<Value> {
     serde_json::from_str(t).context("the controller sent an entry that is not JSON")
 }
 
+/// JSON values of a JSONL stream, one per non-blank line; errors name the file and line.
+fn jsonl<'a, R: BufRead + 'a>(r: R, p: &'a Path) -> impl Iterator<Item = anyhow::Result<Value>> + 'a {
+    r.lines().enumerate().filter_map(move |(i, line)| {
+        let line = match line.with_context(|| format!("cannot read {}", p.display())) {
+            Ok(l) if l.trim().is_empty() => return None,
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(serde_json::from_str(&line).with_context(|| format!("{} line {}: not JSON", p.display(), i + 1)))
+    })
+}
+
+fn open(p: &Path) -> anyhow::Result<std::io::BufReader<std::fs::File>> {
+    Ok(std::io::BufReader::new(std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?))
+}
+
 fn read_jsonl(p: &Path) -> anyhow::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not JSON", p.display(), i + 1)))
-        .collect()
+    jsonl(open(p)?, p).collect()
 }
 
 fn read_checkpoints(p: &Path) -> anyhow::Result<Vec<Value>> {
@@ -117,16 +128,9 @@ fn entry_line(e: &Value) -> String {
 
 /// An exported log, line by line.
 fn verify_file(log: &Path, checkpoints: &[Value], key: &tresor_report::sign::VerifyingKey) -> anyhow::Result<Verdict> {
-    let file = std::fs::File::open(log).with_context(|| format!("cannot read {}", log.display()))?;
     let mut chain = ChainVerifier::new(checkpoints, key);
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", log.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let e: Value =
-            serde_json::from_str(&line).with_context(|| format!("{} line {}: not JSON", log.display(), i + 1))?;
-        if let Err(err) = chain.push(&e) {
+    for e in jsonl(open(log)?, log) {
+        if let Err(err) = chain.push(&e?) {
             return Ok(Err(err));
         }
     }
@@ -194,23 +198,24 @@ pub async fn audit(c: Option<&mut Admin>, action: AuditAction, j: bool) -> anyho
             let (path, done) = (dir.join("audit.jsonl.part"), dir.join("audit.jsonl"));
             let file = std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
             let mut log = std::io::BufWriter::new(file);
-            let (mut entries, mut checkpoints, mut pem) = (0usize, Vec::new(), String::new());
             let mut pages = Pages::new();
-            while let Some(page) = pages.next(c).await? {
-                if entries == 0 && checkpoints.is_empty() {
-                    checkpoints.clone_from(&page.checkpoints);
-                    pem.clone_from(&page.public_key_pem);
-                }
+            let first = pages.next(c).await?.context("the controller sent no page of its log")?;
+            // Checkpoints and the key come with the first page; parsed before audit.jsonl is in place.
+            let checkpoints = first.checkpoints.iter().map(|t| parse(t)).collect::<anyhow::Result<Vec<_>>>()?;
+            let pem = first.public_key_pem.clone();
+            let mut entries = 0usize;
+            let mut next = Some(first);
+            while let Some(page) = next {
                 for t in &page.entries {
                     // Re-serialised from the parsed value: one entry per line, whatever the controller sent.
                     writeln!(log, "{}", parse(t)?).with_context(|| format!("cannot write {}", path.display()))?;
                     entries += 1;
                 }
+                next = pages.next(c).await?;
             }
             log.flush().with_context(|| format!("cannot write {}", path.display()))?;
             std::fs::rename(&path, &done).with_context(|| format!("cannot write {}", done.display()))?;
-            let lines =
-                checkpoints.iter().map(|t| parse(t).map(|v| format!("{v}\n"))).collect::<anyhow::Result<String>>()?;
+            let lines: String = checkpoints.iter().map(|v| format!("{v}\n")).collect();
             for (name, body) in [("checkpoints.jsonl", lines), ("report-signing.pub.pem", pem)] {
                 let p = dir.join(name);
                 std::fs::write(&p, body).with_context(|| format!("cannot write {}", p.display()))?;

@@ -196,9 +196,10 @@ pub async fn report_show(
     };
     let r = c.get_report(pb::GetReportRequest { drill_id: id.to_string() }).await.map_err(status_err)?.into_inner();
     let text = if html {
-        let doc: Value = serde_json::from_str(&r.json).context("the report is not JSON")?;
-        let report: tresor_report::drill::DrillReport =
-            serde_json::from_value(doc).context("the report does not match the schema of this tresorctl")?;
+        let report = tresor_report::drill::DrillReport::from_json(&r.json).map_err(|e| {
+            let what = if e.is_data() { "does not match the schema of this tresorctl" } else { "is not JSON" };
+            anyhow::anyhow!("the report {what}: {e}")
+        })?;
         tresor_report::html::render(&report, lang)
     } else {
         r.json

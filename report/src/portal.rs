@@ -6,6 +6,9 @@ use crate::audit::{ChainStatus, Event};
 use crate::drill::{Target, Verdict};
 use crate::html::{Lang, english, esc, header, lookup, num, page_head, t, verdict};
 
+/// The actor a client certificate signs in as begins with this (the controller writes it).
+pub const CERT_ACTOR_PREFIX: &str = "auditor:cert:";
+
 /// The portal's own strings, by key: German, then English.
 const STRINGS: &[(&str, &str, &str)] = &[
     ("portal", "Tresor: Nachweise für die Prüfung", "Tresor: evidence for auditors"),
@@ -133,7 +136,6 @@ pub struct Overview {
     pub plans: Vec<PlanRow>,
     /// Sources no drill ever covered.
     pub undrilled: Vec<String>,
-    /// The audit log.
     /// The audit log's verification: what it covers, or why it does not verify.
     pub audit: Result<ChainStatus, String>,
 }
@@ -161,7 +163,7 @@ fn top(lang: Lang, title: &str, viewer: &str, here: &str) -> String {
     let mut h = page_head(lang, &format!("{title} – {}", p(lang, "portal")));
     // A certificate's sign-in lasts as long as the browser presents it: a sign-out button would
     // only bring the person straight back.
-    let sign_out = if viewer.starts_with("auditor:cert:") {
+    let sign_out = if viewer.starts_with(CERT_ACTOR_PREFIX) {
         format!("<p>{}</p>\n", p(lang, "cert_sign_out"))
     } else {
         format!(

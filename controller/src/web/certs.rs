@@ -59,7 +59,7 @@ impl CertAuditors {
         let listed = self.fingerprints.contains(&fingerprint)
             || (!raw_name.is_empty() && self.names.iter().any(|n| n == raw_name));
         if listed {
-            Ok(format!("auditor:cert:{name}:{short}"))
+            Ok(format!("{}{name}:{short}", tresor_report::portal::CERT_ACTOR_PREFIX))
         } else {
             Err(format!("the certificate of {name:?} (sha256:{short}…) is not in web_auditors"))
         }

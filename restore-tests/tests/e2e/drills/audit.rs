@@ -13,6 +13,10 @@ use restore_tests::ctl_offline;
 
 use super::{Src, apply, drill, plane, policy, pubkey, vault_documents};
 
+fn read_log(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 fn write_log(path: &Path, entries: &[Value]) {
     std::fs::write(path, entries.iter().map(|e| format!("{e}\n")).collect::<String>()).unwrap();
 }
@@ -60,8 +64,7 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
     let ex = tmp.path().join("export");
     p.ctl_ok(&["audit", "export", "--out", ex.to_str().unwrap()]);
     let log = ex.join("audit.jsonl");
-    let entries: Vec<Value> =
-        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let entries = read_log(&log);
     let has = |action: &str, outcome: &str, pred: &dyn Fn(&Value) -> bool| {
         entries.iter().any(|e| e["action"] == action && e["outcome"] == outcome && pred(e))
     };
@@ -95,11 +98,7 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
         "each deletion with its reason"
     );
     // Signing a checkpoint is a key use, recorded as the entry the checkpoint itself signs.
-    let checkpoints: Vec<Value> = std::fs::read_to_string(ex.join("checkpoints.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let checkpoints = read_log(&ex.join("checkpoints.jsonl"));
     assert!(!checkpoints.is_empty());
     for c in &checkpoints {
         let e = &entries[c["seq"].as_u64().unwrap() as usize];
@@ -248,8 +247,13 @@ fn checkpoint_jobs_do_not_pile_up_while_the_maintainer_is_offline() {
     wait_for("a checkpoint past the refused calls in the vault", Duration::from_secs(60), || stored(refused_last) > 0);
     // Then the log is quiet: storing a checkpoint does not call for another (only the vault is
     // looked at here; a controller call would itself be an entry).
-    std::thread::sleep(Duration::from_secs(5));
-    let settled = stored(0);
+    // First the vault settles (two looks 2 s apart agree), then it must stay so for 5 s.
+    let mut settled = stored(0);
+    wait_for("the vault's checkpoints to settle", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = stored(0);
+        std::mem::replace(&mut settled, now) == now
+    });
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(stored(0), settled, "a quiet log gets no new checkpoints");
     let log = p.ctl_json(&["audit", "show"]);

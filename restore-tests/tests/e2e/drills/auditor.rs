@@ -204,10 +204,13 @@ fn a_listed_client_certificate_reads_the_page_and_other_certificates_do_not() {
 
     // curl: (exit code, HTTP status, body).
     let body_file = people.path().join("body");
-    let get = |cert: Option<&(PathBuf, PathBuf)>, method: &str, path: &str| {
+    let request = |cert: Option<&(PathBuf, PathBuf)>, method: &str, path: &str, headers: &[&str]| {
         let mut c = Command::new("curl");
         c.args(["-sS", "-o"]).arg(&body_file).args(["-w", "%{http_code}", "-X", method, "--cacert"]);
         c.arg(p.state.join("ca.pem"));
+        for h in headers {
+            c.args(["-H", h]);
+        }
         if let Some((cert, key)) = cert {
             c.arg("--cert").arg(cert).arg("--key").arg(key);
         }
@@ -216,6 +219,7 @@ fn a_listed_client_certificate_reads_the_page_and_other_certificates_do_not() {
         let _ = std::fs::remove_file(&body_file);
         (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), body)
     };
+    let get = |cert: Option<&(PathBuf, PathBuf)>, method: &str, path: &str| request(cert, method, path, &[]);
     let sign_in_form = "name=\"token\"";
 
     let (code, status, body) = get(Some(&erika), "GET", "/?lang=en");
@@ -230,28 +234,7 @@ fn a_listed_client_certificate_reads_the_page_and_other_certificates_do_not() {
         assert_eq!(get(Some(&erika), method, "/").1, "405", "{method} is refused to a certificate too");
     }
     // A request another site starts (the browser says so) is refused, though the card is in.
-    let fetch_site = |site: &str| {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-H",
-                &format!("Sec-Fetch-Site: {site}"),
-                "--cacert",
-            ])
-            .arg(p.state.join("ca.pem"))
-            .arg("--cert")
-            .arg(&erika.0)
-            .arg("--key")
-            .arg(&erika.1)
-            .arg(format!("https://127.0.0.1:{web}/audit"))
-            .output()
-            .expect("curl runs");
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let fetch_site = |site: &str| request(Some(&erika), "GET", "/audit", &[&format!("Sec-Fetch-Site: {site}")]).1;
     assert_eq!((fetch_site("cross-site").as_str(), fetch_site("same-origin").as_str()), ("403", "200"));
 
     // Listed nowhere, or from another CA, or none: no way in without a token.
