@@ -116,7 +116,7 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
     let (index, skipped) = synced?;
     let unread: Vec<(String, String)> = skipped
         .into_iter()
-        .map(|(id, _)| (format!("index/{id}"), "index segment does not read (damaged or altered)".to_string()))
+        .map(|(id, why)| (format!("index/{id}"), format!("index segment does not read (damaged or altered): {why}")))
         .collect();
     drill.failures("structure", "index segments read", &unread);
     let (id, manifest) = vault.resolve_snapshot(&d.snapshot).await?;
@@ -161,7 +161,8 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
     }
     drill.failures("read", "decrypt and hash", &r.damaged);
     drill.out.anomalies.extend(r.transient);
-    // The vault is shared with the agent's other jobs: count only what this drill saw.
+    // The count is the vault's (shared with the agent's other jobs): this takes what was added
+    // since the drill started.
     let transient = vault.transient_reads().saturating_sub(transient_before);
     if transient > 0 {
         drill.out.anomalies.push(format!("{transient} read(s) failed verification once and passed when repeated"));
@@ -177,7 +178,7 @@ async fn restore(
     sandbox: &Path,
     drill: &mut Drill,
 ) -> anyhow::Result<bool> {
-    // A retried attempt starts from an empty sandbox, so nothing of the last one is counted.
+    // Each attempt has its own sandbox; this clears what a crashed run of the same attempt left.
     remove_sandbox(sandbox).await?;
     let t = Instant::now();
     let report = files::restore::restore_tree(vault, index, nodes.as_ref().clone(), sandbox).await?;
