@@ -59,6 +59,8 @@ echo "== enroll the agent with a one-time token"
 cat > "$work/agent.toml" <<TOML
 name = "demo-agent"
 state_dir = "$work/agent"
+# Restores from the controller may write only here (see config/agent.example.toml).
+restore_roots = ["$work/restores"]
 [vaults.local]
 url = "$work/vault"
 password_file = "$work/vault.password"
@@ -79,9 +81,9 @@ echo "== snapshots"
 "$bin/tresorctl" snapshots demo-agent/sample
 
 echo "== one-command restore to another place"
-"$bin/tresorctl" restore demo-agent/sample --to "$work/restored"
-diff -r --no-dereference "$work/sample" "$work/restored$work/sample"
-echo "== restored tree equals the source: $work/restored$work/sample"
+"$bin/tresorctl" restore demo-agent/sample --to "$work/restores/sample"
+diff -r --no-dereference "$work/sample" "$work/restores/sample$work/sample"
+echo "== restored tree equals the source: $work/restores/sample$work/sample"
 
 echo "== a restore drill now: sandbox restore, structure, read and application checks, RTO and RPO"
 "$bin/tresorctl" drill run demo-agent/sample

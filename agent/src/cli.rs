@@ -148,18 +148,22 @@ pub enum Command {
         /// Snapshot id, unique prefix, or "latest".
         snapshot: String,
     },
-    /// Restore a snapshot below DIR.
+    /// Restore a snapshot below DIR (a new or empty directory, written whole or not at all).
     Restore {
         #[command(flatten)]
         vault: VaultArg,
         /// Snapshot id, unique prefix, or "latest".
         snapshot: String,
-        /// Target directory; backed-up paths are recreated below it.
+        /// Target directory; backed-up paths are recreated below it. Links in the directories
+        /// above it are followed; DIR itself and everything below it never through a link.
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
         /// Restore only this path and what is below it (repeatable).
         #[arg(long, value_name = "PATH")]
         include: Vec<String>,
+        /// Write into a non-empty DIR (entries of the snapshot replace what stands at their names).
+        #[arg(long)]
+        force: bool,
     },
     /// Check the vault's structure, and optionally read and verify its data.
     Check {

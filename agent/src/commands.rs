@@ -234,15 +234,34 @@ pub async fn ls(g: &Global, url: &str, spec: &str) -> anyhow::Result<Outcome> {
     Ok(Outcome::ok(json!({"snapshot": id, "nodes": rows}), text))
 }
 
+/// The deepest existing directory above `target` (its links followed: the operator typed this
+/// path) and the rest of the path below it, which the restore walks without following a link.
+fn split_existing(target: &Path) -> (PathBuf, PathBuf) {
+    let base = target.ancestors().skip(1).find(|a| a.is_dir()).unwrap_or(Path::new("/")).to_path_buf();
+    let rel = target.strip_prefix(&base).map(Path::to_path_buf).unwrap_or_default();
+    (base, rel)
+}
+
 /// `restore`.
-pub async fn restore(g: &Global, url: &str, spec: &str, to: &Path, include: &[String]) -> anyhow::Result<Outcome> {
+pub async fn restore(
+    g: &Global,
+    url: &str,
+    spec: &str,
+    to: &Path,
+    include: &[String],
+    force: bool,
+) -> anyhow::Result<Outcome> {
     let started = std::time::Instant::now();
+    let to = std::path::absolute(to).with_context(|| format!("bad target {}", to.display()))?;
+    let to = tresor_sources::files::target::normalize(&to).map_err(anyhow::Error::msg)?;
     let vault = open(g, url).await?;
     let index = vault.sync_index(&cache_root(g)).await?;
     let (id, m) = vault.resolve_snapshot(spec).await?;
     let nodes = files::restore::select(vault.read_tree(&m, &index).await?, include)?;
+    let (base, rel) = split_existing(&to);
     let progress = Progress::start(g.json, || "restoring".to_string());
-    let report = files::restore::restore_tree(vault, index, nodes, to).await?;
+    let (report, staged) =
+        files::restore::restore_to(vault, index, nodes, &base, &rel, force, &id.short().to_string()).await?;
     drop(progress);
     let secs = started.elapsed().as_secs_f64();
     let mut text = format!(
@@ -255,6 +274,12 @@ pub async fn restore(g: &Global, url: &str, spec: &str, to: &Path, include: &[St
     );
     for (p, why) in &report.failed {
         text.push_str(&format!("\n  FAILED {p}: {why}"));
+    }
+    if staged && !report.failed.is_empty() {
+        text.push_str(&format!(
+            "\n  {} is not in place yet: the restored entries wait in a staging directory beside it; run the same restore again to finish",
+            to.display()
+        ));
     }
     let code = if report.failed.is_empty() { exit::OK } else { exit::PARTIAL };
     Ok(Outcome { json: json!({"snapshot": id, "target": to, "report": report, "seconds": secs}), text, code })

@@ -114,8 +114,8 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
         Command::Snapshots { vault } => commands::snapshots(g, &vault.vault).await,
         Command::Documents { vault, out } => commands::documents(g, &vault.vault, out.as_deref()).await,
         Command::Ls { vault, snapshot } => commands::ls(g, &vault.vault, snapshot).await,
-        Command::Restore { vault, snapshot, to, include } => {
-            commands::restore(g, &vault.vault, snapshot, to, include).await
+        Command::Restore { vault, snapshot, to, include, force } => {
+            commands::restore(g, &vault.vault, snapshot, to, include, *force).await
         }
         Command::Check { vault, read_data, read_data_subset, seed } => {
             commands::check(g, &vault.vault, *read_data, read_data_subset.as_deref(), *seed).await

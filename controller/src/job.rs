@@ -32,6 +32,9 @@ pub enum JobSpec {
         force: bool,
         /// Only report what would be restored.
         dry_run: bool,
+        /// Only these paths of the snapshot and what is below them (all when empty).
+        #[serde(default)]
+        include: Vec<String>,
         /// The agent/source the snapshot came from (for display).
         origin: String,
     },
@@ -272,13 +275,13 @@ impl JobRecord {
                 paths: paths.clone(),
                 tags: tags.clone(),
             }),
-            JobSpec::Restore { snapshot, target, force, dry_run, .. } => Kind::Restore(pb::RestoreJob {
+            JobSpec::Restore { snapshot, target, force, dry_run, include, .. } => Kind::Restore(pb::RestoreJob {
                 vault: self.vault.clone(),
                 snapshot: snapshot.clone(),
                 target: target.clone(),
                 force: *force,
                 dry_run: *dry_run,
-                include: vec![],
+                include: include.clone(),
             }),
             JobSpec::Check { read_data_percent, .. } => {
                 Kind::Check(pb::CheckJob { vault: self.vault.clone(), read_data_percent: *read_data_percent })

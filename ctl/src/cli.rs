@@ -82,7 +82,7 @@ enum Command {
         /// The newest snapshot committed at or before this RFC 3339 time.
         #[arg(long)]
         at: Option<String>,
-        /// Target directory on the agent (absolute).
+        /// Target directory on the agent (absolute, inside one of its restore_roots in agent.toml).
         #[arg(long, value_name = "PATH")]
         to: String,
         /// Restore on another agent (it needs its own key slot for the vault).
@@ -94,6 +94,9 @@ enum Command {
         /// Write into a non-empty target.
         #[arg(long)]
         force: bool,
+        /// Restore only this path of the snapshot and what is below it (repeatable).
+        #[arg(long, value_name = "PATH")]
+        include: Vec<String>,
         /// Return once the job is queued.
         #[arg(long)]
         detach: bool,
@@ -423,7 +426,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             crate::print::watch(&mut c, &h.job_id, j).await
         }
-        Command::Restore { selector, snapshot, at, to, on, dry_run, force, detach } => {
+        Command::Restore { selector, snapshot, at, to, on, dry_run, force, include, detach } => {
             let h = c
                 .start_restore(pb::StartRestoreRequest {
                     selector: selector.clone(),
@@ -433,6 +436,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     on_agent: on.unwrap_or_default(),
                     force,
                     dry_run,
+                    include,
                 })
                 .await
                 .map_err(status_err)?

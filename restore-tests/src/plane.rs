@@ -49,6 +49,8 @@ pub struct Plane {
     starts: u32,
     /// Agents by name.
     pub agents: BTreeMap<String, AgentProc>,
+    /// The `restore_roots` of agents added from now on (default: this plane's directory).
+    pub restore_roots: Vec<PathBuf>,
 }
 
 /// Wait until `f` holds, polling every 200 ms; panics with `what` and the time waited.
@@ -89,7 +91,17 @@ impl Plane {
         }
         toml.push_str(extra);
         std::fs::write(&controller_toml, toml).expect("controller.toml");
-        let mut p = Self { dir, port, controller_toml, state, controller: None, starts: 0, agents: BTreeMap::new() };
+        let restore_roots = vec![dir.path().to_path_buf()];
+        let mut p = Self {
+            dir,
+            port,
+            controller_toml,
+            state,
+            controller: None,
+            starts: 0,
+            agents: BTreeMap::new(),
+            restore_roots,
+        };
         p.start_controller();
         p
     }
@@ -244,7 +256,9 @@ impl Plane {
     pub fn add_agent_toml(&mut self, name: &str, vaults: &[VaultSpec], env: &[(&str, &str)], extra: &str) {
         let state = self.dir.path().join(format!("agent-{name}"));
         let config = self.dir.path().join(format!("agent-{name}.toml"));
-        let mut toml = format!("name = \"{name}\"\nstate_dir = \"{}\"\n", state.display());
+        let roots: Vec<String> = self.restore_roots.iter().map(|r| format!("{:?}", r.display().to_string())).collect();
+        let mut toml =
+            format!("name = \"{name}\"\nstate_dir = \"{}\"\nrestore_roots = [{}]\n", state.display(), roots.join(", "));
         let mut daemon_env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         for v in vaults {
             toml.push_str(&format!(

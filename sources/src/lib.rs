@@ -8,11 +8,13 @@
 //! 1. `report`, `spec`, `proc` (programs run with a time limit), `hooks`, `tar`, `model` (parsers
 //!    of untrusted bytes, no vault I/O)
 //! 2. `sqlite`, `postgres`, `vector` (each source's capture and its checker)
-//! 3. `capture` (sources made ready before the walk), `verify` (dispatch to every checker)
+//! 3. `capture` (sources made ready before the walk), `verify` (dispatch to every checker),
+//!    `files` (writing a restored tree below its root, never through a link)
 //!
 //! The vault is used only through its public sink API (`ChunkSink`).
 
 pub mod capture;
+pub mod files;
 pub mod hooks;
 pub mod model;
 pub mod postgres;

@@ -239,29 +239,68 @@ pub fn path_stays_below(path: &[u8]) -> bool {
         && path.split(|b| *b == b'/').all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
-/// Decode a tree stream; errors name the position.
-pub fn decode_tree(mut bytes: &[u8], expected: u64) -> Result<Vec<Node>, String> {
+/// Decode a tree stream and check its shape ([`check_tree`]); errors name the position.
+pub fn decode_tree(bytes: &[u8], expected: u64) -> Result<Vec<Node>, String> {
+    let nodes = decode_nodes(bytes, expected)?;
+    check_tree(&nodes)?;
+    Ok(nodes)
+}
+
+/// The nodes of a tree stream, their shape unchecked.
+fn decode_nodes(mut bytes: &[u8], expected: u64) -> Result<Vec<Node>, String> {
     // The count is the manifest's word; the bytes bound it too (a node's CBOR map is far above 8
     // bytes), so a short tree cannot make this reserve space for a million nodes.
     let mut nodes = Vec::with_capacity(expected.min(bytes.len() as u64 / 8).min(1 << 20) as usize);
     while !bytes.is_empty() {
         let node: Node = ciborium::from_reader(&mut bytes).map_err(|e| format!("tree node #{}: {e}", nodes.len()))?;
-        // A path (or a hardlink's first name) that would leave the restore root is refused
-        // outright: a tree holding one was not written by Tresor.
-        let target_ok = node.kind != NodeKind::Hardlink || node.target.as_deref().is_some_and(path_stays_below);
-        if !path_stays_below(&node.path) || !target_ok {
-            return Err(format!(
-                "tree node #{}: path {:?} would leave the restore root",
-                nodes.len(),
-                node.display_path()
-            ));
-        }
         nodes.push(node);
     }
     if nodes.len() as u64 != expected {
         return Err(format!("tree has {} nodes, manifest says {expected}", nodes.len()));
     }
     Ok(nodes)
+}
+
+/// The shape every tree Tresor writes has, and every restore relies on: each path stays below
+/// the restore root, appears once, and sits in a directory given earlier in the same tree (or at
+/// the top); a hardlink names an earlier regular file. Children need not be sorted: PostgreSQL
+/// trees keep the order of `pg_basebackup`'s archive. Trees come from storage and any key holder
+/// can write one, so a restore never trusts a tree this has not passed.
+pub fn check_tree(nodes: &[Node]) -> Result<(), String> {
+    let bad = |i: usize, why: &str| format!("tree node #{i} ({}): {why}", nodes[i].display_path());
+    for (i, n) in nodes.iter().enumerate() {
+        if !path_stays_below(&n.path) {
+            return Err(bad(i, "its path would leave the restore root"));
+        }
+        if n.kind == NodeKind::Hardlink && !n.target.as_deref().is_some_and(path_stays_below) {
+            return Err(bad(i, "its hardlink target would leave the restore root"));
+        }
+    }
+    // Node numbers sorted by path: duplicates sit side by side, and a parent is a binary search away.
+    let mut by_path: Vec<usize> = (0..nodes.len()).collect();
+    by_path.sort_unstable_by(|a, b| nodes[*a].path.cmp(&nodes[*b].path).then(a.cmp(b)));
+    if let Some(w) = by_path.windows(2).find(|w| nodes[w[0]].path == nodes[w[1]].path) {
+        return Err(bad(w[1], &format!("the same path as node #{}", w[0])));
+    }
+    let find = |path: &[u8]| by_path.binary_search_by(|i| nodes[*i].path.as_slice().cmp(path)).ok().map(|k| by_path[k]);
+    for (i, n) in nodes.iter().enumerate() {
+        if let Some(slash) = n.path.iter().rposition(|b| *b == b'/') {
+            match find(&n.path[..slash]) {
+                Some(p) if p < i && nodes[p].kind == NodeKind::Dir => {}
+                Some(p) if p < i => return Err(bad(i, &format!("its parent (node #{p}) is not a directory"))),
+                Some(p) => return Err(bad(i, &format!("its parent directory comes later (node #{p})"))),
+                None => return Err(bad(i, "its parent directory is not in the tree")),
+            }
+        }
+        if n.kind == NodeKind::Hardlink {
+            let target = n.target.as_deref().unwrap_or_default();
+            match find(target) {
+                Some(t) if t < i && nodes[t].kind == NodeKind::File => {}
+                _ => return Err(bad(i, "its hardlink target is not an earlier regular file of the tree")),
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -314,9 +353,57 @@ mod tests {
 
     proptest! {
         #[test]
-        fn tree_round_trip(nodes in proptest::collection::vec(node(), 0..20)) {
+        fn nodes_round_trip(nodes in proptest::collection::vec(node(), 0..20)) {
             let bytes = encode_tree(&nodes);
-            prop_assert_eq!(decode_tree(&bytes, nodes.len() as u64).unwrap(), nodes);
+            prop_assert_eq!(decode_nodes(&bytes, nodes.len() as u64).unwrap(), nodes);
+        }
+
+        /// Any tree built top down passes; moving a node before its parent, repeating a path or
+        /// hanging a node under a non-directory is refused.
+        #[test]
+        fn tree_shape_is_checked(
+            picks in proptest::collection::vec((any::<proptest::sample::Index>(), 0u8..5), 1..30),
+            break_at in any::<proptest::sample::Index>(),
+            how in 0u8..3,
+        ) {
+            let mut nodes = vec![Node::dir(b"top".to_vec(), 0o755, 0, 0, 0)];
+            for (k, (parent, kind)) in picks.iter().enumerate() {
+                let dirs: Vec<&Node> = nodes.iter().filter(|n| n.kind == NodeKind::Dir).collect();
+                let mut n = Node::dir(dirs[parent.index(dirs.len())].path.clone(), 0o700, 0, 0, 0);
+                n.path.extend_from_slice(format!("/n{k}").as_bytes());
+                let files: Vec<&Node> = nodes.iter().filter(|n| n.kind == NodeKind::File).collect();
+                n.kind = match kind {
+                    0 => NodeKind::Dir,
+                    1 => NodeKind::File,
+                    2 => NodeKind::Symlink,
+                    3 if !files.is_empty() => NodeKind::Hardlink,
+                    _ => NodeKind::Fifo,
+                };
+                if n.kind == NodeKind::Hardlink {
+                    n.target = Some(files[k % files.len()].path.clone());
+                }
+                nodes.push(n);
+            }
+            prop_assert!(decode_tree(&encode_tree(&nodes), nodes.len() as u64).is_ok());
+            let i = break_at.index(nodes.len());
+            let mut broken = nodes.clone();
+            match how {
+                0 => broken.push(nodes[i].clone()),
+                1 => {
+                    let mut child = Node::dir(nodes[i].path.clone(), 0o700, 0, 0, 0);
+                    child.path.extend_from_slice(b"/under");
+                    broken.insert(i, child);
+                }
+                _ => {
+                    let mut child = Node::dir(nodes[i].path.clone(), 0o700, 0, 0, 0);
+                    child.path.extend_from_slice(b"/under");
+                    broken.push(child);
+                }
+            }
+            let refused = decode_tree(&encode_tree(&broken), broken.len() as u64);
+            // Only a child pushed last under a directory is still a well-formed tree.
+            let still_fine = how == 2 && nodes[i].kind == NodeKind::Dir;
+            prop_assert_eq!(refused.is_ok(), still_fine, "{:?}", refused);
         }
 
         #[test]
@@ -338,6 +425,7 @@ mod tests {
             }
             let err = decode_tree(&encode_tree(&[n]), 1).unwrap_err();
             assert!(err.contains("would leave the restore root"), "{err}");
+            assert!(check_tree(&[Node { path: b"ok".to_vec(), ..Node::dir(vec![], 0, 0, 0, 0) }]).is_ok());
         }
     }
 
@@ -347,5 +435,37 @@ mod tests {
         let mut n = Node::dir(b"0".to_vec(), 0, 0, 0, 0);
         n.kind = NodeKind::Hardlink;
         assert!(decode_tree(&encode_tree(&[n]), 1).unwrap_err().contains("would leave the restore root"));
+    }
+
+    /// The crafted trees of issue 12, each refused with a reason that names it.
+    #[test]
+    fn hostile_tree_shapes_are_named() {
+        let dir = |p: &[u8]| Node::dir(p.to_vec(), 0o755, 0, 0, 0);
+        let with = |p: &[u8], kind: NodeKind, target: Option<&[u8]>| Node {
+            kind,
+            target: target.map(<[u8]>::to_vec),
+            ..Node::dir(p.to_vec(), 0o4777, 0, 0, 0)
+        };
+        let cases: Vec<(Vec<Node>, &str)> = vec![
+            (
+                vec![with(b"x", NodeKind::Symlink, Some(b"/etc/shadow")), with(b"x", NodeKind::Fifo, None)],
+                "the same path as node #0",
+            ),
+            (
+                vec![with(b"s", NodeKind::Symlink, Some(b"/")), with(b"s/etc/passwd", NodeKind::File, None)],
+                "its parent directory is not in the tree",
+            ),
+            (
+                vec![with(b"s", NodeKind::Symlink, Some(b"/")), with(b"h", NodeKind::Hardlink, Some(b"s/etc/passwd"))],
+                "its hardlink target is not an earlier regular file",
+            ),
+            (vec![with(b"f", NodeKind::File, None), with(b"f/g", NodeKind::File, None)], "is not a directory"),
+            (vec![with(b"d/f", NodeKind::File, None), dir(b"d")], "its parent directory comes later"),
+            (vec![dir(b"d"), with(b"h", NodeKind::Hardlink, Some(b"d"))], "not an earlier regular file"),
+        ];
+        for (nodes, why) in cases {
+            let err = decode_tree(&encode_tree(&nodes), nodes.len() as u64).unwrap_err();
+            assert!(err.contains(why), "{err} (wanted {why:?})");
+        }
     }
 }

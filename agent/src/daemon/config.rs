@@ -33,6 +33,10 @@ pub struct AgentConfig {
     /// Where restore drills make their sandboxes (default: STATE_DIR/drills). Give it room for
     /// the largest snapshot this agent rehearses.
     pub drill_dir: Option<PathBuf>,
+    /// Where restores started from the controller may write (absolute directories; a target
+    /// must lie in one of them). Default: the drill directory only, so restoring anywhere else
+    /// needs this host's admin to allow it here.
+    pub restore_roots: Option<Vec<PathBuf>>,
     /// Jobs run at once.
     #[serde(default = "default_max_jobs")]
     pub max_jobs: usize,
@@ -94,6 +98,15 @@ impl AgentConfig {
         for name in cfg.sources.keys() {
             cfg.source_options(name).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         }
+        for r in cfg.restore_roots.iter().flatten() {
+            let n = tresor_sources::files::target::normalize(r)
+                .map_err(|e| anyhow::anyhow!("{origin}: restore_roots: {e}"))?;
+            if n.parent().is_none() {
+                bail!(
+                    "{origin}: restore_roots: \"/\" would let the controller restore over this whole host; name the directories restores may use"
+                );
+            }
+        }
         for (name, v) in &cfg.vaults {
             if v.password_file.is_none() && v.escrow_key_file.is_none() {
                 bail!("{origin}: vaults.{name}: give password_file (this agent's key slot) or escrow_key_file");
@@ -127,6 +140,12 @@ impl AgentConfig {
         self.drill_dir.clone().unwrap_or_else(|| self.state_dir.join("drills"))
     }
 
+    /// Where controller-started restores may write, normalised.
+    pub fn restore_roots(&self) -> Vec<PathBuf> {
+        let roots = self.restore_roots.clone().unwrap_or_else(|| vec![self.drill_dir()]);
+        roots.iter().filter_map(|r| tresor_sources::files::target::normalize(r).ok()).collect()
+    }
+
     /// This agent's name.
     pub fn name(&self) -> String {
         self.name.clone().unwrap_or_else(crate::host::hostname)
@@ -152,6 +171,18 @@ mod tests {
         assert_eq!(cfg.source_options("other").unwrap().hooks.timeout.as_secs(), 600);
         let e = AgentConfig::parse("[sources.db]\nhook_timeout = \"soon\"\n", "a.toml").unwrap_err().to_string();
         assert!(e.contains("sources.db.hook_timeout"), "{e}");
+    }
+
+    #[test]
+    fn restore_roots_default_to_the_drill_directory_and_refuse_the_host_root() {
+        let cfg = AgentConfig::parse("state_dir = \"/var/lib/t\"\n", "a.toml").unwrap();
+        assert_eq!(cfg.restore_roots(), vec![PathBuf::from("/var/lib/t/drills")]);
+        let cfg = AgentConfig::parse("restore_roots = [\"/srv/restore/\"]\n", "a.toml").unwrap();
+        assert_eq!(cfg.restore_roots(), vec![PathBuf::from("/srv/restore")]);
+        for bad in ["[\"/\"]", "[\"/srv/../etc\"]", "[\"relative\"]"] {
+            let e = AgentConfig::parse(&format!("restore_roots = {bad}\n"), "a.toml").unwrap_err().to_string();
+            assert!(e.contains("restore_roots"), "{e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context;
+
 use tresor_proto::pb;
 use tresor_sources::verify::Report;
 use tresor_vault::check::ReadData;
@@ -170,6 +172,20 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
     Ok(())
 }
 
+/// The sandbox directory, new, mode 0700 (its parent is the drill directory, made if missing).
+async fn make_sandbox(sandbox: &Path) -> anyhow::Result<tresor_sources::files::beneath::Dir> {
+    let p = sandbox.to_path_buf();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let parent = p.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot make {}", parent.display()))?;
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&p)
+            .with_context(|| format!("cannot make the sandbox {}", p.display()))?;
+        Ok(tresor_sources::files::beneath::Dir::open_root(&p)?)
+    })
+    .await?
+}
+
 /// Restore into a fresh sandbox; true when every entry was restored.
 async fn restore(
     vault: Arc<Vault>,
@@ -181,7 +197,8 @@ async fn restore(
     // Each attempt has its own sandbox; this clears what a crashed run of the same attempt left.
     remove_sandbox(sandbox).await?;
     let t = Instant::now();
-    let report = files::restore::restore_tree(vault, index, nodes.as_ref().clone(), sandbox).await?;
+    let root = make_sandbox(sandbox).await?;
+    let report = files::restore::restore_tree(vault, index, nodes.as_ref().clone(), root).await?;
     drill.out.restore_seconds = t.elapsed().as_secs_f64();
     drill.out.bytes = report.bytes;
     if report.transient_retries > 0 {

@@ -163,28 +163,34 @@ fn is_nonempty_dir(p: &Path) -> anyhow::Result<bool> {
 
 async fn restore(ctx: &Arc<AgentCtx>, r: pb::RestoreJob) -> anyhow::Result<ResultKind> {
     let started = Instant::now();
-    let target = PathBuf::from(&r.target);
-    if !target.is_absolute() || target.parent().is_none() {
-        bail!("restore target {:?} must be an absolute path below /", r.target);
-    }
+    // The controller normalised the target already; this host checks again, against its own
+    // restore roots: an operator of the controller alone cannot make it write elsewhere.
+    let target = tresor_sources::files::target::normalize(Path::new(&r.target)).map_err(anyhow::Error::msg)?;
+    let roots = ctx.cfg.restore_roots();
+    let Some((root, rel)) = tresor_sources::files::target::within(&target, &roots) else {
+        bail!(
+            "restore target {} is outside this agent's restore roots ({}); the host's admin can add a root to restore_roots in agent.toml",
+            target.display(),
+            roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+    };
     let vault = ctx.vault(&r.vault).await?;
     let index = vault.sync_index(&ctx.cache_dir()).await?;
     let (id, manifest) = vault.resolve_snapshot(&r.snapshot).await?;
     let nodes = files::restore::select(vault.read_tree(&manifest, &index).await?, &r.include)?;
-    let nonempty = is_nonempty_dir(&target)?;
     let mut result = pb::RestoreResult {
         snapshot_id: id.to_string(),
-        target: r.target.clone(),
+        target: target.display().to_string(),
         dry_run: r.dry_run,
         ..Default::default()
     };
-    if nonempty && !r.force {
-        bail!(
-            "target {} is not empty; restore to an empty or new directory, or add --force to write into it (files of the snapshot are overwritten)",
-            target.display()
-        );
-    }
     if r.dry_run {
+        if is_nonempty_dir(&target)? && !r.force {
+            bail!(
+                "target {} is not empty; restore to an empty or new directory, or add --force to write into it (files of the snapshot are overwritten)",
+                target.display()
+            );
+        }
         for n in &nodes {
             if n.kind == tresor_vault::snapshot::NodeKind::File {
                 result.files += 1;
@@ -196,27 +202,12 @@ async fn restore(ctx: &Arc<AgentCtx>, r: pb::RestoreJob) -> anyhow::Result<Resul
         result.seconds = started.elapsed().as_secs_f64();
         return Ok(ResultKind::Restore(result));
     }
-    let report = if nonempty {
-        files::restore::restore_tree(vault, index, nodes, &target).await?
-    } else {
-        // Stage beside the target, then rename into place: the target appears whole or not at
-        // all. The staging name depends only on the snapshot, so a re-run resumes it.
-        let parent = target.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-        let base = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let staging = parent.join(format!(".{base}.tresor-restore-{}", id.short()));
-        std::fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
-        let report = files::restore::restore_tree(vault, index, nodes, &staging).await?;
-        if report.failed.is_empty() {
-            if target.exists() {
-                std::fs::remove_dir(&target)
-                    .with_context(|| format!("cannot replace the empty target {}", target.display()))?;
-            }
-            std::fs::rename(&staging, &target)
-                .with_context(|| format!("cannot move {} into place at {}", staging.display(), target.display()))?;
-        }
-        report
-    };
+    let key = id.short().to_string();
+    // The host's admin named the root: make it if it is not there yet.
+    tokio::fs::create_dir_all(root)
+        .await
+        .with_context(|| format!("cannot make the restore root {}", root.display()))?;
+    let (report, staged) = files::restore::restore_to(vault, index, nodes, root, &rel, r.force, &key).await?;
     result.files = report.files;
     result.bytes = report.bytes;
     result.others = report.others;
@@ -224,8 +215,9 @@ async fn restore(ctx: &Arc<AgentCtx>, r: pb::RestoreJob) -> anyhow::Result<Resul
     result.failed = report.failed.iter().map(|(p, why)| format!("{p}: {why}")).collect();
     result.seconds = started.elapsed().as_secs_f64();
     if !result.failed.is_empty() {
+        let kept = if staged { "the staging directory is kept, re-run" } else { "re-run" };
         bail!(
-            "{} entries could not be restored (first: {}); the staging directory is kept, re-run the restore to finish",
+            "{} entries could not be restored (first: {}); {kept} the restore to finish",
             result.failed.len(),
             result.failed[0]
         );

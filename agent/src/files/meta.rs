@@ -1,4 +1,4 @@
-//! File metadata: reading it into nodes, and applying it after restore.
+//! File metadata read into nodes (a restore applies it with `tresor_sources::files::apply`).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -57,40 +57,6 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
-}
-
-/// Whether this process may set any owner (root or CAP_CHOWN).
-pub fn can_chown() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Apply owner, xattrs, mode and times to a restored entry. Owner changes need privileges and are
-/// skipped without them; everything else is an error if it fails.
-pub fn apply(path: &Path, node: &Node) -> std::io::Result<()> {
-    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps};
-    let symlink = node.kind == NodeKind::Symlink;
-    if can_chown() {
-        let uid = Some(rustix::fs::Uid::from_raw(node.uid));
-        let gid = Some(rustix::fs::Gid::from_raw(node.gid));
-        rustix::fs::chownat(CWD, path, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
-    }
-    for x in &node.xattrs {
-        match rustix::fs::lsetxattr(path, OsStr::from_bytes(&x.name), &x.value, rustix::fs::XattrFlags::empty()) {
-            Ok(()) | Err(rustix::io::Errno::NOTSUP) => {}
-            // Unprivileged users cannot set trusted.* or security.* names.
-            Err(rustix::io::Errno::PERM) if !x.name.starts_with(b"user.") => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !symlink {
-        rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(node.mode & 0o7777))?;
-    }
-    let t = Timespec {
-        tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
-        tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000) as _,
-    };
-    rustix::fs::utimensat(CWD, path, &Timestamps { last_access: t, last_modification: t }, AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(())
 }
 
 /// A directory node with no counterpart on this host: mode 0755, owned by root, time 0.
