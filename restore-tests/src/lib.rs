@@ -367,3 +367,36 @@ pub fn ctl_offline(args: &[&str]) -> Output {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
+
+/// Commit a snapshot whose tree is exactly `nodes`, as any key holder of the vault could write
+/// one with the library: nothing checks its shape on the way in. Each `(path, bytes)` of
+/// `contents` becomes the data of the file node with that path. Returns the snapshot id.
+pub fn commit_crafted_tree(
+    w: &World,
+    mut nodes: Vec<tresor_vault::snapshot::Node>,
+    contents: &[(&str, &[u8])],
+) -> String {
+    use tresor_vault::backup::{BackupOptions, BackupSession};
+    use tresor_vault::snapshot::{Extent, Summary};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let secret = tresor_vault::Secret::Password(zeroize::Zeroizing::new(w.password.clone().into_bytes()));
+        let backend = tresor_vault::backend::from_url(w.vault_str()).expect("vault url");
+        let vault = std::sync::Arc::new(tresor_vault::Vault::open(backend, &secret).await.expect("open vault"));
+        let index = vault.sync_index(&w.path("crafting-cache")).await.expect("index");
+        let opts = BackupOptions { host: "crafted".into(), source: "files".into(), ..BackupOptions::default() };
+        let session = BackupSession::start(vault, index, opts).await.expect("session");
+        let sink = session.sink();
+        for (path, bytes) in contents {
+            let stored = sink.store_stream(*bytes).expect("store");
+            for n in nodes.iter_mut().filter(|n| n.path == path.as_bytes()) {
+                n.size = stored.len;
+                n.hash = Some(stored.hash.to_vec());
+                n.extents = vec![Extent { offset: 0, chunks: stored.chunks.clone() }];
+            }
+        }
+        drop(sink);
+        let (id, _) = session.commit(nodes, Summary::default(), Vec::new()).await.expect("commit");
+        id.to_string()
+    })
+}

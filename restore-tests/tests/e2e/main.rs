@@ -11,6 +11,7 @@ mod gc;
 mod keys;
 mod memory;
 mod reports;
+mod restore_safety;
 mod roundtrip;
 mod s3;
 mod sources;

@@ -137,16 +137,16 @@ fn unchanged_rerun_reads_no_file_and_restore_resumes() {
     let third = w.backup(&[&src]);
     assert_eq!(third["manifest"]["summary"]["bytes_read"].as_u64(), Some(1000));
 
-    // A restore interrupted halfway finishes on a re-run: simulate by removing some restored files
-    // and leaving a stale temp file behind.
+    // A restore interrupted halfway finishes on a re-run (--force: the target is not empty):
+    // simulate by removing some restored files and leaving a killed run's fresh name behind.
     let out = w.path("out");
     w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", out.to_str().unwrap()]);
     let restored = out.join(src.strip_prefix("/").unwrap());
     for i in 0..10 {
         fs::remove_file(restored.join(format!("f{i}"))).unwrap();
     }
-    fs::write(restored.join(".f0.tresor-tmp"), b"partial").unwrap();
-    let again = w.json(&["restore", "--vault", w.vault_str(), "latest", "--to", out.to_str().unwrap()]);
+    fs::write(restored.join(".tresor-tmp-00112233445566aa"), b"partial").unwrap();
+    let again = w.json(&["restore", "--vault", w.vault_str(), "latest", "--to", out.to_str().unwrap(), "--force"]);
     assert_eq!(again["report"]["files"].as_u64(), Some(10), "{again}");
     assert_eq!(again["report"]["files_skipped"].as_u64(), Some(40));
     assert_same_tree(&src, &restored);
