@@ -223,9 +223,15 @@ async fn deliver(cfg: Alerts, mut rx: mpsc::Receiver<Alert>) {
     }
 }
 
+/// What of the controller's environment an alert command sees: search path, locale and time
+/// zone. Tokens and key paths in the controller's environment never reach it.
+const ALERT_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "HOME"];
+
 async fn run_command(cmd: &[String], body: &[u8]) -> std::io::Result<()> {
     let mut child = tokio::process::Command::new(&cmd[0])
         .args(&cmd[1..])
+        .env_clear()
+        .envs(ALERT_ENV.iter().filter_map(|k| std::env::var_os(k).map(|v| (*k, v))))
         .stdin(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;

@@ -38,7 +38,7 @@ fn postgres_uid() -> u32 {
 }
 
 fn as_postgres(program: &Path) -> Command {
-    tools::command_as(program, Some(postgres_uid()))
+    tools::command_as(program, Some(postgres_uid()), tresor_sources::proc::ChildKind::PgScratch)
 }
 
 fn chown_postgres(p: &Path) {

@@ -2,7 +2,6 @@
 //! writer), run by `/bin/sh -c` through [`crate::proc`]: a hook that overruns is killed with its
 //! whole process group, so a hung child cannot hold the backup.
 
-use std::process::Command;
 use std::time::Duration;
 
 /// A source's hooks.
@@ -60,7 +59,7 @@ fn stderr_tail(s: &str) -> String {
 
 /// Run one hook to completion or its timeout. `env` is added to its environment. Blocking.
 pub fn run(which: &'static str, cmd: &str, timeout: Duration, env: &[(&str, &str)]) -> Result<(), HookError> {
-    let mut c = Command::new("/bin/sh");
+    let mut c = crate::proc::command("/bin/sh", crate::proc::ChildKind::Command);
     c.arg("-c").arg(cmd).envs(env.iter().copied()).env("TRESOR_HOOK", which);
     let done = match crate::proc::run(c, timeout, 0) {
         Ok(f) => f,

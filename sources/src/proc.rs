@@ -41,6 +41,93 @@ pub enum RunError {
     Wait(std::io::Error),
 }
 
+/// What a child process is for; each kind sees only its own allow-list of the agent's
+/// environment. Everything else (TRESOR_PASSWORD, AWS_* credentials, tokens, key paths) never
+/// reaches a child: the agent's environment is cleared from every command it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildKind {
+    /// A hook or probe command of this host's admin.
+    Command,
+    /// A PostgreSQL client connecting to the cluster being backed up (libpq's connection
+    /// variables pass: a pass file or password is how the admin connects it).
+    PgClient,
+    /// A PostgreSQL program working on restored, untrusted data: the scratch server and the
+    /// tools run against it. No connection variable or home directory of the agent passes.
+    PgScratch,
+}
+
+/// Locale, time zone and search path: what any program needs to behave as on the command line.
+const BASE: &[&str] =
+    &["PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "LC_COLLATE", "LC_NUMERIC", "TZ"];
+/// Where a command of the admin's may look for its own settings.
+const USER: &[&str] = &["HOME", "USER", "LOGNAME", "TMPDIR"];
+/// libpq's connection variables (https://www.postgresql.org/docs/current/libpq-envars.html).
+const PG_CONNECTION: &[&str] = &[
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGOPTIONS",
+    "PGAPPNAME",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGSSLCRL",
+    "PGSSLCRLDIR",
+    "PGSSLSNI",
+    "PGREQUIRESSL",
+    "PGSSLCOMPRESSION",
+    "PGSSLMINPROTOCOLVERSION",
+    "PGSSLMAXPROTOCOLVERSION",
+    "PGGSSENCMODE",
+    "PGKRBSRVNAME",
+    "PGGSSLIB",
+    "PGREQUIREAUTH",
+    "PGCHANNELBINDING",
+    "PGTARGETSESSIONATTRS",
+    "PGLOADBALANCEHOSTS",
+    "PGCONNECT_TIMEOUT",
+    "PGCLIENTENCODING",
+    "PGDATESTYLE",
+    "PGTZ",
+    "PGSYSCONFDIR",
+    "PGLOCALEDIR",
+    "HOME",
+];
+/// PATH when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The names of the agent's environment a child of `kind` receives.
+pub fn allowed(kind: ChildKind) -> impl Iterator<Item = &'static str> {
+    let extra: &[&str] = match kind {
+        ChildKind::Command => USER,
+        ChildKind::PgClient => PG_CONNECTION,
+        ChildKind::PgScratch => &[],
+    };
+    BASE.iter().chain(extra).copied()
+}
+
+/// A command for `program` that starts from a cleared environment plus `kind`'s allow-list.
+pub fn command(program: impl AsRef<std::ffi::OsStr>, kind: ChildKind) -> Command {
+    let mut c = Command::new(program);
+    c.env_clear();
+    for name in allowed(kind) {
+        if let Some(v) = std::env::var_os(name) {
+            c.env(name, v);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        c.env("PATH", DEFAULT_PATH);
+    }
+    c
+}
+
 /// The last `chars` characters of `s`, for error messages.
 pub fn tail(s: &str, chars: usize) -> &str {
     let start = s.char_indices().rev().nth(chars.saturating_sub(1)).map_or(0, |(i, _)| i);
@@ -134,6 +221,31 @@ mod tests {
         let mut c = Command::new("/bin/sh");
         c.args(["-c", script]);
         c
+    }
+
+    /// Each kind of child, made to print its environment, sees only its allow-list: the test
+    /// runner's own variables (NEXTEST_*, CARGO_*, and whatever secret the caller had) are gone.
+    #[test]
+    fn children_see_only_their_allow_list() {
+        assert!(
+            std::env::vars_os().any(|(k, _)| !allowed(ChildKind::Command).any(|a| k == a)),
+            "the test needs a variable to hide"
+        );
+        for kind in [ChildKind::Command, ChildKind::PgClient, ChildKind::PgScratch] {
+            let mut c = command("/usr/bin/env", kind);
+            c.arg("-0").env("TRESOR_INDEX", "/set/by/tresor");
+            let f = run(c, Duration::from_secs(10), 1 << 20).unwrap();
+            let names: Vec<String> = f
+                .stdout
+                .split(|b| *b == 0)
+                .filter(|v| !v.is_empty())
+                .map(|v| String::from_utf8_lossy(v).split('=').next().unwrap_or_default().to_string())
+                .collect();
+            for n in &names {
+                assert!(n == "TRESOR_INDEX" || allowed(kind).any(|a| a == n), "{kind:?} child saw {n}");
+            }
+            assert!(names.iter().any(|n| n == "PATH"), "{kind:?}: {names:?}");
+        }
     }
 
     #[test]

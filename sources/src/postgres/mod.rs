@@ -16,6 +16,7 @@ use std::time::Duration;
 use tresor_vault::backup::ChunkSink;
 use tresor_vault::snapshot::{Extent, Node, NodeKind, SourceRecord};
 
+use crate::proc::ChildKind;
 use crate::tar::{EntryKind, TarReader};
 
 /// Why a PostgreSQL backup or check failed.
@@ -83,6 +84,7 @@ pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptur
     let facts = tools::query(
         &psql,
         None,
+        ChildKind::PgClient,
         &conn,
         "SELECT current_setting('data_directory'), current_setting('server_version_num'), current_setting('data_checksums'), current_database()",
         t,
@@ -98,6 +100,7 @@ pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptur
     let dbs = tools::query(
         &psql,
         None,
+        ChildKind::PgClient,
         &conn,
         "SELECT datname, pg_database_size(datname) FROM pg_database WHERE datallowconn ORDER BY datname",
         t,
@@ -107,7 +110,7 @@ pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptur
         probes.insert(format!("db_size.{}", r[0]), r.get(1).cloned().unwrap_or_default());
     }
     for (i, sql) in opts.probes.iter().enumerate() {
-        let rows = tools::query(&psql, None, &conn, sql, t)?;
+        let rows = tools::query(&psql, None, ChildKind::PgClient, &conn, sql, t)?;
         let held = rows.len() == 1 && probe_holds(&rows[0]);
         if !held {
             tracing::warn!(probe = %sql, answer = ?rows, "a probe does not hold on the live database");
@@ -116,9 +119,18 @@ pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptur
     }
     // The slot keeps the server from recycling WAL the backup needs before -X fetch takes it.
     let slot = format!("tresor_{}", hex::encode(rand::random::<[u8; 6]>()));
-    tools::query(&psql, None, &conn, &format!("SELECT pg_create_physical_replication_slot('{slot}', true, false)"), t)?;
+    tools::query(
+        &psql,
+        None,
+        ChildKind::PgClient,
+        &conn,
+        &format!("SELECT pg_create_physical_replication_slot('{slot}', true, false)"),
+        t,
+    )?;
     let streamed = stream(bin.as_deref(), spec, &datadir, sink, &mut probes);
-    if let Err(e) = tools::query(&psql, None, &conn, &format!("SELECT pg_drop_replication_slot('{slot}')"), t) {
+    if let Err(e) =
+        tools::query(&psql, None, ChildKind::PgClient, &conn, &format!("SELECT pg_drop_replication_slot('{slot}')"), t)
+    {
         tracing::warn!(slot = %slot, error = %e, "could not drop the backup's replication slot; drop it by hand");
     }
     let mut nodes = streamed?;
@@ -144,7 +156,7 @@ fn streamed<T>(
     consume: impl FnOnce(std::process::ChildStdout) -> Result<T, PgError>,
 ) -> Result<T, PgError> {
     let tool = |why: String| PgError::Tool { what: what.into(), why };
-    let mut child = std::process::Command::new(tools::program(bin, program))
+    let mut child = crate::proc::command(tools::program(bin, program), crate::proc::ChildKind::PgClient)
         .args(args)
         .env("PGCONNECT_TIMEOUT", "10")
         .stdin(Stdio::null())

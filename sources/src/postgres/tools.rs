@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::PgError;
+use crate::proc::ChildKind;
 
 /// The directory holding PostgreSQL's programs: `version`'s under /usr/lib/postgresql when given
 /// and present (a data directory's PG_VERSION), else the newest there, else PATH.
@@ -33,12 +34,13 @@ pub fn program(dir: Option<&Path>, name: &str) -> PathBuf {
 }
 
 /// A command that runs as `owner` when we are root and the owner is someone else (PostgreSQL
-/// refuses to run its server as root, and its files belong to the cluster's owner).
-pub fn command_as(program: &Path, owner: Option<u32>) -> Command {
+/// refuses to run its server as root, and its files belong to the cluster's owner), with the
+/// environment `kind` allows and nothing else of the agent's.
+pub fn command_as(program: &Path, owner: Option<u32>, kind: ChildKind) -> Command {
     let me = rustix::process::geteuid().as_raw();
     match owner {
         Some(uid) if me == 0 && uid != 0 => {
-            let mut c = Command::new("setpriv");
+            let mut c = crate::proc::command("setpriv", kind);
             c.arg(format!("--reuid={uid}"))
                 .arg(format!("--regid={}", gid_of(uid)))
                 .arg("--clear-groups")
@@ -46,7 +48,7 @@ pub fn command_as(program: &Path, owner: Option<u32>) -> Command {
                 .arg(program);
             c
         }
-        _ => Command::new(program),
+        _ => crate::proc::command(program, kind),
     }
 }
 
@@ -91,11 +93,12 @@ pub fn run(cmd: Command, what: &str, timeout: Duration) -> Result<String, PgErro
 pub fn query(
     psql: &Path,
     owner: Option<u32>,
+    kind: ChildKind,
     conn: &[&str],
     sql: &str,
     timeout: Duration,
 ) -> Result<Vec<Vec<String>>, PgError> {
-    let mut c = command_as(psql, owner);
+    let mut c = command_as(psql, owner, kind);
     c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-F", "\x1f", "-R", "\x1e"])
         .args(conn)
         .args(["-c", sql])

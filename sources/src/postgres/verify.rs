@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::probe_holds;
 use super::tools::{self, command_as, program};
+use crate::proc::ChildKind;
 use crate::report::Report;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -26,7 +27,7 @@ pub fn verify_dumps(dir: &Path, report: &mut Report) {
     };
     let bin = tools::bin_dir(None);
     for e in rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "dump")) {
-        let mut c = std::process::Command::new(program(bin.as_deref(), "pg_restore"));
+        let mut c = crate::proc::command(program(bin.as_deref(), "pg_restore"), crate::proc::ChildKind::PgScratch);
         c.arg("--list").arg(e.path());
         let subject = e.path().display().to_string();
         match tools::run(c, "pg_restore --list", STEP_TIMEOUT) {
@@ -58,7 +59,7 @@ pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, report: &mut Report
         );
     };
     let bin = Some(bin.as_path());
-    let mut c = std::process::Command::new(program(bin, "pg_verifybackup"));
+    let mut c = crate::proc::command(program(bin, "pg_verifybackup"), crate::proc::ChildKind::PgScratch);
     c.arg(dir);
     match tools::run(c, "pg_verifybackup", STEP_TIMEOUT) {
         Ok(out) => report.push(&shown, "pg_verifybackup", true, out.trim().to_string()),
@@ -77,7 +78,7 @@ pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, report: &mut Report
     let stopped = scratch.stop();
     report.push(&shown, "scratch server stops cleanly", stopped.is_ok(), stopped.err().unwrap_or_default());
     if probes.get("data_checksums").map(String::as_str) == Some("on") {
-        let mut c = command_as(&program(bin, "pg_checksums"), Some(owner));
+        let mut c = command_as(&program(bin, "pg_checksums"), Some(owner), ChildKind::PgScratch);
         c.args(["--check", "-D"]).arg(dir);
         match tools::run(c, "pg_checksums --check", STEP_TIMEOUT) {
             Ok(out) => report.push(&shown, "pg_checksums", true, last_lines(&out)),
@@ -128,7 +129,7 @@ impl<'a> Scratch<'a> {
             sock.path().display(),
             hba.display()
         );
-        let mut c = command_as(&program(bin, "pg_ctl"), Some(owner));
+        let mut c = command_as(&program(bin, "pg_ctl"), Some(owner), ChildKind::PgScratch);
         c.args(["start", "-w", "-t", "600", "-D"]).arg(dir).arg("-l").arg(&log).args(["-o", &opts]);
         let mut s = Self { dir, bin, owner, port, sock, running: true };
         if let Err(e) = tools::run(c, "pg_ctl start", STEP_TIMEOUT) {
@@ -153,11 +154,18 @@ impl<'a> Scratch<'a> {
 
     fn query(&self, db: &str, sql: &str) -> Result<Vec<Vec<String>>, super::PgError> {
         let conn = format!("host={} port={} dbname={db}", self.sock.path().display(), self.port);
-        tools::query(&program(self.bin, "psql"), Some(self.owner), &["-d", &conn], sql, STEP_TIMEOUT)
+        tools::query(
+            &program(self.bin, "psql"),
+            Some(self.owner),
+            ChildKind::PgScratch,
+            &["-d", &conn],
+            sql,
+            STEP_TIMEOUT,
+        )
     }
 
     fn checks(&self, probes: &BTreeMap<String, String>, report: &mut Report, shown: &str) {
-        let mut c = command_as(&program(self.bin, "pg_amcheck"), Some(self.owner));
+        let mut c = command_as(&program(self.bin, "pg_amcheck"), Some(self.owner), ChildKind::PgScratch);
         c.args(["--all", "--install-missing", "--heapallindexed", "--no-dependent-indexes", "-h"])
             .arg(self.sock.path())
             .args(["-p", &self.port.to_string()]);
@@ -194,7 +202,7 @@ impl<'a> Scratch<'a> {
 
     fn stop(mut self) -> Result<(), String> {
         self.running = false;
-        let mut c = command_as(&program(self.bin, "pg_ctl"), Some(self.owner));
+        let mut c = command_as(&program(self.bin, "pg_ctl"), Some(self.owner), ChildKind::PgScratch);
         c.args(["stop", "-w", "-m", "fast", "-D"]).arg(self.dir);
         tools::run(c, "pg_ctl stop", STEP_TIMEOUT).map(|_| ()).map_err(|e| e.to_string())
     }
@@ -203,7 +211,7 @@ impl<'a> Scratch<'a> {
 impl Drop for Scratch<'_> {
     fn drop(&mut self) {
         if self.running {
-            let mut c = command_as(&program(self.bin, "pg_ctl"), Some(self.owner));
+            let mut c = command_as(&program(self.bin, "pg_ctl"), Some(self.owner), ChildKind::PgScratch);
             c.args(["stop", "-m", "immediate", "-D"]).arg(self.dir);
             let _ = tools::run(c, "pg_ctl stop", STEP_TIMEOUT);
         }

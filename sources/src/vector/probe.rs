@@ -5,7 +5,6 @@
 //! the same queries in the same order each time. It is killed after its timeout.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use super::Golden;
@@ -29,7 +28,7 @@ const MAX_OUTPUT: usize = 16 << 20;
 /// Run the probe command on `index`. Blocking.
 pub fn run(cmd: &str, index: &Path, timeout: Duration) -> Result<Golden, ProbeError> {
     let fail = |why: String| ProbeError::Failed { cmd: cmd.to_string(), why };
-    let mut c = Command::new("/bin/sh");
+    let mut c = crate::proc::command("/bin/sh", crate::proc::ChildKind::Command);
     c.arg("-c").arg(cmd).env("TRESOR_INDEX", index);
     let done = crate::proc::run(c, timeout, MAX_OUTPUT).map_err(|e| fail(e.to_string()))?;
     if !done.status.success() {
