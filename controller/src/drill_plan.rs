@@ -41,6 +41,10 @@ pub struct DrillPlan {
     pub read_data_percent: f64,
     /// Keep the sandbox after the drill (for inspection).
     pub keep: bool,
+    /// Restore setuid/setgid bits and file capabilities in the sandbox; without it they are left
+    /// out (and the report counts them), so a sandbox never holds another host's privileged
+    /// programs.
+    pub special_bits: bool,
 }
 
 /// A `[[drill]]` table as written.
@@ -60,6 +64,8 @@ pub(crate) struct RawDrill {
     read_data: Option<String>,
     #[serde(default)]
     keep: bool,
+    #[serde(default)]
+    special_bits: bool,
 }
 
 /// A source a drill may name: (agent, name, its RPO).
@@ -116,6 +122,7 @@ pub(crate) fn parse(raw: Vec<RawDrill>, sources: &[SourceRef<'_>], tz_default: &
             rpo,
             read_data_percent,
             keep: d.keep,
+            special_bits: d.special_bits,
         });
     }
     Ok(plans)

@@ -239,7 +239,7 @@ impl Controller {
             .find(|p| p.sources.iter().any(|s| s.agent == source.agent && s.name == source.name))
             .map(|p| p.name.clone())
             .unwrap_or_default();
-        let (policy, plan_name, sandbox_agent, choice, rto_s, rpo_s, read, plan_keep) = match &chosen {
+        let (policy, plan_name, sandbox_agent, choice, rto_s, rpo_s, read, plan_keep, special_bits) = match &chosen {
             Some((pol, d)) => (
                 pol.clone(),
                 d.name.clone(),
@@ -249,6 +249,7 @@ impl Controller {
                 d.rpo.as_secs_f64(),
                 d.read_data_percent,
                 d.keep,
+                d.special_bits,
             ),
             None => (
                 policy_of_source,
@@ -258,6 +259,7 @@ impl Controller {
                 DEFAULT_RTO_S,
                 source.rpo.as_secs_f64(),
                 100.0,
+                false,
                 false,
             ),
         };
@@ -287,6 +289,7 @@ impl Controller {
             // Below 2^53: the report's JSON numbers (and so its signature) keep it exactly.
             seed: rand::random::<u64>() >> 11,
             keep: keep || plan_keep,
+            special_bits,
             rto_s,
             rpo_s,
             notes,

@@ -88,6 +88,9 @@ pub struct DrillSpec {
     pub seed: u64,
     /// Keep the sandbox.
     pub keep: bool,
+    /// Restore setuid/setgid bits and file capabilities in the sandbox (left out otherwise).
+    #[serde(default)]
+    pub special_bits: bool,
     /// Targets, seconds.
     pub rto_s: f64,
     /// See `rto_s`.
@@ -300,6 +303,7 @@ impl JobRecord {
                 seed: d.seed,
                 keep: d.keep,
                 source: d.source.split_once('/').map_or(d.source.clone(), |(_, s)| s.to_string()),
+                special_bits: d.special_bits,
             }),
             JobSpec::Documents { documents } => Kind::Documents(pb::StoreDocuments {
                 vault: self.vault.clone(),

@@ -53,12 +53,41 @@ impl Drill {
     }
 }
 
-/// One sandbox per attempt: an attempt that outlived its lease cannot remove the next one's.
-fn sandbox_of(ctx: &AgentCtx, drill_id: &str, attempt: u32) -> anyhow::Result<PathBuf> {
+/// One sandbox per attempt (an attempt that outlived its lease cannot remove the next one's),
+/// under a name no one can guess before the drill starts.
+fn sandbox_of(ctx: &AgentCtx, drill_id: &str, attempt: u32) -> anyhow::Result<(PathBuf, String)> {
     if drill_id.is_empty() || !drill_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         anyhow::bail!("drill id {drill_id:?} is not a plain name");
     }
-    Ok(ctx.cfg.drill_dir().join(format!("{drill_id}-a{attempt}")))
+    let prefix = format!("{drill_id}-a{attempt}-");
+    let name = format!("{prefix}{}", hex::encode(rand::random::<[u8; 8]>()));
+    Ok((ctx.cfg.drill_dir().join(name), prefix))
+}
+
+/// Remove what a crashed run of the same attempt left in the drill directory.
+async fn remove_earlier(drill_dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(drill_dir) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = remove_sandbox(&e.path()).await;
+        }
+    }
+}
+
+/// Setuid and setgid bits and file capabilities of `nodes`, taken out unless the plan asks for
+/// them: a sandbox never holds another host's privileged programs. Returns how many of each.
+fn without_special_bits(nodes: &mut [Node]) -> (usize, usize) {
+    let (mut bits, mut caps) = (0, 0);
+    for n in nodes.iter_mut() {
+        if n.mode & 0o6000 != 0 {
+            n.mode &= !0o6000;
+            bits += 1;
+        }
+        let before = n.xattrs.len();
+        n.xattrs.retain(|x| x.name != b"security.capability");
+        caps += before - n.xattrs.len();
+    }
+    (bits, caps)
 }
 
 /// Run a drill to its result.
@@ -66,7 +95,8 @@ fn sandbox_of(ctx: &AgentCtx, drill_id: &str, attempt: u32) -> anyhow::Result<Pa
 /// # Errors
 /// Only a bad job (no sandbox name); every finding is in the result.
 pub async fn run(ctx: &Arc<AgentCtx>, attempt: u32, d: pb::DrillJob) -> anyhow::Result<pb::DrillResult> {
-    let sandbox = sandbox_of(ctx, &d.drill_id, attempt)?;
+    let (sandbox, prefix) = sandbox_of(ctx, &d.drill_id, attempt)?;
+    remove_earlier(&ctx.cfg.drill_dir(), &prefix).await;
     let mut drill = Drill {
         t0: Instant::now(),
         out: pb::DrillResult {
@@ -125,7 +155,17 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
     drill.out.snapshot_id = id.to_string();
     drill.out.snapshot_time.clone_from(&manifest.time);
     drill.out.source_kind = source_kind(&manifest);
-    let nodes = Arc::new(vault.read_tree(&manifest, &index).await?);
+    let mut nodes = vault.read_tree(&manifest, &index).await?;
+    if !d.special_bits {
+        let (bits, caps) = without_special_bits(&mut nodes);
+        if bits + caps > 0 {
+            drill.out.anomalies.push(format!(
+                "the sandbox leaves out {bits} setuid/setgid bit(s) and {caps} file capabilit{} of the snapshot (the drill plan does not set special_bits)",
+                if caps == 1 { "y" } else { "ies" }
+            ));
+        }
+    }
+    let nodes = Arc::new(nodes);
 
     // Structure.
     let s = check_snapshot::structure(&vault, index.clone(), nodes.clone()).await?;
@@ -194,8 +234,6 @@ async fn restore(
     sandbox: &Path,
     drill: &mut Drill,
 ) -> anyhow::Result<bool> {
-    // Each attempt has its own sandbox; this clears what a crashed run of the same attempt left.
-    remove_sandbox(sandbox).await?;
     let t = Instant::now();
     let root = make_sandbox(sandbox).await?;
     let report = files::restore::restore_tree(vault, index, nodes.as_ref().clone(), root).await?;
