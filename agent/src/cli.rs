@@ -116,6 +116,10 @@ pub enum Command {
         /// queries (a collection named NAME-tresor-verify-PID is made and removed).
         #[arg(long, value_name = "URL")]
         qdrant: Option<String>,
+        /// A database probe this host trusts (repeatable; the SQL given at backup). A probe recorded
+        /// in the snapshot runs only if given here; otherwise it is reported "not trusted, not run".
+        #[arg(long = "probe", value_name = "SQL")]
+        probes: Vec<String>,
         /// The directory the snapshot was restored to (the --to of restore).
         path: PathBuf,
     },

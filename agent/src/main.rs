@@ -102,11 +102,12 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
             };
             commands::backup(g, &vault.vault, paths, sources, options, tags, host.clone(), *force).await
         }
-        Command::Verify { vault, snapshot, probe, qdrant, path } => {
+        Command::Verify { vault, snapshot, probe, qdrant, probes, path } => {
             let opts = tresor_sources::verify::VerifyOptions {
                 probe_command: probe.probe_command.clone(),
                 probe_timeout: probe.probe_timeout,
                 qdrant: qdrant.clone(),
+                probes: probes.clone(),
             };
             commands::verify(g, &vault.vault, snapshot, &opts, path).await
         }

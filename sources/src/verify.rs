@@ -162,6 +162,10 @@ pub struct VerifyOptions {
     pub probe_timeout: std::time::Duration,
     /// A scratch Qdrant (`http(s)://HOST:PORT`) to recover Qdrant snapshots into for their golden queries.
     pub qdrant: Option<String>,
+    /// The SQL probes this host trusts (its agent.toml's, or `verify --probe`). A probe recorded
+    /// in a snapshot runs only when it is one of these: the snapshot is bytes any key holder can
+    /// write, and SQL run as a superuser can start programs.
+    pub probes: Vec<String>,
 }
 
 /// Where a recorded absolute path was restored under `root`; `None` for a path (from storage, so
@@ -200,7 +204,7 @@ pub fn verify_sources(
                 }
                 "sqlite" => crate::sqlite::verify(&restored, &s.probes, report),
                 "postgres" => {
-                    crate::postgres::verify::verify(&restored, &s.probes, report);
+                    crate::postgres::verify::verify(&restored, &s.probes, &opts.probes, report);
                     if let Some(dumps) = s.probes.get("pg_dump_dir").and_then(|d| below(root, d)) {
                         crate::postgres::verify::verify_dumps(&dumps, report);
                     }

@@ -212,13 +212,17 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
     Ok(())
 }
 
-/// The sandbox directory, new, mode 0700 (its parent is the drill directory, made if missing).
+/// The sandbox directory, new, mode 0711, in the drill directory, made if missing and set to
+/// 0711: others cannot list either, so a sandbox's random name is its owner's alone, while a
+/// scratch server running as a restored cluster's owner can still reach its data directory.
 async fn make_sandbox(sandbox: &Path) -> anyhow::Result<tresor_sources::files::beneath::Dir> {
     let p = sandbox.to_path_buf();
     tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let parent = p.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(parent).with_context(|| format!("cannot make {}", parent.display()))?;
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .with_context(|| format!("cannot set the mode of {}", parent.display()))?;
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o711)
             .create(&p)
             .with_context(|| format!("cannot make the sandbox {}", p.display()))?;
         Ok(tresor_sources::files::beneath::Dir::open_root(&p)?)
@@ -276,6 +280,7 @@ async fn application(
     let opts = tresor_sources::verify::VerifyOptions {
         probe_command: src.probe_command,
         probe_timeout: src.probe_timeout,
+        probes: src.probes,
         qdrant: ctx.cfg.sources.get(&d.source).and_then(|c| c.verify_qdrant.clone()),
     };
     let (root, nodes, sources) = (sandbox.to_path_buf(), nodes.clone(), manifest.sources.clone());

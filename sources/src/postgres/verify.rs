@@ -43,7 +43,7 @@ pub fn verify_dumps(dir: &Path, report: &mut Report) {
 }
 
 /// Check the data directory `dir` against `probes` recorded at backup. Blocking.
-pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, report: &mut Report) {
+pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, trusted: &[String], report: &mut Report) {
     let shown = dir.display().to_string();
     let owner = match std::fs::metadata(dir) {
         Ok(md) => md.uid(),
@@ -74,7 +74,7 @@ pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, report: &mut Report
         Err(e) => return report.push(&shown, "scratch server starts", false, e),
     };
     report.push(&shown, "scratch server starts", true, format!("recovered and promoted on port {}", scratch.port));
-    scratch.checks(probes, report, &shown);
+    scratch.checks(probes, trusted, report, &shown);
     let stopped = scratch.stop();
     report.push(&shown, "scratch server stops cleanly", stopped.is_ok(), stopped.err().unwrap_or_default());
     if probes.get("data_checksums").map(String::as_str) == Some("on") {
@@ -164,7 +164,7 @@ impl<'a> Scratch<'a> {
         )
     }
 
-    fn checks(&self, probes: &BTreeMap<String, String>, report: &mut Report, shown: &str) {
+    fn checks(&self, probes: &BTreeMap<String, String>, trusted: &[String], report: &mut Report, shown: &str) {
         let mut c = command_as(&program(self.bin, "pg_amcheck"), Some(self.owner), ChildKind::PgScratch);
         c.args(["--all", "--install-missing", "--heapallindexed", "--no-dependent-indexes", "-h"])
             .arg(self.sock.path())
@@ -190,6 +190,13 @@ impl<'a> Scratch<'a> {
         }
         let db = probes.get("dbname").map_or("postgres", String::as_str);
         for (key, sql) in probes.iter().filter(|(k, _)| k.starts_with("probe.")) {
+            if !trusted.iter().any(|t| t.trim() == sql.trim()) {
+                let why = format!(
+                    "not trusted, not run: {sql:?} is recorded in the snapshot but is not among this host's probes (agent.toml [sources.NAME] probes, or verify --probe); a snapshot cannot make the verifier run SQL"
+                );
+                report.push(format!("{shown} {key}"), "postgres probe", false, why);
+                continue;
+            }
             match self.query(db, sql) {
                 Ok(rows) => {
                     let held = rows.len() == 1 && probe_holds(&rows[0]);

@@ -11,12 +11,12 @@ use super::{verified, verify};
 
 fn restore_to(w: &World, name: &str) -> std::path::PathBuf {
     let to = w.path(name);
-    std::fs::create_dir_all(&to).unwrap();
-    // The scratch server runs as postgres and must reach the restored directory.
+    w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
+    // The scratch server runs as postgres and must reach the restored directory (a restore's
+    // target is 0700 until its owner opens it).
     for d in [w.dir.path(), to.as_path()] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
     to
 }
 
@@ -47,7 +47,15 @@ fn a_cluster_under_pgbench_load_restores_starts_and_verifies_and_a_damaged_page_
         std::os::unix::fs::MetadataExt::uid(&md),
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&pg.data).unwrap())
     );
-    let v = verified(&verify(&w, &to, true, &[]));
+    // The probe recorded in the snapshot runs only when this host trusts it.
+    let untrusted = verify(&w, &to, true, &[]);
+    let u: serde_json::Value = serde_json::from_slice(&untrusted.stdout).unwrap();
+    let probe = u["report"]["findings"].as_array().unwrap().iter().find(|f| f["check"] == "postgres probe").cloned();
+    assert!(
+        probe.as_ref().is_some_and(|f| f["ok"] == false && f["detail"].as_str().unwrap_or("").contains("not trusted, not run")),
+        "{probe:?}"
+    );
+    let v = verified(&verify(&w, &to, true, &["--probe", PGBENCH_INVARIANT]));
     let findings = v["report"]["findings"].as_array().unwrap();
     for check in [
         "pg_verifybackup",
