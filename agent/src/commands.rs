@@ -260,8 +260,9 @@ pub async fn restore(
     let nodes = files::restore::select(vault.read_tree(&m, &index).await?, include)?;
     let (base, rel) = split_existing(&to);
     let progress = Progress::start(g.json, || "restoring".to_string());
-    let (report, staged) =
-        files::restore::restore_to(vault, index, nodes, &base, &rel, force, &id.short().to_string()).await?;
+    // Disaster recovery from a damaged vault wants every file that can be had, in its place.
+    let (report, _) =
+        files::restore::restore_to(vault, index, nodes, &base, &rel, force, &id.short().to_string(), true).await?;
     drop(progress);
     let secs = started.elapsed().as_secs_f64();
     let mut text = format!(
@@ -275,10 +276,10 @@ pub async fn restore(
     for (p, why) in &report.failed {
         text.push_str(&format!("\n  FAILED {p}: {why}"));
     }
-    if staged && !report.failed.is_empty() {
+    if !report.failed.is_empty() {
         text.push_str(&format!(
-            "\n  {} is not in place yet: the restored entries wait in a staging directory beside it; run the same restore again to finish",
-            to.display()
+            "\n  every other entry is in place; once the cause is fixed, run the restore again with --force to fill in the {} that failed",
+            report.failed.len()
         ));
     }
     let code = if report.failed.is_empty() { exit::OK } else { exit::PARTIAL };

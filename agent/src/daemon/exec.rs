@@ -207,7 +207,7 @@ async fn restore(ctx: &Arc<AgentCtx>, r: pb::RestoreJob) -> anyhow::Result<Resul
     tokio::fs::create_dir_all(root)
         .await
         .with_context(|| format!("cannot make the restore root {}", root.display()))?;
-    let (report, staged) = files::restore::restore_to(vault, index, nodes, root, &rel, r.force, &key).await?;
+    let (report, staged) = files::restore::restore_to(vault, index, nodes, root, &rel, r.force, &key, false).await?;
     result.files = report.files;
     result.bytes = report.bytes;
     result.others = report.others;

@@ -42,7 +42,11 @@ pub async fn restore_tree(
 /// Restore `nodes` to the target `rel` below `base` (links in `base`'s own path are followed: it
 /// is the operator's or the host's choice; none below it is). A new or empty target is written
 /// into a staging directory that moves into place once every entry is restored; a non-empty one
-/// only with `force`. Returns the report and whether a staging directory was used.
+/// only with `force`. With `place_partial`, a staged restore with failed entries still moves into
+/// place (what could be restored is where it belongs; a re-run with force fills in the rest);
+/// without it the staging directory waits for a re-run. Returns the report and whether the
+/// restore is still waiting in a staging directory.
+#[allow(clippy::too_many_arguments)]
 pub async fn restore_to(
     vault: Arc<Vault>,
     index: Arc<LocalIndex>,
@@ -51,6 +55,7 @@ pub async fn restore_to(
     rel: &Path,
     force: bool,
     key: &str,
+    place_partial: bool,
 ) -> anyhow::Result<(RestoreReport, bool)> {
     let (base, rel, key) = (base.to_path_buf(), rel.to_path_buf(), key.to_string());
     let landing = tokio::task::spawn_blocking(move || -> anyhow::Result<Landing> {
@@ -58,11 +63,11 @@ pub async fn restore_to(
         Ok(Landing::prepare(dir, &base, &rel, force, &key)?)
     })
     .await??;
-    let staged = landing.is_staged();
     let root = landing.root.dir(b"")?;
     let report = restore_tree(vault, index, nodes, root).await?;
-    if report.failed.is_empty() {
+    let waiting = landing.is_staged() && !report.failed.is_empty() && !place_partial;
+    if !waiting {
         tokio::task::spawn_blocking(move || landing.finish()).await??;
     }
-    Ok((report, staged))
+    Ok((report, waiting))
 }

@@ -12,8 +12,8 @@ use crate::proc::ChildKind;
 /// and present (a data directory's PG_VERSION), else the newest there, else PATH.
 pub fn bin_dir(version: Option<&str>) -> Option<PathBuf> {
     let root = Path::new("/usr/lib/postgresql");
-    if let Some(v) = version {
-        let d = root.join(v.trim()).join("bin");
+    if let Some(v) = version.and_then(super::verify::major_version) {
+        let d = root.join(v).join("bin");
         if d.join("postgres").is_file() {
             return Some(d);
         }

@@ -18,6 +18,39 @@ use crate::report::Report;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Settings of a restored cluster that could run a program, load a library, reach another
+/// server or write outside the scratch directory, and what the scratch server is started with
+/// instead.
+/// (name, value, first major version that has it)
+const HOSTILE_SETTINGS: &[(&str, &str, u32)] = &[
+    ("archive_mode", "off", 12),
+    ("archive_command", "''", 12),
+    ("archive_library", "''", 15),
+    ("restore_command", "''", 12),
+    ("archive_cleanup_command", "''", 12),
+    ("recovery_end_command", "''", 12),
+    ("shared_preload_libraries", "''", 12),
+    ("session_preload_libraries", "''", 12),
+    ("local_preload_libraries", "''", 12),
+    ("dynamic_library_path", "'$libdir'", 12),
+    ("jit", "off", 12),
+    ("ssl", "off", 12),
+    ("ssl_passphrase_command", "''", 12),
+    ("primary_conninfo", "''", 12),
+    ("primary_slot_name", "''", 12),
+    ("logging_collector", "off", 12),
+    ("external_pid_file", "''", 12),
+];
+
+/// A data directory's `PG_VERSION`, only when it is a plain major version ("15", "9.6"): the
+/// file comes from the snapshot, and its text picks the directory programs are run from.
+pub fn major_version(text: &str) -> Option<&str> {
+    let v = text.trim();
+    let plain =
+        !v.is_empty() && v.len() <= 6 && v.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    plain.then_some(v)
+}
+
 /// Check the logical dumps below `dir` with `pg_restore --list` (the archive's table of contents
 /// must read whole). Blocking.
 pub fn verify_dumps(dir: &Path, report: &mut Report) {
@@ -49,8 +82,17 @@ pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, trusted: &[String],
         Ok(md) => md.uid(),
         Err(e) => return report.push(&shown, "postgres data directory", false, e.to_string()),
     };
-    let version = std::fs::read_to_string(dir.join("PG_VERSION")).ok();
-    let Some(bin) = tools::bin_dir(version.as_deref()) else {
+    let text = std::fs::read_to_string(dir.join("PG_VERSION")).unwrap_or_default();
+    let Some(version) = major_version(&text) else {
+        let shown_text: String = text.chars().take(40).collect();
+        return report.push(
+            &shown,
+            "postgres data directory",
+            false,
+            format!("its PG_VERSION {shown_text:?} is not a PostgreSQL major version; not started"),
+        );
+    };
+    let Some(bin) = tools::bin_dir(Some(version)) else {
         return report.push(
             &shown,
             "postgres programs",
@@ -69,10 +111,11 @@ pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, trusted: &[String],
             return report.push(&shown, "scratch server starts", false, "not tried: the copy fails pg_verifybackup");
         }
     }
-    let scratch = match Scratch::start(dir, bin, owner) {
-        Ok(s) => s,
-        Err(e) => return report.push(&shown, "scratch server starts", false, e),
-    };
+    let scratch =
+        match Scratch::start(dir, bin, owner, version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0)) {
+            Ok(s) => s,
+            Err(e) => return report.push(&shown, "scratch server starts", false, e),
+        };
     report.push(&shown, "scratch server starts", true, format!("recovered and promoted on port {}", scratch.port));
     scratch.checks(probes, trusted, report, &shown);
     let stopped = scratch.stop();
@@ -104,7 +147,7 @@ struct Scratch<'a> {
 }
 
 impl<'a> Scratch<'a> {
-    fn start(dir: &'a Path, bin: Option<&'a Path>, owner: u32) -> Result<Self, String> {
+    fn start(dir: &'a Path, bin: Option<&'a Path>, owner: u32, major: u32) -> Result<Self, String> {
         let sock = tempfile::Builder::new().prefix("tresor-pg-").tempdir().map_err(|e| e.to_string())?;
         let chown = |p: &Path| rustix::fs::chown(p, Some(rustix::process::Uid::from_raw(owner)), None);
         chown(sock.path()).map_err(|e| format!("socket directory: {e}"))?;
@@ -124,11 +167,17 @@ impl<'a> Scratch<'a> {
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let log = sock.path().join("server.log");
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses='' -c hba_file={} -c archive_mode=off -c hot_standby=on -c max_wal_senders=2",
+        // The restored configuration is the snapshot's, which any key holder can write: every
+        // setting that names a program, a library or a connection is overridden here (the
+        // command line beats any file, included ones too).
+        let mut opts = format!(
+            "-p {port} -k {} -c listen_addresses='' -c hba_file={} -c hot_standby=on -c max_wal_senders=2",
             sock.path().display(),
             hba.display()
         );
+        for (name, value, _) in HOSTILE_SETTINGS.iter().filter(|(_, _, since)| major >= *since) {
+            opts.push_str(&format!(" -c {name}={value}"));
+        }
         let mut c = command_as(&program(bin, "pg_ctl"), Some(owner), ChildKind::PgScratch);
         c.args(["start", "-w", "-t", "600", "-D"]).arg(dir).arg("-l").arg(&log).args(["-o", &opts]);
         let mut s = Self { dir, bin, owner, port, sock, running: true };
@@ -221,6 +270,20 @@ impl Drop for Scratch<'_> {
             let mut c = command_as(&program(self.bin, "pg_ctl"), Some(self.owner), ChildKind::PgScratch);
             c.args(["stop", "-m", "immediate", "-D"]).arg(self.dir);
             let _ = tools::run(c, "pg_ctl stop", STEP_TIMEOUT);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::major_version;
+
+    #[test]
+    fn only_a_plain_major_version_picks_the_programs() {
+        assert_eq!(major_version("15\n"), Some("15"));
+        assert_eq!(major_version("9.6"), Some("9.6"));
+        for bad in ["/tmp/evil", "../../tmp", "15/../../x", "", "1.", "150000000"] {
+            assert_eq!(major_version(bad), None, "{bad:?}");
         }
     }
 }

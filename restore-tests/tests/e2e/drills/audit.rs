@@ -34,7 +34,7 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
     p.ctl_ok(&["backup", "gpu-01/app"]);
     restore_tests::random_file(&data.join("b.bin"), 300_000, 2);
     p.ctl_ok(&["backup", "gpu-01/app"]);
-    p.ctl_ok(&["restore", "gpu-01/app", "--to", tmp.path().join("restored").to_str().unwrap()]);
+    p.ctl_ok(&["restore", "gpu-01/app", "--to", p.dir.path().join("restored").to_str().unwrap()]);
     // The plan's sandbox is another host, with its own key slot for the vault; it keeps the sandbox.
     let sandbox_password = p.password_file("drill-01");
     p.add_key(&nas.url, &nas.password_file, &sandbox_password, &[]);

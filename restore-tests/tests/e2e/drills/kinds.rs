@@ -54,7 +54,8 @@ fn drills_pass_on_every_source_kind_and_the_signed_report_holds_every_part() {
         restore_tests::random_file(&data.join(format!("docs/file-{i}.bin")), 50_000 + i * 7_000, i as u64);
     }
     // A setuid program of the source host: never setuid in a sandbox the plan does not ask for.
-    std::fs::set_permissions(data.join("docs/file-0.bin"), std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    std::fs::set_permissions(data.join("docs/file-0.bin"), std::os::unix::fs::PermissionsExt::from_mode(0o4755))
+        .unwrap();
     let weights = synth::safetensors(&[
         ("embed.weight", "BF16", vec![2048, 64], synth::bf16_weights(2048 * 64, 3)),
         ("head.weight", "F32", vec![64, 64], vec![0u8; 64 * 64 * 4]),

@@ -47,14 +47,6 @@ fn a_cluster_under_pgbench_load_restores_starts_and_verifies_and_a_damaged_page_
         std::os::unix::fs::MetadataExt::uid(&md),
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&pg.data).unwrap())
     );
-    // The probe recorded in the snapshot runs only when this host trusts it.
-    let untrusted = verify(&w, &to, true, &[]);
-    let u: serde_json::Value = serde_json::from_slice(&untrusted.stdout).unwrap();
-    let probe = u["report"]["findings"].as_array().unwrap().iter().find(|f| f["check"] == "postgres probe").cloned();
-    assert!(
-        probe.as_ref().is_some_and(|f| f["ok"] == false && f["detail"].as_str().unwrap_or("").contains("not trusted, not run")),
-        "{probe:?}"
-    );
     let v = verified(&verify(&w, &to, true, &["--probe", PGBENCH_INVARIANT]));
     let findings = v["report"]["findings"].as_array().unwrap();
     for check in [
@@ -68,6 +60,20 @@ fn a_cluster_under_pgbench_load_restores_starts_and_verifies_and_a_damaged_page_
     ] {
         assert!(findings.iter().any(|f| f["check"] == check && f["ok"] == true), "{check} missing or failed: {v}");
     }
+
+    // The probe recorded in the snapshot runs only when this host trusts it (a fresh copy: a
+    // verified one has been started and recovered).
+    let to3 = restore_to(&w, "untrusted");
+    let untrusted = verify(&w, &to3, true, &[]);
+    let u: serde_json::Value = serde_json::from_slice(&untrusted.stdout).unwrap();
+    let probe = u["report"]["findings"].as_array().unwrap().iter().find(|f| f["check"] == "postgres probe").cloned();
+    assert!(
+        probe
+            .as_ref()
+            .is_some_and(|f| f["ok"] == false && f["detail"].as_str().unwrap_or("").contains("not trusted, not run")),
+        "{probe:?}"
+    );
+    assert_eq!(untrusted.status.code(), Some(13), "an untrusted probe fails the verify");
 
     // A damaged page in a second restored copy: the verifier fails.
     let rel = pg.psql("SELECT pg_relation_filepath('pgbench_accounts')");
