@@ -37,6 +37,10 @@ pub struct AgentConfig {
     /// must lie in one of them). Default: the drill directory only, so restoring anywhere else
     /// needs this host's admin to allow it here.
     pub restore_roots: Option<Vec<PathBuf>>,
+    /// The unprivileged user a drill's scratch PostgreSQL runs as, owning the restored data
+    /// directory in the sandbox (default "nobody"; a user of its own that owns nothing else is
+    /// better: `useradd --system --no-create-home tresor-scratch`).
+    pub scratch_user: Option<String>,
     /// Jobs run at once.
     #[serde(default = "default_max_jobs")]
     pub max_jobs: usize,

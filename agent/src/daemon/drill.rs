@@ -74,6 +74,51 @@ async fn remove_earlier(drill_dir: &Path, prefix: &str) {
     }
 }
 
+/// Owners in the sandbox: root's, and the scratch user's for PostgreSQL data (the scratch server
+/// runs as it). The snapshot's owners are another host's uids: restored here they could belong
+/// to any local user.
+fn sandbox_owners(
+    cfg: &super::config::AgentConfig,
+    manifest: &Manifest,
+    nodes: &mut [Node],
+    drill: &mut Drill,
+) -> anyhow::Result<()> {
+    let mut pg_roots: Vec<Vec<u8>> = Vec::new();
+    for s in manifest.sources.iter().filter(|s| s.kind == "postgres") {
+        pg_roots.extend(s.paths.iter().map(|p| p.trim_matches('/').as_bytes().to_vec()));
+        pg_roots.extend(s.probes.get("pg_dump_dir").map(|d| d.trim_matches('/').as_bytes().to_vec()));
+    }
+    let user = cfg.scratch_user.clone().unwrap_or_else(|| "nobody".into());
+    let scratch = if pg_roots.is_empty() {
+        None
+    } else {
+        Some(tresor_sources::postgres::tools::user_ids(&user).ok_or_else(|| {
+            anyhow::anyhow!(
+                "scratch_user {user:?} (agent.toml) does not exist on this host; the scratch PostgreSQL runs as it"
+            )
+        })?)
+    };
+    let below =
+        |path: &[u8], root: &[u8]| path == root || (path.starts_with(root) && path.get(root.len()) == Some(&b'/'));
+    let mut changed = 0;
+    for n in nodes.iter_mut() {
+        let ids = match scratch {
+            Some(ids) if pg_roots.iter().any(|r| below(&n.path, r)) => ids,
+            _ => (0, 0),
+        };
+        changed += usize::from((n.uid, n.gid) != ids);
+        (n.uid, n.gid) = ids;
+    }
+    if changed > 0 {
+        let pg =
+            scratch.map(|(uid, _)| format!(", and {user}'s (uid {uid}) for the PostgreSQL data")).unwrap_or_default();
+        drill.out.anomalies.push(format!(
+            "owners in the sandbox are root's{pg}: a drill does not restore the snapshot's owners ({changed} entries differ)"
+        ));
+    }
+    Ok(())
+}
+
 /// Setuid and setgid bits and file capabilities of `nodes`, taken out unless the plan asks for
 /// them: a sandbox never holds another host's privileged programs. Returns how many of each.
 fn without_special_bits(nodes: &mut [Node]) -> (usize, usize) {
@@ -164,6 +209,10 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
                 if caps == 1 { "y" } else { "ies" }
             ));
         }
+    }
+    if let Err(e) = sandbox_owners(&ctx.cfg, &manifest, &mut nodes, drill) {
+        drill.check("application", "sandbox", "owners", false, format!("{e:#}"));
+        return Ok(());
     }
     let nodes = Arc::new(nodes);
 

@@ -86,10 +86,11 @@ pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptur
         None,
         ChildKind::PgClient,
         &conn,
-        "SELECT current_setting('data_directory'), current_setting('server_version_num'), current_setting('data_checksums'), current_database()",
+        "SELECT current_setting('data_directory'), current_setting('server_version_num'), current_setting('data_checksums'), current_database(), (SELECT rolname FROM pg_roles WHERE oid = 10)",
         t,
     )?;
-    let [datadir, version, checksums, dbname] = facts.first().map(|r| r.as_slice()).unwrap_or_default() else {
+    let [datadir, version, checksums, dbname, superuser] = facts.first().map(|r| r.as_slice()).unwrap_or_default()
+    else {
         return Err(PgError::Tool { what: "reading the server's settings".into(), why: "unexpected answer".into() });
     };
     let (datadir, dbname) = (datadir.clone(), dbname.clone());
@@ -97,6 +98,9 @@ pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptur
     probes.insert("server_version_num".into(), version.clone());
     probes.insert("data_checksums".into(), checksums.clone());
     probes.insert("dbname".into(), dbname);
+    // The bootstrap superuser: a restored copy's scratch server is reached as it, whatever
+    // operating-system user the server runs as.
+    probes.insert("superuser".into(), superuser.clone());
     let dbs = tools::query(
         &psql,
         None,
@@ -252,13 +256,17 @@ fn unpack<R: Read>(
                     }
                     .into());
                 }
+                // pg_basebackup adds backup_manifest itself, with made-up owner ids (2048:1024):
+                // it belongs to the cluster's owner like every other file.
+                let (uid, gid) =
+                    if e.path == "backup_manifest" { (nodes[root_at].uid, nodes[root_at].gid) } else { (e.uid, e.gid) };
                 Node {
                     kind: NodeKind::File,
                     mode: 0o100000 | e.mode,
                     size: e.size,
                     extents: vec![Extent { offset: 0, chunks: stored.chunks }],
                     hash: Some(stored.hash.to_vec()),
-                    ..Node::dir(path, 0, e.uid, e.gid, mtime_ns)
+                    ..Node::dir(path, 0, uid, gid, mtime_ns)
                 }
             }
         };

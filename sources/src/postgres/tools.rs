@@ -52,6 +52,16 @@ pub fn command_as(program: &Path, owner: Option<u32>, kind: ChildKind) -> Comman
     }
 }
 
+/// The uid and primary gid of user `name` in /etc/passwd.
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
+    std::fs::read_to_string("/etc/passwd").ok().and_then(|t| {
+        t.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?))).flatten()
+        })
+    })
+}
+
 fn gid_of(uid: u32) -> u32 {
     // /etc/passwd: name:x:uid:gid:...
     std::fs::read_to_string("/etc/passwd")

@@ -59,8 +59,10 @@ pub fn verify_dumps(dir: &Path, report: &mut Report) {
         return report.push(&shown, "pg_dump archives", false, "missing");
     };
     let bin = tools::bin_dir(None);
+    // The archives are untrusted bytes: read by their owner (in a drill, the scratch user), not root.
+    let owner = std::fs::metadata(dir).map(|m| m.uid()).ok();
     for e in rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "dump")) {
-        let mut c = crate::proc::command(program(bin.as_deref(), "pg_restore"), crate::proc::ChildKind::PgScratch);
+        let mut c = command_as(&program(bin.as_deref(), "pg_restore"), owner, ChildKind::PgScratch);
         c.arg("--list").arg(e.path());
         let subject = e.path().display().to_string();
         match tools::run(c, "pg_restore --list", STEP_TIMEOUT) {
@@ -101,7 +103,11 @@ pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, trusted: &[String],
         );
     };
     let bin = Some(bin.as_path());
-    let mut c = crate::proc::command(program(bin, "pg_verifybackup"), crate::proc::ChildKind::PgScratch);
+    // Run by the data's owner; a copy made before backup_manifest got the cluster's owner
+    // (it carried pg_basebackup's made-up ids) is read as before.
+    let manifest_owner = std::fs::metadata(dir.join("backup_manifest")).map(|m| m.uid()).ok();
+    let reader = if manifest_owner == Some(owner) { Some(owner) } else { None };
+    let mut c = command_as(&program(bin, "pg_verifybackup"), reader, ChildKind::PgScratch);
     c.arg(dir);
     match tools::run(c, "pg_verifybackup", STEP_TIMEOUT) {
         Ok(out) => report.push(&shown, "pg_verifybackup", true, out.trim().to_string()),
@@ -111,11 +117,16 @@ pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, trusted: &[String],
             return report.push(&shown, "scratch server starts", false, "not tried: the copy fails pg_verifybackup");
         }
     }
-    let scratch =
-        match Scratch::start(dir, bin, owner, version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0)) {
-            Ok(s) => s,
-            Err(e) => return report.push(&shown, "scratch server starts", false, e),
-        };
+    let scratch = match Scratch::start(
+        dir,
+        bin,
+        owner,
+        version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0),
+        probes.get("superuser").map_or("postgres", String::as_str),
+    ) {
+        Ok(s) => s,
+        Err(e) => return report.push(&shown, "scratch server starts", false, e),
+    };
     report.push(&shown, "scratch server starts", true, format!("recovered and promoted on port {}", scratch.port));
     scratch.checks(probes, trusted, report, &shown);
     let stopped = scratch.stop();
@@ -142,12 +153,14 @@ struct Scratch<'a> {
     bin: Option<&'a Path>,
     owner: u32,
     port: u16,
+    /// The cluster's bootstrap superuser, as recorded at backup ("postgres" for older snapshots).
+    superuser: String,
     sock: tempfile::TempDir,
     running: bool,
 }
 
 impl<'a> Scratch<'a> {
-    fn start(dir: &'a Path, bin: Option<&'a Path>, owner: u32, major: u32) -> Result<Self, String> {
+    fn start(dir: &'a Path, bin: Option<&'a Path>, owner: u32, major: u32, superuser: &str) -> Result<Self, String> {
         let sock = tempfile::Builder::new().prefix("tresor-pg-").tempdir().map_err(|e| e.to_string())?;
         let chown = |p: &Path| rustix::fs::chown(p, Some(rustix::process::Uid::from_raw(owner)), None);
         chown(sock.path()).map_err(|e| format!("socket directory: {e}"))?;
@@ -180,7 +193,7 @@ impl<'a> Scratch<'a> {
         }
         let mut c = command_as(&program(bin, "pg_ctl"), Some(owner), ChildKind::PgScratch);
         c.args(["start", "-w", "-t", "600", "-D"]).arg(dir).arg("-l").arg(&log).args(["-o", &opts]);
-        let mut s = Self { dir, bin, owner, port, sock, running: true };
+        let mut s = Self { dir, bin, owner, port, superuser: superuser.to_string(), sock, running: true };
         if let Err(e) = tools::run(c, "pg_ctl start", STEP_TIMEOUT) {
             s.running = false;
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
@@ -202,7 +215,8 @@ impl<'a> Scratch<'a> {
     }
 
     fn query(&self, db: &str, sql: &str) -> Result<Vec<Vec<String>>, super::PgError> {
-        let conn = format!("host={} port={} dbname={db}", self.sock.path().display(), self.port);
+        let user = self.superuser.replace('\\', "\\\\").replace('\'', "\\'");
+        let conn = format!("host={} port={} dbname={db} user='{user}'", self.sock.path().display(), self.port);
         tools::query(
             &program(self.bin, "psql"),
             Some(self.owner),
@@ -213,11 +227,49 @@ impl<'a> Scratch<'a> {
         )
     }
 
+    /// Disable the copy's event triggers before anything runs DDL in it (`pg_amcheck` creates its
+    /// extension): they are the snapshot's code, and would run as a superuser. Altering an event
+    /// trigger fires none.
+    fn disable_event_triggers(&self, report: &mut Report, shown: &str) {
+        let dbs = match self.query("postgres", "SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname") {
+            Ok(rows) => rows.into_iter().filter_map(|r| r.into_iter().next()).collect::<Vec<_>>(),
+            Err(e) => return report.push(shown, "event triggers disabled", false, e.to_string()),
+        };
+        let mut disabled = Vec::new();
+        for db in &dbs {
+            let names = match self.query(db, "SELECT evtname FROM pg_event_trigger WHERE evtenabled <> 'D'") {
+                Ok(rows) => rows.into_iter().filter_map(|r| r.into_iter().next()).collect::<Vec<_>>(),
+                Err(e) => return report.push(shown, "event triggers disabled", false, format!("{db}: {e}")),
+            };
+            for name in names {
+                let sql = format!("ALTER EVENT TRIGGER \"{}\" DISABLE", name.replace('"', "\"\""));
+                if let Err(e) = self.query(db, &sql) {
+                    return report.push(shown, "event triggers disabled", false, format!("{db}.{name}: {e}"));
+                }
+                disabled.push(format!("{db}.{name}"));
+            }
+        }
+        if !disabled.is_empty() {
+            let detail =
+                format!("{} disabled in the scratch copy before any check: {}", disabled.len(), disabled.join(", "));
+            report.push(shown, "event triggers disabled", true, detail);
+        }
+    }
+
     fn checks(&self, probes: &BTreeMap<String, String>, trusted: &[String], report: &mut Report, shown: &str) {
+        self.disable_event_triggers(report, shown);
         let mut c = command_as(&program(self.bin, "pg_amcheck"), Some(self.owner), ChildKind::PgScratch);
-        c.args(["--all", "--install-missing", "--heapallindexed", "--no-dependent-indexes", "-h"])
-            .arg(self.sock.path())
-            .args(["-p", &self.port.to_string()]);
+        c.args([
+            "--all",
+            "--install-missing",
+            "--heapallindexed",
+            "--no-dependent-indexes",
+            "-U",
+            &self.superuser,
+            "-h",
+        ])
+        .arg(self.sock.path())
+        .args(["-p", &self.port.to_string()]);
         match tools::run(c, "pg_amcheck", STEP_TIMEOUT) {
             Ok(out) => report.push(
                 shown,
