@@ -56,3 +56,107 @@ fn a_postgres_drill_passes_and_a_page_damaged_before_the_backup_fails_its_applic
         "pg_amcheck names the damaged table: {fails:?}"
     );
 }
+
+/// A cluster set up to attack whoever drills its snapshot (issue 13): `ALTER SYSTEM` sets an
+/// archive command, a restore command and a preload library that does not exist; an event trigger
+/// runs a program on any DDL (pg_amcheck creates its extension); the source host recorded a probe
+/// that runs a program. The drill runs on another host that trusts only a probe reading the
+/// server's own environment and a probe trying the sandbox agent's password file. Nothing runs:
+/// the marker directory stays empty, the untrusted probe is the one FAIL, the scratch server
+/// starts despite the preload library, and it sees none of the agent's secrets. A second snapshot
+/// whose PG_VERSION is an absolute path is not started at all.
+#[test]
+fn a_hostile_postgres_snapshot_runs_nothing_in_a_drill() {
+    let pg = PgCluster::start();
+    let marks = tempfile::Builder::new().prefix("tresor-marks-").tempdir().unwrap();
+    // Writable by anyone: had any command run, as whichever user, its mark would be here.
+    std::fs::set_permissions(marks.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mark = |name: &str| marks.path().join(name).display().to_string();
+    pg.psql(
+        "CREATE FUNCTION can_read(p text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_read_file(p); RETURN true; EXCEPTION WHEN others THEN RETURN false; END $$",
+    );
+    pg.psql(&format!(
+        "CREATE FUNCTION evil() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN COPY (SELECT 1) TO PROGRAM 'touch {}'; END $$",
+        mark("event-trigger")
+    ));
+    // Last: from here on any DDL in this cluster, or in a copy of it, runs the program.
+    pg.psql("CREATE EVENT TRIGGER evil ON ddl_command_start EXECUTE FUNCTION evil()");
+    for (name, value) in [
+        ("archive_mode", "on".to_string()),
+        ("archive_command", format!("touch {}", mark("archive"))),
+        ("restore_command", format!("touch {}", mark("restore"))),
+        ("shared_preload_libraries", "tresor_no_such_library".to_string()),
+    ] {
+        pg.psql(&format!("ALTER SYSTEM SET {name} = '{value}'"));
+    }
+
+    let (mut p, nas) = plane("", "");
+    let sandbox_password = p.password_file("drill-01");
+    p.add_key(&nas.url, &nas.password_file, &sandbox_password, &[]);
+    std::fs::set_permissions(&sandbox_password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let environ = "SELECT position('aws-canary'::bytea in pg_read_binary_file('/proc/self/environ')) = 0";
+    let secret = format!("SELECT NOT can_read('{}')", sandbox_password.display());
+    let evil = format!("COPY (SELECT 1) TO PROGRAM 'touch {}'", mark("probe"));
+    // The source host recorded all three probes; the sandbox host trusts two.
+    let source_toml = format!("[sources.db]\nprobes = [{environ:?}, {secret:?}, {evil:?}]\n");
+    p.kill_agent("gpu-01");
+    let config = p.dir.path().join("agent-gpu-01.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&source_toml);
+    std::fs::write(&config, text).unwrap();
+    p.start_agent("gpu-01");
+    p.wait_connected("gpu-01");
+    let own_slot = restore_tests::plane::VaultSpec { password_file: sandbox_password.clone(), ..nas.clone() };
+    p.add_agent_toml(
+        "drill-01",
+        &[own_slot],
+        &[("AWS_SECRET_ACCESS_KEY", "aws-canary"), ("TRESOR_PASSWORD", "aws-canary")],
+        &format!("[sources.db]\nprobes = [{environ:?}, {secret:?}]\n"),
+    );
+    // The scratch server runs as the scratch user and must reach the sandbox below the agent's state.
+    let state = p.agents["drill-01"].state.clone();
+    for d in [p.dir.path(), state.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let plan = "[[drill]]\nname = \"db\"\nsource = \"gpu-01/db\"\nsandbox_agent = \"drill-01\"\nschedule = \"0 4 * * 0\"\nrto = \"1h\"\n";
+    apply(&p, &policy(&[Src("db", vec![format!("postgres:{}", pg.conn())])], plan));
+    p.ctl_ok(&["backup", "gpu-01/db"]);
+    // The evil probe ran on the live cluster at backup, as the source host asked; nothing else did.
+    let at_backup: Vec<_> = std::fs::read_dir(marks.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(at_backup, ["probe"], "the live cluster ran only the source host's own probe");
+    std::fs::remove_file(marks.path().join("probe")).unwrap();
+
+    let r = drill(&p, "gpu-01/db", &[]);
+    let marks_left: Vec<_> = std::fs::read_dir(marks.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(marks_left.is_empty(), "a command of the snapshot ran in the drill: {marks_left:?}");
+    assert_eq!((r.code, r.report["verdict"].as_str()), (Some(5), Some("FAIL")), "{}", r.report);
+    let fails = failed_checks(&r.report);
+    assert!(
+        fails.len() == 1 && fails[0]["detail"].as_str().unwrap_or("").contains("not trusted, not run"),
+        "only the untrusted probe fails: {fails:?}"
+    );
+    let checks = r.report["checks"].as_array().unwrap();
+    let passed = |check: &str, text: &str| {
+        checks.iter().any(|c| {
+            c["check"] == check && c["result"] == "PASS" && format!("{}{}", c["subject"], c["detail"]).contains(text)
+        })
+    };
+    assert!(passed("scratch server starts", ""), "the preload library was overridden: {checks:?}");
+    assert!(passed("event triggers disabled", "postgres.evil"), "{checks:?}");
+    assert!(passed("postgres probe", "environ"), "the scratch server sees no secret: {checks:?}");
+    assert!(passed("postgres probe", "can_read"), "nor the sandbox agent's password file: {checks:?}");
+
+    // PG_VERSION naming a directory elsewhere: nothing is started from it.
+    std::fs::write(pg.data.join("PG_VERSION"), "/tmp/evil\n").unwrap();
+    p.ctl_ok(&["backup", "gpu-01/db"]);
+    std::fs::remove_file(marks.path().join("probe")).unwrap();
+    let r = drill(&p, "gpu-01/db", &[]);
+    let fails = failed_checks(&r.report);
+    assert!(
+        fails
+            .iter()
+            .any(|c| c["detail"].as_str().unwrap_or("").contains("is not a PostgreSQL major version; not started")),
+        "{fails:?}"
+    );
+    assert!(std::fs::read_dir(marks.path()).unwrap().next().is_none(), "still nothing ran");
+}
