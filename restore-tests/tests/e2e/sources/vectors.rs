@@ -56,10 +56,14 @@ fn hnswlib_index_answers_through_a_probe_command() {
     std::fs::create_dir_all(&dir).unwrap();
     let index = dir.join("index.hnsw");
     run_py(&[script("hnsw_build.py"), index.clone()]);
-    let probe = format!("{} {} 32", python().display(), script("hnsw_probe.py").display());
+    // The probe command also prints its environment: the agent's password never reaches it.
+    let seen = w.path("probe.env");
+    let probe = format!("env > {}; {} {} 32", seen.display(), python().display(), script("hnsw_probe.py").display());
     let spec = format!("hnswlib:{}", index.display());
     let b = w.json(&["backup", "--vault", w.vault_str(), "--source", &spec, "--probe-command", &probe]);
     assert_eq!(b["manifest"]["sources"][0]["probes"]["golden_method"], "command", "{b}");
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(env.contains("TRESOR_INDEX=") && !env.contains(&w.password) && !env.contains("TRESOR_PASSWORD"), "{env}");
     let to = w.path("restored");
     w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
     assert_full_recall(&verified(&verify(&w, &to, true, &["--probe-command", &probe])));
