@@ -506,8 +506,15 @@ impl Controller {
             &format!("{} snapshot {} drill {}", spec.source, report.snapshot, spec.drill_id),
             if report.verdict == Verdict::Pass { OK } else { FAILED },
             &format!(
-                "verdict {verdict}; RTO {:.1} s of {:.0} s, RPO {:.0} s of {:.0} s",
-                report.rto.measured_s, report.rto.target_s, report.rpo.measured_s, report.rpo.target_s
+                "verdict {verdict}; RTO {:.1} s of {:.0} s, RPO {:.0} s of {:.0} s{}",
+                report.rto.measured_s,
+                report.rto.target_s,
+                report.rpo.measured_s,
+                report.rpo.target_s,
+                result
+                    .filter(|r| !r.sandbox_expires.is_empty())
+                    .map(|r| format!("; sandbox {} kept until {}", r.sandbox, r.sandbox_expires))
+                    .unwrap_or_default()
             ),
         );
         self.audit(

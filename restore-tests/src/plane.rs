@@ -51,6 +51,8 @@ pub struct Plane {
     pub agents: BTreeMap<String, AgentProc>,
     /// The `restore_roots` of agents added from now on (default: this plane's directory).
     pub restore_roots: Vec<PathBuf>,
+    /// Top-level agent.toml lines of agents added from now on (before any table).
+    pub agent_settings: String,
 }
 
 /// Wait until `f` holds, polling every 200 ms; panics with `what` and the time waited.
@@ -101,6 +103,7 @@ impl Plane {
             starts: 0,
             agents: BTreeMap::new(),
             restore_roots,
+            agent_settings: String::new(),
         };
         p.start_controller();
         p
@@ -257,8 +260,12 @@ impl Plane {
         let state = self.dir.path().join(format!("agent-{name}"));
         let config = self.dir.path().join(format!("agent-{name}.toml"));
         let roots: Vec<String> = self.restore_roots.iter().map(|r| format!("{:?}", r.display().to_string())).collect();
-        let mut toml =
-            format!("name = \"{name}\"\nstate_dir = \"{}\"\nrestore_roots = [{}]\n", state.display(), roots.join(", "));
+        let mut toml = format!(
+            "name = \"{name}\"\nstate_dir = \"{}\"\nrestore_roots = [{}]\n{}",
+            state.display(),
+            roots.join(", "),
+            self.agent_settings
+        );
         let mut daemon_env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         for v in vaults {
             toml.push_str(&format!(

@@ -41,6 +41,8 @@ pub struct AgentConfig {
     /// directory in the sandbox (default "nobody"; a user of its own that owns nothing else is
     /// better: `useradd --system --no-create-home tresor-scratch`).
     pub scratch_user: Option<String>,
+    /// How long a drill's kept sandbox stays before this agent removes it (default 7d).
+    pub keep_sandbox_for: Option<String>,
     /// Jobs run at once.
     #[serde(default = "default_max_jobs")]
     pub max_jobs: usize,
@@ -102,6 +104,7 @@ impl AgentConfig {
         for name in cfg.sources.keys() {
             cfg.source_options(name).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         }
+        cfg.keep_sandbox_for().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         for r in cfg.restore_roots.iter().flatten() {
             let n = tresor_sources::files::target::normalize(r)
                 .map_err(|e| anyhow::anyhow!("{origin}: restore_roots: {e}"))?;
@@ -142,6 +145,14 @@ impl AgentConfig {
     /// The directory drill sandboxes are made in.
     pub fn drill_dir(&self) -> PathBuf {
         self.drill_dir.clone().unwrap_or_else(|| self.state_dir.join("drills"))
+    }
+
+    /// How long a kept sandbox stays.
+    pub fn keep_sandbox_for(&self) -> anyhow::Result<std::time::Duration> {
+        match &self.keep_sandbox_for {
+            Some(t) => tresor_proto::parse_duration(t).map_err(|e| anyhow::anyhow!("keep_sandbox_for: {e}")),
+            None => Ok(std::time::Duration::from_secs(7 * 86_400)),
+        }
     }
 
     /// Where controller-started restores may write, normalised.

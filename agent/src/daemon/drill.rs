@@ -66,11 +66,19 @@ fn sandbox_of(ctx: &AgentCtx, drill_id: &str, attempt: u32) -> anyhow::Result<(P
 
 /// Remove what a crashed run of the same attempt left in the drill directory.
 async fn remove_earlier(drill_dir: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(drill_dir) else { return };
-    for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(prefix) {
-            let _ = remove_sandbox(&e.path()).await;
-        }
+    let (dir, prefix) = (drill_dir.to_path_buf(), prefix.to_string());
+    let earlier = tokio::task::spawn_blocking(move || match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect(),
+        Err(_) => Vec::new(),
+    })
+    .await
+    .unwrap_or_default();
+    for p in earlier {
+        let _ = remove_sandbox(&p).await;
     }
 }
 
@@ -159,13 +167,70 @@ pub async fn run(ctx: &Arc<AgentCtx>, attempt: u32, d: pb::DrillJob) -> anyhow::
     if drill.out.rto_seconds == 0.0 {
         drill.out.rto_seconds = drill.secs();
     }
-    if !d.keep
-        && let Err(e) = remove_sandbox(&sandbox).await
-    {
-        drill.out.anomalies.push(format!("the sandbox {} was not removed: {e:#}", sandbox.display()));
+    if !d.keep {
+        if let Err(e) = remove_sandbox(&sandbox).await {
+            drill.out.anomalies.push(format!("the sandbox {} was not removed: {e:#}", sandbox.display()));
+        }
+    } else {
+        match keep_until(ctx, &sandbox).await {
+            Ok(until) => drill.out.sandbox_expires = until,
+            Err(e) => drill.out.anomalies.push(format!("the kept sandbox {} has no expiry: {e:#}", sandbox.display())),
+        }
     }
     drill.out.ended = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     Ok(drill.out)
+}
+
+/// The marker beside a kept sandbox that names when this agent removes it.
+fn expiry_marker(sandbox: &Path) -> PathBuf {
+    sandbox.with_extension("expires")
+}
+
+/// Give a kept sandbox its expiry (agent.toml `keep_sandbox_for`); returns it, RFC 3339.
+async fn keep_until(ctx: &AgentCtx, sandbox: &Path) -> anyhow::Result<String> {
+    let keep = chrono::Duration::from_std(ctx.cfg.keep_sandbox_for()?)?;
+    let until = (chrono::Utc::now() + keep).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    tokio::fs::write(expiry_marker(sandbox), &until).await.context("writing the sandbox's expiry")?;
+    Ok(until)
+}
+
+/// Remove the kept sandboxes whose expiry has passed (and, for a marker that does not read, the
+/// marker's sandbox too: an expiry nobody can read is past). Runs for the daemon's life.
+pub async fn sweep_kept_sandboxes(ctx: Arc<AgentCtx>) {
+    let period = ctx
+        .cfg
+        .keep_sandbox_for()
+        .unwrap_or_default()
+        .div_f64(2.0)
+        .clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(period).await;
+        let dir = ctx.cfg.drill_dir();
+        let due = tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+            let markers = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "expires"));
+            markers
+                .filter(|m| {
+                    std::fs::read_to_string(m)
+                        .ok()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t.trim()).ok())
+                        .is_none_or(|t| t <= chrono::Utc::now())
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for marker in due {
+            let sandbox = marker.with_extension("");
+            match remove_sandbox(&sandbox).await {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&marker);
+                    tracing::info!(sandbox = %sandbox.display(), "kept drill sandbox expired and was removed");
+                }
+                Err(e) => tracing::warn!(sandbox = %sandbox.display(), error = %e, "cannot remove an expired sandbox"),
+            }
+        }
+    }
 }
 
 async fn remove_sandbox(p: &Path) -> anyhow::Result<()> {

@@ -75,6 +75,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     drop(tokio::spawn(renew_loop(files, url.clone(), ca, client_tx)));
     drop(tokio::spawn(heartbeat_loop(ctx.clone())));
     drop(tokio::spawn(outbox_loop(ctx.clone())));
+    drop(tokio::spawn(drill::sweep_kept_sandboxes(ctx.clone())));
     stream_loop(ctx, max_jobs).await
 }
 

@@ -39,13 +39,17 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
     let sandbox_password = p.password_file("drill-01");
     p.add_key(&nas.url, &nas.password_file, &sandbox_password, &[]);
     let own_slot = restore_tests::plane::VaultSpec { password_file: sandbox_password, ..nas.clone() };
+    p.agent_settings = "keep_sandbox_for = \"4s\"\n".into();
     p.add_agent("drill-01", &[own_slot], &[]);
+    p.agent_settings.clear();
     let r = drill(&p, "gpu-01/app", &[]);
     assert_eq!(r.report["verdict"], "PASS", "{}", r.report);
     let sandbox = r.report["sandbox"].as_str().unwrap();
     assert!(sandbox.starts_with("drill-01:"), "{sandbox}");
     let kept = std::path::Path::new(sandbox.trim_start_matches("drill-01:"));
     assert!(kept.join(data.strip_prefix("/").unwrap()).join("b.bin").is_file(), "keep = true leaves the sandbox");
+    // ... until its expiry (keep_sandbox_for, 4 s here; the audit log records it, below).
+    wait_for("the kept sandbox to expire and go", Duration::from_secs(60), || !kept.exists());
     assert_ne!(r.report["key_slot"], "", "the sandbox's own key slot is named");
     let drill_id = r.report["drill_id"].as_str().unwrap().to_string();
     p.ctl_ok(&["prune", "nas"]);
@@ -113,6 +117,11 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
         "a refusal, with its actor"
     );
     assert!(has("backup", "ok", &|e| e["actor"] == "agent:gpu-01" && e["reason"].as_str().unwrap().contains("receipt")));
+    assert!(
+        has("drill", "ok", &|e| e["actor"] == "agent:drill-01"
+            && e["reason"].as_str().unwrap().contains(&format!("sandbox {sandbox} kept until 20"))),
+        "the kept sandbox's expiry is in the audit log"
+    );
     assert!(entries.iter().all(|e| e["time"].as_str().is_some_and(|t| t.ends_with('Z'))));
 
     // Offline: only the exported log, the checkpoints from the vault and the public key.
