@@ -8,11 +8,20 @@ use std::time::Duration;
 use super::PgError;
 use crate::proc::ChildKind;
 
+/// A data directory's `PG_VERSION`, only when it is a plain major version ("15", "9.6"): the
+/// file comes from the snapshot, and its text picks the directory programs are run from.
+pub fn major_version(text: &str) -> Option<&str> {
+    let v = text.trim();
+    let plain =
+        !v.is_empty() && v.len() <= 6 && v.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    plain.then_some(v)
+}
+
 /// The directory holding PostgreSQL's programs: `version`'s under /usr/lib/postgresql when given
 /// and present (a data directory's PG_VERSION), else the newest there, else PATH.
 pub fn bin_dir(version: Option<&str>) -> Option<PathBuf> {
     let root = Path::new("/usr/lib/postgresql");
-    if let Some(v) = version.and_then(super::verify::major_version) {
+    if let Some(v) = version.and_then(major_version) {
         let d = root.join(v).join("bin");
         if d.join("postgres").is_file() {
             return Some(d);
@@ -126,4 +135,18 @@ pub fn query(
 fn short(sql: &str) -> String {
     let s: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
     if s.chars().count() > 80 { format!("{}...", s.chars().take(80).collect::<String>()) } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::major_version;
+
+    #[test]
+    fn only_a_plain_major_version_picks_the_programs() {
+        assert_eq!(major_version("15\n"), Some("15"));
+        assert_eq!(major_version("9.6"), Some("9.6"));
+        for bad in ["/tmp/evil", "../../tmp", "15/../../x", "", "1.", "150000000"] {
+            assert_eq!(major_version(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::probe_holds;
-use super::tools::{self, command_as, program};
+use super::tools::{self, command_as, major_version, program};
 use crate::proc::ChildKind;
 use crate::report::Report;
 
@@ -41,15 +41,6 @@ const HOSTILE_SETTINGS: &[(&str, &str, u32)] = &[
     ("logging_collector", "off", 12),
     ("external_pid_file", "''", 12),
 ];
-
-/// A data directory's `PG_VERSION`, only when it is a plain major version ("15", "9.6"): the
-/// file comes from the snapshot, and its text picks the directory programs are run from.
-pub fn major_version(text: &str) -> Option<&str> {
-    let v = text.trim();
-    let plain =
-        !v.is_empty() && v.len() <= 6 && v.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    plain.then_some(v)
-}
 
 /// Check the logical dumps below `dir` with `pg_restore --list` (the archive's table of contents
 /// must read whole). Blocking.
@@ -322,20 +313,6 @@ impl Drop for Scratch<'_> {
             let mut c = command_as(&program(self.bin, "pg_ctl"), Some(self.owner), ChildKind::PgScratch);
             c.args(["stop", "-m", "immediate", "-D"]).arg(self.dir);
             let _ = tools::run(c, "pg_ctl stop", STEP_TIMEOUT);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::major_version;
-
-    #[test]
-    fn only_a_plain_major_version_picks_the_programs() {
-        assert_eq!(major_version("15\n"), Some("15"));
-        assert_eq!(major_version("9.6"), Some("9.6"));
-        for bad in ["/tmp/evil", "../../tmp", "15/../../x", "", "1.", "150000000"] {
-            assert_eq!(major_version(bad), None, "{bad:?}");
         }
     }
 }
