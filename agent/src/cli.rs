@@ -29,6 +29,10 @@ pub struct Global {
     /// Local cache directory (index copy).
     #[arg(long, global = true, value_name = "DIR", env = "TRESOR_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// PostgreSQL's programs (default: /usr/lib/postgresql/MAJOR/bin for the data's plain major
+    /// version, else the newest installed).
+    #[arg(long, global = true, value_name = "DIR", env = "TRESOR_PG_BINDIR")]
+    pub pg_bindir: Option<PathBuf>,
 }
 
 /// The command that answers golden queries for vector indexes Tresor cannot search itself.

@@ -99,6 +99,7 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
                 probe_command: probe.probe_command.clone(),
                 probe_timeout: probe.probe_timeout,
                 pg_dump: *pg_dump,
+                pg_bindir: g.pg_bindir.clone(),
             };
             commands::backup(g, &vault.vault, paths, sources, options, tags, host.clone(), *force).await
         }
@@ -108,6 +109,7 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
                 probe_timeout: probe.probe_timeout,
                 qdrant: qdrant.clone(),
                 probes: probes.clone(),
+                pg_bindir: g.pg_bindir.clone(),
             };
             commands::verify(g, &vault.vault, snapshot, &opts, path).await
         }

@@ -63,6 +63,8 @@ pub struct SourceOptions {
     pub probe_timeout: std::time::Duration,
     /// PostgreSQL: also take logical dumps.
     pub pg_dump: bool,
+    /// PostgreSQL's programs (default: the newest under /usr/lib/postgresql).
+    pub pg_bindir: Option<std::path::PathBuf>,
 }
 
 impl Default for SourceOptions {
@@ -73,6 +75,7 @@ impl Default for SourceOptions {
             probe_command: None,
             probe_timeout: std::time::Duration::from_secs(300),
             pg_dump: false,
+            pg_bindir: None,
         }
     }
 }

@@ -166,6 +166,9 @@ pub struct VerifyOptions {
     /// in a snapshot runs only when it is one of these: the snapshot is bytes any key holder can
     /// write, and SQL run as a superuser can start programs.
     pub probes: Vec<String>,
+    /// PostgreSQL's programs, set by the host (default: `/usr/lib/postgresql/MAJOR/bin` for the
+    /// copy's plain major version). Never a path the snapshot names.
+    pub pg_bindir: Option<std::path::PathBuf>,
 }
 
 /// Where a recorded absolute path was restored under `root`; `None` for a path (from storage, so
@@ -204,9 +207,10 @@ pub fn verify_sources(
                 }
                 "sqlite" => crate::sqlite::verify(&restored, &s.probes, report),
                 "postgres" => {
-                    crate::postgres::verify::verify(&restored, &s.probes, &opts.probes, report);
+                    let bindir = opts.pg_bindir.as_deref();
+                    crate::postgres::verify::verify(&restored, &s.probes, &opts.probes, bindir, report);
                     if let Some(dumps) = s.probes.get("pg_dump_dir").and_then(|d| below(root, d)) {
-                        crate::postgres::verify::verify_dumps(&dumps, report);
+                        crate::postgres::verify::verify_dumps(&dumps, bindir, report);
                     }
                 }
                 "faiss" | "hnswlib" | "vectors" => verify_golden(&restored, p, &s.probes, opts, report),

@@ -43,6 +43,9 @@ pub struct AgentConfig {
     pub scratch_user: Option<String>,
     /// How long a drill's kept sandbox stays before this agent removes it (default 7d).
     pub keep_sandbox_for: Option<String>,
+    /// PostgreSQL's programs for backups, verifies and drills (default: the installation under
+    /// /usr/lib/postgresql matching the data's major version, else the newest).
+    pub pg_bindir: Option<PathBuf>,
     /// Jobs run at once.
     #[serde(default = "default_max_jobs")]
     pub max_jobs: usize,
@@ -124,7 +127,7 @@ impl AgentConfig {
 
     /// This host's settings for a source (defaults when it has no entry).
     pub fn source_options(&self, source: &str) -> anyhow::Result<tresor_sources::capture::SourceOptions> {
-        let mut o = tresor_sources::capture::SourceOptions::default();
+        let mut o = tresor_sources::capture::SourceOptions { pg_bindir: self.pg_bindir.clone(), ..Default::default() };
         let Some(c) = self.sources.get(source) else { return Ok(o) };
         let dur = |field: &str, v: &Option<String>, default| match v {
             Some(t) => tresor_proto::parse_duration(t).map_err(|e| anyhow::anyhow!("sources.{source}.{field}: {e}")),
@@ -192,7 +195,9 @@ mod tests {
     fn restore_roots_default_to_the_drill_directory_and_refuse_the_host_root() {
         let cfg = AgentConfig::parse("state_dir = \"/var/lib/t\"\n", "a.toml").unwrap();
         assert_eq!(cfg.restore_roots(), vec![PathBuf::from("/var/lib/t/drills")]);
-        let cfg = AgentConfig::parse("restore_roots = [\"/srv/restore/\"]\n", "a.toml").unwrap();
+        let cfg =
+            AgentConfig::parse("pg_bindir = \"/opt/pg/bin\"\nrestore_roots = [\"/srv/restore/\"]\n", "a.toml").unwrap();
+        assert_eq!(cfg.source_options("db").unwrap().pg_bindir, Some(PathBuf::from("/opt/pg/bin")));
         assert_eq!(cfg.restore_roots(), vec![PathBuf::from("/srv/restore")]);
         for bad in ["[\"/\"]", "[\"/srv/../etc\"]", "[\"relative\"]"] {
             let e = AgentConfig::parse(&format!("restore_roots = {bad}\n"), "a.toml").unwrap_err().to_string();

@@ -395,6 +395,7 @@ async fn application(
         probe_command: src.probe_command,
         probe_timeout: src.probe_timeout,
         probes: src.probes,
+        pg_bindir: src.pg_bindir,
         qdrant: ctx.cfg.sources.get(&d.source).and_then(|c| c.verify_qdrant.clone()),
     };
     let (root, nodes, sources) = (sandbox.to_path_buf(), nodes.clone(), manifest.sources.clone());

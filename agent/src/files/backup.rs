@@ -276,6 +276,7 @@ async fn store(
         let opts = tresor_sources::postgres::PgOptions {
             probes: req.options.probes.clone(),
             logical: req.options.pg_dump,
+            bindir: req.options.pg_bindir.clone(),
             ..Default::default()
         };
         let streamed =

@@ -47,11 +47,13 @@ pub struct PgOptions {
     pub query_timeout: Duration,
     /// Also take a logical `pg_dump -Fc` of every database (and the globals), streamed.
     pub logical: bool,
+    /// PostgreSQL's programs (default: the newest under /usr/lib/postgresql).
+    pub bindir: Option<PathBuf>,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        Self { probes: Vec::new(), query_timeout: Duration::from_secs(300), logical: false }
+        Self { probes: Vec::new(), query_timeout: Duration::from_secs(300), logical: false, bindir: None }
     }
 }
 
@@ -77,7 +79,7 @@ const MAX_MANIFEST: u64 = 256 << 20;
 
 /// Back up the cluster `conn` (a libpq connection string) into `sink`. Blocking.
 pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptured, PgError> {
-    let bin = tools::bin_dir(None);
+    let bin = opts.bindir.clone().or_else(|| tools::bin_dir(None));
     let psql = tools::program(bin.as_deref(), "psql");
     let conn = ["-d", spec];
     let t = opts.query_timeout;

@@ -44,12 +44,12 @@ const HOSTILE_SETTINGS: &[(&str, &str, u32)] = &[
 
 /// Check the logical dumps below `dir` with `pg_restore --list` (the archive's table of contents
 /// must read whole). Blocking.
-pub fn verify_dumps(dir: &Path, report: &mut Report) {
+pub fn verify_dumps(dir: &Path, bindir: Option<&Path>, report: &mut Report) {
     let shown = dir.display().to_string();
     let Ok(rd) = std::fs::read_dir(dir) else {
         return report.push(&shown, "pg_dump archives", false, "missing");
     };
-    let bin = tools::bin_dir(None);
+    let bin = bindir.map(Path::to_path_buf).or_else(|| tools::bin_dir(None));
     // The archives are untrusted bytes: read by their owner (in a drill, the scratch user), not root.
     let owner = std::fs::metadata(dir).map(|m| m.uid()).ok();
     for e in rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "dump")) {
@@ -69,7 +69,13 @@ pub fn verify_dumps(dir: &Path, report: &mut Report) {
 }
 
 /// Check the data directory `dir` against `probes` recorded at backup. Blocking.
-pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, trusted: &[String], report: &mut Report) {
+pub fn verify(
+    dir: &Path,
+    probes: &BTreeMap<String, String>,
+    trusted: &[String],
+    bindir: Option<&Path>,
+    report: &mut Report,
+) {
     let shown = dir.display().to_string();
     let owner = match std::fs::metadata(dir) {
         Ok(md) => md.uid(),
@@ -85,7 +91,7 @@ pub fn verify(dir: &Path, probes: &BTreeMap<String, String>, trusted: &[String],
             format!("its PG_VERSION {shown_text:?} is not a PostgreSQL major version; not started"),
         );
     };
-    let Some(bin) = tools::bin_dir(Some(version)) else {
+    let Some(bin) = bindir.map(Path::to_path_buf).or_else(|| tools::bin_dir(Some(version))) else {
         return report.push(
             &shown,
             "postgres programs",

@@ -107,12 +107,15 @@ fn a_hostile_postgres_snapshot_runs_nothing_in_a_drill() {
     p.start_agent("gpu-01");
     p.wait_connected("gpu-01");
     let own_slot = restore_tests::plane::VaultSpec { password_file: sandbox_password.clone(), ..nas.clone() };
+    // The sandbox host names its PostgreSQL programs itself.
+    p.agent_settings = format!("pg_bindir = {:?}\n", restore_tests::pg::bin_dir().display().to_string());
     p.add_agent_toml(
         "drill-01",
         &[own_slot],
         &[("AWS_SECRET_ACCESS_KEY", "aws-canary"), ("TRESOR_PASSWORD", "aws-canary")],
         &format!("[sources.db]\nprobes = [{environ:?}, {secret:?}]\n"),
     );
+    p.agent_settings.clear();
     // The scratch server runs as the scratch user and must reach the sandbox below the agent's state.
     let state = p.agents["drill-01"].state.clone();
     for d in [p.dir.path(), state.as_path()] {
