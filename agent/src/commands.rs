@@ -261,8 +261,17 @@ pub async fn restore(
     let (base, rel) = split_existing(&to);
     let progress = Progress::start(g.json, || "restoring".to_string());
     // Disaster recovery from a damaged vault wants every file that can be had, in its place.
-    let (report, _) =
-        files::restore::restore_to(vault, index, nodes, &base, &rel, force, &id.short().to_string(), true).await?;
+    let (report, _) = files::restore::restore_to(
+        vault,
+        index,
+        nodes,
+        &base,
+        &rel,
+        force,
+        &files::restore::restore_key(&id, include),
+        true,
+    )
+    .await?;
     drop(progress);
     let secs = started.elapsed().as_secs_f64();
     let mut text = format!(

@@ -202,7 +202,7 @@ async fn restore(ctx: &Arc<AgentCtx>, r: pb::RestoreJob) -> anyhow::Result<Resul
         result.seconds = started.elapsed().as_secs_f64();
         return Ok(ResultKind::Restore(result));
     }
-    let key = id.short().to_string();
+    let key = files::restore::restore_key(&id, &r.include);
     // The host's admin named the root: make it if it is not there yet.
     tokio::fs::create_dir_all(root)
         .await

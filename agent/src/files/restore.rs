@@ -15,6 +15,19 @@ use tresor_vault::snapshot::Node;
 
 pub use tresor_sources::files::restore::{RestoreReport, select};
 
+/// What names a restore's staging directory, so that only the same restore resumes it: 64 bits
+/// of the snapshot id, and a hash of the `--include` selection when there is one.
+pub fn restore_key(id: &tresor_vault::ids::SnapshotId, include: &[String]) -> String {
+    let id = id.to_string();
+    let mut key = id[..16.min(id.len())].to_string();
+    if !include.is_empty() {
+        let selection = blake3::hash(include.join("\0").as_bytes()).to_hex();
+        key.push('-');
+        key.push_str(&selection[..8]);
+    }
+    key
+}
+
 /// Restore `nodes` below the directory `root`. File-system work runs on blocking threads.
 pub async fn restore_tree(
     vault: Arc<Vault>,

@@ -238,6 +238,53 @@ impl Dir {
         Err(io::Error::other("no fresh name could be made"))
     }
 
+    /// A private workshop in this directory: a new directory under a fresh name, mode 0700,
+    /// checked to be ours. Links and pipes are made and given their metadata in it, where no one
+    /// else can reach them by name, then moved out with [`Dir::place_from`].
+    pub fn workshop(&self) -> io::Result<(Dir, CString)> {
+        let (_, name) = self.fresh(|n| rustix::fs::mkdirat(&self.fd, n, Mode::from_raw_mode(0o700)))?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dir =
+            rustix::fs::openat(&self.fd, &name, flags, Mode::empty()).map(|fd| Dir { fd, walk_only: self.walk_only });
+        match dir {
+            Ok(d) if d.is_private()? => Ok((d, name)),
+            Ok(_) => Err(io::Error::other("the workshop directory was replaced while it was being made")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether this directory is ours alone: owned by this user, mode 0700.
+    pub fn is_private(&self) -> io::Result<bool> {
+        let st = rustix::fs::fstat(&self.fd)?;
+        Ok(st.st_uid == rustix::process::geteuid().as_raw() && st.st_mode & 0o7777 == 0o700)
+    }
+
+    /// Remove the (empty) workshop `name` made by [`Dir::workshop`].
+    pub fn remove_workshop(&self, name: &CStr) {
+        let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR);
+    }
+
+    /// Move entry `from` of the directory `src` (a workshop) over `name` here.
+    pub fn place_from(&self, src: &Dir, from: &CStr, name: &[u8]) -> io::Result<()> {
+        let c = cstr(name)?;
+        rustix::fs::renameat(&src.fd, from, &self.fd, &c).map_err(|e| {
+            let _ = rustix::fs::unlinkat(&src.fd, from, AtFlags::empty());
+            match e {
+                Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => io::Error::other(format!(
+                    "a directory stands at {}; it is left as it is",
+                    String::from_utf8_lossy(name)
+                )),
+                e => explain(e, name, "cannot move into place"),
+            }
+        })
+    }
+
+    /// Device and inode of this directory.
+    pub fn identity(&self) -> io::Result<(u64, u64)> {
+        let st = rustix::fs::fstat(&self.fd)?;
+        Ok((st.st_dev, st.st_ino))
+    }
+
     /// Move the fresh entry `fresh` over `name` (whatever non-directory stood there goes).
     pub fn place(&self, fresh: &CStr, name: &[u8]) -> io::Result<()> {
         let c = cstr(name)?;
@@ -267,11 +314,25 @@ impl Dir {
                 stale.push(name);
             }
         }
+        let me = rustix::process::geteuid().as_raw();
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         for name in stale {
-            let dir =
-                self.stat(name.as_bytes()).is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory);
-            // A directory under a fresh name was made empty by `replace_with_dir`.
-            let _ = rustix::fs::unlinkat(&self.fd, &name, if dir { AtFlags::REMOVEDIR } else { AtFlags::empty() });
+            let Ok(st) = self.stat(name.as_bytes()) else { continue };
+            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                let _ = rustix::fs::unlinkat(&self.fd, &name, AtFlags::empty());
+                continue;
+            }
+            // A directory under a fresh name is a workshop (or one `replace_with_dir` emptied):
+            // what a killed run left in it goes with it, if it is ours.
+            if st.st_uid == me
+                && let Ok(fd) = rustix::fs::openat(&self.fd, &name, flags, Mode::empty())
+            {
+                let inner = Dir { fd, walk_only: self.walk_only };
+                for n in inner.names().unwrap_or_default() {
+                    let _ = rustix::fs::unlinkat(&inner.fd, n.as_slice(), AtFlags::empty());
+                }
+            }
+            let _ = rustix::fs::unlinkat(&self.fd, &name, AtFlags::REMOVEDIR);
         }
         Ok(())
     }

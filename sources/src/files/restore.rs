@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustix::fs::FileType;
+use rustix::io::Errno;
 use tresor_vault::ids::ChunkId;
 use tresor_vault::restore::{ChunkTarget, ChunkWriter, RestorePlan};
 use tresor_vault::snapshot::{Extent, Node, NodeKind, check_tree};
@@ -88,6 +89,10 @@ pub fn select(nodes: Vec<Node>, include: &[String]) -> Result<Vec<Node>, Restore
     }
     let wanted: Vec<Vec<u8>> =
         include.iter().map(|p| p.trim_start_matches('/').trim_end_matches('/').as_bytes().to_vec()).collect();
+    if wanted.iter().any(Vec::is_empty) {
+        // `--include /` is the whole snapshot.
+        return Ok(nodes);
+    }
     let keep = |path: &[u8]| {
         wanted.iter().any(|w| {
             path == &w[..]
@@ -184,10 +189,16 @@ impl TreeWriter {
                 last = root.dir(parent).ok().map(|d| (parent, d));
             }
             let here = last.as_ref().and_then(|(_, d)| d.stat(name).ok());
+            // In place: a single-linked regular file with the node's size, mtime, mode and (when
+            // owners are restored) owner. A file changed in any of these is written again.
+            let owners = apply::can_chown();
             if here.is_some_and(|st| {
                 FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && st.st_nlink == 1
                     && st.st_size as u64 == n.size
                     && st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64) == n.mtime_ns
+                    && st.st_mode & 0o7777 == n.mode & 0o7777
+                    && (!owners || (st.st_uid, st.st_gid) == (n.uid, n.gid))
             }) {
                 skipped += 1;
                 in_place[i] = true;
@@ -342,10 +353,11 @@ impl TreeWriter {
         let mut dirs: Vec<&Node> = self.nodes.iter().filter(|n| n.kind == NodeKind::Dir).collect();
         dirs.sort_by_key(|n| std::cmp::Reverse(n.path.iter().filter(|b| **b == b'/').count()));
         for n in dirs {
-            let what = || format!("cannot set metadata of {}", shown(&n.path));
-            let dir = self.root.dir(&n.path).map_err(io(what()))?;
-            apply::to_handle(&dir, n).map_err(io(what()))?;
-            report.others += 1;
+            // One directory that cannot take its metadata fails alone; the rest still get theirs.
+            match self.root.dir(&n.path).and_then(|dir| apply::to_handle(&dir, n)) {
+                Ok(()) => report.others += 1,
+                Err(e) => report.failed.push((n.display_path(), format!("cannot set its metadata: {e}"))),
+            }
         }
         // One syncfs makes everything durable at once, far cheaper than an fsync per file.
         rustix::fs::syncfs(&self.root).map_err(|e| RestoreError::Io {
@@ -355,16 +367,29 @@ impl TreeWriter {
         Ok(report)
     }
 
-    fn symlink(&self, n: &Node) -> std::io::Result<()> {
+    /// Make an entry in a private workshop of its directory, then move it over its name: no one
+    /// else can reach it by name while its metadata is set.
+    fn in_workshop(&self, n: &Node, make: impl FnOnce(&Dir) -> std::io::Result<CString>) -> std::io::Result<()> {
         let (parent, name) = split(&n.path);
         let dir = self.root.dir(parent)?;
-        let target = n.target.as_deref().unwrap_or_default();
-        let fresh = dir.create_fresh_symlink(target)?;
-        if let Err(e) = apply::to_symlink(&dir, &fresh, n) {
-            dir.discard(&fresh);
-            return Err(e);
+        let (shop, shop_name) = dir.workshop()?;
+        let placed = make(&shop).and_then(|made| dir.place_from(&shop, &made, name));
+        for left in shop.names().unwrap_or_default() {
+            if let Ok(c) = CString::new(left) {
+                shop.discard(&c);
+            }
         }
-        dir.place(&fresh, name)
+        dir.remove_workshop(&shop_name);
+        placed
+    }
+
+    fn symlink(&self, n: &Node) -> std::io::Result<()> {
+        let target = n.target.as_deref().unwrap_or_default();
+        self.in_workshop(n, |shop| {
+            let made = shop.create_fresh_symlink(target)?;
+            apply::to_symlink(shop, &made, n)?;
+            Ok(made)
+        })
     }
 
     fn hardlink(&self, n: &Node, files: &HashMap<&[u8], usize>) -> std::io::Result<()> {
@@ -377,51 +402,68 @@ impl TreeWriter {
         let from = self.root.dir(from_parent)?;
         let st = from.stat(from_name)?;
         let (parent, name) = split(&n.path);
-        let dir = self.root.dir(parent)?;
-        if dir.stat(name).is_ok_and(|d| (d.st_dev, d.st_ino) == (st.st_dev, st.st_ino)) {
+        if self.root.dir(parent)?.stat(name).is_ok_and(|d| (d.st_dev, d.st_ino) == (st.st_dev, st.st_ino)) {
             return Ok(());
         }
-        let fresh = dir.link_fresh(&from, from_name, (st.st_dev, st.st_ino))?;
-        dir.place(&fresh, name)
+        self.in_workshop(n, |shop| shop.link_fresh(&from, from_name, (st.st_dev, st.st_ino)))
     }
 
     fn fifo(&self, n: &Node) -> std::io::Result<()> {
-        let (parent, name) = split(&n.path);
-        let dir = self.root.dir(parent)?;
-        let (pipe, fresh) = dir.create_fresh_fifo()?;
-        if let Err(e) = apply::to_handle(&pipe, n) {
-            dir.discard(&fresh);
-            return Err(e);
-        }
-        dir.place(&fresh, name)
+        self.in_workshop(n, |shop| {
+            let (pipe, made) = shop.create_fresh_fifo()?;
+            apply::to_handle(&pipe, n)?;
+            Ok(made)
+        })
     }
+}
+
+/// Errors that stop the whole restore: the target itself cannot take more. Anything else fails
+/// only the file it happened to.
+fn stops_the_restore(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(c) if c == Errno::NOSPC.raw_os_error() || c == Errno::DQUOT.raw_os_error() || c == Errno::IO.raw_os_error())
 }
 
 impl ChunkWriter for TreeWriter {
     fn write(&self, target: ChunkTarget, data: &[u8]) -> std::io::Result<()> {
         let slot = &self.slots[target.file];
-        let path = || shown(&self.nodes[slot.node].path);
-        let file =
-            self.file(slot).map_err(|e| std::io::Error::new(e.kind(), format!("cannot create {}: {e}", path())))?;
-        file.write_all_at(data, target.offset)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path())))?;
-        drop(file);
-        slot.written.fetch_add(data.len() as u64, Ordering::Relaxed);
-        let last = slot.pending.fetch_sub(1, Ordering::AcqRel) == 1;
-        if last
-            && lock(&slot.failure).is_none()
-            && let Err(e) = self.finish(slot)
-        {
-            // This file alone fails (a directory stands at its name, say); the others go on.
-            slot.fail(e.to_string());
+        if lock(&slot.failure).is_none() {
+            match self.file(slot).and_then(|f| f.write_all_at(data, target.offset)) {
+                Ok(()) => {
+                    slot.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) if stops_the_restore(&e) => {
+                    let path = shown(&self.nodes[slot.node].path);
+                    return Err(std::io::Error::new(e.kind(), format!("cannot write {path}: {e}")));
+                }
+                Err(e) => slot.fail(format!("cannot write: {e}")),
+            }
         }
+        self.settle(slot);
         Ok(())
     }
 
     fn failed(&self, target: ChunkTarget, chunk: ChunkId, error: &tresor_vault::Error) {
         let slot = &self.slots[target.file];
         slot.fail(format!("chunk {chunk}: {error}"));
-        slot.pending.fetch_sub(1, Ordering::AcqRel);
+        self.settle(slot);
+    }
+}
+
+impl TreeWriter {
+    /// One chunk of `slot` is done: the last one finishes the file, or, for a failed file,
+    /// closes it and removes its fresh entry at once (a damaged vault fails many files; none
+    /// keeps a descriptor open).
+    fn settle(&self, slot: &Slot) {
+        if slot.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        if lock(&slot.failure).is_some() {
+            self.discard(slot);
+        } else if let Err(e) = self.finish(slot) {
+            // This file alone fails (a directory stands at its name, say); the others go on.
+            slot.fail(e.to_string());
+            self.discard(slot);
+        }
     }
 }
 

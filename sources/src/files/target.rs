@@ -88,6 +88,13 @@ impl Landing {
                     if !empty {
                         return in_place(dir, false, force, shown);
                     }
+                    // An empty mount point is restored into: a staging directory beside it would
+                    // sit on another file system and could not be renamed over it.
+                    let (dev, _) = dir.identity().map_err(io(format!("cannot read target {}", shown.display())))?;
+                    let (parent_dev, _) = parent.identity().map_err(io(format!("cannot read {}", shown.display())))?;
+                    if dev != parent_dev {
+                        return in_place(dir, true, force, shown);
+                    }
                 }
                 FileType::Symlink => {
                     return Err(RestoreError::Tree(format!(
@@ -105,6 +112,7 @@ impl Landing {
         }
         let (root, staging) = staging_dir(&parent, name, key)
             .map_err(io(format!("cannot make a staging directory beside {}", shown.display())))?;
+        lock(&root, &shown)?;
         Ok(Self { root, staged: Some(Staged { parent, staging, name: name.to_vec() }), shown })
     }
 
@@ -116,10 +124,21 @@ impl Landing {
     /// Move a staged restore into place (a no-op for a restore in place).
     pub fn finish(self) -> Result<(), RestoreError> {
         let Some(s) = self.staged else { return Ok(()) };
-        drop(self.root);
-        s.parent
-            .rename(&s.staging, &s.name)
-            .map_err(io(format!("cannot move the restore into place at {}", self.shown.display())))
+        // What is renamed must be the staging directory written, and what lands must be it:
+        // another user who can write the parent could swap names in between.
+        let what = format!("cannot move the restore into place at {}", self.shown.display());
+        let ours = self.root.identity().map_err(io(what.clone()))?;
+        let at = |name: &[u8]| s.parent.stat(name).ok().map(|st| (st.st_dev, st.st_ino));
+        if at(&s.staging) != Some(ours) {
+            return Err(RestoreError::Tree(format!(
+                "{what}: the staging directory was replaced while the restore ran"
+            )));
+        }
+        s.parent.rename(&s.staging, &s.name).map_err(io(what.clone()))?;
+        if at(&s.name) != Some(ours) {
+            return Err(RestoreError::Tree(format!("{what}: something else stands there now")));
+        }
+        Ok(())
     }
 }
 
@@ -130,7 +149,22 @@ fn in_place(root: Dir, empty: bool, force: bool, shown: PathBuf) -> Result<Landi
             shown.display()
         )));
     }
+    lock(&root, &shown)?;
     Ok(Landing { root, staged: None, shown })
+}
+
+/// One restore at a time writes below a root: a second one (a re-dispatched job, the same
+/// command run twice) would remove the first one's fresh entries as stale. The lock lives as
+/// long as any handle of the root.
+fn lock(root: &Dir, shown: &Path) -> Result<(), RestoreError> {
+    match rustix::fs::flock(root, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(RestoreError::Tree(format!(
+            "another restore is writing to {} now; try again when it is done",
+            shown.display()
+        ))),
+        Err(e) => Err(io(format!("cannot lock {}", shown.display()))(e.into())),
+    }
 }
 
 /// This restore's staging directory beside `name`: an earlier run's (ours: owned by this user,
@@ -148,7 +182,10 @@ fn staging_dir(parent: &Dir, name: &[u8], key: &str) -> std::io::Result<(Dir, Ve
                 && st.st_mode & 0o7777 == 0o700
         });
         if rest.len() == 16 && ours {
-            return Ok((parent.ensure_dir(&entry, false, 0o700)?, entry));
+            let dir = parent.ensure_dir(&entry, false, 0o700)?;
+            if dir.is_private()? {
+                return Ok((dir, entry));
+            }
         }
     }
     let mut fresh = prefix;
@@ -156,6 +193,9 @@ fn staging_dir(parent: &Dir, name: &[u8], key: &str) -> std::io::Result<(Dir, Ve
     let dir = parent.ensure_dir(&fresh, false, 0o700)?;
     // The umask may have taken bits the check above relies on; set them exactly.
     rustix::fs::fchmod(&dir, rustix::fs::Mode::from_raw_mode(0o700))?;
+    if !dir.is_private()? {
+        return Err(std::io::Error::other("the new staging directory is not this user's alone"));
+    }
     Ok((dir, fresh))
 }
 

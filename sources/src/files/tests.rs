@@ -179,11 +179,34 @@ fn resolution_refuses_links_and_the_way_out() {
 fn a_killed_runs_fresh_names_are_removed_and_a_hardlink_needs_its_first_name() {
     let s = scratch();
     std::fs::write(s.root.join(".tresor-tmp-0123456789abcdef"), b"left by a killed run").unwrap();
+    std::fs::create_dir(s.root.join(".tresor-tmp-00000000000000ff")).unwrap();
+    std::fs::write(s.root.join(".tresor-tmp-00000000000000ff/pipe-in-a-workshop"), b"").unwrap();
     std::fs::write(s.root.join(".tresor-tmp-not-ours"), b"kept").unwrap();
     let r = restore(&s, vec![node("h", NodeKind::Hardlink, 0, Some("f")), file("f", 0o600)], false);
     assert!(matches!(r, Err(RestoreError::Tree(_))), "a hardlink before its file is refused");
     let r = restore(&s, vec![file("f", 0o600), node("h", NodeKind::Hardlink, 0, Some("f"))], false).unwrap();
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     assert!(!s.root.join(".tresor-tmp-0123456789abcdef").exists());
+    assert!(!s.root.join(".tresor-tmp-00000000000000ff").exists(), "a killed run's workshop goes with what it held");
     assert!(s.root.join(".tresor-tmp-not-ours").exists());
+}
+
+#[test]
+fn a_file_changed_in_mode_is_written_again_and_a_second_restore_is_locked_out() {
+    let s = scratch();
+    let f = || vec![file("f", 0o640)];
+    restore(&s, f(), false).unwrap();
+    std::fs::set_permissions(s.root.join("f"), std::fs::Permissions::from_mode(0o4777)).unwrap();
+    let r = restore(&s, f(), false).unwrap();
+    assert_eq!((r.files, r.files_skipped), (1, 0), "same size and mtime, other mode: written again");
+    assert_eq!(std::fs::metadata(s.root.join("f")).unwrap().mode() & 0o7777, 0o640);
+    let r = restore(&s, f(), false).unwrap();
+    assert_eq!((r.files, r.files_skipped), (0, 1));
+
+    let base = || Dir::open_root(s.root.parent().unwrap()).unwrap();
+    let first = super::target::Landing::prepare(base(), Path::new("/x"), Path::new("root"), true, "k").unwrap();
+    let second = super::target::Landing::prepare(base(), Path::new("/x"), Path::new("root"), true, "k");
+    assert!(second.is_err_and(|e| e.to_string().contains("another restore is writing")));
+    drop(first);
+    assert!(super::target::Landing::prepare(base(), Path::new("/x"), Path::new("root"), true, "k").is_ok());
 }
