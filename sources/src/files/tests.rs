@@ -210,3 +210,14 @@ fn a_file_changed_in_mode_is_written_again_and_a_second_restore_is_locked_out() 
     drop(first);
     assert!(super::target::Landing::prepare(base(), Path::new("/x"), Path::new("root"), true, "k").is_ok());
 }
+
+#[test]
+fn include_slash_is_the_whole_tree_and_a_left_out_first_name_becomes_a_copy() {
+    let nodes = vec![dir("a"), file("a/f", 0o600), dir("b"), node("b/h", NodeKind::Hardlink, 0, Some("a/f"))];
+    assert_eq!(super::restore::select(nodes.clone(), &["/".into()]).unwrap(), nodes);
+    let only_b = super::restore::select(nodes, &["/b".into()]).unwrap();
+    assert_eq!(
+        only_b.iter().map(|n| (n.path.as_slice(), n.kind)).collect::<Vec<_>>(),
+        [(&b"b"[..], NodeKind::Dir), (&b"b/h"[..], NodeKind::File)]
+    );
+}
