@@ -253,7 +253,7 @@ pub async fn restore(
 ) -> anyhow::Result<Outcome> {
     let started = std::time::Instant::now();
     let to = std::path::absolute(to).with_context(|| format!("bad target {}", to.display()))?;
-    let to = tresor_sources::files::target::normalize(&to).map_err(anyhow::Error::msg)?;
+    let to = tresor_proto::normalize_target(&to).map_err(anyhow::Error::msg)?;
     let vault = open(g, url).await?;
     let index = vault.sync_index(&cache_root(g)).await?;
     let (id, m) = vault.resolve_snapshot(spec).await?;
@@ -261,17 +261,9 @@ pub async fn restore(
     let (base, rel) = split_existing(&to);
     let progress = Progress::start(g.json, || "restoring".to_string());
     // Disaster recovery from a damaged vault wants every file that can be had, in its place.
-    let (report, _) = files::restore::restore_to(
-        vault,
-        index,
-        nodes,
-        &base,
-        &rel,
-        force,
-        &files::restore::restore_key(&id, include),
-        true,
-    )
-    .await?;
+    let key = files::restore::restore_key(&id, include);
+    let dest = files::restore::Destination { base, rel, force, key, place_partial: true };
+    let (report, _) = files::restore::restore_to(vault, index, nodes, dest).await?;
     drop(progress);
     let secs = started.elapsed().as_secs_f64();
     let mut text = format!(

@@ -2,7 +2,7 @@
 //! vault's concurrent reads. Every file-system call goes through directory handles that never
 //! follow a link (see `tresor_sources::files::beneath`).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tresor_sources::files::beneath::Dir;
@@ -52,28 +52,35 @@ pub async fn restore_tree(
     Ok(report)
 }
 
-/// Restore `nodes` to the target `rel` below `base` (links in `base`'s own path are followed: it
-/// is the operator's or the host's choice; none below it is). A new or empty target is written
-/// into a staging directory that moves into place once every entry is restored; a non-empty one
-/// only with `force`. With `place_partial`, a staged restore with failed entries still moves into
-/// place (what could be restored is where it belongs; a re-run with force fills in the rest);
-/// without it the staging directory waits for a re-run. Returns the report and whether the
-/// restore is still waiting in a staging directory.
-#[allow(clippy::too_many_arguments)]
+/// Where a restore goes, and how.
+pub struct Destination {
+    /// Opened following links: the operator's path above the target, or the host's restore root.
+    pub base: PathBuf,
+    /// The target below `base` (empty: `base` itself), walked without following a link.
+    pub rel: PathBuf,
+    /// Write into a non-empty target.
+    pub force: bool,
+    /// Names the staging directory, so only the same restore resumes it ([`restore_key`]).
+    pub key: String,
+    /// Move a staged restore with failed entries into place anyway (what could be restored is
+    /// where it belongs; a re-run with force fills in the rest). Otherwise the staging directory
+    /// waits for a re-run.
+    pub place_partial: bool,
+}
+
+/// Restore `nodes` to `dest`. A new or empty target is written into a staging directory that
+/// moves into place once every entry is restored; a non-empty one only with `force`. Returns the
+/// report and whether the restore is still waiting in a staging directory.
 pub async fn restore_to(
     vault: Arc<Vault>,
     index: Arc<LocalIndex>,
     nodes: Vec<Node>,
-    base: &Path,
-    rel: &Path,
-    force: bool,
-    key: &str,
-    place_partial: bool,
+    dest: Destination,
 ) -> anyhow::Result<(RestoreReport, bool)> {
-    let (base, rel, key) = (base.to_path_buf(), rel.to_path_buf(), key.to_string());
+    let place_partial = dest.place_partial;
     let landing = tokio::task::spawn_blocking(move || -> anyhow::Result<Landing> {
-        let dir = Dir::open_configured(&base)?;
-        Ok(Landing::prepare(dir, &base, &rel, force, &key)?)
+        let dir = Dir::open_configured(&dest.base)?;
+        Ok(Landing::prepare(dir, &dest.base, &dest.rel, dest.force, &dest.key)?)
     })
     .await??;
     let root = landing.root.dir(b"")?;

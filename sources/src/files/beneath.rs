@@ -20,7 +20,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Sta
 use rustix::io::Errno;
 
 /// Prefix of every fresh name; stale ones (a restore killed midway) are removed on the next run.
-pub const FRESH_PREFIX: &str = ".tresor-tmp-";
+const FRESH_PREFIX: &str = ".tresor-tmp-";
 
 /// Set once `openat2` has been refused (old kernel, seccomp): the component walk is used after.
 static OPENAT2_REFUSED: AtomicBool = AtomicBool::new(false);
@@ -103,6 +103,7 @@ impl Dir {
                 Ok(fd) => return Ok(fd),
                 // Refused by an old kernel or a seccomp filter: walk instead, from now on.
                 Err(Errno::NOSYS | Errno::PERM) => OPENAT2_REFUSED.store(true, Ordering::Relaxed),
+                // A rename raced the lookup (the kernel will not vouch for "beneath"): walk.
                 Err(Errno::AGAIN) => {}
                 Err(e) => return Err(explain(e, rel, "cannot open")),
             }
@@ -264,7 +265,8 @@ impl Dir {
         let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR);
     }
 
-    /// Move entry `from` of the directory `src` (a workshop) over `name` here.
+    /// Move entry `from` of the directory `src` (this one, or a workshop) over `name` here;
+    /// whatever non-directory stood there goes. On failure `from` is removed.
     pub fn place_from(&self, src: &Dir, from: &CStr, name: &[u8]) -> io::Result<()> {
         let c = cstr(name)?;
         rustix::fs::renameat(&src.fd, from, &self.fd, &c).map_err(|e| {
@@ -285,19 +287,9 @@ impl Dir {
         Ok((st.st_dev, st.st_ino))
     }
 
-    /// Move the fresh entry `fresh` over `name` (whatever non-directory stood there goes).
+    /// Move the fresh entry `fresh` of this directory over `name`.
     pub fn place(&self, fresh: &CStr, name: &[u8]) -> io::Result<()> {
-        let c = cstr(name)?;
-        rustix::fs::renameat(&self.fd, fresh, &self.fd, &c).map_err(|e| {
-            let _ = rustix::fs::unlinkat(&self.fd, fresh, AtFlags::empty());
-            match e {
-                Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => io::Error::other(format!(
-                    "a directory stands at {}; it is left as it is",
-                    String::from_utf8_lossy(name)
-                )),
-                e => explain(e, name, "cannot move into place"),
-            }
-        })
+        self.place_from(self, fresh, name)
     }
 
     /// Remove the fresh entry `fresh` (after a failure).
@@ -307,16 +299,11 @@ impl Dir {
 
     /// Remove entries left under fresh names by a restore that was killed midway.
     pub fn remove_stale(&self) -> io::Result<()> {
-        let mut stale = Vec::new();
-        for entry in rustix::fs::Dir::read_from(&self.fd)? {
-            let name = entry?.file_name().to_owned();
-            if is_fresh_name(name.as_bytes()) {
-                stale.push(name);
-            }
-        }
+        let stale: Vec<Vec<u8>> = self.names()?.into_iter().filter(|n| is_fresh_name(n)).collect();
         let me = rustix::process::geteuid().as_raw();
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         for name in stale {
+            let Ok(name) = cstr(&name) else { continue };
             let Ok(st) = self.stat(name.as_bytes()) else { continue };
             if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
                 let _ = rustix::fs::unlinkat(&self.fd, &name, AtFlags::empty());
@@ -337,39 +324,28 @@ impl Dir {
         Ok(())
     }
 
+    /// The entries of this directory (without `.` and `..`), read from a handle of its own.
+    fn entries(&self) -> io::Result<impl Iterator<Item = io::Result<Vec<u8>>>> {
+        let read = rustix::fs::Dir::read_from(&self.fd)?;
+        Ok(read
+            .map(|e| e.map(|e| e.file_name().to_bytes().to_vec()).map_err(io::Error::from))
+            .filter(|n| n.as_ref().map_or(true, |n| n != b"." && n != b"..")))
+    }
+
     /// Whether this directory holds no entry.
     pub fn is_empty(&self) -> io::Result<bool> {
-        for entry in rustix::fs::Dir::read_from(&self.fd)? {
-            let name = entry?.file_name().to_bytes().to_vec();
-            if name != b"." && name != b".." {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        self.entries()?.next().transpose().map(|first| first.is_none())
     }
 
     /// The entries of this directory (without `.` and `..`).
     pub fn names(&self) -> io::Result<Vec<Vec<u8>>> {
-        let mut out = Vec::new();
-        for entry in rustix::fs::Dir::read_from(&self.fd)? {
-            let name = entry?.file_name().to_bytes().to_vec();
-            if name != b"." && name != b".." {
-                out.push(name);
-            }
-        }
-        Ok(out)
+        self.entries()?.collect()
     }
 
     /// Rename entry `from` of this directory to `to` (an absent name or an empty directory).
     pub fn rename(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
         rustix::fs::renameat(&self.fd, cstr(from)?.as_c_str(), &self.fd, cstr(to)?.as_c_str())
             .map_err(|e| explain(e, to, "cannot move into place"))
-    }
-
-    /// The symlink text of entry `name`, if it is a symlink.
-    pub fn read_link(&self, name: &[u8]) -> Option<Vec<u8>> {
-        let c = cstr(name).ok()?;
-        rustix::fs::readlinkat(&self.fd, c.as_c_str(), Vec::new()).ok().map(CString::into_bytes)
     }
 }
 
@@ -379,7 +355,7 @@ fn fresh_name() -> CString {
 }
 
 /// Whether `name` is one [`fresh_name`] makes.
-pub fn is_fresh_name(name: &[u8]) -> bool {
+fn is_fresh_name(name: &[u8]) -> bool {
     name.strip_prefix(FRESH_PREFIX.as_bytes()).is_some_and(|h| h.len() == 16 && h.iter().all(u8::is_ascii_hexdigit))
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustix::fs::FileType;
@@ -141,7 +141,6 @@ struct Slot {
     pending: AtomicU64,
     failure: Mutex<Option<String>>,
     written: AtomicU64,
-    placed: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -183,6 +182,7 @@ impl TreeWriter {
         let mut slots = Vec::new();
         let mut skipped = 0;
         let mut last: Option<(&[u8], Dir)> = None;
+        let owners = apply::can_chown();
         for (i, n) in nodes.iter().enumerate().filter(|(_, n)| n.kind == NodeKind::File) {
             let (parent, name) = split(&n.path);
             if last.as_ref().is_none_or(|(p, _)| *p != parent) {
@@ -191,7 +191,6 @@ impl TreeWriter {
             let here = last.as_ref().and_then(|(_, d)| d.stat(name).ok());
             // In place: a single-linked regular file with the node's size, mtime, mode and (when
             // owners are restored) owner. A file changed in any of these is written again.
-            let owners = apply::can_chown();
             if here.is_some_and(|st| {
                 FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
                     && st.st_nlink == 1
@@ -210,7 +209,6 @@ impl TreeWriter {
                 pending: AtomicU64::new(0),
                 failure: Mutex::new(None),
                 written: AtomicU64::new(0),
-                placed: AtomicBool::new(false),
             });
         }
         Ok(Self { nodes, root, slots, skipped, in_place: Mutex::new(in_place) })
@@ -246,11 +244,6 @@ impl TreeWriter {
             });
         }
         Ok(())
-    }
-
-    /// Files already in place from an earlier run.
-    pub fn skipped(&self) -> u64 {
-        self.skipped
     }
 
     fn file(&self, slot: &Slot) -> std::io::Result<Arc<File>> {
@@ -290,9 +283,24 @@ impl TreeWriter {
         }
         drop(file);
         dir.place(&fresh, name)?;
-        slot.placed.store(true, Ordering::Release);
         lock(&self.in_place)[slot.node] = true;
         Ok(())
+    }
+
+    /// One chunk of `slot` is done: the last one finishes the file, or, for a failed file,
+    /// closes it and removes its fresh entry at once (a damaged vault fails many files; none
+    /// keeps a descriptor open).
+    fn settle(&self, slot: &Slot) {
+        if slot.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        if lock(&slot.failure).is_some() {
+            self.discard(slot);
+        } else if let Err(e) = self.finish(slot) {
+            // This file alone fails (a directory stands at its name, say); the others go on.
+            slot.fail(e.to_string());
+            self.discard(slot);
+        }
     }
 
     /// A failed file's fresh entry goes.
@@ -316,7 +324,8 @@ impl TreeWriter {
                 report.failed.push((n.display_path(), why));
                 continue;
             }
-            if !slot.placed.load(Ordering::Acquire) {
+            let placed = lock(&self.in_place)[slot.node];
+            if !placed {
                 // Empty or all-hole files have no chunk to write.
                 if let Err(e) = self.file(slot).and_then(|_| self.finish(slot)) {
                     self.discard(slot);
@@ -420,7 +429,7 @@ impl TreeWriter {
 /// Errors that stop the whole restore: the target itself cannot take more. Anything else fails
 /// only the file it happened to.
 fn stops_the_restore(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(c) if c == Errno::NOSPC.raw_os_error() || c == Errno::DQUOT.raw_os_error() || c == Errno::IO.raw_os_error())
+    matches!(Errno::from_io_error(e), Some(Errno::NOSPC | Errno::DQUOT | Errno::IO))
 }
 
 impl ChunkWriter for TreeWriter {
@@ -446,24 +455,6 @@ impl ChunkWriter for TreeWriter {
         let slot = &self.slots[target.file];
         slot.fail(format!("chunk {chunk}: {error}"));
         self.settle(slot);
-    }
-}
-
-impl TreeWriter {
-    /// One chunk of `slot` is done: the last one finishes the file, or, for a failed file,
-    /// closes it and removes its fresh entry at once (a damaged vault fails many files; none
-    /// keeps a descriptor open).
-    fn settle(&self, slot: &Slot) {
-        if slot.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return;
-        }
-        if lock(&slot.failure).is_some() {
-            self.discard(slot);
-        } else if let Err(e) = self.finish(slot) {
-            // This file alone fails (a directory stands at its name, say); the others go on.
-            slot.fail(e.to_string());
-            self.discard(slot);
-        }
     }
 }
 

@@ -2,31 +2,12 @@
 //! 0700, an unpredictable name) that is renamed into place when the restore is complete, so the
 //! target appears whole or not at all; a non-empty target is written into only when forced.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use rustix::fs::FileType;
 
 use super::beneath::{Dir, is_plain_name};
 use super::restore::RestoreError;
-
-/// The target path, made absolute and free of `.`, empty and `..` components by text alone.
-/// A `..` is refused rather than resolved: `/tmp/../etc` is not a way to say `/etc`.
-pub fn normalize(target: &Path) -> Result<PathBuf, String> {
-    if !target.is_absolute() {
-        return Err(format!("restore target {}: give an absolute path", target.display()));
-    }
-    let mut out = PathBuf::from("/");
-    for c in target.components() {
-        match c {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(format!("restore target {}: a path with `..` is refused", target.display()));
-            }
-        }
-    }
-    Ok(out)
-}
 
 /// The restore root (of `roots`, each normalised) that holds `target` (normalised), with the
 /// rest of the path below it. The longest root wins.
@@ -142,12 +123,17 @@ impl Landing {
     }
 }
 
+/// The refusal of a non-empty target without `force`.
+pub fn not_empty(target: &Path) -> RestoreError {
+    RestoreError::Tree(format!(
+        "target {} is not empty; restore to an empty or new directory, or add --force to write into it (files of the snapshot are overwritten)",
+        target.display()
+    ))
+}
+
 fn in_place(root: Dir, empty: bool, force: bool, shown: PathBuf) -> Result<Landing, RestoreError> {
     if !empty && !force {
-        return Err(RestoreError::Tree(format!(
-            "target {} is not empty; restore to an empty or new directory, or add --force to write into it (files of the snapshot are overwritten)",
-            shown.display()
-        )));
+        return Err(not_empty(&shown));
     }
     lock(&root, &shown)?;
     Ok(Landing { root, staged: None, shown })
@@ -173,19 +159,15 @@ fn staging_dir(parent: &Dir, name: &[u8], key: &str) -> std::io::Result<(Dir, Ve
     let mut prefix = b".".to_vec();
     prefix.extend_from_slice(name);
     prefix.extend_from_slice(format!(".tresor-restore-{key}-").as_bytes());
-    let me = rustix::process::geteuid().as_raw();
     for entry in parent.names()? {
-        let Some(rest) = entry.strip_prefix(&prefix[..]) else { continue };
-        let ours = parent.stat(&entry).is_ok_and(|st| {
-            FileType::from_raw_mode(st.st_mode) == FileType::Directory
-                && st.st_uid == me
-                && st.st_mode & 0o7777 == 0o700
-        });
-        if rest.len() == 16 && ours {
-            let dir = parent.ensure_dir(&entry, false, 0o700)?;
-            if dir.is_private()? {
-                return Ok((dir, entry));
-            }
+        if entry.strip_prefix(&prefix[..]).is_none_or(|rest| rest.len() != 16) {
+            continue;
+        }
+        // Checked on the handle, not the name: a directory only, ours alone.
+        if let Ok(dir) = parent.ensure_dir(&entry, false, 0o700)
+            && dir.is_private()?
+        {
+            return Ok((dir, entry));
         }
     }
     let mut fresh = prefix;
@@ -204,12 +186,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets_are_normalised_and_dot_dot_is_refused() {
-        assert_eq!(normalize(Path::new("/srv//restore/./a/")).unwrap(), PathBuf::from("/srv/restore/a"));
-        assert_eq!(normalize(Path::new("/")).unwrap(), PathBuf::from("/"));
-        for bad in ["/tmp/..", "/tmp/../etc", "relative/dir", "/a/b/../../.."] {
-            assert!(normalize(Path::new(bad)).is_err(), "{bad}");
-        }
+    fn the_longest_restore_root_holding_a_target_wins() {
         let roots = [PathBuf::from("/srv/restore"), PathBuf::from("/srv/restore/deep")];
         let (root, rest) = within(Path::new("/srv/restore/deep/x"), &roots).unwrap();
         assert_eq!((root, rest.as_path()), (Path::new("/srv/restore/deep"), Path::new("x")));
