@@ -55,6 +55,49 @@ pub fn is_backup_item(item: &str) -> bool {
         })
 }
 
+/// A restore target (or restore root) made absolute and plain by text alone: `.` and empty
+/// components dropped, `..` refused rather than resolved (`/tmp/..` is not a way to say `/`).
+/// The controller checks a target with this before it queues a restore, and the agent again,
+/// against its own restore roots.
+///
+/// # Errors
+/// Names the path and what is wrong with it.
+pub fn normalize_target(target: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    use std::path::Component;
+    let refused = |why: &str| Err(format!("restore target {}: {why}", target.display()));
+    if !target.is_absolute() {
+        return refused("give an absolute path");
+    }
+    if target.as_os_str().as_encoded_bytes().contains(&0) {
+        return refused("the path holds a NUL byte");
+    }
+    let mut out = std::path::PathBuf::from("/");
+    for c in target.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir | Component::Prefix(_) => return refused("a path with `..` is refused"),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod target_tests {
+    use std::path::{Path, PathBuf};
+
+    use super::normalize_target;
+
+    #[test]
+    fn targets_are_plain_absolute_paths_and_dot_dot_is_refused() {
+        assert_eq!(normalize_target(Path::new("/srv//restore/./a/")).unwrap(), PathBuf::from("/srv/restore/a"));
+        assert_eq!(normalize_target(Path::new("/")).unwrap(), PathBuf::from("/"));
+        for bad in ["/tmp/..", "/tmp/../etc", "relative/dir", "", "/a/b/../../..", "/a\0b"] {
+            assert!(normalize_target(Path::new(bad)).is_err(), "{bad:?}");
+        }
+    }
+}
+
 /// Parse a duration as written in Tresor's TOML files and flags: a number and a unit, `s`, `m`,
 /// `h`, `d` or `w` (e.g. `90s`, `15m`, `26h`, `7d`).
 ///

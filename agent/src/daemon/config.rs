@@ -109,8 +109,7 @@ impl AgentConfig {
         }
         cfg.keep_sandbox_for().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         for r in cfg.restore_roots.iter().flatten() {
-            let n = tresor_sources::files::target::normalize(r)
-                .map_err(|e| anyhow::anyhow!("{origin}: restore_roots: {e}"))?;
+            let n = tresor_proto::normalize_target(r).map_err(|e| anyhow::anyhow!("{origin}: restore_roots: {e}"))?;
             if n.parent().is_none() {
                 bail!(
                     "{origin}: restore_roots: \"/\" would let the controller restore over this whole host; name the directories restores may use"
@@ -161,7 +160,7 @@ impl AgentConfig {
     /// Where controller-started restores may write, normalised.
     pub fn restore_roots(&self) -> Vec<PathBuf> {
         let roots = self.restore_roots.clone().unwrap_or_else(|| vec![self.drill_dir()]);
-        roots.iter().filter_map(|r| tresor_sources::files::target::normalize(r).ok()).collect()
+        roots.iter().filter_map(|r| tresor_proto::normalize_target(r).ok()).collect()
     }
 
     /// This agent's name.

@@ -165,7 +165,7 @@ async fn restore(ctx: &Arc<AgentCtx>, r: pb::RestoreJob) -> anyhow::Result<Resul
     let started = Instant::now();
     // The controller normalised the target already; this host checks again, against its own
     // restore roots: an operator of the controller alone cannot make it write elsewhere.
-    let target = tresor_sources::files::target::normalize(Path::new(&r.target)).map_err(anyhow::Error::msg)?;
+    let target = tresor_proto::normalize_target(Path::new(&r.target)).map_err(anyhow::Error::msg)?;
     let roots = ctx.cfg.restore_roots();
     let Some((root, rel)) = tresor_sources::files::target::within(&target, &roots) else {
         bail!(
@@ -186,10 +186,7 @@ async fn restore(ctx: &Arc<AgentCtx>, r: pb::RestoreJob) -> anyhow::Result<Resul
     };
     if r.dry_run {
         if is_nonempty_dir(&target)? && !r.force {
-            bail!(
-                "target {} is not empty; restore to an empty or new directory, or add --force to write into it (files of the snapshot are overwritten)",
-                target.display()
-            );
+            return Err(tresor_sources::files::target::not_empty(&target).into());
         }
         for n in &nodes {
             if n.kind == tresor_vault::snapshot::NodeKind::File {
@@ -207,7 +204,8 @@ async fn restore(ctx: &Arc<AgentCtx>, r: pb::RestoreJob) -> anyhow::Result<Resul
     tokio::fs::create_dir_all(root)
         .await
         .with_context(|| format!("cannot make the restore root {}", root.display()))?;
-    let (report, staged) = files::restore::restore_to(vault, index, nodes, root, &rel, r.force, &key, false).await?;
+    let dest = files::restore::Destination { base: root.to_path_buf(), rel, force: r.force, key, place_partial: false };
+    let (report, staged) = files::restore::restore_to(vault, index, nodes, dest).await?;
     result.files = report.files;
     result.bytes = report.bytes;
     result.others = report.others;

@@ -297,31 +297,14 @@ fn token_info(id: String, t: &crate::state::AccessToken) -> pb::TokenInfo {
     pb::TokenInfo { id, role: t.role.name().into(), label: t.label.clone(), expires_unix: t.expires_unix }
 }
 
-/// A restore target made absolute and plain by text alone: `.` and empty components dropped,
-/// `..` refused (never resolved: `/tmp/..` is not a way to say `/`). The agent checks again,
-/// against its own restore roots.
-fn normalize_target(target: &str) -> Result<String, String> {
-    if !target.starts_with('/') {
-        return Err("give an absolute path on the agent".into());
-    }
-    if target.contains('\0') {
-        return Err("the path holds a NUL byte".into());
-    }
-    let mut parts = Vec::new();
-    for c in target.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        if c == ".." {
-            return Err("a path with `..` is refused".into());
-        }
-        parts.push(c);
-    }
-    Ok(format!("/{}", parts.join("/")))
-}
-
 /// Resolve a restore request into a queued job on the agent that will write the files.
 fn start_restore(ctl: &Controller, r: &pb::StartRestoreRequest) -> Result<JobRecord, Error> {
     let (source, vault) = ctl.find_source(&r.selector)?;
-    let target =
-        normalize_target(&r.target).map_err(|why| Error::InvalidArgument(format!("--to {:?}: {why}", r.target)))?;
+    // The agent checks again, against its own restore roots.
+    let target = tresor_proto::normalize_target(std::path::Path::new(&r.target))
+        .map_err(|why| Error::InvalidArgument(format!("--to: {why}")))?
+        .display()
+        .to_string();
     for p in &r.include {
         if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
             return Err(Error::InvalidArgument(format!(
@@ -383,18 +366,4 @@ fn start_restore(ctl: &Controller, r: &pb::StartRestoreRequest) -> Result<JobRec
     job.state = JobState::Queued;
     ctl.jobs.submit(&job)?;
     Ok(job)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::normalize_target;
-
-    #[test]
-    fn restore_targets_are_plain_absolute_paths() {
-        assert_eq!(normalize_target("/srv//restore/./app/").unwrap(), "/srv/restore/app");
-        assert_eq!(normalize_target("/").unwrap(), "/");
-        for bad in ["/tmp/..", "/tmp/../etc", "srv/restore", "", "/a\0b"] {
-            assert!(normalize_target(bad).is_err(), "{bad:?}");
-        }
-    }
 }
