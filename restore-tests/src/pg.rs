@@ -27,7 +27,7 @@ pub struct PgCluster {
 /// PostgreSQL's programs (the newest installed, as the agent picks them); the suite fails loudly
 /// without them (make test installs them).
 pub fn bin_dir() -> PathBuf {
-    tools::bin_dir(None).expect(
+    tools::bin_dir(None, None).expect(
         "PostgreSQL server binaries under /usr/lib/postgresql/*/bin: run scripts/ensure-test-deps.sh (make test does)",
     )
 }

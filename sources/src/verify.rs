@@ -171,11 +171,28 @@ pub struct VerifyOptions {
     pub pg_bindir: Option<std::path::PathBuf>,
 }
 
-/// Where a recorded absolute path was restored under `root`; `None` for a path (from storage, so
-/// untrusted) that would leave it.
-fn below(root: &Path, recorded: &str) -> Option<std::path::PathBuf> {
+/// Where a recorded absolute path was restored under `root`. The path comes from storage: it is
+/// refused when it would leave the restored copy, or reach it through a link (a tree holding
+/// `x -> /` and a record naming `x/var/lib/postgresql/...` would otherwise start a server on
+/// this host's own data). A path not there at all is returned, for its verifier to report.
+fn below(root: &Path, recorded: &str) -> Result<std::path::PathBuf, String> {
     let rel = recorded.trim_start_matches('/');
-    tresor_vault::snapshot::path_stays_below(rel.as_bytes()).then(|| root.join(rel))
+    if !tresor_vault::snapshot::path_stays_below(rel.as_bytes()) {
+        return Err("the recorded path would leave the restored copy".into());
+    }
+    let dir = crate::files::beneath::Dir::open_configured(root).map_err(|e| e.to_string())?;
+    match dir.open_at(rel.as_bytes(), rustix::fs::OFlags::PATH) {
+        Ok(fd) => match rustix::fs::fstat(&fd) {
+            Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink => {
+                Err("the recorded path is a symbolic link in the restored copy".into())
+            }
+            Ok(_) => Ok(root.join(rel)),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(root.join(rel)),
+        // A link on the way: the error names it.
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Run each source's own verifier on its restored copy under `root`. Blocking.
@@ -187,9 +204,12 @@ pub fn verify_sources(
 ) {
     for s in sources {
         for p in &s.paths {
-            let Some(restored) = below(root, p) else {
-                report.push(p, "path", false, "the recorded path would leave the restored copy; not checked");
-                continue;
+            let restored = match below(root, p) {
+                Ok(r) => r,
+                Err(why) => {
+                    report.push(p, "path", false, format!("{why}; not checked"));
+                    continue;
+                }
             };
             match s.kind.as_str() {
                 "model" => {
@@ -209,8 +229,11 @@ pub fn verify_sources(
                 "postgres" => {
                     let bindir = opts.pg_bindir.as_deref();
                     crate::postgres::verify::verify(&restored, &s.probes, &opts.probes, bindir, report);
-                    if let Some(dumps) = s.probes.get("pg_dump_dir").and_then(|d| below(root, d)) {
-                        crate::postgres::verify::verify_dumps(&dumps, bindir, report);
+                    if let Some(d) = s.probes.get("pg_dump_dir") {
+                        match below(root, d) {
+                            Ok(dumps) => crate::postgres::verify::verify_dumps(&dumps, bindir, report),
+                            Err(why) => report.push(d, "pg_dump archives", false, format!("{why}; not checked")),
+                        }
                     }
                 }
                 "faiss" | "hnswlib" | "vectors" => verify_golden(&restored, p, &s.probes, opts, report),
@@ -352,5 +375,38 @@ fn verify_qdrant(
     }
     if let Err(e) = dropped {
         report.push(shown, "scratch collection removed", false, e.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tresor_vault::snapshot::SourceRecord;
+
+    use super::*;
+
+    /// A record naming a path behind a link of the restored tree is not checked there: the
+    /// verifier would otherwise open (or start a server on) whatever the link points at.
+    #[test]
+    fn a_recorded_path_through_a_link_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, outside) = (tmp.path().join("restored"), tmp.path().join("outside"));
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("x")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("real/last")).unwrap();
+        let record = |path: &str| SourceRecord {
+            kind: "sqlite".into(),
+            spec: path.into(),
+            paths: vec![path.into()],
+            probes: Default::default(),
+        };
+        let mut report = Report::default();
+        let sources = [record("/x/app.db"), record("/real/last"), record("/../outside/app.db")];
+        verify_sources(&root, &sources, &VerifyOptions::default(), &mut report);
+        let refused: Vec<&Finding> = report.findings.iter().filter(|f| f.check == "path" && !f.ok).collect();
+        assert_eq!(refused.len(), 3, "{:?}", report.findings);
+        assert!(refused[..2].iter().all(|f| f.detail.contains("symbolic link")), "{refused:?}");
+        assert!(refused[2].detail.contains("would leave"));
+        assert_eq!(below(&root, "/real/missing.db").unwrap(), root.join("real/missing.db"));
     }
 }

@@ -79,7 +79,7 @@ const MAX_MANIFEST: u64 = 256 << 20;
 
 /// Back up the cluster `conn` (a libpq connection string) into `sink`. Blocking.
 pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptured, PgError> {
-    let bin = opts.bindir.clone().or_else(|| tools::bin_dir(None));
+    let bin = tools::bin_dir(opts.bindir.as_deref(), None);
     let psql = tools::program(bin.as_deref(), "psql");
     let conn = ["-d", spec];
     let t = opts.query_timeout;

@@ -17,9 +17,13 @@ pub fn major_version(text: &str) -> Option<&str> {
     plain.then_some(v)
 }
 
-/// The directory holding PostgreSQL's programs: `version`'s under /usr/lib/postgresql when given
-/// and present (a data directory's PG_VERSION), else the newest there, else PATH.
-pub fn bin_dir(version: Option<&str>) -> Option<PathBuf> {
+/// The directory holding PostgreSQL's programs: the one the host configured, else `version`'s
+/// under /usr/lib/postgresql when given and present (a data directory's PG_VERSION, used only
+/// when it is a plain major version), else the newest there, else PATH.
+pub fn bin_dir(configured: Option<&Path>, version: Option<&str>) -> Option<PathBuf> {
+    if let Some(d) = configured {
+        return Some(d.to_path_buf());
+    }
     let root = Path::new("/usr/lib/postgresql");
     if let Some(v) = version.and_then(major_version) {
         let d = root.join(v).join("bin");
@@ -61,27 +65,24 @@ pub fn command_as(program: &Path, owner: Option<u32>, kind: ChildKind) -> Comman
     }
 }
 
-/// The uid and primary gid of user `name` in /etc/passwd.
-pub fn user_ids(name: &str) -> Option<(u32, u32)> {
-    std::fs::read_to_string("/etc/passwd").ok().and_then(|t| {
-        t.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?))).flatten()
-        })
+/// The first /etc/passwd entry (name:x:uid:gid:...) that `wanted` accepts, as (uid, gid).
+fn passwd_ids(wanted: impl Fn(&str, u32) -> bool) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let (uid, gid) = (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?);
+        wanted(f[0], uid).then_some((uid, gid))
     })
 }
 
+/// The uid and primary gid of user `name`.
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
+    passwd_ids(|n, _| n == name)
+}
+
+/// The primary gid of `uid` (the uid itself when it has no entry).
 fn gid_of(uid: u32) -> u32 {
-    // /etc/passwd: name:x:uid:gid:...
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 3 && f[2].parse() == Ok(uid)).then(|| f[3].parse().ok()).flatten()
-            })
-        })
-        .unwrap_or(uid)
+    passwd_ids(|_, u| u == uid).map_or(uid, |(_, gid)| gid)
 }
 
 /// Largest stdout kept from a PostgreSQL program (query answers, check reports); more is drained.

@@ -19,9 +19,8 @@ use crate::report::Report;
 const STEP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Settings of a restored cluster that could run a program, load a library, reach another
-/// server or write outside the scratch directory, and what the scratch server is started with
-/// instead.
-/// (name, value, first major version that has it)
+/// server or write outside the scratch directory: (name, the value the scratch server is started
+/// with instead, the first major version that has the setting).
 const HOSTILE_SETTINGS: &[(&str, &str, u32)] = &[
     ("archive_mode", "off", 12),
     ("archive_command", "''", 12),
@@ -49,7 +48,7 @@ pub fn verify_dumps(dir: &Path, bindir: Option<&Path>, report: &mut Report) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return report.push(&shown, "pg_dump archives", false, "missing");
     };
-    let bin = bindir.map(Path::to_path_buf).or_else(|| tools::bin_dir(None));
+    let bin = tools::bin_dir(bindir, None);
     // The archives are untrusted bytes: read by their owner (in a drill, the scratch user), not root.
     let owner = std::fs::metadata(dir).map(|m| m.uid()).ok();
     for e in rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "dump")) {
@@ -91,7 +90,7 @@ pub fn verify(
             format!("its PG_VERSION {shown_text:?} is not a PostgreSQL major version; not started"),
         );
     };
-    let Some(bin) = bindir.map(Path::to_path_buf).or_else(|| tools::bin_dir(Some(version))) else {
+    let Some(bin) = tools::bin_dir(bindir, Some(version)) else {
         return report.push(
             &shown,
             "postgres programs",
