@@ -239,7 +239,8 @@ impl Controller {
             .find(|p| p.sources.iter().any(|s| s.agent == source.agent && s.name == source.name))
             .map(|p| p.name.clone())
             .unwrap_or_default();
-        let (policy, plan_name, sandbox_agent, choice, rto_s, rpo_s, read, plan_keep, special_bits) = match &chosen {
+        let special_bits = chosen.as_ref().is_some_and(|(_, d)| d.special_bits);
+        let (policy, plan_name, sandbox_agent, choice, rto_s, rpo_s, read, plan_keep) = match &chosen {
             Some((pol, d)) => (
                 pol.clone(),
                 d.name.clone(),
@@ -249,7 +250,6 @@ impl Controller {
                 d.rpo.as_secs_f64(),
                 d.read_data_percent,
                 d.keep,
-                d.special_bits,
             ),
             None => (
                 policy_of_source,
@@ -259,7 +259,6 @@ impl Controller {
                 DEFAULT_RTO_S,
                 source.rpo.as_secs_f64(),
                 100.0,
-                false,
                 false,
             ),
         };

@@ -224,7 +224,7 @@ pub async fn sweep_kept_sandboxes(ctx: Arc<AgentCtx>) {
             let sandbox = marker.with_extension("");
             match remove_sandbox(&sandbox).await {
                 Ok(()) => {
-                    let _ = std::fs::remove_file(&marker);
+                    let _ = tokio::fs::remove_file(&marker).await;
                     tracing::info!(sandbox = %sandbox.display(), "kept drill sandbox expired and was removed");
                 }
                 Err(e) => tracing::warn!(sandbox = %sandbox.display(), error = %e, "cannot remove an expired sandbox"),

@@ -4,12 +4,18 @@ use std::time::{Duration, Instant};
 
 use restore_tests::World;
 
-#[test]
-fn failing_and_hanging_pre_hooks_fail_cleanly_and_post_hooks_always_run() {
+/// A vault and a directory with one file to back up.
+fn world_with_data() -> (World, std::path::PathBuf) {
     let w = World::new();
     let data = w.path("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("f"), b"x").unwrap();
+    (w, data)
+}
+
+#[test]
+fn failing_and_hanging_pre_hooks_fail_cleanly_and_post_hooks_always_run() {
+    let (w, data) = world_with_data();
     let post_log = w.path("post.log");
     let post = format!("echo \"$TRESOR_RESULT\" >> {}", post_log.display());
     let vault = w.vault_str();
@@ -58,10 +64,7 @@ fn failing_and_hanging_pre_hooks_fail_cleanly_and_post_hooks_always_run() {
 /// reach them; what they are told (TRESOR_HOOK, TRESOR_SOURCES, TRESOR_RESULT) and PATH do.
 #[test]
 fn hooks_see_none_of_the_agents_secrets() {
-    let w = World::new();
-    let data = w.path("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("f"), b"x").unwrap();
+    let (w, data) = world_with_data();
     let (pre, post) = (w.path("pre.env"), w.path("post.env"));
     let out = w
         .agent()
