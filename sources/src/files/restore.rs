@@ -29,6 +29,9 @@ pub enum RestoreError {
     /// The tree (or the selection of it) is not one a restore may write.
     #[error("the snapshot's tree is refused: {0}")]
     Tree(String),
+    /// The target cannot take this restore now (not empty, a link, another restore on it).
+    #[error("{0}")]
+    Target(String),
     /// `--include` named nothing in the snapshot.
     #[error("--include {0} matches nothing in the snapshot")]
     NothingIncluded(String),

@@ -46,7 +46,7 @@ impl Landing {
         let shown = base_path.join(rel);
         let parts: Vec<&[u8]> = rel.iter().map(std::os::unix::ffi::OsStrExt::as_bytes).collect();
         if parts.iter().any(|p| !is_plain_name(p)) {
-            return Err(RestoreError::Tree(format!("restore target {} is not a plain path", shown.display())));
+            return Err(RestoreError::Target(format!("restore target {} is not a plain path", shown.display())));
         }
         let Some((name, above)) = parts.split_last() else {
             let empty = base.is_empty().map_err(io(format!("cannot read target {}", shown.display())))?;
@@ -78,13 +78,13 @@ impl Landing {
                     }
                 }
                 FileType::Symlink => {
-                    return Err(RestoreError::Tree(format!(
+                    return Err(RestoreError::Target(format!(
                         "restore target {} is a symbolic link; restores never follow one (give the directory it points to)",
                         shown.display()
                     )));
                 }
                 _ => {
-                    return Err(RestoreError::Tree(format!(
+                    return Err(RestoreError::Target(format!(
                         "restore target {} exists and is not a directory",
                         shown.display()
                     )));
@@ -111,13 +111,13 @@ impl Landing {
         let ours = self.root.identity().map_err(io(what.clone()))?;
         let at = |name: &[u8]| s.parent.stat(name).ok().map(|st| (st.st_dev, st.st_ino));
         if at(&s.staging) != Some(ours) {
-            return Err(RestoreError::Tree(format!(
+            return Err(RestoreError::Target(format!(
                 "{what}: the staging directory was replaced while the restore ran"
             )));
         }
         s.parent.rename(&s.staging, &s.name).map_err(io(what.clone()))?;
         if at(&s.name) != Some(ours) {
-            return Err(RestoreError::Tree(format!("{what}: something else stands there now")));
+            return Err(RestoreError::Target(format!("{what}: something else stands there now")));
         }
         Ok(())
     }
@@ -125,7 +125,7 @@ impl Landing {
 
 /// The refusal of a non-empty target without `force`.
 pub fn not_empty(target: &Path) -> RestoreError {
-    RestoreError::Tree(format!(
+    RestoreError::Target(format!(
         "target {} is not empty; restore to an empty or new directory, or add --force to write into it (files of the snapshot are overwritten)",
         target.display()
     ))
@@ -145,7 +145,7 @@ fn in_place(root: Dir, empty: bool, force: bool, shown: PathBuf) -> Result<Landi
 fn lock(root: &Dir, shown: &Path) -> Result<(), RestoreError> {
     match rustix::fs::flock(root, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(RestoreError::Tree(format!(
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(RestoreError::Target(format!(
             "another restore is writing to {} now; try again when it is done",
             shown.display()
         ))),
