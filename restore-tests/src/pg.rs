@@ -32,13 +32,21 @@ pub fn bin_dir() -> PathBuf {
     )
 }
 
+/// The uid of user `name` on this host.
+pub fn uid_of(name: &str) -> u32 {
+    let out = Command::new("id").args(["-u", name]).output().expect("id runs");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("a user {name} on this host"))
+}
+
 fn postgres_uid() -> u32 {
-    let out = Command::new("id").args(["-u", "postgres"]).output().expect("id runs");
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a postgres user (make test installs PostgreSQL)")
+    uid_of("postgres")
 }
 
 fn as_postgres(program: &Path) -> Command {
-    tools::command_as(program, Some(postgres_uid()), tresor_sources::proc::ChildKind::PgScratch)
+    let uid = postgres_uid();
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={uid}")).arg("--regid=postgres").arg("--clear-groups").arg("--").arg(program);
+    c
 }
 
 fn chown_postgres(p: &Path) {

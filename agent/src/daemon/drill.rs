@@ -96,7 +96,11 @@ fn sandbox_owners(
         pg_roots.extend(s.paths.iter().map(|p| p.trim_matches('/').as_bytes().to_vec()));
         pg_roots.extend(s.probes.get("pg_dump_dir").map(|d| d.trim_matches('/').as_bytes().to_vec()));
     }
-    let user = cfg.scratch_user.clone().unwrap_or_else(|| "nobody".into());
+    // A user of its own when the host made one (OPERATIONS.md), else nobody.
+    let user = cfg.scratch_user.clone().unwrap_or_else(|| {
+        let own = "tresor-scratch";
+        if tresor_sources::postgres::tools::user_ids(own).is_some() { own } else { "nobody" }.into()
+    });
     let scratch = if pg_roots.is_empty() {
         None
     } else {

@@ -4,6 +4,8 @@
 //! consistent point, the databases and their sizes, the checksum setting, and invariants an admin
 //! gives as SQL. The verifier ([`verify`]) proves a restored data directory.
 
+mod conf;
+mod confine;
 pub mod tools;
 pub mod verify;
 
@@ -80,13 +82,11 @@ const MAX_MANIFEST: u64 = 256 << 20;
 /// Back up the cluster `conn` (a libpq connection string) into `sink`. Blocking.
 pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptured, PgError> {
     let bin = tools::bin_dir(opts.bindir.as_deref(), None);
-    let psql = tools::program(bin.as_deref(), "psql");
+    let psql = || crate::proc::command(tools::program(bin.as_deref(), "psql"), ChildKind::PgClient);
     let conn = ["-d", spec];
     let t = opts.query_timeout;
     let facts = tools::query(
-        &psql,
-        None,
-        ChildKind::PgClient,
+        psql(),
         &conn,
         "SELECT current_setting('data_directory'), current_setting('server_version_num'), current_setting('data_checksums'), current_database(), (SELECT rolname FROM pg_roles WHERE oid = 10)",
         t,
@@ -104,9 +104,7 @@ pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptur
     // operating-system user the server runs as.
     probes.insert("superuser".into(), superuser.clone());
     let dbs = tools::query(
-        &psql,
-        None,
-        ChildKind::PgClient,
+        psql(),
         &conn,
         "SELECT datname, pg_database_size(datname) FROM pg_database WHERE datallowconn ORDER BY datname",
         t,
@@ -116,7 +114,7 @@ pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptur
         probes.insert(format!("db_size.{}", r[0]), r.get(1).cloned().unwrap_or_default());
     }
     for (i, sql) in opts.probes.iter().enumerate() {
-        let rows = tools::query(&psql, None, ChildKind::PgClient, &conn, sql, t)?;
+        let rows = tools::query(psql(), &conn, sql, t)?;
         let held = rows.len() == 1 && probe_holds(&rows[0]);
         if !held {
             tracing::warn!(probe = %sql, answer = ?rows, "a probe does not hold on the live database");
@@ -125,18 +123,9 @@ pub fn backup(spec: &str, opts: &PgOptions, sink: &ChunkSink) -> Result<PgCaptur
     }
     // The slot keeps the server from recycling WAL the backup needs before -X fetch takes it.
     let slot = format!("tresor_{}", hex::encode(rand::random::<[u8; 6]>()));
-    tools::query(
-        &psql,
-        None,
-        ChildKind::PgClient,
-        &conn,
-        &format!("SELECT pg_create_physical_replication_slot('{slot}', true, false)"),
-        t,
-    )?;
+    tools::query(psql(), &conn, &format!("SELECT pg_create_physical_replication_slot('{slot}', true, false)"), t)?;
     let streamed = stream(bin.as_deref(), spec, &datadir, sink, &mut probes);
-    if let Err(e) =
-        tools::query(&psql, None, ChildKind::PgClient, &conn, &format!("SELECT pg_drop_replication_slot('{slot}')"), t)
-    {
+    if let Err(e) = tools::query(psql(), &conn, &format!("SELECT pg_drop_replication_slot('{slot}')"), t) {
         tracing::warn!(slot = %slot, error = %e, "could not drop the backup's replication slot; drop it by hand");
     }
     let mut nodes = streamed?;

@@ -6,7 +6,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::PgError;
-use crate::proc::ChildKind;
 
 /// A data directory's `PG_VERSION`, only when it is a plain major version ("15", "9.6"): the
 /// file comes from the snapshot, and its text picks the directory programs are run from.
@@ -46,25 +45,6 @@ pub fn program(dir: Option<&Path>, name: &str) -> PathBuf {
     dir.map(|d| d.join(name)).filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// A command that runs as `owner` when we are root and the owner is someone else (PostgreSQL
-/// refuses to run its server as root, and its files belong to the cluster's owner), with the
-/// environment `kind` allows and nothing else of the agent's.
-pub fn command_as(program: &Path, owner: Option<u32>, kind: ChildKind) -> Command {
-    let me = rustix::process::geteuid().as_raw();
-    match owner {
-        Some(uid) if me == 0 && uid != 0 => {
-            let mut c = crate::proc::command("setpriv", kind);
-            c.arg(format!("--reuid={uid}"))
-                .arg(format!("--regid={}", gid_of(uid)))
-                .arg("--clear-groups")
-                .arg("--")
-                .arg(program);
-            c
-        }
-        _ => crate::proc::command(program, kind),
-    }
-}
-
 /// The first /etc/passwd entry (name:x:uid:gid:...) that `wanted` accepts, as (uid, gid).
 fn passwd_ids(wanted: impl Fn(&str, u32) -> bool) -> Option<(u32, u32)> {
     let text = std::fs::read_to_string("/etc/passwd").ok()?;
@@ -81,7 +61,7 @@ pub fn user_ids(name: &str) -> Option<(u32, u32)> {
 }
 
 /// The primary gid of `uid` (the uid itself when it has no entry).
-fn gid_of(uid: u32) -> u32 {
+pub(super) fn gid_of(uid: u32) -> u32 {
     passwd_ids(|_, u| u == uid).map_or(uid, |(_, gid)| gid)
 }
 
@@ -109,22 +89,15 @@ pub fn run(cmd: Command, what: &str, timeout: Duration) -> Result<String, PgErro
     Ok(String::from_utf8_lossy(&done.stdout).into_owned())
 }
 
-/// One query through psql: rows of fields (separated by the unit separator, so any text is safe).
-pub fn query(
-    psql: &Path,
-    owner: Option<u32>,
-    kind: ChildKind,
-    conn: &[&str],
-    sql: &str,
-    timeout: Duration,
-) -> Result<Vec<Vec<String>>, PgError> {
-    let mut c = command_as(psql, owner, kind);
-    c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-F", "\x1f", "-R", "\x1e"])
+/// One query through `psql` (a command for it, with whatever box and user it runs in): rows of
+/// fields (separated by the unit separator, so any text is safe).
+pub fn query(mut psql: Command, conn: &[&str], sql: &str, timeout: Duration) -> Result<Vec<Vec<String>>, PgError> {
+    psql.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-F", "\x1f", "-R", "\x1e"])
         .args(conn)
         .args(["-c", sql])
         .env("PGCONNECT_TIMEOUT", "10")
         .env("PGOPTIONS", format!("-c statement_timeout={}", timeout.as_millis()));
-    let out = run(c, &format!("query {}", short(sql)), timeout + Duration::from_secs(15))?;
+    let out = run(psql, &format!("query {}", short(sql)), timeout + Duration::from_secs(15))?;
     Ok(out
         .trim_end_matches(['\n', '\x1e'])
         .split('\x1e')

@@ -2,6 +2,8 @@
 //! server on a free port started on it (as the directory's owner, reachable only through a private
 //! socket, with a trust-only hba file of our own), `pg_amcheck` on every database once recovery
 //! has ended, the recorded probes, then a clean stop and `pg_checksums --check` on the stopped copy.
+//! Every one of these programs runs boxed (`confine`): the copy is the snapshot's, and whatever
+//! the server runs on its behalf may write only to the copy.
 //!
 //! The restored directory is started, so it leaves this check recovered (as it would on its
 //! first real start).
@@ -11,9 +13,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::confine::confined;
 use super::probe_holds;
-use super::tools::{self, command_as, major_version, program};
-use crate::proc::ChildKind;
+use super::tools::{self, major_version, program};
 use crate::report::Report;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -52,7 +54,7 @@ pub fn verify_dumps(dir: &Path, bindir: Option<&Path>, report: &mut Report) {
     // The archives are untrusted bytes: read by their owner (in a drill, the scratch user), not root.
     let owner = std::fs::metadata(dir).map(|m| m.uid()).ok();
     for e in rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "dump")) {
-        let mut c = command_as(&program(bin.as_deref(), "pg_restore"), owner, ChildKind::PgScratch);
+        let mut c = confined(&program(bin.as_deref(), "pg_restore"), owner, &[]);
         c.arg("--list").arg(e.path());
         let subject = e.path().display().to_string();
         match tools::run(c, "pg_restore --list", STEP_TIMEOUT) {
@@ -103,7 +105,7 @@ pub fn verify(
     // (it carried pg_basebackup's made-up ids) is read as before.
     let manifest_owner = std::fs::metadata(dir.join("backup_manifest")).map(|m| m.uid()).ok();
     let reader = if manifest_owner == Some(owner) { Some(owner) } else { None };
-    let mut c = command_as(&program(bin, "pg_verifybackup"), reader, ChildKind::PgScratch);
+    let mut c = confined(&program(bin, "pg_verifybackup"), reader, &[]);
     c.arg(dir);
     match tools::run(c, "pg_verifybackup", STEP_TIMEOUT) {
         Ok(out) => report.push(&shown, "pg_verifybackup", true, out.trim().to_string()),
@@ -128,7 +130,7 @@ pub fn verify(
     let stopped = scratch.stop();
     report.push(&shown, "scratch server stops cleanly", stopped.is_ok(), stopped.err().unwrap_or_default());
     if probes.get("data_checksums").map(String::as_str) == Some("on") {
-        let mut c = command_as(&program(bin, "pg_checksums"), Some(owner), ChildKind::PgScratch);
+        let mut c = confined(&program(bin, "pg_checksums"), Some(owner), &[]);
         c.args(["--check", "-D"]).arg(dir);
         match tools::run(c, "pg_checksums --check", STEP_TIMEOUT) {
             Ok(out) => report.push(&shown, "pg_checksums", true, last_lines(&out)),
@@ -157,12 +159,21 @@ struct Scratch<'a> {
 
 impl<'a> Scratch<'a> {
     fn start(dir: &'a Path, bin: Option<&'a Path>, owner: u32, major: u32, superuser: &str) -> Result<Self, String> {
+        // pg_ctl hands the data directory and these options to a shell, inside double quotes.
+        let shown = dir.display().to_string();
+        if shown.contains(['"', '$', '`', '\\', '\'', '\n']) {
+            return Err(format!("not started: its path {shown:?} holds a character pg_ctl would pass to a shell"));
+        }
+        if let Some(why) = super::conf::foreign_include(dir) {
+            return Err(format!("not started: {why}"));
+        }
         let sock = tempfile::Builder::new().prefix("tresor-pg-").tempdir().map_err(|e| e.to_string())?;
         let chown = |p: &Path| rustix::fs::chown(p, Some(rustix::process::Uid::from_raw(owner)), None);
         chown(sock.path()).map_err(|e| format!("socket directory: {e}"))?;
         let hba = sock.path().join("hba.conf");
         std::fs::write(&hba, "local all all trust\nlocal replication all trust\n").map_err(|e| e.to_string())?;
-        let _ = chown(&hba);
+        let ident = sock.path().join("ident.conf");
+        std::fs::write(&ident, "").map_err(|e| e.to_string())?;
         // A data directory whose configuration lived elsewhere (Debian's /etc/postgresql) starts
         // with defaults.
         if !dir.join("postgresql.conf").exists() {
@@ -178,16 +189,19 @@ impl<'a> Scratch<'a> {
         let log = sock.path().join("server.log");
         // The restored configuration is the snapshot's, which any key holder can write: every
         // setting that names a program, a library or a connection is overridden here (the
-        // command line beats any file, included ones too).
+        // command line beats any file, included ones too); an include is
+        // read, so it must stay inside the copy (conf::foreign_include).
         let mut opts = format!(
-            "-p {port} -k {} -c listen_addresses='' -c hba_file={} -c hot_standby=on -c max_wal_senders=2",
+            "-p {port} -k '{}' -c listen_addresses='' -c data_directory='{shown}' -c hba_file='{}' -c ident_file='{}' -c hot_standby=on -c max_wal_senders=2",
             sock.path().display(),
-            hba.display()
+            hba.display(),
+            ident.display()
         );
         for (name, value, _) in HOSTILE_SETTINGS.iter().filter(|(_, _, since)| major >= *since) {
             opts.push_str(&format!(" -c {name}={value}"));
         }
-        let mut c = command_as(&program(bin, "pg_ctl"), Some(owner), ChildKind::PgScratch);
+        // Boxed: it may write only to the copy and its own socket directory.
+        let mut c = confined(&program(bin, "pg_ctl"), Some(owner), &[dir, sock.path()]);
         c.args(["start", "-w", "-t", "600", "-D"]).arg(dir).arg("-l").arg(&log).args(["-o", &opts]);
         let mut s = Self { dir, bin, owner, port, superuser: superuser.to_string(), sock, running: true };
         if let Err(e) = tools::run(c, "pg_ctl start", STEP_TIMEOUT) {
@@ -213,14 +227,7 @@ impl<'a> Scratch<'a> {
     fn query(&self, db: &str, sql: &str) -> Result<Vec<Vec<String>>, super::PgError> {
         let user = self.superuser.replace('\\', "\\\\").replace('\'', "\\'");
         let conn = format!("host={} port={} dbname={db} user='{user}'", self.sock.path().display(), self.port);
-        tools::query(
-            &program(self.bin, "psql"),
-            Some(self.owner),
-            ChildKind::PgScratch,
-            &["-d", &conn],
-            sql,
-            STEP_TIMEOUT,
-        )
+        tools::query(confined(&program(self.bin, "psql"), Some(self.owner), &[]), &["-d", &conn], sql, STEP_TIMEOUT)
     }
 
     /// Disable the copy's event triggers before anything runs DDL in it (`pg_amcheck` creates its
@@ -254,12 +261,13 @@ impl<'a> Scratch<'a> {
 
     fn checks(&self, probes: &BTreeMap<String, String>, trusted: &[String], report: &mut Report, shown: &str) {
         self.disable_event_triggers(report, shown);
-        let mut c = command_as(&program(self.bin, "pg_amcheck"), Some(self.owner), ChildKind::PgScratch);
+        let mut c = confined(&program(self.bin, "pg_amcheck"), Some(self.owner), &[]);
         c.args([
             "--all",
             "--install-missing",
+            // Every table and each of its btree indexes ("--no-dependent-indexes" with --all
+            // would check no index at all).
             "--heapallindexed",
-            "--no-dependent-indexes",
             "-U",
             &self.superuser,
             "-h",
@@ -306,7 +314,7 @@ impl<'a> Scratch<'a> {
 
     fn stop(mut self) -> Result<(), String> {
         self.running = false;
-        let mut c = command_as(&program(self.bin, "pg_ctl"), Some(self.owner), ChildKind::PgScratch);
+        let mut c = confined(&program(self.bin, "pg_ctl"), Some(self.owner), &[]);
         c.args(["stop", "-w", "-m", "fast", "-D"]).arg(self.dir);
         tools::run(c, "pg_ctl stop", STEP_TIMEOUT).map(|_| ()).map_err(|e| e.to_string())
     }
@@ -315,7 +323,7 @@ impl<'a> Scratch<'a> {
 impl Drop for Scratch<'_> {
     fn drop(&mut self) {
         if self.running {
-            let mut c = command_as(&program(self.bin, "pg_ctl"), Some(self.owner), ChildKind::PgScratch);
+            let mut c = confined(&program(self.bin, "pg_ctl"), Some(self.owner), &[]);
             c.args(["stop", "-m", "immediate", "-D"]).arg(self.dir);
             let _ = tools::run(c, "pg_ctl stop", STEP_TIMEOUT);
         }

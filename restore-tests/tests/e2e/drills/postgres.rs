@@ -79,6 +79,19 @@ fn a_hostile_postgres_snapshot_runs_nothing_in_a_drill() {
         "CREATE FUNCTION evil() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN COPY (SELECT 1) TO PROGRAM 'touch {}'; END $$",
         mark("event-trigger")
     ));
+    // An index whose expression runs a program in any copy of this cluster (another port):
+    // pg_amcheck evaluates it as a superuser of the scratch server. The box lets it write only in
+    // the copy (its working directory), as the scratch user, without a network.
+    pg.psql("CREATE TABLE boxed(x int)");
+    pg.psql("INSERT INTO boxed VALUES (1), (2)");
+    // (COPY is refused in the immutable function an index needs, not in a volatile one it calls.)
+    pg.psql(&format!(
+        "CREATE FUNCTION shell() RETURNS void LANGUAGE plpgsql AS $$ BEGIN IF current_setting('port')::int <> {port} THEN COPY (SELECT 1) TO PROGRAM 'id -u > boxed-uid; touch {mark} 2> boxed-touch; grep -c : /proc/net/dev > boxed-net; exit 0'; END IF; END $$",
+        port = pg.port,
+        mark = mark("index-expression")
+    ));
+    pg.psql("CREATE FUNCTION boxed(x int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN PERFORM public.shell(); RETURN x; END $$");
+    pg.psql("CREATE INDEX boxed_idx ON boxed (boxed(x))");
     // Last: from here on any DDL in this cluster, or in a copy of it, runs the program.
     pg.psql("CREATE EVENT TRIGGER evil ON ddl_command_start EXECUTE FUNCTION evil()");
     for (name, value) in [
@@ -121,7 +134,7 @@ fn a_hostile_postgres_snapshot_runs_nothing_in_a_drill() {
     for d in [p.dir.path(), state.as_path()] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).unwrap();
     }
-    let plan = "[[drill]]\nname = \"db\"\nsource = \"gpu-01/db\"\nsandbox_agent = \"drill-01\"\nschedule = \"0 4 * * 0\"\nrto = \"1h\"\n";
+    let plan = "[[drill]]\nname = \"db\"\nsource = \"gpu-01/db\"\nsandbox_agent = \"drill-01\"\nschedule = \"0 4 * * 0\"\nrto = \"1h\"\nkeep = true\n";
     apply(&p, &policy(&[Src("db", vec![format!("postgres:{}", pg.conn())])], plan));
     p.ctl_ok(&["backup", "gpu-01/db"]);
     // The evil probe ran on the live cluster at backup, as the source host asked; nothing else did.
@@ -148,6 +161,22 @@ fn a_hostile_postgres_snapshot_runs_nothing_in_a_drill() {
     assert!(passed("event triggers disabled", "postgres.evil"), "{checks:?}");
     assert!(passed("postgres probe", "environ"), "the scratch server sees no secret: {checks:?}");
     assert!(passed("postgres probe", "can_read"), "nor the sandbox agent's password file: {checks:?}");
+    // The index expression did run, in the box: as the scratch user, its write outside the copy
+    // refused, with no network but a loopback.
+    let kept = std::path::Path::new(r.report["sandbox"].as_str().unwrap().trim_start_matches("drill-01:")).to_owned();
+    let copy = kept.join(pg.data.strip_prefix("/").unwrap());
+    let said = |f: &str| {
+        std::fs::read_to_string(copy.join(f)).unwrap_or_else(|e| {
+            let names: Vec<_> =
+                std::fs::read_dir(&copy).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+            panic!("{f} in the copy {}: {e}; it holds {names:?}; checks {checks:?}", copy.display())
+        })
+    };
+    let nobody = restore_tests::pg::uid_of("nobody");
+    assert_eq!(said("boxed-uid").trim(), nobody.to_string(), "run as the scratch user");
+    assert!(said("boxed-touch").contains("Read-only file system"), "{}", said("boxed-touch"));
+    assert_eq!(said("boxed-net").trim(), "1", "only a loopback interface in the box");
+    std::fs::remove_dir_all(&kept).unwrap();
 
     // PG_VERSION naming a directory elsewhere: nothing is started from it.
     std::fs::write(pg.data.join("PG_VERSION"), "/tmp/evil\n").unwrap();
