@@ -34,18 +34,49 @@ impl Outcome {
     }
 }
 
-/// The index cache directory.
-pub fn cache_root(g: &Global) -> PathBuf {
-    if let Some(d) = &g.cache_dir {
-        return d.clone();
+/// The index cache directory, private to this user (0700, owned by it, not a link): an index
+/// cache another user could write would steer dedup and restores. --cache-dir or
+/// TRESOR_CACHE_DIR, else `$XDG_CACHE_HOME/tresor`, `$HOME/.cache/tresor`, or for root
+/// `/var/cache/tresor`; never a guessable shared path.
+pub fn cache_root(g: &Global) -> anyhow::Result<PathBuf> {
+    let dir = if let Some(d) = &g.cache_dir {
+        d.clone()
+    } else if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        PathBuf::from(x).join("tresor")
+    } else if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        PathBuf::from(h).join(".cache").join("tresor")
+    } else if rustix::process::geteuid().is_root() {
+        PathBuf::from("/var/cache/tresor")
+    } else {
+        anyhow::bail!("no cache directory: give --cache-dir DIR (or TRESOR_CACHE_DIR, XDG_CACHE_HOME, HOME)");
+    };
+    private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Make `dir` (and missing parents) 0700, and insist it is this user's own directory.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
+    let md = std::fs::symlink_metadata(dir).with_context(|| format!("cache directory {}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !md.is_dir() || md.uid() != me {
+        anyhow::bail!(
+            "cache directory {} is {} owned by uid {}, not this user's ({me}) own directory; give --cache-dir",
+            dir.display(),
+            if md.is_dir() { "a directory" } else { "not a directory" },
+            md.uid()
+        );
     }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(x).join("tresor");
+    if md.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make the cache directory {} private", dir.display()))?;
     }
-    if let Some(h) = std::env::var_os("HOME") {
-        return PathBuf::from(h).join(".cache").join("tresor");
-    }
-    std::env::temp_dir().join(format!("tresor-cache-{}", rustix::process::getuid().as_raw()))
+    Ok(())
 }
 
 async fn open(g: &Global, url: &str) -> anyhow::Result<Arc<Vault>> {
@@ -127,7 +158,7 @@ pub async fn backup(
         progress: None,
         quiet: g.json,
     };
-    let BackupDone { id: sid, manifest, errors } = backup_into(vault, &cache_root(g), req).await?;
+    let BackupDone { id: sid, manifest, errors } = backup_into(vault, &cache_root(g)?, req).await?;
     let s = &manifest.summary;
     let mut text = format!(
         "snapshot {sid} saved\n  {} files, {} dirs, {} in total; read {}, new {} in {} chunks, stored {} in {:.1} s",
@@ -214,7 +245,7 @@ pub async fn snapshots(g: &Global, url: &str) -> anyhow::Result<Outcome> {
 /// `ls`.
 pub async fn ls(g: &Global, url: &str, spec: &str) -> anyhow::Result<Outcome> {
     let vault = open(g, url).await?;
-    let index = vault.sync_index(&cache_root(g)).await?;
+    let index = vault.sync_index(&cache_root(g)?).await?;
     let (id, m) = vault.resolve_snapshot(spec).await?;
     let nodes = vault.read_tree(&m, &index).await?;
     let mut text = format!("snapshot {id} of {} at {}\n", m.host, m.time);
@@ -255,7 +286,7 @@ pub async fn restore(
     let to = std::path::absolute(to).with_context(|| format!("bad target {}", to.display()))?;
     let to = tresor_proto::normalize_target(&to).map_err(anyhow::Error::msg)?;
     let vault = open(g, url).await?;
-    let index = vault.sync_index(&cache_root(g)).await?;
+    let index = vault.sync_index(&cache_root(g)?).await?;
     let (id, m) = vault.resolve_snapshot(spec).await?;
     let nodes = files::restore::select(vault.read_tree(&m, &index).await?, include)?;
     let (base, rel) = split_existing(&to);
@@ -300,7 +331,7 @@ pub async fn verify(
         anyhow::bail!("{} is not a directory: give the directory the snapshot was restored to", path.display());
     }
     let vault = open(g, url).await?;
-    let index = vault.sync_index(&cache_root(g)).await?;
+    let index = vault.sync_index(&cache_root(g)?).await?;
     let (id, m) = vault.resolve_snapshot(spec).await?;
     let nodes = vault.read_tree(&m, &index).await?;
     let (root, sources, opts) = (path.to_path_buf(), m.sources.clone(), opts.clone());

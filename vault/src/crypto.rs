@@ -72,14 +72,24 @@ pub struct MasterKey([u8; 32]);
 impl MasterKey {
     /// A fresh random master key.
     pub fn generate() -> Self {
-        let mut k = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
-        Self(k)
+        let mut k = Self([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k.0);
+        k
     }
 
-    /// From raw bytes (after unwrapping a key slot, or in golden tests).
+    /// From raw bytes (in golden tests and fixtures).
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
+    }
+
+    /// From an unwrapped key slot's plaintext, copied straight into the zeroized key (no plain
+    /// copy on the way); `None` unless it is 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let mut k = Self([0u8; 32]);
+        (bytes.len() == 32).then(|| {
+            k.0.copy_from_slice(bytes);
+            k
+        })
     }
 
     /// Raw bytes, for wrapping into a key slot.

@@ -13,6 +13,15 @@ use zeroize::Zeroizing;
 use crate::crypto::MasterKey;
 use crate::ids::VaultId;
 
+/// The most memory a slot's KDF may ask for: 1 GiB.
+pub const MAX_MEMORY_KIB: u32 = 1024 * 1024;
+/// The fewest: 8 MiB.
+pub const MIN_MEMORY_KIB: u32 = 8 * 1024;
+/// The most passes.
+pub const MAX_ITERATIONS: u32 = 10;
+/// The most lanes.
+pub const MAX_PARALLELISM: u32 = 4;
+
 /// Argon2id parameters stored in a slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KdfParams {
@@ -45,20 +54,32 @@ impl KdfParams {
         }
     }
 
+    /// Refuse, before any work, parameters a planted slot could use to make every opener spend
+    /// gigabytes or minutes (docs/SECURITY.md): at most 1 GiB, 10 passes, 4 lanes, at least
+    /// 8 MiB and 1 pass.
+    pub fn within_caps(&self) -> Result<(), KeyError> {
+        if !(MIN_MEMORY_KIB..=MAX_MEMORY_KIB).contains(&self.memory_kib)
+            || !(1..=MAX_ITERATIONS).contains(&self.iterations)
+            || !(1..=MAX_PARALLELISM).contains(&self.parallelism)
+        {
+            return Err(KeyError::Malformed(format!(
+                "KDF parameters beyond the caps (memory {} KiB of at most {MAX_MEMORY_KIB}, {} passes of at most {MAX_ITERATIONS}, {} lanes of at most {MAX_PARALLELISM}); refused without deriving",
+                self.memory_kib, self.iterations, self.parallelism
+            )));
+        }
+        Ok(())
+    }
+
+    /// Work an unwrap costs, in KiB-passes: slots are tried cheapest first.
+    pub fn cost(&self) -> u64 {
+        u64::from(self.memory_kib) * u64::from(self.iterations)
+    }
+
     fn derive(&self, secret: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
         if self.algorithm != "argon2id" || self.version != 0x13 {
             return Err(KeyError::Malformed(format!("unsupported KDF {} version {}", self.algorithm, self.version)));
         }
-        // Bounds keep a crafted slot from asking for absurd memory or time.
-        if !(8 * 1024..=4 * 1024 * 1024).contains(&self.memory_kib)
-            || !(1..=64).contains(&self.iterations)
-            || !(1..=16).contains(&self.parallelism)
-        {
-            return Err(KeyError::Malformed(format!(
-                "KDF parameters out of range: memory {} KiB, {} passes, {} lanes",
-                self.memory_kib, self.iterations, self.parallelism
-            )));
-        }
+        self.within_caps()?;
         let salt = B64.decode(&self.salt).map_err(|e| KeyError::Malformed(format!("salt is not base64: {e}")))?;
         let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
             .map_err(|e| KeyError::Malformed(format!("KDF parameters rejected: {e}")))?;
@@ -204,8 +225,7 @@ impl KeySlot {
                 .decrypt(Nonce::from_slice(&wrapped[..12]), Payload { msg: &wrapped[12..], aad: &aad })
                 .map_err(|_| KeyError::WrongSecret)?,
         );
-        let bytes: [u8; 32] = plain.as_slice().try_into().map_err(|_| KeyError::WrongSecret)?;
-        Ok(MasterKey::from_bytes(bytes))
+        MasterKey::from_slice(&plain).ok_or(KeyError::WrongSecret)
     }
 
     /// Check that `config_bytes` are the config this slot was made for.
@@ -255,11 +275,12 @@ impl EscrowKey {
             .to_string();
         let key = lines.next().ok_or_else(|| KeyError::BadKeyFile("key line missing".into()))?;
         let raw = Zeroizing::new(B64.decode(key).map_err(|e| KeyError::BadKeyFile(format!("key is not base64: {e}")))?);
-        let bytes: [u8; 32] = raw
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::BadKeyFile(format!("key has {} bytes, expected 32", raw.len())))?;
-        Ok(Self { key: Zeroizing::new(bytes), vault: Some(vault) })
+        if raw.len() != 32 {
+            return Err(KeyError::BadKeyFile(format!("key has {} bytes, expected 32", raw.len())));
+        }
+        let mut k = Zeroizing::new([0u8; 32]);
+        k.copy_from_slice(&raw);
+        Ok(Self { key: k, vault: Some(vault) })
     }
 
     /// The vault id the key file names (`None` for a key not read from a file).

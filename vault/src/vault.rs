@@ -14,6 +14,9 @@ use crate::keys::{EscrowKey, KeyError, KeySlot, SlotKind};
 use crate::snapshot::{Manifest, Node};
 use crate::{layout, object, pack};
 
+/// The largest key slot object read.
+const MAX_SLOT_BYTES: u64 = 64 * 1024;
+
 /// The secret that unlocks a key slot.
 pub enum Secret {
     /// A password (or an agent's secret file contents).
@@ -137,7 +140,20 @@ impl Vault {
         }
         let slots = Self::read_slots(&backend).await?;
         let wanted = secret.kind();
-        let candidates: Vec<KeySlot> = slots.into_iter().filter(|s| s.kind == wanted).collect();
+        // Slots beyond the KDF caps are refused before any work; the rest are tried cheapest
+        // first, so a planted costly slot cannot hold up an opener whose own slot is ordinary.
+        let mut candidates: Vec<KeySlot> = slots
+            .into_iter()
+            .filter(|s| s.kind == wanted)
+            .filter(|s| match s.kdf.within_caps() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(slot = %s.id, error = %e, "skipping a key slot beyond the KDF caps");
+                    false
+                }
+            })
+            .collect();
+        candidates.sort_by_key(|s| s.kdf.cost());
         if candidates.is_empty() {
             return Err(Error::Key(KeyError::Malformed(format!("the vault has no {wanted:?} key slot"))));
         }
@@ -170,6 +186,11 @@ impl Vault {
     async fn read_slots(backend: &DynBackend) -> Result<Vec<KeySlot>> {
         let mut slots = Vec::new();
         for info in backend.list(layout::KEYS).await? {
+            // A slot is a few hundred bytes; a planted huge one is not read.
+            if info.size > MAX_SLOT_BYTES {
+                tracing::warn!(key = %info.key, size = info.size, "key slot larger than {MAX_SLOT_BYTES} bytes; ignored");
+                continue;
+            }
             let bytes = backend.get(&info.key).await?;
             match KeySlot::from_json(&bytes) {
                 Ok(s) if layout::key_slot(&s.id) == info.key => slots.push(s),
@@ -220,8 +241,8 @@ impl Vault {
         // Read back and unwrap before anyone relies on it (restic 0.13 lost access by skipping this).
         let stored = KeySlot::from_json(&self.backend.get(&layout::key_slot(&slot.id)).await?)?;
         let sb = zeroize::Zeroizing::new(secret.bytes().to_vec());
-        let expect = *self.master.expose();
-        let ok = cpu(move || stored.unwrap(&vid, &sb).map(|m| *m.expose() == expect)).await??;
+        let expect = self.master.clone();
+        let ok = cpu(move || stored.unwrap(&vid, &sb).map(|m| m.expose() == expect.expose())).await??;
         if !ok {
             return Err(Error::integrity("key slot", "read-back unwrapped to a different key"));
         }

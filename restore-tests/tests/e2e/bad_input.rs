@@ -113,3 +113,40 @@ fn full_disk_on_restore_is_refused_clearly() {
     // The vault is untouched.
     w.ok(&["check", "--vault", w.vault_str(), "--read-data"]);
 }
+
+/// The index cache is private: a shared or foreign directory is never used as it is. One of
+/// ours that others could write is made 0700; one owned by another user is refused, named; with
+/// no --cache-dir the cache goes below HOME, never to a guessable /tmp path.
+#[test]
+fn the_index_cache_is_this_users_private_directory() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let w = World::new();
+    std::fs::create_dir_all(&w.cache).unwrap();
+    std::fs::set_permissions(&w.cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let data = w.path("data");
+    random_file(&data, 4096, 1);
+    w.backup(&[&data]);
+    assert_eq!(std::fs::metadata(&w.cache).unwrap().mode() & 0o777, 0o700, "made private");
+
+    let nobody = restore_tests::pg::uid_of("nobody");
+    rustix::fs::chown(&w.cache, Some(rustix::process::Uid::from_raw(nobody)), None).unwrap();
+    let out = w.run(&["ls", "--vault", w.vault_str(), "latest"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&format!("owned by uid {nobody}")) && err.contains("--cache-dir"), "{err}");
+
+    let home = w.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = w
+        .agent()
+        .env_remove("TRESOR_CACHE_DIR")
+        .env_remove("XDG_CACHE_HOME")
+        .env("HOME", &home)
+        .args(["ls", "--vault", w.vault_str(), "latest"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cache = home.join(".cache/tresor");
+    assert_eq!(std::fs::metadata(&cache).unwrap().mode() & 0o777, 0o700);
+    assert!(std::fs::read_dir(&cache).unwrap().next().is_some(), "the index cache is there");
+}

@@ -66,3 +66,47 @@ fn add_rotate_remove() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("last"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A key holder plants slots that would make every opener derive with 4 GiB of memory, 64 passes
+/// or 16 lanes, and a 1 MiB slot object: each is refused before any work, named in a warning, and
+/// the vault opens with its ordinary password as before.
+#[test]
+fn planted_costly_key_slots_are_refused_before_any_work() {
+    let w = World::new();
+    let files = restore_tests::files_below(&w.vault.join("keys"));
+    let template: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    let plants = [
+        ("aaaaaaaaaaaaaaa1", 4 * 1024 * 1024, 3, 1),
+        ("aaaaaaaaaaaaaaa2", 65536, 64, 1),
+        ("aaaaaaaaaaaaaaa3", 65536, 3, 16),
+    ];
+    for (id, memory, passes, lanes) in plants {
+        let mut slot = template.clone();
+        slot["id"] = id.into();
+        slot["kind"] = "password".into();
+        slot["kdf"]["memory_kib"] = memory.into();
+        slot["kdf"]["iterations"] = passes.into();
+        slot["kdf"]["parallelism"] = lanes.into();
+        std::fs::write(w.vault.join("keys").join(id), serde_json::to_vec(&slot).unwrap()).unwrap();
+    }
+    let mut huge = template.clone();
+    huge["id"] = "aaaaaaaaaaaaaaa4".into();
+    huge["label"] = "x".repeat(1 << 20).into();
+    std::fs::write(w.vault.join("keys").join("aaaaaaaaaaaaaaa4"), serde_json::to_vec(&huge).unwrap()).unwrap();
+
+    let out = w.run(&["snapshots", "--vault", w.vault_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the vault still opens: {stderr}");
+    for id in ["aaaaaaaaaaaaaaa1", "aaaaaaaaaaaaaaa2", "aaaaaaaaaaaaaaa3"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(id) && l.contains("beyond the caps") && l.contains("refused without deriving")),
+            "{id} named: {stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("aaaaaaaaaaaaaaa4") && stderr.contains("larger than"),
+        "the oversized slot is not read: {stderr}"
+    );
+}
