@@ -77,6 +77,13 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
                     message: format!("{key}: backup failed ({} time(s) in a row): {}", rec.failures, rec.last_error),
                 });
             }
+            if !rec.refused_result.is_empty() {
+                out.push(Problem {
+                    kind: "result_refused",
+                    subject: key.clone(),
+                    message: format!("{key}: a backup result of its agent was refused: {}", rec.refused_result),
+                });
+            }
             if !rec.last_check_error.is_empty() {
                 out.push(Problem {
                     kind: "check_failed",

@@ -46,6 +46,9 @@ pub struct SnapshotRecord {
     pub duration_ms: u64,
     /// Backed-up paths.
     pub paths: Vec<String>,
+    /// The job whose result made this record (none for records rebuilt from a vault scan).
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 /// The scheduler's and the status view's memory of one source.
@@ -75,6 +78,10 @@ pub struct SourceRecord {
     /// Since when the controller schedules this source (RPO counts from here until a first backup).
     #[serde(default)]
     pub tracked_since_unix: i64,
+    /// The last backup result of this source's agent that the controller refused (it named
+    /// another vault, or a snapshot already claimed), kept until a good backup: an alert.
+    #[serde(default)]
+    pub refused_result: String,
 }
 
 impl SourceRecord {
@@ -302,6 +309,15 @@ impl Catalog {
     pub fn put_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
         let _ = self.snapshots.insert(format!("{}/{}", s.vault_id, s.snapshot_id), encode(s))?;
         Ok(())
+    }
+
+    /// The record of one snapshot, if the catalog has it.
+    ///
+    /// # Errors
+    /// sled failed, or the record is damaged.
+    pub fn snapshot(&self, vault_id: &str, snapshot_id: &str) -> Result<Option<SnapshotRecord>> {
+        let key = format!("{vault_id}/{snapshot_id}");
+        self.snapshots.get(&key)?.map(|v| decode(key.as_bytes(), &v)).transpose()
     }
 
     /// Drop a snapshot the maintainer forgot.

@@ -38,6 +38,14 @@ impl Controller {
             }
         }
         use pb::job_result::Kind;
+        if let (Some(Kind::Backup(b)), true, Some(r)) = (&result.kind, result.error.is_empty(), &result.r#ref)
+            && let Some(known) = self.catalog.job(&r.job_id)?
+            && known.agent_id == *agent
+            && let JobSpec::Backup { source, .. } = &known.spec
+            && let Some(why) = self.foreign_claim(&known, source, &b.snapshot.clone().unwrap_or_default())?
+        {
+            return Err(self.refuse_result(&known, source, why).await?);
+        }
         let job = match self.jobs.finish(agent, &result)? {
             crate::jobs::Finished::First(job) => job,
             // The first delivery of a good backup stopped after the job was recorded but before its
@@ -94,6 +102,7 @@ impl Controller {
                     source: source.clone(),
                     committed_unix_ms: chrono::Utc::now().timestamp_millis(),
                     signature: vec![],
+                    job_id: job.id.to_string(),
                 };
                 receipt.signature = self.state.sign(&tresor_proto::receipt_signing_bytes(&receipt));
                 let rec = snapshot_record(&meta, &job.vault, &receipt);
@@ -102,6 +111,7 @@ impl Controller {
                     let mut s = self.catalog.source(key)?;
                     s.last_success_unix = receipt.committed_unix_ms / 1000;
                     s.last_error.clear();
+                    s.refused_result.clear();
                     s.failures = 0;
                     s.last_duration_ms = meta.duration_ms;
                     s.last_bytes_new = meta.bytes_new;
@@ -174,6 +184,80 @@ impl Controller {
         Ok(reply)
     }
 
+    /// Why a backup result must not be accepted for `job`, if it must not: it names a vault other
+    /// than the job's, an agent or source other than the job's, or a snapshot the catalog already
+    /// holds for another job (a second claim: a compromised agent taking over another source's
+    /// snapshot, so retention would group it under the wrong source and forget it).
+    fn foreign_claim(
+        &self,
+        job: &crate::job::JobRecord,
+        source: &str,
+        meta: &pb::SnapshotMeta,
+    ) -> Result<Option<String>> {
+        let id = &meta.snapshot_id;
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Some(format!("the result names no valid snapshot id ({:?})", short(id))));
+        }
+        let expected = self
+            .vault_id_of(&job.vault)
+            .or_else(|| self.catalog.snapshots().ok()?.into_iter().find(|s| s.vault == job.vault).map(|s| s.vault_id));
+        if let Some(v) = expected
+            && v != meta.vault_id
+        {
+            return Ok(Some(format!(
+                "the result names vault {}, but job {} backs up to vault {} ({v})",
+                short(&meta.vault_id),
+                job.id,
+                job.vault
+            )));
+        }
+        if (!meta.agent.is_empty() && meta.agent != job.agent_name)
+            || (!meta.source.is_empty() && meta.source != source)
+        {
+            return Ok(Some(format!(
+                "the result names {}/{}, but job {} is {}/{source}",
+                short(&meta.agent),
+                short(&meta.source),
+                job.id,
+                job.agent_name
+            )));
+        }
+        let Some(held) = self.catalog.snapshot(&meta.vault_id, id)? else { return Ok(None) };
+        let ours = held.job.as_deref() == Some(job.id.as_str());
+        // A vault scan may have seen the snapshot committed before its result arrived: that
+        // record carries no receipt and the same source.
+        let seen_by_scan = held.receipt_sig.is_none() && held.source == source;
+        if ours || seen_by_scan {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "snapshot {} is already claimed by {}/{}{}",
+            &id[..16],
+            held.agent,
+            held.source,
+            held.job.map(|j| format!(" (job {j})")).unwrap_or_default()
+        )))
+    }
+
+    /// Refuse a backup result: audited, kept on the source for an alert until its next good
+    /// backup, and answered with an error the agent does not retry.
+    async fn refuse_result(&self, job: &crate::job::JobRecord, source: &str, why: String) -> Result<Error> {
+        tracing::warn!(job = %job.id, agent = %job.agent_name, why = %why, "backup result refused");
+        self.audit(
+            &format!("agent:{}", job.agent_name),
+            "backup.result_refused",
+            &format!("job {} ({}/{source}, vault {})", job.id, job.agent_name, job.vault),
+            crate::audit_log::REFUSED,
+            &why,
+        );
+        let key = format!("{}/{source}", job.agent_name);
+        let mut s = self.catalog.source(&key)?;
+        s.refused_result = format!("job {}: {why}", job.id);
+        self.catalog.put_source(&key, &s)?;
+        self.catalog.flush().await?;
+        Ok(Error::InvalidArgument(format!("backup result of job {} refused: {why}", job.id)))
+    }
+
     fn vault_id_of(&self, vault: &str) -> Option<String> {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.values()
@@ -199,6 +283,7 @@ impl Controller {
                 rec.receipt_sig = Some(hex::encode(&r.signature));
                 rec.agent = r.agent.clone();
                 rec.source = r.source.clone();
+                rec.job = (!r.job_id.is_empty()).then(|| r.job_id.clone());
                 let key = format!("{}/{}", r.agent, r.source);
                 let mut s = self.catalog.source(&key)?;
                 if r.committed_unix_ms / 1000 > s.last_success_unix {
@@ -206,6 +291,14 @@ impl Controller {
                     s.last_bytes_total = meta.bytes_total;
                     self.catalog.put_source(&key, &s)?;
                 }
+            }
+            // A scan never replaces a receipted record by one without that receipt or naming
+            // another agent or source.
+            if let Some(held) = self.catalog.snapshot(&rec.vault_id, &rec.snapshot_id)?
+                && held.receipt_sig.is_some()
+                && (held.receipt_sig != rec.receipt_sig || held.agent != rec.agent || held.source != rec.source)
+            {
+                continue;
             }
             self.catalog.put_snapshot(&rec)?;
             n += 1;
@@ -233,5 +326,11 @@ pub fn snapshot_record(meta: &pb::SnapshotMeta, vault: &str, receipt: &pb::Recei
         bytes_stored: meta.bytes_stored,
         duration_ms: meta.duration_ms,
         paths: meta.paths.clone(),
+        job: (signed && !receipt.job_id.is_empty()).then(|| receipt.job_id.clone()),
     }
+}
+
+/// At most 64 characters of text an agent sent, for messages.
+fn short(s: &str) -> String {
+    s.chars().take(64).collect()
 }

@@ -91,6 +91,7 @@ mod tests {
             bytes_stored: 0,
             duration_ms: 0,
             paths: vec![],
+            job: None,
         }
     }
 

@@ -25,8 +25,16 @@ pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// The bytes a receipt signature covers: a fixed tag, then each field length-prefixed, so no two
 /// receipts share an encoding.
 pub fn receipt_signing_bytes(r: &pb::Receipt) -> Vec<u8> {
-    let mut out = b"tresor-receipt-v1".to_vec();
-    for field in [r.vault_id.as_bytes(), r.snapshot_id.as_bytes(), r.agent.as_bytes(), r.source.as_bytes()] {
+    // v2 binds the job too; a receipt without a job id is a v1 receipt, signed before it was
+    // bound, and verifies as one (a v2 signature never verifies over v1 bytes, or back).
+    let (tag, job): (&[u8], Option<&[u8]>) = if r.job_id.is_empty() {
+        (b"tresor-receipt-v1", None)
+    } else {
+        (b"tresor-receipt-v2", Some(r.job_id.as_bytes()))
+    };
+    let mut out = tag.to_vec();
+    let fields = [r.vault_id.as_bytes(), r.snapshot_id.as_bytes(), r.agent.as_bytes(), r.source.as_bytes()];
+    for field in fields.into_iter().chain(job) {
         out.extend_from_slice(&(field.len() as u64).to_le_bytes());
         out.extend_from_slice(field);
     }

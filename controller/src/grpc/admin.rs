@@ -62,6 +62,7 @@ fn snapshot_meta(s: &crate::catalog::SnapshotRecord) -> pb::SnapshotMeta {
             source: s.source.clone(),
             committed_unix_ms: t,
             signature: s.receipt_sig.as_deref().and_then(|h| hex::decode(h).ok()).unwrap_or_default(),
+            job_id: s.job.clone().unwrap_or_default(),
         }),
     }
 }

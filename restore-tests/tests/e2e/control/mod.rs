@@ -1,6 +1,7 @@
 //! The control plane end to end: a real controller, agent daemons and tresorctl on loopback.
 
 mod alerts;
+mod compromised;
 mod faults;
 mod lifecycle;
 mod security;
