@@ -21,6 +21,7 @@ fuzz_target!(|bytes: &[u8]| {
     let _ = pack::parse_footer(bytes, bytes.len() as u64);
     for kind in [ObjectType::Snapshot, ObjectType::IndexSegment, ObjectType::Document] {
         let _ = object::open_bytes(&k, kind, bytes);
+        let _ = object::open_named::<ciborium::Value>(&k, kind, "reports/x.json", bytes);
     }
     let _ = ciborium::from_reader::<snapshot::Manifest, _>(bytes);
     let _ = Segment::from_cbor(bytes);

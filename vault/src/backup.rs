@@ -690,8 +690,9 @@ async fn refresh_marker(s: &Shared, session: &SessionId, marker: &mut SessionMar
 }
 
 async fn write_marker(vault: &Vault, id: &SessionId, marker: &SessionMarker) -> Result<()> {
-    let (_, bytes) = object::seal(vault.keys(), ObjectType::Session, marker);
-    vault.backend().overwrite(&layout::session(id), Bytes::from(bytes)).await?;
+    let key = layout::session(id);
+    let bytes = object::seal_named(vault.keys(), ObjectType::Session, &key, marker);
+    vault.backend().overwrite(&key, Bytes::from(bytes)).await?;
     Ok(())
 }
 
@@ -715,7 +716,7 @@ async fn adopt_orphans(
         let Ok(bytes) = vault.backend().get(&info.key).await else {
             continue;
         };
-        let marker: SessionMarker = match object::open(vault.keys(), ObjectType::Session, &bytes) {
+        let marker: SessionMarker = match object::open_named(vault.keys(), ObjectType::Session, &info.key, &bytes) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(key = %info.key, error = %e, "ignoring unreadable session marker");

@@ -84,7 +84,7 @@ async fn sessions(vault: &Vault) -> Result<(Vec<String>, HashSet<PackId>)> {
             Err(BackendError::NotFound(_)) => continue, // finished meanwhile
             Err(e) => return Err(e.into()),
         };
-        let Ok(m) = object::open::<SessionMarker>(vault.keys(), ObjectType::Session, &bytes) else {
+        let Ok(m) = object::open_named::<SessionMarker>(vault.keys(), ObjectType::Session, &info.key, &bytes) else {
             // Cannot tell: treat as live, never as dead.
             live.push(format!("{} (unreadable marker)", info.key));
             continue;
@@ -185,7 +185,7 @@ async fn write_mark(vault: &Vault, packs: &BTreeSet<PackId>, report: &mut GcRepo
         return Ok(());
     }
     let mark = GcMark { v: 1, marked_at: chrono::Utc::now().to_rfc3339(), packs: packs.iter().copied().collect() };
-    let (_, bytes) = object::seal(vault.keys(), ObjectType::GcMark, &mark);
+    let bytes = object::seal_named(vault.keys(), ObjectType::GcMark, layout::GC_MARK, &mark);
     vault.backend().overwrite(layout::GC_MARK, Bytes::from(bytes)).await?;
     report.packs_marked = packs.len();
     Ok(())

@@ -1,10 +1,15 @@
-//! Sealed objects: index segments, snapshot manifests and session markers.
+//! Sealed objects: index segments, snapshot manifests, session markers, receipts, documents and
+//! the GC mark.
 //!
 //! ```text
 //! "TRSROB01" | type u8 | salt[32] | AES-256-GCM(object key(salt), nonce = 0, aad = ver|type|0|salt, codec u8 | body)
+//! "TRSROB02" | type u8 | salt[32] | AES-256-GCM(..., aad = ver|type|1|salt|len u32 LE|storage name, codec u8 | body)
 //! ```
 //! The body is CBOR; readers ignore map keys they do not know. Index segments and snapshots are
 //! named by the BLAKE3 of their stored bytes, so a changed object no longer matches its name.
+//! Objects stored under a chosen name (receipts, documents, session markers, the GC mark) are
+//! written as `TRSROB02`, bound to that name: one moved or replayed under another name does not
+//! open. `TRSROB01` objects of those kinds, written before, still open wherever they lie.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,6 +20,10 @@ use crate::ids::ObjectId;
 
 /// First bytes of a sealed object.
 pub const OBJECT_MAGIC: &[u8; 8] = b"TRSROB01";
+/// First bytes of a sealed object bound to its storage name.
+pub const NAMED_MAGIC: &[u8; 8] = b"TRSROB02";
+/// The longest storage name an object is bound to.
+const MAX_NAME: usize = 1024;
 const HEADER_LEN: usize = 8 + 1 + 32;
 /// Upper bound on a decoded object body (a crafted object cannot make us allocate more).
 pub const MAX_BODY: usize = 512 << 20;
@@ -47,6 +56,14 @@ fn object_aad(kind: ObjectType, salt: &[u8]) -> Vec<u8> {
     aad
 }
 
+fn named_aad(kind: ObjectType, salt: &[u8], name: &str) -> Vec<u8> {
+    let mut aad = vec![FORMAT_VERSION, kind as u8, 1];
+    aad.extend_from_slice(salt);
+    aad.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    aad.extend_from_slice(name.as_bytes());
+    aad
+}
+
 /// Seal `body` as an object of `kind`. Returns the stored bytes and their content id.
 pub fn seal<T: Serialize>(keys: &VaultKeys, kind: ObjectType, body: &T) -> (ObjectId, Vec<u8>) {
     let mut cbor = Vec::new();
@@ -59,16 +76,48 @@ pub fn seal<T: Serialize>(keys: &VaultKeys, kind: ObjectType, body: &T) -> (Obje
 
 /// Seal raw body bytes with a given salt (golden vectors).
 pub fn seal_bytes_with_salt(keys: &VaultKeys, kind: ObjectType, cbor: &[u8], salt: [u8; 32]) -> (ObjectId, Vec<u8>) {
+    let out = seal_framed(keys, kind, cbor, salt, OBJECT_MAGIC, &object_aad(kind, &salt));
+    (ObjectId(*blake3::hash(&out).as_bytes()), out)
+}
+
+/// Seal `body` as an object of `kind` bound to its storage `name` (`TRSROB02`).
+pub fn seal_named<T: Serialize>(keys: &VaultKeys, kind: ObjectType, name: &str, body: &T) -> Vec<u8> {
+    let mut cbor = Vec::new();
+    let _ = ciborium::into_writer(body, &mut cbor);
+    let mut salt = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+    seal_named_bytes_with_salt(keys, kind, name, &cbor, salt)
+}
+
+/// Seal raw body bytes bound to `name` with a given salt (golden vectors).
+pub fn seal_named_bytes_with_salt(
+    keys: &VaultKeys,
+    kind: ObjectType,
+    name: &str,
+    cbor: &[u8],
+    salt: [u8; 32],
+) -> Vec<u8> {
+    seal_framed(keys, kind, cbor, salt, NAMED_MAGIC, &named_aad(kind, &salt, name))
+}
+
+fn seal_framed(
+    keys: &VaultKeys,
+    kind: ObjectType,
+    cbor: &[u8],
+    salt: [u8; 32],
+    magic: &[u8; 8],
+    aad: &[u8],
+) -> Vec<u8> {
     let (codec, encoded) = codec::encode(cbor, 3);
     let mut plain = Vec::with_capacity(encoded.len() + 1);
     plain.push(codec as u8);
     plain.extend_from_slice(&encoded);
     let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + crypto::TAG_LEN);
-    out.extend_from_slice(OBJECT_MAGIC);
+    out.extend_from_slice(magic);
     out.push(kind as u8);
     out.extend_from_slice(&salt);
-    keys.object_key(&salt).seal_append(&crypto::counter_nonce(0), &object_aad(kind, &salt), &plain, &mut out);
-    (ObjectId(*blake3::hash(&out).as_bytes()), out)
+    keys.object_key(&salt).seal_append(&crypto::counter_nonce(0), aad, &plain, &mut out);
+    out
 }
 
 /// Open an object expected to be of `kind` and decode its body.
@@ -77,18 +126,46 @@ pub fn open<T: DeserializeOwned>(keys: &VaultKeys, kind: ObjectType, stored: &[u
     ciborium::from_reader(&body[..]).map_err(|e| ObjectError::Body(e.to_string()))
 }
 
+/// Open an object of `kind` read from storage name `name`: a `TRSROB02` object must be bound to
+/// that name; a `TRSROB01` one (written before objects were bound) opens as it is.
+pub fn open_named<T: DeserializeOwned>(
+    keys: &VaultKeys,
+    kind: ObjectType,
+    name: &str,
+    stored: &[u8],
+) -> Result<T, ObjectError> {
+    let body = open_inner(keys, kind, stored, Some(name))?;
+    ciborium::from_reader(&body[..]).map_err(|e| ObjectError::Body(e.to_string()))
+}
+
 /// Open an object and return its CBOR body bytes.
 pub fn open_bytes(keys: &VaultKeys, kind: ObjectType, stored: &[u8]) -> Result<Vec<u8>, ObjectError> {
-    if stored.len() < HEADER_LEN + crypto::TAG_LEN + 1 || &stored[..8] != OBJECT_MAGIC {
+    open_inner(keys, kind, stored, None)
+}
+
+fn open_inner(keys: &VaultKeys, kind: ObjectType, stored: &[u8], name: Option<&str>) -> Result<Vec<u8>, ObjectError> {
+    if stored.len() < HEADER_LEN + crypto::TAG_LEN + 1 {
         return Err(ObjectError::Malformed("object magic missing or object truncated".into()));
     }
+    let salt = &stored[9..HEADER_LEN];
+    let aad = match (&stored[..8], name) {
+        (m, _) if m == OBJECT_MAGIC => object_aad(kind, salt),
+        (m, Some(name)) if m == NAMED_MAGIC => {
+            if name.len() > MAX_NAME {
+                return Err(ObjectError::Malformed(format!("storage name of {} bytes", name.len())));
+            }
+            named_aad(kind, salt, name)
+        }
+        (m, None) if m == NAMED_MAGIC => {
+            return Err(ObjectError::Malformed("a name-bound object where none is expected".into()));
+        }
+        _ => return Err(ObjectError::Malformed("object magic missing or object truncated".into())),
+    };
     if stored[8] != kind as u8 {
         return Err(ObjectError::WrongType { expected: kind, found: stored[8] });
     }
-    let salt = &stored[9..HEADER_LEN];
     let salt_arr: [u8; 32] = salt.try_into().unwrap_or_default();
-    let plain =
-        keys.object_key(&salt_arr).open(&crypto::counter_nonce(0), &object_aad(kind, salt), &stored[HEADER_LEN..])?;
+    let plain = keys.object_key(&salt_arr).open(&crypto::counter_nonce(0), &aad, &stored[HEADER_LEN..])?;
     let (&tag, encoded) = plain.split_first().ok_or_else(|| ObjectError::Malformed("empty body".into()))?;
     let codec = Codec::from_byte(tag).ok_or_else(|| ObjectError::Malformed(format!("unknown codec {tag}")))?;
     match codec {
@@ -141,5 +218,29 @@ mod tests {
         let mut crafted = bytes.clone();
         crafted[8] = ObjectType::IndexSegment as u8;
         assert!(matches!(open::<Body>(&k, ObjectType::IndexSegment, &crafted), Err(ObjectError::Auth(_))));
+    }
+
+    #[test]
+    fn a_named_object_opens_only_under_its_name_and_old_ones_still_open() {
+        let k = MasterKey::from_bytes([1; 32]).derive();
+        let body = Body { a: 9, b: "receipt".into() };
+        let bytes = seal_named(&k, ObjectType::Receipt, "receipts/aa", &body);
+        assert_eq!(&bytes[..8], NAMED_MAGIC);
+        assert_eq!(open_named::<Body>(&k, ObjectType::Receipt, "receipts/aa", &bytes).unwrap(), body);
+        assert!(
+            matches!(open_named::<Body>(&k, ObjectType::Receipt, "receipts/bb", &bytes), Err(ObjectError::Auth(_))),
+            "moved to another name, it does not open"
+        );
+        assert!(matches!(open::<Body>(&k, ObjectType::Receipt, &bytes), Err(ObjectError::Malformed(_))));
+        // Relabelled as an unbound object it does not open either.
+        let mut relabelled = bytes.clone();
+        relabelled[..8].copy_from_slice(OBJECT_MAGIC);
+        assert!(matches!(
+            open_named::<Body>(&k, ObjectType::Receipt, "receipts/aa", &relabelled),
+            Err(ObjectError::Auth(_))
+        ));
+        // An object written before names were bound opens under any name.
+        let (_, old) = seal(&k, ObjectType::Receipt, &body);
+        assert_eq!(open_named::<Body>(&k, ObjectType::Receipt, "receipts/zz", &old).unwrap(), body);
     }
 }

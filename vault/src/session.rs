@@ -64,7 +64,7 @@ pub struct GcMark {
 /// Storage errors, or a mark that does not open.
 pub async fn read_mark(vault: &Vault) -> Result<Option<GcMark>> {
     match vault.backend().get(layout::GC_MARK).await {
-        Ok(bytes) => object::open::<GcMark>(vault.keys(), ObjectType::GcMark, &bytes)
+        Ok(bytes) => object::open_named::<GcMark>(vault.keys(), ObjectType::GcMark, layout::GC_MARK, &bytes)
             .map(Some)
             .map_err(|e| Error::integrity("gc/mark", e)),
         Err(BackendError::NotFound(_)) => Ok(None),

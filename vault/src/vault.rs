@@ -293,8 +293,9 @@ impl Vault {
     /// Store a controller-signed receipt for a snapshot: opaque bytes, sealed as object type 7
     /// at `receipts/<snapshot id>`, create-once. A receipt already there is left as it is.
     pub async fn put_receipt(&self, snapshot: &SnapshotId, receipt: &[u8]) -> Result<()> {
-        let (_, bytes) = object::seal(self.keys(), ObjectType::Receipt, &serde_bytes::Bytes::new(receipt));
-        let _ = self.backend.create(&layout::receipt(snapshot), Bytes::from(bytes)).await?;
+        let key = layout::receipt(snapshot);
+        let bytes = object::seal_named(self.keys(), ObjectType::Receipt, &key, &serde_bytes::Bytes::new(receipt));
+        let _ = self.backend.create(&key, Bytes::from(bytes)).await?;
         Ok(())
     }
 
@@ -305,7 +306,7 @@ impl Vault {
     pub async fn put_document(&self, name: &str, body: &[u8]) -> Result<()> {
         let key = layout::document(name)
             .ok_or_else(|| Error::Invalid(format!("{name:?} is not a document name (reports/NAME or audit/NAME)")))?;
-        let (_, bytes) = object::seal(self.keys(), ObjectType::Document, &serde_bytes::Bytes::new(body));
+        let bytes = object::seal_named(self.keys(), ObjectType::Document, &key, &serde_bytes::Bytes::new(body));
         if self.backend.create(&key, Bytes::from(bytes)).await? == Created::Existed {
             let there = self.document(name).await?;
             if there != body {
@@ -321,7 +322,7 @@ impl Vault {
     pub async fn document(&self, name: &str) -> Result<Vec<u8>> {
         let key = layout::document(name).ok_or_else(|| Error::Invalid(format!("{name:?} is not a document name")))?;
         let bytes = self.backend.get(&key).await?;
-        Ok(object::open::<serde_bytes::ByteBuf>(self.keys(), ObjectType::Document, &bytes)?.into_vec())
+        Ok(object::open_named::<serde_bytes::ByteBuf>(self.keys(), ObjectType::Document, &key, &bytes)?.into_vec())
     }
 
     /// The names of the documents under `reports/` or `audit/`, sorted.
@@ -353,7 +354,7 @@ impl Vault {
                 continue;
             };
             let bytes = self.backend.get(&info.key).await?;
-            let body = object::open::<serde_bytes::ByteBuf>(self.keys(), ObjectType::Receipt, &bytes)
+            let body = object::open_named::<serde_bytes::ByteBuf>(self.keys(), ObjectType::Receipt, &info.key, &bytes)
                 .map(|b| b.into_vec())
                 .map_err(|e| format!("receipt {id}: {e}"));
             out.push((id, body));

@@ -122,3 +122,25 @@ fn document_object() {
     );
     assert_eq!(id.to_hex(), "cf9c3a0fe89244efd3ff3cbdf77a16d39e32873c70481f4da81f3eb380f6bd05");
 }
+
+#[test]
+fn named_document_object() {
+    // The same body stored at `reports/golden.json` as a name-bound object (`TRSROB02`): the AAD
+    // is `01 09 01 || salt || len u32 LE || name`.
+    let keys = master().derive();
+    let name = "reports/golden.json";
+    let bytes = object::seal_named_bytes_with_salt(
+        &keys,
+        ObjectType::Document,
+        name,
+        b"\x46\x74\x72\x65\x73\x6f\x72",
+        [0x5a; 32],
+    );
+    print("named document bytes", &hex::encode(&bytes));
+    assert_eq!(
+        hex::encode(&bytes),
+        "545253524f423032095a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a8cf984a44180eaaa4003419016ce6b638f7985251e409bf3"
+    );
+    let body: serde_bytes::ByteBuf = object::open_named(&keys, ObjectType::Document, name, &bytes).unwrap();
+    assert_eq!(body.as_slice(), b"tresor");
+}

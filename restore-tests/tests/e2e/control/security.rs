@@ -216,6 +216,14 @@ fn forged_and_replayed_receipts_are_ignored_and_never_expire_a_snapshot() {
             std::fs::remove_file(vault.join("receipts").join(&ids[i])).unwrap();
             v.put_receipt(&id, &bytes).await.unwrap();
         }
+        // Whoever holds the storage (no key) copies the genuine stored receipt to another name:
+        // bound to its own name, it does not open there.
+        let moved = "ab".repeat(32);
+        std::fs::copy(vault.join("receipts").join(&ids[2]), vault.join("receipts").join(&moved)).unwrap();
+        let receipts = v.receipts().await.unwrap();
+        let at_moved = receipts.iter().find(|(id, _)| id.to_string() == moved).unwrap();
+        assert!(at_moved.1.as_ref().is_err_and(|e| e.contains("does not decrypt")), "{:?}", at_moved.1);
+        std::fs::remove_file(vault.join("receipts").join(&moved)).unwrap();
     });
     // Drop the catalog's own copies so only the scan counts: a fresh catalog.
     p.kill_controller();
