@@ -245,4 +245,27 @@ mod tests {
         assert_eq!(v["verdict"], "FAIL", "a missed target fails the drill");
         assert_eq!((v["rto"]["measured_s"].as_f64(), v["rto"]["target_s"].as_f64()), (Some(4000.0), Some(3600.0)));
     }
+
+    /// A read seed above 2^53 would share its canonical bytes with its neighbours, so a changed
+    /// seed would keep the signature: such integers have no canonical form, in signing and in
+    /// verifying. Seeds are drawn below 2^53 (controller `drills.rs`).
+    #[test]
+    fn integers_beyond_2_pow_53_are_refused_in_signing_and_verifying() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let mut r = DrillReport::sample();
+        r.read_seed = Some((1 << 53) + 1);
+        let mut doc = serde_json::to_value(&r).unwrap();
+        let e = crate::sign::sign(&mut doc, &key).unwrap_err().to_string();
+        assert!(e.contains("9007199254740993") && e.contains("2^53"), "{e}");
+
+        r.read_seed = Some(1 << 53);
+        let mut doc = serde_json::to_value(&r).unwrap();
+        crate::sign::sign(&mut doc, &key).unwrap();
+        crate::sign::verify(&doc, &key.verifying_key()).unwrap();
+        // 2^53 + 1 and 2^53 are the same double: the change is refused, not vouched for.
+        doc["read_seed"] = serde_json::json!((1u64 << 53) + 1);
+        assert!(crate::sign::verify(&doc, &key.verifying_key()).unwrap_err().to_string().contains("2^53"));
+        doc["read_seed"] = serde_json::json!(-((1i64 << 53) + 2));
+        assert!(crate::sign::verify(&doc, &key.verifying_key()).is_err());
+    }
 }

@@ -11,7 +11,14 @@ pub enum JcsError {
     /// JSON numbers are IEEE-754 doubles here; NaN and infinities do not exist in JSON.
     #[error("the number {0} has no JSON form")]
     Number(String),
+    /// An integer a double cannot hold exactly: two documents differing only there would have
+    /// the same canonical bytes, so one signature would vouch for both.
+    #[error("the integer {0} is beyond ±2^53, where JSON numbers stop being exact; it has no canonical form")]
+    Imprecise(String),
 }
+
+/// The largest integer magnitude every double holds exactly.
+pub const MAX_EXACT: u64 = 1 << 53;
 
 /// The canonical bytes of `v`.
 pub fn canonical(v: &Value) -> Result<Vec<u8>, JcsError> {
@@ -25,6 +32,14 @@ fn write(v: &Value, out: &mut String) -> Result<(), JcsError> {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => {
+            let exact = match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => u <= MAX_EXACT,
+                (None, Some(i)) => i.unsigned_abs() <= MAX_EXACT,
+                (None, None) => true,
+            };
+            if !exact {
+                return Err(JcsError::Imprecise(n.to_string()));
+            }
             let x = n.as_f64().ok_or_else(|| JcsError::Number(n.to_string()))?;
             out.push_str(&number(x)?);
         }
