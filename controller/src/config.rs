@@ -46,6 +46,12 @@ pub struct ControllerConfig {
     pub drill_grace: Duration,
     /// How often the audit log's head is signed and sent to the vaults (when it moved).
     pub audit_checkpoint_every: Duration,
+    /// Refused tokens and sign-ins from one address are audited once per burst; a burst ends
+    /// after this long without one.
+    pub refusal_burst: Duration,
+    /// A report-signing public key kept apart from the controller (PEM); when set, the auditor's
+    /// page verifies the audit chain against it instead of calling it self-attested.
+    pub audit_pubkey: Option<PathBuf>,
 }
 
 /// Alert destinations. Both may be set.
@@ -78,6 +84,8 @@ struct Raw {
     web_auditors: Vec<String>,
     drill_grace: Option<String>,
     audit_checkpoint_every: Option<String>,
+    refusal_burst: Option<String>,
+    audit_pubkey: Option<PathBuf>,
     #[serde(default)]
     alerts: Alerts,
 }
@@ -123,6 +131,8 @@ impl ControllerConfig {
             drill_grace: duration("drill_grace", raw.drill_grace, "2h").map_err(wrap)?,
             audit_checkpoint_every: duration("audit_checkpoint_every", raw.audit_checkpoint_every, "1h")
                 .map_err(wrap)?,
+            refusal_burst: duration("refusal_burst", raw.refusal_burst, "60s").map_err(wrap)?,
+            audit_pubkey: raw.audit_pubkey,
         };
         cfg.validate().map_err(wrap)?;
         Ok(cfg)

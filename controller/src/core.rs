@@ -45,7 +45,16 @@ pub struct Controller {
     pub(crate) audit_log: crate::audit_log::AuditLog,
     // Serialises checkpoint signing: Finish and the scheduler must not sign one position twice.
     pub(crate) checkpoint_lock: Mutex<()>,
+    /// Refused tokens and sign-ins, audited once per burst per client.
+    pub(crate) refusals: crate::refusals::Refusals,
+    /// Where the overview's last verification of the audit chain stopped, when the whole chain
+    /// was last verified, and the key it used (`web.rs::verify_audit`).
+    pub(crate) audit_verified: AuditVerified,
 }
+
+/// See [`Controller::audit_verified`].
+pub(crate) type AuditVerified =
+    Mutex<Option<(tresor_report::audit::ChainPosition, std::time::Instant, tresor_report::sign::VerifyingKey)>>;
 
 /// Unix seconds now.
 pub fn now_unix() -> i64 {
@@ -80,6 +89,7 @@ impl Controller {
             let p = limits.lock().unwrap_or_else(|p| p.into_inner());
             p.values().flat_map(|p| p.vaults.iter()).find(|v| v.name == vault).map_or(2, |v| v.max_concurrent_jobs)
         });
+        let refusal_burst = config.refusal_burst;
         let settings = LeaseSettings { lease: config.lease, backoff: config.retry_backoff };
         let jobs = Arc::new(Jobs::new(catalog.clone(), settings, vault_limit));
         Ok(Arc::new(Self {
@@ -93,6 +103,8 @@ impl Controller {
             alerts_active: std::sync::atomic::AtomicUsize::new(0),
             audit_log: crate::audit_log::AuditLog::new(),
             checkpoint_lock: Mutex::new(()),
+            refusals: crate::refusals::Refusals::new(refusal_burst),
+            audit_verified: Mutex::new(None),
         }))
     }
 
@@ -118,9 +130,14 @@ impl Controller {
     ///
     /// # Errors
     /// Unknown or expired tokens, or a role below `need`.
-    pub fn authorize(&self, token: Option<&str>, need: Role, what: &str) -> Result<String> {
+    pub fn authorize(&self, token: Option<&str>, need: Role, what: &str, client: &str) -> Result<String> {
+        // No token, or one nobody holds: anyone can send those, so they are audited once per
+        // burst. A known person's call beyond their role is audited every time.
         let refuse = |actor: &str, e: Error| {
-            self.audit(actor, what, "", crate::audit_log::REFUSED, &e.to_string());
+            match &e {
+                Error::Unauthenticated(_) => self.audit_refusal(client, actor, what, "", &e.to_string()),
+                _ => self.audit(actor, what, &format!("from {client}"), crate::audit_log::REFUSED, &e.to_string()),
+            }
             Err(e)
         };
         let Some(token) = token else {
@@ -150,6 +167,42 @@ impl Controller {
             );
         }
         Ok(actor)
+    }
+
+    /// Audit a refused token or sign-in from `client` (an address): the first of a burst gets its
+    /// entry, the rest are counted into one entry when the burst ends (`refusals.rs`).
+    pub fn audit_refusal(&self, client: &str, actor: &str, action: &str, object: &str, why: &str) {
+        let (decision, closed) = self.refusals.note(client, std::time::Instant::now(), now_unix());
+        if let Some(s) = closed {
+            self.audit_refusal_burst(&s);
+        }
+        if decision == crate::refusals::Refusal::Audit {
+            let object = if object.is_empty() { format!("from {client}") } else { format!("{object} from {client}") };
+            self.audit(actor, action, &object, crate::audit_log::REFUSED, why);
+        }
+    }
+
+    /// Write the summaries of refusal bursts that are over (the scheduler calls this).
+    pub fn sweep_refusals(&self) {
+        for s in self.refusals.sweep(std::time::Instant::now()) {
+            self.audit_refusal_burst(&s);
+        }
+    }
+
+    fn audit_refusal_burst(&self, s: &crate::refusals::Summary) {
+        let at = |t: i64| chrono::DateTime::from_timestamp(t, 0).map(|d| d.to_rfc3339()).unwrap_or_default();
+        self.audit(
+            &format!("client:{}", s.client),
+            "auth.refused_burst",
+            &format!("from {}", s.client),
+            crate::audit_log::REFUSED,
+            &format!(
+                "{} more refused tokens or sign-ins between {} and {} (the first of the burst has its own entry)",
+                s.count,
+                at(s.from),
+                at(s.to)
+            ),
+        );
     }
 
     /// Make a token: a one-time enrollment token for "agent", or a person's token.

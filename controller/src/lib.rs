@@ -25,6 +25,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
+pub mod refusals;
 pub mod results;
 pub mod retention;
 pub mod schedule;

@@ -26,6 +26,7 @@ pub async fn run(ctl: Arc<Controller>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = schedule_due(&ctl).await {
             tracing::error!(error = %e, "scheduling failed");
         }
+        ctl.sweep_refusals();
         tokio::select! {
             _ = stop.changed() => return,
             () = ctl.jobs.woken() => {}

@@ -19,7 +19,7 @@ use tresor_report::drill::{Target, Verdict};
 use tresor_report::html::Lang;
 use tresor_report::portal;
 
-use crate::audit_log::{AuditLog, OK, REFUSED};
+use crate::audit_log::{AuditLog, OK};
 use crate::core::{Controller, now_unix};
 use crate::ids::Role;
 
@@ -33,6 +33,9 @@ pub const WEB_SESSIONS: usize = 1024;
 const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// Audit entries per page.
 const AUDIT_ROWS: usize = 200;
+/// The overview verifies the whole audit chain again at least this often (in between, only what
+/// was written since its last look).
+const AUDIT_FULL_EVERY: Duration = Duration::from_secs(3600);
 /// The sign-in form's body limit, bytes.
 const FORM_LIMIT: usize = 4096;
 /// The sign-in form's body must arrive within this.
@@ -91,7 +94,7 @@ pub async fn serve(ctl: Arc<Controller>, addr: SocketAddr, tls: certs::PageTls, 
     let slots = Arc::new(Semaphore::new(WEB_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let (sock, _) = tokio::select! {
+        let (sock, peer) = tokio::select! {
             _ = stop.changed() => return,
             r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
         };
@@ -101,10 +104,11 @@ pub async fn serve(ctl: Arc<Controller>, addr: SocketAddr, tls: certs::PageTls, 
             let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await else {
                 return;
             };
-            let cert_actor: Option<Arc<str>> = web.cert_sign_in(&tls).map(Arc::from);
+            let client: Arc<str> = Arc::from(peer.ip().to_string());
+            let cert_actor: Option<Arc<str>> = web.cert_sign_in(&tls, &client).map(Arc::from);
             let service = hyper::service::service_fn(move |req| {
-                let (web, cert_actor) = (web.clone(), cert_actor.clone());
-                async move { Ok::<_, std::convert::Infallible>(web.handle(req, cert_actor.as_deref()).await) }
+                let (web, cert_actor, client) = (web.clone(), cert_actor.clone(), client.clone());
+                async move { Ok::<_, std::convert::Infallible>(web.handle(req, cert_actor.as_deref(), &client).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -200,7 +204,11 @@ fn session_cookie(req: &Request<Incoming>) -> Option<String> {
 impl Web {
     /// A client certificate the handshake verified signs its connection in when it is listed;
     /// each such connection is one sign-in in the audit log, and so is each refusal.
-    fn cert_sign_in(&self, tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Option<String> {
+    fn cert_sign_in(
+        &self,
+        tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        client: &str,
+    ) -> Option<String> {
         let der = tls.get_ref().1.peer_certificates()?.first()?;
         match self.auditors.actor(der) {
             Ok(actor) => {
@@ -208,7 +216,13 @@ impl Web {
                 Some(actor)
             }
             Err(why) => {
-                self.ctl.audit("anonymous", "web.sign_in", "the auditor's page (client certificate)", REFUSED, &why);
+                self.ctl.audit_refusal(
+                    client,
+                    "anonymous",
+                    "web.sign_in",
+                    "the auditor's page (client certificate)",
+                    &why,
+                );
                 None
             }
         }
@@ -222,12 +236,12 @@ impl Web {
         session_cookie(req).and_then(|id| self.sessions.token(&id))
     }
 
-    async fn handle(&self, req: Request<Incoming>, cert_actor: Option<&str>) -> Reply {
+    async fn handle(&self, req: Request<Incoming>, cert_actor: Option<&str>, client: &str) -> Reply {
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         let lang = lang_of(&query);
         match (req.method(), path.as_str()) {
-            (&Method::POST, "/login") => return self.login(req, lang).await,
+            (&Method::POST, "/login") => return self.login(req, lang, client).await,
             (&Method::POST, "/logout") => {
                 if let Some(id) = session_cookie(&req) {
                     self.sessions.close(&id);
@@ -246,7 +260,7 @@ impl Web {
         let ctl = self.ctl.clone();
         // A token given is checked even on a certificate's connection: it names who acts.
         let viewer = match (self.token(&req), cert_actor) {
-            (Some(token), _) => match ctl.authorize(Some(&token), Role::Auditor, "web.read") {
+            (Some(token), _) => match ctl.authorize(Some(&token), Role::Auditor, "web.read", client) {
                 Ok(v) => v,
                 Err(_) => return html(StatusCode::UNAUTHORIZED, portal::sign_in(lang, true)),
             },
@@ -269,7 +283,7 @@ impl Web {
         })
     }
 
-    async fn login(&self, req: Request<Incoming>, lang: Lang) -> Reply {
+    async fn login(&self, req: Request<Incoming>, lang: Lang, client: &str) -> Reply {
         // Only this page's own form may sign in (no sign-in planted by another site).
         if let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
             let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -285,7 +299,7 @@ impl Web {
         };
         let token = form_value(&body, "token").unwrap_or_default();
         let token = token.trim();
-        match self.ctl.authorize(Some(token).filter(|t| !t.is_empty()), Role::Auditor, "web sign-in") {
+        match self.ctl.authorize(Some(token).filter(|t| !t.is_empty()), Role::Auditor, "web sign-in", client) {
             Ok(viewer) => {
                 self.ctl.audit(&viewer, "web.sign_in", "the auditor's page", OK, "");
                 let id = self.sessions.open(token.to_string());
@@ -394,23 +408,59 @@ fn overview(ctl: &Controller, viewer: &str) -> crate::Result<portal::Overview> {
         .collect();
     undrilled.sort();
     undrilled.dedup();
-    // The chain is verified page by page, so memory stays bounded by one page however long the
-    // log grows.
+    let (audit, audit_pinned) = verify_audit(ctl)?;
+    Ok(portal::Overview { viewer: viewer.into(), drills: rows, plans, undrilled, audit, audit_pinned })
+}
+
+/// The audit chain's state for the overview, and the pinned key's id when one is configured. The
+/// chain is verified page by page (memory bounded by one page however long the log grows) and
+/// from where the last look stopped, so a page load reads only what was written since; the whole
+/// chain is verified again at least every `AUDIT_FULL_EVERY`, and whenever a checkpoint names
+/// an entry before that position whose head was not kept.
+fn verify_audit(
+    ctl: &Controller,
+) -> crate::Result<(Result<tresor_report::audit::ChainStatus, String>, Option<String>)> {
+    use tresor_report::audit::{ChainPosition, ChainVerifier};
+    let (key, pinned) = match &ctl.config.audit_pubkey {
+        Some(path) => {
+            let read = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| tresor_report::sign::public_key_from_pem(&t).map_err(|e| e.to_string()));
+            match read {
+                Ok(k) => (k, Some(tresor_report::sign::key_id(&k))),
+                Err(e) => return Ok((Err(format!("the pinned key {} cannot be read: {e}", path.display())), None)),
+            }
+        }
+        None => (ctl.state.report_key(), None),
+    };
     let checkpoints = AuditLog::checkpoints(&ctl.catalog)?;
-    let key = ctl.state.report_key();
-    let mut chain = tresor_report::audit::ChainVerifier::new(&checkpoints, &key);
-    let mut from = 0u64;
+    // Where to start, and when the whole chain was last verified.
+    let (start, full_at) = {
+        let cached = ctl.audit_verified.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((at, full_at, k)) if full_at.elapsed() < AUDIT_FULL_EVERY && *k == key && at.covers(&checkpoints) => {
+                (at.clone(), *full_at)
+            }
+            _ => (ChainPosition::start(), Instant::now()),
+        }
+    };
+    let mut chain = ChainVerifier::resume(&checkpoints, &key, start);
+    let mut from = chain.position().next;
     let result = loop {
         let page = AuditLog::entries(&ctl.catalog, from, crate::audit_log::AUDIT_PAGE)?;
         if let Err(e) = page.iter().try_for_each(|e| chain.push(e)) {
             break Err(e.to_string());
         }
         if page.len() < crate::audit_log::AUDIT_PAGE {
-            break chain.finish().map_err(|e| e.to_string());
+            let at = chain.position();
+            let done = chain.finish().map_err(|e| e.to_string());
+            let mut cached = ctl.audit_verified.lock().unwrap_or_else(|p| p.into_inner());
+            *cached = done.is_ok().then_some((at, full_at, key));
+            break done;
         }
         from += page.len() as u64;
     };
-    Ok(portal::Overview { viewer: viewer.into(), drills: rows, plans, undrilled, audit: result })
+    Ok((result, pinned))
 }
 
 fn audit_page(ctl: &Controller, viewer: &str, from: Option<u64>, lang: Lang) -> Reply {

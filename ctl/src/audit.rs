@@ -230,17 +230,20 @@ pub async fn audit(c: Option<&mut Admin>, action: AuditAction, j: bool) -> anyho
         AuditAction::Verify { log, checkpoints, pubkey } => {
             let key = read_key(&pubkey)?;
             let given = checkpoints.map(|p| read_checkpoints(&p)).transpose()?;
+            let own = given.is_none() && log.is_none();
             let verdict = match (log, c) {
                 (Some(l), _) => verify_file(&l, given.as_deref().unwrap_or_default(), &key)?,
                 (None, Some(c)) => verify_remote(c, given, &key).await?,
                 (None, None) => anyhow::bail!("give --log FILE, or a controller to read the log from"),
             };
-            Ok(print_verdict(verdict, j))
+            Ok(print_verdict(verdict, own, j))
         }
     }
 }
 
-fn print_verdict(verdict: Verdict, j: bool) -> u8 {
+/// `controllers_own`: the checkpoints came from the controller whose log this is, so a valid
+/// verdict is only as good as that controller (its key signs both).
+fn print_verdict(verdict: Verdict, controllers_own: bool, j: bool) -> u8 {
     match verdict {
         // Without a checkpoint a log re-chained after a change cannot be told from the real one:
         // that is not a pass.
@@ -254,11 +257,17 @@ fn print_verdict(verdict: Verdict, j: bool) -> u8 {
             exit::TAMPERED
         }
         Ok(st) => {
+            let from = if controllers_own { "controller (self-attested)" } else { "given" };
+            let note = if controllers_own {
+                "; the checkpoints are the controller's own: for independent evidence give --checkpoints from the vault (tresor-agent documents --out DIR)"
+            } else {
+                ""
+            };
             out(
                 j,
-                json!({"valid": true, "entries": st.entries, "checkpoints": st.checkpoints, "unanchored": st.unanchored}),
+                json!({"valid": true, "entries": st.entries, "checkpoints": st.checkpoints, "unanchored": st.unanchored, "checkpoints_from": from}),
                 format!(
-                    "audit log valid: {} entries chained from the first, {} signed checkpoints met, {} entries after the newest checkpoint",
+                    "audit log valid: {} entries chained from the first, {} signed checkpoints met, {} entries after the newest checkpoint{note}",
                     st.entries, st.checkpoints, st.unanchored
                 ),
             );

@@ -161,11 +161,50 @@ pub struct ChainVerifier<'a> {
     prev: String,
 }
 
+/// Where a verification stopped: the next entry expected, the hash it must name as `prev`, and
+/// the heads of the checkpoints met so far. A later verification resumes from it and checks only
+/// the entries written since (the controller's page does; offline verification starts at 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainPosition {
+    /// The next entry expected.
+    pub next: u64,
+    /// The hash of the entry before it (the genesis value at 0).
+    pub prev: String,
+    /// Checkpoint position to the hash of the entry there, for those met.
+    pub heads: std::collections::BTreeMap<u64, String>,
+}
+
+impl ChainPosition {
+    /// Before entry 0.
+    pub fn start() -> Self {
+        Self { next: 0, prev: GENESIS.to_string(), heads: Default::default() }
+    }
+
+    /// Whether a verifier resumed here could judge every checkpoint in `checkpoints`: each one
+    /// before `next` must have its head remembered.
+    pub fn covers(&self, checkpoints: &[Value]) -> bool {
+        checkpoints
+            .iter()
+            .filter_map(|c| seq_of(c, "checkpoint").ok())
+            .all(|seq| seq >= self.next || self.heads.contains_key(&seq))
+    }
+}
+
 impl<'a> ChainVerifier<'a> {
     /// Start at entry 0.
     pub fn new(checkpoints: &'a [Value], key: &'a VerifyingKey) -> Self {
+        Self::resume(checkpoints, key, ChainPosition::start())
+    }
+
+    /// Continue from `at` (entries before it were verified already).
+    pub fn resume(checkpoints: &'a [Value], key: &'a VerifyingKey, at: ChainPosition) -> Self {
         let wanted = checkpoints.iter().filter_map(|c| seq_of(c, "checkpoint").ok()).collect();
-        Self { checkpoints, key, wanted, heads: Default::default(), next: 0, prev: GENESIS.to_string() }
+        Self { checkpoints, key, wanted, heads: at.heads, next: at.next, prev: at.prev }
+    }
+
+    /// Where this verification stands now.
+    pub fn position(&self) -> ChainPosition {
+        ChainPosition { next: self.next, prev: self.prev.clone(), heads: self.heads.clone() }
     }
 
     /// The next entry of the log.
@@ -306,5 +345,32 @@ mod tests {
         let other = SigningKey::from_bytes(&[1; 32]);
         let forged = vec![checkpoint(&rechained[4], "t", &other).unwrap()];
         assert!(matches!(verify(&rechained, &forged, &pk), Err(AuditError::Checkpoint { seq: 4, .. })));
+    }
+
+    #[test]
+    fn a_resumed_verification_checks_only_new_entries_and_meets_every_checkpoint() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let vk = key.verifying_key();
+        let log = chain(30);
+        let cp = |seq: usize| checkpoint(&log[seq], "2026-11-29T10:00:00Z", &key).unwrap();
+        let early = vec![cp(9)];
+        let mut v = ChainVerifier::new(&early, &vk);
+        log[..20].iter().for_each(|e| v.push(e).unwrap());
+        let at = v.position();
+        assert_eq!(v.finish().unwrap().checkpoints, 1);
+        // Later: a new checkpoint at 25; the first 20 entries are not read again.
+        let later = vec![cp(9), cp(25)];
+        assert!(at.covers(&later));
+        let mut v = ChainVerifier::resume(&later, &vk, at.clone());
+        log[20..].iter().for_each(|e| v.push(e).unwrap());
+        let st = v.finish().unwrap();
+        assert_eq!((st.entries, st.checkpoints, st.unanchored), (30, 2, 4));
+        // A checkpoint signed later for an entry before the resume point cannot be judged there.
+        assert!(!at.covers(&[cp(9), cp(15)]), "then the verification starts again at 0");
+        // A changed new entry is still caught.
+        let mut changed = log[20].clone();
+        changed["object"] = "something else".into();
+        let mut v = ChainVerifier::resume(&later, &vk, at);
+        assert!(matches!(v.push(&changed), Err(AuditError::Changed { seq: 20 })));
     }
 }

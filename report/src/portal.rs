@@ -58,6 +58,12 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ("never", "nie", "never"),
     ("audit_state", "Zustand des Prüfprotokolls", "State of the audit log"),
     ("audit_valid", "GÜLTIG", "VALID"),
+    (
+        "audit_self_attested",
+        "selbst bestätigt: der Controller prüft mit seinem eigenen Schlüssel; unabhängig prüfen Sie mit dem öffentlichen Schlüssel und den Kontrollpunkten aus dem Tresor (tresorctl audit verify --pubkey ... --checkpoints ...)",
+        "self-attested: the controller checks with its own key; check independently with the public key and the checkpoints from the vault (tresorctl audit verify --pubkey ... --checkpoints ...)",
+    ),
+    ("audit_pinned", "geprüft mit dem hinterlegten Schlüssel", "checked against the pinned key"),
     ("audit_invalid", "UNGÜLTIG", "NOT VALID"),
     (
         "audit_counts",
@@ -138,6 +144,9 @@ pub struct Overview {
     pub undrilled: Vec<String>,
     /// The audit log's verification: what it covers, or why it does not verify.
     pub audit: Result<ChainStatus, String>,
+    /// The key id the chain was checked against when it is pinned apart from the controller
+    /// (controller.toml `audit_pubkey`); `None`: the controller's own key, self-attested.
+    pub audit_pinned: Option<String>,
 }
 
 /// One audit entry as shown: its position and what it records.
@@ -316,9 +325,13 @@ pub fn overview(o: &Overview, lang: Lang) -> String {
     }
 
     h.push_str(&format!("<h2>{}</h2>\n", p(lang, "audit_state")));
+    let attested = match &o.audit_pinned {
+        Some(id) => format!("{} {}", p(lang, "audit_pinned"), esc(id)),
+        None => p(lang, "audit_self_attested").to_string(),
+    };
     match &o.audit {
         Ok(c) => h.push_str(&format!(
-            "<p id=\"audit-state\"><strong class=\"pass\">{}</strong>: {} / {} / {} ({})</p>\n",
+            "<p id=\"audit-state\"><strong class=\"pass\">{}</strong> ({attested}): {} / {} / {} ({})</p>\n",
             p(lang, "audit_valid"),
             c.entries,
             c.checkpoints,
@@ -430,6 +443,7 @@ mod tests {
             }],
             undrilled: vec!["db-01/<pg>".into()],
             audit: Err("entry 3 was changed".into()),
+            audit_pinned: None,
         }
     }
 
@@ -468,6 +482,8 @@ mod tests {
         o.plans[0].last_run = "2026-11-20T04:00:00Z".into();
         o.undrilled.clear();
         o.audit = Ok(ChainStatus { entries: 10, checkpoints: 2, unanchored: 1 });
+        pages.extend([overview(&o, Lang::De), overview(&o, Lang::En)]);
+        o.audit_pinned = Some("e9348e9032cedb15".into());
         pages.extend([overview(&o, Lang::De), overview(&o, Lang::En)]);
         for page in &pages {
             assert!(!page.contains(MISSING), "a string is missing:\n{page}");

@@ -26,7 +26,8 @@ const WATCH_EVENTS: usize = 16;
 impl AdminApi {
     /// The caller (`ROLE:TOKEN-ID`) if its token has at least `role`.
     fn need<T>(&self, req: &Request<T>, role: Role, what: &str) -> Result<String, Status> {
-        Ok(self.0.authorize(bearer(req), role, what)?)
+        let client = req.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
+        Ok(self.0.authorize(bearer(req), role, what, &client)?)
     }
 
     /// Record a call's outcome in the audit log, then answer it.

@@ -240,3 +240,49 @@ fn forged_and_replayed_receipts_are_ignored_and_never_expire_a_snapshot() {
     let plan = p.ctl_json(&["prune", "nas", "--dry-run"]);
     assert!(plan["forget"].as_array().unwrap().is_empty(), "{plan}");
 }
+
+/// 1,000 calls with a token nobody holds, from one address: the first refusal is in the audit
+/// log, the other 999 are one entry when the burst is over (refusal_burst, 2 s here), so the log
+/// cannot be grown by anyone who can reach the port. A known person's call beyond their role is
+/// still audited every time.
+#[test]
+fn a_thousand_refused_tokens_make_two_audit_entries() {
+    let p = Plane::start("refusal_burst = \"2s\"\n");
+    let before = p.ctl_json(&["audit", "show"]).as_array().unwrap().len();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let ca = std::fs::read_to_string(p.state.join("ca.pem")).unwrap();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name("127.0.0.1");
+        let ch =
+            tonic::transport::Channel::from_shared(p.url()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+        let mut admin = tresor_proto::pb::admin_service_client::AdminServiceClient::new(ch);
+        for i in 0..1000 {
+            let mut req = tonic::Request::new(tresor_proto::pb::StatusRequest {});
+            let bad = format!("Bearer not-a-token-{i}").parse().unwrap();
+            let _ = req.metadata_mut().insert("authorization", bad);
+            let e = admin.status(req).await.expect_err("refused");
+            assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        }
+    });
+    let refused = |log: &serde_json::Value| -> Vec<serde_json::Value> {
+        log.as_array().unwrap()[before..]
+            .iter()
+            .filter(|e| e["outcome"] == "refused" && e["object"].as_str().unwrap_or("").contains("127.0.0.1"))
+            .cloned()
+            .collect()
+    };
+    wait_for("the burst's summary", Duration::from_secs(60), || {
+        refused(&p.ctl_json(&["audit", "show"])).iter().any(|e| e["action"] == "auth.refused_burst")
+    });
+    let entries = refused(&p.ctl_json(&["audit", "show"]));
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(entries[0]["actor"].as_str().unwrap().starts_with("unknown:"), "{entries:?}");
+    assert!(entries[1]["reason"].as_str().unwrap().starts_with("999 more refused"), "{entries:?}");
+    // The chain still verifies with both in it.
+    let key = p.state.join("report-signing.pub.pem");
+    let out = p.ctl(&["audit", "verify", "--pubkey", key.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("entries"), "{}", String::from_utf8_lossy(&out.stdout));
+}
