@@ -93,6 +93,19 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
             }
         }
     }
+    for v in ctl.policies().values().flat_map(|p| p.vaults.iter()) {
+        let rec = ctl.source_state(&format!("vault:{}", v.name))?;
+        if !rec.gc_warning.is_empty() {
+            out.push(Problem {
+                kind: "gc_kept_live_packs",
+                subject: v.name.clone(),
+                message: format!(
+                    "vault {}: GC kept packs a planted or damaged index segment would have had deleted; run check: {}",
+                    v.name, rec.gc_warning
+                ),
+            });
+        }
+    }
     // A damaged drill record must not stop the other alerts: it becomes a problem of its own.
     match drill_problems(ctl, now) {
         Ok(p) => out.extend(p),

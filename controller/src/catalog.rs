@@ -82,6 +82,10 @@ pub struct SourceRecord {
     /// another vault, or a snapshot already claimed), kept until a good backup: an alert.
     #[serde(default)]
     pub refused_result: String,
+    /// In a vault's own record (key `vault:NAME`): what its last GC found wrong (live packs kept
+    /// because the index places their chunks where they do not read), kept until a clean GC.
+    #[serde(default)]
+    pub gc_warning: String,
 }
 
 impl SourceRecord {

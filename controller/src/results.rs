@@ -126,6 +126,28 @@ impl Controller {
                 tracing::info!(vault = %job.vault, snapshots = n, "catalog rebuilt from the vault");
             }
             (Some(Kind::Prune(p)), true, _) => {
+                // What GC found wrong is audited one by one and alerted on the vault until a
+                // clean run.
+                for w in &p.gc_warnings {
+                    self.audit(
+                        &format!("agent:{}", job.agent_name),
+                        "gc.kept",
+                        &format!("vault {}", job.vault),
+                        crate::audit_log::FAILED,
+                        w,
+                    );
+                }
+                let key = format!("vault:{}", job.vault);
+                let mut v = self.catalog.source(&key)?;
+                let warning = match p.gc_warnings.len() {
+                    0 if p.swept => String::new(),
+                    0 => v.gc_warning.clone(),
+                    n => format!("{n} finding(s), first: {}", p.gc_warnings[0]),
+                };
+                if v.gc_warning != warning {
+                    v.gc_warning = warning;
+                    self.catalog.put_source(&key, &v)?;
+                }
                 // The vault's id from a live heartbeat, else from the catalog's own records of it.
                 let vid = self.vault_id_of(&job.vault).or_else(|| {
                     self.catalog.snapshots().ok()?.into_iter().find(|s| s.vault == job.vault).map(|s| s.vault_id)

@@ -172,6 +172,9 @@ pub async fn run(vault: Arc<Vault>, read: ReadData, scratch: &std::path::Path) -
     };
     let mut selected = selected;
     selected.sort();
+    // What each read pack's own directory holds at each position (the first 8 bytes of the chunk
+    // id), to hold the index's claims against afterwards.
+    let mut directories: HashMap<PackId, Vec<u64>> = HashMap::new();
     for id in selected {
         let mut outcome = read_pack(&vault, &id).await;
         if outcome.as_ref().is_ok_and(|o| !o.clean()) || outcome.is_err() {
@@ -190,6 +193,9 @@ pub async fn run(vault: Arc<Vault>, read: ReadData, scratch: &std::path::Path) -
             Ok(o) => {
                 report.chunks_verified += o.verified;
                 report.bytes_read += o.bytes;
+                if o.fatal.is_none() {
+                    let _ = directories.insert(id, o.directory.clone());
+                }
                 if o.hash_mismatch {
                     report.problems.push(Problem {
                         object: layout::pack(&id),
@@ -212,6 +218,10 @@ pub async fn run(vault: Arc<Vault>, read: ReadData, scratch: &std::path::Path) -
                 report.problems.push(Problem { object: layout::pack(&id), detail: e.to_string() });
             }
         }
+    }
+
+    if !directories.is_empty() {
+        false_entries(&vault, &directories, &mut report).await?;
     }
 
     // A pack whose directory is unreadable (truncated, say) may still hold good blobs: try each
@@ -292,6 +302,8 @@ pub(crate) struct PackRead {
     pub(crate) fatal: Option<String>,
     /// The bytes do not hash to the pack's name.
     pub(crate) hash_mismatch: bool,
+    /// The first 8 bytes of the chunk id at each position of the directory.
+    pub(crate) directory: Vec<u64>,
 }
 
 impl PackRead {
@@ -317,11 +329,18 @@ pub(crate) async fn read_pack(vault: &Arc<Vault>, id: &PackId) -> Result<PackRea
     let id = *id;
     tokio::task::spawn_blocking(move || {
         let hash_mismatch = *blake3::hash(&bytes).as_bytes() != id.0;
-        let mut r =
-            PackRead { verified: 0, bytes: bytes.len() as u64, bad: BTreeMap::new(), fatal: None, hash_mismatch };
+        let mut r = PackRead {
+            verified: 0,
+            bytes: bytes.len() as u64,
+            bad: BTreeMap::new(),
+            fatal: None,
+            hash_mismatch,
+            directory: Vec::new(),
+        };
         match pack::read_directory_full(&keys, &bytes) {
             Err(e) => r.fatal = Some(e.to_string()),
             Ok(dir) => {
+                r.directory = dir.entries.iter().map(|e| id_prefix(&e.id)).collect();
                 for (e, res) in pack::open_all(&keys, &dir, &bytes) {
                     match res {
                         Ok(_) => r.verified += 1,
@@ -336,6 +355,39 @@ pub(crate) async fn read_pack(vault: &Arc<Vault>, id: &PackId) -> Result<PackRea
     })
     .await
     .map_err(|e| Error::Invalid(e.to_string()))
+}
+
+fn id_prefix(id: &ChunkId) -> u64 {
+    u64::from_le_bytes(id.0[..8].try_into().unwrap_or_default())
+}
+
+/// Name every index entry that places a chunk in a read pack at a position where the pack's own
+/// directory holds another chunk (or none): a planted or damaged segment, which would make
+/// restores fail and could make GC delete the pack that really holds the chunk.
+async fn false_entries(vault: &Arc<Vault>, dirs: &HashMap<PackId, Vec<u64>>, report: &mut CheckReport) -> Result<()> {
+    for info in vault.backend().list(layout::INDEX).await? {
+        let Some(id) = layout::id_of::<ObjectId>(&info.key) else { continue };
+        // Unreadable segments were reported above.
+        let Ok(seg) = vault.read_segment(&id).await else { continue };
+        let mut wrong = 0usize;
+        let mut first = None;
+        for e in seg.iter() {
+            let Some(dir) = dirs.get(&e.pack.id) else { continue };
+            if dir.get(e.counter as usize) != Some(&id_prefix(&e.id)) {
+                wrong += 1;
+                first.get_or_insert((e.id, e.pack.id, e.counter));
+            }
+        }
+        if let Some((chunk, pack, counter)) = first {
+            report.problems.push(Problem {
+                object: info.key.clone(),
+                detail: format!(
+                    "index segment places {wrong} chunk(s) where their pack does not hold them (first: chunk {chunk} in pack {pack} blob {counter}): planted or damaged"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Re-read the index for packs with an unreadable directory and verify their blobs one by one.

@@ -14,10 +14,15 @@
 //! - a writer that was stopped so long that its marker looks dead fences itself: it refuses to
 //!   commit once its own marker has not been refreshed within [`SESSION_LIVE_SECS`] minus a margin.
 //!
+//! - an index segment planted by a key holder that maps live chunks to another pack (so the pack
+//!   that really holds them looks unreferenced): before the sweep deletes a pack, its own
+//!   directory is read, and a live chunk it holds is looked up where the index claims it; unless
+//!   that blob decrypts and hashes to the chunk, the pack is kept and the segment named.
+//!
 //! Any listing error, an unreadable snapshot, or a listing that lacks a pack a snapshot needs
 //! aborts the run before anything is deleted.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +33,9 @@ use serde::Serialize;
 use crate::backend::BackendError;
 use crate::crypto::ObjectType;
 use crate::error::{Error, Result};
-use crate::ids::{ObjectId, PackId};
-use crate::index::Segment;
+use crate::ids::{ChunkId, ObjectId, PackId};
 use crate::index::segment::{MAX_SEGMENT_ENTRIES, PackRef};
+use crate::index::{IndexEntry, Segment};
 use crate::pack::PackEntry;
 use crate::session::{CommitGuard, GcMark, SESSION_LIVE_SECS, SessionMarker, read_mark};
 use crate::vault::Vault;
@@ -64,6 +69,14 @@ pub struct GcReport {
     pub segments_compacted: usize,
     /// Why a due sweep did not run.
     pub postponed: Option<String>,
+    /// Marked packs the sweep kept, and why: a live chunk the index places elsewhere, where it
+    /// does not read, or a directory that does not read.
+    pub kept: Vec<String>,
+    /// Index segments that place a live chunk in a pack that does not hold it (planted or
+    /// damaged); `check` and an alert should follow.
+    pub false_index_entries: Vec<String>,
+    /// A sweep ran in this run.
+    pub swept: bool,
 }
 
 fn guard(opts: &GcOptions) -> Result<()> {
@@ -102,10 +115,17 @@ async fn sessions(vault: &Vault) -> Result<(Vec<String>, HashSet<PackId>)> {
     Ok((live, announced))
 }
 
-/// Packs the snapshots reference, through the index.
-async fn referenced(vault: &Arc<Vault>, cache: &Path, report: &mut GcReport) -> Result<HashSet<PackId>> {
+/// Packs the snapshots reference, through the index; and for every live chunk in `watch` (the
+/// chunks of packs about to be swept), where the index places it.
+async fn referenced(
+    vault: &Arc<Vault>,
+    cache: &Path,
+    watch: &HashMap<ChunkId, Vec<PackId>>,
+    report: &mut GcReport,
+) -> Result<(HashSet<PackId>, HashMap<ChunkId, IndexEntry>)> {
     let index = vault.sync_index(cache).await?;
     let mut packs = HashSet::new();
+    let mut placed = HashMap::new();
     for (id, m) in vault.snapshots().await? {
         let m = m.map_err(|e| {
             Error::Invalid(format!("snapshot {id} is unreadable ({e}); GC refuses to run until `check` is clean"))
@@ -116,10 +136,87 @@ async fn referenced(vault: &Arc<Vault>, cache: &Path, report: &mut GcReport) -> 
                 Error::Invalid(format!("snapshot {id} references chunk {c} that no index segment lists; GC refuses to run until `check` is clean"))
             })?;
             packs.insert(e.pack.id);
+            if watch.contains_key(c) {
+                let _ = placed.insert(*c, e);
+            }
         }
         report.snapshots += 1;
     }
-    Ok(packs)
+    Ok((packs, placed))
+}
+
+/// The chunks each marked pack's own directory lists; packs whose directory does not read are
+/// returned apart (they are not deleted: what they hold cannot be known).
+async fn marked_chunks(
+    vault: &Vault,
+    packs: &[PackId],
+) -> Result<(HashMap<ChunkId, Vec<PackId>>, BTreeMap<PackId, String>)> {
+    let mut chunks: HashMap<ChunkId, Vec<PackId>> = HashMap::new();
+    let mut unreadable = BTreeMap::new();
+    for p in packs {
+        match crate::backup::read_pack_directory(vault, p).await {
+            Ok(dir) => {
+                for e in dir.entries {
+                    chunks.entry(e.id).or_default().push(*p);
+                }
+            }
+            Err(Error::Backend(BackendError::NotFound(_))) => {}
+            Err(e @ Error::Integrity { .. }) => {
+                let _ = unreadable.insert(*p, e.to_string());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((chunks, unreadable))
+}
+
+/// Of the `doomed` packs, those that must stay: a live chunk in one of them that the index
+/// places in a pack where it does not read. Names the segments holding each false entry.
+async fn still_needed(
+    vault: &Vault,
+    doomed: &BTreeSet<PackId>,
+    watch: &HashMap<ChunkId, Vec<PackId>>,
+    placed: &HashMap<ChunkId, IndexEntry>,
+    report: &mut GcReport,
+) -> Result<BTreeSet<PackId>> {
+    let mut keep = BTreeSet::new();
+    let mut lies: Vec<IndexEntry> = Vec::new();
+    for (c, e) in placed {
+        let holders: Vec<PackId> = watch.get(c).into_iter().flatten().filter(|p| doomed.contains(p)).copied().collect();
+        if holders.is_empty() {
+            continue;
+        }
+        match vault.read_chunk(e).await {
+            Ok(_) => {}
+            Err(Error::Integrity { .. }) => {
+                for p in &holders {
+                    if keep.insert(*p) {
+                        report.kept.push(format!(
+                            "pack {p}: holds live chunk {c}, which the index places in pack {} where it does not read",
+                            e.pack.id
+                        ));
+                    }
+                }
+                lies.push(*e);
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    if !lies.is_empty() {
+        for info in vault.backend().list(layout::INDEX).await? {
+            let Some(id) = layout::id_of::<ObjectId>(&info.key) else { continue };
+            let Ok(seg) = vault.read_segment(&id).await else { continue };
+            for l in &lies {
+                if seg.iter().any(|x| x.id == l.id && x.pack.id == l.pack.id && x.counter == l.counter) {
+                    report.false_index_entries.push(format!(
+                        "index segment {id} places chunk {} in pack {} (blob {}), where it does not read",
+                        l.id, l.pack.id, l.counter
+                    ));
+                }
+            }
+        }
+    }
+    Ok(keep)
 }
 
 /// One GC run: sweep a mark that is old enough, then mark what is unreferenced now.
@@ -133,7 +230,14 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
     // Sessions first: a writer that commits after this listing has its snapshot in the listing
     // below; one that is live now postpones the sweep.
     let (live, announced) = sessions(&vault).await?;
-    let refs = referenced(&vault, cache, &mut report).await?;
+    // A sweep that is due reads the marked packs' directories first, so the walk below can say
+    // where the index places each live chunk they hold.
+    let due = mark.as_ref().is_some_and(|m| mark_age(m) >= opts.grace.as_secs() && live.is_empty());
+    let (watch, unreadable) = match (&mark, due) {
+        (Some(m), true) => marked_chunks(&vault, &m.packs).await?,
+        _ => (HashMap::new(), BTreeMap::new()),
+    };
+    let (refs, placed) = referenced(&vault, cache, &watch, &mut report).await?;
     let listing = vault.backend().list(layout::DATA).await?;
     let listed: std::collections::HashMap<PackId, u64> =
         listing.iter().filter_map(|i| layout::id_of::<PackId>(&i.key).map(|id| (id, i.size))).collect();
@@ -149,8 +253,7 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
     report.unreferenced = unreferenced.len();
 
     if let Some(mark) = mark {
-        let age = chrono::DateTime::parse_from_rfc3339(&mark.marked_at)
-            .map_or(0, |t| (chrono::Utc::now() - t.to_utc()).num_seconds().max(0) as u64);
+        let age = mark_age(&mark);
         if age < opts.grace.as_secs() {
             report.postponed =
                 Some(format!("the mark is {age} s old; packs are deleted {} s after marking", opts.grace.as_secs()));
@@ -160,7 +263,15 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
             report.postponed = Some(format!("writer sessions are live: {}", live.join(", ")));
             return Ok(report);
         }
-        let doomed: BTreeSet<PackId> = mark.packs.iter().filter(|p| unreferenced.contains(p)).copied().collect();
+        let mut doomed: BTreeSet<PackId> = mark.packs.iter().filter(|p| unreferenced.contains(p)).copied().collect();
+        for (p, why) in &unreadable {
+            if doomed.remove(p) {
+                report.kept.push(format!("pack {p}: its directory does not read ({why}); not deleted unseen"));
+            }
+        }
+        let keep = still_needed(&vault, &doomed, &watch, &placed, &mut report).await?;
+        report.swept = true;
+        doomed.retain(|p| !keep.contains(p));
         guard(opts)?;
         if !doomed.is_empty() {
             report.segments_compacted = compact_index(&vault, &doomed).await?;
@@ -189,6 +300,12 @@ async fn write_mark(vault: &Vault, packs: &BTreeSet<PackId>, report: &mut GcRepo
     vault.backend().overwrite(layout::GC_MARK, Bytes::from(bytes)).await?;
     report.packs_marked = packs.len();
     Ok(())
+}
+
+/// Seconds since the mark was written (0 if its time does not parse: never old enough).
+fn mark_age(mark: &GcMark) -> u64 {
+    chrono::DateTime::parse_from_rfc3339(&mark.marked_at)
+        .map_or(0, |t| (chrono::Utc::now() - t.to_utc()).num_seconds().max(0) as u64)
 }
 
 /// Rewrite the index without the entries of `doomed` packs, into as few segments as fit; the

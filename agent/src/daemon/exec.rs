@@ -291,5 +291,7 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         segments_compacted: r.segments_compacted as u64,
         postponed: r.postponed.unwrap_or_default(),
         packs_unreferenced: r.unreferenced as u64,
+        gc_warnings: r.false_index_entries.iter().chain(&r.kept).cloned().collect(),
+        swept: r.swept,
     }))
 }

@@ -103,3 +103,72 @@ fn signed_documents_are_write_once_and_gc_never_removes_them() {
         assert_eq!(v.document_names("audit/").await.unwrap(), ["audit/checkpoint-00000000000000000007.json"]);
     });
 }
+
+/// A key holder plants an index segment that places every chunk of a live snapshot's pack in
+/// another pack (a decoy that holds none of them), so that pack looks unreferenced. GC marks it,
+/// but before the sweep deletes it, it reads the pack's own directory, finds live chunks, looks
+/// them up where the index claims them, and since they do not read there, keeps the pack and
+/// names the planted segment.
+#[test]
+fn a_planted_segment_cannot_make_gc_delete_a_live_pack() {
+    use tresor_vault::index::{PackRef, Segment};
+    let w = World::new();
+    let src = w.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // 40 MiB of random data fill packs of data chunks only; the tree goes into the last one.
+    random_file(&src.join("a.bin"), 40 << 20, 11);
+    w.backup(&[&src]);
+    let first: Vec<_> = files_below(&w.vault.join("data"));
+    random_file(&src.join("b.bin"), 1 << 20, 12);
+    w.backup(&[&src]);
+    let second: Vec<_> = files_below(&w.vault.join("data")).into_iter().filter(|p| !first.contains(p)).collect();
+    let name =
+        |p: &std::path::Path| p.file_name().unwrap().to_str().unwrap().parse::<tresor_vault::ids::PackId>().unwrap();
+    let v = open(&w);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let planted = rt.block_on(async {
+        // The maintainer's cache already holds the genuine segments; the planted one comes later
+        // and is looked up first.
+        let _ = v.sync_index(&w.path("gc-cache")).await.unwrap();
+        let decoy = name(&second[0]);
+        let decoy_dir = tresor_vault::backup::read_pack_directory(&v, &decoy).await.unwrap();
+        let mut seg = Segment { packs: vec![PackRef { id: decoy, salt: decoy_dir.salt }], ..Segment::default() };
+        let mut victims = Vec::new();
+        for p in &first {
+            let entries = tresor_vault::backup::read_pack_directory(&v, &name(p)).await.unwrap().entries;
+            if entries.iter().any(|e| e.kind != tresor_vault::crypto::ObjectType::DataChunk) {
+                continue;
+            }
+            for e in entries {
+                seg.entries.push((0, 0, tresor_vault::pack::PackEntry { id: e.id, ..decoy_dir.entries[0] }));
+            }
+            victims.push(p.clone());
+        }
+        assert!(!victims.is_empty(), "a pack of data chunks only");
+        seg.entries.sort_by_key(|x| x.2.id);
+        (v.write_segment(&seg).await.unwrap(), victims)
+    });
+    let (planted, victims) = planted;
+
+    let marked = run(&w, &v).unwrap();
+    assert!(marked.packs_marked >= victims.len(), "the victims look unreferenced and are marked: {marked:?}");
+    let swept = run(&w, &v).unwrap();
+    assert_eq!(swept.packs_deleted, 0, "{swept:?}");
+    assert!(victims.iter().all(|p| p.exists()), "the live packs are still there");
+    assert!(
+        swept.kept.iter().any(|k| k.contains("which the index places in pack") && k.contains("where it does not read")),
+        "{swept:?}"
+    );
+    assert!(
+        swept.false_index_entries.iter().any(|s| s.contains(&planted.to_string())),
+        "the planted segment is named: {swept:?}"
+    );
+    // check --read-data names it too.
+    let out = w.run(&["--json", "check", "--vault", w.vault_str(), "--read-data"]);
+    assert_eq!(out.status.code(), Some(13), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("index/{planted}")) && text.contains("where their pack does not hold them"),
+        "{text}"
+    );
+}
