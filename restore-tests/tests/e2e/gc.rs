@@ -46,7 +46,9 @@ fn gc_deletes_nothing_on_an_implausible_listing_or_an_unreadable_snapshot() {
     let data = w.vault.join("data");
     std::fs::rename(&data, w.path("data-aside")).unwrap();
     std::fs::write(&data, b"not a directory").unwrap();
-    assert!(run(&w, &v).is_err(), "a listing error aborts GC");
+    let err = run(&w, &v).unwrap_err().to_string();
+    assert!(err.contains("data"), "a listing error aborts GC, naming what could not be listed: {err}");
+    assert!(!w.vault.join("gc").exists(), "no mark was written");
     std::fs::remove_file(&data).unwrap();
     std::fs::rename(w.path("data-aside"), &data).unwrap();
 
@@ -55,7 +57,12 @@ fn gc_deletes_nothing_on_an_implausible_listing_or_an_unreadable_snapshot() {
     let good = std::fs::read(&snap).unwrap();
     std::fs::write(&snap, b"garbage").unwrap();
     let err = run(&w, &v).unwrap_err().to_string();
-    assert!(err.contains("unreadable") || err.contains("snapshot"), "{err}");
+    let id = snap.file_name().unwrap().to_str().unwrap();
+    assert!(
+        err.contains(&format!("snapshot {id} is unreadable"))
+            && err.contains("GC refuses to run until `check` is clean"),
+        "{err}"
+    );
     std::fs::write(&snap, good).unwrap();
 
     // With the vault whole again, nothing is unreferenced and nothing is deleted.

@@ -77,8 +77,12 @@ pub(crate) fn drill(p: &Plane, selector: &str, args: &[&str]) -> Ran {
 }
 
 /// The report's checks that FAILed.
+/// The checks of a drill report that failed. A report without checks is itself a failure of the
+/// test: "nothing failed" must not pass on a report that checked nothing.
 pub(crate) fn failed_checks(report: &Value) -> Vec<&Value> {
-    report["checks"].as_array().map(|c| c.iter().filter(|c| c["result"] == "FAIL").collect()).unwrap_or_default()
+    let checks = report["checks"].as_array().unwrap_or_else(|| panic!("a drill report without checks: {report}"));
+    assert!(!checks.is_empty(), "a drill report that checked nothing: {report}");
+    checks.iter().filter(|c| c["result"] == "FAIL").collect()
 }
 
 /// `tresor-agent documents --out DIR` on the vault with its own password: the signed documents as
