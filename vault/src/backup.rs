@@ -494,6 +494,10 @@ impl BackupSession {
         };
         let (sid, bytes) = object::seal(vault.keys(), ObjectType::Snapshot, &manifest);
         failpoint::hit("before-manifest-put");
+        if let Err(e) = self.reused_still_there(&vault).await {
+            abandon_marker(&vault, &self.id, packs.iter().map(|p| p.0).collect()).await;
+            return Err(e);
+        }
         let quiet = self.shared.marker_ok.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
         if quiet.as_secs() as i64 > crate::session::SESSION_LIVE_SECS - 120 {
             return Err(Error::Invalid(format!(
@@ -521,6 +525,27 @@ impl BackupSession {
             }
         }
         Ok((sid, manifest))
+    }
+
+    /// Right before the commit point: if a garbage collection rewrote the index since this run
+    /// loaded it (a sweep that did not see this session: its listing missed the marker, or it
+    /// judged it dead), every pack this run deduplicated against must still be there, or nothing
+    /// is committed. One listing of `index/` when nothing changed; one HEAD per reused pack when
+    /// something did.
+    async fn reused_still_there(&self, vault: &Vault) -> Result<()> {
+        if !self.shared.index.is_stale(&vault.index_segment_ids().await?) {
+            return Ok(());
+        }
+        let reused: Vec<PackId> =
+            self.shared.reused.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        for p in reused {
+            if vault.backend().size(&layout::pack(&p)).await?.is_none() {
+                return Err(Error::Invalid(format!(
+                    "commit refused: pack {p}, which this backup deduplicated against, was deleted by a garbage collection that ran meanwhile; nothing was committed (run the backup again)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Stop without committing (the caller hit an error). Workers are drained; uploaded packs stay

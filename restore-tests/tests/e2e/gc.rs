@@ -179,3 +179,49 @@ fn a_planted_segment_cannot_make_gc_delete_a_live_pack() {
         "{text}"
     );
 }
+
+/// A sweep that does not see a running writer (here its marker is taken away, as a listing that
+/// misses it would) deletes a pack the writer deduplicated against while the writer waits at its
+/// commit point. Before the commit point the writer sees that the index was rewritten, finds the
+/// pack gone, and commits nothing; the vault stays whole.
+#[test]
+fn a_writer_commits_nothing_when_a_sweep_it_missed_deleted_a_pack_it_reused() {
+    let w = World::new();
+    let src = w.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("a.bin"), 2 << 20, 21);
+    w.backup(&[&src]);
+    let v = open(&w);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // The only snapshot is forgotten: its pack is unreferenced, but the writer's cache still
+    // indexes it, so the next backup of the same file deduplicates against it.
+    let first = w.snapshot_ids();
+    rt.block_on(async { v.forget_snapshot(&first[0].parse().unwrap()).await.unwrap() });
+    let log = w.path("writer.log");
+    let mut writer = w
+        .agent()
+        .env("TRESOR_FAILPOINTS", "before-manifest-put=sleep:6000")
+        .args(["backup", "--vault", w.vault_str()])
+        .arg(&src)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    restore_tests::plane::wait_for("the writer at its commit point", std::time::Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("failpoint: sleeping")
+    });
+    for m in files_below(&w.vault.join("sessions")) {
+        std::fs::remove_file(m).unwrap();
+    }
+    let marked = run(&w, &v).unwrap();
+    assert!(marked.packs_marked >= 1, "{marked:?}");
+    let swept = run(&w, &v).unwrap();
+    assert!(swept.packs_deleted >= 1, "the pack the writer reused is gone: {swept:?}");
+
+    let status = writer.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("which this backup deduplicated against, was deleted by a garbage collection"), "{err}");
+    assert!(w.snapshot_ids().is_empty(), "nothing was committed");
+    let check = w.run(&["check", "--vault", w.vault_str(), "--read-data"]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+}
