@@ -386,16 +386,21 @@ pub fn commit_crafted_tree(
         let index = vault.sync_index(&w.path("crafting-cache")).await.expect("index");
         let opts = BackupOptions { host: "crafted".into(), source: "files".into(), ..BackupOptions::default() };
         let session = BackupSession::start(vault, index, opts).await.expect("session");
+        // The sink blocks (it may read a pack's directory): it runs off the runtime.
         let sink = session.sink();
-        for (path, bytes) in contents {
-            let stored = sink.store_stream(*bytes).expect("store");
+        let owned: Vec<(String, Vec<u8>)> = contents.iter().map(|(p, b)| (p.to_string(), b.to_vec())).collect();
+        let stored_all = tokio::task::spawn_blocking(move || {
+            owned.into_iter().map(|(p, b)| (p, sink.store_stream(&b[..]).expect("store"))).collect::<Vec<_>>()
+        })
+        .await
+        .expect("store task");
+        for (path, stored) in stored_all {
             for n in nodes.iter_mut().filter(|n| n.path == path.as_bytes()) {
                 n.size = stored.len;
                 n.hash = Some(stored.hash.to_vec());
                 n.extents = vec![Extent { offset: 0, chunks: stored.chunks.clone() }];
             }
         }
-        drop(sink);
         let (id, _) = session.commit(nodes, Summary::default(), Vec::new()).await.expect("commit");
         id.to_string()
     })

@@ -146,6 +146,8 @@ struct Shared {
     level: i32,
     /// Packs marked by a garbage collection: never deduplicated against.
     avoid: HashSet<PackId>,
+    /// The directories of reused packs: a reuse must be what the pack really holds.
+    packs: crate::reused::ReusedPacks,
     /// When this session's marker was last written successfully (see `gc`: a writer whose marker
     /// may look dead to a collector must not commit).
     marker_ok: Mutex<Instant>,
@@ -300,6 +302,7 @@ impl ChunkSink {
         let s = &self.shared;
         if let Some(e) = s.index.lookup(id)?
             && !s.avoid.contains(&e.pack.id)
+            && s.packs.holds(&e)?
         {
             s.reused.lock().unwrap_or_else(|p| p.into_inner()).insert(e.pack.id);
             return Ok(true);
@@ -315,7 +318,7 @@ impl ChunkSink {
         let mut packs = Vec::with_capacity(ids.len());
         for id in ids {
             match s.index.lookup(id)? {
-                Some(e) if !s.avoid.contains(&e.pack.id) => packs.push(e.pack.id),
+                Some(e) if !s.avoid.contains(&e.pack.id) && s.packs.holds(&e)? => packs.push(e.pack.id),
                 _ => return Ok(false),
             }
         }
@@ -371,6 +374,7 @@ impl BackupSession {
             let _ = vault.backend().delete(&layout::session(&id)).await;
             return Err(Error::IndexChanged);
         }
+        let packdirs = index.dir().parent().map(|d| d.join("packdirs"));
         let shared = Arc::new(Shared {
             vault: vault.clone(),
             keys,
@@ -387,6 +391,7 @@ impl BackupSession {
             stats: Stats::default(),
             level: opts.compression_level,
             avoid,
+            packs: crate::reused::ReusedPacks::new(vault.clone(), packdirs),
             marker_ok: Mutex::new(Instant::now()),
         });
         let (adopted, adopted_markers) = adopt_orphans(&vault, &shared.index, &id, &shared.avoid).await?;

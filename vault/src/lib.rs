@@ -30,6 +30,7 @@ pub mod layout;
 pub mod object;
 pub mod pack;
 pub mod restore;
+mod reused;
 pub mod session;
 pub mod snapshot;
 mod vault;

@@ -225,3 +225,44 @@ fn a_writer_commits_nothing_when_a_sweep_it_missed_deleted_a_pack_it_reused() {
     let check = w.run(&["check", "--vault", w.vault_str(), "--read-data"]);
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
 }
+
+/// A key holder who can guess content another host will back up plants an index entry for its
+/// chunk id that points into a decoy pack. A writer that trusted the index would skip storing the
+/// chunk and commit a snapshot no restore can read; it checks the pack's own directory first,
+/// stores the chunk, and the snapshot restores.
+#[test]
+fn a_writer_never_deduplicates_against_a_planted_index_entry() {
+    use tresor_vault::index::{PackRef, Segment};
+    let w = World::new();
+    let decoy_src = w.path("decoy");
+    std::fs::create_dir_all(&decoy_src).unwrap();
+    random_file(&decoy_src.join("b.bin"), 1 << 20, 31);
+    w.backup(&[&decoy_src]);
+    // The guessed content: one chunk (below the chunker's minimum size).
+    let src = w.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("x.bin"), 100 << 10, 32);
+    let content = std::fs::read(src.join("x.bin")).unwrap();
+    let v = open(&w);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let decoy = files_below(&w.vault.join("data"))[0].file_name().unwrap().to_str().unwrap().parse().unwrap();
+        let dir = tresor_vault::backup::read_pack_directory(&v, &decoy).await.unwrap();
+        let id = v.keys().chunk_id(&content);
+        let seg = Segment {
+            packs: vec![PackRef { id: decoy, salt: dir.salt }],
+            entries: vec![(0, 0, tresor_vault::pack::PackEntry { id, ..dir.entries[0] })],
+            ..Segment::default()
+        };
+        v.write_segment(&seg).await.unwrap();
+    });
+    let out = w.agent().args(["backup", "--vault", w.vault_str()]).arg(&src).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("whose own directory does not hold it there"), "the writer says why it stored it: {err}");
+    let to = w.path("restored");
+    w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
+    let restored = std::fs::read(to.join(src.strip_prefix("/").unwrap()).join("x.bin")).unwrap();
+    assert!(restored == content, "the snapshot restores");
+    assert!(files_below(&w.cache).iter().any(|p| p.to_string_lossy().contains("/packdirs/")), "the directory is kept");
+}

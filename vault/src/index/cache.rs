@@ -72,6 +72,11 @@ pub struct LocalIndex {
 }
 
 impl LocalIndex {
+    /// The directory this cache lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Open (or create empty) the cache in `dir`. A damaged cache is wiped and starts empty.
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
