@@ -26,7 +26,7 @@ use crate::crypto::{ObjectType, VaultKeys};
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, PackId, SessionId, SnapshotId};
 use crate::index::{LocalIndex, MAX_SEGMENT_ENTRIES, PackRef, Segment};
-use crate::pack::{self, PackBuilder, PackEntry};
+use crate::pack::{PackBuilder, PackEntry};
 pub use crate::session::{CommitGuard, SessionMarker};
 use crate::snapshot::{Manifest, Node, Summary, encode_tree};
 use crate::vault::Vault;
@@ -757,7 +757,7 @@ async fn adopt_orphans(
             if !seen.insert(p.id) || avoid.contains(&p.id) {
                 continue;
             }
-            match read_pack_directory(vault, &p.id).await {
+            match vault.read_pack_directory(&p.id).await {
                 Ok(dir) => {
                     // Index lookups read files: off the runtime.
                     let (ix, ids): (Arc<LocalIndex>, Vec<ChunkId>) =
@@ -787,24 +787,4 @@ async fn adopt_orphans(
         tracing::info!(packs = adopted.len(), "adopting packs of interrupted backups");
     }
     Ok((adopted, markers))
-}
-
-/// Read a pack's directory with three ranged reads (size, footer, directory) plus the header.
-pub async fn read_pack_directory(vault: &Vault, id: &PackId) -> Result<pack::PackDirectory> {
-    let key = layout::pack(id);
-    let be = vault.backend();
-    let size = be.size(&key).await?.ok_or_else(|| Error::integrity(format!("pack {id}"), "missing"))?;
-    if size < (pack::HEADER_LEN + pack::FOOTER_LEN) as u64 {
-        return Err(Error::integrity(format!("pack {id}"), format!("only {size} bytes")));
-    }
-    let footer = be.get_range(&key, size - pack::FOOTER_LEN as u64..size).await?;
-    let dir_len = pack::parse_footer(&footer, size).map_err(|e| Error::integrity(format!("pack {id}"), e))?;
-    let dir_start = size - pack::FOOTER_LEN as u64 - u64::from(dir_len);
-    let header = be.get_range(&key, 0..pack::HEADER_LEN as u64).await?;
-    let dir = be.get_range(&key, dir_start..size - pack::FOOTER_LEN as u64).await?;
-    let keys = vault.keys().clone();
-    tokio::task::spawn_blocking(move || pack::read_directory(&keys, &header, &dir, size))
-        .await
-        .map_err(|e| Error::Invalid(format!("task failed: {e}")))?
-        .map_err(|e| Error::integrity(format!("pack {id}"), e))
 }

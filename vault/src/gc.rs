@@ -154,7 +154,7 @@ async fn marked_chunks(
     let mut chunks: HashMap<ChunkId, Vec<PackId>> = HashMap::new();
     let mut unreadable = BTreeMap::new();
     for p in packs {
-        match crate::backup::read_pack_directory(vault, p).await {
+        match vault.read_pack_directory(p).await {
             Ok(dir) => {
                 for e in dir.entries {
                     chunks.entry(e.id).or_default().push(*p);

@@ -59,7 +59,7 @@ impl ReusedPacks {
                 bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect()
             }
             None => {
-                let read = self.handle.block_on(crate::backup::read_pack_directory(&self.vault, id));
+                let read = self.handle.block_on(self.vault.read_pack_directory(id));
                 let dir: Vec<u64> = match read {
                     Ok(d) => d.entries.iter().map(|e| prefix(&e.id)).collect(),
                     // Gone or unreadable: it holds nothing this run can rely on.

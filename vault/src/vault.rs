@@ -8,7 +8,7 @@ use crate::backend::{BackendError, Created, DynBackend};
 use crate::config::{Capabilities, VaultConfig};
 use crate::crypto::{MasterKey, ObjectType, VaultKeys};
 use crate::error::{Error, Result};
-use crate::ids::{ObjectId, SnapshotId};
+use crate::ids::{ObjectId, PackId, SnapshotId};
 use crate::index::{IndexEntry, LocalIndex, Segment};
 use crate::keys::{EscrowKey, KeyError, KeySlot, SlotKind};
 use crate::snapshot::{Manifest, Node};
@@ -520,6 +520,25 @@ impl Vault {
             }
             r => r,
         }
+    }
+
+    /// Read a pack's directory with three ranged reads (size, footer, directory) plus the header.
+    pub async fn read_pack_directory(&self, id: &PackId) -> Result<pack::PackDirectory> {
+        let key = layout::pack(id);
+        let be = &self.backend;
+        let size = be.size(&key).await?.ok_or_else(|| Error::integrity(format!("pack {id}"), "missing"))?;
+        if size < (pack::HEADER_LEN + pack::FOOTER_LEN) as u64 {
+            return Err(Error::integrity(format!("pack {id}"), format!("only {size} bytes")));
+        }
+        let footer = be.get_range(&key, size - pack::FOOTER_LEN as u64..size).await?;
+        let dir_len = pack::parse_footer(&footer, size).map_err(|e| Error::integrity(format!("pack {id}"), e))?;
+        let dir_start = size - pack::FOOTER_LEN as u64 - u64::from(dir_len);
+        let header = be.get_range(&key, 0..pack::HEADER_LEN as u64).await?;
+        let dir = be.get_range(&key, dir_start..size - pack::FOOTER_LEN as u64).await?;
+        let keys = self.keys.clone();
+        cpu(move || pack::read_directory(&keys, &header, &dir, size))
+            .await?
+            .map_err(|e| Error::integrity(format!("pack {id}"), e))
     }
 
     /// Decrypt, decode and verify a chunk whose sealed bytes were already fetched.

@@ -138,11 +138,11 @@ fn a_planted_segment_cannot_make_gc_delete_a_live_pack() {
         // and is looked up first.
         let _ = v.sync_index(&w.path("gc-cache")).await.unwrap();
         let decoy = name(&second[0]);
-        let decoy_dir = tresor_vault::backup::read_pack_directory(&v, &decoy).await.unwrap();
+        let decoy_dir = v.read_pack_directory(&decoy).await.unwrap();
         let mut seg = Segment { packs: vec![PackRef { id: decoy, salt: decoy_dir.salt }], ..Segment::default() };
         let mut victims = Vec::new();
         for p in &first {
-            let entries = tresor_vault::backup::read_pack_directory(&v, &name(p)).await.unwrap().entries;
+            let entries = v.read_pack_directory(&name(p)).await.unwrap().entries;
             if entries.iter().any(|e| e.kind != tresor_vault::crypto::ObjectType::DataChunk) {
                 continue;
             }
@@ -247,7 +247,7 @@ fn a_writer_never_deduplicates_against_a_planted_index_entry() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let decoy = files_below(&w.vault.join("data"))[0].file_name().unwrap().to_str().unwrap().parse().unwrap();
-        let dir = tresor_vault::backup::read_pack_directory(&v, &decoy).await.unwrap();
+        let dir = v.read_pack_directory(&decoy).await.unwrap();
         let id = v.keys().chunk_id(&content);
         let seg = Segment {
             packs: vec![PackRef { id: decoy, salt: dir.salt }],
