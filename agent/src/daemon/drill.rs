@@ -84,13 +84,14 @@ async fn remove_earlier(drill_dir: &Path, prefix: &str) {
 
 /// Owners in the sandbox: root's, and the scratch user's for PostgreSQL data (the scratch server
 /// runs as it). The snapshot's owners are another host's uids: restored here they could belong
-/// to any local user.
+/// to any local user. Returns the scratch user's (uid, gid) when the snapshot holds PostgreSQL
+/// data (the sandbox is then the scratch user's, so its server can reach the copy).
 fn sandbox_owners(
     cfg: &super::config::AgentConfig,
     manifest: &Manifest,
     nodes: &mut [Node],
     drill: &mut Drill,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<(u32, u32)>> {
     let mut pg_roots: Vec<Vec<u8>> = Vec::new();
     for s in manifest.sources.iter().filter(|s| s.kind == "postgres") {
         pg_roots.extend(s.paths.iter().map(|p| p.trim_matches('/').as_bytes().to_vec()));
@@ -128,7 +129,7 @@ fn sandbox_owners(
             "owners in the sandbox are root's{pg}: a drill does not restore the snapshot's owners ({changed} entries differ)"
         ));
     }
-    Ok(())
+    Ok(scratch)
 }
 
 /// Setuid and setgid bits and file capabilities of `nodes`, taken out unless the plan asks for
@@ -279,10 +280,13 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
             ));
         }
     }
-    if let Err(e) = sandbox_owners(&ctx.cfg, &manifest, &mut nodes, drill) {
-        drill.check("application", "sandbox", "owners", false, format!("{e:#}"));
-        return Ok(());
-    }
+    let scratch = match sandbox_owners(&ctx.cfg, &manifest, &mut nodes, drill) {
+        Ok(s) => s,
+        Err(e) => {
+            drill.check("application", "sandbox", "owners", false, format!("{e:#}"));
+            return Ok(());
+        }
+    };
     let nodes = Arc::new(nodes);
 
     // Structure.
@@ -294,7 +298,7 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
     drill.failures("structure", "chunks indexed, packs present", &s.broken);
 
     // Restore, then the application check: the RTO ends when it passes.
-    let restored = restore(vault.clone(), index.clone(), &nodes, sandbox, drill).await?;
+    let restored = restore(vault.clone(), index.clone(), &nodes, sandbox, scratch, drill).await?;
     if restored {
         application(ctx, d, &id, &manifest, &nodes, sandbox, drill).await?;
     } else {
@@ -330,19 +334,27 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
     Ok(())
 }
 
-/// The sandbox directory, new, mode 0711, in the drill directory, made if missing and set to
-/// 0711: others cannot list either, so a sandbox's random name is its owner's alone, while a
-/// scratch server running as a restored cluster's owner can still reach its data directory.
-async fn make_sandbox(sandbox: &Path) -> anyhow::Result<tresor_sources::files::beneath::Dir> {
+/// The sandbox directory, new, mode 0700, in the drill directory (made if missing and set to
+/// 0711: others cannot list it, so a sandbox's random name is its owner's alone). The sandbox
+/// belongs to root, or to the scratch user when it will hold PostgreSQL data, so that user's
+/// server can reach the copy; nobody else can enter it.
+async fn make_sandbox(
+    sandbox: &Path,
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<tresor_sources::files::beneath::Dir> {
     let p = sandbox.to_path_buf();
     tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let parent = p.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(parent).with_context(|| format!("cannot make {}", parent.display()))?;
         std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o711))
             .with_context(|| format!("cannot set the mode of {}", parent.display()))?;
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o711)
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
             .create(&p)
             .with_context(|| format!("cannot make the sandbox {}", p.display()))?;
+        if let Some((uid, gid)) = owner {
+            rustix::fs::chown(&p, Some(rustix::process::Uid::from_raw(uid)), Some(rustix::process::Gid::from_raw(gid)))
+                .with_context(|| format!("cannot give the sandbox {} to the scratch user", p.display()))?;
+        }
         Ok(tresor_sources::files::beneath::Dir::open_root(&p)?)
     })
     .await?
@@ -354,10 +366,11 @@ async fn restore(
     index: Arc<LocalIndex>,
     nodes: &Arc<Vec<Node>>,
     sandbox: &Path,
+    scratch: Option<(u32, u32)>,
     drill: &mut Drill,
 ) -> anyhow::Result<bool> {
     let t = Instant::now();
-    let root = make_sandbox(sandbox).await?;
+    let root = make_sandbox(sandbox, scratch).await?;
     let report = files::restore::restore_tree(vault, index, nodes.as_ref().clone(), root).await?;
     drill.out.restore_seconds = t.elapsed().as_secs_f64();
     drill.out.bytes = report.bytes;

@@ -48,6 +48,9 @@ fn the_audit_log_records_every_action_and_offline_verification_detects_tampering
     assert!(sandbox.starts_with("drill-01:"), "{sandbox}");
     let kept = std::path::Path::new(sandbox.trim_start_matches("drill-01:"));
     assert!(kept.join(data.strip_prefix("/").unwrap()).join("b.bin").is_file(), "keep = true leaves the sandbox");
+    let md = std::fs::metadata(kept).unwrap();
+    let mode = std::os::unix::fs::MetadataExt::mode(&md) & 0o7777;
+    assert_eq!((mode, std::os::unix::fs::MetadataExt::uid(&md)), (0o700, 0), "a files sandbox is root's alone");
     // ... until its expiry (keep_sandbox_for, 4 s here; the audit log records it, below).
     wait_for("the kept sandbox to expire and go", Duration::from_secs(60), || !kept.exists());
     assert_ne!(r.report["key_slot"], "", "the sandbox's own key slot is named");

@@ -3,7 +3,7 @@
 //! makes the application check (pg_amcheck) FAIL, naming the table.
 
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use restore_tests::pg::PgCluster;
 
@@ -173,6 +173,9 @@ fn a_hostile_postgres_snapshot_runs_nothing_in_a_drill() {
         })
     };
     let nobody = restore_tests::pg::uid_of("nobody");
+    // The sandbox is private: 0700, the scratch user's (its server must reach the copy).
+    let md = std::fs::metadata(&kept).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid()), (0o700, nobody), "the sandbox is the scratch user's alone");
     assert_eq!(said("boxed-uid").trim(), nobody.to_string(), "run as the scratch user");
     assert!(said("boxed-touch").contains("Read-only file system"), "{}", said("boxed-touch"));
     assert_eq!(said("boxed-net").trim(), "1", "only a loopback interface in the box");
