@@ -82,7 +82,17 @@ pub fn verify(
         Ok(md) => md.uid(),
         Err(e) => return report.push(&shown, "postgres data directory", false, e.to_string()),
     };
-    let text = std::fs::read_to_string(dir.join("PG_VERSION")).unwrap_or_default();
+    // Read inside the copy only: a PG_VERSION that is a link to this host's files (or a pipe)
+    // must not put their first bytes into a report any key holder can read.
+    let text = match crate::files::beneath::Dir::open_configured(dir)
+        .map_err(|e| e.to_string())
+        .and_then(|copy| super::conf::read_in_copy(&copy, "PG_VERSION", 64))
+    {
+        Ok(t) => t.unwrap_or_default(),
+        Err(e) => {
+            return report.push(&shown, "postgres data directory", false, format!("its PG_VERSION: {e}; not started"));
+        }
+    };
     let Some(version) = major_version(&text) else {
         let shown_text: String = text.chars().take(40).collect();
         return report.push(
@@ -176,14 +186,7 @@ impl<'a> Scratch<'a> {
         std::fs::write(&ident, "").map_err(|e| e.to_string())?;
         // A data directory whose configuration lived elsewhere (Debian's /etc/postgresql) starts
         // with defaults.
-        if !dir.join("postgresql.conf").exists() {
-            std::fs::write(
-                dir.join("postgresql.conf"),
-                "# written by tresor verify: the original lived outside the data directory\n",
-            )
-            .map_err(|e| e.to_string())?;
-            let _ = chown(&dir.join("postgresql.conf"));
-        }
+        super::conf::default_conf(dir, owner)?;
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let log = sock.path().join("server.log");
@@ -227,7 +230,12 @@ impl<'a> Scratch<'a> {
     fn query(&self, db: &str, sql: &str) -> Result<Vec<Vec<String>>, super::PgError> {
         let user = self.superuser.replace('\\', "\\\\").replace('\'', "\\'");
         let conn = format!("host={} port={} dbname={db} user='{user}'", self.sock.path().display(), self.port);
-        tools::query(confined(&program(self.bin, "psql"), Some(self.owner), &[]), &["-d", &conn], sql, STEP_TIMEOUT)
+        tools::query(self.tool("psql"), &["-d", &conn], sql, STEP_TIMEOUT)
+    }
+
+    /// One of PostgreSQL's programs, boxed, as the copy's owner, writing nowhere.
+    fn tool(&self, name: &str) -> std::process::Command {
+        confined(&program(self.bin, name), Some(self.owner), &[])
     }
 
     /// Disable the copy's event triggers before anything runs DDL in it (`pg_amcheck` creates its
@@ -261,7 +269,7 @@ impl<'a> Scratch<'a> {
 
     fn checks(&self, probes: &BTreeMap<String, String>, trusted: &[String], report: &mut Report, shown: &str) {
         self.disable_event_triggers(report, shown);
-        let mut c = confined(&program(self.bin, "pg_amcheck"), Some(self.owner), &[]);
+        let mut c = self.tool("pg_amcheck");
         c.args([
             "--all",
             "--install-missing",
@@ -314,7 +322,7 @@ impl<'a> Scratch<'a> {
 
     fn stop(mut self) -> Result<(), String> {
         self.running = false;
-        let mut c = confined(&program(self.bin, "pg_ctl"), Some(self.owner), &[]);
+        let mut c = self.tool("pg_ctl");
         c.args(["stop", "-w", "-m", "fast", "-D"]).arg(self.dir);
         tools::run(c, "pg_ctl stop", STEP_TIMEOUT).map(|_| ()).map_err(|e| e.to_string())
     }
@@ -323,7 +331,7 @@ impl<'a> Scratch<'a> {
 impl Drop for Scratch<'_> {
     fn drop(&mut self) {
         if self.running {
-            let mut c = confined(&program(self.bin, "pg_ctl"), Some(self.owner), &[]);
+            let mut c = self.tool("pg_ctl");
             c.args(["stop", "-m", "immediate", "-D"]).arg(self.dir);
             let _ = tools::run(c, "pg_ctl stop", STEP_TIMEOUT);
         }
