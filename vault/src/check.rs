@@ -190,11 +190,11 @@ pub async fn run(vault: Arc<Vault>, read: ReadData, scratch: &std::path::Path) -
         }
         report.packs_read += 1;
         match outcome {
-            Ok(o) => {
+            Ok(mut o) => {
                 report.chunks_verified += o.verified;
                 report.bytes_read += o.bytes;
                 if o.fatal.is_none() {
-                    let _ = directories.insert(id, o.directory.clone());
+                    let _ = directories.insert(id, std::mem::take(&mut o.directory));
                 }
                 if o.hash_mismatch {
                     report.problems.push(Problem {
@@ -340,7 +340,7 @@ pub(crate) async fn read_pack(vault: &Arc<Vault>, id: &PackId) -> Result<PackRea
         match pack::read_directory_full(&keys, &bytes) {
             Err(e) => r.fatal = Some(e.to_string()),
             Ok(dir) => {
-                r.directory = dir.entries.iter().map(|e| id_prefix(&e.id)).collect();
+                r.directory = dir.entries.iter().map(|e| e.id.prefix()).collect();
                 for (e, res) in pack::open_all(&keys, &dir, &bytes) {
                     match res {
                         Ok(_) => r.verified += 1,
@@ -357,10 +357,6 @@ pub(crate) async fn read_pack(vault: &Arc<Vault>, id: &PackId) -> Result<PackRea
     .map_err(|e| Error::Invalid(e.to_string()))
 }
 
-fn id_prefix(id: &ChunkId) -> u64 {
-    u64::from_le_bytes(id.0[..8].try_into().unwrap_or_default())
-}
-
 /// Name every index entry that places a chunk in a read pack at a position where the pack's own
 /// directory holds another chunk (or none): a planted or damaged segment, which would make
 /// restores fail and could make GC delete the pack that really holds the chunk.
@@ -373,7 +369,7 @@ async fn false_entries(vault: &Arc<Vault>, dirs: &HashMap<PackId, Vec<u64>>, rep
         let mut first = None;
         for e in seg.iter() {
             let Some(dir) = dirs.get(&e.pack.id) else { continue };
-            if dir.get(e.counter as usize) != Some(&id_prefix(&e.id)) {
+            if dir.get(e.counter as usize) != Some(&e.id.prefix()) {
                 wrong += 1;
                 first.get_or_insert((e.id, e.pack.id, e.counter));
             }

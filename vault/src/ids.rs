@@ -107,6 +107,14 @@ define_id!(
     ChunkId,
     "chunk"
 );
+impl ChunkId {
+    /// Its first 8 bytes as a number: what a kept pack directory holds per position, enough to
+    /// tell its chunks apart (check, and the writers' reuse check).
+    pub fn prefix(&self) -> u64 {
+        u64::from_le_bytes(self.0[..8].try_into().unwrap_or_default())
+    }
+}
+
 define_id!(
     /// Unkeyed BLAKE3 of a pack's stored bytes; also its object name.
     PackId,

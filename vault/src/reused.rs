@@ -5,12 +5,12 @@
 //! chunk id at each position, in memory for the run and on disk beside the index cache (packs
 //! never change, so an unchanged re-run reads them from the disk); every reuse is held against it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::ids::{ChunkId, PackId};
+use crate::ids::PackId;
 use crate::index::IndexEntry;
 use crate::vault::Vault;
 
@@ -21,28 +21,32 @@ pub(crate) struct ReusedPacks {
     /// Where directories are kept between runs (`<cache>/<vault>/packdirs`).
     dir: Option<PathBuf>,
     known: Mutex<HashMap<PackId, Arc<Vec<u64>>>>,
-}
-
-fn prefix(id: &ChunkId) -> u64 {
-    u64::from_le_bytes(id.0[..8].try_into().unwrap_or_default())
+    /// Packs already warned about (one warning per pack, however many chunks it is wrong for).
+    warned: Mutex<HashSet<PackId>>,
 }
 
 impl ReusedPacks {
     /// For `vault`, keeping directories below `dir`; must be made inside the runtime.
     pub(crate) fn new(vault: Arc<Vault>, dir: Option<PathBuf>) -> Self {
-        Self { vault, handle: tokio::runtime::Handle::current(), dir, known: Mutex::default() }
+        Self {
+            vault,
+            handle: tokio::runtime::Handle::current(),
+            dir,
+            known: Mutex::default(),
+            warned: Mutex::default(),
+        }
     }
 
     /// Whether the pack `e` names holds `e`'s chunk at `e`'s position. Blocking (not on a runtime
     /// thread): reads the pack's directory from disk or, once, from storage.
     pub(crate) fn holds(&self, e: &IndexEntry) -> Result<bool> {
         let dir = self.directory(&e.pack.id)?;
-        let held = dir.get(e.counter as usize) == Some(&prefix(&e.id));
-        if !held {
+        let held = dir.get(e.counter as usize) == Some(&e.id.prefix());
+        if !held && self.warned.lock().unwrap_or_else(|p| p.into_inner()).insert(e.pack.id) {
             tracing::warn!(
                 chunk = %e.id,
                 pack = %e.pack.id,
-                "the index places this chunk in a pack whose own directory does not hold it there (a planted or damaged index segment); it is stored again"
+                "the index places this chunk (and perhaps more) in a pack whose own directory does not hold it there (a planted or damaged index segment); such chunks are stored again"
             );
         }
         Ok(held)
@@ -61,7 +65,7 @@ impl ReusedPacks {
             None => {
                 let read = self.handle.block_on(self.vault.read_pack_directory(id));
                 let dir: Vec<u64> = match read {
-                    Ok(d) => d.entries.iter().map(|e| prefix(&e.id)).collect(),
+                    Ok(d) => d.entries.iter().map(|e| e.id.prefix()).collect(),
                     // Gone or unreadable: it holds nothing this run can rely on.
                     Err(Error::Backend(crate::backend::BackendError::NotFound(_)) | Error::Integrity { .. }) => {
                         Vec::new()
