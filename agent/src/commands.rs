@@ -65,10 +65,16 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
     let md = std::fs::symlink_metadata(dir).with_context(|| format!("cache directory {}", dir.display()))?;
     let me = rustix::process::geteuid().as_raw();
     if !md.is_dir() || md.uid() != me {
+        let what = if md.file_type().is_symlink() {
+            "a symbolic link"
+        } else if md.is_dir() {
+            "a directory"
+        } else {
+            "not a directory"
+        };
         anyhow::bail!(
-            "cache directory {} is {} owned by uid {}, not this user's ({me}) own directory; give --cache-dir",
+            "cache directory {} is {what} owned by uid {}, not this user's ({me}) own directory; give --cache-dir",
             dir.display(),
-            if md.is_dir() { "a directory" } else { "not a directory" },
             md.uid()
         );
     }

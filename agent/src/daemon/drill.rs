@@ -97,39 +97,43 @@ fn sandbox_owners(
         pg_roots.extend(s.paths.iter().map(|p| p.trim_matches('/').as_bytes().to_vec()));
         pg_roots.extend(s.probes.get("pg_dump_dir").map(|d| d.trim_matches('/').as_bytes().to_vec()));
     }
-    // A user of its own when the host made one (OPERATIONS.md), else nobody.
-    let user = cfg.scratch_user.clone().unwrap_or_else(|| {
-        let own = "tresor-scratch";
-        if tresor_sources::postgres::tools::user_ids(own).is_some() { own } else { "nobody" }.into()
-    });
     let scratch = if pg_roots.is_empty() {
         None
     } else {
-        Some(tresor_sources::postgres::tools::user_ids(&user).ok_or_else(|| {
+        let user_ids = tresor_sources::postgres::tools::user_ids;
+        // A user of its own when the host made one (OPERATIONS.md), else nobody.
+        let user = cfg.scratch_user.as_deref().unwrap_or(if user_ids("tresor-scratch").is_some() {
+            "tresor-scratch"
+        } else {
+            "nobody"
+        });
+        let ids = user_ids(user).ok_or_else(|| {
             anyhow::anyhow!(
                 "scratch_user {user:?} (agent.toml) does not exist on this host; the scratch PostgreSQL runs as it"
             )
-        })?)
+        })?;
+        Some((user, ids))
     };
     let below =
         |path: &[u8], root: &[u8]| path == root || (path.starts_with(root) && path.get(root.len()) == Some(&b'/'));
     let mut changed = 0;
     for n in nodes.iter_mut() {
         let ids = match scratch {
-            Some(ids) if pg_roots.iter().any(|r| below(&n.path, r)) => ids,
+            Some((_, ids)) if pg_roots.iter().any(|r| below(&n.path, r)) => ids,
             _ => (0, 0),
         };
         changed += usize::from((n.uid, n.gid) != ids);
         (n.uid, n.gid) = ids;
     }
     if changed > 0 {
-        let pg =
-            scratch.map(|(uid, _)| format!(", and {user}'s (uid {uid}) for the PostgreSQL data")).unwrap_or_default();
+        let pg = scratch
+            .map(|(user, (uid, _))| format!(", and {user}'s (uid {uid}) for the PostgreSQL data"))
+            .unwrap_or_default();
         drill.out.anomalies.push(format!(
             "owners in the sandbox are root's{pg}: a drill does not restore the snapshot's owners ({changed} entries differ)"
         ));
     }
-    Ok(scratch)
+    Ok(scratch.map(|(_, ids)| ids))
 }
 
 /// Setuid and setgid bits and file capabilities of `nodes`, taken out unless the plan asks for
