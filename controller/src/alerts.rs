@@ -94,7 +94,7 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
         }
     }
     for v in ctl.policies().values().flat_map(|p| p.vaults.iter()) {
-        let rec = ctl.source_state(&format!("vault:{}", v.name))?;
+        let rec = ctl.catalog.vault(&v.name)?;
         if !rec.gc_warning.is_empty() {
             out.push(Problem {
                 kind: "gc_kept_live_packs",

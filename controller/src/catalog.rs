@@ -82,8 +82,13 @@ pub struct SourceRecord {
     /// another vault, or a snapshot already claimed), kept until a good backup: an alert.
     #[serde(default)]
     pub refused_result: String,
-    /// In a vault's own record (key `vault:NAME`): what its last GC found wrong (live packs kept
-    /// because the index places their chunks where they do not read), kept until a clean GC.
+}
+
+/// What the controller remembers of one vault.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VaultRecord {
+    /// What its last GC sweep found wrong (live packs kept because the index places their chunks
+    /// where they do not read), kept until a sweep finds nothing: an alert.
     #[serde(default)]
     pub gc_warning: String,
 }
@@ -118,6 +123,7 @@ pub struct Catalog {
     done: sled::Tree,
     snapshots: sled::Tree,
     sources: sled::Tree,
+    vaults: sled::Tree,
     enroll: sled::Tree,
     meta: sled::Tree,
     /// Signed drill reports by drill id, their summaries (for lists, alerts and metrics), and drill
@@ -181,6 +187,7 @@ impl Catalog {
             done: db.open_tree("jobs-done")?,
             snapshots: db.open_tree("snapshots")?,
             sources: db.open_tree("sources")?,
+            vaults: db.open_tree("vaults")?,
             enroll: db.open_tree("enroll-tokens")?,
             meta: db.open_tree("meta")?,
             drills: db.open_tree("drills")?,
@@ -360,6 +367,28 @@ impl Catalog {
     /// sled failed.
     pub fn put_source(&self, key: &str, r: &SourceRecord) -> Result<()> {
         let _ = self.sources.insert(key, encode(r))?;
+        Ok(())
+    }
+
+    // --- vaults -------------------------------------------------------------------------------
+
+    /// A vault's record, by its name in the policy (default if none yet).
+    ///
+    /// # Errors
+    /// sled failed or the record is damaged.
+    pub fn vault(&self, name: &str) -> Result<VaultRecord> {
+        match self.vaults.get(name)? {
+            Some(v) => decode(name.as_bytes(), &v),
+            None => Ok(VaultRecord::default()),
+        }
+    }
+
+    /// Update a vault's record.
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn put_vault(&self, name: &str, r: &VaultRecord) -> Result<()> {
+        let _ = self.vaults.insert(name, encode(r))?;
         Ok(())
     }
 

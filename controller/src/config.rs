@@ -131,7 +131,12 @@ impl ControllerConfig {
             drill_grace: duration("drill_grace", raw.drill_grace, "2h").map_err(wrap)?,
             audit_checkpoint_every: duration("audit_checkpoint_every", raw.audit_checkpoint_every, "1h")
                 .map_err(wrap)?,
-            refusal_burst: duration("refusal_burst", raw.refusal_burst, "60s").map_err(wrap)?,
+            refusal_burst: duration(
+                "refusal_burst",
+                raw.refusal_burst,
+                &format!("{}s", crate::refusals::BURST.as_secs()),
+            )
+            .map_err(wrap)?,
             audit_pubkey: raw.audit_pubkey,
         };
         cfg.validate().map_err(wrap)?;

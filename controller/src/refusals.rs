@@ -1,14 +1,15 @@
 //! Refused tokens and sign-ins, audited once per burst per client address: a client that keeps
 //! trying wrong tokens must not grow the audit log (and every verification of it) without bound.
 //! The first refusal of a burst gets its own entry; the rest of the burst is counted, and one
-//! entry says how many when the burst is over (no refusal for `BURST`), written by the scheduler.
+//! entry says how many when the burst is over (no refusal for `refusal_burst`), written by the
+//! scheduler.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A burst ends after this long without a refusal from its client (controller.toml
-/// `refusal_burst`).
+/// A burst ends after this long without a refusal from its client (the default of
+/// controller.toml `refusal_burst`).
 pub const BURST: Duration = Duration::from_secs(60);
 /// Client addresses tracked at once (unit: addresses). Past it, the quietest burst is closed
 /// early (its summary written), so memory stays bounded whatever the number of addresses.
@@ -48,12 +49,6 @@ struct Burst {
 pub struct Refusals {
     burst: Duration,
     bursts: Mutex<HashMap<String, Burst>>,
-}
-
-impl Default for Refusals {
-    fn default() -> Self {
-        Self::new(BURST)
-    }
 }
 
 impl Refusals {
@@ -109,7 +104,7 @@ mod tests {
 
     #[test]
     fn one_entry_per_burst_and_a_summary_when_it_ends() {
-        let r = Refusals::default();
+        let r = Refusals::new(BURST);
         let t0 = Instant::now();
         assert_eq!(r.note("192.0.2.1", t0, 100), (Refusal::Audit, None));
         for i in 1..1000 {
@@ -124,7 +119,7 @@ mod tests {
 
     #[test]
     fn memory_stays_bounded_and_nothing_is_lost() {
-        let r = Refusals::default();
+        let r = Refusals::new(BURST);
         let t0 = Instant::now();
         let _ = r.note("a", t0, 1);
         let _ = r.note("a", t0, 1);

@@ -137,8 +137,7 @@ impl Controller {
                         w,
                     );
                 }
-                let key = format!("vault:{}", job.vault);
-                let mut v = self.catalog.source(&key)?;
+                let mut v = self.catalog.vault(&job.vault)?;
                 let warning = match p.gc_warnings.len() {
                     0 if p.swept => String::new(),
                     0 => v.gc_warning.clone(),
@@ -146,13 +145,9 @@ impl Controller {
                 };
                 if v.gc_warning != warning {
                     v.gc_warning = warning;
-                    self.catalog.put_source(&key, &v)?;
+                    self.catalog.put_vault(&job.vault, &v)?;
                 }
-                // The vault's id from a live heartbeat, else from the catalog's own records of it.
-                let vid = self.vault_id_of(&job.vault).or_else(|| {
-                    self.catalog.snapshots().ok()?.into_iter().find(|s| s.vault == job.vault).map(|s| s.vault_id)
-                });
-                if let Some(vid) = vid {
+                if let Some(vid) = self.known_vault_id(&job.vault) {
                     for s in &p.forgotten {
                         self.catalog.remove_snapshot(&vid, s)?;
                     }
@@ -220,10 +215,7 @@ impl Controller {
         if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(Some(format!("the result names no valid snapshot id ({:?})", short(id))));
         }
-        let expected = self
-            .vault_id_of(&job.vault)
-            .or_else(|| self.catalog.snapshots().ok()?.into_iter().find(|s| s.vault == job.vault).map(|s| s.vault_id));
-        if let Some(v) = expected
+        if let Some(v) = self.known_vault_id(&job.vault)
             && v != meta.vault_id
         {
             return Ok(Some(format!(
@@ -278,6 +270,13 @@ impl Controller {
         self.catalog.put_source(&key, &s)?;
         self.catalog.flush().await?;
         Ok(Error::InvalidArgument(format!("backup result of job {} refused: {why}", job.id)))
+    }
+
+    /// The id of the vault named `vault`: from a live heartbeat, else from the catalog's own
+    /// records of its snapshots.
+    fn known_vault_id(&self, vault: &str) -> Option<String> {
+        self.vault_id_of(vault)
+            .or_else(|| self.catalog.snapshots().ok()?.into_iter().find(|s| s.vault == vault).map(|s| s.vault_id))
     }
 
     fn vault_id_of(&self, vault: &str) -> Option<String> {
