@@ -109,6 +109,25 @@ impl Plane {
         p
     }
 
+    /// A gRPC channel to the controller that trusts its CA, speaking as the agent whose state
+    /// directory is `agent` (its certificate and key) when given: a client of the test's own, for
+    /// what no real agent or tresorctl would send.
+    pub async fn channel(&self, agent: Option<&Path>) -> tonic::transport::Channel {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(self.state.join("ca.pem"))))
+            .domain_name("127.0.0.1");
+        if let Some(dir) = agent {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(dir.join("agent.pem")),
+                read(dir.join("agent.key")),
+            ));
+        }
+        let ch = tonic::transport::Channel::from_shared(self.url()).expect("controller URL");
+        ch.tls_config(tls).expect("TLS settings").connect().await.expect("the controller answers")
+    }
+
     /// The controller's URL.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)

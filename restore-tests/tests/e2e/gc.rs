@@ -1,6 +1,9 @@
 //! GC refuses to delete anything when what it sees of the vault is implausible: a listing error,
-//! a pack a snapshot needs missing from the listing, or an unreadable snapshot.
+//! a pack a snapshot needs missing from the listing, an unreadable snapshot, or an index segment
+//! planted to make a live pack look unreferenced; writers neither deduplicate against a planted
+//! index entry nor commit over a pack a sweep they missed deleted.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use restore_tests::{World, files_below, random_file};
@@ -15,6 +18,20 @@ fn open(w: &World) -> Arc<Vault> {
     })
 }
 
+/// A directory `name` in the world holding one random file, backed up; returns the directory.
+fn backed_up(w: &World, name: &str, file: &str, len: usize, seed: u64) -> PathBuf {
+    let src = w.path(name);
+    std::fs::create_dir_all(&src).unwrap();
+    random_file(&src.join(file), len, seed);
+    w.backup(&[&src]);
+    src
+}
+
+/// The pack id a file under `data/` is named by.
+fn pack_id(p: &Path) -> tresor_vault::ids::PackId {
+    p.file_name().unwrap().to_str().unwrap().parse().unwrap()
+}
+
 fn run(w: &World, v: &Arc<Vault>) -> tresor_vault::Result<gc::GcReport> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(gc::run(v.clone(), &w.path("gc-cache"), &GcOptions::default()))
@@ -23,10 +40,7 @@ fn run(w: &World, v: &Arc<Vault>) -> tresor_vault::Result<gc::GcReport> {
 #[test]
 fn gc_deletes_nothing_on_an_implausible_listing_or_an_unreadable_snapshot() {
     let w = World::new();
-    let src = w.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    random_file(&src.join("a.bin"), 3 << 20, 1);
-    w.backup(&[&src]);
+    let src = backed_up(&w, "src", "a.bin", 3 << 20, 1);
     std::fs::remove_file(src.join("a.bin")).unwrap();
     random_file(&src.join("b.bin"), 3 << 20, 2);
     w.backup(&[&src]);
@@ -78,10 +92,7 @@ fn gc_deletes_nothing_on_an_implausible_listing_or_an_unreadable_snapshot() {
 #[test]
 fn signed_documents_are_write_once_and_gc_never_removes_them() {
     let w = World::new();
-    let src = w.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    random_file(&src.join("a.bin"), 2 << 20, 5);
-    w.backup(&[&src]);
+    let _ = backed_up(&w, "src", "a.bin", 2 << 20, 5);
     let v = open(&w);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let report = br#"{"type":"tresor.drill-report.v1","verdict":"PASS"}"#;
@@ -120,29 +131,24 @@ fn signed_documents_are_write_once_and_gc_never_removes_them() {
 fn a_planted_segment_cannot_make_gc_delete_a_live_pack() {
     use tresor_vault::index::{PackRef, Segment};
     let w = World::new();
-    let src = w.path("src");
-    std::fs::create_dir_all(&src).unwrap();
     // 40 MiB of random data fill packs of data chunks only; the tree goes into the last one.
-    random_file(&src.join("a.bin"), 40 << 20, 11);
-    w.backup(&[&src]);
+    let src = backed_up(&w, "src", "a.bin", 40 << 20, 11);
     let first: Vec<_> = files_below(&w.vault.join("data"));
     random_file(&src.join("b.bin"), 1 << 20, 12);
     w.backup(&[&src]);
     let second: Vec<_> = files_below(&w.vault.join("data")).into_iter().filter(|p| !first.contains(p)).collect();
-    let name =
-        |p: &std::path::Path| p.file_name().unwrap().to_str().unwrap().parse::<tresor_vault::ids::PackId>().unwrap();
     let v = open(&w);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let planted = rt.block_on(async {
         // The maintainer's cache already holds the genuine segments; the planted one comes later
         // and is looked up first.
         let _ = v.sync_index(&w.path("gc-cache")).await.unwrap();
-        let decoy = name(&second[0]);
+        let decoy = pack_id(&second[0]);
         let decoy_dir = v.read_pack_directory(&decoy).await.unwrap();
         let mut seg = Segment { packs: vec![PackRef { id: decoy, salt: decoy_dir.salt }], ..Segment::default() };
         let mut victims = Vec::new();
         for p in &first {
-            let entries = v.read_pack_directory(&name(p)).await.unwrap().entries;
+            let entries = v.read_pack_directory(&pack_id(p)).await.unwrap().entries;
             if entries.iter().any(|e| e.kind != tresor_vault::crypto::ObjectType::DataChunk) {
                 continue;
             }
@@ -187,10 +193,7 @@ fn a_planted_segment_cannot_make_gc_delete_a_live_pack() {
 #[test]
 fn a_writer_commits_nothing_when_a_sweep_it_missed_deleted_a_pack_it_reused() {
     let w = World::new();
-    let src = w.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    random_file(&src.join("a.bin"), 2 << 20, 21);
-    w.backup(&[&src]);
+    let src = backed_up(&w, "src", "a.bin", 2 << 20, 21);
     let v = open(&w);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // The only snapshot is forgotten: its pack is unreferenced, but the writer's cache still
@@ -234,10 +237,7 @@ fn a_writer_commits_nothing_when_a_sweep_it_missed_deleted_a_pack_it_reused() {
 fn a_writer_never_deduplicates_against_a_planted_index_entry() {
     use tresor_vault::index::{PackRef, Segment};
     let w = World::new();
-    let decoy_src = w.path("decoy");
-    std::fs::create_dir_all(&decoy_src).unwrap();
-    random_file(&decoy_src.join("b.bin"), 1 << 20, 31);
-    w.backup(&[&decoy_src]);
+    let _ = backed_up(&w, "decoy", "b.bin", 1 << 20, 31);
     // The guessed content: one chunk (below the chunker's minimum size).
     let src = w.path("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -246,7 +246,7 @@ fn a_writer_never_deduplicates_against_a_planted_index_entry() {
     let v = open(&w);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let decoy = files_below(&w.vault.join("data"))[0].file_name().unwrap().to_str().unwrap().parse().unwrap();
+        let decoy = pack_id(&files_below(&w.vault.join("data"))[0]);
         let dir = v.read_pack_directory(&decoy).await.unwrap();
         let id = v.keys().chunk_id(&content);
         let seg = Segment {

@@ -10,18 +10,6 @@ use restore_tests::plane::{Plane, VaultSpec};
 use tresor_proto::pb;
 use tresor_proto::pb::agent_service_client::AgentServiceClient;
 
-/// A client speaking as the agent whose state directory is `state`.
-async fn impersonate(p: &Plane, state: &std::path::Path) -> AgentServiceClient<tonic::transport::Channel> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let read = |n: &str| std::fs::read_to_string(state.join(n)).unwrap();
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
-        .domain_name("127.0.0.1")
-        .identity(tonic::transport::Identity::from_pem(read("agent.pem"), read("agent.key")));
-    let ch = tonic::transport::Channel::from_shared(p.url()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-    AgentServiceClient::new(ch)
-}
-
 fn claim(job: &pb::Job, snapshot_id: &str, vault_id: &str) -> pb::JobResult {
     let meta = pb::SnapshotMeta {
         snapshot_id: snapshot_id.into(),
@@ -67,7 +55,7 @@ fn a_compromised_agent_cannot_claim_another_sources_snapshot_or_vault() {
     p.kill_agent("a2");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let refusals = rt.block_on(async {
-        let mut client = impersonate(&p, &state).await;
+        let mut client = AgentServiceClient::new(p.channel(Some(&state)).await);
         let mut jobs = client.jobs(pb::JobsRequest {}).await.unwrap().into_inner();
         p.ctl_ok(&["backup", "a2/b", "--detach"]);
         let job = tokio::time::timeout(Duration::from_secs(60), jobs.message()).await.unwrap().unwrap().unwrap();

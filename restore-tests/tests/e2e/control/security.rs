@@ -251,14 +251,7 @@ fn a_thousand_refused_tokens_make_two_audit_entries() {
     let before = p.ctl_json(&["audit", "show"]).as_array().unwrap().len();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let ca = std::fs::read_to_string(p.state.join("ca.pem")).unwrap();
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-            .domain_name("127.0.0.1");
-        let ch =
-            tonic::transport::Channel::from_shared(p.url()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-        let mut admin = tresor_proto::pb::admin_service_client::AdminServiceClient::new(ch);
+        let mut admin = tresor_proto::pb::admin_service_client::AdminServiceClient::new(p.channel(None).await);
         for i in 0..1000 {
             let mut req = tonic::Request::new(tresor_proto::pb::StatusRequest {});
             let bad = format!("Bearer not-a-token-{i}").parse().unwrap();
