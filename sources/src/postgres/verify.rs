@@ -113,7 +113,15 @@ pub fn verify(
     let bin = Some(bin.as_path());
     // Run by the data's owner; a copy made before backup_manifest got the cluster's owner
     // (it carried pg_basebackup's made-up ids) is read as before.
-    let manifest_owner = std::fs::metadata(dir.join("backup_manifest")).map(|m| m.uid()).ok();
+    // The manifest itself, never what a link at its name points to (read as root, a host file's
+    // bytes could surface in pg_verifybackup's parse errors).
+    let manifest_owner = match std::fs::symlink_metadata(dir.join("backup_manifest")) {
+        Ok(md) if md.is_file() => Some(md.uid()),
+        Ok(_) => {
+            return report.push(&shown, "pg_verifybackup", false, "backup_manifest is not a regular file; not started");
+        }
+        Err(_) => None,
+    };
     let reader = if manifest_owner == Some(owner) { Some(owner) } else { None };
     let mut c = confined(&program(bin, "pg_verifybackup"), reader, &[]);
     c.arg(dir);
@@ -335,5 +343,34 @@ impl Drop for Scratch<'_> {
             c.args(["stop", "-m", "immediate", "-D"]).arg(self.dir);
             let _ = tools::run(c, "pg_ctl stop", STEP_TIMEOUT);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hostile copy's PG_VERSION or backup_manifest is a link to a file of this host: neither
+    /// is read through, and nothing of the file reaches the report.
+    #[test]
+    fn files_of_the_copy_linked_to_this_host_are_not_read_through() {
+        let host = tempfile::tempdir().unwrap();
+        let secret = host.path().join("secret");
+        std::fs::write(&secret, "15 canary-of-this-host").unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(&secret, copy.path().join("PG_VERSION")).unwrap();
+        let mut report = Report::default();
+        verify(copy.path(), &BTreeMap::new(), &[], None, &mut report);
+        let text = format!("{:?}", report.findings);
+        assert!(!report.ok() && !text.contains("canary"), "{text}");
+        assert!(text.contains("its PG_VERSION"), "{text}");
+
+        std::fs::remove_file(copy.path().join("PG_VERSION")).unwrap();
+        std::fs::write(copy.path().join("PG_VERSION"), "15\n").unwrap();
+        std::os::unix::fs::symlink(&secret, copy.path().join("backup_manifest")).unwrap();
+        let mut report = Report::default();
+        verify(copy.path(), &BTreeMap::new(), &[], None, &mut report);
+        let text = format!("{:?}", report.findings);
+        assert!(text.contains("backup_manifest is not a regular file") && !text.contains("canary"), "{text}");
     }
 }
