@@ -239,20 +239,31 @@ pub enum KeyAction {
         #[command(flatten)]
         vault: VaultArg,
     },
-    /// Remove a key slot.
+    /// Remove a key slot and start a new key epoch without it: the removed secret reads nothing
+    /// written afterwards.
     Remove {
         #[command(flatten)]
         vault: VaultArg,
         /// Slot id.
         id: String,
     },
-    /// Replace the slot you opened the vault with by one for a new password.
+    /// Replace the slot you opened the vault with by one for a new password; with --master,
+    /// start a new key epoch instead (a new master key for everything written from now on).
     Rotate {
         #[command(flatten)]
         vault: VaultArg,
         /// File holding the new password.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "master")]
         new_password_file: Option<PathBuf>,
+        /// Start a new master-key epoch, granted to every slot that can carry it.
+        #[arg(long)]
+        master: bool,
+    },
+    /// Replace the slot you opened the vault with, if it was made before key epochs, by one that
+    /// later epochs can be granted to (same secret and label).
+    Upgrade {
+        #[command(flatten)]
+        vault: VaultArg,
     },
 }
 

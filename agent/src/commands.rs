@@ -468,19 +468,25 @@ pub async fn key(g: &Global, action: &KeyAction) -> anyhow::Result<Outcome> {
         KeyAction::List { vault } => {
             let v = open(g, &vault.vault).await?;
             let slots = v.key_list().await?;
-            let mut text = String::from("ID                KIND      CREATED               LABEL\n");
+            let mut text = match v.writable() {
+                Ok(()) => format!("key epoch {} (new data is written under it)\n", v.key_epoch()),
+                Err(e) => format!("this slot reads up to key epoch {}; {e}\n", v.key_epoch()),
+            };
+            text.push_str("ID                KIND      FROM EPOCH  CREATED               LABEL\n");
             for s in &slots {
                 let mark = if s.id == v.slot_id() { "*" } else { " " };
+                let epoch = s.epoch.map_or_else(|| "1 (v1)".to_string(), |e| e.to_string());
                 text.push_str(&format!(
-                    "{mark}{:<17} {:<9} {:<21} {}\n",
+                    "{mark}{:<17} {:<9} {:<11} {:<21} {}\n",
                     s.id,
                     format!("{:?}", s.kind).to_lowercase(),
+                    epoch,
                     s.created,
                     s.label
                 ));
             }
             text.pop();
-            let rows: Vec<_> = slots.iter().map(|s| json!({"id": s.id, "kind": s.kind, "label": s.label, "created": s.created, "kdf": {"algorithm": s.kdf.algorithm, "memory_kib": s.kdf.memory_kib, "iterations": s.kdf.iterations, "parallelism": s.kdf.parallelism}, "current": s.id == v.slot_id()})).collect();
+            let rows: Vec<_> = slots.iter().map(|s| json!({"id": s.id, "kind": s.kind, "label": s.label, "created": s.created, "version": s.version, "epoch": s.epoch.unwrap_or(tresor_vault::crypto::FIRST_EPOCH), "kdf": {"algorithm": s.kdf.algorithm, "memory_kib": s.kdf.memory_kib, "iterations": s.kdf.iterations, "parallelism": s.kdf.parallelism}, "current": s.id == v.slot_id()})).collect();
             Ok(Outcome::ok(json!(rows), text))
         }
         KeyAction::Add { vault, new_password_file, label } => {
@@ -490,11 +496,16 @@ pub async fn key(g: &Global, action: &KeyAction) -> anyhow::Result<Outcome> {
             Ok(Outcome::ok(json!({"added": slot.id}), format!("added key slot {} (read back and verified)", slot.id)))
         }
         KeyAction::Remove { vault, id } => {
-            let v = open(g, &vault.vault).await?;
-            v.key_remove(id).await?;
-            Ok(Outcome::ok(json!({"removed": id}), format!("removed key slot {id}")))
+            let mut v = open_upgraded(g, &vault.vault).await?;
+            let report = v.key_remove(id).await?;
+            Ok(epoch_outcome(json!({"removed": id}), &format!("removed key slot {id}"), &report))
         }
-        KeyAction::Rotate { vault, new_password_file } => {
+        KeyAction::Rotate { vault, master: true, .. } => {
+            let mut v = open_upgraded(g, &vault.vault).await?;
+            let report = v.start_epoch("master key rotated", &[]).await?;
+            Ok(epoch_outcome(json!({}), "started a new master key", &report))
+        }
+        KeyAction::Rotate { vault, new_password_file, master: false } => {
             let new = secret::password(new_password_file.as_deref(), "TRESOR_NEW_PASSWORD", "--new-password-file")?;
             let v = open(g, &vault.vault).await?;
             let mut v = Arc::try_unwrap(v).map_err(|_| anyhow::anyhow!("vault handle is shared"))?;
@@ -505,7 +516,47 @@ pub async fn key(g: &Global, action: &KeyAction) -> anyhow::Result<Outcome> {
                 format!("key slot {old} replaced by {} (new slot verified before the old one was removed)", slot.id),
             ))
         }
+        KeyAction::Upgrade { vault } => {
+            let v = open(g, &vault.vault).await?;
+            let mut v = Arc::try_unwrap(v).map_err(|_| anyhow::anyhow!("vault handle is shared"))?;
+            let secret = secret::open_secret(g.password_file.as_deref(), g.escrow_key_file.as_deref())?;
+            let old = v.slot_id().to_string();
+            Ok(match v.key_upgrade(&secret).await? {
+                Some(slot) => Outcome::ok(
+                    json!({"removed": old, "added": slot.id}),
+                    format!("key slot {old} replaced by {}, which later key epochs can be granted to", slot.id),
+                ),
+                None => Outcome::ok(json!({}), format!("key slot {old} already takes later key epochs")),
+            })
+        }
     }
+}
+
+/// Open a vault for a key change that starts an epoch: the opening slot is upgraded first if it
+/// was made before key epochs, so it is carried into the new one.
+async fn open_upgraded(g: &Global, url: &str) -> anyhow::Result<Vault> {
+    let v = open(g, url).await?;
+    let mut v = Arc::try_unwrap(v).map_err(|_| anyhow::anyhow!("vault handle is shared"))?;
+    let secret = secret::open_secret(g.password_file.as_deref(), g.escrow_key_file.as_deref())?;
+    if let Some(slot) = v.key_upgrade(&secret).await? {
+        eprintln!("the key slot you opened with was made before key epochs; replaced it by {} first", slot.id);
+    }
+    Ok(v)
+}
+
+fn epoch_outcome(mut json: serde_json::Value, done: &str, report: &tresor_vault::EpochReport) -> Outcome {
+    json["epoch"] = report.epoch.into();
+    json["carried"] = json!(report.carried);
+    json["left_out"] = json!(report.left_out);
+    let mut text = format!(
+        "{done}; key epoch {} began, granted to {} slot(s); new data is written under it",
+        report.epoch,
+        report.carried.len()
+    );
+    if !report.left_out.is_empty() {
+        text.push_str(&format!("\nleft out (read older data only, cannot write): {}", report.left_out.join(", ")));
+    }
+    Outcome::ok(json, text)
 }
 
 /// `enroll`.

@@ -13,7 +13,7 @@ pub const USAGE: u8 = 2;
 pub const PARTIAL: u8 = 3;
 /// No vault at that location (missing location, or not a vault).
 pub const NO_VAULT: u8 = 10;
-/// Wrong password or key file.
+/// Wrong password or key file, or one that does not reach the key epoch of the data asked for.
 pub const WRONG_PASSWORD: u8 = 12;
 /// `check` found damage, or restored data failed verification.
 pub const DAMAGE: u8 = 13;
@@ -22,7 +22,7 @@ pub const INTERRUPTED: u8 = 130;
 
 /// The text appended to `--help`.
 pub const HELP: &str = "Exit codes: 0 ok, 1 failure, 2 usage error, 3 partial (some files unreadable or not restored), \
-10 no vault at that location, 12 wrong password or key file, 13 damage found, 130 interrupted.\n\
+10 no vault at that location, 12 wrong password or key file (or one removed before the data's key epoch), 13 damage found, 130 interrupted.\n\
 Secrets: TRESOR_PASSWORD or --password-file; --escrow-key-file for the offline escrow key. \
 S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION.";
 
@@ -30,7 +30,7 @@ S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION.";
 pub fn code_for(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<Error>() {
         Some(Error::NoSuchLocation(_) | Error::NotAVault(_)) => NO_VAULT,
-        Some(Error::WrongPassword) => WRONG_PASSWORD,
+        Some(Error::WrongPassword | Error::KeyEpoch(_)) => WRONG_PASSWORD,
         Some(Error::Integrity { .. }) => DAMAGE,
         _ => FAILURE,
     }

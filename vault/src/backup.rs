@@ -352,6 +352,7 @@ pub struct BackupSession {
 impl BackupSession {
     /// Start a session: announce it, adopt packs of crashed sessions, start workers and uploader.
     pub async fn start(vault: Arc<Vault>, index: Arc<LocalIndex>, opts: BackupOptions) -> Result<Self> {
+        vault.writable()?;
         let id = SessionId::random();
         let started = chrono::Utc::now();
         let keys = vault.keys().clone();

@@ -4,6 +4,13 @@
 //! `derive_key`, each under its own context string. Packs and sealed objects carry a random 32-byte
 //! salt; their AES-256-GCM key is `keyed_hash(root, salt)`, so each key encrypts one pack (counter
 //! nonces, one per blob) or one object (a single message), far inside GCM's per-key limits.
+//!
+//! Key epochs (docs/decisions/0014): removing a slot or `key rotate --master` starts a new epoch
+//! with a new random master key. New packs and objects are sealed under the newest epoch's keys,
+//! and their salt names the epoch (`EPOCH_SALT_TAG | epoch u32 LE | 20 random bytes`); epoch 1 is
+//! the key made at init and keeps fully random salts, so a vault that never rotated is written
+//! exactly as before. The chunk-id key, chunker seed and config MAC stay those of epoch 1, so
+//! deduplication spans epochs.
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
@@ -97,46 +104,110 @@ impl MasterKey {
         &self.0
     }
 
-    /// All working keys of the vault.
+    /// All working keys of a vault that has only its first epoch (the master key made at init).
     pub fn derive(&self) -> VaultKeys {
         VaultKeys {
             chunk_id: blake3::derive_key("tresor 2026 v1 chunk id", &self.0),
-            pack_root: blake3::derive_key("tresor 2026 v1 pack key", &self.0),
-            object_root: blake3::derive_key("tresor 2026 v1 object key", &self.0),
             config_mac: blake3::derive_key("tresor 2026 v1 config mac", &self.0),
             chunker_seed: {
                 let k = blake3::derive_key("tresor 2026 v1 chunker seed", &self.0);
                 u64::from_le_bytes(k[..8].try_into().unwrap_or([0; 8]))
             },
+            epochs: vec![self.epoch_keys(FIRST_EPOCH)],
+        }
+    }
+
+    fn epoch_keys(&self, epoch: u32) -> EpochKeys {
+        EpochKeys {
+            epoch,
+            pack_root: blake3::derive_key("tresor 2026 v1 pack key", &self.0),
+            object_root: blake3::derive_key("tresor 2026 v1 object key", &self.0),
         }
     }
 }
 
-/// Keys derived from the master key.
+/// The epoch of the master key made at init.
+pub const FIRST_EPOCH: u32 = 1;
+/// The first 8 bytes of a salt that names its key epoch (epochs after the first).
+pub const EPOCH_SALT_TAG: [u8; 8] = *b"TRSREPCH";
+
+/// The epoch a salt names: tagged salts carry it, every other salt is of the first epoch.
+pub fn salt_epoch(salt: &[u8; 32]) -> u32 {
+    if salt[..8] == EPOCH_SALT_TAG { u32::from_le_bytes([salt[8], salt[9], salt[10], salt[11]]) } else { FIRST_EPOCH }
+}
+
+/// A pack or object sealed under a key epoch the opener does not hold.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "written under key epoch {0}, which the key slot that opened this vault does not reach (a slot removed or revoked before that epoch began)"
+)]
+pub struct EpochMissing(pub u32);
+
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+struct EpochKeys {
+    epoch: u32,
+    pack_root: [u8; 32],
+    object_root: [u8; 32],
+}
+
+/// Keys derived from the master keys of every epoch the opener reaches.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct VaultKeys {
     chunk_id: [u8; 32],
-    pack_root: [u8; 32],
-    object_root: [u8; 32],
     config_mac: [u8; 32],
     /// Seed for the chunker's gear table, so chunk boundaries do not reveal known content.
     pub chunker_seed: u64,
+    /// Every reachable epoch, ascending; the last is the one new data is written under.
+    epochs: Vec<EpochKeys>,
 }
 
 impl VaultKeys {
+    /// The keys of a vault whose epochs after the first have master keys `later` (ascending,
+    /// each with its epoch number). `first` is epoch 1's master key, which fixes the chunk ids.
+    pub fn with_epochs(first: &MasterKey, later: &[(u32, MasterKey)]) -> Self {
+        let mut keys = first.derive();
+        for (epoch, master) in later {
+            keys.epochs.push(master.epoch_keys(*epoch));
+        }
+        keys.epochs.sort_by_key(|e| e.epoch);
+        keys
+    }
+
+    /// The epoch new packs and objects are sealed under.
+    pub fn current_epoch(&self) -> u32 {
+        self.epochs.last().map_or(FIRST_EPOCH, |e| e.epoch)
+    }
+
+    /// A fresh salt for a new pack or object, naming the current epoch (epoch 1: all random).
+    pub fn fresh_salt(&self) -> [u8; 32] {
+        let mut salt = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+        let epoch = self.current_epoch();
+        if epoch != FIRST_EPOCH {
+            salt[..8].copy_from_slice(&EPOCH_SALT_TAG);
+            salt[8..12].copy_from_slice(&epoch.to_le_bytes());
+        }
+        salt
+    }
+
+    fn epoch(&self, salt: &[u8; 32]) -> Result<&EpochKeys, EpochMissing> {
+        let epoch = salt_epoch(salt);
+        self.epochs.iter().find(|e| e.epoch == epoch).ok_or(EpochMissing(epoch))
+    }
+
     /// The chunk id: keyed BLAKE3, so storage cannot confirm known content.
     pub fn chunk_id(&self, plaintext: &[u8]) -> ChunkId {
         ChunkId(*blake3::keyed_hash(&self.chunk_id, plaintext).as_bytes())
     }
 
-    /// The key of one pack, from the pack's salt.
-    pub fn pack_key(&self, salt: &[u8; 32]) -> SealKey {
-        SealKey::new(blake3::keyed_hash(&self.pack_root, salt).as_bytes())
+    /// The key of one pack, from the pack's salt (which names its epoch).
+    pub fn pack_key(&self, salt: &[u8; 32]) -> Result<SealKey, EpochMissing> {
+        Ok(SealKey::new(blake3::keyed_hash(&self.epoch(salt)?.pack_root, salt).as_bytes()))
     }
 
-    /// The key of one sealed object, from the object's salt.
-    pub fn object_key(&self, salt: &[u8; 32]) -> SealKey {
-        SealKey::new(blake3::keyed_hash(&self.object_root, salt).as_bytes())
+    /// The key of one sealed object, from the object's salt (which names its epoch).
+    pub fn object_key(&self, salt: &[u8; 32]) -> Result<SealKey, EpochMissing> {
+        Ok(SealKey::new(blake3::keyed_hash(&self.epoch(salt)?.object_root, salt).as_bytes()))
     }
 
     /// MAC binding the vault config to the key slots.
@@ -228,5 +299,24 @@ mod tests {
         flipped[0] ^= 1;
         assert!(key.open(&counter_nonce(3), &blob_aad(ObjectType::DataChunk, 0, &id), &flipped).is_err());
         assert!(key.open(&counter_nonce(3), &[], &sealed[..3]).is_err());
+    }
+
+    #[test]
+    fn salts_name_their_epoch_and_only_held_epochs_open() {
+        let first = MasterKey::from_bytes([1; 32]);
+        let only_first = first.derive();
+        let salt = only_first.fresh_salt();
+        assert_eq!(salt_epoch(&salt), FIRST_EPOCH);
+        let both = VaultKeys::with_epochs(&first, &[(2, MasterKey::from_bytes([2; 32]))]);
+        let new_salt = both.fresh_salt();
+        assert_eq!((both.current_epoch(), salt_epoch(&new_salt)), (2, 2));
+        assert_eq!(&new_salt[..8], b"TRSREPCH");
+        assert!(both.pack_key(&salt).is_ok() && both.object_key(&new_salt).is_ok());
+        assert!(matches!(only_first.pack_key(&new_salt), Err(EpochMissing(2))));
+        // Dedup spans epochs: the chunk id does not depend on the epoch.
+        assert_eq!(only_first.chunk_id(b"x"), both.chunk_id(b"x"));
+        // Epoch 1's keys are unchanged by later epochs (vaults written before epochs still open).
+        let sealed = only_first.pack_key(&salt).unwrap().seal(&counter_nonce(0), b"", b"hi");
+        assert_eq!(both.pack_key(&salt).unwrap().open(&counter_nonce(0), b"", &sealed).unwrap(), b"hi");
     }
 }

@@ -59,6 +59,14 @@ pub enum Error {
     /// Invalid argument or configuration.
     #[error("{0}")]
     Invalid(String),
+    /// Data sealed under a key epoch the opening slot does not reach.
+    #[error(transparent)]
+    KeyEpoch(#[from] crate::crypto::EpochMissing),
+    /// The opening slot does not reach the vault's newest key epoch, so it may not write.
+    #[error(
+        "this key slot cannot write to the vault: {0}. New data is sealed under the newest key epoch only; a holder of a current slot can give you one (`tresor-agent key add`)"
+    )]
+    StaleEpoch(String),
 }
 
 impl Error {
@@ -84,7 +92,10 @@ impl From<KeyError> for Error {
 
 impl From<ObjectError> for Error {
     fn from(e: ObjectError) -> Self {
-        Self::integrity("object", e)
+        match e {
+            ObjectError::Epoch(missing) => Self::KeyEpoch(missing),
+            other => Self::integrity("object", other),
+        }
     }
 }
 
@@ -92,6 +103,7 @@ impl From<PackError> for Error {
     fn from(e: PackError) -> Self {
         match e {
             PackError::VerifyAfterEncrypt(_) => Self::VerifyAfterEncrypt(e),
+            PackError::Epoch(missing) => Self::KeyEpoch(missing),
             other => Self::integrity("pack", other),
         }
     }

@@ -225,6 +225,8 @@ async fn still_needed(
 /// Listing errors, unreadable snapshots, implausible listings, or a failed guard: in each case
 /// nothing has been deleted.
 pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<GcReport> {
+    // GC rewrites index segments and the mark; a stale slot would seal them under an old epoch.
+    vault.writable()?;
     let mut report = GcReport::default();
     let mark = read_mark(&vault).await?;
     // Sessions first: a writer that commits after this listing has its snapshot in the listing

@@ -1,7 +1,12 @@
-//! Key slots: the master key wrapped under an Argon2id key-encryption key.
+//! Key slots: a master key wrapped under an Argon2id key-encryption key.
 //!
 //! A slot is a small JSON object `keys/<slot-id>`. Each user or agent has its own slot; the escrow
 //! slot is made at `init` from a random key file that the admin stores offline.
+//!
+//! Version 1 slots wrap the first epoch's master key. Version 2 slots (key epochs, decision 0014)
+//! wrap the master key of the epoch current when the slot was made plus the slot's own X25519
+//! secret; its public key lies in the slot, so whoever starts a later epoch can grant that epoch's
+//! key to the slot without knowing its secret (`epochs.rs`).
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -10,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::crypto::MasterKey;
+use crate::crypto::{FIRST_EPOCH, MasterKey};
 use crate::ids::VaultId;
 
 /// The most memory a slot's KDF may ask for: 1 GiB.
@@ -117,10 +122,30 @@ pub struct KeySlot {
     pub created: String,
     /// KDF that turns the secret into the wrapping key.
     pub kdf: KdfParams,
-    /// base64(nonce(12) || AES-256-GCM(master key) || tag(16)); AAD = "tresor key slot v1" || vault id || slot id.
+    /// Version 1: base64(nonce(12) || AES-256-GCM(master key) || tag(16)); AAD = "tresor key
+    /// slot v1" || vault id || slot id. Version 2: the plaintext is the epoch's master key ||
+    /// the slot's X25519 secret; AAD = "tresor key slot v2" || vault id || slot id || epoch u32
+    /// LE || public key.
     pub wrapped_key: String,
-    /// base64 keyed-BLAKE3 MAC of the `config` object's bytes, proving the config was not altered.
+    /// base64 keyed-BLAKE3 MAC of the `config` object's bytes (under the first epoch's key),
+    /// proving the config was not altered.
     pub config_mac: String,
+    /// Version 2: the key epoch whose master key the slot wraps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u32>,
+    /// Version 2: base64 X25519 public key that later epochs grant their master key to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+/// What a slot opens to.
+pub struct Unwrapped {
+    /// The epoch of `master`.
+    pub epoch: u32,
+    /// That epoch's master key.
+    pub master: MasterKey,
+    /// Version 2 slots: the secret that opens later epochs' grants.
+    pub grant_secret: Option<x25519_dalek::StaticSecret>,
 }
 
 /// Key-slot errors.
@@ -147,17 +172,33 @@ fn slot_aad(vault: &VaultId, slot_id: &str) -> Vec<u8> {
     aad
 }
 
+fn slot_aad_v2(vault: &VaultId, slot_id: &str, epoch: u32, public: &[u8; 32]) -> Vec<u8> {
+    let mut aad = b"tresor key slot v2".to_vec();
+    aad.extend_from_slice(vault.as_bytes());
+    aad.extend_from_slice(slot_id.as_bytes());
+    aad.extend_from_slice(&epoch.to_le_bytes());
+    aad.extend_from_slice(public);
+    aad
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    b
+}
+
 impl KeySlot {
-    /// Wrap `master` under `secret` with freshly salted recommended KDF parameters.
+    /// A version 2 slot for `secret` that opens epoch `epoch`'s `master` and every later epoch
+    /// granted to it, with freshly salted recommended KDF parameters.
     pub fn wrap(
         vault: &VaultId,
         kind: SlotKind,
         label: &str,
         secret: &[u8],
-        master: &MasterKey,
+        (epoch, master): (u32, &MasterKey),
         config_mac: [u8; 32],
     ) -> Result<Self, KeyError> {
-        Self::wrap_with(vault, kind, label, secret, master, config_mac, KdfParams::recommended())
+        Self::wrap_with(vault, kind, label, secret, (epoch, master), config_mac, KdfParams::recommended())
     }
 
     /// Wrap with explicit KDF parameters.
@@ -166,23 +207,44 @@ impl KeySlot {
         kind: SlotKind,
         label: &str,
         secret: &[u8],
+        (epoch, master): (u32, &MasterKey),
+        config_mac: [u8; 32],
+        kdf: KdfParams,
+    ) -> Result<Self, KeyError> {
+        let id = hex::encode(random::<8>());
+        let grant_secret = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
+        let public = x25519_dalek::PublicKey::from(&grant_secret).to_bytes();
+        let mut plain = Zeroizing::new([0u8; 64]);
+        plain[..32].copy_from_slice(master.expose());
+        plain[32..].copy_from_slice(grant_secret.as_bytes());
+        let aad = slot_aad_v2(vault, &id, epoch, &public);
+        let wrapped = seal_under_kek(&*kdf.derive(secret)?, &aad, plain.as_ref())?;
+        Ok(Self {
+            version: 2,
+            id,
+            kind,
+            label: label.to_string(),
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            kdf,
+            wrapped_key: B64.encode(wrapped),
+            config_mac: B64.encode(config_mac),
+            epoch: Some(epoch),
+            public_key: Some(B64.encode(public)),
+        })
+    }
+
+    /// A version 1 slot (written before key epochs), for tests of vaults made before them.
+    pub fn wrap_v1(
+        vault: &VaultId,
+        kind: SlotKind,
+        label: &str,
+        secret: &[u8],
         master: &MasterKey,
         config_mac: [u8; 32],
         kdf: KdfParams,
     ) -> Result<Self, KeyError> {
-        let mut idb = [0u8; 8];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut idb);
-        let id = hex::encode(idb);
-        let kek = kdf.derive(secret)?;
-        let mut nonce = [0u8; 12];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-        let cipher = Aes256Gcm::new(kek.as_ref().into());
-        let aad = slot_aad(vault, &id);
-        let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: master.expose(), aad: &aad })
-            .map_err(|_| KeyError::Malformed("wrapping failed".into()))?;
-        let mut wrapped = nonce.to_vec();
-        wrapped.extend_from_slice(&ct);
+        let id = hex::encode(random::<8>());
+        let wrapped = seal_under_kek(&*kdf.derive(secret)?, &slot_aad(vault, &id), master.expose())?;
         Ok(Self {
             version: 1,
             id,
@@ -192,16 +254,33 @@ impl KeySlot {
             kdf,
             wrapped_key: B64.encode(wrapped),
             config_mac: B64.encode(config_mac),
+            epoch: None,
+            public_key: None,
         })
     }
 
     /// Parse a slot object.
     pub fn from_json(bytes: &[u8]) -> Result<Self, KeyError> {
         let slot: Self = serde_json::from_slice(bytes).map_err(|e| KeyError::Malformed(e.to_string()))?;
-        if slot.version != 1 {
-            return Err(KeyError::Malformed(format!("unknown key slot version {}", slot.version)));
+        match (slot.version, slot.epoch, slot.public_key.is_some()) {
+            (1, None, false) => {}
+            (2, Some(e), true) if e >= FIRST_EPOCH => {}
+            (1 | 2, ..) => {
+                return Err(KeyError::Malformed(format!(
+                    "a version {} slot with the wrong fields for its version",
+                    slot.version
+                )));
+            }
+            (v, ..) => return Err(KeyError::Malformed(format!("unknown key slot version {v}"))),
         }
         Ok(slot)
+    }
+
+    /// The X25519 public key later epochs grant to (version 2 slots).
+    pub fn grant_public(&self) -> Option<x25519_dalek::PublicKey> {
+        let raw = B64.decode(self.public_key.as_deref()?).ok()?;
+        let bytes: [u8; 32] = raw.try_into().ok()?;
+        Some(x25519_dalek::PublicKey::from(bytes))
     }
 
     /// Serialise a slot object.
@@ -209,23 +288,37 @@ impl KeySlot {
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
 
-    /// Unwrap the master key with `secret`; `WrongSecret` if it does not fit.
-    pub fn unwrap(&self, vault: &VaultId, secret: &[u8]) -> Result<MasterKey, KeyError> {
+    /// Unwrap the slot with `secret`; `WrongSecret` if it does not fit.
+    pub fn unwrap(&self, vault: &VaultId, secret: &[u8]) -> Result<Unwrapped, KeyError> {
         let wrapped = B64
             .decode(&self.wrapped_key)
             .map_err(|e| KeyError::Malformed(format!("wrapped key is not base64: {e}")))?;
-        if wrapped.len() != 12 + 32 + 16 {
-            return Err(KeyError::Malformed(format!("wrapped key has {} bytes, expected 60", wrapped.len())));
+        let (plain_len, aad) = match (self.epoch, self.grant_public()) {
+            (Some(epoch), Some(public)) => (64, slot_aad_v2(vault, &self.id, epoch, public.as_bytes())),
+            _ if self.version == 1 => (32, slot_aad(vault, &self.id)),
+            _ => return Err(KeyError::Malformed("version 2 slot without a valid public key".into())),
+        };
+        if wrapped.len() != 12 + plain_len + 16 {
+            return Err(KeyError::Malformed(format!(
+                "wrapped key has {} bytes, expected {}",
+                wrapped.len(),
+                12 + plain_len + 16
+            )));
         }
         let kek = self.kdf.derive(secret)?;
         let cipher = Aes256Gcm::new(kek.as_ref().into());
-        let aad = slot_aad(vault, &self.id);
         let plain = Zeroizing::new(
             cipher
                 .decrypt(Nonce::from_slice(&wrapped[..12]), Payload { msg: &wrapped[12..], aad: &aad })
                 .map_err(|_| KeyError::WrongSecret)?,
         );
-        MasterKey::from_slice(&plain).ok_or(KeyError::WrongSecret)
+        let master = MasterKey::from_slice(&plain[..32]).ok_or(KeyError::WrongSecret)?;
+        let grant_secret = (plain.len() == 64).then(|| {
+            let mut s = Zeroizing::new([0u8; 32]);
+            s.copy_from_slice(&plain[32..]);
+            x25519_dalek::StaticSecret::from(*s)
+        });
+        Ok(Unwrapped { epoch: self.epoch.unwrap_or(FIRST_EPOCH), master, grant_secret })
     }
 
     /// Check that `config_bytes` are the config this slot was made for.
@@ -234,6 +327,16 @@ impl KeySlot {
         let stored = B64.decode(&self.config_mac).map_err(|_| KeyError::ConfigTampered)?;
         if stored.as_slice() == expected.as_slice() { Ok(()) } else { Err(KeyError::ConfigTampered) }
     }
+}
+
+fn seal_under_kek(kek: &[u8; 32], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let nonce = random::<12>();
+    let ct = Aes256Gcm::new(kek.into())
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad })
+        .map_err(|_| KeyError::Malformed("wrapping failed".into()))?;
+    let mut wrapped = nonce.to_vec();
+    wrapped.extend_from_slice(&ct);
+    Ok(wrapped)
 }
 
 /// First line of an escrow key file.
@@ -307,11 +410,37 @@ mod tests {
         let vault = VaultId::random();
         let master = MasterKey::generate();
         let slot =
-            KeySlot::wrap_with(&vault, SlotKind::Password, "admin", b"pw", &master, [0; 32], fast_kdf()).unwrap();
+            KeySlot::wrap_with(&vault, SlotKind::Password, "admin", b"pw", (3, &master), [0; 32], fast_kdf()).unwrap();
         let parsed = KeySlot::from_json(&slot.to_json()).unwrap();
-        assert_eq!(parsed.unwrap(&vault, b"pw").unwrap().expose(), master.expose());
+        let opened = parsed.unwrap(&vault, b"pw").unwrap();
+        assert_eq!((opened.epoch, opened.master.expose()), (3, master.expose()));
+        let public = x25519_dalek::PublicKey::from(opened.grant_secret.as_ref().unwrap());
+        assert_eq!(Some(public), parsed.grant_public());
         assert!(matches!(parsed.unwrap(&vault, b"nope"), Err(KeyError::WrongSecret)));
         assert!(matches!(parsed.unwrap(&VaultId::random(), b"pw"), Err(KeyError::WrongSecret)));
+        // A swapped public key or epoch no longer unwraps: both are bound into the AAD.
+        let mut swapped = parsed.clone();
+        swapped.public_key =
+            KeySlot::wrap_with(&vault, SlotKind::Password, "x", b"pw", (3, &master), [0; 32], fast_kdf())
+                .unwrap()
+                .public_key;
+        assert!(matches!(swapped.unwrap(&vault, b"pw"), Err(KeyError::WrongSecret)));
+        let mut later = parsed.clone();
+        later.epoch = Some(4);
+        assert!(matches!(later.unwrap(&vault, b"pw"), Err(KeyError::WrongSecret)));
+    }
+
+    #[test]
+    fn version_1_slots_still_open_to_the_first_epoch() {
+        let vault = VaultId::random();
+        let master = MasterKey::generate();
+        let slot = KeySlot::wrap_v1(&vault, SlotKind::Escrow, "old", b"k", &master, [0; 32], fast_kdf()).unwrap();
+        let parsed = KeySlot::from_json(&slot.to_json()).unwrap();
+        let opened = parsed.unwrap(&vault, b"k").unwrap();
+        assert_eq!((opened.epoch, opened.master.expose(), opened.grant_secret.is_none()), (1, master.expose(), true));
+        let mut bad = parsed.clone();
+        bad.epoch = Some(2);
+        assert!(KeySlot::from_json(&bad.to_json()).is_err());
     }
 
     #[test]

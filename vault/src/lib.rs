@@ -20,6 +20,7 @@ pub mod chunker;
 pub mod codec;
 pub mod config;
 pub mod crypto;
+pub mod epochs;
 mod error;
 pub mod failpoint;
 pub mod gc;
@@ -36,4 +37,4 @@ pub mod snapshot;
 mod vault;
 
 pub use error::{Error, Result};
-pub use vault::{InitReport, Secret, Vault};
+pub use vault::{EpochReport, InitReport, Secret, Vault};

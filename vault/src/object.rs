@@ -45,6 +45,9 @@ pub enum ObjectError {
     /// Decryption failed.
     #[error("object does not decrypt: {0}")]
     Auth(#[from] crypto::AuthError),
+    /// Sealed under a key epoch the opener does not hold.
+    #[error("object {0}")]
+    Epoch(#[from] crypto::EpochMissing),
     /// Body is not what the type requires.
     #[error("object body does not decode: {0}")]
     Body(String),
@@ -69,8 +72,7 @@ pub fn seal<T: Serialize>(keys: &VaultKeys, kind: ObjectType, body: &T) -> (Obje
     let mut cbor = Vec::new();
     // Serialising plain data structs into a Vec cannot fail.
     let _ = ciborium::into_writer(body, &mut cbor);
-    let mut salt = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+    let salt = keys.fresh_salt();
     seal_bytes_with_salt(keys, kind, &cbor, salt)
 }
 
@@ -84,8 +86,7 @@ pub fn seal_bytes_with_salt(keys: &VaultKeys, kind: ObjectType, cbor: &[u8], sal
 pub fn seal_named<T: Serialize>(keys: &VaultKeys, kind: ObjectType, name: &str, body: &T) -> Vec<u8> {
     let mut cbor = Vec::new();
     let _ = ciborium::into_writer(body, &mut cbor);
-    let mut salt = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+    let salt = keys.fresh_salt();
     seal_named_bytes_with_salt(keys, kind, name, &cbor, salt)
 }
 
@@ -116,7 +117,9 @@ fn seal_framed(
     out.extend_from_slice(magic);
     out.push(kind as u8);
     out.extend_from_slice(&salt);
-    keys.object_key(&salt).seal_append(&crypto::counter_nonce(0), aad, &plain, &mut out);
+    // Salts come from `fresh_salt` (the current epoch) or golden vectors of epoch 1.
+    let key = keys.object_key(&salt).unwrap_or_else(|e| unreachable!("new object under an epoch not held: {e}"));
+    key.seal_append(&crypto::counter_nonce(0), aad, &plain, &mut out);
     out
 }
 
@@ -165,7 +168,7 @@ fn open_inner(keys: &VaultKeys, kind: ObjectType, stored: &[u8], name: Option<&s
         return Err(ObjectError::WrongType { expected: kind, found: stored[8] });
     }
     let salt_arr: [u8; 32] = salt.try_into().unwrap_or_default();
-    let plain = keys.object_key(&salt_arr).open(&crypto::counter_nonce(0), &aad, &stored[HEADER_LEN..])?;
+    let plain = keys.object_key(&salt_arr)?.open(&crypto::counter_nonce(0), &aad, &stored[HEADER_LEN..])?;
     let (&tag, encoded) = plain.split_first().ok_or_else(|| ObjectError::Malformed("empty body".into()))?;
     let codec = Codec::from_byte(tag).ok_or_else(|| ObjectError::Malformed(format!("unknown codec {tag}")))?;
     match codec {

@@ -52,6 +52,9 @@ pub enum PackError {
     /// Decryption failed.
     #[error("{0} in pack {1}")]
     Auth(crypto::AuthError, String),
+    /// Sealed under a key epoch the opener does not hold.
+    #[error("pack {0}")]
+    Epoch(#[from] crypto::EpochMissing),
     /// Decoding failed.
     #[error("chunk {id} does not decode: {source}")]
     Codec {
@@ -79,9 +82,7 @@ pub struct PackBuilder {
 impl PackBuilder {
     /// An empty pack with a fresh salt.
     pub fn new(keys: &VaultKeys, capacity: usize) -> Self {
-        let mut salt = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
-        Self::with_salt(keys, salt, capacity)
+        Self::with_salt(keys, keys.fresh_salt(), capacity)
     }
 
     /// An empty pack with a given salt (golden vectors).
@@ -89,7 +90,10 @@ impl PackBuilder {
         let mut buf = Vec::with_capacity(capacity);
         buf.extend_from_slice(PACK_MAGIC);
         buf.extend_from_slice(&salt);
-        Self { salt, key: keys.pack_key(&salt), buf, entries: Vec::new() }
+        // The salt comes from `fresh_salt` (the current epoch, which the keys hold) or a golden
+        // vector of epoch 1; a salt of an epoch the keys lack would be a caller's bug.
+        let key = keys.pack_key(&salt).unwrap_or_else(|e| unreachable!("new pack under an epoch not held: {e}"));
+        Self { salt, key, buf, entries: Vec::new() }
     }
 
     /// Bytes so far.
@@ -198,7 +202,7 @@ fn open_blob_in_place<'a>(
     e: &PackEntry,
     sealed: &'a mut [u8],
 ) -> Result<std::borrow::Cow<'a, [u8]>, PackError> {
-    let key = keys.pack_key(salt);
+    let key = keys.pack_key(salt)?;
     let aad = crypto::blob_aad(e.kind, e.codec as u8, &e.id);
     let encoded = key
         .open_in_place(&crypto::counter_nonce(counter), &aad, sealed)
@@ -305,7 +309,7 @@ pub fn read_directory(
         return Err(PackError::Malformed("pack magic missing".into()));
     }
     let salt: [u8; 32] = header[8..HEADER_LEN].try_into().unwrap_or_default();
-    let key = keys.pack_key(&salt);
+    let key = keys.pack_key(&salt)?;
     let dir = key
         .open(&crypto::counter_nonce(DIRECTORY_COUNTER), &directory_aad(&salt), sealed_dir)
         .map_err(|a| PackError::Auth(a, "directory".into()))?;

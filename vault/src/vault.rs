@@ -6,11 +6,12 @@ use bytes::Bytes;
 
 use crate::backend::{BackendError, Created, DynBackend};
 use crate::config::{Capabilities, VaultConfig};
-use crate::crypto::{MasterKey, ObjectType, VaultKeys};
+use crate::crypto::{FIRST_EPOCH, MasterKey, ObjectType, VaultKeys};
+use crate::epochs::{self, EpochRecord};
 use crate::error::{Error, Result};
 use crate::ids::{ObjectId, PackId, SnapshotId};
 use crate::index::{IndexEntry, LocalIndex, Segment};
-use crate::keys::{EscrowKey, KeyError, KeySlot, SlotKind};
+use crate::keys::{EscrowKey, KeyError, KeySlot, SlotKind, Unwrapped};
 use crate::snapshot::{Manifest, Node};
 use crate::{layout, object, pack};
 
@@ -57,15 +58,30 @@ pub struct Vault {
     backend: DynBackend,
     config: VaultConfig,
     config_bytes: Vec<u8>,
-    master: MasterKey,
+    /// The master key of every key epoch the opening slot reaches, ascending.
+    masters: Vec<(u32, MasterKey)>,
     keys: Arc<VaultKeys>,
     slot_id: String,
+    /// Why this slot may not write, when it does not reach the newest key epoch.
+    stale: Option<String>,
     /// Reads that failed verification once and passed when repeated.
     transient_reads: std::sync::atomic::AtomicU64,
 }
 
 async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Invalid(format!("worker task failed: {e}")))
+}
+
+/// What starting a key epoch did.
+#[derive(Debug, Clone)]
+pub struct EpochReport {
+    /// The new epoch.
+    pub epoch: u32,
+    /// The slots granted it.
+    pub carried: Vec<String>,
+    /// The slots left out: removed or revoked ones, and slots made before key epochs (which
+    /// keep reading older data but can no longer write).
+    pub left_out: Vec<String>,
 }
 
 impl Vault {
@@ -86,13 +102,13 @@ impl Vault {
         let mac = master.derive().config_mac(&config_bytes);
         let vault_id = config.vault_id;
         let (m1, m2) = (master.clone(), master.clone());
-        let pw = password.bytes().to_vec();
-        let esc = escrow.secret().to_vec();
+        let pw = zeroize::Zeroizing::new(password.bytes().to_vec());
+        let esc = zeroize::Zeroizing::new(escrow.secret().to_vec());
         let pw_kind = password.kind();
         let (slot_pw, slot_esc) = cpu(move || {
             Ok::<_, KeyError>((
-                KeySlot::wrap(&vault_id, pw_kind, "initial", &pw, &m1, mac)?,
-                KeySlot::wrap(&vault_id, SlotKind::Escrow, "escrow (offline key file)", &esc, &m2, mac)?,
+                KeySlot::wrap(&vault_id, pw_kind, "initial", &pw, (FIRST_EPOCH, &m1), mac)?,
+                KeySlot::wrap(&vault_id, SlotKind::Escrow, "escrow (offline key file)", &esc, (FIRST_EPOCH, &m2), mac)?,
             ))
         })
         .await??;
@@ -110,9 +126,10 @@ impl Vault {
                 backend,
                 config,
                 config_bytes,
-                master,
+                masters: vec![(FIRST_EPOCH, master)],
                 keys,
                 slot_id: slot_pw.id,
+                stale: None,
                 transient_reads: Default::default(),
             },
             report,
@@ -159,14 +176,10 @@ impl Vault {
         }
         let vault_id = config.vault_id;
         let secret_bytes = zeroize::Zeroizing::new(secret.bytes().to_vec());
-        let cb = config_bytes.clone();
-        let (master, slot_id) = cpu(move || -> Result<(MasterKey, String)> {
-            for slot in &candidates {
+        let (opened, slot) = cpu(move || -> Result<(Unwrapped, KeySlot)> {
+            for slot in candidates {
                 match slot.unwrap(&vault_id, &secret_bytes) {
-                    Ok(master) => {
-                        slot.verify_config(&master, &cb)?;
-                        return Ok((master, slot.id.clone()));
-                    }
+                    Ok(opened) => return Ok((opened, slot)),
                     Err(KeyError::WrongSecret) => continue,
                     Err(e) => {
                         tracing::warn!(slot = %slot.id, error = %e, "skipping unusable key slot")
@@ -176,11 +189,31 @@ impl Vault {
             Err(Error::WrongPassword)
         })
         .await??;
-        let keys = Arc::new(master.derive());
+        let records = read_epoch_records(&backend, &vault_id).await?;
+        let cb = config_bytes.clone();
+        let (chain, slot) = cpu(move || -> Result<(Chain, KeySlot)> {
+            let chain = walk_epochs(&vault_id, &slot.id, opened, &records)?;
+            slot.verify_config(&chain.masters[0].1, &cb)?;
+            Ok((chain, slot))
+        })
+        .await??;
+        if let Some(why) = &chain.stale {
+            tracing::warn!(slot = %slot.id, "{why}; this slot reads older data but cannot write");
+        }
+        let keys = Arc::new(keys_of(&chain.masters));
         if !config.capabilities.create_once {
             backend.check_before_create();
         }
-        Ok(Self { backend, config, config_bytes, master, keys, slot_id, transient_reads: Default::default() })
+        Ok(Self {
+            backend,
+            config,
+            config_bytes,
+            masters: chain.masters,
+            keys,
+            slot_id: slot.id,
+            stale: chain.stale,
+            transient_reads: Default::default(),
+        })
     }
 
     async fn read_slots(backend: &DynBackend) -> Result<Vec<KeySlot>> {
@@ -225,44 +258,77 @@ impl Vault {
         &self.slot_id
     }
 
+    /// The key epoch new data is written under (the newest this slot reaches).
+    pub fn key_epoch(&self) -> u32 {
+        self.keys.current_epoch()
+    }
+
+    /// Refuse to write when the opening slot does not reach the newest key epoch: what it
+    /// wrote would be sealed under an older epoch, which removed or revoked slots still read.
+    pub fn writable(&self) -> Result<()> {
+        match &self.stale {
+            Some(why) => Err(Error::StaleEpoch(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn current_master(&self) -> (u32, &MasterKey) {
+        let (epoch, master) = self.masters.last().unwrap_or_else(|| unreachable!("a vault has its first epoch"));
+        (*epoch, master)
+    }
+
     /// All key slots.
     pub async fn key_list(&self) -> Result<Vec<KeySlot>> {
         Self::read_slots(&self.backend).await
     }
 
-    /// Add a slot for `secret`; it is read back and unwrapped before this returns.
+    /// Add a slot for `secret` that opens the current key epoch and is granted later ones; it is
+    /// read back and unwrapped before this returns.
     pub async fn key_add(&self, secret: &Secret, label: &str) -> Result<KeySlot> {
+        self.writable()?;
+        let (epoch, master) = self.current_master();
         let (vid, master, mac, kind) =
-            (self.config.vault_id, self.master.clone(), self.keys.config_mac(&self.config_bytes), secret.kind());
+            (self.config.vault_id, master.clone(), self.keys.config_mac(&self.config_bytes), secret.kind());
         let sb = zeroize::Zeroizing::new(secret.bytes().to_vec());
         let label = label.to_string();
-        let slot = cpu(move || KeySlot::wrap(&vid, kind, &label, &sb, &master, mac)).await??;
+        let slot = cpu(move || KeySlot::wrap(&vid, kind, &label, &sb, (epoch, &master), mac)).await??;
         self.backend.create(&layout::key_slot(&slot.id), Bytes::from(slot.to_json())).await?;
         // Read back and unwrap before anyone relies on it (restic 0.13 lost access by skipping this).
         let stored = KeySlot::from_json(&self.backend.get(&layout::key_slot(&slot.id)).await?)?;
         let sb = zeroize::Zeroizing::new(secret.bytes().to_vec());
-        let expect = self.master.clone();
-        let ok = cpu(move || stored.unwrap(&vid, &sb).map(|m| m.expose() == expect.expose())).await??;
+        let expect = self.current_master().1.clone();
+        let ok =
+            cpu(move || stored.unwrap(&vid, &sb).map(|m| m.epoch == epoch && m.master.expose() == expect.expose()))
+                .await??;
         if !ok {
             return Err(Error::integrity("key slot", "read-back unwrapped to a different key"));
         }
         Ok(slot)
     }
 
-    /// Remove a slot. Refuses to remove the last password slot or the last escrow slot.
-    pub async fn key_remove(&self, id: &str) -> Result<()> {
+    /// Remove a slot, then start a new key epoch without it, so the removed secret reads nothing
+    /// written afterwards. Refuses to remove the last password slot or the last escrow slot.
+    pub async fn key_remove(&mut self, id: &str) -> Result<EpochReport> {
         let slots = self.key_list().await?;
         let target = slots.iter().find(|s| s.id == id).ok_or_else(|| Error::Invalid(format!("no key slot {id}")))?;
         let same_kind = slots.iter().filter(|s| s.kind == target.kind).count();
         if same_kind <= 1 {
             return Err(Error::Invalid(format!("refusing to remove the last {:?} key slot {id}", target.kind)));
         }
+        if id == self.slot_id {
+            return Err(Error::Invalid(format!(
+                "slot {id} opened the vault; remove it with another slot's secret, or replace it with `key rotate`"
+            )));
+        }
+        // The epoch first: a crash after it leaves the slot stranded already, never readable.
+        let report = self.start_epoch(&format!("slot {id} removed"), &[id]).await?;
+        crate::failpoint::hit("remove-after-epoch");
         self.backend.delete(&layout::key_slot(id)).await?;
-        Ok(())
+        Ok(report)
     }
 
     /// Replace the slot that opened the vault with one for `new_secret`: write, read back, unwrap,
-    /// and only then delete the old slot.
+    /// and only then delete the old slot. The same holder keeps access, so no new epoch.
     pub async fn key_rotate(&mut self, new_secret: &Secret) -> Result<KeySlot> {
         let old = self.slot_id.clone();
         let label = self.key_list().await?.into_iter().find(|s| s.id == old).map(|s| s.label).unwrap_or_default();
@@ -271,6 +337,69 @@ impl Vault {
         self.backend.delete(&layout::key_slot(&old)).await?;
         self.slot_id = slot.id.clone();
         Ok(slot)
+    }
+
+    /// Start a new key epoch: a new random master key, granted to every slot except `leave_out`
+    /// (and slots made before key epochs, which cannot be granted one and are named in the
+    /// report). New data is sealed under it from now on; older epochs stay readable through it.
+    /// The opening slot must be carried (`key upgrade` first for a slot made before epochs), and
+    /// so must at least one escrow slot.
+    pub async fn start_epoch(&mut self, reason: &str, leave_out: &[&str]) -> Result<EpochReport> {
+        self.writable()?;
+        let slots = self.key_list().await?;
+        let mut carried = Vec::new();
+        let mut left_out = Vec::new();
+        for slot in &slots {
+            match slot.grant_public() {
+                Some(public) if !leave_out.contains(&slot.id.as_str()) => {
+                    carried.push((slot.id.clone(), public, slot.kind))
+                }
+                _ => left_out.push(slot.id.clone()),
+            }
+        }
+        if !carried.iter().any(|(id, ..)| *id == self.slot_id) {
+            return Err(Error::Invalid(format!(
+                "the slot that opened the vault ({}) was made before key epochs and cannot be carried into a new one; run `tresor-agent key upgrade` with it first",
+                self.slot_id
+            )));
+        }
+        if !carried.iter().any(|(.., kind)| *kind == SlotKind::Escrow) {
+            return Err(Error::Invalid(
+                "no escrow slot would be carried into the new epoch (the escrow slot was made before key epochs); run `tresor-agent key upgrade --escrow-key-file FILE` first, so the offline key keeps opening new data".into(),
+            ));
+        }
+        let (previous_epoch, previous) = self.current_master();
+        let epoch = previous_epoch + 1;
+        let (vid, previous, new) = (self.config.vault_id, previous.clone(), MasterKey::generate());
+        let grants: Vec<_> = carried.iter().map(|(id, public, _)| (id.clone(), *public)).collect();
+        let (reason, out) = (reason.to_string(), left_out.clone());
+        let n = new.clone();
+        let record = cpu(move || EpochRecord::begin(&vid, epoch, (&previous, &n), &grants, out, &reason)).await?;
+        let name = epochs::record_name(epoch);
+        if self.backend.create(&name, Bytes::from(record.to_json())).await? == Created::Existed {
+            return Err(Error::Invalid(format!(
+                "{name} already exists: another key change raced this one, or a record was planted; open the vault again and look at `key list`"
+            )));
+        }
+        // Read back: the stored record must open to the new key for this slot.
+        let stored = self.backend.get(&name).await?;
+        let back = EpochRecord::from_json(&stored, &vid, &name)?;
+        if back != record {
+            return Err(Error::integrity(&name, "read back different from what was written"));
+        }
+        self.masters.push((epoch, new));
+        self.keys = Arc::new(keys_of(&self.masters));
+        Ok(EpochReport { epoch, carried: carried.into_iter().map(|(id, ..)| id).collect(), left_out })
+    }
+
+    /// Replace the opening slot, if it was made before key epochs, with one that later epochs
+    /// can be granted to (same secret and label). `None` if it already is one.
+    pub async fn key_upgrade(&mut self, secret: &Secret) -> Result<Option<KeySlot>> {
+        let own = self.key_list().await?.into_iter().find(|s| s.id == self.slot_id);
+        if own.as_ref().is_some_and(|s| s.grant_public().is_some()) {
+            return Ok(None);
+        }
+        self.key_rotate(secret).await.map(Some)
     }
 
     /// All snapshot manifests, oldest first. Unreadable manifests are returned as errors by id.
@@ -293,6 +422,7 @@ impl Vault {
     /// Store a controller-signed receipt for a snapshot: opaque bytes, sealed as object type 7
     /// at `receipts/<snapshot id>`, create-once. A receipt already there is left as it is.
     pub async fn put_receipt(&self, snapshot: &SnapshotId, receipt: &[u8]) -> Result<()> {
+        self.writable()?;
         let key = layout::receipt(snapshot);
         let bytes = object::seal_named(self.keys(), ObjectType::Receipt, &key, &serde_bytes::Bytes::new(receipt));
         let _ = self.backend.create(&key, Bytes::from(bytes)).await?;
@@ -304,6 +434,7 @@ impl Vault {
     /// body under a name already taken is refused, and nothing ever replaces or deletes one (GC and
     /// prune touch only `data/`, `index/`, `snapshots/` and `receipts/`).
     pub async fn put_document(&self, name: &str, body: &[u8]) -> Result<()> {
+        self.writable()?;
         let key = layout::document(name)
             .ok_or_else(|| Error::Invalid(format!("{name:?} is not a document name (reports/NAME or audit/NAME)")))?;
         let bytes = object::seal_named(self.keys(), ObjectType::Document, &key, &serde_bytes::Bytes::new(body));
@@ -396,9 +527,11 @@ impl Vault {
             Err(e) => return Err(e),
         };
         let keys = self.keys.clone();
-        let m = cpu(move || object::open::<Manifest>(&keys, ObjectType::Snapshot, &bytes))
-            .await?
-            .map_err(|e| Error::integrity(format!("snapshot {id}"), e))?;
+        let m =
+            cpu(move || object::open::<Manifest>(&keys, ObjectType::Snapshot, &bytes)).await?.map_err(|e| match e {
+                object::ObjectError::Epoch(missing) => Error::KeyEpoch(missing),
+                e => Error::integrity(format!("snapshot {id}"), e),
+            })?;
         // Unknown fields are skipped, but a new version means a layout this build cannot read.
         if m.v != 1 {
             return Err(Error::Invalid(format!(
@@ -422,7 +555,11 @@ impl Vault {
         match found.len() {
             1 => {
                 let (id, m) = found.into_iter().next().ok_or_else(|| Error::SnapshotNotFound(spec.into()))?;
-                Ok((id, m.map_err(|e| Error::integrity(format!("snapshot {id}"), e))?))
+                match m {
+                    Ok(m) => Ok((id, m)),
+                    // Read again for the typed error (damage, or a key epoch this slot lacks).
+                    Err(_) => Ok((id, self.load_snapshot(&id).await?)),
+                }
             }
             0 => Err(Error::SnapshotNotFound(spec.into())),
             n => Err(Error::Invalid(format!("snapshot prefix {spec} matches {n} snapshots; give more digits"))),
@@ -467,7 +604,9 @@ impl Vault {
             // `check` reports it.
             let seg = match self.read_segment(&id).await {
                 Ok(seg) => seg,
-                Err(e @ Error::Integrity { .. }) => {
+                // So must one of a key epoch this slot does not reach: what it indexes is not
+                // readable with this slot anyway.
+                Err(e @ (Error::Integrity { .. } | Error::KeyEpoch(_))) => {
                     tracing::warn!(segment = %id, error = %e, "skipping unreadable index segment");
                     skipped.push((id, e.to_string()));
                     continue;
@@ -538,7 +677,7 @@ impl Vault {
         let keys = self.keys.clone();
         cpu(move || pack::read_directory(&keys, &header, &dir, size))
             .await?
-            .map_err(|e| Error::integrity(format!("pack {id}"), e))
+            .map_err(|e| pack_error(format!("pack {id}"), e))
     }
 
     /// Decrypt, decode and verify a chunk whose sealed bytes were already fetched.
@@ -548,7 +687,7 @@ impl Vault {
         let pack_id = e.pack.id;
         cpu(move || pack::open_located(&keys, &loc, &sealed))
             .await?
-            .map_err(|err| Error::integrity(format!("chunk {} in pack {}", loc.entry.id, pack_id), err))
+            .map_err(|err| pack_error(format!("chunk {} in pack {}", loc.entry.id, pack_id), err))
     }
 
     /// Read the tree of a snapshot; needs the index to locate tree chunks.
@@ -569,6 +708,14 @@ impl Vault {
         }
         let n = m.tree_nodes;
         cpu(move || crate::snapshot::decode_tree(&bytes, n)).await?.map_err(|e| Error::integrity("snapshot tree", e))
+    }
+}
+
+/// A pack error about `what`: damage, unless it is a key epoch this slot does not reach.
+fn pack_error(what: String, e: pack::PackError) -> Error {
+    match e {
+        pack::PackError::Epoch(missing) => Error::KeyEpoch(missing),
+        other => Error::integrity(what, other),
     }
 }
 
@@ -594,4 +741,101 @@ async fn probe(backend: &DynBackend) -> Result<Capabilities> {
         delete,
         probed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     })
+}
+
+/// The epochs an opening slot reaches.
+struct Chain {
+    masters: Vec<(u32, MasterKey)>,
+    stale: Option<String>,
+}
+
+fn keys_of(masters: &[(u32, MasterKey)]) -> VaultKeys {
+    VaultKeys::with_epochs(&masters[0].1, &masters[1..])
+}
+
+/// Every epoch record, by epoch; one that does not parse is kept as its error.
+async fn read_epoch_records(
+    backend: &DynBackend,
+    vault: &crate::ids::VaultId,
+) -> Result<std::collections::BTreeMap<u32, std::result::Result<EpochRecord, String>>> {
+    let mut out = std::collections::BTreeMap::new();
+    for info in backend.list(epochs::PREFIX).await? {
+        let Some(epoch) = epochs::epoch_of(&info.key) else {
+            tracing::warn!(key = %info.key, "not an epoch record name; ignored");
+            continue;
+        };
+        let record = if info.size > epochs::MAX_RECORD_BYTES {
+            Err(format!("{} bytes, more than {}", info.size, epochs::MAX_RECORD_BYTES))
+        } else {
+            let bytes = backend.get(&info.key).await?;
+            EpochRecord::from_json(&bytes, vault, &info.key).map_err(|e| e.to_string())
+        };
+        let _ = out.insert(epoch, record);
+    }
+    Ok(out)
+}
+
+/// From the slot's own epoch, down the links to the first epoch (every one must be there: older
+/// data needs them), then up through the grants to this slot for as long as there are any. A
+/// later epoch this slot cannot reach makes it read-only, with the reason.
+fn walk_epochs(
+    vault: &crate::ids::VaultId,
+    slot_id: &str,
+    opened: Unwrapped,
+    records: &std::collections::BTreeMap<u32, std::result::Result<EpochRecord, String>>,
+) -> Result<Chain> {
+    let record = |epoch: u32| -> Result<&EpochRecord> {
+        match records.get(&epoch) {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(why)) => Err(Error::integrity(epochs::record_name(epoch), why)),
+            None => Err(Error::integrity(
+                epochs::record_name(epoch),
+                "missing: the key slot's epoch needs it to reach older data",
+            )),
+        }
+    };
+    let Unwrapped { epoch: own_epoch, master, grant_secret } = opened;
+    let mut below = Vec::new();
+    let mut cur = master.clone();
+    for epoch in (FIRST_EPOCH + 1..=own_epoch).rev() {
+        let prev = record(epoch)?.open_previous(vault, &cur)?;
+        below.push((epoch - 1, prev.clone()));
+        cur = prev;
+    }
+    below.reverse();
+    let mut masters = below;
+    masters.push((own_epoch, master.clone()));
+    let mut stale = None;
+    let mut cur = master;
+    let mut epoch = own_epoch;
+    while let Some(next) = records.get(&(epoch + 1)) {
+        let step = match (next, &grant_secret) {
+            (Err(why), _) => Err(format!("epoch record {} is unreadable ({why})", epoch + 1)),
+            (Ok(_), None) => {
+                Err(format!("this key slot was made before key epochs and was not carried into epoch {}", epoch + 1))
+            }
+            (Ok(r), Some(secret)) => match r.open_grant(vault, slot_id, secret) {
+                Ok(Some(key)) => r.verify(&cur).map(|()| key).map_err(|e| e.to_string()),
+                Ok(None) => Err(format!("this key slot was left out of key epoch {} ({})", epoch + 1, r.reason)),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match step {
+            Ok(key) => {
+                epoch += 1;
+                masters.push((epoch, key.clone()));
+                cur = key;
+            }
+            Err(why) => {
+                stale = Some(why);
+                break;
+            }
+        }
+    }
+    if stale.is_none()
+        && let Some(newest) = records.keys().next_back().filter(|n| **n > epoch)
+    {
+        stale = Some(format!("epoch record {} is missing while {newest} exists", epoch + 1));
+    }
+    Ok(Chain { masters, stale })
 }

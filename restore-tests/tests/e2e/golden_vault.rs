@@ -213,5 +213,14 @@ fn the_golden_vault_of_format_1_opens_checks_restores_and_its_documents_verify()
     }
     let names: Vec<_> = std::fs::read_dir(&w.vault).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(names.iter().any(|n| n.as_bytes() == b"config"), "{names:?}");
+
+    // Its slots were made before key epochs: a new epoch is refused until the escrow slot is
+    // upgraded (the offline key must keep opening new data), and the vault reads as before.
+    let out = w.run(&["key", "rotate", "--master", "--vault", &vault]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("escrow") && err.contains("key upgrade"), "{err}");
+    assert!(!w.vault.join("epochs").exists(), "nothing of an epoch was written");
+    let again = w.json(&["check", "--vault", &vault, "--read-data"]);
+    assert_eq!(again["chunks_verified"], check["chunks_verified"], "{again}");
     w.password.clear();
 }

@@ -1,6 +1,8 @@
 //! Key slots: parameters written by init, add, list, remove, rotate.
 
 use restore_tests::World;
+use tresor_vault::crypto::ObjectType;
+use tresor_vault::{Secret, Vault, backend, object};
 
 #[test]
 fn init_writes_argon2id_64mib_3_passes() {
@@ -109,4 +111,146 @@ fn planted_costly_key_slots_are_refused_before_any_work() {
         stderr.contains("aaaaaaaaaaaaaaa4") && stderr.contains("larger than"),
         "the oversized slot is not read: {stderr}"
     );
+}
+
+/// Key epochs: an agent's slot is removed while its holder keeps a copy of the slot object and
+/// puts it back. That holder still reads what was written before the removal, and nothing after:
+/// not a pack, not an index segment, not a snapshot; nor can it write. The remaining password and
+/// the escrow key read both.
+#[test]
+fn a_removed_key_reads_nothing_written_after_its_removal() {
+    let w = World::new();
+    let src = w.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    restore_tests::random_file(&src.join("before.bin"), 300_000, 1);
+    let before = w.backup(&[&src])["snapshot"].as_str().unwrap().to_string();
+    let agent_pw = w.path("agent.pw");
+    std::fs::write(&agent_pw, "db-01 agent secret").unwrap();
+    let added = w.json(&[
+        "key",
+        "add",
+        "--vault",
+        w.vault_str(),
+        "--new-password-file",
+        agent_pw.to_str().unwrap(),
+        "--label",
+        "db-01",
+    ]);
+    let slot = added["added"].as_str().unwrap().to_string();
+    let kept_copy = std::fs::read(w.vault.join("keys").join(&slot)).unwrap();
+    let stored_before: std::collections::BTreeSet<_> = restore_tests::files_below(&w.vault).into_iter().collect();
+
+    let removed = w.json(&["key", "remove", "--vault", w.vault_str(), &slot]);
+    assert_eq!(removed["epoch"], 2, "{removed}");
+    assert!(removed["left_out"].as_array().unwrap().iter().any(|s| s == slot.as_str()), "{removed}");
+    assert_eq!(removed["carried"].as_array().unwrap().len(), 2, "the password and escrow slots: {removed}");
+    restore_tests::random_file(&src.join("after.bin"), 300_000, 2);
+    let after = w.backup(&[&src])["snapshot"].as_str().unwrap().to_string();
+    std::fs::write(w.vault.join("keys").join(&slot), &kept_copy).unwrap();
+
+    // Before the removal: still readable with the removed key.
+    let old = w.path("old");
+    let out = w.run_with_password_file(
+        &agent_pw,
+        &["restore", "--vault", w.vault_str(), &before, "--to", old.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(old.join(src.strip_prefix("/").unwrap()).join("before.bin").is_file());
+
+    // After: refused by name, exit 12, nothing placed.
+    let new = w.path("new");
+    let out = w.run_with_password_file(
+        &agent_pw,
+        &["restore", "--vault", w.vault_str(), &after, "--to", new.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(12), "{err}");
+    assert!(err.contains("key epoch 2"), "{err}");
+    assert!(!new.join(src.strip_prefix("/").unwrap()).join("after.bin").exists());
+    let out = w.run_with_password_file(&agent_pw, &["backup", "--vault", w.vault_str(), src.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot write"), "{err}");
+
+    // Every pack, index segment and snapshot written after the removal, read with the library.
+    let written_after: Vec<_> =
+        restore_tests::files_below(&w.vault).into_iter().filter(|p| !stored_before.contains(p)).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let open = |pw: &[u8]| {
+        let secret = Secret::Password(zeroize::Zeroizing::new(pw.to_vec()));
+        rt.block_on(Vault::open(backend::from_url(w.vault_str()).unwrap(), &secret)).unwrap()
+    };
+    let revoked = open(b"db-01 agent secret");
+    let owner = open(w.password.as_bytes());
+    assert_eq!((revoked.key_epoch(), owner.key_epoch()), (1, 2));
+    let mut kinds = std::collections::BTreeSet::new();
+    for path in &written_after {
+        let rel = path.strip_prefix(&w.vault).unwrap().to_str().unwrap().to_string();
+        let top = rel.split('/').next().unwrap().to_string();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let (by_revoked, by_owner) = match top.as_str() {
+            "data" => {
+                let id: tresor_vault::ids::PackId = name.parse().unwrap();
+                let read = |v: &Vault| rt.block_on(v.read_pack_directory(&id)).map(|_| ());
+                (read(&revoked), read(&owner))
+            }
+            "index" => {
+                let bytes = std::fs::read(path).unwrap();
+                let read = |v: &Vault| {
+                    object::open_bytes(v.keys(), ObjectType::IndexSegment, &bytes).map(|_| ()).map_err(Into::into)
+                };
+                (read(&revoked), read(&owner))
+            }
+            "snapshots" => {
+                let id: tresor_vault::ids::SnapshotId = name.parse().unwrap();
+                let read = |v: &Vault| rt.block_on(v.load_snapshot(&id)).map(|_| ());
+                (read(&revoked), read(&owner))
+            }
+            _ => continue,
+        };
+        assert!(by_owner.is_ok(), "{rel} opens with the remaining password: {by_owner:?}");
+        let e = by_revoked.expect_err(&format!("{rel} must not open with the removed key"));
+        assert!(matches!(e, tresor_vault::Error::KeyEpoch(_)), "{rel}: {e}");
+        kinds.insert(top);
+    }
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["data", "index", "snapshots"], "{written_after:?}");
+
+    // The escrow key reads the new snapshot.
+    let by_escrow = w.path("by-escrow");
+    let out = w
+        .agent()
+        .env_remove("TRESOR_PASSWORD")
+        .args(["--escrow-key-file", w.escrow().to_str().unwrap()])
+        .args(["restore", "--vault", w.vault_str(), &after, "--to", by_escrow.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    restore_tests::assert_same_tree(&src, &by_escrow.join(src.strip_prefix("/").unwrap()));
+}
+
+/// `key rotate --master` starts an epoch without removing anyone: every slot made since key
+/// epochs is carried, data of both epochs restores, and a second rotation links back through
+/// both. A vault made before key epochs (the golden vault's format) is covered in golden_vault.rs.
+#[test]
+fn master_rotation_carries_every_slot_and_older_epochs_stay_readable() {
+    let w = World::new();
+    let src = w.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    restore_tests::random_file(&src.join("one.bin"), 200_000, 3);
+    let first = w.backup(&[&src])["snapshot"].as_str().unwrap().to_string();
+    for expected in [2, 3] {
+        let r = w.json(&["key", "rotate", "--master", "--vault", w.vault_str()]);
+        assert_eq!(r["epoch"], expected, "{r}");
+        assert!(r["left_out"].as_array().unwrap().is_empty(), "{r}");
+    }
+    restore_tests::random_file(&src.join("two.bin"), 200_000, 4);
+    let last = w.backup(&[&src])["snapshot"].as_str().unwrap().to_string();
+    for (snap, to) in [(&first, "r1"), (&last, "r2")] {
+        w.ok(&["restore", "--vault", w.vault_str(), snap, "--to", w.path(to).to_str().unwrap()]);
+    }
+    restore_tests::assert_same_tree(&src, &w.path("r2").join(src.strip_prefix("/").unwrap()));
+    let check = w.json(&["check", "--vault", w.vault_str(), "--read-data"]);
+    assert!(check["problems"].as_array().unwrap().is_empty(), "{check}");
+    assert!(check["chunks_verified"].as_u64().unwrap() > 0, "{check}");
+    let list = w.ok(&["key", "list", "--vault", w.vault_str()]);
+    assert!(list.starts_with("key epoch 3"), "{list}");
 }
