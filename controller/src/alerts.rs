@@ -106,6 +106,25 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
             });
         }
     }
+    for v in ctl.policies().values().flat_map(|p| p.vaults.iter()) {
+        let rec = ctl.catalog.vault(&v.name)?;
+        if !rec.revoke_slots.is_empty() {
+            let why = if rec.revoke_error.is_empty() {
+                "waiting for the maintainer's next prune".to_string()
+            } else {
+                format!("the maintainer could not remove them: {}", rec.revoke_error)
+            };
+            out.push(Problem {
+                kind: "revocation_pending",
+                subject: v.name.clone(),
+                message: format!(
+                    "vault {}: key slots of revoked agents ({}) still open data written from now on; {why}",
+                    v.name,
+                    rec.revoke_slots.join(", ")
+                ),
+            });
+        }
+    }
     // A damaged drill record must not stop the other alerts: it becomes a problem of its own.
     match drill_problems(ctl, now) {
         Ok(p) => out.extend(p),

@@ -91,6 +91,19 @@ pub struct VaultRecord {
     /// where they do not read), kept until a sweep finds nothing: an alert.
     #[serde(default)]
     pub gc_warning: String,
+    /// The key slot each agent (by id) last said it opens the vault with.
+    #[serde(default)]
+    pub slots: std::collections::BTreeMap<String, String>,
+    /// Slots of revoked agents the maintainer has yet to remove (with a new key epoch): an
+    /// alert until it has.
+    #[serde(default)]
+    pub revoke_slots: Vec<String>,
+    /// Why the maintainer's last attempt to remove them failed.
+    #[serde(default)]
+    pub revoke_error: String,
+    /// The key epoch the maintainer writes under, from its last prune.
+    #[serde(default)]
+    pub key_epoch: u32,
 }
 
 impl SourceRecord {

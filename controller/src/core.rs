@@ -310,13 +310,38 @@ impl Controller {
             .ok_or_else(|| Error::Unauthenticated(format!("agent {agent} is not enrolled with this controller")))
     }
 
-    /// Note a heartbeat.
-    pub fn seen(&self, agent: &AgentId, req: &pb::HeartbeatRequest) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = live.insert(
-            agent.clone(),
-            LiveAgent { last_seen_unix: now_unix(), vaults: req.vaults.clone(), hostname: req.hostname.clone() },
-        );
+    /// Note a heartbeat; the key slots it names are remembered per vault when they change
+    /// (a revocation removes them).
+    ///
+    /// # Errors
+    /// The catalog cannot be written.
+    pub async fn seen(&self, agent: &AgentId, req: &pb::HeartbeatRequest) -> Result<()> {
+        let slots = |vaults: &[pb::VaultState]| -> Vec<(String, String)> {
+            vaults.iter().filter(|v| !v.key_slot.is_empty()).map(|v| (v.name.clone(), v.key_slot.clone())).collect()
+        };
+        let before = {
+            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.insert(
+                agent.clone(),
+                LiveAgent { last_seen_unix: now_unix(), vaults: req.vaults.clone(), hostname: req.hostname.clone() },
+            )
+        };
+        let now = slots(&req.vaults);
+        if before.is_some_and(|b| slots(&b.vaults) == now) {
+            return Ok(());
+        }
+        let agent = agent.to_string();
+        self.blocking(move |c| {
+            for (vault, slot) in now {
+                let mut rec = c.catalog.vault(&vault)?;
+                if rec.slots.get(&agent) != Some(&slot) {
+                    let _ = rec.slots.insert(agent.clone(), slot);
+                    c.catalog.put_vault(&vault, &rec)?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Whether the agent's last heartbeat says it opens `vault`.
@@ -338,10 +363,59 @@ impl Controller {
         let (id, entry) =
             self.state.find_agent(key).ok_or_else(|| Error::NotFound(format!("no agent named {key:?}")))?;
         let id2 = id.clone();
+        let name = entry.name.clone();
         self.blocking(move |c| c.state.revoke(&id2, &entry.name, now_unix())).await?;
         self.jobs.drop_stream(&id);
         tracing::warn!(agent = %id, "agent revoked");
+        let queued = self.queue_slot_revocations(&id).await?;
+        for (vault, slot, sharing) in queued {
+            let shared = if sharing.is_empty() {
+                String::new()
+            } else {
+                format!("; agents {} open the vault with the same slot and lose write access too", sharing.join(", "))
+            };
+            self.audit(
+                "controller",
+                "key.revoke",
+                &format!("vault {vault}"),
+                crate::audit_log::OK,
+                &format!("slot {slot} of agent {name} queued for removal with a new key epoch{shared}"),
+            );
+            match self.start_prune(&vault, "revocation") {
+                Ok((job, _)) => tracing::info!(vault, job = %job.id, "prune queued to remove a revoked slot"),
+                // Busy: the slot stays queued, and every prune carries it until it is gone.
+                Err(e) => tracing::info!(vault, error = %e, "revoked slot waits for the next prune"),
+            }
+        }
         Ok(id)
+    }
+
+    /// Move a revoked agent's key slots to their vaults' removal lists; returns (vault, slot,
+    /// other agents that use the same slot).
+    async fn queue_slot_revocations(&self, agent: &AgentId) -> Result<Vec<(String, String, Vec<String>)>> {
+        let vaults: Vec<String> =
+            self.policies().values().flat_map(|p| p.vaults.iter().map(|v| v.name.clone())).collect();
+        let agent = agent.to_string();
+        self.blocking(move |c| {
+            let mut queued = Vec::new();
+            for vault in vaults {
+                let mut rec = c.catalog.vault(&vault)?;
+                let Some(slot) = rec.slots.remove(&agent) else { continue };
+                let sharing: Vec<String> = rec
+                    .slots
+                    .iter()
+                    .filter(|(other, s)| **s == slot && !c.state.is_revoked(&AgentId::new((*other).clone())))
+                    .map(|(other, _)| c.state.find_agent(other).map_or_else(|| other.clone(), |(_, e)| e.name))
+                    .collect();
+                if !rec.revoke_slots.contains(&slot) {
+                    rec.revoke_slots.push(slot.clone());
+                }
+                c.catalog.put_vault(&vault, &rec)?;
+                queued.push((vault, slot, sharing));
+            }
+            Ok(queued)
+        })
+        .await
     }
 
     /// The agents with their state.
@@ -579,6 +653,7 @@ impl Controller {
             forget: plan.forget.iter().map(|s| s.snapshot_id.clone()).collect(),
             gc_grace_seconds: vp.gc_grace.as_secs() as u32,
             reasons: plan.reasons.clone(),
+            revoke_slots: self.catalog.vault(vault)?.revoke_slots,
         };
         let job = JobRecord::new(id, a.name, vault.to_string(), spec, trigger, self.config.max_attempts);
         self.jobs.submit(&job)?;

@@ -55,6 +55,9 @@ pub enum JobSpec {
         /// Why each is forgotten (snapshot id to the rule's words), for its audit entry.
         #[serde(default)]
         reasons: std::collections::BTreeMap<String, String>,
+        /// Key slots of revoked agents to remove first (one new key epoch).
+        #[serde(default)]
+        revoke_slots: Vec<String>,
     },
     /// List the vault's snapshots and receipts (catalog rebuild).
     Scan,
@@ -289,10 +292,11 @@ impl JobRecord {
             JobSpec::Check { read_data_percent, .. } => {
                 Kind::Check(pb::CheckJob { vault: self.vault.clone(), read_data_percent: *read_data_percent })
             }
-            JobSpec::Prune { forget, gc_grace_seconds, .. } => Kind::Prune(pb::PruneJob {
+            JobSpec::Prune { forget, gc_grace_seconds, revoke_slots, .. } => Kind::Prune(pb::PruneJob {
                 vault: self.vault.clone(),
                 forget: forget.clone(),
                 gc_grace_seconds: *gc_grace_seconds,
+                revoke_slots: revoke_slots.clone(),
             }),
             JobSpec::Scan => Kind::Scan(pb::ScanJob { vault: self.vault.clone() }),
             JobSpec::Drill(d) => Kind::Drill(pb::DrillJob {

@@ -138,15 +138,14 @@ impl Controller {
                     );
                 }
                 let mut v = self.catalog.vault(&job.vault)?;
+                self.note_revocations(&job, p, &mut v);
                 let warning = match p.gc_warnings.len() {
                     0 if p.swept => String::new(),
                     0 => v.gc_warning.clone(),
                     n => format!("{n} finding(s), first: {}", p.gc_warnings[0]),
                 };
-                if v.gc_warning != warning {
-                    v.gc_warning = warning;
-                    self.catalog.put_vault(&job.vault, &v)?;
-                }
+                v.gc_warning = warning;
+                self.catalog.put_vault(&job.vault, &v)?;
                 if let Some(vid) = self.known_vault_id(&job.vault) {
                     for s in &p.forgotten {
                         self.catalog.remove_snapshot(&vid, s)?;
@@ -274,6 +273,27 @@ impl Controller {
 
     /// The id of the vault named `vault`: from a live heartbeat, else from the catalog's own
     /// records of its snapshots.
+    /// A prune's key-slot removals: the slots gone leave the vault's list (audited with the new
+    /// key epoch); a failure is kept for the alert and audited.
+    fn note_revocations(&self, job: &crate::job::JobRecord, p: &pb::PruneResult, v: &mut crate::catalog::VaultRecord) {
+        let actor = format!("agent:{}", job.agent_name);
+        let object = format!("vault {}", job.vault);
+        let removed: Vec<&String> = v.revoke_slots.iter().filter(|s| p.slots_revoked.contains(s)).collect();
+        if !removed.is_empty() {
+            let names = removed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+            let reason = format!("slots {names} removed; key epoch {} began without them", p.key_epoch);
+            self.audit(&actor, "key.epoch", &object, crate::audit_log::OK, &reason);
+        }
+        v.revoke_slots.retain(|s| !p.slots_revoked.contains(s));
+        if !p.revoke_error.is_empty() && p.revoke_error != v.revoke_error {
+            self.audit(&actor, "key.revoke", &object, crate::audit_log::FAILED, &p.revoke_error);
+        }
+        v.revoke_error = if v.revoke_slots.is_empty() { String::new() } else { p.revoke_error.clone() };
+        if p.key_epoch > 0 {
+            v.key_epoch = p.key_epoch;
+        }
+    }
+
     fn known_vault_id(&self, vault: &str) -> Option<String> {
         self.vault_id_of(vault)
             .or_else(|| self.catalog.snapshots().ok()?.into_iter().find(|s| s.vault == vault).map(|s| s.vault_id))

@@ -352,7 +352,7 @@ pub struct BackupSession {
 impl BackupSession {
     /// Start a session: announce it, adopt packs of crashed sessions, start workers and uploader.
     pub async fn start(vault: Arc<Vault>, index: Arc<LocalIndex>, opts: BackupOptions) -> Result<Self> {
-        vault.writable()?;
+        vault.check_epoch().await?;
         let id = SessionId::random();
         let started = chrono::Utc::now();
         let keys = vault.keys().clone();
@@ -472,6 +472,9 @@ impl BackupSession {
         let mut packs = uploaded?;
         packs.append(&mut self.adopted);
         let vault = self.shared.vault.clone();
+        // A key epoch that began while this session ran (a slot removed or revoked) means its
+        // packs are sealed under the older epoch: commit nothing, so none of it is referenced.
+        vault.check_epoch().await?;
         for group in group_packs(&packs) {
             let seg = Segment::from_packs(0, group);
             vault.write_segment(&seg).await?;

@@ -67,6 +67,11 @@ pub enum Error {
         "this key slot cannot write to the vault: {0}. New data is sealed under the newest key epoch only; a holder of a current slot can give you one (`tresor-agent key add`)"
     )]
     StaleEpoch(String),
+    /// A key epoch began after this handle opened the vault.
+    #[error(
+        "key epoch {0} began after this vault was opened (a slot was removed or the master key rotated); open the vault again to write under it"
+    )]
+    EpochChanged(u32),
 }
 
 impl Error {

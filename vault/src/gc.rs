@@ -226,7 +226,7 @@ async fn still_needed(
 /// nothing has been deleted.
 pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<GcReport> {
     // GC rewrites index segments and the mark; a stale slot would seal them under an old epoch.
-    vault.writable()?;
+    vault.check_epoch().await?;
     let mut report = GcReport::default();
     let mark = read_mark(&vault).await?;
     // Sessions first: a writer that commits after this listing has its snapshot in the listing

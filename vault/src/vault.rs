@@ -64,6 +64,8 @@ pub struct Vault {
     slot_id: String,
     /// Why this slot may not write, when it does not reach the newest key epoch.
     stale: Option<String>,
+    /// The newest epoch record there was when this handle opened the vault (or began it).
+    epochs_seen: u32,
     /// Reads that failed verification once and passed when repeated.
     transient_reads: std::sync::atomic::AtomicU64,
 }
@@ -130,6 +132,7 @@ impl Vault {
                 keys,
                 slot_id: slot_pw.id,
                 stale: None,
+                epochs_seen: FIRST_EPOCH,
                 transient_reads: Default::default(),
             },
             report,
@@ -190,6 +193,7 @@ impl Vault {
         })
         .await??;
         let records = read_epoch_records(&backend, &vault_id).await?;
+        let epochs_seen = records.keys().next_back().copied().unwrap_or(FIRST_EPOCH);
         let cb = config_bytes.clone();
         let (chain, slot) = cpu(move || -> Result<(Chain, KeySlot)> {
             let chain = walk_epochs(&vault_id, &slot.id, opened, &records)?;
@@ -212,6 +216,7 @@ impl Vault {
             keys,
             slot_id: slot.id,
             stale: chain.stale,
+            epochs_seen,
             transient_reads: Default::default(),
         })
     }
@@ -272,6 +277,25 @@ impl Vault {
         }
     }
 
+    /// [`Self::writable`], and no key epoch began since this handle opened the vault (another
+    /// holder removed a slot or rotated the master key): what it would write would be sealed
+    /// under the older epoch. Writers call it when they start and again at their commit.
+    pub async fn check_epoch(&self) -> Result<()> {
+        self.writable()?;
+        let newest = self
+            .backend
+            .list(epochs::PREFIX)
+            .await?
+            .iter()
+            .filter_map(|i| epochs::epoch_of(&i.key))
+            .max()
+            .unwrap_or(FIRST_EPOCH);
+        if newest > self.epochs_seen {
+            return Err(Error::EpochChanged(newest));
+        }
+        Ok(())
+    }
+
     fn current_master(&self) -> (u32, &MasterKey) {
         let (epoch, master) = self.masters.last().unwrap_or_else(|| unreachable!("a vault has its first epoch"));
         (*epoch, master)
@@ -285,7 +309,7 @@ impl Vault {
     /// Add a slot for `secret` that opens the current key epoch and is granted later ones; it is
     /// read back and unwrapped before this returns.
     pub async fn key_add(&self, secret: &Secret, label: &str) -> Result<KeySlot> {
-        self.writable()?;
+        self.check_epoch().await?;
         let (epoch, master) = self.current_master();
         let (vid, master, mac, kind) =
             (self.config.vault_id, master.clone(), self.keys.config_mac(&self.config_bytes), secret.kind());
@@ -309,21 +333,44 @@ impl Vault {
     /// Remove a slot, then start a new key epoch without it, so the removed secret reads nothing
     /// written afterwards. Refuses to remove the last password slot or the last escrow slot.
     pub async fn key_remove(&mut self, id: &str) -> Result<EpochReport> {
-        let slots = self.key_list().await?;
-        let target = slots.iter().find(|s| s.id == id).ok_or_else(|| Error::Invalid(format!("no key slot {id}")))?;
-        let same_kind = slots.iter().filter(|s| s.kind == target.kind).count();
-        if same_kind <= 1 {
-            return Err(Error::Invalid(format!("refusing to remove the last {:?} key slot {id}", target.kind)));
+        if !self.key_list().await?.iter().any(|s| s.id == id) {
+            return Err(Error::Invalid(format!("no key slot {id}")));
         }
-        if id == self.slot_id {
+        self.remove_slots(&[id], &format!("slot {id} removed")).await
+    }
+
+    /// Remove several slots with one new epoch (an agent revoked at the controller: every slot
+    /// it used). Slots already gone are skipped; with none left to remove, no epoch begins.
+    pub async fn remove_slots(&mut self, ids: &[&str], reason: &str) -> Result<EpochReport> {
+        let slots = self.key_list().await?;
+        let present: Vec<&str> = ids.iter().copied().filter(|id| slots.iter().any(|s| s.id == *id)).collect();
+        if present.is_empty() {
+            return Ok(EpochReport { epoch: self.key_epoch(), carried: Vec::new(), left_out: Vec::new() });
+        }
+        for kind in [SlotKind::Password, SlotKind::Escrow] {
+            let kept = slots.iter().filter(|s| s.kind == kind && !present.contains(&s.id.as_str())).count();
+            if kept == 0 && slots.iter().any(|s| s.kind == kind) {
+                return Err(Error::Invalid(format!(
+                    "refusing to remove the last {kind:?} key slot ({})",
+                    present.join(", ")
+                )));
+            }
+        }
+        if present.contains(&self.slot_id.as_str()) {
             return Err(Error::Invalid(format!(
-                "slot {id} opened the vault; remove it with another slot's secret, or replace it with `key rotate`"
+                "slot {} opened the vault; remove it with another slot's secret, or replace it with `key rotate`",
+                self.slot_id
             )));
         }
-        // The epoch first: a crash after it leaves the slot stranded already, never readable.
-        let report = self.start_epoch(&format!("slot {id} removed"), &[id]).await?;
+        // The epoch first: a crash after it leaves the slots stranded already, never readable.
+        let report = self.start_epoch(reason, &present).await?;
         crate::failpoint::hit("remove-after-epoch");
-        self.backend.delete(&layout::key_slot(id)).await?;
+        for id in present {
+            match self.backend.delete(&layout::key_slot(id)).await {
+                Ok(()) | Err(BackendError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(report)
     }
 
@@ -345,7 +392,7 @@ impl Vault {
     /// The opening slot must be carried (`key upgrade` first for a slot made before epochs), and
     /// so must at least one escrow slot.
     pub async fn start_epoch(&mut self, reason: &str, leave_out: &[&str]) -> Result<EpochReport> {
-        self.writable()?;
+        self.check_epoch().await?;
         let slots = self.key_list().await?;
         let mut carried = Vec::new();
         let mut left_out = Vec::new();
@@ -389,6 +436,7 @@ impl Vault {
         }
         self.masters.push((epoch, new));
         self.keys = Arc::new(keys_of(&self.masters));
+        self.epochs_seen = epoch;
         Ok(EpochReport { epoch, carried: carried.into_iter().map(|(id, ..)| id).collect(), left_out })
     }
 
@@ -422,7 +470,7 @@ impl Vault {
     /// Store a controller-signed receipt for a snapshot: opaque bytes, sealed as object type 7
     /// at `receipts/<snapshot id>`, create-once. A receipt already there is left as it is.
     pub async fn put_receipt(&self, snapshot: &SnapshotId, receipt: &[u8]) -> Result<()> {
-        self.writable()?;
+        self.check_epoch().await?;
         let key = layout::receipt(snapshot);
         let bytes = object::seal_named(self.keys(), ObjectType::Receipt, &key, &serde_bytes::Bytes::new(receipt));
         let _ = self.backend.create(&key, Bytes::from(bytes)).await?;
@@ -434,7 +482,7 @@ impl Vault {
     /// body under a name already taken is refused, and nothing ever replaces or deletes one (GC and
     /// prune touch only `data/`, `index/`, `snapshots/` and `receipts/`).
     pub async fn put_document(&self, name: &str, body: &[u8]) -> Result<()> {
-        self.writable()?;
+        self.check_epoch().await?;
         let key = layout::document(name)
             .ok_or_else(|| Error::Invalid(format!("{name:?} is not a document name (reports/NAME or audit/NAME)")))?;
         let bytes = object::seal_named(self.keys(), ObjectType::Document, &key, &serde_bytes::Bytes::new(body));

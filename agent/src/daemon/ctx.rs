@@ -51,22 +51,48 @@ impl AgentCtx {
         self.cfg.state_dir.join("cache")
     }
 
-    /// Open a vault by its name in agent.toml (opened vaults are kept).
+    /// Open a vault by its name in agent.toml (opened vaults are kept, and opened again when a
+    /// key epoch began since, so new data is sealed under the newest epoch).
     pub async fn vault(&self, name: &str) -> anyhow::Result<Arc<Vault>> {
-        if let Some(v) = self.vaults.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
-            return Ok(v.clone());
+        let cached = self.vaults.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        if let Some(v) = cached {
+            match v.check_epoch().await {
+                Err(tresor_vault::Error::EpochChanged(epoch)) => {
+                    tracing::info!(vault = name, epoch, "a key epoch began; opening the vault again")
+                }
+                // Other trouble surfaces where the vault is used.
+                _ => return Ok(v),
+            }
         }
-        let vc = self.cfg.vaults.get(name).with_context(|| {
-            format!("this agent has no vault {name:?} in its agent.toml; add [vaults.{name}] with its url and this agent's password_file")
-        })?;
-        let secret = crate::secret::open_secret(vc.password_file.as_deref(), vc.escrow_key_file.as_deref())?;
-        let be = backend::from_url(&vc.url)?;
-        let v = Arc::new(Vault::open(be, &secret).await.with_context(|| format!("vault {name} ({})", vc.url))?);
+        let v = Arc::new(self.open_vault(name).await?);
         let _ = self.vaults.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), v.clone());
         Ok(v)
     }
 
-    /// Try every configured vault, for the heartbeat.
+    /// A handle of its own on a vault (for key changes, which need one), with the secret that
+    /// opened it. The kept handle is dropped, so the next use opens the vault again.
+    pub async fn vault_owned(&self, name: &str) -> anyhow::Result<(Vault, tresor_vault::Secret)> {
+        let _ = self.vaults.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        let v = self.open_vault(name).await?;
+        Ok((v, self.vault_secret(name)?))
+    }
+
+    fn vault_secret(&self, name: &str) -> anyhow::Result<tresor_vault::Secret> {
+        let vc = self.cfg.vaults.get(name).with_context(|| {
+            format!("this agent has no vault {name:?} in its agent.toml; add [vaults.{name}] with its url and this agent's password_file")
+        })?;
+        crate::secret::open_secret(vc.password_file.as_deref(), vc.escrow_key_file.as_deref())
+    }
+
+    async fn open_vault(&self, name: &str) -> anyhow::Result<Vault> {
+        let secret = self.vault_secret(name)?;
+        let url = &self.cfg.vaults[name].url;
+        let be = backend::from_url(url)?;
+        Vault::open(be, &secret).await.with_context(|| format!("vault {name} ({url})"))
+    }
+
+    /// Try every configured vault, for the heartbeat. A vault whose newest key epoch this
+    /// agent's slot does not reach (it was revoked) is reported as not writable.
     pub async fn vault_states(&self) -> Vec<pb::VaultState> {
         let mut out = Vec::new();
         for name in self.cfg.vaults.keys() {
@@ -74,9 +100,11 @@ impl AgentCtx {
                 Ok(v) => pb::VaultState {
                     name: name.clone(),
                     vault_id: v.config().vault_id.to_string(),
-                    error: String::new(),
+                    error: v.writable().err().map(|e| e.to_string()).unwrap_or_default(),
+                    key_slot: v.slot_id().to_string(),
+                    key_epoch: v.key_epoch(),
                 },
-                Err(e) => pb::VaultState { name: name.clone(), vault_id: String::new(), error: format!("{e:#}") },
+                Err(e) => pb::VaultState { name: name.clone(), error: format!("{e:#}"), ..Default::default() },
             };
             out.push(st);
         }

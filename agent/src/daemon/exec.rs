@@ -270,6 +270,18 @@ async fn scan(ctx: &Arc<AgentCtx>, s: pb::ScanJob) -> anyhow::Result<ResultKind>
 }
 
 async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow::Result<ResultKind> {
+    let (slots_revoked, revoke_error) = if p.revoke_slots.is_empty() {
+        (Vec::new(), String::new())
+    } else {
+        ctx.leases.check(&jr.job_id, jr.attempt).map_err(anyhow::Error::msg)?;
+        match revoke_slots(ctx, &p.vault, &p.revoke_slots).await {
+            Ok(()) => (p.revoke_slots.clone(), String::new()),
+            Err(e) => {
+                tracing::error!(vault = %p.vault, error = %format!("{e:#}"), "revoked key slots not removed");
+                (Vec::new(), format!("{e:#}"))
+            }
+        }
+    };
     let vault = ctx.vault(&p.vault).await?;
     let mut forgotten = Vec::new();
     for s in &p.forget {
@@ -293,5 +305,21 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         packs_unreferenced: r.unreferenced as u64,
         gc_warnings: r.false_index_entries.iter().chain(&r.kept).cloned().collect(),
         swept: r.swept,
+        slots_revoked,
+        key_epoch: ctx.vault(&p.vault).await?.key_epoch(),
+        revoke_error,
     }))
+}
+
+/// Remove the key slots of revoked agents with one new key epoch. This agent's own slot is
+/// upgraded first if it was made before key epochs, so it is carried into the new one.
+async fn revoke_slots(ctx: &Arc<AgentCtx>, vault: &str, slots: &[String]) -> anyhow::Result<()> {
+    let (mut v, secret) = ctx.vault_owned(vault).await?;
+    if let Some(slot) = v.key_upgrade(&secret).await? {
+        tracing::info!(vault, slot = %slot.id, "own key slot upgraded to take key epochs");
+    }
+    let ids: Vec<&str> = slots.iter().map(String::as_str).collect();
+    let report = v.remove_slots(&ids, "agent revoked at the controller").await?;
+    tracing::warn!(vault, epoch = report.epoch, removed = ?ids, "revoked key slots removed; a new key epoch began");
+    Ok(())
 }

@@ -40,7 +40,7 @@ impl AgentService for AgentApi {
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
         let id = self.agent(&req)?;
-        self.0.seen(&id, req.get_ref());
+        self.0.seen(&id, req.get_ref()).await?;
         let leases = self.0.jobs.heartbeat(&id, &req.get_ref().running)?;
         Ok(Response::new(pb::HeartbeatReply { leases, interval_ms: self.0.config.heartbeat.as_millis() as u32 }))
     }

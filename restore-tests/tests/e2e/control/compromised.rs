@@ -89,3 +89,75 @@ fn a_compromised_agent_cannot_claim_another_sources_snapshot_or_vault() {
     assert_eq!(refused.len(), 2, "{log}");
     assert!(refused.iter().all(|l| l.contains("\"agent:a2\"") && l.contains("\"refused\"")), "{refused:?}");
 }
+
+/// Revoking an agent at the controller revokes its key: the maintainer removes the slot the
+/// agent reported, with a new key epoch, audited. The revoked agent's password, even with a copy
+/// of its slot put back, reads the snapshots written before and none written after.
+#[test]
+fn revoking_an_agent_removes_its_key_slot_with_a_new_epoch() {
+    let mut p = Plane::start("");
+    let root = p.dir.path().to_path_buf();
+    let nas = p.folder_vault("vault", "nas", "a1");
+    p.add_agent("a1", std::slice::from_ref(&nas), &[]);
+    let pw2 = p.password_file("a2");
+    p.add_key(&nas.url, &nas.password_file, &pw2, &[]);
+    p.add_agent("a2", &[VaultSpec { password_file: pw2.clone(), ..nas.clone() }], &[]);
+    for d in ["a", "b"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+        restore_tests::random_file(&root.join(d).join("x.bin"), 64 << 10, 7);
+    }
+    let policy = format!(
+        "name = \"c\"\n[defaults]\nschedule = \"0 0 1 1 *\"\nretention = {{ keep_last = 5 }}\n[[vault]]\nname = \"nas\"\nmaintainer = \"a1\"\n[[source]]\nagent = \"a1\"\nname = \"a\"\nvault = \"nas\"\npaths = [\"{}\"]\n[[source]]\nagent = \"a2\"\nname = \"b\"\nvault = \"nas\"\npaths = [\"{}\"]\n",
+        root.join("a").display(),
+        root.join("b").display()
+    );
+    assert!(p.apply_policy(&policy).status.success());
+    p.ctl_ok(&["backup", "a2/b"]);
+    let before = p.snapshots("a2/b")[0]["snapshot_id"].as_str().unwrap().to_string();
+    let vault_dir = std::path::PathBuf::from(&nas.url);
+    let slot_files = || restore_tests::files_below(&vault_dir.join("keys"));
+    let copies: Vec<(std::path::PathBuf, Vec<u8>)> =
+        slot_files().into_iter().map(|f| (f.clone(), std::fs::read(&f).unwrap())).collect();
+    assert_eq!(copies.len(), 3, "a1's, a2's and the escrow slot");
+
+    p.ctl_ok(&["agent", "revoke", "a2"]);
+    let record = vault_dir.join("epochs").join("0000000002");
+    restore_tests::plane::wait_for("the maintainer's prune to begin key epoch 2", Duration::from_secs(120), || {
+        record.exists() && slot_files().len() == 2
+    });
+    restore_tests::plane::wait_for("the revocation to leave the alerts", Duration::from_secs(60), || {
+        !String::from_utf8_lossy(&p.ctl(&["status"]).stdout).contains("key slots of revoked agents")
+    });
+    let gone: Vec<_> = copies.iter().filter(|(f, _)| !f.exists()).collect();
+    assert_eq!(gone.len(), 1, "exactly one slot removed");
+    let ex = root.join("export");
+    p.ctl_ok(&["audit", "export", "--out", ex.to_str().unwrap()]);
+    let log = std::fs::read_to_string(ex.join("audit.jsonl")).unwrap();
+    let slot = gone[0].0.file_name().unwrap().to_str().unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("\"key.revoke\"") && l.contains(slot) && l.contains("of agent a2")),
+        "{log}"
+    );
+    assert!(log.lines().any(|l| l.contains("\"key.epoch\"") && l.contains(slot) && l.contains("key epoch 2")), "{log}");
+
+    // New data under epoch 2; the attacker puts its slot back and tries both snapshots.
+    p.ctl_ok(&["backup", "a1/a"]);
+    let after = p.snapshots("a1/a")[0]["snapshot_id"].as_str().unwrap().to_string();
+    std::fs::write(&gone[0].0, &gone[0].1).unwrap();
+    let restore = |snap: &str, to: &str| {
+        std::process::Command::new(restore_tests::bin("tresor-agent"))
+            .env("TRESOR_CACHE_DIR", root.join("attacker-cache"))
+            .args(["restore", "--vault", &nas.url, snap, "--to"])
+            .arg(root.join(to))
+            .arg("--password-file")
+            .arg(&pw2)
+            .output()
+            .unwrap()
+    };
+    let old = restore(&before, "old");
+    assert!(old.status.success(), "{}", String::from_utf8_lossy(&old.stderr));
+    let new = restore(&after, "new");
+    let err = String::from_utf8_lossy(&new.stderr);
+    assert_eq!(new.status.code(), Some(12), "{err}");
+    assert!(err.contains("key epoch 2"), "{err}");
+}
