@@ -141,13 +141,62 @@ pub struct RestoreCounts {
     pub transient_retries: u64,
 }
 
+/// A chunk that did not read where planned: its entry, targets and why.
+type Failed = (IndexEntry, Vec<ChunkTarget>, String);
+
+/// Chunks that did not read at their planned place: each is read from the other places the
+/// index lists it at; only when none reads do its targets fail (with the first error).
+async fn settle_failures(
+    vault: &Arc<Vault>,
+    index: Option<&Arc<LocalIndex>>,
+    writer: &Arc<dyn ChunkWriter>,
+    failed: Vec<Failed>,
+) -> Result<RestoreCounts> {
+    let mut c = RestoreCounts::default();
+    for (entry, targets, why) in failed {
+        let data = match index {
+            Some(ix) => vault.read_chunk_elsewhere(ix, &entry, true).await?,
+            None => None,
+        };
+        let w = writer.clone();
+        c = tokio::task::spawn_blocking(move || -> Result<RestoreCounts> {
+            let mut c = c;
+            match data {
+                Some(data) => {
+                    for t in targets {
+                        w.write(t, &data)
+                            .map_err(|err| Error::io(format!("restore target (file #{})", t.file), err))?;
+                        c.chunks_written += 1;
+                    }
+                }
+                None => {
+                    // The first place's error, word for word.
+                    let err = Error::Invalid(why);
+                    for t in targets {
+                        w.failed(t, entry.id, &err);
+                        c.chunks_failed += 1;
+                    }
+                }
+            }
+            Ok(c)
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("restore task failed: {e}")))??;
+    }
+    Ok(c)
+}
+
 /// Fetch, verify and hand every planned chunk to `writer`. A damaged chunk fails only its targets.
 /// Returns an error only when writing to the target fails (for example, the disk is full).
+///
+/// With `index`, a chunk whose planned place does not read is read from the other places the
+/// index lists it at (a planted segment that shadows the genuine entry cannot stop a restore).
 pub async fn execute(
     vault: Arc<Vault>,
     plan: RestorePlan,
     opts: &RestoreOptions,
     writer: Arc<dyn ChunkWriter>,
+    index: Option<Arc<LocalIndex>>,
 ) -> Result<RestoreCounts> {
     let mut counts = RestoreCounts::default();
     let mut set = tokio::task::JoinSet::new();
@@ -155,8 +204,8 @@ pub async fn execute(
     loop {
         while set.len() < opts.fetches.max(1) {
             let Some(f) = fetches.next() else { break };
-            let (vault, writer) = (vault.clone(), writer.clone());
-            set.spawn(async move { run_fetch(vault, f, writer).await });
+            let (vault, writer, index) = (vault.clone(), writer.clone(), index.clone());
+            set.spawn(async move { run_fetch(vault, f, writer, index).await });
         }
         let Some(r) = set.join_next().await else {
             break;
@@ -169,7 +218,12 @@ pub async fn execute(
     Ok(counts)
 }
 
-async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) -> Result<RestoreCounts> {
+async fn run_fetch(
+    vault: Arc<Vault>,
+    f: Fetch,
+    writer: Arc<dyn ChunkWriter>,
+    index: Option<Arc<LocalIndex>>,
+) -> Result<RestoreCounts> {
     let key = layout::pack(&f.pack.id);
     let mut counts = RestoreCounts::default();
     // Failed fetches and failed verifications are retried separately: a flaky read must not use
@@ -194,7 +248,7 @@ async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) ->
                         end: start + u64::from(entry.blob.stored_len),
                         blobs: vec![(entry, targets)],
                     };
-                    let c = Box::pin(run_fetch(vault.clone(), single, writer.clone())).await?;
+                    let c = Box::pin(run_fetch(vault.clone(), single, writer.clone(), index.clone())).await?;
                     counts.chunks_written += c.chunks_written;
                     counts.chunks_failed += c.chunks_failed;
                     counts.transient_retries += c.transient_retries;
@@ -202,13 +256,11 @@ async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) ->
                 return Ok(counts);
             }
             Err(e) => {
-                let err = Error::from(e);
-                for (entry, targets) in &f.blobs {
-                    for t in targets {
-                        writer.failed(*t, entry.id, &err);
-                        counts.chunks_failed += 1;
-                    }
-                }
+                let err = Error::from(e).to_string();
+                let failed = f.blobs.iter().map(|(e, t)| (*e, t.clone(), err.clone())).collect();
+                let c = settle_failures(&vault, index.as_ref(), &writer, failed).await?;
+                counts.chunks_written += c.chunks_written;
+                counts.chunks_failed += c.chunks_failed;
                 return Ok(counts);
             }
         };
@@ -216,7 +268,7 @@ async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) ->
         let (fc, w) = (f.clone(), writer.clone());
         reads_verified += 1;
         let last = reads_verified >= 2;
-        let outcome = tokio::task::spawn_blocking(move || -> Result<(RestoreCounts, bool)> {
+        let outcome = tokio::task::spawn_blocking(move || -> Result<(RestoreCounts, bool, Vec<Failed>)> {
             // Decrypt in the fetched buffer itself: raw chunks are then written without a copy.
             let mut bytes = bytes.unwrap_or_default().try_into_mut().unwrap_or_else(|b| bytes::BytesMut::from(&b[..]));
             let mut c = RestoreCounts::default();
@@ -237,8 +289,9 @@ async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) ->
             }
             // One bad blob may be a damaged transfer: read the range again before calling it damage.
             if !last && decoded.iter().any(|d| d.is_err()) {
-                return Ok((c, true));
+                return Ok((c, true, Vec::new()));
             }
+            let mut failed = Vec::new();
             for ((e, targets), d) in fc.blobs.iter().zip(decoded) {
                 match d {
                     Ok(data) => {
@@ -250,18 +303,20 @@ async fn run_fetch(vault: Arc<Vault>, f: Fetch, writer: Arc<dyn ChunkWriter>) ->
                     }
                     Err(err) => {
                         let err = Error::integrity(format!("chunk {} in pack {}", e.id, e.pack.id), err);
-                        for t in targets {
-                            w.failed(*t, e.id, &err);
-                            c.chunks_failed += 1;
-                        }
+                        failed.push((*e, targets.clone(), err.to_string()));
                     }
                 }
             }
-            Ok((c, false))
+            Ok((c, false, failed))
         })
         .await
         .map_err(|e| Error::Invalid(format!("restore task failed: {e}")))??;
-        let (c, retry) = outcome;
+        let (mut c, retry, failed) = outcome;
+        if !failed.is_empty() {
+            let more = settle_failures(&vault, index.as_ref(), &writer, failed).await?;
+            c.chunks_written += more.chunks_written;
+            c.chunks_failed += more.chunks_failed;
+        }
         if retry {
             counts.transient_retries += 1;
             continue;

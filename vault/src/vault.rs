@@ -738,6 +738,35 @@ impl Vault {
             .map_err(|err| pack_error(format!("chunk {} in pack {}", loc.entry.id, pack_id), err))
     }
 
+    /// A chunk whose index entry `failed` did not read, from another place the index lists it
+    /// at (newest first); `None` when no other place reads. Each read verifies the chunk's id, so
+    /// a planted entry can hide a chunk but never replace its bytes. With `same_len`, only places
+    /// of the failed entry's length count: a file restore placed the chunks after it by that
+    /// length, so a planted entry with another length fails its file rather than shift it.
+    pub async fn read_chunk_elsewhere(
+        &self,
+        index: &Arc<LocalIndex>,
+        failed: &IndexEntry,
+        same_len: bool,
+    ) -> Result<Option<Vec<u8>>> {
+        let (ix, id) = (index.clone(), failed.id);
+        let others = cpu(move || ix.lookup_all(&id)).await??;
+        let elsewhere = |e: &&IndexEntry| !(e.pack.id == failed.pack.id && e.blob.offset == failed.blob.offset);
+        let fits = |e: &&IndexEntry| !same_len || e.blob.raw_len == failed.blob.raw_len;
+        for e in others.iter().filter(elsewhere).filter(fits) {
+            match self.read_chunk(e).await {
+                Ok(data) => {
+                    tracing::warn!(chunk = %id, planned = %failed.pack.id, read_from = %e.pack.id, "chunk read from another index entry; run check, an index segment places it where it does not read");
+                    return Ok(Some(data));
+                }
+                Err(err) => {
+                    tracing::debug!(chunk = %id, pack = %e.pack.id, error = %err, "other index entry does not read either")
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Read the tree of a snapshot; needs the index to locate tree chunks.
     pub async fn read_tree(&self, m: &Manifest, index: &Arc<LocalIndex>) -> Result<Vec<Node>> {
         // Index lookups are file reads: off the runtime.
@@ -752,7 +781,11 @@ impl Vault {
         .await??;
         let mut bytes = Vec::new();
         for e in &entries {
-            bytes.extend_from_slice(&self.read_chunk(e).await?);
+            let chunk = match self.read_chunk(e).await {
+                Ok(c) => c,
+                Err(err) => self.read_chunk_elsewhere(index, e, false).await?.ok_or(err)?,
+            };
+            bytes.extend_from_slice(&chunk);
         }
         let n = m.tree_nodes;
         cpu(move || crate::snapshot::decode_tree(&bytes, n)).await?.map_err(|e| Error::integrity("snapshot tree", e))

@@ -35,17 +35,18 @@ pub async fn restore_tree(
     nodes: Vec<Node>,
     root: Dir,
 ) -> anyhow::Result<RestoreReport> {
+    let ix = index.clone();
     let (writer, plan) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let writer = TreeWriter::new(nodes, root)?;
-        let plan = restore::plan(&index, &writer.files())?;
+        let plan = restore::plan(&ix, &writer.files())?;
         writer.expect(&plan)?;
         Ok((writer, plan))
     })
     .await??;
     tracing::debug!(fetches = plan.fetches.len(), bytes = plan.bytes, "restore planned");
     let writer = Arc::new(writer);
-    let counts =
-        restore::execute(vault, plan, &RestoreOptions::default(), writer.clone() as Arc<dyn ChunkWriter>).await?;
+    let sink = writer.clone() as Arc<dyn ChunkWriter>;
+    let counts = restore::execute(vault, plan, &RestoreOptions::default(), sink, Some(index)).await?;
     tracing::debug!("restore data written");
     let mut report = tokio::task::spawn_blocking(move || writer.complete()).await??;
     report.transient_retries = counts.transient_retries;

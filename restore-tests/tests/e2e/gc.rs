@@ -28,8 +28,52 @@ fn backed_up(w: &World, name: &str, file: &str, len: usize, seed: u64) -> PathBu
 }
 
 /// The pack id a file under `data/` is named by.
-fn pack_id(p: &Path) -> tresor_vault::ids::PackId {
+pub(crate) fn pack_id(p: &Path) -> tresor_vault::ids::PackId {
     p.file_name().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+/// What a planted segment hides, and with which lengths.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Planted {
+    /// Packs of data chunks only, each chunk given the decoy's length (so the pack looks
+    /// unreferenced to a GC that trusts the index).
+    DataPacksWithDecoyLengths,
+    /// Every pack, each chunk keeping its own length.
+    EveryPackWithTrueLengths,
+}
+
+/// A key holder plants an index segment placing every chunk of `hidden` packs in the pack
+/// `decoy`, which holds none of them. Returns the segment's id and the packs it hides.
+pub(crate) fn plant_decoy_segment(
+    v: &Vault,
+    hidden: &[PathBuf],
+    decoy: &Path,
+    how: Planted,
+) -> (tresor_vault::ids::ObjectId, Vec<PathBuf>) {
+    use tresor_vault::index::{PackRef, Segment};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let decoy = pack_id(decoy);
+        let decoy_dir = v.read_pack_directory(&decoy).await.unwrap();
+        let mut seg = Segment { packs: vec![PackRef { id: decoy, salt: decoy_dir.salt }], ..Segment::default() };
+        let mut victims = Vec::new();
+        for p in hidden {
+            let entries = v.read_pack_directory(&pack_id(p)).await.unwrap().entries;
+            let data_only = entries.iter().all(|e| e.kind == tresor_vault::crypto::ObjectType::DataChunk);
+            if how == Planted::DataPacksWithDecoyLengths && !data_only {
+                continue;
+            }
+            for e in entries {
+                let raw_len =
+                    if how == Planted::EveryPackWithTrueLengths { e.raw_len } else { decoy_dir.entries[0].raw_len };
+                seg.entries.push((0, 0, tresor_vault::pack::PackEntry { id: e.id, raw_len, ..decoy_dir.entries[0] }));
+            }
+            victims.push(p.clone());
+        }
+        assert!(!victims.is_empty(), "a pack to hide");
+        seg.entries.sort_by_key(|x| x.2.id);
+        (v.write_segment(&seg).await.unwrap(), victims)
+    })
 }
 
 fn run(w: &World, v: &Arc<Vault>) -> tresor_vault::Result<gc::GcReport> {
@@ -126,10 +170,9 @@ fn signed_documents_are_write_once_and_gc_never_removes_them() {
 /// another pack (a decoy that holds none of them), so that pack looks unreferenced. GC marks it,
 /// but before the sweep deletes it, it reads the pack's own directory, finds live chunks, looks
 /// them up where the index claims them, and since they do not read there, keeps the pack and
-/// names the planted segment.
+/// names the planted segment. A restore reads each hidden chunk from its genuine entry.
 #[test]
 fn a_planted_segment_cannot_make_gc_delete_a_live_pack() {
-    use tresor_vault::index::{PackRef, Segment};
     let w = World::new();
     // 40 MiB of random data fill packs of data chunks only; the tree goes into the last one.
     let src = backed_up(&w, "src", "a.bin", 40 << 20, 11);
@@ -138,30 +181,11 @@ fn a_planted_segment_cannot_make_gc_delete_a_live_pack() {
     w.backup(&[&src]);
     let second: Vec<_> = files_below(&w.vault.join("data")).into_iter().filter(|p| !first.contains(p)).collect();
     let v = open(&w);
+    // The maintainer's cache already holds the genuine segments; the planted one comes later
+    // and is looked up first.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let planted = rt.block_on(async {
-        // The maintainer's cache already holds the genuine segments; the planted one comes later
-        // and is looked up first.
-        let _ = v.sync_index(&w.path("gc-cache")).await.unwrap();
-        let decoy = pack_id(&second[0]);
-        let decoy_dir = v.read_pack_directory(&decoy).await.unwrap();
-        let mut seg = Segment { packs: vec![PackRef { id: decoy, salt: decoy_dir.salt }], ..Segment::default() };
-        let mut victims = Vec::new();
-        for p in &first {
-            let entries = v.read_pack_directory(&pack_id(p)).await.unwrap().entries;
-            if entries.iter().any(|e| e.kind != tresor_vault::crypto::ObjectType::DataChunk) {
-                continue;
-            }
-            for e in entries {
-                seg.entries.push((0, 0, tresor_vault::pack::PackEntry { id: e.id, ..decoy_dir.entries[0] }));
-            }
-            victims.push(p.clone());
-        }
-        assert!(!victims.is_empty(), "a pack of data chunks only");
-        seg.entries.sort_by_key(|x| x.2.id);
-        (v.write_segment(&seg).await.unwrap(), victims)
-    });
-    let (planted, victims) = planted;
+    let _ = rt.block_on(v.sync_index(&w.path("gc-cache"))).unwrap();
+    let (planted, victims) = plant_decoy_segment(&v, &first, &second[0], Planted::DataPacksWithDecoyLengths);
 
     let marked = run(&w, &v).unwrap();
     assert!(marked.packs_marked >= victims.len(), "the victims look unreferenced and are marked: {marked:?}");
@@ -184,6 +208,36 @@ fn a_planted_segment_cannot_make_gc_delete_a_live_pack() {
         text.contains(&format!("index/{planted}")) && text.contains("where their pack does not hold them"),
         "{text}"
     );
+    // A restore never writes wrong bytes for it: the planted entries give the hidden chunks
+    // another length, which would shift every chunk after them, so the file fails by name (exit
+    // 3) rather than be rebuilt at the wrong offsets.
+    let out = w.path("restored");
+    let restored = w.run(&["restore", "--vault", w.vault_str(), "latest", "--to", out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&restored.stdout);
+    assert_eq!(restored.status.code(), Some(3), "{text}{}", String::from_utf8_lossy(&restored.stderr));
+    assert!(text.contains("FAILED") && text.contains("a.bin"), "{text}");
+    let _ = planted;
+}
+
+/// A planted segment that places live chunks at another pack with their true lengths hides them
+/// from lookups (the newest run answers first), but a restore reads each from its genuine entry:
+/// the restored tree is exact, and the detour is logged.
+#[test]
+fn a_restore_reads_around_a_planted_index_entry() {
+    let w = World::new();
+    let src = backed_up(&w, "src", "a.bin", 6 << 20, 13);
+    let first = files_below(&w.vault.join("data"));
+    random_file(&src.join("b.bin"), 1 << 20, 14);
+    w.backup(&[&src]);
+    let second: Vec<_> = files_below(&w.vault.join("data")).into_iter().filter(|p| !first.contains(p)).collect();
+    let v = open(&w);
+    let _ = plant_decoy_segment(&v, &first, &second[0], Planted::EveryPackWithTrueLengths);
+    let out = w.path("restored");
+    let restored = w.run(&["restore", "--vault", w.vault_str(), "latest", "--to", out.to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&restored.stderr);
+    assert!(restored.status.success(), "{log}{}", String::from_utf8_lossy(&restored.stdout));
+    assert!(log.contains("chunk read from another index entry"), "the detour is logged: {log}");
+    restore_tests::assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
 }
 
 /// A sweep that does not see a running writer (here its marker is taken away, as a listing that

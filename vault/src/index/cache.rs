@@ -244,14 +244,35 @@ impl LocalIndex {
 
     /// Whether the chunk is indexed.
     pub fn contains(&self, id: &ChunkId) -> Result<bool, CacheError> {
-        Ok(self.find(id)?.is_some())
+        Ok(!self.find(id, true)?.is_empty())
     }
 
-    /// Where the chunk is stored, if indexed.
+    /// Where the chunk is stored, if indexed (the newest run that lists it).
     pub fn lookup(&self, id: &ChunkId) -> Result<Option<IndexEntry>, CacheError> {
-        let Some((pack, counter, blob)) = self.find(id)? else {
-            return Ok(None);
-        };
+        match self.find(id, true)?.into_iter().next() {
+            Some(found) => self.entry(id, found).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every place a run lists the chunk at, newest first: a reader whose first choice does not
+    /// read (a planted or damaged segment) tries the others.
+    pub fn lookup_all(&self, id: &ChunkId) -> Result<Vec<IndexEntry>, CacheError> {
+        let mut out: Vec<IndexEntry> = Vec::new();
+        for found in self.find(id, false)? {
+            let e = self.entry(id, found)?;
+            if !out.iter().any(|o| o.pack.id == e.pack.id && o.blob.offset == e.blob.offset) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    fn entry(
+        &self,
+        id: &ChunkId,
+        (pack, counter, blob): (u32, u32, crate::pack::PackEntry),
+    ) -> Result<IndexEntry, CacheError> {
         let mut rec = [0u8; PACK_RECORD];
         let p = self.dir.join("packs.tbl");
         self.packs.read_exact_at(&mut rec, u64::from(pack) * PACK_RECORD as u64).map_err(io(&p))?;
@@ -259,12 +280,13 @@ impl LocalIndex {
             id: PackId::from_slice(&rec[..32]).unwrap_or_default(),
             salt: rec[32..].try_into().unwrap_or_default(),
         };
-        Ok(Some(IndexEntry { id: *id, pack, counter, blob }))
+        Ok(IndexEntry { id: *id, pack, counter, blob })
     }
 
-    fn find(&self, id: &ChunkId) -> Result<Option<(u32, u32, crate::pack::PackEntry)>, CacheError> {
+    fn find(&self, id: &ChunkId, first_only: bool) -> Result<Vec<(u32, u32, crate::pack::PackEntry)>, CacheError> {
         let prefix: [u8; 8] = id.0[..8].try_into().unwrap_or_default();
         let mut block = vec![0u8; BLOCK_BYTES];
+        let mut out = Vec::new();
         for run in self.runs.iter().rev() {
             let lo = run.fence.partition_point(|f| *f < prefix).saturating_sub(1);
             let hi = run.fence.partition_point(|f| *f <= prefix);
@@ -279,11 +301,15 @@ impl LocalIndex {
                     buf.chunks_exact(ENTRY_LEN).collect::<Vec<_>>().binary_search_by(|r| r[..32].cmp(&id.0[..]));
                 if let Ok(i) = found {
                     let rec = &buf[i * ENTRY_LEN..(i + 1) * ENTRY_LEN];
-                    return decode_entry(rec).map(Some).map_err(CacheError::Damaged);
+                    out.push(decode_entry(rec).map_err(CacheError::Damaged)?);
+                    if first_only {
+                        return Ok(out);
+                    }
+                    break;
                 }
             }
         }
-        Ok(None)
+        Ok(out)
     }
 }
 

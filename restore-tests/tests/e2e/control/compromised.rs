@@ -161,3 +161,67 @@ fn revoking_an_agent_removes_its_key_slot_with_a_new_epoch() {
     assert_eq!(new.status.code(), Some(12), "{err}");
     assert!(err.contains("key epoch 2"), "{err}");
 }
+
+/// A key holder plants an index segment that makes live packs look unreferenced. Through the
+/// controller: the maintainer's prune keeps them, each finding is audited (`gc.kept`), and the
+/// vault is alerted until a clean sweep after the operator removes the named segment; then the
+/// snapshot restores whole.
+#[test]
+fn a_planted_segment_is_audited_and_alerted_by_the_controller_and_nothing_live_is_swept() {
+    use crate::gc::{Planted, plant_decoy_segment};
+    let mut p = Plane::start("");
+    let root = p.dir.path().to_path_buf();
+    let nas = p.folder_vault("vault", "nas", "a1");
+    p.add_agent("a1", std::slice::from_ref(&nas), &[]);
+    let src = root.join("a");
+    std::fs::create_dir_all(&src).unwrap();
+    restore_tests::random_file(&src.join("x.bin"), 40 << 20, 9);
+    let policy = format!(
+        "name = \"c\"\n[defaults]\nschedule = \"0 0 1 1 *\"\nretention = {{ keep_last = 5 }}\n[[vault]]\nname = \"nas\"\nmaintainer = \"a1\"\ngc_grace = \"0s\"\n[[source]]\nagent = \"a1\"\nname = \"a\"\nvault = \"nas\"\npaths = [\"{}\"]\n",
+        src.display()
+    );
+    assert!(p.apply_policy(&policy).status.success());
+    let data = std::path::PathBuf::from(&nas.url).join("data");
+    p.ctl_ok(&["backup", "a1/a"]);
+    let first = restore_tests::files_below(&data);
+    restore_tests::random_file(&src.join("y.bin"), 1 << 20, 10);
+    p.ctl_ok(&["backup", "a1/a"]);
+    let second: Vec<_> = restore_tests::files_below(&data).into_iter().filter(|f| !first.contains(f)).collect();
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut pw = std::fs::read(&nas.password_file).unwrap();
+    while pw.last() == Some(&b'\n') {
+        pw.pop();
+    }
+    let secret = tresor_vault::Secret::Password(zeroize::Zeroizing::new(pw));
+    let v =
+        rt.block_on(tresor_vault::Vault::open(tresor_vault::backend::from_url(&nas.url).unwrap(), &secret)).unwrap();
+    let (planted, victims) = plant_decoy_segment(&v, &first, &second[0], Planted::DataPacksWithDecoyLengths);
+
+    let marked = p.ctl_json(&["prune", "nas"]);
+    assert_eq!(marked["state"], "succeeded", "{marked}");
+    let swept = p.ctl_json(&["prune", "nas"]);
+    assert_eq!((swept["state"].as_str(), swept["packs_deleted"].as_u64()), (Some("succeeded"), Some(0)), "{swept}");
+    assert!(victims.iter().all(|f| f.exists()), "the live packs are still there");
+
+    let status = String::from_utf8_lossy(&p.ctl(&["status"]).stdout).into_owned();
+    assert!(status.contains("vault nas: GC kept packs a planted or damaged index segment"), "{status}");
+    let ex = root.join("export");
+    p.ctl_ok(&["audit", "export", "--out", ex.to_str().unwrap()]);
+    let log = std::fs::read_to_string(ex.join("audit.jsonl")).unwrap();
+    let kept: Vec<&str> = log.lines().filter(|l| l.contains("\"gc.kept\"")).collect();
+    assert!(kept.iter().any(|l| l.contains(&planted.to_string())), "the planted segment is named: {kept:?}");
+    assert!(kept.iter().all(|l| l.contains("\"agent:a1\"") && l.contains("\"vault nas\"")), "{kept:?}");
+
+    // The operator's remedy: remove the named segment. The next sweep is clean, which clears
+    // the alert, and every byte is still there.
+    std::fs::remove_file(std::path::PathBuf::from(&nas.url).join("index").join(planted.to_string())).unwrap();
+    let clean = p.ctl_json(&["prune", "nas"]);
+    assert_eq!((clean["state"].as_str(), clean["packs_deleted"].as_u64()), (Some("succeeded"), Some(0)), "{clean}");
+    restore_tests::plane::wait_for("the alert to clear", Duration::from_secs(60), || {
+        !String::from_utf8_lossy(&p.ctl(&["status"]).stdout).contains("GC kept packs")
+    });
+    let target = root.join("restored");
+    p.ctl_ok(&["restore", "a1/a", "--to", target.to_str().unwrap()]);
+    restore_tests::assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+}
