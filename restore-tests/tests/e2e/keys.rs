@@ -254,3 +254,68 @@ fn master_rotation_carries_every_slot_and_older_epochs_stay_readable() {
     let list = w.ok(&["key", "list", "--vault", w.vault_str()]);
     assert!(list.starts_with("key epoch 3"), "{list}");
 }
+
+/// `key remove` killed between the new epoch's record and the slot's deletion: the slot is
+/// already left out (its secret opens read-only), and running the removal again finishes it.
+#[test]
+fn a_removal_killed_after_its_epoch_began_leaves_the_slot_stranded_and_finishes_on_a_rerun() {
+    let w = World::new();
+    let other = w.path("other.pw");
+    std::fs::write(&other, "someone else").unwrap();
+    let added = w.json(&["key", "add", "--vault", w.vault_str(), "--new-password-file", other.to_str().unwrap()]);
+    let slot = added["added"].as_str().unwrap().to_string();
+    let killed = w
+        .agent()
+        .env("TRESOR_FAILPOINTS", "remove-after-epoch=kill")
+        .args(["key", "remove", "--vault", w.vault_str(), &slot])
+        .output()
+        .unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed.status), Some(9), "killed at the failpoint");
+    assert!(w.vault.join("epochs").join("0000000002").is_file());
+    assert!(w.vault.join("keys").join(&slot).is_file(), "the slot is still there");
+    let out = w.run_with_password_file(&other, &["key", "list", "--vault", w.vault_str()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("cannot write") && text.contains("left out of key epoch 2"),
+        "{text}"
+    );
+    let done = w.json(&["key", "remove", "--vault", w.vault_str(), &slot]);
+    assert_eq!(done["epoch"], 3, "{done}");
+    assert!(!w.vault.join("keys").join(&slot).exists());
+    let out = w.run_with_password_file(&other, &["snapshots", "--vault", w.vault_str()]);
+    assert_eq!(out.status.code(), Some(12), "the slot is gone: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `key rotate` killed after the new slot is written and verified, before the old one is
+/// deleted: both passwords open the vault, so no kill point of a rotation loses access.
+#[test]
+fn a_rotation_killed_before_the_old_slot_is_deleted_keeps_both_passwords_working() {
+    let w = World::new();
+    let src = w.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    restore_tests::random_file(&src.join("a.bin"), 100_000, 5);
+    w.backup(&[&src]);
+    let new = w.path("new.pw");
+    std::fs::write(&new, "the new password").unwrap();
+    let killed = w
+        .agent()
+        .env("TRESOR_FAILPOINTS", "rotate-before-delete=kill")
+        .args(["key", "rotate", "--vault", w.vault_str(), "--new-password-file", new.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed.status), Some(9), "killed at the failpoint");
+    assert_eq!(restore_tests::files_below(&w.vault.join("keys")).len(), 3, "old, new and escrow slots");
+    for out in [
+        w.run(&["snapshots", "--vault", w.vault_str()]),
+        w.run_with_password_file(&new, &["snapshots", "--vault", w.vault_str()]),
+    ] {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let restored = w.path("restored");
+    let out = w.run_with_password_file(
+        &new,
+        &["restore", "--vault", w.vault_str(), "latest", "--to", restored.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    restore_tests::assert_same_tree(&src, &restored.join(src.strip_prefix("/").unwrap()));
+}

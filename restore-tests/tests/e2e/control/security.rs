@@ -243,11 +243,12 @@ fn forged_and_replayed_receipts_are_ignored_and_never_expire_a_snapshot() {
 
 /// 1,000 calls with a token nobody holds, from one address: the first refusal is in the audit
 /// log, the other 999 are one entry when the burst is over (refusal_burst, 2 s here), so the log
-/// cannot be grown by anyone who can reach the port. A known person's call beyond their role is
-/// still audited every time.
+/// cannot be grown by anyone who can reach the port; then the same for 1,000 refused sign-ins on
+/// the auditor's page. A known person's call beyond their role is still audited every time.
 #[test]
 fn a_thousand_refused_tokens_make_two_audit_entries() {
-    let p = Plane::start("refusal_burst = \"2s\"\n");
+    let web = restore_tests::free_port();
+    let p = Plane::start(&format!("refusal_burst = \"2s\"\nweb_listen = \"127.0.0.1:{web}\"\n"));
     let before = p.ctl_json(&["audit", "show"]).as_array().unwrap().len();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -279,4 +280,31 @@ fn a_thousand_refused_tokens_make_two_audit_entries() {
     let out = p.ctl(&["audit", "verify", "--pubkey", key.to_str().unwrap()]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && said.starts_with("audit log valid"), "{said}");
+
+    // 1,000 refused sign-ins on the auditor's page from the same address, after that burst: one
+    // curl process posting the form 1,000 times over one connection.
+    let config = p.dir.path().join("signins.curl");
+    // Options do not carry over `next`: each request names the CA again.
+    let one = format!(
+        "url = \"https://127.0.0.1:{web}/login\"\ncacert = \"{}\"\ndata = \"token=not-a-token\"\noutput = \"/dev/null\"\nwrite-out = \"%{{http_code}}\\n\"\nheader = \"Origin: https://127.0.0.1:{web}\"\n",
+        p.state.join("ca.pem").display()
+    );
+    std::fs::write(&config, vec![one; 1000].join("next\n")).unwrap();
+    let out = std::process::Command::new("curl").args(["-sS", "--config"]).arg(&config).output().unwrap();
+    let codes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(codes.lines().count(), 1000, "{}", String::from_utf8_lossy(&out.stderr));
+    let distinct: std::collections::BTreeSet<&str> = codes.lines().collect();
+    assert_eq!(
+        distinct.into_iter().collect::<Vec<_>>(),
+        ["401"],
+        "every sign-in refused as unauthorized: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the sign-in burst's summary", Duration::from_secs(60), || {
+        refused(&p.ctl_json(&["audit", "show"])).iter().filter(|e| e["action"] == "auth.refused_burst").count() == 2
+    });
+    let entries = refused(&p.ctl_json(&["audit", "show"]));
+    assert_eq!(entries.len(), 4, "two per burst: {entries:?}");
+    assert_eq!(entries[2]["action"], "web sign-in", "{entries:?}");
+    assert!(entries[3]["reason"].as_str().unwrap().starts_with("999 more"), "{entries:?}");
 }
