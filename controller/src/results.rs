@@ -137,12 +137,22 @@ impl Controller {
                         w,
                     );
                 }
+                for q in &p.quarantined {
+                    self.audit(
+                        &format!("agent:{}", job.agent_name),
+                        "gc.quarantine",
+                        &format!("vault {}", job.vault),
+                        crate::audit_log::FAILED,
+                        q,
+                    );
+                }
                 let mut v = self.catalog.vault(&job.vault)?;
                 self.note_revocations(&job, p, &mut v);
-                let warning = match p.gc_warnings.len() {
+                let findings: Vec<&String> = p.gc_warnings.iter().chain(&p.quarantined).collect();
+                let warning = match findings.len() {
                     0 if p.swept => String::new(),
                     0 => v.gc_warning.clone(),
-                    n => format!("{n} finding(s), first: {}", p.gc_warnings[0]),
+                    n => format!("{n} finding(s), first: {}", findings[0]),
                 };
                 v.gc_warning = warning;
                 self.catalog.put_vault(&job.vault, &v)?;

@@ -354,7 +354,7 @@ impl BackupSession {
     pub async fn start(vault: Arc<Vault>, index: Arc<LocalIndex>, opts: BackupOptions) -> Result<Self> {
         vault.check_epoch().await?;
         let id = SessionId::random();
-        let started = chrono::Utc::now();
+        let started = crate::clock::now();
         let keys = vault.keys().clone();
         let marker = SessionMarker {
             v: 1,
@@ -526,7 +526,7 @@ impl BackupSession {
         if let Err(e) = vault.backend().delete(&layout::session(&self.id)).await {
             tracing::warn!(error = %e, "could not remove the session marker");
         }
-        let cutoff = chrono::Utc::now() - chrono::Duration::hours(MARKER_STALE_HOURS);
+        let cutoff = crate::clock::now() - chrono::Duration::hours(MARKER_STALE_HOURS);
         for (key, refreshed) in &self.adopted_markers {
             let old = chrono::DateTime::parse_from_rfc3339(refreshed).map(|t| t < cutoff).unwrap_or(true);
             if old {
@@ -538,11 +538,16 @@ impl BackupSession {
 
     /// Right before the commit point: if a garbage collection rewrote the index since this run
     /// loaded it (a sweep that did not see this session: its listing missed the marker, or it
-    /// judged it dead), every pack this run deduplicated against must still be there, or nothing
-    /// is committed. One listing of `index/` when nothing changed; one HEAD per reused pack when
-    /// something did.
+    /// judged it dead), or the mark is not the one read at the start, every pack this run
+    /// deduplicated against must still be there, or nothing is committed. One read of `gc/mark`
+    /// and one listing of `index/` when nothing changed; one HEAD per reused pack when something
+    /// did.
     async fn reused_still_there(&self, vault: &Vault) -> Result<()> {
-        if !self.shared.index.is_stale(&vault.index_segment_ids().await?) {
+        // The mark is read again too: on storage where an overwrite shows late, the one read at
+        // the start may have been old, and this run may have deduplicated against marked packs.
+        let mark: HashSet<PackId> =
+            crate::session::read_mark(vault).await?.map(|m| m.packs.into_iter().collect()).unwrap_or_default();
+        if mark == self.shared.avoid && !self.shared.index.is_stale(&vault.index_segment_ids().await?) {
             return Ok(());
         }
         let reused: Vec<PackId> =
@@ -582,8 +587,8 @@ async fn abandon_marker(vault: &Vault, id: &SessionId, packs: Vec<PackRef>) {
         v: 1,
         host: String::new(),
         pid: std::process::id(),
-        started: "1970-01-01T00:00:00Z".into(),
-        refreshed: "1970-01-01T00:00:00Z".into(),
+        started: crate::session::ABANDONED.into(),
+        refreshed: crate::session::ABANDONED.into(),
         packs,
         reused: Vec::new(),
     };
@@ -713,7 +718,7 @@ const MARKER_REFRESH: Duration = Duration::from_secs(300);
 const MARKER_STALE_HOURS: i64 = 1;
 
 async fn refresh_marker(s: &Shared, session: &SessionId, marker: &mut SessionMarker) {
-    marker.refreshed = chrono::Utc::now().to_rfc3339();
+    marker.refreshed = crate::clock::now().to_rfc3339();
     marker.reused = s.reused.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
     // A failed refresh loses only the adoption hint for a crash; the backup itself goes on
     // (unless refreshes fail so long that the commit fences itself).

@@ -8,7 +8,11 @@
 //! Why this is safe:
 //! - a writer that started before the mark and commits before the sweep: the sweep recomputes
 //!   references from the snapshots, so its packs are kept;
-//! - a writer still running at sweep time keeps its session marker fresh: the sweep is postponed;
+//! - a writer still running at sweep time keeps its session marker fresh: the sweep is postponed.
+//!   "Fresh" is judged without the writer's clock: a marker is live until this maintainer has
+//!   seen the very same bytes for a whole lease ([`SESSION_LIVE_SECS`]) by its own clock (a
+//!   running writer rewrites its marker every 5 minutes, each time with a new salt, so its bytes
+//!   change), and the grace period counts from when this maintainer first saw the mark;
 //! - a writer that starts after the mark reads `gc/mark` after writing its own marker and does not
 //!   deduplicate against marked packs;
 //! - a writer that was stopped so long that its marker looks dead fences itself: it refuses to
@@ -20,7 +24,8 @@
 //!   that blob decrypts and hashes to the chunk, the pack is kept and the segment named.
 //!
 //! Any listing error, an unreadable snapshot, or a listing that lacks a pack a snapshot needs
-//! aborts the run before anything is deleted.
+//! aborts the run before anything is deleted. A session marker that does not open blocks sweeps
+//! for one lease, then is moved to `quarantine/` (kept, never deleted) and reported.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -37,7 +42,7 @@ use crate::ids::{ChunkId, ObjectId, PackId};
 use crate::index::segment::{MAX_SEGMENT_ENTRIES, PackRef};
 use crate::index::{IndexEntry, Segment};
 use crate::pack::PackEntry;
-use crate::session::{CommitGuard, GcMark, SESSION_LIVE_SECS, SessionMarker, read_mark};
+use crate::session::{ABANDONED, CommitGuard, GcMark, SESSION_LIVE_SECS, SessionMarker};
 use crate::vault::Vault;
 use crate::{layout, object};
 
@@ -77,6 +82,53 @@ pub struct GcReport {
     pub false_index_entries: Vec<String>,
     /// A sweep ran in this run.
     pub swept: bool,
+    /// Session markers that did not open for a whole lease, moved to `quarantine/`, with why.
+    pub quarantined: Vec<String>,
+}
+
+/// What this maintainer saw of session markers and the mark, by its own clock: per object, the
+/// BLAKE3 of its bytes and when it first saw those bytes. Kept in the maintainer's cache
+/// (`<cache>/<vault id>/gc-observed.json`); lost or damaged, everything looks new, which only
+/// postpones sweeps.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+struct Observations {
+    seen: BTreeMap<String, (String, i64)>,
+}
+
+impl Observations {
+    fn path(vault: &Vault, cache: &Path) -> std::path::PathBuf {
+        cache.join(vault.config().vault_id.to_hex()).join("gc-observed.json")
+    }
+
+    fn load(path: &Path) -> Self {
+        std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+        }
+        std::fs::write(&tmp, serde_json::to_vec(self).unwrap_or_default()).map_err(|e| Error::io(tmp.display(), e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display(), e))
+    }
+
+    /// Note `bytes` at `key` now; returns for how many seconds these same bytes have been seen.
+    fn unchanged_for(&mut self, key: &str, bytes: &[u8], now: i64) -> u64 {
+        let hash = blake3::hash(bytes).to_hex().to_string();
+        match self.seen.get(key) {
+            Some((h, since)) if *h == hash => (now - since).max(0) as u64,
+            _ => {
+                let _ = self.seen.insert(key.to_string(), (hash, now));
+                0
+            }
+        }
+    }
+}
+
+/// A marker a session wrote when it gave up (it will never commit): not a live writer.
+fn abandoned(m: &SessionMarker) -> bool {
+    m.refreshed == ABANDONED && m.started == ABANDONED
 }
 
 fn guard(opts: &GcOptions) -> Result<()> {
@@ -86,33 +138,72 @@ fn guard(opts: &GcOptions) -> Result<()> {
     }
 }
 
-/// Session markers: (live ones, packs announced by recent ones).
-async fn sessions(vault: &Vault) -> Result<(Vec<String>, HashSet<PackId>)> {
-    let now = chrono::Utc::now();
+/// Session markers: (live ones, packs announced by recent ones). Liveness is judged by how long
+/// this maintainer has seen a marker unchanged, never by the time the writer wrote into it. A
+/// marker that does not open blocks sweeps for a lease, then goes to `quarantine/`.
+async fn sessions(
+    vault: &Vault,
+    seen: &mut Observations,
+    report: &mut GcReport,
+) -> Result<(Vec<String>, HashSet<PackId>)> {
+    let now = crate::clock::now().timestamp();
+    let lease = SESSION_LIVE_SECS as u64;
     let mut live = Vec::new();
     let mut announced = HashSet::new();
+    let mut listed = HashSet::new();
     for info in vault.backend().list(layout::SESSIONS).await? {
         let bytes = match vault.backend().get(&info.key).await {
             Ok(b) => b,
             Err(BackendError::NotFound(_)) => continue, // finished meanwhile
             Err(e) => return Err(e.into()),
         };
-        let Ok(m) = object::open_named::<SessionMarker>(vault.keys(), ObjectType::Session, &info.key, &bytes) else {
-            // Cannot tell: treat as live, never as dead.
-            live.push(format!("{} (unreadable marker)", info.key));
-            continue;
+        listed.insert(info.key.clone());
+        let same_for = seen.unchanged_for(&info.key, &bytes, now);
+        let m = match object::open_named::<SessionMarker>(vault.keys(), ObjectType::Session, &info.key, &bytes) {
+            Ok(m) => m,
+            Err(e) if same_for < lease => {
+                // Cannot tell yet: treat as live, never as dead, for one lease.
+                live.push(format!(
+                    "{} (unreadable marker, {same_for} s of {lease} s before it is quarantined: {e})",
+                    info.key
+                ));
+                continue;
+            }
+            Err(e) => {
+                quarantine(vault, &info.key, &bytes).await?;
+                report.quarantined.push(format!(
+                    "{} did not open for {same_for} s ({e}); moved to quarantine/{}",
+                    info.key, info.key
+                ));
+                continue;
+            }
         };
-        let age =
-            chrono::DateTime::parse_from_rfc3339(&m.refreshed).map_or(i64::MAX, |t| (now - t.to_utc()).num_seconds());
-        if age < SESSION_LIVE_SECS {
-            announced.extend(m.reused.iter().copied());
-            live.push(format!("{} on {} (refreshed {age} s ago)", info.key, m.host));
+        if abandoned(&m) {
+            // It will never commit: neither waited for nor protecting its packs (the next
+            // backup adopts them if they are still there).
+            continue;
         }
-        if age < 24 * 3600 {
+        if same_for < lease {
+            announced.extend(m.reused.iter().copied());
+            live.push(format!("{} on {} (rewritten within the last {lease} s)", info.key, m.host));
+        }
+        if same_for < 24 * 3600 {
             announced.extend(m.packs.iter().map(|p| p.id));
         }
     }
+    seen.seen.retain(|k, _| !k.starts_with(layout::SESSIONS) || listed.contains(k));
     Ok((live, announced))
+}
+
+/// Keep a session marker that does not open under `quarantine/` (create-once), then remove it
+/// from `sessions/`, so it neither blocks GC forever nor is lost.
+async fn quarantine(vault: &Vault, key: &str, bytes: &Bytes) -> Result<()> {
+    let to = format!("{}{key}", layout::QUARANTINE);
+    let _ = vault.backend().create(&to, bytes.clone()).await?;
+    match vault.backend().delete(key).await {
+        Ok(()) | Err(BackendError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Packs the snapshots reference, through the index; and for every live chunk in `watch` (the
@@ -228,15 +319,20 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
     // GC rewrites index segments and the mark; a stale slot would seal them under an old epoch.
     vault.check_epoch().await?;
     let mut report = GcReport::default();
-    let mark = read_mark(&vault).await?;
+    let observed_at = Observations::path(&vault, cache);
+    let mut seen = Observations::load(&observed_at);
+    let now = crate::clock::now().timestamp();
+    let mark =
+        read_mark_bytes(&vault).await?.map(|(mark, bytes)| (mark, seen.unchanged_for(layout::GC_MARK, &bytes, now)));
     // Sessions first: a writer that commits after this listing has its snapshot in the listing
     // below; one that is live now postpones the sweep.
-    let (live, announced) = sessions(&vault).await?;
+    let (live, announced) = sessions(&vault, &mut seen, &mut report).await?;
+    seen.save(&observed_at)?;
     // A sweep that is due reads the marked packs' directories first, so the walk below can say
     // where the index places each live chunk they hold.
-    let due = mark.as_ref().is_some_and(|m| mark_age(m) >= opts.grace.as_secs() && live.is_empty());
+    let due = mark.as_ref().is_some_and(|(_, age)| *age >= opts.grace.as_secs() && live.is_empty());
     let (watch, unreadable) = match (&mark, due) {
-        (Some(m), true) => marked_chunks(&vault, &m.packs).await?,
+        (Some((m, _)), true) => marked_chunks(&vault, &m.packs).await?,
         _ => (HashMap::new(), BTreeMap::new()),
     };
     let (refs, placed) = referenced(&vault, cache, &watch, &mut report).await?;
@@ -254,11 +350,12 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
         listed.keys().filter(|p| !refs.contains(p) && !announced.contains(p)).copied().collect();
     report.unreferenced = unreferenced.len();
 
-    if let Some(mark) = mark {
-        let age = mark_age(&mark);
+    if let Some((mark, age)) = mark {
         if age < opts.grace.as_secs() {
-            report.postponed =
-                Some(format!("the mark is {age} s old; packs are deleted {} s after marking", opts.grace.as_secs()));
+            report.postponed = Some(format!(
+                "this maintainer has seen the mark for {age} s; packs are deleted {} s after that",
+                opts.grace.as_secs()
+            ));
             return Ok(report);
         }
         if !live.is_empty() {
@@ -286,28 +383,43 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
         }
         vault.backend().delete(layout::GC_MARK).await?;
         let unreferenced: BTreeSet<PackId> = unreferenced.difference(&doomed).copied().collect();
-        write_mark(&vault, &unreferenced, &mut report).await?;
+        write_mark(&vault, &unreferenced, &mut report, &mut seen).await?;
+        seen.save(&observed_at)?;
         return Ok(report);
     }
-    write_mark(&vault, &unreferenced, &mut report).await?;
+    write_mark(&vault, &unreferenced, &mut report, &mut seen).await?;
+    seen.save(&observed_at)?;
     Ok(report)
 }
 
-async fn write_mark(vault: &Vault, packs: &BTreeSet<PackId>, report: &mut GcReport) -> Result<()> {
+/// Write a new mark; the grace period counts from now, by this maintainer's clock.
+async fn write_mark(
+    vault: &Vault,
+    packs: &BTreeSet<PackId>,
+    report: &mut GcReport,
+    seen: &mut Observations,
+) -> Result<()> {
     if packs.is_empty() {
         return Ok(());
     }
-    let mark = GcMark { v: 1, marked_at: chrono::Utc::now().to_rfc3339(), packs: packs.iter().copied().collect() };
+    let now = crate::clock::now();
+    let mark = GcMark { v: 1, marked_at: now.to_rfc3339(), packs: packs.iter().copied().collect() };
     let bytes = object::seal_named(vault.keys(), ObjectType::GcMark, layout::GC_MARK, &mark);
+    let _ = seen.unchanged_for(layout::GC_MARK, &bytes, now.timestamp());
     vault.backend().overwrite(layout::GC_MARK, Bytes::from(bytes)).await?;
     report.packs_marked = packs.len();
     Ok(())
 }
 
-/// Seconds since the mark was written (0 if its time does not parse: never old enough).
-fn mark_age(mark: &GcMark) -> u64 {
-    chrono::DateTime::parse_from_rfc3339(&mark.marked_at)
-        .map_or(0, |t| (chrono::Utc::now() - t.to_utc()).num_seconds().max(0) as u64)
+/// `gc/mark` and its stored bytes, if there is one.
+async fn read_mark_bytes(vault: &Vault) -> Result<Option<(GcMark, Bytes)>> {
+    match vault.backend().get(layout::GC_MARK).await {
+        Ok(bytes) => object::open_named::<GcMark>(vault.keys(), ObjectType::GcMark, layout::GC_MARK, &bytes)
+            .map(|m| Some((m, bytes)))
+            .map_err(|e| Error::integrity("gc/mark", e)),
+        Err(BackendError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Rewrite the index without the entries of `doomed` packs, into as few segments as fit; the

@@ -22,6 +22,9 @@ pub const GC_MARK: &str = "gc/mark";
 pub const REPORTS: &str = "reports/";
 /// Signed audit-log checkpoints (sealed object type 9, write-once).
 pub const AUDIT: &str = "audit/";
+/// Objects GC set aside: session markers that did not open for a whole lease, under their
+/// original names (`quarantine/sessions/<id>`); never deleted by Tresor.
+pub const QUARANTINE: &str = "quarantine/";
 /// Capability probes at init.
 pub const PROBE: &str = "probe/";
 

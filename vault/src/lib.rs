@@ -17,6 +17,7 @@ pub mod backup;
 pub mod check;
 pub mod check_snapshot;
 pub mod chunker;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod crypto;

@@ -44,8 +44,13 @@ pub struct SessionMarker {
     pub reused: Vec<PackId>,
 }
 
-/// A session marker refreshed within this many seconds counts as a live writer.
+/// A session marker a maintainer has seen rewritten within this many seconds (by its own clock)
+/// counts as a live writer; a writer fences itself when it could not rewrite its marker for
+/// this long minus a margin (by its monotonic clock).
 pub const SESSION_LIVE_SECS: i64 = 15 * 60;
+
+/// `started` and `refreshed` of a session that gave up and will never commit.
+pub const ABANDONED: &str = "1970-01-01T00:00:00Z";
 
 /// The mark of a GC run (sealed object type 8 at `gc/mark`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -308,6 +308,7 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         slots_revoked,
         key_epoch: ctx.vault(&p.vault).await?.key_epoch(),
         revoke_error,
+        quarantined: r.quarantined,
     }))
 }
 

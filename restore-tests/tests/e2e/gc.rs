@@ -247,15 +247,44 @@ fn a_restore_reads_around_a_planted_index_entry() {
 #[test]
 fn a_writer_commits_nothing_when_a_sweep_it_missed_deleted_a_pack_it_reused() {
     let w = World::new();
-    let src = backed_up(&w, "src", "a.bin", 2 << 20, 21);
-    let v = open(&w);
+    let (v, writer, log) = writer_paused_after_reusing_a_forgotten_pack(&w);
+    let marked = run(&w, &v).unwrap();
+    assert!(marked.packs_marked >= 1, "{marked:?}");
+    let swept = run(&w, &v).unwrap();
+    assert!(swept.packs_deleted >= 1, "the pack the writer reused is gone: {swept:?}");
+    the_writer_commits_nothing(&w, writer, &log);
+}
+
+/// The same pack disappears, but the index is not rewritten (as on storage where a sweep's index
+/// compaction is not yet visible): only the mark changed since the writer read it. Re-read at the
+/// commit point, the changed mark makes the writer check its reused packs, and it commits nothing.
+#[test]
+fn a_writer_commits_nothing_when_the_mark_changed_and_a_reused_pack_is_gone() {
+    let w = World::new();
+    let (v, writer, log) = writer_paused_after_reusing_a_forgotten_pack(&w);
+    let index_before = files_below(&w.vault.join("index"));
+    let marked = run(&w, &v).unwrap();
+    assert!(marked.packs_marked >= 1, "{marked:?}");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    // The only snapshot is forgotten: its pack is unreferenced, but the writer's cache still
-    // indexes it, so the next backup of the same file deduplicates against it.
+    let mark = rt.block_on(tresor_vault::session::read_mark(&v)).unwrap().unwrap();
+    for p in &mark.packs {
+        std::fs::remove_file(w.vault.join(tresor_vault::layout::pack(p))).unwrap();
+    }
+    assert_eq!(files_below(&w.vault.join("index")), index_before, "the index is as the writer loaded it");
+    the_writer_commits_nothing(&w, writer, &log);
+}
+
+/// A vault whose only snapshot is forgotten (its pack unreferenced, but still in the agent's
+/// index cache), and a CLI backup of the same file paused at its commit point: it deduplicated
+/// against that pack. Its session marker is taken away, as a listing that misses it would.
+fn writer_paused_after_reusing_a_forgotten_pack(w: &World) -> (Arc<Vault>, std::process::Child, PathBuf) {
+    let src = backed_up(w, "src", "a.bin", 2 << 20, 21);
+    let v = open(w);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let first = w.snapshot_ids();
     rt.block_on(async { v.forget_snapshot(&first[0].parse().unwrap()).await.unwrap() });
     let log = w.path("writer.log");
-    let mut writer = w
+    let writer = w
         .agent()
         .env("TRESOR_FAILPOINTS", "before-manifest-put=sleep:6000")
         .args(["backup", "--vault", w.vault_str()])
@@ -269,18 +298,77 @@ fn a_writer_commits_nothing_when_a_sweep_it_missed_deleted_a_pack_it_reused() {
     for m in files_below(&w.vault.join("sessions")) {
         std::fs::remove_file(m).unwrap();
     }
-    let marked = run(&w, &v).unwrap();
-    assert!(marked.packs_marked >= 1, "{marked:?}");
-    let swept = run(&w, &v).unwrap();
-    assert!(swept.packs_deleted >= 1, "the pack the writer reused is gone: {swept:?}");
+    (v, writer, log)
+}
 
+fn the_writer_commits_nothing(w: &World, mut writer: std::process::Child, log: &Path) {
     let status = writer.wait().unwrap();
-    let err = std::fs::read_to_string(&log).unwrap();
+    let err = std::fs::read_to_string(log).unwrap();
     assert!(!status.success(), "{err}");
     assert!(err.contains("which this backup deduplicated against, was deleted by a garbage collection"), "{err}");
     assert!(w.snapshot_ids().is_empty(), "nothing was committed");
-    let check = w.run(&["check", "--vault", w.vault_str(), "--read-data"]);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+}
+
+/// A sweep that finishes between a writer's index load and its session start: the loaded index
+/// names packs the sweep deleted, so the start is refused with `IndexChanged` (the agent loads
+/// the index again and retries, up to three times), and a start on a fresh load succeeds.
+#[test]
+fn a_session_started_on_an_index_a_sweep_replaced_is_refused_with_index_changed() {
+    use tresor_vault::backup::{BackupOptions, BackupSession};
+    let w = World::new();
+    let _ = backed_up(&w, "src", "a.bin", 1 << 20, 41);
+    let _ = backed_up(&w, "src2", "b.bin", 1 << 20, 42);
+    let v = open(&w);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let cache = w.path("writer-cache");
+    let loaded = rt.block_on(v.sync_index(&cache)).unwrap();
+    let first = w.snapshot_ids();
+    rt.block_on(v.forget_snapshot(&first[0].parse().unwrap())).unwrap();
+    let opts = GcOptions { grace: std::time::Duration::ZERO, ..GcOptions::default() };
+    for _ in 0..2 {
+        rt.block_on(gc::run(v.clone(), &w.path("gc-cache"), &opts)).unwrap();
+    }
+    let refused = rt.block_on(BackupSession::start(v.clone(), loaded, BackupOptions::default()));
+    assert!(matches!(refused, Err(tresor_vault::Error::IndexChanged)), "{:?}", refused.err());
+    assert!(files_below(&w.vault.join("sessions")).is_empty(), "the refused session left no marker");
+    let fresh = rt.block_on(v.sync_index(&cache)).unwrap();
+    let session = rt.block_on(BackupSession::start(v.clone(), fresh, BackupOptions::default())).unwrap();
+    rt.block_on(session.abort());
+}
+
+/// A junk session marker (a planted object, or one damaged in storage) blocks sweeps, for one
+/// lease only: the maintainer counts from when it first saw those very bytes, by its own record.
+/// Then the marker is moved to `quarantine/` (kept), reported, and the sweep runs.
+#[test]
+fn a_junk_session_marker_blocks_gc_for_one_lease_then_is_quarantined() {
+    let w = World::new();
+    let _ = backed_up(&w, "src", "a.bin", 1 << 20, 51);
+    let v = open(&w);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    for id in w.snapshot_ids() {
+        rt.block_on(v.forget_snapshot(&id.parse().unwrap())).unwrap();
+    }
+    let junk_name = format!("sessions/{}", "ab".repeat(32));
+    std::fs::write(w.vault.join(&junk_name), b"not a session marker").unwrap();
+    let opts = GcOptions { grace: std::time::Duration::ZERO, ..GcOptions::default() };
+    let gc = |v: &Arc<Vault>| rt.block_on(gc::run(v.clone(), &w.path("gc-cache"), &opts)).unwrap();
+    let marked = gc(&v);
+    assert!(marked.packs_marked >= 1, "{marked:?}");
+    let blocked = gc(&v);
+    assert_eq!(blocked.packs_deleted, 0, "{blocked:?}");
+    assert!(blocked.postponed.as_deref().unwrap_or("").contains("unreadable marker"), "{blocked:?}");
+
+    // A lease later by the maintainer's record (its own clock; nothing the marker says counts).
+    let record = w.path("gc-cache").join(v.config().vault_id.to_hex()).join("gc-observed.json");
+    let mut seen: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let first_seen = &mut seen["seen"][&junk_name][1];
+    *first_seen = (first_seen.as_i64().unwrap() - 16 * 60).into();
+    std::fs::write(&record, serde_json::to_vec(&seen).unwrap()).unwrap();
+    let swept = gc(&v);
+    assert!(swept.quarantined.iter().any(|q| q.contains(&junk_name)), "{swept:?}");
+    assert!(swept.packs_deleted >= 1, "the sweep ran: {swept:?}");
+    assert!(!w.vault.join(&junk_name).exists());
+    assert_eq!(std::fs::read(w.vault.join("quarantine").join(&junk_name)).unwrap(), b"not a session marker");
 }
 
 /// A key holder who can guess content another host will back up plants an index entry for its

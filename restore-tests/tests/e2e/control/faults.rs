@@ -133,7 +133,25 @@ fn a_writer_stopped_past_its_lease_aborts_and_gc_deletes_nothing_referenced() {
 
 #[test]
 fn a_pack_reused_by_a_running_backup_survives_gc() {
+    reused_pack_survives_gc_with_clocks(0, 0);
+}
+
+/// The same with clocks off by two hours, each way: the writer's clock two hours behind the
+/// maintainer's (its marker looks two hours old by its own stamps), then the maintainer's two
+/// hours behind the writer's. GC judges liveness by seeing the marker rewritten, by its own
+/// clock, so neither sweeps the pack the running writer reuses.
+#[test]
+fn gc_never_sweeps_a_live_writers_packs_whatever_the_writers_clock_says() {
+    reused_pack_survives_gc_with_clocks(-7200, 0);
+    reused_pack_survives_gc_with_clocks(7200, -7200);
+}
+
+fn reused_pack_survives_gc_with_clocks(writer_skew: i64, maintainer_skew: i64) {
     let (mut p, url, pws) = plane_with("lease = \"20s\"\n", &["maint", "w1"]);
+    let (ws, ms) = (writer_skew.to_string(), maintainer_skew.to_string());
+    p.kill_agent("maint");
+    p.start_agent_with("maint", &[("TRESOR_CLOCK_SKEW_SECS", &ms)]);
+    p.wait_connected("maint");
     let old = p.dir.path().join("old");
     let data = p.dir.path().join("data");
     std::fs::create_dir_all(&old).unwrap();
@@ -148,7 +166,10 @@ fn a_pack_reused_by_a_running_backup_survives_gc() {
     random_file(&data.join("a-copy.bin"), 4 << 20, 7); // the same bytes as the forgotten a.bin
 
     p.kill_agent("w1");
-    p.start_agent_with("w1", &[("TRESOR_FAILPOINTS", "before-manifest-put=sleep:8000")]);
+    p.start_agent_with(
+        "w1",
+        &[("TRESOR_FAILPOINTS", "before-manifest-put=sleep:8000"), ("TRESOR_CLOCK_SKEW_SECS", &ws)],
+    );
     p.wait_connected("w1");
     let job = job_of(&p.ctl_ok(&["backup", "w1/data", "--detach"]));
     wait_for("the writer to reach its commit point", Duration::from_secs(60), || {
