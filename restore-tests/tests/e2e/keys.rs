@@ -319,3 +319,62 @@ fn a_rotation_killed_before_the_old_slot_is_deleted_keeps_both_passwords_working
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     restore_tests::assert_same_tree(&src, &restored.join(src.strip_prefix("/").unwrap()));
 }
+
+/// A vault whose slots were all made before key epochs (version 1, as `init` wrote them before
+/// this change): a master rotation is refused until the escrow slot is upgraded with the offline
+/// key file (the opener's own slot is upgraded on the way); then both are carried, and the escrow
+/// key reads what was written before and after.
+#[test]
+fn slots_made_before_key_epochs_are_upgraded_then_carried() {
+    use tresor_vault::crypto::MasterKey;
+    use tresor_vault::keys::{EscrowKey, KdfParams, KeySlot, SlotKind};
+    let w = World::new();
+    let config = std::fs::read(w.vault.join("config")).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    let vault_id: tresor_vault::ids::VaultId = doc["vault_id"].as_str().unwrap().parse().unwrap();
+    for f in restore_tests::files_below(&w.vault.join("keys")) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let master = MasterKey::generate();
+    let mac = master.derive().config_mac(&config);
+    let kdf = KdfParams { memory_kib: 8 * 1024, iterations: 1, ..KdfParams::recommended() };
+    let escrow = EscrowKey::generate();
+    for (kind, secret) in [(SlotKind::Password, w.password.as_bytes()), (SlotKind::Escrow, escrow.secret())] {
+        let slot = KeySlot::wrap_v1(&vault_id, kind, "before epochs", secret, &master, mac, kdf.clone()).unwrap();
+        std::fs::write(w.vault.join("keys").join(&slot.id), slot.to_json()).unwrap();
+    }
+    std::fs::write(w.escrow(), escrow.to_file_text(&vault_id)).unwrap();
+    let src = w.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    restore_tests::random_file(&src.join("old.bin"), 100_000, 6);
+    let before = w.backup(&[&src])["snapshot"].as_str().unwrap().to_string();
+
+    let out = w.run(&["key", "rotate", "--master", "--vault", w.vault_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("escrow") && err.contains("key upgrade"), "{err}");
+    // On the way, the opener's own slot was upgraded (same password); nothing of an epoch exists.
+    assert!(err.contains("made before key epochs; replaced it"), "{err}");
+    assert!(!w.vault.join("epochs").exists());
+    let with_escrow = |args: &[&str]| {
+        w.agent()
+            .env_remove("TRESOR_PASSWORD")
+            .args(["--escrow-key-file", w.escrow().to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let up = with_escrow(&["key", "upgrade", "--vault", w.vault_str()]);
+    assert!(up.status.success() && String::from_utf8_lossy(&up.stdout).contains("replaced by"), "{up:?}");
+    let rotated = w.run(&["--json", "key", "rotate", "--master", "--vault", w.vault_str()]);
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    assert_eq!((r["epoch"].as_u64(), r["left_out"].as_array().map(Vec::len)), (Some(2), Some(0)), "{r}");
+
+    restore_tests::random_file(&src.join("new.bin"), 100_000, 7);
+    let after = w.backup(&[&src])["snapshot"].as_str().unwrap().to_string();
+    for (snap, to) in [(&before, "r-old"), (&after, "r-new")] {
+        let out = with_escrow(&["restore", "--vault", w.vault_str(), snap, "--to", w.path(to).to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    restore_tests::assert_same_tree(&src, &w.path("r-new").join(src.strip_prefix("/").unwrap()));
+}
