@@ -38,5 +38,16 @@ have_pg || { echo "error: PostgreSQL server binaries are not under /usr/lib/post
 [[ "$(id -u)" == 0 ]] || { echo "error: the PostgreSQL tests run initdb as the postgres user and need root (setpriv)" >&2; exit 1; }
 echo "postgresql: $(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 
+# libfaketime: standalone CLI runs with a wall clock hours off (GC liveness tests).
+have_faketime() { compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; }
+if ! have_faketime; then
+    echo "installing libfaketime"
+    [[ "$(id -u)" == 0 ]] || { echo "error: installing libfaketime needs root" >&2; exit 1; }
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libfaketime >/dev/null
+fi
+have_faketime || { echo "error: libfaketime.so.1 is not under /usr/lib/*/faketime after installing it" >&2; exit 1; }
+echo "libfaketime: $(compgen -G '/usr/lib/*/faketime/libfaketime.so.1' | head -1)"
+
 scripts/ensure-python-deps.sh
 scripts/ensure-browser-deps.sh

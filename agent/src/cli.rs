@@ -187,6 +187,27 @@ pub enum Command {
         #[arg(long, requires = "read_data_subset")]
         seed: Option<u64>,
     },
+    /// Collect garbage without a controller: the first run marks unreferenced packs, a later one
+    /// deletes those still unreferenced once the mark is older than --grace. Refuses to delete
+    /// anything when the snapshot listing lacks a snapshot this host committed or saw before.
+    Gc {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// How long marked packs wait before a later run deletes them.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        grace: std::time::Duration,
+        /// Take the current listing as what to expect (after snapshots were forgotten elsewhere).
+        #[arg(long)]
+        reset_expected: bool,
+    },
+    /// Forget snapshots (their data goes at a later `gc`).
+    Forget {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// Snapshot ids or unique prefixes.
+        #[arg(required = true)]
+        snapshots: Vec<String>,
+    },
     /// Enroll this agent with a controller (one-time token from `tresorctl token create`).
     Enroll {
         /// The controller, e.g. https://controller.example:7443.

@@ -32,6 +32,11 @@ impl Outcome {
     fn ok(json: serde_json::Value, text: String) -> Self {
         Self { json, text, code: exit::OK }
     }
+
+    /// Success with this output.
+    pub fn ok_with(json: serde_json::Value, text: String) -> Self {
+        Self::ok(json, text)
+    }
 }
 
 /// The index cache directory, private to this user (0700, owned by it, not a link): an index
@@ -85,7 +90,7 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open(g: &Global, url: &str) -> anyhow::Result<Arc<Vault>> {
+pub(crate) async fn open(g: &Global, url: &str) -> anyhow::Result<Arc<Vault>> {
     let secret = secret::open_secret(g.password_file.as_deref(), g.escrow_key_file.as_deref())?;
     let backend = backend::from_url(url)?;
     Ok(Arc::new(Vault::open(backend, &secret).await?))
@@ -164,7 +169,10 @@ pub async fn backup(
         progress: None,
         quiet: g.json,
     };
-    let BackupDone { id: sid, manifest, errors } = backup_into(vault, &cache_root(g)?, req).await?;
+    let vault_id = vault.config().vault_id;
+    let root = cache_root(g)?;
+    let BackupDone { id: sid, manifest, errors } = backup_into(vault, &root, req).await?;
+    crate::maintain::note_committed(&root, &vault_id, sid)?;
     let s = &manifest.summary;
     let mut text = format!(
         "snapshot {sid} saved\n  {} files, {} dirs, {} in total; read {}, new {} in {} chunks, stored {} in {:.1} s",

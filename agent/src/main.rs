@@ -6,6 +6,7 @@ mod daemon;
 mod exit;
 mod files;
 mod host;
+mod maintain;
 mod progress;
 mod secret;
 
@@ -124,6 +125,8 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
             commands::check(g, &vault.vault, *read_data, read_data_subset.as_deref(), *seed).await
         }
         Command::Key { action } => commands::key(g, action).await,
+        Command::Gc { vault, grace, reset_expected } => maintain::gc(g, &vault.vault, *grace, *reset_expected).await,
+        Command::Forget { vault, snapshots } => maintain::forget(g, &vault.vault, snapshots).await,
         Command::Enroll { controller, token, token_file, config, state_dir, name } => {
             commands::enroll(
                 controller,

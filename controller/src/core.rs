@@ -649,11 +649,22 @@ impl Controller {
                     vp.maintainer
                 ))
             })?;
+        let forget: Vec<String> = plan.forget.iter().map(|s| s.snapshot_id.clone()).collect();
+        // What the vault must list: every snapshot the controller signed a receipt for there,
+        // less what this prune forgets (earlier prunes' forgets are out of the catalog already).
+        let expected = self
+            .catalog
+            .snapshots()?
+            .into_iter()
+            .filter(|s| s.vault == vault && s.committed_ms.is_some() && !forget.contains(&s.snapshot_id))
+            .map(|s| s.snapshot_id)
+            .collect();
         let spec = JobSpec::Prune {
-            forget: plan.forget.iter().map(|s| s.snapshot_id.clone()).collect(),
+            forget,
             gc_grace_seconds: vp.gc_grace.as_secs() as u32,
             reasons: plan.reasons.clone(),
             revoke_slots: self.catalog.vault(vault)?.revoke_slots,
+            expected,
         };
         let job = JobRecord::new(id, a.name, vault.to_string(), spec, trigger, self.config.max_attempts);
         self.jobs.submit(&job)?;

@@ -58,6 +58,9 @@ pub enum JobSpec {
         /// Key slots of revoked agents to remove first (one new key epoch).
         #[serde(default)]
         revoke_slots: Vec<String>,
+        /// Receipted snapshots of the vault not forgotten by this job: GC's listing must hold them.
+        #[serde(default)]
+        expected: Vec<String>,
     },
     /// List the vault's snapshots and receipts (catalog rebuild).
     Scan,
@@ -292,11 +295,12 @@ impl JobRecord {
             JobSpec::Check { read_data_percent, .. } => {
                 Kind::Check(pb::CheckJob { vault: self.vault.clone(), read_data_percent: *read_data_percent })
             }
-            JobSpec::Prune { forget, gc_grace_seconds, revoke_slots, .. } => Kind::Prune(pb::PruneJob {
+            JobSpec::Prune { forget, gc_grace_seconds, revoke_slots, expected, .. } => Kind::Prune(pb::PruneJob {
                 vault: self.vault.clone(),
                 forget: forget.clone(),
                 gc_grace_seconds: *gc_grace_seconds,
                 revoke_slots: revoke_slots.clone(),
+                expected: expected.clone(),
             }),
             JobSpec::Scan => Kind::Scan(pb::ScanJob { vault: self.vault.clone() }),
             JobSpec::Drill(d) => Kind::Drill(pb::DrillJob {

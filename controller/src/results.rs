@@ -148,7 +148,24 @@ impl Controller {
                 }
                 let mut v = self.catalog.vault(&job.vault)?;
                 self.note_revocations(&job, p, &mut v);
-                let findings: Vec<&String> = p.gc_warnings.iter().chain(&p.quarantined).collect();
+                let short = (!p.listing_missing.is_empty()).then(|| {
+                    format!(
+                        "the vault's snapshot listing lacked {} snapshot(s) the catalog holds receipts for ({}); GC deleted nothing",
+                        p.listing_missing.len(),
+                        p.listing_missing.join(", ")
+                    )
+                });
+                if let Some(why) = &short {
+                    let actor = format!("agent:{}", job.agent_name);
+                    self.audit(
+                        &actor,
+                        "gc.listing_short",
+                        &format!("vault {}", job.vault),
+                        crate::audit_log::FAILED,
+                        why,
+                    );
+                }
+                let findings: Vec<&String> = short.iter().chain(&p.gc_warnings).chain(&p.quarantined).collect();
                 let warning = match findings.len() {
                     0 if p.swept => String::new(),
                     0 => v.gc_warning.clone(),

@@ -67,6 +67,14 @@ pub enum Error {
         "this key slot cannot write to the vault: {0}. New data is sealed under the newest key epoch only; a holder of a current slot can give you one (`tresor-agent key add`)"
     )]
     StaleEpoch(String),
+    /// GC's snapshot listing lacks snapshots its maintainer expects (receipted ones, or ones this
+    /// host recorded): a short or failed listing. Nothing was deleted.
+    #[error(
+        "the snapshot listing lacks {} snapshot(s) the maintainer expects (first: {}); a short or failed listing, so GC deletes nothing",
+        .0.len(),
+        .0.first().map(String::as_str).unwrap_or("")
+    )]
+    SnapshotsMissing(Vec<String>),
     /// A key epoch began after this handle opened the vault.
     #[error(
         "key epoch {0} began after this vault was opened (a slot was removed or the master key rotated); open the vault again to write under it"

@@ -53,6 +53,9 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Asked before anything is deleted; an error aborts the run.
     pub guard: Option<CommitGuard>,
+    /// Snapshots the maintainer knows exist (receipted, or recorded by this host, minus those
+    /// it forgot): a listing without any of them aborts the run.
+    pub expected: BTreeSet<ObjectId>,
 }
 
 /// What a run did.
@@ -84,6 +87,9 @@ pub struct GcReport {
     pub swept: bool,
     /// Session markers that did not open for a whole lease, moved to `quarantine/`, with why.
     pub quarantined: Vec<String>,
+    /// The snapshots listed (for the caller's record of what to expect next time).
+    #[serde(skip)]
+    pub listed_snapshots: BTreeSet<ObjectId>,
 }
 
 /// What this maintainer saw of session markers and the mark, by its own clock: per object, the
@@ -212,12 +218,26 @@ async fn referenced(
     vault: &Arc<Vault>,
     cache: &Path,
     watch: &HashMap<ChunkId, Vec<PackId>>,
+    expected: &BTreeSet<ObjectId>,
     report: &mut GcReport,
 ) -> Result<(HashSet<PackId>, HashMap<ChunkId, IndexEntry>)> {
+    for prefix in [layout::SNAPSHOTS, layout::INDEX, layout::DATA] {
+        vault.backend().require_prefix(prefix).await.map_err(|e| {
+            Error::Invalid(format!(
+                "GC deletes nothing: {e}; a vault's {prefix} never goes away on its own (run `check`)"
+            ))
+        })?;
+    }
     let index = vault.sync_index(cache).await?;
     let mut packs = HashSet::new();
     let mut placed = HashMap::new();
-    for (id, m) in vault.snapshots().await? {
+    let snapshots = vault.snapshots().await?;
+    report.listed_snapshots = snapshots.iter().map(|(id, _)| *id).collect();
+    let missing: Vec<String> = expected.difference(&report.listed_snapshots).map(ToString::to_string).collect();
+    if !missing.is_empty() {
+        return Err(Error::SnapshotsMissing(missing));
+    }
+    for (id, m) in snapshots {
         let m = m.map_err(|e| {
             Error::Invalid(format!("snapshot {id} is unreadable ({e}); GC refuses to run until `check` is clean"))
         })?;
@@ -335,7 +355,7 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
         (Some((m, _)), true) => marked_chunks(&vault, &m.packs).await?,
         _ => (HashMap::new(), BTreeMap::new()),
     };
-    let (refs, placed) = referenced(&vault, cache, &watch, &mut report).await?;
+    let (refs, placed) = referenced(&vault, cache, &watch, &opts.expected, &mut report).await?;
     let listing = vault.backend().list(layout::DATA).await?;
     let listed: std::collections::HashMap<PackId, u64> =
         listing.iter().filter_map(|i| layout::id_of::<PackId>(&i.key).map(|id| (id, i.size))).collect();

@@ -290,11 +290,29 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         vault.forget_snapshot(&id).await?;
         forgotten.push(s.clone());
     }
+    let mut expected = std::collections::BTreeSet::new();
+    for s in &p.expected {
+        expected.insert(s.parse().map_err(|_| anyhow::anyhow!("prune: bad expected snapshot id {s:?}"))?);
+    }
     let opts = tresor_vault::gc::GcOptions {
         grace: std::time::Duration::from_secs(u64::from(p.gc_grace_seconds)),
         guard: Some(ctx.leases.guard(jr)),
+        expected,
     };
-    let r = tresor_vault::gc::run(vault, &ctx.cache_dir(), &opts).await?;
+    let r = match tresor_vault::gc::run(vault, &ctx.cache_dir(), &opts).await {
+        // Not a failure to retry: the listing is short, and the controller must hear what it lacked.
+        Err(tresor_vault::Error::SnapshotsMissing(missing)) => {
+            tracing::error!(vault = %p.vault, missing = missing.len(), "snapshot listing short; GC deleted nothing");
+            return Ok(ResultKind::Prune(pb::PruneResult {
+                forgotten,
+                slots_revoked,
+                revoke_error,
+                listing_missing: missing,
+                ..Default::default()
+            }));
+        }
+        r => r?,
+    };
     Ok(ResultKind::Prune(pb::PruneResult {
         forgotten,
         packs_marked: r.packs_marked as u64,
@@ -309,6 +327,7 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         key_epoch: ctx.vault(&p.vault).await?.key_epoch(),
         revoke_error,
         quarantined: r.quarantined,
+        listing_missing: Vec::new(),
     }))
 }
 

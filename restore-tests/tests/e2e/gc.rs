@@ -408,3 +408,109 @@ fn a_writer_never_deduplicates_against_a_planted_index_entry() {
     assert!(restored == content, "the snapshot restores");
     assert!(files_below(&w.cache).iter().any(|p| p.to_string_lossy().contains("/packdirs/")), "the directory is kept");
 }
+
+/// Standalone `gc` keeps a record of the snapshots this host committed or saw listed. A listing
+/// that lacks one (here a manifest moved aside, as a short or failed listing would) and a vanished
+/// `snapshots/` directory make it delete nothing, twice in a row, naming what is missing; a
+/// snapshot forgotten with `forget` never trips it, and its data is then collected.
+#[test]
+fn standalone_gc_deletes_nothing_on_a_short_listing_or_a_missing_directory() {
+    let w = World::new();
+    let src = backed_up(&w, "src", "a.bin", 1 << 20, 61);
+    std::fs::remove_file(src.join("a.bin")).unwrap();
+    random_file(&src.join("b.bin"), 1 << 20, 62);
+    w.backup(&[&src]);
+    let gc = |extra: &[&str]| {
+        let mut a = vec!["--json", "gc", "--vault", w.vault_str(), "--grace", "0s"];
+        a.extend_from_slice(extra);
+        w.run(&a)
+    };
+    assert!(gc(&[]).status.success());
+    let packs = files_below(&w.vault.join("data"));
+    let snaps = files_below(&w.vault.join("snapshots"));
+    let hidden = snaps.iter().min().unwrap().clone();
+    let aside = w.path("aside");
+    std::fs::rename(&hidden, &aside).unwrap();
+    for _ in 0..2 {
+        let out = gc(&[]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(13), "{text}");
+        assert!(text.contains(hidden.file_name().unwrap().to_str().unwrap()), "the missing snapshot is named: {text}");
+    }
+    assert_eq!(files_below(&w.vault.join("data")), packs, "nothing deleted");
+    std::fs::rename(&aside, &hidden).unwrap();
+
+    let dir = w.vault.join("snapshots");
+    std::fs::rename(&dir, w.path("snapshots-aside")).unwrap();
+    let out = gc(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("snapshots/ (the directory is missing"), "{err}");
+    std::fs::rename(w.path("snapshots-aside"), &dir).unwrap();
+    assert_eq!(files_below(&w.vault.join("data")), packs, "nothing deleted");
+
+    // A deliberate forget: the next two runs mark, then collect a.bin's data.
+    let id = hidden.file_name().unwrap().to_str().unwrap().to_string();
+    w.ok(&["forget", "--vault", w.vault_str(), &id]);
+    let runs: Vec<serde_json::Value> = (0..2)
+        .map(|_| {
+            let out = gc(&[]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice(&out.stdout).unwrap()
+        })
+        .collect();
+    assert!(runs[1]["packs_deleted"].as_u64().unwrap() >= 1, "{runs:?}");
+    w.ok(&["check", "--vault", w.vault_str(), "--read-data"]);
+}
+
+/// A standalone writer and a standalone `gc` whose wall clocks are two hours apart, each way,
+/// under libfaketime (the daemon's certificates would not validate under it; the daemon test in
+/// control/faults.rs uses the clock hook instead). The writer is paused at its commit point
+/// holding a reuse of a forgotten snapshot's pack; two GC runs with no grace delete nothing it
+/// needs, the writer commits, and the vault checks whole.
+#[test]
+fn standalone_gc_and_a_writer_with_clocks_two_hours_apart_lose_nothing() {
+    for (writer, maintainer) in [("-2h", "+0"), ("+0", "-2h")] {
+        let w = World::new();
+        let src = backed_up(&w, "src", "a.bin", 2 << 20, 71);
+        let first = w.snapshot_ids();
+        w.ok(&["forget", "--vault", w.vault_str(), &first[0]]);
+        let log = w.path("writer.log");
+        let mut child = faketime(w.agent(), writer)
+            .env("TRESOR_FAILPOINTS", "before-manifest-put=sleep:6000")
+            .args(["backup", "--vault", w.vault_str()])
+            .arg(&src)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        restore_tests::plane::wait_for("the writer at its commit point", std::time::Duration::from_secs(60), || {
+            std::fs::read_to_string(&log).unwrap_or_default().contains("failpoint: sleeping")
+        });
+        for _ in 0..2 {
+            let out = faketime(w.agent(), maintainer)
+                .args(["--json", "gc", "--vault", w.vault_str(), "--grace", "0s"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(r["packs_deleted"], 0, "writer {writer}, maintainer {maintainer}: {r}");
+        }
+        let status = child.wait().unwrap();
+        assert!(status.success(), "writer {writer}: {}", std::fs::read_to_string(&log).unwrap());
+        w.ok(&["check", "--vault", w.vault_str(), "--read-data"]);
+        let out = w.path("restored");
+        w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", out.to_str().unwrap()]);
+        restore_tests::assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+    }
+}
+
+/// Run `cmd` with its wall clock shifted by `offset` ("-2h", "+0") through libfaketime; the
+/// monotonic clock is left alone.
+fn faketime(mut cmd: std::process::Command, offset: &str) -> std::process::Command {
+    let lib =
+        ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("libfaketime is missing: run scripts/ensure-test-deps.sh");
+    cmd.env("LD_PRELOAD", lib).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    cmd
+}

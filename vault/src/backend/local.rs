@@ -184,9 +184,30 @@ impl Backend for LocalBackend {
 
     async fn prepare_location(&self) -> Result<(), BackendError> {
         let root = self.root.clone();
-        blocking(move || fs::create_dir_all(&root).map_err(|e| BackendError::from_io(&root.display().to_string(), &e)))
-            .await?;
+        // The directories GC requires (`require_prefix`) exist from the start.
+        blocking(move || {
+            for dir in ["", "data", "index", "snapshots"] {
+                let d = root.join(dir);
+                fs::create_dir_all(&d).map_err(|e| BackendError::from_io(&d.display().to_string(), &e))?;
+            }
+            Ok(())
+        })
+        .await?;
         self.check_location().await
+    }
+
+    async fn require_prefix(&self, prefix: &str) -> Result<(), BackendError> {
+        let path = self.path(prefix.trim_end_matches('/'))?;
+        let prefix = prefix.to_string();
+        blocking(move || match fs::metadata(&path) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(BackendError::NotFound(format!("{prefix} (not a directory)"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(BackendError::NotFound(format!("{prefix} (the directory is missing, so it would list as empty)")))
+            }
+            Err(e) => Err(BackendError::from_io(&prefix, &e)),
+        })
+        .await
     }
 
     async fn create(&self, key: &str, bytes: Bytes) -> Result<Created, BackendError> {

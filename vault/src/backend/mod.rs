@@ -120,6 +120,12 @@ pub trait Backend: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError>;
     /// Delete an object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), BackendError>;
+    /// Fail where storage has directories and the one `prefix` names is missing (a local vault
+    /// whose `snapshots/` went away would otherwise list as empty). Object stores have no
+    /// directories: always fine there.
+    async fn require_prefix(&self, _prefix: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// Shared handle to a backend.

@@ -356,3 +356,37 @@ fn twenty_second_certificates_renew_without_a_failed_job() {
     // Each renewal reconnects the job stream with the new certificate: allow for one in progress.
     wait_for("the agent connected", Duration::from_secs(30), || p.agent_row("w1")["connected"] == true);
 }
+
+/// The storage loses a snapshot's manifest (or serves a listing without it): the maintainer's
+/// prune expects every snapshot the controller holds a receipt for, so GC deletes nothing,
+/// twice, and the controller audits `gc.listing_short` and alerts, naming the snapshot.
+#[test]
+fn a_snapshot_listing_short_of_a_receipted_snapshot_makes_gc_delete_nothing() {
+    let (p, url, _pws) = plane_with("", &["w1"]);
+    let data = p.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    random_file(&data.join("a.bin"), 1 << 20, 81);
+    assert!(p.apply_policy(&policy("w1", &[("w1", "data", &data, "0 0 1 1 *", 10)])).status.success());
+    p.ctl_ok(&["backup", "w1/data"]);
+    random_file(&data.join("b.bin"), 1 << 20, 82);
+    p.ctl_ok(&["backup", "w1/data"]);
+    let vault = Path::new(&url);
+    let packs = restore_tests::files_below(&vault.join("data"));
+    let lost = restore_tests::files_below(&vault.join("snapshots")).remove(0);
+    let id = lost.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::remove_file(&lost).unwrap();
+    for _ in 0..2 {
+        let r = p.ctl_json(&["prune", "nas"]);
+        assert_eq!(r["state"], "succeeded", "{r}");
+        assert_eq!(r["packs_deleted"].as_u64().unwrap_or(0), 0, "{r}");
+    }
+    assert_eq!(restore_tests::files_below(&vault.join("data")), packs, "nothing deleted");
+    wait_for("the alert", Duration::from_secs(60), || {
+        let status = String::from_utf8_lossy(&p.ctl(&["status"]).stdout).into_owned();
+        status.contains("snapshot listing lacked 1 snapshot") && status.contains(&id)
+    });
+    let ex = p.dir.path().join("export");
+    p.ctl_ok(&["audit", "export", "--out", ex.to_str().unwrap()]);
+    let log = std::fs::read_to_string(ex.join("audit.jsonl")).unwrap();
+    assert!(log.lines().any(|l| l.contains("\"gc.listing_short\"") && l.contains(&id)), "{log}");
+}

@@ -1,0 +1,124 @@
+//! Maintenance without a controller: `gc` and `forget`, and the record of snapshots this host
+//! expects to find, so a short or failed snapshot listing makes GC delete nothing (the
+//! controller keeps the same expectation from its receipts).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::json;
+use tresor_vault::gc::{self, GcOptions};
+use tresor_vault::ids::SnapshotId;
+
+use crate::cli::Global;
+use crate::commands::{Outcome, cache_root, open};
+use crate::exit;
+
+/// `<cache>/<vault id>/expected-snapshots.json`: the snapshots this host knows exist in the
+/// vault (those it committed or saw listed by its last GC, less those it forgot).
+pub struct Expected {
+    path: PathBuf,
+    /// The ids.
+    pub ids: BTreeSet<SnapshotId>,
+}
+
+impl Expected {
+    /// The record for `vault` under the cache `root` (empty when there is none yet).
+    pub fn load(root: &Path, vault: &tresor_vault::ids::VaultId) -> anyhow::Result<Self> {
+        let path = root.join(vault.to_hex()).join("expected-snapshots.json");
+        let ids = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice::<Vec<String>>(&b)
+                .with_context(|| format!("{} is damaged; move it away to start a new record", path.display()))?
+                .iter()
+                .map(|s| s.parse().map_err(|_| anyhow::anyhow!("{}: bad snapshot id {s:?}", path.display())))
+                .collect::<anyhow::Result<_>>()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Ok(Self { path, ids })
+    }
+
+    /// Write the record (atomically).
+    pub fn save(&self) -> anyhow::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+        }
+        let ids: Vec<String> = self.ids.iter().map(ToString::to_string).collect();
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&ids)?)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+/// `gc`: collect garbage in two phases (mark now, delete at a later run once the mark is older
+/// than `grace`), refusing when the listing lacks a snapshot this host expects.
+pub async fn gc(g: &Global, url: &str, grace: std::time::Duration, reset_expected: bool) -> anyhow::Result<Outcome> {
+    let vault = open(g, url).await?;
+    let root = cache_root(g)?;
+    let mut expected = Expected::load(&root, &vault.config().vault_id)?;
+    if reset_expected {
+        expected.ids.clear();
+    }
+    let opts = GcOptions { grace, guard: None, expected: expected.ids.clone() };
+    let report = match gc::run(vault, &root, &opts).await {
+        Err(tresor_vault::Error::SnapshotsMissing(missing)) => {
+            let text = format!(
+                "GC deleted nothing: the vault's snapshot listing lacks {} snapshot(s) this host expects:\n  {}\nIf they were forgotten on purpose elsewhere, run `tresor-agent gc --reset-expected` after checking `snapshots`; otherwise the storage lost them or served a short listing: run `check`.",
+                missing.len(),
+                missing.join("\n  ")
+            );
+            return Ok(Outcome { json: json!({"listing_missing": missing}), text, code: exit::DAMAGE });
+        }
+        r => r?,
+    };
+    expected.ids = report.listed_snapshots.clone();
+    expected.save()?;
+    let mut text = format!(
+        "{} snapshots, {} packs: {} unreferenced, {} marked, {} deleted ({} bytes)",
+        report.snapshots,
+        report.packs,
+        report.unreferenced,
+        report.packs_marked,
+        report.packs_deleted,
+        report.bytes_freed
+    );
+    if let Some(p) = &report.postponed {
+        text.push_str(&format!("\n  sweep postponed: {p}"));
+    }
+    for w in report.kept.iter().chain(&report.false_index_entries).chain(&report.quarantined) {
+        text.push_str(&format!("\n  WARNING {w}"));
+    }
+    let findings = report.kept.len() + report.false_index_entries.len() + report.quarantined.len();
+    Ok(Outcome {
+        json: serde_json::to_value(&report)?,
+        text,
+        code: if findings == 0 { exit::OK } else { exit::DAMAGE },
+    })
+}
+
+/// `forget`: remove snapshots (their data stays until GC finds it unreferenced), and from this
+/// host's record of what to expect.
+pub async fn forget(g: &Global, url: &str, specs: &[String]) -> anyhow::Result<Outcome> {
+    let vault = open(g, url).await?;
+    let root = cache_root(g)?;
+    let mut expected = Expected::load(&root, &vault.config().vault_id)?;
+    let mut forgotten = Vec::new();
+    for spec in specs {
+        let (id, _) = vault.resolve_snapshot(spec).await?;
+        // The record first: a snapshot gone from the vault but still expected would stop GC.
+        expected.ids.remove(&id);
+        expected.save()?;
+        vault.forget_snapshot(&id).await?;
+        forgotten.push(id.to_string());
+    }
+    let text = format!("forgot {} snapshot(s): {}", forgotten.len(), forgotten.join(", "));
+    Ok(Outcome::ok_with(json!({"forgotten": forgotten}), text))
+}
+
+/// Note a snapshot this host committed.
+pub fn note_committed(root: &Path, vault: &tresor_vault::ids::VaultId, id: SnapshotId) -> anyhow::Result<()> {
+    let mut expected = Expected::load(root, vault)?;
+    expected.ids.insert(id);
+    expected.save()
+}
