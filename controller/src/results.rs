@@ -128,6 +128,16 @@ impl Controller {
             (Some(Kind::Prune(p)), true, _) => {
                 // What GC found wrong is audited one by one and alerted on the vault until a
                 // clean run.
+                // Every deletion, with this run (the job) and why the pack could go.
+                for d in &p.deleted {
+                    self.audit(
+                        &format!("agent:{}", job.agent_name),
+                        "gc.delete",
+                        &format!("vault {} (prune {})", job.vault, job.id),
+                        crate::audit_log::OK,
+                        d,
+                    );
+                }
                 for w in &p.gc_warnings {
                     self.audit(
                         &format!("agent:{}", job.agent_name),

@@ -328,6 +328,7 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         revoke_error,
         quarantined: r.quarantined,
         listing_missing: Vec::new(),
+        deleted: r.deleted,
     }))
 }
 

@@ -8,6 +8,7 @@ mod crash;
 mod disaster;
 mod drills;
 mod gc;
+mod gc_kills;
 mod golden_vault;
 mod keys;
 mod memory;
