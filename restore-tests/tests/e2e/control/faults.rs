@@ -98,6 +98,7 @@ fn a_writer_stopped_past_its_lease_aborts_and_gc_deletes_nothing_referenced() {
         p.agent_log("w1").contains("failpoint: sleeping")
     });
     p.signal_agent("w1", rustix::process::Signal::STOP);
+    // A frozen agent does nothing to wait for: its 5 s lease must run out by the clock.
     std::thread::sleep(Duration::from_secs(7));
 
     // Meanwhile the maintainer forgets the first "old" snapshot (the only one referencing a.bin's
@@ -245,7 +246,11 @@ fn the_controller_killed_a_hundred_times_always_comes_back_whole() {
     let before: Vec<String> =
         p.snapshots("w1/data").iter().map(|s| s["snapshot_id"].as_str().unwrap().to_string()).collect();
     p.kill_controller();
-    std::thread::sleep(Duration::from_secs(4)); // pending receipts reach the vault without the controller
+    // Receipts the agent holds reach the vault without the controller: wait until it holds none.
+    let pending = p.agents["w1"].state.join("receipts-pending");
+    wait_for("the agent's pending receipts in the vault", Duration::from_secs(60), || {
+        std::fs::read_dir(&pending).map(|d| d.count() == 0).unwrap_or(false)
+    });
     let receipted: std::collections::BTreeSet<String> = std::fs::read_dir(vault.join("receipts"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -292,7 +297,11 @@ fn a_running_job_survives_a_short_controller_outage() {
     // The controller dies mid-job and is back before the lease lapses: the agent finishes, keeps
     // the result in its outbox, and delivers it when the controller answers again.
     p.kill_controller();
-    std::thread::sleep(Duration::from_secs(8));
+    // The agent finishes while the controller is away and keeps the result in its outbox.
+    let outbox = p.agents["w1"].state.join("outbox");
+    wait_for("the result kept in the outbox", Duration::from_secs(60), || {
+        std::fs::read_dir(&outbox).map(|d| d.count() > 0).unwrap_or(false)
+    });
     p.start_controller();
     let done = p.ctl_json(&["watch", &job]);
     assert_eq!(done["state"], "succeeded", "{done}");
@@ -313,17 +322,19 @@ fn a_slot_missed_while_the_controller_was_down_runs_once() {
     std::thread::sleep(Duration::from_secs(32)); // three slots pass
     p.start_controller();
     let up = chrono_now();
-    wait_for("the catch-up run", Duration::from_secs(30), || {
-        p.controller_log(p.starts()).contains("scheduled backup queued")
+    // Wait until the scheduler has queued a regular slot after the restart too: by then any
+    // second catch-up would have been queued before it.
+    let slots = |log: &str| -> Vec<i64> {
+        log.lines()
+            .filter(|l| l.contains("scheduled backup queued"))
+            .filter_map(|l| l.split("slot_unix=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .collect()
+    };
+    wait_for("the catch-up run, then a regular slot after the restart", Duration::from_secs(60), || {
+        slots(&p.controller_log(p.starts())).iter().any(|s| *s >= up)
     });
-    std::thread::sleep(Duration::from_secs(2));
     let log = p.controller_log(p.starts());
-    let missed: Vec<i64> = log
-        .lines()
-        .filter(|l| l.contains("scheduled backup queued"))
-        .filter_map(|l| l.split("slot_unix=").nth(1)?.split_whitespace().next()?.parse().ok())
-        .filter(|slot| *slot < up)
-        .collect();
+    let missed: Vec<i64> = slots(&log).into_iter().filter(|slot| *slot < up).collect();
     assert_eq!(missed.len(), 1, "slots missed between {down} and {up} are caught up once: {missed:?}\n{log}");
     assert!(missed[0] > down, "the caught-up slot is one that was missed");
 }

@@ -237,11 +237,18 @@ fn checkpoint_jobs_do_not_pile_up_while_the_maintainer_is_offline() {
     };
     wait_for("the first checkpoint stored", Duration::from_secs(60), || stored(0) > 0 && waiting(&p) == 0);
     p.kill_agent("gpu-01");
-    // Each refused call moves the log, so every period has a new head to sign.
+    // Each refused call moves the log, so every period has a new head to sign: after each call,
+    // wait until the controller has signed a checkpoint past it.
     let auditor = p.token_file("auditor", None);
+    let export = tmp.path().join("export");
+    let signed = || {
+        p.ctl_ok(&["audit", "export", "--out", export.to_str().unwrap()]);
+        std::fs::read_to_string(export.join("checkpoints.jsonl")).unwrap_or_default().lines().count()
+    };
     for _ in 0..6 {
+        let before = signed();
         assert_eq!(p.ctl_as(&auditor, &["backup", "gpu-01/app"]).status.code(), Some(6));
-        std::thread::sleep(Duration::from_millis(1500));
+        wait_for("a checkpoint of the period after the call", Duration::from_secs(30), || signed() > before);
     }
     let log = p.ctl_json(&["audit", "show"]);
     let stored_entries = log.as_array().unwrap().iter().filter(|e| e["action"] == "documents").count();
@@ -259,7 +266,8 @@ fn checkpoint_jobs_do_not_pile_up_while_the_maintainer_is_offline() {
     wait_for("a checkpoint past the refused calls in the vault", Duration::from_secs(60), || stored(refused_last) > 0);
     // Then the log is quiet: storing a checkpoint does not call for another (only the vault is
     // looked at here; a controller call would itself be an entry).
-    // First the vault settles (two looks 2 s apart agree), then it must stay so for 5 s.
+    // First the vault settles (two looks 2 s apart agree), then it must stay so for 5 s: five
+    // checkpoint periods in which nothing may happen, which only a wait of that length shows.
     let mut settled = stored(0);
     wait_for("the vault's checkpoints to settle", Duration::from_secs(60), || {
         std::thread::sleep(Duration::from_secs(2));
