@@ -200,13 +200,22 @@ pub enum Command {
         #[arg(long)]
         reset_expected: bool,
     },
-    /// Forget snapshots (their data goes at a later `gc`).
+    /// Forget snapshots by id, or by retention rules (the controller's, applied per host and
+    /// source to the manifests' times); their data goes at a later `gc`.
     Forget {
         #[command(flatten)]
         vault: VaultArg,
         /// Snapshot ids or unique prefixes.
-        #[arg(required = true)]
+        #[arg(required_unless_present_any = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within"])]
         snapshots: Vec<String>,
+        #[command(flatten)]
+        keep: KeepArgs,
+        /// Time zone of the hourly, daily, weekly, monthly and yearly buckets.
+        #[arg(long, default_value = "UTC")]
+        tz: chrono_tz::Tz,
+        /// Print what would be forgotten, forget nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Enroll this agent with a controller (one-time token from `tresorctl token create`).
     Enroll {
@@ -286,6 +295,47 @@ pub enum KeyAction {
         #[command(flatten)]
         vault: VaultArg,
     },
+}
+
+/// Retention rules on the command line, as in a policy's `retention`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeepArgs {
+    /// Keep the newest N.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest in each of the last N hours that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// ... days.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// ... ISO weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// ... months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// ... years.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep everything within this of the newest (e.g. 2d).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+}
+
+impl KeepArgs {
+    /// The rules.
+    pub fn rules(&self) -> tresor_proto::retention::Retention {
+        tresor_proto::retention::Retention {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within.clone(),
+        }
+    }
 }
 
 fn parse_source(s: &str) -> Result<tresor_sources::spec::SourceSpec, String> {

@@ -126,7 +126,9 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
         }
         Command::Key { action } => commands::key(g, action).await,
         Command::Gc { vault, grace, reset_expected } => maintain::gc(g, &vault.vault, *grace, *reset_expected).await,
-        Command::Forget { vault, snapshots } => maintain::forget(g, &vault.vault, snapshots).await,
+        Command::Forget { vault, snapshots, keep, tz, dry_run } => {
+            maintain::forget(g, &vault.vault, snapshots, &keep.rules(), *tz, *dry_run).await
+        }
         Command::Enroll { controller, token, token_file, config, state_dir, name } => {
             commands::enroll(
                 controller,

@@ -97,23 +97,65 @@ pub async fn gc(g: &Global, url: &str, grace: std::time::Duration, reset_expecte
     })
 }
 
-/// `forget`: remove snapshots (their data stays until GC finds it unreferenced), and from this
-/// host's record of what to expect.
-pub async fn forget(g: &Global, url: &str, specs: &[String]) -> anyhow::Result<Outcome> {
+/// `forget`: remove snapshots given by id and those the retention `rules` let go (their data
+/// stays until GC finds it unreferenced), and take them out of this host's record of what to
+/// expect. Retention groups snapshots by host and source and reads the manifests' times: without
+/// a controller there are no receipts, so an agent that forges its manifests' times can make its
+/// own group's snapshots expire early (the controller's retention cannot be fooled so).
+pub async fn forget(
+    g: &Global,
+    url: &str,
+    specs: &[String],
+    rules: &tresor_proto::retention::Retention,
+    tz: chrono_tz::Tz,
+    dry_run: bool,
+) -> anyhow::Result<Outcome> {
     let vault = open(g, url).await?;
     let root = cache_root(g)?;
     let mut expected = Expected::load(&root, &vault.config().vault_id)?;
-    let mut forgotten = Vec::new();
+    let mut chosen: Vec<(SnapshotId, String)> = Vec::new();
     for spec in specs {
         let (id, _) = vault.resolve_snapshot(spec).await?;
-        // The record first: a snapshot gone from the vault but still expected would stop GC.
-        expected.ids.remove(&id);
-        expected.save()?;
-        vault.forget_snapshot(&id).await?;
-        forgotten.push(id.to_string());
+        chosen.push((id, "named".into()));
     }
-    let text = format!("forgot {} snapshot(s): {}", forgotten.len(), forgotten.join(", "));
-    Ok(Outcome::ok_with(json!({"forgotten": forgotten}), text))
+    if !rules.keeps_everything() {
+        let mut groups: std::collections::BTreeMap<(String, String), Vec<(String, Option<i64>)>> = Default::default();
+        for (id, m) in vault.snapshots().await? {
+            // An unreadable manifest has no time to go by: it is never forgotten.
+            let (group, time) = match &m {
+                Ok(m) => (
+                    (m.host.clone(), m.source.clone()),
+                    chrono::DateTime::parse_from_rfc3339(&m.time).ok().map(|t| t.timestamp_millis()),
+                ),
+                Err(_) => (("?".into(), id.to_string()), None),
+            };
+            groups.entry(group).or_default().push((id.to_string(), time));
+        }
+        for ((host, source), snaps) in groups {
+            for id in tresor_proto::retention::to_forget(&snaps, rules, tz) {
+                let id: SnapshotId = id.parse().map_err(|_| anyhow::anyhow!("bad snapshot id {id}"))?;
+                if !chosen.iter().any(|(c, _)| *c == id) {
+                    chosen.push((id, format!("retention ({rules}) of {host} {source}")));
+                }
+            }
+        }
+    }
+    let mut forgotten = Vec::new();
+    for (id, why) in &chosen {
+        if !dry_run {
+            // The record first: a snapshot gone from the vault but still expected would stop GC.
+            expected.ids.remove(id);
+            expected.save()?;
+            vault.forget_snapshot(id).await?;
+        }
+        forgotten.push(json!({"id": id.to_string(), "why": why}));
+    }
+    let verb = if dry_run { "would forget" } else { "forgot" };
+    let mut text = format!("{verb} {} snapshot(s)", forgotten.len());
+    for (id, why) in &chosen {
+        text.push_str(&format!("\n  {id}: {why}"));
+    }
+    Ok(Outcome::ok_with(json!({"forgotten": forgotten, "dry_run": dry_run}), text))
 }
 
 /// Note a snapshot this host committed.

@@ -64,51 +64,7 @@ pub struct SourcePolicy {
     pub check: Option<CheckPolicy>,
 }
 
-/// What retention keeps. A snapshot is kept if any rule keeps it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Retention {
-    /// The newest N.
-    pub keep_last: Option<u32>,
-    /// The newest in each of the last N hours that have one.
-    pub keep_hourly: Option<u32>,
-    /// ... days.
-    pub keep_daily: Option<u32>,
-    /// ... ISO weeks.
-    pub keep_weekly: Option<u32>,
-    /// ... months.
-    pub keep_monthly: Option<u32>,
-    /// ... years.
-    pub keep_yearly: Option<u32>,
-    /// Everything newer than this (e.g. "2d").
-    pub keep_within: Option<String>,
-}
-
-impl Retention {
-    /// Whether no rule is set (then nothing is ever forgotten).
-    pub fn keeps_everything(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-/// The rules as written in a policy, for audit reasons: `keep_last = 3, keep_within = 2d`.
-impl std::fmt::Display for Retention {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let counts = [
-            ("keep_last", self.keep_last),
-            ("keep_hourly", self.keep_hourly),
-            ("keep_daily", self.keep_daily),
-            ("keep_weekly", self.keep_weekly),
-            ("keep_monthly", self.keep_monthly),
-            ("keep_yearly", self.keep_yearly),
-        ];
-        let mut rules: Vec<String> = counts.iter().filter_map(|(k, n)| n.map(|n| format!("{k} = {n}"))).collect();
-        if let Some(w) = &self.keep_within {
-            rules.push(format!("keep_within = {w}"));
-        }
-        f.write_str(&rules.join(", "))
-    }
-}
+pub use tresor_proto::retention::Retention;
 
 /// A scheduled data check.
 #[derive(Debug, Clone, Serialize, Deserialize)]

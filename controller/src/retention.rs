@@ -1,72 +1,18 @@
-//! Retention: which snapshots of a source to keep. Time comes only from the controller's signed
-//! receipts; a snapshot without a valid receipt is never forgotten, and a manifest's own time is
-//! never read here, so a forged timestamp cannot make good snapshots expire.
+//! Retention in the controller: time comes only from its signed receipts; a snapshot without a
+//! valid receipt is never forgotten, and a manifest's own time is never read here, so a forged
+//! timestamp cannot make good snapshots expire. The rules themselves are shared with standalone
+//! `tresor-agent forget` (`tresor_proto::retention`).
 
-use std::collections::BTreeSet;
-
-use chrono::{DateTime, Datelike, Timelike, Utc};
 use chrono_tz::Tz;
 
 use crate::catalog::SnapshotRecord;
 use crate::policy::Retention;
 
-/// The snapshot ids retention forgets among `snaps` (all of one source). Ties in receipt time
+/// The snapshot ids retention forgets among `snaps` (all of one source), by receipt time. Ties
 /// (same millisecond) are ordered by snapshot id, as everywhere in the catalog.
 pub fn to_forget(snaps: &[SnapshotRecord], rules: &Retention, tz: Tz) -> Vec<String> {
-    if rules.keeps_everything() {
-        return Vec::new();
-    }
-    // Newest first, receipted only.
-    let mut timed: Vec<(i64, &SnapshotRecord)> = snaps.iter().filter_map(|s| s.committed_ms.map(|t| (t, s))).collect();
-    timed.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.snapshot_id.cmp(&a.1.snapshot_id)));
-    let mut keep: BTreeSet<&str> = BTreeSet::new();
-    if let Some(n) = rules.keep_last {
-        keep.extend(timed.iter().take(n as usize).map(|(_, s)| s.snapshot_id.as_str()));
-    }
-    let local =
-        |ms: i64| DateTime::<Utc>::from_timestamp(ms.div_euclid(1000), 0).unwrap_or_default().with_timezone(&tz);
-    let mut bucketed = |n: Option<u32>, bucket: &dyn Fn(i64) -> i64| {
-        let Some(n) = n else { return };
-        let mut last = None;
-        let mut kept = 0;
-        for (t, s) in &timed {
-            if kept >= n {
-                break;
-            }
-            let b = bucket(*t);
-            if last != Some(b) {
-                keep.insert(s.snapshot_id.as_str());
-                last = Some(b);
-                kept += 1;
-            }
-        }
-    };
-    bucketed(rules.keep_hourly, &|t| {
-        let d = local(t);
-        i64::from(d.year()) * 1_000_000 + i64::from(d.ordinal()) * 100 + i64::from(d.hour())
-    });
-    bucketed(rules.keep_daily, &|t| {
-        let d = local(t);
-        i64::from(d.year()) * 1000 + i64::from(d.ordinal())
-    });
-    bucketed(rules.keep_weekly, &|t| {
-        let w = local(t).iso_week();
-        i64::from(w.year()) * 100 + i64::from(w.week())
-    });
-    bucketed(rules.keep_monthly, &|t| {
-        let d = local(t);
-        i64::from(d.year()) * 100 + i64::from(d.month())
-    });
-    bucketed(rules.keep_yearly, &|t| i64::from(local(t).year()));
-    if let (Some(w), Some((newest, _))) = (&rules.keep_within, timed.first()) {
-        // Counted back from the newest snapshot, not from now: if backups stop, retention does
-        // not eat the last good ones.
-        if let Ok(d) = tresor_proto::parse_duration(w) {
-            let cutoff = newest - d.as_millis() as i64;
-            keep.extend(timed.iter().filter(|(t, _)| *t >= cutoff).map(|(_, s)| s.snapshot_id.as_str()));
-        }
-    }
-    timed.iter().filter(|(_, s)| !keep.contains(s.snapshot_id.as_str())).map(|(_, s)| s.snapshot_id.clone()).collect()
+    let timed: Vec<(String, Option<i64>)> = snaps.iter().map(|s| (s.snapshot_id.clone(), s.committed_ms)).collect();
+    tresor_proto::retention::to_forget(&timed, rules, tz)
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 
 /// Generated messages and services (`tresor.v1`).
 #[allow(clippy::all, missing_docs)]
+pub mod retention;
+
 pub mod pb {
     tonic::include_proto!("tresor.v1");
 }

@@ -514,3 +514,52 @@ fn faketime(mut cmd: std::process::Command, offset: &str) -> std::process::Comma
     cmd.env("LD_PRELOAD", lib).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     cmd
 }
+
+/// Standalone `forget` by the same retention rules as the controller's, grouped by host and
+/// source, by the manifests' times (here set by backups run with their clock 4 to 0 days back):
+/// `--keep-daily 2` keeps the newest of each of the two newest days; `--dry-run` forgets nothing.
+#[test]
+fn standalone_forget_applies_the_retention_rules() {
+    let w = World::new();
+    let src = w.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut ids = Vec::new();
+    for (i, days_back) in [4i64, 3, 2, 1, 0, 0].into_iter().enumerate() {
+        random_file(&src.join("f.bin"), 100_000, 90 + i as u64);
+        let out = w
+            .agent()
+            .env("TRESOR_CLOCK_SKEW_SECS", (-days_back * 86_400 + i as i64).to_string())
+            .args(["--json", "backup", "--vault", w.vault_str()])
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids.push(v["snapshot"].as_str().unwrap().to_string());
+    }
+    let forget = |dry: bool| {
+        let mut a = vec!["forget", "--vault", w.vault_str(), "--keep-daily", "2"];
+        if dry {
+            a.push("--dry-run");
+        }
+        let v = w.json(&a);
+        let mut out: Vec<String> =
+            v["forgotten"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap().to_string()).collect();
+        out.sort();
+        out
+    };
+    let mut want: Vec<String> = [0, 1, 2, 4].iter().map(|i| ids[*i].clone()).collect();
+    want.sort();
+    assert_eq!(forget(true), want, "the three older days and the older of today's two");
+    assert_eq!(w.snapshot_ids().len(), 6, "a dry run forgets nothing");
+    assert_eq!(forget(false), want);
+    let mut left = w.snapshot_ids();
+    left.sort();
+    let mut kept = vec![ids[3].clone(), ids[5].clone()];
+    kept.sort();
+    assert_eq!(left, kept);
+    for _ in 0..2 {
+        w.ok(&["gc", "--vault", w.vault_str(), "--grace", "0s"]);
+    }
+    w.ok(&["check", "--vault", w.vault_str(), "--read-data"]);
+}
