@@ -119,7 +119,8 @@ pub async fn forget(
         chosen.push((id, "named".into()));
     }
     if !rules.keeps_everything() {
-        let mut groups: std::collections::BTreeMap<(String, String), Vec<(String, Option<i64>)>> = Default::default();
+        // (host, source) to each snapshot's id and time.
+        let mut groups: std::collections::BTreeMap<(String, String), Vec<Timed>> = Default::default();
         for (id, m) in vault.snapshots().await? {
             // An unreadable manifest has no time to go by: it is never forgotten.
             let (group, time) = match &m {
@@ -157,6 +158,9 @@ pub async fn forget(
     }
     Ok(Outcome::ok_with(json!({"forgotten": forgotten, "dry_run": dry_run}), text))
 }
+
+/// A snapshot id and its manifest's time (Unix ms), if it has one to go by.
+type Timed = (String, Option<i64>);
 
 /// Note a snapshot this host committed.
 pub fn note_committed(root: &Path, vault: &tresor_vault::ids::VaultId, id: SnapshotId) -> anyhow::Result<()> {
