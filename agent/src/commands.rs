@@ -172,7 +172,7 @@ pub async fn backup(
     let vault_id = vault.config().vault_id;
     let root = cache_root(g)?;
     let BackupDone { id: sid, manifest, errors } = backup_into(vault, &root, req).await?;
-    crate::maintain::note_committed(&root, &vault_id, sid)?;
+    crate::expected::note_committed(&root, &vault_id, sid)?;
     let s = &manifest.summary;
     let mut text = format!(
         "snapshot {sid} saved\n  {} files, {} dirs, {} in total; read {}, new {} in {} chunks, stored {} in {:.1} s",

@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod daemon;
 mod exit;
+mod expected;
 mod files;
 mod host;
 mod maintain;

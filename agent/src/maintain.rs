@@ -1,11 +1,7 @@
-//! Maintenance without a controller: `gc` and `forget`, and the record of snapshots this host
-//! expects to find, so a short or failed snapshot listing makes GC delete nothing (the
-//! controller keeps the same expectation from its receipts).
+//! Maintenance without a controller: `gc` and `forget`, which keep this host's record of the
+//! snapshots to expect (`expected.rs`) so a short or failed snapshot listing makes GC delete
+//! nothing (the controller keeps the same expectation from its receipts).
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-
-use anyhow::Context;
 use serde_json::json;
 use tresor_vault::gc::{self, GcOptions};
 use tresor_vault::ids::SnapshotId;
@@ -13,43 +9,7 @@ use tresor_vault::ids::SnapshotId;
 use crate::cli::Global;
 use crate::commands::{Outcome, cache_root, open};
 use crate::exit;
-
-/// `<cache>/<vault id>/expected-snapshots.json`: the snapshots this host knows exist in the
-/// vault (those it committed or saw listed by its last GC, less those it forgot).
-pub struct Expected {
-    path: PathBuf,
-    /// The ids.
-    pub ids: BTreeSet<SnapshotId>,
-}
-
-impl Expected {
-    /// The record for `vault` under the cache `root` (empty when there is none yet).
-    pub fn load(root: &Path, vault: &tresor_vault::ids::VaultId) -> anyhow::Result<Self> {
-        let path = root.join(vault.to_hex()).join("expected-snapshots.json");
-        let ids = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice::<Vec<String>>(&b)
-                .with_context(|| format!("{} is damaged; move it away to start a new record", path.display()))?
-                .iter()
-                .map(|s| s.parse().map_err(|_| anyhow::anyhow!("{}: bad snapshot id {s:?}", path.display())))
-                .collect::<anyhow::Result<_>>()?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        Ok(Self { path, ids })
-    }
-
-    /// Write the record (atomically).
-    pub fn save(&self) -> anyhow::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
-        }
-        let ids: Vec<String> = self.ids.iter().map(ToString::to_string).collect();
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&ids)?)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("cannot write {}", self.path.display()))
-    }
-}
+use crate::expected::Expected;
 
 /// `gc`: collect garbage in two phases (mark now, delete at a later run once the mark is older
 /// than `grace`), refusing when the listing lacks a snapshot this host expects.
@@ -161,10 +121,3 @@ pub async fn forget(
 
 /// A snapshot id and its manifest's time (Unix ms), if it has one to go by.
 type Timed = (String, Option<i64>);
-
-/// Note a snapshot this host committed.
-pub fn note_committed(root: &Path, vault: &tresor_vault::ids::VaultId, id: SnapshotId) -> anyhow::Result<()> {
-    let mut expected = Expected::load(root, vault)?;
-    expected.ids.insert(id);
-    expected.save()
-}

@@ -100,7 +100,7 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
                 kind: "gc_kept_live_packs",
                 subject: v.name.clone(),
                 message: format!(
-                    "vault {}: GC kept packs a planted or damaged index segment would have had deleted, set aside a session marker that does not open, or found the snapshot listing short; run check: {}",
+                    "vault {}: GC kept packs a planted or damaged index segment would have had deleted, set aside a session marker that does not open, found the snapshot listing short, or stopped on a storage error; run check: {}",
                     v.name, rec.gc_warning
                 ),
             });

@@ -175,7 +175,14 @@ impl Controller {
                         why,
                     );
                 }
-                let findings: Vec<&String> = short.iter().chain(&p.gc_warnings).chain(&p.quarantined).collect();
+                let aborted =
+                    (!p.gc_error.is_empty()).then(|| format!("GC stopped on a storage error: {}", p.gc_error));
+                if let Some(why) = &aborted {
+                    let actor = format!("agent:{}", job.agent_name);
+                    self.audit(&actor, "gc.aborted", &format!("vault {}", job.vault), crate::audit_log::FAILED, why);
+                }
+                let findings: Vec<&String> =
+                    short.iter().chain(&aborted).chain(&p.gc_warnings).chain(&p.quarantined).collect();
                 let warning = match findings.len() {
                     0 if p.swept => String::new(),
                     0 => v.gc_warning.clone(),

@@ -221,15 +221,9 @@ impl KeySlot {
         let wrapped = seal_under_kek(&*kdf.derive(secret)?, &aad, plain.as_ref())?;
         Ok(Self {
             version: 2,
-            id,
-            kind,
-            label: label.to_string(),
-            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            kdf,
-            wrapped_key: B64.encode(wrapped),
-            config_mac: B64.encode(config_mac),
             epoch: Some(epoch),
             public_key: Some(B64.encode(public)),
+            ..Self::v1(id, kind, label, kdf, &wrapped, config_mac)
         })
     }
 
@@ -245,7 +239,11 @@ impl KeySlot {
     ) -> Result<Self, KeyError> {
         let id = hex::encode(random::<8>());
         let wrapped = seal_under_kek(&*kdf.derive(secret)?, &slot_aad(vault, &id), master.expose())?;
-        Ok(Self {
+        Ok(Self::v1(id, kind, label, kdf, &wrapped, config_mac))
+    }
+
+    fn v1(id: String, kind: SlotKind, label: &str, kdf: KdfParams, wrapped: &[u8], config_mac: [u8; 32]) -> Self {
+        Self {
             version: 1,
             id,
             kind,
@@ -256,7 +254,7 @@ impl KeySlot {
             config_mac: B64.encode(config_mac),
             epoch: None,
             public_key: None,
-        })
+        }
     }
 
     /// Parse a slot object.

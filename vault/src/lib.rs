@@ -27,6 +27,7 @@ pub mod failpoint;
 pub mod gc;
 pub mod ids;
 pub mod index;
+mod keyring;
 pub mod keys;
 pub mod layout;
 pub mod object;

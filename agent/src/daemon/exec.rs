@@ -311,6 +311,18 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
                 ..Default::default()
             }));
         }
+        // A listing page or a read failed, or what GC saw was implausible: nothing more is
+        // deleted, and the controller hears why (a failed job would only be retried, unseen).
+        Err(e) => {
+            tracing::error!(vault = %p.vault, error = %e, "GC stopped on a storage error");
+            return Ok(ResultKind::Prune(pb::PruneResult {
+                forgotten,
+                slots_revoked,
+                revoke_error,
+                gc_error: e.to_string(),
+                ..Default::default()
+            }));
+        }
         r => r?,
     };
     Ok(ResultKind::Prune(pb::PruneResult {
@@ -329,6 +341,7 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         quarantined: r.quarantined,
         listing_missing: Vec::new(),
         deleted: r.deleted,
+        gc_error: String::new(),
     }))
 }
 

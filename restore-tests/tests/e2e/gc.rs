@@ -283,22 +283,28 @@ fn writer_paused_after_reusing_a_forgotten_pack(w: &World) -> (Arc<Vault>, std::
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let first = w.snapshot_ids();
     rt.block_on(async { v.forget_snapshot(&first[0].parse().unwrap()).await.unwrap() });
+    let (writer, log) = paused_backup(w, w.agent(), &src);
+    for m in files_below(&w.vault.join("sessions")) {
+        std::fs::remove_file(m).unwrap();
+    }
+    (v, writer, log)
+}
+
+/// A CLI backup of `src` run by `cmd` (the agent, perhaps under libfaketime), paused for 6 s at
+/// its commit point; returns once it is there, with the file its log goes to.
+fn paused_backup(w: &World, mut cmd: std::process::Command, src: &Path) -> (std::process::Child, PathBuf) {
     let log = w.path("writer.log");
-    let writer = w
-        .agent()
+    let child = cmd
         .env("TRESOR_FAILPOINTS", "before-manifest-put=sleep:6000")
         .args(["backup", "--vault", w.vault_str()])
-        .arg(&src)
+        .arg(src)
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     restore_tests::plane::wait_for("the writer at its commit point", std::time::Duration::from_secs(60), || {
         std::fs::read_to_string(&log).unwrap_or_default().contains("failpoint: sleeping")
     });
-    for m in files_below(&w.vault.join("sessions")) {
-        std::fs::remove_file(m).unwrap();
-    }
-    (v, writer, log)
+    (child, log)
 }
 
 fn the_writer_commits_nothing(w: &World, mut writer: std::process::Child, log: &Path) {
@@ -474,17 +480,7 @@ fn standalone_gc_and_a_writer_with_clocks_two_hours_apart_lose_nothing() {
         let src = backed_up(&w, "src", "a.bin", 2 << 20, 71);
         let first = w.snapshot_ids();
         w.ok(&["forget", "--vault", w.vault_str(), &first[0]]);
-        let log = w.path("writer.log");
-        let mut child = faketime(w.agent(), writer)
-            .env("TRESOR_FAILPOINTS", "before-manifest-put=sleep:6000")
-            .args(["backup", "--vault", w.vault_str()])
-            .arg(&src)
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        restore_tests::plane::wait_for("the writer at its commit point", std::time::Duration::from_secs(60), || {
-            std::fs::read_to_string(&log).unwrap_or_default().contains("failpoint: sleeping")
-        });
+        let (mut child, log) = paused_backup(&w, faketime(w.agent(), writer), &src);
         for _ in 0..2 {
             let out = faketime(w.agent(), maintainer)
                 .args(["--json", "gc", "--vault", w.vault_str(), "--grace", "0s"])

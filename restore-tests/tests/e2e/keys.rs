@@ -4,6 +4,21 @@ use restore_tests::World;
 use tresor_vault::crypto::ObjectType;
 use tresor_vault::{Secret, Vault, backend, object};
 
+/// `key add` for the password in `file`; returns the new slot's id.
+fn add_key(w: &World, file: &std::path::Path, label: &str) -> String {
+    let added = w.json(&[
+        "key",
+        "add",
+        "--vault",
+        w.vault_str(),
+        "--new-password-file",
+        file.to_str().unwrap(),
+        "--label",
+        label,
+    ]);
+    added["added"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn init_writes_argon2id_64mib_3_passes() {
     let w = World::new();
@@ -32,17 +47,7 @@ fn add_rotate_remove() {
     let w = World::new();
     let newpw = w.path("new.pw");
     std::fs::write(&newpw, "second password\n").unwrap();
-    let added = w.json(&[
-        "key",
-        "add",
-        "--vault",
-        w.vault_str(),
-        "--new-password-file",
-        newpw.to_str().unwrap(),
-        "--label",
-        "ops",
-    ]);
-    let added_id = added["added"].as_str().unwrap().to_string();
+    let added_id = add_key(&w, &newpw, "ops");
 
     // The new password opens the vault.
     let out = w.run_with_password_file(&newpw, &["snapshots", "--vault", w.vault_str()]);
@@ -126,17 +131,7 @@ fn a_removed_key_reads_nothing_written_after_its_removal() {
     let before = w.backup(&[&src])["snapshot"].as_str().unwrap().to_string();
     let agent_pw = w.path("agent.pw");
     std::fs::write(&agent_pw, "db-01 agent secret").unwrap();
-    let added = w.json(&[
-        "key",
-        "add",
-        "--vault",
-        w.vault_str(),
-        "--new-password-file",
-        agent_pw.to_str().unwrap(),
-        "--label",
-        "db-01",
-    ]);
-    let slot = added["added"].as_str().unwrap().to_string();
+    let slot = add_key(&w, &agent_pw, "db-01");
     let kept_copy = std::fs::read(w.vault.join("keys").join(&slot)).unwrap();
     let stored_before: std::collections::BTreeSet<_> = restore_tests::files_below(&w.vault).into_iter().collect();
 
@@ -262,8 +257,7 @@ fn a_removal_killed_after_its_epoch_began_leaves_the_slot_stranded_and_finishes_
     let w = World::new();
     let other = w.path("other.pw");
     std::fs::write(&other, "someone else").unwrap();
-    let added = w.json(&["key", "add", "--vault", w.vault_str(), "--new-password-file", other.to_str().unwrap()]);
-    let slot = added["added"].as_str().unwrap().to_string();
+    let slot = add_key(&w, &other, "");
     let killed = w
         .agent()
         .env("TRESOR_FAILPOINTS", "remove-after-epoch=kill")

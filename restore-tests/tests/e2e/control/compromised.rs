@@ -25,15 +25,16 @@ fn claim(job: &pb::Job, snapshot_id: &str, vault_id: &str) -> pb::JobResult {
     }
 }
 
-#[test]
-fn a_compromised_agent_cannot_claim_another_sources_snapshot_or_vault() {
+/// A plane with agents a1 (the maintainer, source a) and a2 (source b), each with its own key
+/// slot in one folder vault `nas`; returns the plane, its directory, the vault and a2's password.
+fn two_agents_one_vault() -> (Plane, std::path::PathBuf, VaultSpec, std::path::PathBuf) {
     let mut p = Plane::start("");
     let root = p.dir.path().to_path_buf();
     let nas = p.folder_vault("vault", "nas", "a1");
     p.add_agent("a1", std::slice::from_ref(&nas), &[]);
     let pw2 = p.password_file("a2");
     p.add_key(&nas.url, &nas.password_file, &pw2, &[]);
-    p.add_agent("a2", &[VaultSpec { password_file: pw2, ..nas.clone() }], &[]);
+    p.add_agent("a2", &[VaultSpec { password_file: pw2.clone(), ..nas.clone() }], &[]);
     for d in ["a", "b"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
         restore_tests::random_file(&root.join(d).join("x.bin"), 64 << 10, 7);
@@ -44,6 +45,12 @@ fn a_compromised_agent_cannot_claim_another_sources_snapshot_or_vault() {
         root.join("b").display()
     );
     assert!(p.apply_policy(&policy).status.success());
+    (p, root, nas, pw2)
+}
+
+#[test]
+fn a_compromised_agent_cannot_claim_another_sources_snapshot_or_vault() {
+    let (mut p, root, _nas, _pw2) = two_agents_one_vault();
     p.ctl_ok(&["backup", "a1/a"]);
     let theirs = p.snapshots("a1/a");
     assert_eq!(theirs.len(), 1);
@@ -95,23 +102,7 @@ fn a_compromised_agent_cannot_claim_another_sources_snapshot_or_vault() {
 /// of its slot put back, reads the snapshots written before and none written after.
 #[test]
 fn revoking_an_agent_removes_its_key_slot_with_a_new_epoch() {
-    let mut p = Plane::start("");
-    let root = p.dir.path().to_path_buf();
-    let nas = p.folder_vault("vault", "nas", "a1");
-    p.add_agent("a1", std::slice::from_ref(&nas), &[]);
-    let pw2 = p.password_file("a2");
-    p.add_key(&nas.url, &nas.password_file, &pw2, &[]);
-    p.add_agent("a2", &[VaultSpec { password_file: pw2.clone(), ..nas.clone() }], &[]);
-    for d in ["a", "b"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-        restore_tests::random_file(&root.join(d).join("x.bin"), 64 << 10, 7);
-    }
-    let policy = format!(
-        "name = \"c\"\n[defaults]\nschedule = \"0 0 1 1 *\"\nretention = {{ keep_last = 5 }}\n[[vault]]\nname = \"nas\"\nmaintainer = \"a1\"\n[[source]]\nagent = \"a1\"\nname = \"a\"\nvault = \"nas\"\npaths = [\"{}\"]\n[[source]]\nagent = \"a2\"\nname = \"b\"\nvault = \"nas\"\npaths = [\"{}\"]\n",
-        root.join("a").display(),
-        root.join("b").display()
-    );
-    assert!(p.apply_policy(&policy).status.success());
+    let (p, root, nas, pw2) = two_agents_one_vault();
     p.ctl_ok(&["backup", "a2/b"]);
     let before = p.snapshots("a2/b")[0]["snapshot_id"].as_str().unwrap().to_string();
     let vault_dir = std::path::PathBuf::from(&nas.url);

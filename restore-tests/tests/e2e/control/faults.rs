@@ -370,7 +370,8 @@ fn twenty_second_certificates_renew_without_a_failed_job() {
 
 /// The storage loses a snapshot's manifest (or serves a listing without it): the maintainer's
 /// prune expects every snapshot the controller holds a receipt for, so GC deletes nothing,
-/// twice, and the controller audits `gc.listing_short` and alerts, naming the snapshot.
+/// twice, and the controller audits `gc.listing_short` and alerts, naming the snapshot. A listing
+/// that fails outright stops GC the same way (`gc.aborted`).
 #[test]
 fn a_snapshot_listing_short_of_a_receipted_snapshot_makes_gc_delete_nothing() {
     let (p, url, _pws) = plane_with("", &["w1"]);
@@ -400,4 +401,18 @@ fn a_snapshot_listing_short_of_a_receipted_snapshot_makes_gc_delete_nothing() {
     p.ctl_ok(&["audit", "export", "--out", ex.to_str().unwrap()]);
     let log = std::fs::read_to_string(ex.join("audit.jsonl")).unwrap();
     assert!(log.lines().any(|l| l.contains("\"gc.listing_short\"") && l.contains(&id)), "{log}");
+
+    // A listing that fails (here the directory is gone): GC stops, deletes nothing, and the
+    // controller audits and alerts it too.
+    std::fs::rename(vault.join("snapshots"), vault.join("snapshots-aside")).unwrap();
+    let r = p.ctl_json(&["prune", "nas"]);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(restore_tests::files_below(&vault.join("data")), packs, "nothing deleted");
+    wait_for("the stopped GC in the alerts", Duration::from_secs(60), || {
+        String::from_utf8_lossy(&p.ctl(&["status"]).stdout).contains("GC stopped on a storage error")
+    });
+    p.ctl_ok(&["audit", "export", "--out", ex.to_str().unwrap()]);
+    let log = std::fs::read_to_string(ex.join("audit.jsonl")).unwrap();
+    assert!(log.lines().any(|l| l.contains("\"gc.aborted\"") && l.contains("snapshots/")), "{log}");
+    std::fs::rename(vault.join("snapshots-aside"), vault.join("snapshots")).unwrap();
 }

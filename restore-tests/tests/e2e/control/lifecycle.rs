@@ -176,12 +176,15 @@ fn two_agents_schedule_restore_retention_and_gc() {
     assert_eq!(second["packs_deleted"], first["packs_marked"], "{second}");
     // Each deleted pack is in the audit log with the prune that deleted it and why it could go.
     let log = p.ctl_json(&["audit", "show"]);
-    let deletes: Vec<&serde_json::Value> = log.as_array().unwrap().iter().filter(|e| e["action"] == "gc.delete").collect();
+    let deletes: Vec<&serde_json::Value> =
+        log.as_array().unwrap().iter().filter(|e| e["action"] == "gc.delete").collect();
     assert_eq!(deletes.len() as u64, second["packs_deleted"].as_u64().unwrap(), "{deletes:?}");
     assert!(
         deletes.iter().all(|e| {
             let reason = e["reason"].as_str().unwrap_or("");
-            e["object"].as_str().unwrap_or("").contains("prune j-") && reason.contains("referenced by none of the 2 snapshots") && reason.contains("marked at")
+            e["object"].as_str().unwrap_or("").contains("prune j-")
+                && reason.contains("referenced by none of the 2 snapshots")
+                && reason.contains("marked at")
         }),
         "{deletes:?}"
     );

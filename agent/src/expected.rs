@@ -1,0 +1,52 @@
+//! The snapshots this host expects to find in a vault (`<cache>/<vault id>/expected-snapshots.json`):
+//! those it committed or its last `gc` listed, less those it forgot. Standalone GC deletes nothing
+//! when a listing lacks one.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tresor_vault::ids::SnapshotId;
+
+/// The record of one vault.
+pub struct Expected {
+    path: PathBuf,
+    /// The ids.
+    pub ids: BTreeSet<SnapshotId>,
+}
+
+impl Expected {
+    /// The record for `vault` under the cache `root` (empty when there is none yet).
+    pub fn load(root: &Path, vault: &tresor_vault::ids::VaultId) -> anyhow::Result<Self> {
+        let path = root.join(vault.to_hex()).join("expected-snapshots.json");
+        let ids = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice::<Vec<String>>(&b)
+                .with_context(|| format!("{} is damaged; move it away to start a new record", path.display()))?
+                .iter()
+                .map(|s| s.parse().map_err(|_| anyhow::anyhow!("{}: bad snapshot id {s:?}", path.display())))
+                .collect::<anyhow::Result<_>>()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Ok(Self { path, ids })
+    }
+
+    /// Write the record (atomically).
+    pub fn save(&self) -> anyhow::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+        }
+        let ids: Vec<String> = self.ids.iter().map(ToString::to_string).collect();
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&ids)?)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+/// Note a snapshot this host committed.
+pub fn note_committed(root: &Path, vault: &tresor_vault::ids::VaultId, id: SnapshotId) -> anyhow::Result<()> {
+    let mut expected = Expected::load(root, vault)?;
+    expected.ids.insert(id);
+    expected.save()
+}
