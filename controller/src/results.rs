@@ -126,35 +126,20 @@ impl Controller {
                 tracing::info!(vault = %job.vault, snapshots = n, "catalog rebuilt from the vault");
             }
             (Some(Kind::Prune(p)), true, _) => {
-                // What GC found wrong is audited one by one and alerted on the vault until a
-                // clean run.
-                // Every deletion, with this run (the job) and why the pack could go.
-                for d in &p.deleted {
-                    self.audit(
-                        &format!("agent:{}", job.agent_name),
-                        "gc.delete",
-                        &format!("vault {} (prune {})", job.vault, job.id),
-                        crate::audit_log::OK,
-                        d,
-                    );
-                }
-                for w in &p.gc_warnings {
-                    self.audit(
-                        &format!("agent:{}", job.agent_name),
-                        "gc.kept",
-                        &format!("vault {}", job.vault),
-                        crate::audit_log::FAILED,
-                        w,
-                    );
-                }
-                for q in &p.quarantined {
-                    self.audit(
-                        &format!("agent:{}", job.agent_name),
-                        "gc.quarantine",
-                        &format!("vault {}", job.vault),
-                        crate::audit_log::FAILED,
-                        q,
-                    );
+                // Every deletion, with this run (the job) and why the pack could go; and what GC
+                // found wrong, one by one (alerted on the vault below until a clean run).
+                let actor = format!("agent:{}", job.agent_name);
+                let object = format!("vault {}", job.vault);
+                let run = format!("vault {} (prune {})", job.vault, job.id);
+                let entries = [
+                    ("gc.delete", &run, crate::audit_log::OK, &p.deleted),
+                    ("gc.kept", &object, crate::audit_log::FAILED, &p.gc_warnings),
+                    ("gc.quarantine", &object, crate::audit_log::FAILED, &p.quarantined),
+                ];
+                for (action, object, outcome, items) in entries {
+                    for item in items {
+                        self.audit(&actor, action, object, outcome, item);
+                    }
                 }
                 let mut v = self.catalog.vault(&job.vault)?;
                 self.note_revocations(&job, p, &mut v);
@@ -166,20 +151,12 @@ impl Controller {
                     )
                 });
                 if let Some(why) = &short {
-                    let actor = format!("agent:{}", job.agent_name);
-                    self.audit(
-                        &actor,
-                        "gc.listing_short",
-                        &format!("vault {}", job.vault),
-                        crate::audit_log::FAILED,
-                        why,
-                    );
+                    self.audit(&actor, "gc.listing_short", &object, crate::audit_log::FAILED, why);
                 }
                 let aborted =
                     (!p.gc_error.is_empty()).then(|| format!("GC stopped on a storage error: {}", p.gc_error));
                 if let Some(why) = &aborted {
-                    let actor = format!("agent:{}", job.agent_name);
-                    self.audit(&actor, "gc.aborted", &format!("vault {}", job.vault), crate::audit_log::FAILED, why);
+                    self.audit(&actor, "gc.aborted", &object, crate::audit_log::FAILED, why);
                 }
                 let findings: Vec<&String> =
                     short.iter().chain(&aborted).chain(&p.gc_warnings).chain(&p.quarantined).collect();
