@@ -112,6 +112,13 @@ pub fn sample_score(id: &PackId, seed: u64) -> f64 {
 /// Run a check. `scratch` is an empty directory for a private index cache built from the vault
 /// (the agent's own cache is not trusted for this).
 pub async fn run(vault: Arc<Vault>, read: ReadData, scratch: &std::path::Path) -> Result<CheckReport> {
+    // A slot left out of the newest key epoch cannot open what was written since, and would
+    // report all of it as damage.
+    if let Err(Error::StaleEpoch(why)) = vault.writable() {
+        return Err(Error::Invalid(format!(
+            "check needs a key slot that reaches the vault's newest key epoch, so nothing it cannot open is taken for damage ({why})"
+        )));
+    }
     let mut report = CheckReport::default();
     let be = vault.backend().clone();
     let pack_list = be.list(layout::DATA).await?;

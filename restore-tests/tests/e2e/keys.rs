@@ -165,6 +165,10 @@ fn a_removed_key_reads_nothing_written_after_its_removal() {
     let out = w.run_with_password_file(&agent_pw, &["backup", "--vault", w.vault_str(), src.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("cannot write"), "{err}");
+    // Nor does it take what it cannot open for damage.
+    let out = w.run_with_password_file(&agent_pw, &["check", "--vault", w.vault_str(), "--read-data"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("check needs a key slot that reaches"), "{err}");
 
     // Every pack, index segment and snapshot written after the removal, read with the library.
     let written_after: Vec<_> =
