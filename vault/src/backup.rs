@@ -521,6 +521,9 @@ impl BackupSession {
             abandon_marker(&vault, &self.id, packs.iter().map(|p| p.0).collect()).await;
             return Err(Error::Invalid(format!("commit refused: {why}; nothing was committed")));
         }
+        // Once more right before the commit point: an epoch that began while the segments went
+        // up leaves them unreferenced, never committed.
+        vault.check_epoch().await?;
         vault.backend().create(&layout::snapshot(&sid), Bytes::from(bytes)).await?;
         // After the commit point: cleanup failures only leave markers behind, never damage.
         if let Err(e) = vault.backend().delete(&layout::session(&self.id)).await {

@@ -393,6 +393,8 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
         let keep = still_needed(&vault, &doomed, &watch, &placed, &mut report).await?;
         report.swept = true;
         doomed.retain(|p| !keep.contains(p));
+        // Compacted segments and the next mark are sealed: not under an epoch that ended meanwhile.
+        vault.check_epoch().await?;
         guard(opts)?;
         if !doomed.is_empty() {
             report.segments_compacted = compact_index(&vault, &doomed).await?;
@@ -418,6 +420,7 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
         seen.save(&observed_at)?;
         return Ok(report);
     }
+    vault.check_epoch().await?;
     write_mark(&vault, &unreferenced, &mut report, &mut seen).await?;
     seen.save(&observed_at)?;
     Ok(report)

@@ -136,6 +136,11 @@ pub struct KeySlot {
     /// Version 2: base64 X25519 public key that later epochs grant their master key to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// Version 2: base64 keyed BLAKE3, under a key derived from the master key of `epoch`, of the
+    /// vault id, slot id, kind, epoch and public key: proof that whoever made the slot held that
+    /// epoch, checked before a new epoch is granted to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
 }
 
 /// What a slot opens to.
@@ -219,10 +224,12 @@ impl KeySlot {
         plain[32..].copy_from_slice(grant_secret.as_bytes());
         let aad = slot_aad_v2(vault, &id, epoch, &public);
         let wrapped = seal_under_kek(&*kdf.derive(secret)?, &aad, plain.as_ref())?;
+        let binding = slot_binding(master, vault, &id, kind, epoch, &public);
         Ok(Self {
             version: 2,
             epoch: Some(epoch),
             public_key: Some(B64.encode(public)),
+            binding: Some(B64.encode(binding)),
             ..Self::v1(id, kind, label, kdf, &wrapped, config_mac)
         })
     }
@@ -254,6 +261,7 @@ impl KeySlot {
             config_mac: B64.encode(config_mac),
             epoch: None,
             public_key: None,
+            binding: None,
         }
     }
 
@@ -261,8 +269,8 @@ impl KeySlot {
     pub fn from_json(bytes: &[u8]) -> Result<Self, KeyError> {
         let slot: Self = serde_json::from_slice(bytes).map_err(|e| KeyError::Malformed(e.to_string()))?;
         match (slot.version, slot.epoch, slot.public_key.is_some()) {
-            (1, None, false) => {}
-            (2, Some(e), true) if e >= FIRST_EPOCH => {}
+            (1, None, false) if slot.binding.is_none() => {}
+            (2, Some(e), true) if e >= FIRST_EPOCH && slot.binding.is_some() => {}
             (1 | 2, ..) => {
                 return Err(KeyError::Malformed(format!(
                     "a version {} slot with the wrong fields for its version",
@@ -272,6 +280,17 @@ impl KeySlot {
             (v, ..) => return Err(KeyError::Malformed(format!("unknown key slot version {v}"))),
         }
         Ok(slot)
+    }
+
+    /// Whether the slot was made by someone holding `master`, the key of the slot's own epoch
+    /// (a planted slot, made without it, is never granted a new epoch).
+    pub fn bound_to(&self, vault: &VaultId, master: &MasterKey) -> bool {
+        let (Some(epoch), Some(public), Some(binding)) = (self.epoch, self.grant_public(), self.binding.as_deref())
+        else {
+            return false;
+        };
+        let want = slot_binding(master, vault, &self.id, self.kind, epoch, public.as_bytes());
+        B64.decode(binding).is_ok_and(|b| b.as_slice() == want.as_slice())
     }
 
     /// The X25519 public key later epochs grant to (version 2 slots).
@@ -325,6 +344,28 @@ impl KeySlot {
         let stored = B64.decode(&self.config_mac).map_err(|_| KeyError::ConfigTampered)?;
         if stored.as_slice() == expected.as_slice() { Ok(()) } else { Err(KeyError::ConfigTampered) }
     }
+}
+
+fn slot_binding(
+    master: &MasterKey,
+    vault: &VaultId,
+    id: &str,
+    kind: SlotKind,
+    epoch: u32,
+    public: &[u8; 32],
+) -> [u8; 32] {
+    let key = blake3::derive_key("tresor 2026 slot binding", master.expose());
+    let mut h = blake3::Hasher::new_keyed(&key);
+    h.update(vault.as_bytes());
+    h.update(&(id.len() as u32).to_le_bytes());
+    h.update(id.as_bytes());
+    h.update(&[match kind {
+        SlotKind::Password => 1,
+        SlotKind::Escrow => 2,
+    }]);
+    h.update(&epoch.to_le_bytes());
+    h.update(public);
+    *h.finalize().as_bytes()
 }
 
 fn seal_under_kek(kek: &[u8; 32], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, KeyError> {
@@ -426,6 +467,24 @@ mod tests {
         let mut later = parsed.clone();
         later.epoch = Some(4);
         assert!(matches!(later.unwrap(&vault, b"pw"), Err(KeyError::WrongSecret)));
+    }
+
+    #[test]
+    fn a_slot_is_bound_to_the_key_of_its_epoch() {
+        let vault = VaultId::random();
+        let master = MasterKey::generate();
+        let slot =
+            KeySlot::wrap_with(&vault, SlotKind::Password, "a", b"pw", (2, &master), [0; 32], fast_kdf()).unwrap();
+        let parsed = KeySlot::from_json(&slot.to_json()).unwrap();
+        assert!(parsed.bound_to(&vault, &master));
+        assert!(!parsed.bound_to(&vault, &MasterKey::generate()), "made without the epoch's key");
+        assert!(!parsed.bound_to(&VaultId::random(), &master), "another vault's");
+        let mut moved = parsed.clone();
+        moved.epoch = Some(3);
+        assert!(!moved.bound_to(&vault, &master), "the epoch is bound");
+        let mut unbound = parsed.clone();
+        unbound.binding = None;
+        assert!(KeySlot::from_json(&unbound.to_json()).is_err(), "a version 2 slot needs its binding");
     }
 
     #[test]

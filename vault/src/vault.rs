@@ -85,6 +85,8 @@ pub struct EpochReport {
     /// The slots left out: removed or revoked ones, and slots made before key epochs (which
     /// keep reading older data but can no longer write).
     pub left_out: Vec<String>,
+    /// The slots deleted (by `remove_slots`; those asked for but not found are not among them).
+    pub removed: Vec<String>,
 }
 
 impl Vault {
@@ -346,7 +348,12 @@ impl Vault {
         let slots = self.key_list().await?;
         let present: Vec<&str> = ids.iter().copied().filter(|id| slots.iter().any(|s| s.id == *id)).collect();
         if present.is_empty() {
-            return Ok(EpochReport { epoch: self.key_epoch(), carried: Vec::new(), left_out: Vec::new() });
+            return Ok(EpochReport {
+                epoch: self.key_epoch(),
+                carried: Vec::new(),
+                left_out: Vec::new(),
+                removed: Vec::new(),
+            });
         }
         for kind in [SlotKind::Password, SlotKind::Escrow] {
             let kept = slots.iter().filter(|s| s.kind == kind && !present.contains(&s.id.as_str())).count();
@@ -364,11 +371,11 @@ impl Vault {
             )));
         }
         // The epoch first: a crash after it leaves the slots stranded already, never readable.
-        let report = self.start_epoch(reason, &present).await?;
+        let mut report = self.start_epoch(reason, &present).await?;
         crate::failpoint::hit("remove-after-epoch");
         for id in present {
             match self.backend.delete(&layout::key_slot(id)).await {
-                Ok(()) | Err(BackendError::NotFound(_)) => {}
+                Ok(()) | Err(BackendError::NotFound(_)) => report.removed.push(id.to_string()),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -395,11 +402,12 @@ impl Vault {
     pub async fn start_epoch(&mut self, reason: &str, leave_out: &[&str]) -> Result<EpochReport> {
         self.check_epoch().await?;
         let slots = self.key_list().await?;
+        let records = read_epoch_records(&self.backend, &self.config.vault_id).await?;
         let mut carried = Vec::new();
         let mut left_out = Vec::new();
         for slot in &slots {
             match slot.grant_public() {
-                Some(public) if !leave_out.contains(&slot.id.as_str()) => {
+                Some(public) if !leave_out.contains(&slot.id.as_str()) && self.reaches_current(slot, &records) => {
                     carried.push((slot.id.clone(), public, slot.kind))
                 }
                 _ => left_out.push(slot.id.clone()),
@@ -438,7 +446,31 @@ impl Vault {
         self.masters.push((epoch, new));
         self.keys = Arc::new(keys_of(&self.masters));
         self.epochs_seen = epoch;
-        Ok(EpochReport { epoch, carried: carried.into_iter().map(|(id, ..)| id).collect(), left_out })
+        Ok(EpochReport {
+            epoch,
+            carried: carried.into_iter().map(|(id, ..)| id).collect(),
+            left_out,
+            removed: Vec::new(),
+        })
+    }
+
+    /// Whether `slot` may be granted the next epoch: made by someone who held its own epoch (its
+    /// binding verifies under that epoch's key), and granted every epoch since. A slot planted by
+    /// someone without the key, or one left out before (a removal that crashed before deleting
+    /// it), is not.
+    fn reaches_current(
+        &self,
+        slot: &KeySlot,
+        records: &std::collections::BTreeMap<u32, std::result::Result<EpochRecord, String>>,
+    ) -> bool {
+        let Some(own) = slot.epoch else { return false };
+        let Some((_, master)) = self.masters.iter().find(|(e, _)| *e == own) else { return false };
+        if !slot.bound_to(&self.config.vault_id, master) {
+            tracing::warn!(slot = %slot.id, "key slot not made by a holder of its epoch's key; not carried into a new epoch");
+            return false;
+        }
+        let (current, _) = self.current_master();
+        (own + 1..=current).all(|e| matches!(records.get(&e), Some(Ok(r)) if r.grants.contains_key(&slot.id)))
     }
 
     /// Replace the opening slot, if it was made before key epochs, with one that later epochs

@@ -212,6 +212,7 @@ fn epoch_record_and_version_2_slot() {
     assert_eq!((slot.version, slot.epoch), (2, Some(1)));
     let opened = slot.unwrap(&vault, b"golden slot").unwrap();
     assert_eq!((opened.epoch, opened.master.expose()), (1, master().expose()));
+    assert!(slot.bound_to(&vault, &master()), "the slot's binding verifies under epoch 1's key");
     let name = "epochs/0000000002";
     let record =
         EpochRecord::from_json(&std::fs::read(golden_dir().join("epoch-0000000002.json")).unwrap(), &vault, name)

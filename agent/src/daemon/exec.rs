@@ -275,7 +275,20 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
     } else {
         ctx.leases.check(&jr.job_id, jr.attempt).map_err(anyhow::Error::msg)?;
         match revoke_slots(ctx, &p.vault, &p.revoke_slots).await {
-            Ok(()) => (p.revoke_slots.clone(), String::new()),
+            Ok(removed) => {
+                // Only what was really deleted counts: a slot id the revoked agent reported that
+                // is not in the vault stays pending (a false report must not pass as a revocation).
+                let absent: Vec<&String> = p.revoke_slots.iter().filter(|s| !removed.contains(s)).collect();
+                let why = if absent.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "slot(s) {} are not in the vault: the revoked agent reported a slot that does not exist, or it was removed by hand; find its real slot with `tresor-agent key list` and remove it",
+                        absent.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                };
+                (removed, why)
+            }
             Err(e) => {
                 tracing::error!(vault = %p.vault, error = %format!("{e:#}"), "revoked key slots not removed");
                 (Vec::new(), format!("{e:#}"))
@@ -347,13 +360,13 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
 
 /// Remove the key slots of revoked agents with one new key epoch. This agent's own slot is
 /// upgraded first if it was made before key epochs, so it is carried into the new one.
-async fn revoke_slots(ctx: &Arc<AgentCtx>, vault: &str, slots: &[String]) -> anyhow::Result<()> {
+async fn revoke_slots(ctx: &Arc<AgentCtx>, vault: &str, slots: &[String]) -> anyhow::Result<Vec<String>> {
     let (mut v, secret) = ctx.vault_owned(vault).await?;
     if let Some(slot) = v.key_upgrade(&secret).await? {
         tracing::info!(vault, slot = %slot.id, "own key slot upgraded to take key epochs");
     }
     let ids: Vec<&str> = slots.iter().map(String::as_str).collect();
     let report = v.remove_slots(&ids, "agent revoked at the controller").await?;
-    tracing::warn!(vault, epoch = report.epoch, removed = ?ids, "revoked key slots removed; a new key epoch began");
-    Ok(())
+    tracing::warn!(vault, epoch = report.epoch, removed = ?report.removed, "revoked key slots removed; a new key epoch began");
+    Ok(report.removed)
 }

@@ -277,8 +277,12 @@ fn a_removal_killed_after_its_epoch_began_leaves_the_slot_stranded_and_finishes_
         out.status.success() && text.contains("cannot write") && text.contains("left out of key epoch 2"),
         "{text}"
     );
+    // A rotation before the removal is finished does not carry the stranded slot back in.
+    let rotated = w.json(&["key", "rotate", "--master", "--vault", w.vault_str()]);
+    assert_eq!(rotated["epoch"], 3, "{rotated}");
+    assert!(rotated["left_out"].as_array().unwrap().iter().any(|s| s == slot.as_str()), "{rotated}");
     let done = w.json(&["key", "remove", "--vault", w.vault_str(), &slot]);
-    assert_eq!(done["epoch"], 3, "{done}");
+    assert_eq!(done["epoch"], 4, "{done}");
     assert!(!w.vault.join("keys").join(&slot).exists());
     let out = w.run_with_password_file(&other, &["snapshots", "--vault", w.vault_str()]);
     assert_eq!(out.status.code(), Some(12), "the slot is gone: {}", String::from_utf8_lossy(&out.stderr));
@@ -375,4 +379,30 @@ fn slots_made_before_key_epochs_are_upgraded_then_carried() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     restore_tests::assert_same_tree(&src, &w.path("r-new").join(src.strip_prefix("/").unwrap()));
+}
+
+/// Someone who can write to the storage but never held the key plants a version 2 slot with a
+/// public key of its own. A new epoch is never granted to it (its binding does not verify under
+/// the epoch's key), so it opens nothing, before or after the rotation.
+#[test]
+fn a_slot_planted_without_the_key_is_never_granted_an_epoch() {
+    use tresor_vault::crypto::MasterKey;
+    use tresor_vault::keys::{KdfParams, KeySlot, SlotKind};
+    let w = World::new();
+    let config = std::fs::read(w.vault.join("config")).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    let vault_id: tresor_vault::ids::VaultId = doc["vault_id"].as_str().unwrap().parse().unwrap();
+    let kdf = KdfParams { memory_kib: 8 * 1024, iterations: 1, ..KdfParams::recommended() };
+    let guess = MasterKey::generate();
+    let planted =
+        KeySlot::wrap_with(&vault_id, SlotKind::Password, "planted", b"attacker", (1, &guess), [0; 32], kdf).unwrap();
+    std::fs::write(w.vault.join("keys").join(&planted.id), planted.to_json()).unwrap();
+    let rotated = w.json(&["key", "rotate", "--master", "--vault", w.vault_str()]);
+    assert!(rotated["left_out"].as_array().unwrap().iter().any(|s| s == planted.id.as_str()), "{rotated}");
+    let record = std::fs::read_to_string(w.vault.join("epochs").join("0000000002")).unwrap();
+    assert!(!record.contains(&format!("\"{}\":", planted.id)), "no grant to the planted slot: {record}");
+    let attacker = w.path("attacker.pw");
+    std::fs::write(&attacker, "attacker").unwrap();
+    let out = w.run_with_password_file(&attacker, &["snapshots", "--vault", w.vault_str()]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
