@@ -69,6 +69,15 @@ impl AgentCtx {
         Ok(v)
     }
 
+    /// The kept handle as it is (no listing of `epochs/`: the heartbeat runs every few seconds,
+    /// and every job's `vault` looks), or a fresh one.
+    async fn kept_or_open(&self, name: &str) -> anyhow::Result<Arc<Vault>> {
+        if let Some(v) = self.vaults.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(v.clone());
+        }
+        self.vault(name).await
+    }
+
     /// A handle of its own on a vault (for key changes, which need one), with the secret that
     /// opened it. The kept handle is dropped, so the next use opens the vault again.
     pub async fn vault_owned(&self, name: &str) -> anyhow::Result<(Vault, tresor_vault::Secret)> {
@@ -96,7 +105,7 @@ impl AgentCtx {
     pub async fn vault_states(&self) -> Vec<pb::VaultState> {
         let mut out = Vec::new();
         for name in self.cfg.vaults.keys() {
-            let st = match self.vault(name).await {
+            let st = match self.kept_or_open(name).await {
                 Ok(v) => pb::VaultState {
                     name: name.clone(),
                     vault_id: v.config().vault_id.to_string(),

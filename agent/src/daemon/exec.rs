@@ -312,6 +312,7 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         guard: Some(ctx.leases.guard(jr)),
         expected,
     };
+    let key_epoch = vault.key_epoch();
     let r = match tresor_vault::gc::run(vault, &ctx.cache_dir(), &opts).await {
         // Not a failure to retry: the listing is short, and the controller must hear what it lacked.
         Err(tresor_vault::Error::SnapshotsMissing(missing)) => {
@@ -349,7 +350,7 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         gc_warnings: r.false_index_entries.iter().chain(&r.kept).cloned().collect(),
         swept: r.swept,
         slots_revoked,
-        key_epoch: ctx.vault(&p.vault).await?.key_epoch(),
+        key_epoch,
         revoke_error,
         quarantined: r.quarantined,
         listing_missing: Vec::new(),
