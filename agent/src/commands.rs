@@ -92,8 +92,37 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
 
 pub(crate) async fn open(g: &Global, url: &str) -> anyhow::Result<Arc<Vault>> {
     let secret = secret::open_secret(g.password_file.as_deref(), g.escrow_key_file.as_deref())?;
-    let backend = backend::from_url(url)?;
+    let backend = opened(backend::from_url(url)?);
     Ok(Arc::new(Vault::open(backend, &secret).await?))
+}
+
+/// The storage this command used, for `--json` (`storage_json`).
+static OPENED: std::sync::Mutex<Option<backend::DynBackend>> = std::sync::Mutex::new(None);
+
+fn opened(be: backend::DynBackend) -> backend::DynBackend {
+    *OPENED.lock().unwrap_or_else(|p| p.into_inner()) = Some(be.clone());
+    be
+}
+
+/// What every `--json` answer says of the storage the command used: which endpoint answered
+/// last (of several) and whether durability is unverified.
+pub fn storage_json() -> Option<serde_json::Value> {
+    let be = OPENED.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+    Some(json!({
+        "location": be.location(),
+        "endpoint": be.endpoint(),
+        "durability_unverified": be.durability_unverified(),
+    }))
+}
+
+/// One line on durability for the text output of `init` and `check`.
+fn durability_line(unverified: Option<&str>) -> String {
+    match unverified {
+        None => "durability: every write confirmed by the storage".into(),
+        Some(why) => format!(
+            "durability UNVERIFIED: {why}; a crash or power loss may lose what the storage acknowledged (see docs/OPERATIONS.md)"
+        ),
+    }
 }
 
 /// `init`.
@@ -105,7 +134,7 @@ pub async fn init(g: &Global, url: &str, escrow_out: &Path) -> anyhow::Result<Ou
             escrow_out.display()
         );
     }
-    let backend = backend::from_url(url)?;
+    let backend = opened(backend::from_url(url)?);
     let escrow = EscrowKey::generate();
     let (vault, report) = Vault::init(backend, password, &escrow).await?;
     write_private(escrow_out, escrow.to_file_text(&vault.config().vault_id).as_bytes()).with_context(|| {
@@ -116,7 +145,7 @@ pub async fn init(g: &Global, url: &str, escrow_out: &Path) -> anyhow::Result<Ou
     })?;
     let caps = &report.config.capabilities;
     let text = format!(
-        "created vault {} at {url}\n  format v{}, chunks {}-{}-{} bytes, cipher {}\n  backend {}: create-once {}, delete {}\n  key slots: password {}, escrow {}\n  escrow key file: {}  <- store it offline; with the storage location it restores everything",
+        "created vault {} at {url}\n  format v{}, chunks {}-{}-{} bytes, cipher {}\n  backend {}: create-once {}, delete {}\n  {}\n  key slots: password {}, escrow {}\n  escrow key file: {}  <- store it offline; with the storage location it restores everything",
         report.config.vault_id,
         report.config.version,
         report.config.chunker.min_size,
@@ -126,6 +155,7 @@ pub async fn init(g: &Global, url: &str, escrow_out: &Path) -> anyhow::Result<Ou
         caps.backend,
         if caps.create_once { "enforced by storage" } else { "NOT enforced by storage" },
         if caps.delete { "allowed with these credentials" } else { "refused" },
+        durability_line(caps.durability_unverified.as_deref()),
         report.password_slot,
         report.escrow_slot,
         escrow_out.display()
@@ -417,10 +447,12 @@ pub async fn check(
         (false, None) => ReadData::None,
     };
     let vault = open(g, url).await?;
+    let unverified = vault.durability_unverified();
     let scratch = tempfile_dir()?;
     let report = check::run(vault, read, scratch.path()).await?;
     let mut text = format!(
-        "{} snapshots, {} index segments, {} packs ({} unreferenced); read {} packs, verified {} chunks ({})",
+        "{}\n{} snapshots, {} index segments, {} packs ({} unreferenced); read {} packs, verified {} chunks ({})",
+        durability_line(unverified.as_deref()),
         report.snapshots,
         report.index_segments,
         report.packs,
@@ -446,7 +478,11 @@ pub async fn check(
     }
     text.push_str(if report.is_ok() { "\nno errors found" } else { "\nDAMAGE FOUND" });
     let code = if report.is_ok() { exit::OK } else { exit::DAMAGE };
-    Ok(Outcome { json: serde_json::to_value(&report)?, text, code })
+    let mut json = serde_json::to_value(&report)?;
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert("durability_unverified".into(), unverified.into());
+    }
+    Ok(Outcome { json, text, code })
 }
 
 fn tempfile_dir() -> anyhow::Result<TempDir> {

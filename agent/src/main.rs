@@ -55,6 +55,9 @@ fn main() -> ExitCode {
                 if let (Some(obj), Some(peak)) = (out.json.as_object_mut(), peak_rss_bytes()) {
                     obj.insert("peak_rss_bytes".into(), peak.into());
                 }
+                if let (Some(obj), Some(storage)) = (out.json.as_object_mut(), commands::storage_json()) {
+                    obj.entry("storage").or_insert(storage);
+                }
                 println!("{}", serde_json::to_string_pretty(&out.json).unwrap_or_default());
             } else {
                 println!("{}", out.text);
@@ -64,7 +67,8 @@ fn main() -> ExitCode {
         Some(Err(e)) => {
             let code = exit::code_for(&e);
             if json {
-                eprintln!("{}", serde_json::json!({"error": format!("{e:#}"), "exit_code": code}));
+                let storage = commands::storage_json();
+                eprintln!("{}", serde_json::json!({"error": format!("{e:#}"), "exit_code": code, "storage": storage}));
             } else {
                 eprintln!("error: {e:#}");
             }

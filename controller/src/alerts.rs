@@ -125,6 +125,7 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
             });
         }
     }
+    out.extend(storage_problems(ctl));
     // A damaged drill record must not stop the other alerts: it becomes a problem of its own.
     match drill_problems(ctl, now) {
         Ok(p) => out.extend(p),
@@ -167,6 +168,35 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
 }
 
 /// Drills: a plan overdue, and the newest drill of a source FAIL.
+/// What connected agents see of their storage: a target that cannot confirm durability, and an
+/// endpoint of a cluster they failed over from (a node down, as a vault's agents see it).
+fn storage_problems(ctl: &Controller) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for a in ctl.agent_infos().into_iter().filter(|a| !a.revoked) {
+        for v in &a.vaults {
+            let subject = format!("{}/{}", v.name, a.name);
+            if !v.durability_unverified.is_empty() {
+                out.push(Problem {
+                    kind: "durability_unverified",
+                    subject: subject.clone(),
+                    message: format!(
+                        "vault {} (agent {}): durability unverified: {}; a crash of the storage may lose acknowledged backups",
+                        v.name, a.name, v.durability_unverified
+                    ),
+                });
+            }
+            if !v.endpoint_failover.is_empty() {
+                out.push(Problem {
+                    kind: "storage_endpoint_failover",
+                    subject,
+                    message: format!("vault {} (agent {}): {}", v.name, a.name, v.endpoint_failover),
+                });
+            }
+        }
+    }
+    out
+}
+
 fn drill_problems(ctl: &Controller, now: i64) -> Result<Vec<Problem>> {
     let mut out = Vec::new();
     for p in ctl.plan_states(now)? {

@@ -661,16 +661,18 @@ async fn uploader(
     let mut done = Vec::new();
     let mut inflight = tokio::task::JoinSet::new();
     let mut failure: Option<Error> = None;
-    let finish_one = |r: std::result::Result<Result<(PackRef, Vec<PackEntry>, u64)>, tokio::task::JoinError>,
-                      done: &mut Vec<_>| match r {
-        Ok(Ok((p, e, n))) => {
+    // A failed put names its pack, so the marker stops announcing it: a pack whose durability
+    // was never confirmed is not adopted by a later run.
+    type Put = (PackId, Result<(PackRef, Vec<PackEntry>, u64)>);
+    let finish_one = |r: std::result::Result<Put, tokio::task::JoinError>, done: &mut Vec<_>| match r {
+        Ok((_, Ok((p, e, n)))) => {
             s.stats.bytes_stored.fetch_add(n, Ordering::Relaxed);
             s.stats.packs.fetch_add(1, Ordering::Relaxed);
             done.push((p, e));
             None
         }
-        Ok(Err(e)) => Some(e),
-        Err(e) => Some(Error::Invalid(format!("upload task failed: {e}"))),
+        Ok((id, Err(e))) => Some((Some(id), e)),
+        Err(e) => Some((None, Error::Invalid(format!("upload task failed: {e}")))),
     };
     // A live session keeps its marker fresh even while no pack is finished (a slow reader, a
     // long tree walk), so no other session takes it for crashed.
@@ -682,8 +684,12 @@ async fn uploader(
             biased;
             _ = keepalive.tick() => refresh_marker(&s, &session, &mut marker).await,
             Some(r) = inflight.join_next(), if !inflight.is_empty() => {
-                if let Some(e) = finish_one(r, &mut done) {
+                if let Some((id, e)) = finish_one(r, &mut done) {
                     s.fail(format!("pack upload failed: {e}"));
+                    if let Some(id) = id {
+                        marker.packs.retain(|p| p.id != id);
+                        refresh_marker(&s, &session, &mut marker).await;
+                    }
                     failure.get_or_insert(e);
                 }
             }
@@ -697,15 +703,22 @@ async fn uploader(
                 let vault = s.vault.clone();
                 inflight.spawn(async move {
                     let n = p.bytes.len() as u64;
-                    vault.backend().create(&layout::pack(&p.id), Bytes::from(p.bytes)).await?;
+                    let put = vault.backend().create(&layout::pack(&p.id), Bytes::from(p.bytes)).await;
+                    if let Err(e) = put {
+                        return (p.id, Err(e.into()));
+                    }
                     failpoint::hit("after-pack-put");
-                    Ok((PackRef { id: p.id, salt: p.salt }, p.entries, n))
+                    (p.id, Ok((PackRef { id: p.id, salt: p.salt }, p.entries, n)))
                 });
             }
         }
     }
     while let Some(r) = inflight.join_next().await {
-        if let Some(e) = finish_one(r, &mut done) {
+        if let Some((id, e)) = finish_one(r, &mut done) {
+            if let Some(id) = id {
+                marker.packs.retain(|p| p.id != id);
+                refresh_marker(&s, &session, &mut marker).await;
+            }
             failure.get_or_insert(e);
         }
     }

@@ -74,6 +74,10 @@ pub struct Capabilities {
     pub create_once: bool,
     /// These credentials could delete an object.
     pub delete: bool,
+    /// Why the storage could not confirm durability at `init` (a file system that refuses
+    /// fsync); absent when it could. Added without a version bump: older readers skip it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability_unverified: Option<String>,
     /// RFC 3339 time of the probe.
     pub probed_at: String,
 }

@@ -2,8 +2,9 @@
 //!
 //! `TRESOR_FAILPOINTS="after-pack-put=kill@3,flip-after-encrypt=on"` arms them: `kill` fires at the
 //! first hit, `kill@N` at the N-th; `sleep:MS` pauses the calling thread at every hit (tests use
-//! it to hold a job just before its commit point). The variable is read once; unarmed points cost a map lookup
-//! on an empty map. Names are listed in docs/ARCHITECTURE.md.
+//! it to hold a job just before its commit point). I/O points ([`io_error`]) take `eio`,
+//! `einval` or `enotsup`, at every hit or, with `@N`, at the N-th only. The variable is read
+//! once; unarmed points cost a map lookup on an empty map. Names are listed in docs/ARCHITECTURE.md.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,15 +45,39 @@ pub fn hit(name: &str) {
             None => return,
         },
     };
-    static HITS: OnceLock<Mutex<HashMap<String, AtomicU64>>> = OnceLock::new();
-    let hits = HITS.get_or_init(|| Mutex::new(HashMap::new()));
-    let count = {
-        let mut map = hits.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(name.to_string()).or_insert_with(|| AtomicU64::new(0)).fetch_add(1, Ordering::SeqCst) + 1
-    };
-    if count == nth {
+    if count_hit(name) == nth {
         tracing::warn!(failpoint = name, "failpoint: SIGKILL");
         let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::process::abort();
     }
+}
+
+/// How often `name` has been reached, this hit included.
+fn count_hit(name: &str) -> u64 {
+    static HITS: OnceLock<Mutex<HashMap<String, AtomicU64>>> = OnceLock::new();
+    let hits = HITS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = hits.lock().unwrap_or_else(|p| p.into_inner());
+    map.entry(name.to_string()).or_insert_with(|| AtomicU64::new(0)).fetch_add(1, Ordering::SeqCst) + 1
+}
+
+/// Reach the I/O point `name`: the error it is armed to return at this hit, if any. Stands in for
+/// a disk that fails (`eio`) or a file system without sync semantics (`einval`, `enotsup`).
+pub fn io_error(name: &str) -> Option<std::io::Error> {
+    let action = armed().get(name)?;
+    let (kind, nth) = match action.split_once('@') {
+        Some((k, n)) => (k, Some(n.parse::<u64>().ok()?)),
+        None => (action.as_str(), None),
+    };
+    let errno = match kind {
+        "eio" => rustix::io::Errno::IO,
+        "einval" => rustix::io::Errno::INVAL,
+        "enotsup" => rustix::io::Errno::OPNOTSUPP,
+        _ => return None,
+    };
+    let count = count_hit(name);
+    if nth.is_some_and(|n| n != count) {
+        return None;
+    }
+    tracing::warn!(failpoint = name, error = kind, "failpoint: I/O error");
+    Some(std::io::Error::from_raw_os_error(errno.raw_os_error()))
 }

@@ -211,6 +211,10 @@ impl Vault {
         if !config.capabilities.create_once {
             backend.check_before_create();
         }
+        // A read-only mount cannot be probed; it still reads, and writes would fail on their own.
+        if let Err(e) = backend.probe_durability().await {
+            tracing::info!(error = %e, "durability probe not possible");
+        }
         Ok(Self {
             backend,
             config,
@@ -264,6 +268,15 @@ impl Vault {
     /// Id of the slot that opened the vault.
     pub fn slot_id(&self) -> &str {
         &self.slot_id
+    }
+
+    /// Why the storage cannot confirm that what it acknowledges is durable: found now (a sync
+    /// call refused as unsupported) or recorded at `init`. `None` when every sync was confirmed.
+    pub fn durability_unverified(&self) -> Option<String> {
+        self.backend.durability_unverified().or_else(|| {
+            let c = &self.config.capabilities;
+            c.durability_unverified.as_ref().map(|why| format!("{why} (found at init, {})", c.probed_at))
+        })
     }
 
     /// The key epoch new data is written under (the newest this slot reaches).
@@ -320,6 +333,7 @@ impl Vault {
         let label = label.to_string();
         let slot = cpu(move || KeySlot::wrap(&vid, kind, &label, &sb, (epoch, &master), mac)).await??;
         self.backend.create(&layout::key_slot(&slot.id), Bytes::from(slot.to_json())).await?;
+        crate::failpoint::hit("key-add-after-write");
         // Read back and unwrap before anyone relies on it (restic 0.13 lost access by skipping this).
         let stored = KeySlot::from_json(&self.backend.get(&layout::key_slot(&slot.id)).await?)?;
         let sb = zeroize::Zeroizing::new(secret.bytes().to_vec());
@@ -390,6 +404,7 @@ impl Vault {
         let slot = self.key_add(new_secret, &label).await?;
         crate::failpoint::hit("rotate-before-delete");
         self.backend.delete(&layout::key_slot(&old)).await?;
+        crate::failpoint::hit("rotate-after-delete");
         self.slot_id = slot.id.clone();
         Ok(slot)
     }
@@ -849,10 +864,12 @@ async fn probe(backend: &DynBackend) -> Result<Capabilities> {
     let kept_first = backend.get(&key).await?.as_ref() == b"probe 1";
     let create_once = second == Created::Existed && kept_first;
     let delete = backend.delete(&key).await.is_ok() && backend.size(&key).await?.is_none();
+    backend.probe_durability().await?;
     Ok(Capabilities {
         backend: backend.kind().to_string(),
         create_once,
         delete,
+        durability_unverified: backend.durability_unverified(),
         probed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     })
 }

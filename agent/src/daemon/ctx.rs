@@ -112,6 +112,9 @@ impl AgentCtx {
                     error: v.writable().err().map(|e| e.to_string()).unwrap_or_default(),
                     key_slot: v.slot_id().to_string(),
                     key_epoch: v.key_epoch(),
+                    durability_unverified: v.durability_unverified().unwrap_or_default(),
+                    endpoint: v.backend().endpoint().unwrap_or_default(),
+                    endpoint_failover: v.backend().endpoint_failover().unwrap_or_default(),
                 },
                 Err(e) => pb::VaultState { name: name.clone(), error: format!("{e:#}"), ..Default::default() },
             };

@@ -256,6 +256,9 @@ async fn stages(ctx: &Arc<AgentCtx>, d: &pb::DrillJob, sandbox: &Path, drill: &m
     let vault = ctx.vault(&d.vault).await?;
     let transient_before = vault.transient_reads();
     drill.out.format_version = vault.config().version;
+    if let Some(why) = vault.durability_unverified() {
+        drill.out.anomalies.push(format!("storage durability unverified: {why}"));
+    }
     drill.out.key_slot = key_slot_label(&vault).await;
     // A fresh index built from the vault's own segments, not the agent's cache: the drill proves
     // what a new machine would find. A segment that does not read is a structure failure.

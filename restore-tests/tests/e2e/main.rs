@@ -7,6 +7,7 @@ mod corruption;
 mod crash;
 mod disaster;
 mod drills;
+mod durability;
 mod gc;
 mod gc_kills;
 mod golden_vault;

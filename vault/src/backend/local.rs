@@ -3,13 +3,18 @@
 //! Writes go to `tmp/`, are fsynced, then linked into place with `link()`, which fails if the name
 //! exists: create-once is enforced by the file system, and a reader never sees a partial object.
 //! The directory is fsynced after every link. An fsync error is fatal and never retried
-//! (on Linux a retried fsync can succeed without the data being durable).
+//! (on Linux a retried fsync can succeed without the data being durable): the put fails, and an
+//! object already linked is unlinked again, so nothing whose durability was not confirmed is
+//! ever read back as stored. A file system that refuses fsync itself (`EINVAL`, `ENOTSUP`: some
+//! SMB, NAS and FUSE mounts) cannot confirm anything: writes go on and the backend reports
+//! durability as unverified, for `init`, `check`, `status` and drill reports to show.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,14 +26,78 @@ use crate::failpoint;
 const TMP_DIR: &str = "tmp";
 
 /// Local directory backend.
+#[derive(Clone)]
 pub struct LocalBackend {
     root: PathBuf,
+    /// Why durability is unverified, once an fsync was refused as unsupported.
+    unverified: Arc<OnceLock<String>>,
+}
+
+/// `fsync` refused as a call the file system does not implement, rather than failed.
+fn sync_unsupported(e: &std::io::Error) -> bool {
+    let unsupported = [rustix::io::Errno::INVAL, rustix::io::Errno::OPNOTSUPP, rustix::io::Errno::NOSYS];
+    e.raw_os_error().is_some_and(|n| unsupported.iter().any(|u| u.raw_os_error() == n))
+}
+
+/// The failpoint for `what` (`fsync-file` or `fsync-dir`), also armable for one top-level
+/// directory of the vault (`fsync-file:data`), so a test can fail only pack writes.
+fn injected(what: &str, key: &str) -> Option<std::io::Error> {
+    let top = key.split('/').next().unwrap_or_default();
+    failpoint::io_error(what).or_else(|| failpoint::io_error(&format!("{what}:{top}")))
 }
 
 impl LocalBackend {
     /// A backend rooted at `root` (not touched until used).
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self { root, unverified: Arc::default() }
+    }
+
+    /// Judge the outcome of an fsync of `what` for `key`: unsupported is noted, any other
+    /// error is fatal.
+    fn synced(&self, r: std::io::Result<()>, key: &str, what: &str) -> Result<(), BackendError> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if sync_unsupported(&e) => {
+                let mut first = false;
+                self.unverified.get_or_init(|| {
+                    first = true;
+                    format!("the file system at {} refuses {what} fsync ({e})", self.root.display())
+                });
+                if first {
+                    tracing::warn!(location = %self.root.display(), error = %e, "fsync unsupported: durability unverified");
+                }
+                Ok(())
+            }
+            Err(e) => Err(BackendError::NotDurable { key: key.into(), detail: format!("{what} fsync failed: {e}") }),
+        }
+    }
+
+    fn sync_file(&self, f: &File, key: &str) -> Result<(), BackendError> {
+        let r = match injected("fsync-file", key) {
+            Some(e) => Err(e),
+            None => f.sync_all(),
+        };
+        self.synced(r, key, "file")
+    }
+
+    fn sync_dir(&self, dir: &Path, key: &str) -> Result<(), BackendError> {
+        let f = File::open(dir).map_err(|e| BackendError::from_io(key, &e))?;
+        let r = match injected("fsync-dir", key) {
+            Some(e) => Err(e),
+            None => f.sync_all(),
+        };
+        self.synced(r, key, "directory")
+    }
+
+    fn ensure_dir(&self, dir: &Path, key: &str) -> Result<(), BackendError> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(dir).map_err(|e| BackendError::from_io(key, &e))?;
+        if let Some(parent) = dir.parent() {
+            self.sync_dir(parent, key)?;
+        }
+        Ok(())
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, BackendError> {
@@ -41,7 +110,7 @@ impl LocalBackend {
 
     fn tmp_file(&self) -> Result<(PathBuf, File), BackendError> {
         let dir = self.root.join(TMP_DIR);
-        ensure_dir(&dir, TMP_DIR)?;
+        self.ensure_dir(&dir, TMP_DIR)?;
         let mut name = [0u8; 12];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut name);
         let path = dir.join(format!("{}.tmp", hex::encode(name)));
@@ -55,10 +124,10 @@ impl LocalBackend {
 
     fn write_tmp(&self, key: &str, bytes: &[u8]) -> Result<PathBuf, BackendError> {
         let (tmp, mut f) = self.tmp_file()?;
-        let res = f.write_all(bytes).and_then(|()| f.sync_all());
+        let res = f.write_all(bytes).map_err(|e| BackendError::from_io(key, &e)).and_then(|()| self.sync_file(&f, key));
         if let Err(e) = res {
             let _ = fs::remove_file(&tmp);
-            return Err(BackendError::from_io(key, &e));
+            return Err(e);
         }
         failpoint::hit("local-before-link");
         Ok(tmp)
@@ -67,13 +136,18 @@ impl LocalBackend {
     fn create_blocking(&self, key: &str, bytes: &[u8]) -> Result<Created, BackendError> {
         let dest = self.path(key)?;
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
-        ensure_dir(&parent, key)?;
+        self.ensure_dir(&parent, key)?;
         let tmp = self.write_tmp(key, bytes)?;
         let linked = fs::hard_link(&tmp, &dest);
         let _ = fs::remove_file(&tmp);
         match linked {
             Ok(()) => {
-                fsync_dir(&parent, key)?;
+                if let Err(e) = self.sync_dir(&parent, key) {
+                    // Its name may not survive a crash: unlink it, so no later run (an adopting
+                    // backup, a reader) takes it for stored.
+                    let _ = fs::remove_file(&dest);
+                    return Err(e);
+                }
                 Ok(Created::New)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Created::Existed),
@@ -84,13 +158,24 @@ impl LocalBackend {
     fn overwrite_blocking(&self, key: &str, bytes: &[u8]) -> Result<(), BackendError> {
         let dest = self.path(key)?;
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
-        ensure_dir(&parent, key)?;
+        self.ensure_dir(&parent, key)?;
         let tmp = self.write_tmp(key, bytes)?;
         if let Err(e) = fs::rename(&tmp, &dest) {
             let _ = fs::remove_file(&tmp);
             return Err(BackendError::from_io(key, &e));
         }
-        fsync_dir(&parent, key)
+        self.sync_dir(&parent, key)
+    }
+
+    fn probe_blocking(&self) -> Result<(), BackendError> {
+        let (tmp, mut f) = self.tmp_file()?;
+        let res = f
+            .write_all(b"durability probe")
+            .map_err(|e| BackendError::from_io(TMP_DIR, &e))
+            .and_then(|()| self.sync_file(&f, TMP_DIR))
+            .and_then(|()| self.sync_dir(&self.root.join(TMP_DIR), TMP_DIR));
+        let _ = fs::remove_file(&tmp);
+        res
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
@@ -134,23 +219,6 @@ impl LocalBackend {
     }
 }
 
-fn ensure_dir(dir: &Path, key: &str) -> Result<(), BackendError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::create_dir_all(dir).map_err(|e| BackendError::from_io(key, &e))?;
-    if let Some(parent) = dir.parent() {
-        fsync_dir(parent, key)?;
-    }
-    Ok(())
-}
-
-fn fsync_dir(dir: &Path, key: &str) -> Result<(), BackendError> {
-    let f = File::open(dir).map_err(|e| BackendError::from_io(key, &e))?;
-    f.sync_all()
-        .map_err(|e| BackendError::Other { key: key.into(), detail: format!("fsync of directory failed (fatal): {e}") })
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
 ) -> Result<T, BackendError> {
@@ -167,6 +235,15 @@ impl Backend for LocalBackend {
 
     fn kind(&self) -> &'static str {
         "local"
+    }
+
+    fn durability_unverified(&self) -> Option<String> {
+        self.unverified.get().cloned()
+    }
+
+    async fn probe_durability(&self) -> Result<(), BackendError> {
+        let me = self.clone();
+        blocking(move || me.probe_blocking()).await
     }
 
     async fn check_location(&self) -> Result<(), BackendError> {
@@ -211,13 +288,13 @@ impl Backend for LocalBackend {
     }
 
     async fn create(&self, key: &str, bytes: Bytes) -> Result<Created, BackendError> {
-        let me = Self::new(self.root.clone());
+        let me = self.clone();
         let key = key.to_string();
         blocking(move || me.create_blocking(&key, &bytes)).await
     }
 
     async fn overwrite(&self, key: &str, bytes: Bytes) -> Result<(), BackendError> {
-        let me = Self::new(self.root.clone());
+        let me = self.clone();
         let key = key.to_string();
         blocking(move || me.overwrite_blocking(&key, &bytes)).await
     }
@@ -262,16 +339,17 @@ impl Backend for LocalBackend {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
-        let me = Self::new(self.root.clone());
+        let me = self.clone();
         let prefix = prefix.to_string();
         blocking(move || me.list_blocking(&prefix)).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), BackendError> {
         let path = self.path(key)?;
+        let me = self.clone();
         let key = key.to_string();
         blocking(move || match fs::remove_file(&path) {
-            Ok(()) => fsync_dir(path.parent().unwrap_or(Path::new("/")), &key),
+            Ok(()) => me.sync_dir(path.parent().unwrap_or(Path::new("/")), &key),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(BackendError::from_io(&key, &e)),
         })

@@ -65,6 +65,15 @@ pub enum BackendError {
         /// The range asked for.
         range: std::ops::Range<u64>,
     },
+    /// The storage could not confirm that a write is durable (an fsync failed). Fatal: the
+    /// write is not retried, since a retried fsync can succeed without the data being on disk.
+    #[error("{key}: the write could not be made durable ({detail}); it is not retried and nothing relies on it")]
+    NotDurable {
+        /// Key.
+        key: String,
+        /// What failed.
+        detail: String,
+    },
     /// Any other failure.
     #[error("{key}: {detail}")]
     Other {
@@ -120,6 +129,24 @@ pub trait Backend: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError>;
     /// Delete an object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), BackendError>;
+    /// Why the storage cannot confirm that what it acknowledged is durable (a file system that
+    /// refuses fsync), once found out; `None` while it confirms every write.
+    fn durability_unverified(&self) -> Option<String> {
+        None
+    }
+    /// Find out now whether the storage's sync calls work (a local probe file is fsynced with its
+    /// directory); what it finds shows in [`Backend::durability_unverified`].
+    async fn probe_durability(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// The endpoint that answered last, where the storage has several.
+    fn endpoint(&self) -> Option<String> {
+        None
+    }
+    /// The last failover between endpoints: which one failed, when and why.
+    fn endpoint_failover(&self) -> Option<String> {
+        None
+    }
     /// Fail where storage has directories and the one `prefix` names is missing (a local vault
     /// whose `snapshots/` went away would otherwise list as empty). Object stores have no
     /// directories: always fine there.

@@ -4,10 +4,15 @@
 //! out by the capability probe at `init` and recorded in the vault config. Uploads carry a SHA-256
 //! checksum the server verifies. `object_store` retries 5xx answers and broken connections with
 //! exponential backoff; reads are retried once more here when a body breaks off mid-transfer.
+//!
+//! A vault URL may name several endpoints of one cluster
+//! (`s3://bucket/prefix?endpoint=http://a:3900&endpoint=http://b:3900`): every request goes to
+//! the current one, and a connection error or 5xx that outlasts `object_store`'s retries (kept
+//! short when there are several) moves the backend on to the next, where it stays.
 
 use std::ops::Range;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -43,9 +48,23 @@ impl Default for S3Options {
     }
 }
 
+/// One endpoint of the storage and the client for it.
+struct Endpoint {
+    /// As given; empty for the AWS default.
+    url: String,
+    store: Arc<AmazonS3>,
+}
+
+/// Requests `object_store` retries on one endpoint before the backend moves on to the next.
+const RETRIES_BEFORE_FAILOVER: usize = 2;
+
 /// A vault under `s3://bucket/prefix`.
 pub struct S3Backend {
-    store: Arc<AmazonS3>,
+    endpoints: Vec<Endpoint>,
+    /// Index into `endpoints` of the one requests go to.
+    current: AtomicUsize,
+    /// The last failover, for `status` and alerts.
+    failover: Mutex<Option<String>>,
     bucket: String,
     prefix: String,
     opts: S3Options,
@@ -55,8 +74,34 @@ pub struct S3Backend {
     look_first: AtomicBool,
 }
 
-/// Split `s3://bucket/prefix` into bucket and prefix (without surrounding slashes).
+/// Split `s3://bucket/prefix?endpoint=URL&endpoint=URL` into the URL without its query and the
+/// endpoints it lists (each `endpoint=` may also hold several, separated by commas).
+pub fn split_endpoints(url: &str) -> Result<(&str, Vec<String>), BackendError> {
+    let Some((base, query)) = url.split_once('?') else { return Ok((url, Vec::new())) };
+    let mut endpoints = Vec::new();
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        let Some(value) = param.strip_prefix("endpoint=") else {
+            return Err(other(url, &format!("unknown URL parameter {param:?}: only endpoint=URL is known")));
+        };
+        for e in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(other(url, &format!("endpoint {e:?} must start with http:// or https://")));
+            }
+            if !endpoints.iter().any(|known| known == e) {
+                endpoints.push(e.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    if endpoints.is_empty() {
+        return Err(other(url, "the URL's query names no endpoint (endpoint=http://host:port)"));
+    }
+    Ok((base, endpoints))
+}
+
+/// Split `s3://bucket/prefix` into bucket and prefix (without surrounding slashes); a query of
+/// endpoints is left out.
 pub fn parse_url(url: &str) -> Result<(String, String), BackendError> {
+    let (url, _) = split_endpoints(url)?;
     let rest = url.strip_prefix("s3://").ok_or_else(|| other(url, "an S3 vault URL starts with s3://"))?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
@@ -75,54 +120,106 @@ impl S3Backend {
         Self::from_vars(url, std::env::vars(), opts)
     }
 
-    /// Open `s3://bucket/prefix` with the given `AWS_*` variables (tests pass their own).
+    /// Open `s3://bucket/prefix` with the given `AWS_*` variables (tests pass their own). The
+    /// endpoints come from the URL's query, else from `AWS_ENDPOINT_URL` (commas separate
+    /// several), else the AWS default.
     pub fn from_vars(
         url: &str,
         vars: impl IntoIterator<Item = (String, String)>,
         opts: S3Options,
     ) -> Result<Self, BackendError> {
         let (bucket, prefix) = parse_url(url)?;
+        let (_, mut urls) = split_endpoints(url)?;
         let vars: Vec<(String, String)> = vars.into_iter().filter(|(k, _)| k.starts_with("AWS_")).collect();
         let var = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let endpoint = var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT"));
-        let mut builder = AmazonS3Builder::new();
-        for (k, v) in &vars {
-            if let Ok(key) = k.to_ascii_lowercase().parse() {
-                builder = builder.with_config(key, v);
+        if urls.is_empty()
+            && let Some(from_env) = var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT"))
+        {
+            urls = split_endpoints(&format!("?endpoint={from_env}"))?.1;
+        }
+        let retries = if urls.len() > 1 { opts.max_retries.min(RETRIES_BEFORE_FAILOVER) } else { opts.max_retries };
+        let build = |endpoint: Option<&str>| -> Result<AmazonS3, BackendError> {
+            let mut builder = AmazonS3Builder::new();
+            for (k, v) in &vars {
+                if let Ok(key) = k.to_ascii_lowercase().parse() {
+                    builder = builder.with_config(key, v);
+                }
             }
-        }
-        builder = builder.with_bucket_name(&bucket);
-        if var("AWS_REGION").is_none() && var("AWS_DEFAULT_REGION").is_none() {
-            builder = builder.with_region("us-east-1");
-        }
-        let plain_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
-        builder = builder
-            .with_allow_http(plain_http)
-            .with_checksum_algorithm(Checksum::SHA256)
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(100),
-                    max_backoff: Duration::from_secs(5),
-                    base: 2.0,
-                },
-                max_retries: opts.max_retries,
-                retry_timeout: Duration::from_secs(180),
-            })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(plain_http)
-                    .with_connect_timeout(Duration::from_secs(10))
-                    .with_timeout(Duration::from_secs(300)),
-            );
-        let store = builder.build().map_err(|e| other(url, &format!("S3 configuration: {e}")))?;
+            builder = builder.with_bucket_name(&bucket);
+            if let Some(e) = endpoint {
+                builder = builder.with_endpoint(e);
+            }
+            if var("AWS_REGION").is_none() && var("AWS_DEFAULT_REGION").is_none() {
+                builder = builder.with_region("us-east-1");
+            }
+            let plain_http = endpoint.is_some_and(|e| e.starts_with("http://"));
+            builder
+                .with_allow_http(plain_http)
+                .with_checksum_algorithm(Checksum::SHA256)
+                .with_retry(RetryConfig {
+                    backoff: BackoffConfig {
+                        init_backoff: Duration::from_millis(100),
+                        max_backoff: Duration::from_secs(5),
+                        base: 2.0,
+                    },
+                    max_retries: retries,
+                    retry_timeout: Duration::from_secs(180),
+                })
+                .with_client_options(
+                    ClientOptions::new()
+                        .with_allow_http(plain_http)
+                        .with_connect_timeout(Duration::from_secs(10))
+                        .with_timeout(Duration::from_secs(300)),
+                )
+                .build()
+                .map_err(|e| other(url, &format!("S3 configuration: {e}")))
+        };
+        let endpoints = if urls.is_empty() {
+            vec![Endpoint { url: String::new(), store: Arc::new(build(None)?) }]
+        } else {
+            urls.into_iter()
+                .map(|u| Ok(Endpoint { store: Arc::new(build(Some(&u))?), url: u }))
+                .collect::<Result<_, BackendError>>()?
+        };
         Ok(Self {
-            store: Arc::new(store),
+            endpoints,
+            current: AtomicUsize::new(0),
+            failover: Mutex::new(None),
             bucket,
             prefix,
             opts,
             no_conditional_put: AtomicBool::new(false),
             look_first: AtomicBool::new(false),
         })
+    }
+
+    /// Run one request on the current endpoint; on a connection error or 5xx, on the next ones in
+    /// turn. The one that answers becomes current.
+    async fn on_endpoints<T, F, Fut>(&self, key: &str, op: F) -> Result<T, BackendError>
+    where
+        F: Fn(Arc<AmazonS3>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
+        let n = self.endpoints.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for i in 0..n {
+            let at = (start + i) % n;
+            match op(self.endpoints[at].store.clone()).await {
+                Err(e @ BackendError::Transient { .. }) if n > 1 => {
+                    let next = &self.endpoints[(at + 1) % n].url;
+                    let failed = &self.endpoints[at].url;
+                    tracing::warn!(key, endpoint = %failed, next = %next, error = %e, "storage endpoint failed; trying the next");
+                    let when = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    *self.failover.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(format!("endpoint {failed} failed at {when} ({e}); moved on to {next}"));
+                    self.current.store((at + 1) % n, Ordering::Relaxed);
+                    last = Some(e);
+                }
+                r => return r,
+            }
+        }
+        Err(last.unwrap_or_else(|| transient(key, "no storage endpoint answered")))
     }
 
     fn path(&self, key: &str) -> Result<StorePath, BackendError> {
@@ -147,22 +244,37 @@ impl S3Backend {
             return Ok(Created::Existed);
         }
         if !self.no_conditional_put.load(Ordering::Relaxed) {
-            let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-            match self.store.put_opts(path, PutPayload::from(bytes.clone()), opts).await {
-                Ok(_) => return Ok(Created::New),
-                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                    return Ok(Created::Existed);
-                }
-                Err(e) if is_not_implemented(&e) => {
+            let conditional = self
+                .on_endpoints(key, |store| {
+                    let (payload, opts) =
+                        (PutPayload::from(bytes.clone()), PutOptions { mode: PutMode::Create, ..Default::default() });
+                    async move {
+                        match store.put_opts(path, payload, opts).await {
+                            Ok(_) => Ok(Some(Created::New)),
+                            Err(
+                                object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+                            ) => Ok(Some(Created::Existed)),
+                            Err(e) if is_not_implemented(&e) => Ok(None),
+                            Err(e) => Err(map_err(key, e)),
+                        }
+                    }
+                })
+                .await?;
+            match conditional {
+                Some(created) => return Ok(created),
+                None => {
                     tracing::warn!(bucket = %self.bucket, "server does not implement conditional PUT; create-once is best effort");
                     self.no_conditional_put.store(true, Ordering::Relaxed);
                 }
-                Err(e) => return Err(map_err(key, e)),
             }
         }
         // Unconditional: the init probe then sees a second create win, records that storage does
         // not enforce create-once, and the vault turns on `look_first` for every later create.
-        self.store.put(path, PutPayload::from(bytes)).await.map_err(|e| map_err(key, e))?;
+        self.on_endpoints(key, |store| {
+            let payload = PutPayload::from(bytes.clone());
+            async move { store.put(path, payload).await.map_err(|e| map_err(key, e)) }
+        })
+        .await?;
         Ok(Created::New)
     }
 
@@ -172,15 +284,25 @@ impl S3Backend {
     async fn put_parts(&self, key: &str, path: &StorePath, bytes: Bytes) -> Result<Created, BackendError> {
         // Starting and completing a multipart upload are POSTs, which object_store does not
         // retry; the whole upload is retried instead (a completed one is then found by HEAD).
-        self.retry("multipart upload", key, || self.put_parts_once(key, path, bytes.clone())).await
+        // On another endpoint the upload starts over: an upload id need not be known cluster-wide.
+        self.retry("multipart upload", key, || {
+            self.on_endpoints(key, |store| self.put_parts_once(store, key, path, bytes.clone()))
+        })
+        .await
     }
 
-    async fn put_parts_once(&self, key: &str, path: &StorePath, bytes: Bytes) -> Result<Created, BackendError> {
-        if self.size(key).await?.is_some() {
+    async fn put_parts_once(
+        &self,
+        store: Arc<AmazonS3>,
+        key: &str,
+        path: &StorePath,
+        bytes: Bytes,
+    ) -> Result<Created, BackendError> {
+        if head(&store, key, path).await?.is_some() {
             return Ok(Created::Existed);
         }
         let mut upload =
-            self.store.put_multipart_opts(path, PutMultipartOptions::default()).await.map_err(|e| map_err(key, e))?;
+            store.put_multipart_opts(path, PutMultipartOptions::default()).await.map_err(|e| map_err(key, e))?;
         let step = self.opts.part_size.max(5 << 20);
         let parts: Vec<_> = (0..bytes.len())
             .step_by(step)
@@ -195,7 +317,7 @@ impl S3Backend {
         if let Err(e) = done {
             // A completion whose answer was lost is retried by object_store and then fails with
             // NoSuchUpload although the object exists: look before calling it a failure.
-            if self.size(key).await.ok().flatten() == Some(bytes.len() as u64) {
+            if head(&store, key, path).await.ok().flatten() == Some(bytes.len() as u64) {
                 return Ok(Created::New);
             }
             let _ = upload.abort().await;
@@ -242,15 +364,29 @@ impl Backend for S3Backend {
         "s3"
     }
 
+    fn endpoint(&self) -> Option<String> {
+        let e = &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()];
+        (!e.url.is_empty()).then(|| e.url.clone())
+    }
+
+    fn endpoint_failover(&self) -> Option<String> {
+        self.failover.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     async fn check_location(&self) -> Result<(), BackendError> {
         let prefix = if self.prefix.is_empty() { None } else { Some(StorePath::from(self.prefix.as_str())) };
         let location = self.location();
-        self.retry("read", &location, || async {
-            match self.store.list_with_delimiter(prefix.as_ref()).await {
-                Ok(_) => Ok(()),
-                Err(object_store::Error::NotFound { .. }) => Err(BackendError::NoSuchLocation(location.clone())),
-                Err(e) => Err(map_err(&location, e)),
-            }
+        self.retry("read", &location, || {
+            self.on_endpoints(&location, |store| {
+                let (prefix, location) = (prefix.clone(), location.clone());
+                async move {
+                    match store.list_with_delimiter(prefix.as_ref()).await {
+                        Ok(_) => Ok(()),
+                        Err(object_store::Error::NotFound { .. }) => Err(BackendError::NoSuchLocation(location)),
+                        Err(e) => Err(map_err(&location, e)),
+                    }
+                }
+            })
         })
         .await
     }
@@ -270,19 +406,28 @@ impl Backend for S3Backend {
 
     async fn overwrite(&self, key: &str, bytes: Bytes) -> Result<(), BackendError> {
         let path = self.path(key)?;
-        self.store.put(&path, PutPayload::from(bytes)).await.map(|_| ()).map_err(|e| map_err(key, e))
+        self.on_endpoints(key, |store| {
+            let (payload, path) = (PutPayload::from(bytes.clone()), &path);
+            async move { store.put(path, payload).await.map(|_| ()).map_err(|e| map_err(key, e)) }
+        })
+        .await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
         let path = self.path(key)?;
-        self.retry("read", key, || async {
-            let r = self.store.get(&path).await.map_err(|e| map_err(key, e))?;
-            let expected = r.meta.size;
-            let bytes = r.bytes().await.map_err(|e| map_err(key, e))?;
-            if bytes.len() as u64 != expected {
-                return Err(transient(key, &format!("body has {} bytes, object has {expected}", bytes.len())));
-            }
-            Ok(bytes)
+        self.retry("read", key, || {
+            self.on_endpoints(key, |store| {
+                let path = &path;
+                async move {
+                    let r = store.get(path).await.map_err(|e| map_err(key, e))?;
+                    let expected = r.meta.size;
+                    let bytes = r.bytes().await.map_err(|e| map_err(key, e))?;
+                    if bytes.len() as u64 != expected {
+                        return Err(transient(key, &format!("body has {} bytes, object has {expected}", bytes.len())));
+                    }
+                    Ok(bytes)
+                }
+            })
         })
         .await
     }
@@ -293,37 +438,33 @@ impl Backend for S3Backend {
         if want == 0 {
             return Ok(Bytes::new());
         }
-        self.retry("read", key, || async {
-            match self.store.get_range(&path, range.clone()).await {
-                Ok(b) if b.len() as u64 == want => Ok(b),
-                Ok(b) => {
-                    // Either the object is shorter than the range (damage) or the transfer broke off.
-                    match self.store.head(&path).await {
-                        Ok(meta) if meta.size < range.end => {
-                            Err(BackendError::ShortObject { key: key.to_string(), range: range.clone() })
+        self.retry("read", key, || {
+            self.on_endpoints(key, |store| {
+                let (path, range) = (&path, range.clone());
+                async move {
+                    match store.get_range(path, range.clone()).await {
+                        Ok(b) if b.len() as u64 == want => Ok(b),
+                        Ok(b) => {
+                            // Either the object is shorter than the range (damage) or the transfer broke off.
+                            match store.head(path).await {
+                                Ok(meta) if meta.size < range.end => {
+                                    Err(BackendError::ShortObject { key: key.to_string(), range })
+                                }
+                                _ => Err(transient(key, &format!("range {range:?}: got {} of {want} bytes", b.len()))),
+                            }
                         }
-                        _ => Err(transient(key, &format!("range {range:?}: got {} of {want} bytes", b.len()))),
+                        Err(e) if is_range_error(&e) => Err(BackendError::ShortObject { key: key.to_string(), range }),
+                        Err(e) => Err(map_err(key, e)),
                     }
                 }
-                Err(e) if is_range_error(&e) => {
-                    Err(BackendError::ShortObject { key: key.to_string(), range: range.clone() })
-                }
-                Err(e) => Err(map_err(key, e)),
-            }
+            })
         })
         .await
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, BackendError> {
         let path = self.path(key)?;
-        self.retry("read", key, || async {
-            match self.store.head(&path).await {
-                Ok(m) => Ok(Some(m.size)),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(map_err(key, e)),
-            }
-        })
-        .await
+        self.retry("read", key, || self.on_endpoints(key, |store| head_owned(store, key, &path))).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
@@ -334,28 +475,51 @@ impl Backend for S3Backend {
         } else {
             Some(self.path(dir)?)
         };
-        self.retry("read", prefix, || async {
-            let mut out: Vec<ObjectInfo> = self
-                .store
-                .list(path.as_ref())
-                .map_ok(|m| ObjectInfo { key: self.key_of(&m.location), size: m.size })
-                .try_collect()
-                .await
-                .map_err(|e| map_err(prefix, e))?;
-            out.retain(|o| o.key.starts_with(prefix));
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(out)
+        self.retry("read", prefix, || {
+            self.on_endpoints(prefix, |store| {
+                let path = &path;
+                async move {
+                    let mut out: Vec<ObjectInfo> = store
+                        .list(path.as_ref())
+                        .map_ok(|m| ObjectInfo { key: self.key_of(&m.location), size: m.size })
+                        .try_collect()
+                        .await
+                        .map_err(|e| map_err(prefix, e))?;
+                    out.retain(|o| o.key.starts_with(prefix));
+                    out.sort_by(|a, b| a.key.cmp(&b.key));
+                    Ok(out)
+                }
+            })
         })
         .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), BackendError> {
         let path = self.path(key)?;
-        match self.store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(map_err(key, e)),
-        }
+        self.on_endpoints(key, |store| {
+            let path = &path;
+            async move {
+                match store.delete(path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(map_err(key, e)),
+                }
+            }
+        })
+        .await
     }
+}
+
+/// The size of the object at `path`, `None` if absent.
+async fn head(store: &AmazonS3, key: &str, path: &StorePath) -> Result<Option<u64>, BackendError> {
+    match store.head(path).await {
+        Ok(m) => Ok(Some(m.size)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(map_err(key, e)),
+    }
+}
+
+async fn head_owned(store: Arc<AmazonS3>, key: &str, path: &StorePath) -> Result<Option<u64>, BackendError> {
+    head(&store, key, path).await
 }
 
 fn other(key: &str, detail: &str) -> BackendError {
