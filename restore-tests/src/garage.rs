@@ -27,7 +27,41 @@ pub struct Garage {
     pub secret: String,
 }
 
-fn garage_bin() -> PathBuf {
+/// Write a node's config: its directory holds `meta/` and `data/`.
+pub(crate) fn write_config(
+    config: &Path,
+    dir: &Path,
+    (rpc, s3, admin): (u16, u16, u16),
+    secret: &str,
+    replication: usize,
+) {
+    std::fs::write(
+        config,
+        format!(
+            r#"metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "sqlite"
+replication_factor = {replication}
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+admin_token = "{secret}"
+"#,
+            d = dir.display()
+        ),
+    )
+    .expect("write garage.toml");
+}
+
+pub(crate) fn garage_bin() -> PathBuf {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join("garage")).find(|p| p.is_file()))
         .unwrap_or_default();
@@ -53,30 +87,7 @@ impl Garage {
         let (rpc, s3, admin) = (crate::free_port(), crate::free_port(), crate::free_port());
         let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
         let config = dir.path().join("garage.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"metadata_dir = "{d}/meta"
-data_dir = "{d}/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:{rpc}"
-rpc_public_addr = "127.0.0.1:{rpc}"
-rpc_secret = "{secret}"
-
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:{s3}"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:{admin}"
-admin_token = "{secret}"
-"#,
-                d = dir.path().display()
-            ),
-        )
-        .expect("write garage.toml");
+        write_config(&config, dir.path(), (rpc, s3, admin), &secret, 1);
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
         let child = Command::new(&bin)
             .arg("-c")

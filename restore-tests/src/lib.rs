@@ -3,6 +3,7 @@
 pub mod conformance;
 pub mod fault_proxy;
 pub mod garage;
+pub mod garage_cluster;
 pub mod pg;
 pub mod plane;
 pub mod qdrant_fake;

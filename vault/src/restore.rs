@@ -231,6 +231,7 @@ async fn run_fetch(
     let (mut fetches, mut reads_verified) = (0, 0);
     loop {
         fetches += 1;
+        crate::failpoint::hit("restore-before-fetch");
         let bytes = match vault.backend().get_range(&key, f.start..f.end).await {
             Ok(b) => Some(b),
             Err(e) if fetches < 3 && matches!(e, crate::backend::BackendError::Transient { .. }) => {

@@ -2,6 +2,7 @@
 //! them one at a time (see .config/nextest.toml).
 
 mod bad_input;
+mod cluster;
 mod control;
 mod corruption;
 mod crash;

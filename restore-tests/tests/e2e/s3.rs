@@ -163,3 +163,36 @@ fn cli_through_faults_retries_and_reports_transient_not_damage() {
     assert_same_tree(&src, &out2.join(src.strip_prefix("/").unwrap()));
     assert!(proxy.injected()[&Fault::FlipBody] >= 3, "{:?}", proxy.injected());
 }
+
+/// A vault URL listing three endpoints: one refuses connections, one answers every request with
+/// 503, the third is the server. The conformance suite passes, the backend settles on the third
+/// and names the failover; the CLI does the same and says in `--json` which endpoint answered.
+#[test]
+fn several_endpoints_fail_over_on_connection_errors_and_5xx() {
+    let g = Garage::start();
+    let proxy = FaultProxy::start(g.s3_addr);
+    proxy.set_random(1, 1.0, &[Fault::ServiceUnavailable]);
+    let dead = format!("http://127.0.0.1:{}", restore_tests::free_port());
+    let url = |prefix: &str| format!("{}?endpoint={dead}&endpoint={},{}", g.url(prefix), proxy.endpoint, g.endpoint);
+    let env: Vec<(String, String)> = g.env().into_iter().filter(|(k, _)| k != "AWS_ENDPOINT_URL").collect();
+
+    let be = S3Backend::from_vars(&url("suite"), env.clone(), suite_options()).unwrap();
+    be.check_before_create();
+    runtime().block_on(conformance::suite(&be));
+    assert_eq!(be.endpoint().as_deref(), Some(g.endpoint.as_str()));
+    let failover = be.endpoint_failover().unwrap_or_default();
+    assert!(failover.contains(&proxy.endpoint) && failover.contains("moved on to"), "{failover}");
+    assert!(proxy.total_injected() > 0, "the 503 endpoint was tried");
+
+    let w = World::on_s3(url("cli"), env);
+    let src = sample_tree(&w);
+    let done = w.backup(&[&src]);
+    assert_eq!(done["storage"]["endpoint"], g.endpoint, "{done}");
+    assert_eq!(done["storage"]["location"], g.url("cli").trim_end_matches('/'), "{done}");
+    let to = w.path("restored");
+    w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
+    assert_same_tree(&src, &to.join(src.strip_prefix("/").unwrap()));
+    // A URL parameter Tresor does not know is refused, not ignored.
+    let out = w.run(&["snapshots", "--vault", &format!("{}?endpont=http://x", g.url("cli"))]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown URL parameter"));
+}

@@ -584,3 +584,22 @@ fn map_err(key: &str, e: object_store::Error) -> BackendError {
         _ => other(key, &text),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_come_from_the_url_query() {
+        let (base, e) = split_endpoints("s3://b/p?endpoint=http://a:1&endpoint=http://b:2,https://c:3/").unwrap();
+        assert_eq!(base, "s3://b/p");
+        assert_eq!(e, ["http://a:1", "http://b:2", "https://c:3"]);
+        assert_eq!(parse_url("s3://b/p/q?endpoint=http://a:1").unwrap(), ("b".into(), "p/q".into()));
+        assert!(split_endpoints("s3://b/p").unwrap().1.is_empty());
+        for bad in ["s3://b?endpont=http://a", "s3://b?endpoint=ftp://a", "s3://b?", "s3://b?endpoint="] {
+            assert!(split_endpoints(bad).is_err(), "{bad}");
+        }
+        // The same endpoint twice is listed once.
+        assert_eq!(split_endpoints("s3://b?endpoint=http://a:1&endpoint=http://a:1").unwrap().1.len(), 1);
+    }
+}
