@@ -93,8 +93,13 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
 pub(crate) async fn open(g: &Global, url: &str) -> anyhow::Result<Arc<Vault>> {
     let secret = secret::open_secret(g.password_file.as_deref(), g.escrow_key_file.as_deref())?;
     let backend = opened(backend::from_url(url)?);
-    Ok(Arc::new(Vault::open(backend, &secret).await?))
+    let vault = Vault::open(backend, &secret).await?;
+    *RECORDED.lock().unwrap_or_else(|p| p.into_inner()) = vault.durability_unverified();
+    Ok(Arc::new(vault))
 }
+
+/// Durability as the opened vault sees it (found now or recorded at `init`).
+static RECORDED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// The storage this command used, for `--json` (`storage_json`).
 static OPENED: std::sync::Mutex<Option<backend::DynBackend>> = std::sync::Mutex::new(None);
@@ -108,10 +113,11 @@ fn opened(be: backend::DynBackend) -> backend::DynBackend {
 /// last (of several) and whether durability is unverified.
 pub fn storage_json() -> Option<serde_json::Value> {
     let be = OPENED.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+    let recorded = RECORDED.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Some(json!({
         "location": be.location(),
         "endpoint": be.endpoint(),
-        "durability_unverified": be.durability_unverified(),
+        "durability_unverified": be.durability_unverified().or(recorded),
     }))
 }
 

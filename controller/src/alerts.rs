@@ -167,7 +167,6 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
     Ok(out)
 }
 
-/// Drills: a plan overdue, and the newest drill of a source FAIL.
 /// What connected agents see of their storage: a target that cannot confirm durability, and an
 /// endpoint of a cluster they failed over from (a node down, as a vault's agents see it).
 fn storage_problems(ctl: &Controller) -> Vec<Problem> {
@@ -197,6 +196,7 @@ fn storage_problems(ctl: &Controller) -> Vec<Problem> {
     out
 }
 
+/// Drills: a plan overdue, and the newest drill of a source FAIL.
 fn drill_problems(ctl: &Controller, now: i64) -> Result<Vec<Problem>> {
     let mut out = Vec::new();
     for p in ctl.plan_states(now)? {

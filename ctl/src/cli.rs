@@ -291,7 +291,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     when(a.cert_not_after_unix),
                     vaults.join(", ")
                 ));
-                rows.push(json!({"name": a.name, "agent_id": a.agent_id, "connected": a.connected, "revoked": a.revoked, "last_seen_unix": a.last_seen_unix, "cert_not_after_unix": a.cert_not_after_unix, "enrolled_unix": a.enrolled_unix, "hostname": a.hostname, "vaults": a.vaults.iter().map(|v| json!({"name": v.name, "vault_id": v.vault_id, "error": v.error})).collect::<Vec<_>>()}));
+                rows.push(json!({"name": a.name, "agent_id": a.agent_id, "connected": a.connected, "revoked": a.revoked, "last_seen_unix": a.last_seen_unix, "cert_not_after_unix": a.cert_not_after_unix, "enrolled_unix": a.enrolled_unix, "hostname": a.hostname, "vaults": a.vaults.iter().map(|v| json!({"name": v.name, "vault_id": v.vault_id, "error": v.error, "key_epoch": v.key_epoch, "endpoint": v.endpoint, "endpoint_failover": v.endpoint_failover, "durability_unverified": v.durability_unverified})).collect::<Vec<_>>()}));
             }
             out(j, json!(rows), format!("{}{} agents", text, r.agents.len()));
             Ok(exit::OK)

@@ -61,6 +61,34 @@ admin_token = "{secret}"
     .expect("write garage.toml");
 }
 
+/// `garage -c CONFIG server`, its output appended to `log`.
+pub(crate) fn spawn_server(bin: &Path, config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    Command::new(bin)
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start garage server")
+}
+
+/// `garage -c CONFIG ARGS`: its stdout, or what it said when it failed.
+pub(crate) fn cli(bin: &Path, config: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(bin).arg("-c").arg(config).args(args).stdin(Stdio::null()).output();
+    match out {
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => Err(format!(
+            "garage {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Err(format!("garage {args:?}: {e}")),
+    }
+}
+
 pub(crate) fn garage_bin() -> PathBuf {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join("garage")).find(|p| p.is_file()))
@@ -88,16 +116,7 @@ impl Garage {
         let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
         let config = dir.path().join("garage.toml");
         write_config(&config, dir.path(), (rpc, s3, admin), &secret, 1);
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .env("RUST_LOG", "warn")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start garage server");
+        let child = spawn_server(&bin, &config, &dir.path().join("server.log"));
         let mut g = Self {
             child,
             dir,
@@ -113,16 +132,7 @@ impl Garage {
     }
 
     fn cli(&self, bin: &Path, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(bin).arg("-c").arg(&self.config).args(args).stdin(Stdio::null()).output();
-        match out {
-            Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
-            Ok(o) => Err(format!(
-                "garage {args:?}: {}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )),
-            Err(e) => Err(format!("garage {args:?}: {e}")),
-        }
+        cli(bin, &self.config, args)
     }
 
     fn set_up(&mut self, bin: &Path) {

@@ -4,10 +4,10 @@
 //! SIGKILL, restarted on their data, or wiped and re-added with a new identity.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::garage::{garage_bin, write_config};
+use crate::garage::{cli, garage_bin, spawn_server, write_config};
 
 /// One node: its directory, config, ports and process.
 pub struct Node {
@@ -38,49 +38,20 @@ pub struct GarageCluster {
 
 const NODES: usize = 3;
 
-fn cli(bin: &Path, config: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(bin).arg("-c").arg(config).args(args).stdin(Stdio::null()).output();
-    match out {
-        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
-        Ok(o) => Err(format!(
-            "garage {args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Err(format!("garage {args:?}: {e}")),
-    }
-}
-
 fn retry<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         match f() {
             Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
-                tracing_free_sleep(&e);
-            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(300)),
             Err(e) => panic!("{what} did not succeed in {timeout:?}: {e}"),
         }
     }
 }
 
-fn tracing_free_sleep(_last_error: &str) {
-    std::thread::sleep(Duration::from_millis(300));
-}
-
 impl Node {
     fn start(&mut self, bin: &Path) {
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).expect("log file");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&self.config)
-            .arg("server")
-            .env("RUST_LOG", "warn")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start garage server");
+        let child = spawn_server(bin, &self.config, &self.dir.join("server.log"));
         self.child = Some(child);
         // `node id` reads a local file; `status` answers only once the server is up.
         let id = retry("garage node start", Duration::from_secs(60), || {
@@ -249,6 +220,10 @@ impl GarageCluster {
             &["layout", "skip-dead-nodes", "--version", &v, "--allow-missing-data"],
         );
         self.wait_healthy();
+        retry("the new layout to be the only live one", Duration::from_secs(120), || {
+            let out = cli(&self.bin, &self.nodes[admin].config, &["layout", "history"])?;
+            if out.contains("single live layout version") { Ok(()) } else { Err(out) }
+        });
         self.garage(admin, &["repair", "--all-nodes", "--yes", "tables"]);
         self.garage(admin, &["repair", "--all-nodes", "--yes", "blocks"]);
     }

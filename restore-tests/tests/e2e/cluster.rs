@@ -168,8 +168,10 @@ fn the_first_endpoint_killed_mid_backup_fails_over() {
         serde_json::from_slice(&out.stdout).unwrap()
     } else {
         // Failed cleanly: nothing was committed, and the retry completes.
-        let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap_or_default();
-        assert!(err["error"].is_string(), "a clean failure names its error: {}", String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let err: serde_json::Value =
+            stderr.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or_default();
+        assert!(err["error"].is_string(), "a clean failure names its error: {stderr}");
         assert!(w.snapshot_ids().is_empty(), "a failed backup commits nothing");
         w.json(&["backup", "--vault", w.vault_str(), src.to_str().unwrap()])
     };

@@ -54,7 +54,7 @@ fn assert_failed_not_durable(out: &std::process::Output, what: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the backup must fail when {what} fsync fails");
     assert!(
-        stderr.contains("could not be made durable") && stderr.contains(&format!("{what} fsync failed")),
+        stderr.contains("could not make this change durable") && stderr.contains(&format!("{what} fsync failed")),
         "the error names the fsync: {stderr}"
     );
 }
@@ -72,13 +72,19 @@ fn an_eio_from_a_pack_fsync_fails_the_backup_and_the_next_run_rewrites_it() {
     next_backup_rewrites_from_source(&w, &src);
 }
 
-/// EIO from the directory fsync after a pack was linked: its name may not survive a crash, so it
-/// is unlinked again, the backup fails, and the next backup does not adopt it (it rewrites it).
+/// EIO from the directory fsync: a fan-out directory made for a pack whose parent's fsync failed
+/// is removed again (no later write trusts it); after a pack was linked, its name may not survive
+/// a crash, so it is unlinked again. Each time the backup fails, and the next backup does not
+/// adopt anything (it rewrites it).
 #[test]
 fn an_eio_from_the_directory_fsync_unlinks_the_pack_and_it_is_never_adopted() {
     let w = World::new();
     let src = source(&w);
-    // The fan-out directories exist, so the failpoint is reached after the link, not while a
+    let out = backup_armed(&w, &src, "fsync-dir:data=eio");
+    assert_failed_not_durable(&out, "directory");
+    let made: Vec<_> = std::fs::read_dir(w.vault.join("data")).unwrap().collect();
+    assert!(made.is_empty(), "a directory whose parent's fsync failed was removed again: {made:?}");
+    // Now the fan-out directories exist, so the failpoint is reached after the link, not while a
     // directory is made.
     for b in 0..=255u8 {
         std::fs::create_dir_all(w.vault.join("data").join(format!("{b:02x}"))).unwrap();

@@ -5,15 +5,18 @@
 //! The directory is fsynced after every link. An fsync error is fatal and never retried
 //! (on Linux a retried fsync can succeed without the data being durable): the put fails, and an
 //! object already linked is unlinked again, so nothing whose durability was not confirmed is
-//! ever read back as stored. A file system that refuses fsync itself (`EINVAL`, `ENOTSUP`: some
+//! ever read back as stored (an overwritten session marker is the exception: its new content
+//! stays visible, and the marker is only a hint). A file system that refuses fsync itself (`EINVAL`, `ENOTSUP`: some
 //! SMB, NAS and FUSE mounts) cannot confirm anything: writes go on and the backend reports
-//! durability as unverified, for `init`, `check`, `status` and drill reports to show.
+//! durability as unverified, for `init`, `check`, `status` and drill reports to show; once an
+//! fsync of that kind has succeeded here, a refusal is a failure like any other.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
@@ -31,6 +34,9 @@ pub struct LocalBackend {
     root: PathBuf,
     /// Why durability is unverified, once an fsync was refused as unsupported.
     unverified: Arc<OnceLock<String>>,
+    /// Whether a file fsync and a directory fsync have succeeded here: after that, a refusal is
+    /// a failure, not a missing feature.
+    confirmed: Arc<[AtomicBool; 2]>,
 }
 
 /// `fsync` refused as a call the file system does not implement, rather than failed.
@@ -49,15 +55,19 @@ fn injected(what: &str, key: &str) -> Option<std::io::Error> {
 impl LocalBackend {
     /// A backend rooted at `root` (not touched until used).
     pub fn new(root: PathBuf) -> Self {
-        Self { root, unverified: Arc::default() }
+        Self { root, unverified: Arc::default(), confirmed: Arc::default() }
     }
 
     /// Judge the outcome of an fsync of `what` for `key`: unsupported is noted, any other
     /// error is fatal.
     fn synced(&self, r: std::io::Result<()>, key: &str, what: &str) -> Result<(), BackendError> {
+        let confirmed = &self.confirmed[usize::from(what == "directory")];
         match r {
-            Ok(()) => Ok(()),
-            Err(e) if sync_unsupported(&e) => {
+            Ok(()) => {
+                confirmed.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) if sync_unsupported(&e) && !confirmed.load(Ordering::Relaxed) => {
                 let mut first = false;
                 self.unverified.get_or_init(|| {
                     first = true;
@@ -89,13 +99,23 @@ impl LocalBackend {
         self.synced(r, key, "directory")
     }
 
+    /// Make `dir` and its missing parents, each made durable in its parent before use. A
+    /// directory whose parent's fsync failed is removed again, so no later write trusts it.
     fn ensure_dir(&self, dir: &Path, key: &str) -> Result<(), BackendError> {
         if dir.is_dir() {
             return Ok(());
         }
-        fs::create_dir_all(dir).map_err(|e| BackendError::from_io(key, &e))?;
-        if let Some(parent) = dir.parent() {
-            self.sync_dir(parent, key)?;
+        let Some(parent) = dir.parent() else { return Ok(()) };
+        self.ensure_dir(parent, key)?;
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            // Another writer made it (and synced its parent, or failed and removes it).
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(BackendError::from_io(key, &e)),
+        }
+        if let Err(e) = self.sync_dir(parent, key) {
+            let _ = fs::remove_dir(dir);
+            return Err(e);
         }
         Ok(())
     }
@@ -175,6 +195,10 @@ impl LocalBackend {
             .and_then(|()| self.sync_file(&f, TMP_DIR))
             .and_then(|()| self.sync_dir(&self.root.join(TMP_DIR), TMP_DIR));
         let _ = fs::remove_file(&tmp);
+        // A disk that fails the probe confirms nothing either: say so wherever durability shows.
+        if let Err(BackendError::NotDurable { detail, .. }) = &res {
+            let _ = self.unverified.set(format!("the durability probe at {} failed: {detail}", self.root.display()));
+        }
         res
     }
 

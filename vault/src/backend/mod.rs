@@ -67,7 +67,7 @@ pub enum BackendError {
     },
     /// The storage could not confirm that a write is durable (an fsync failed). Fatal: the
     /// write is not retried, since a retried fsync can succeed without the data being on disk.
-    #[error("{key}: the write could not be made durable ({detail}); it is not retried and nothing relies on it")]
+    #[error("{key}: the storage could not make this change durable ({detail}); fatal, not retried")]
     NotDurable {
         /// Key.
         key: String,

@@ -57,6 +57,9 @@ struct Endpoint {
 
 /// Requests `object_store` retries on one endpoint before the backend moves on to the next.
 const RETRIES_BEFORE_FAILOVER: usize = 2;
+/// Rounds over every endpoint before a request fails, a pause between them (a whole cluster
+/// answering 503 for a few seconds is ridden out as one endpoint's longer retries would).
+const FAILOVER_ROUNDS: usize = 3;
 
 /// A vault under `s3://bucket/prefix`.
 pub struct S3Backend {
@@ -87,8 +90,9 @@ pub fn split_endpoints(url: &str) -> Result<(&str, Vec<String>), BackendError> {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
                 return Err(other(url, &format!("endpoint {e:?} must start with http:// or https://")));
             }
+            let e = e.trim_end_matches('/');
             if !endpoints.iter().any(|known| known == e) {
-                endpoints.push(e.trim_end_matches('/').to_string());
+                endpoints.push(e.to_string());
             }
         }
     }
@@ -203,7 +207,11 @@ impl S3Backend {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed) % n;
         let mut last = None;
-        for i in 0..n {
+        let tries = if n > 1 { n * FAILOVER_ROUNDS } else { 1 };
+        for i in 0..tries {
+            if i > 0 && i % n == 0 {
+                tokio::time::sleep(Duration::from_millis(500 * (i / n) as u64)).await;
+            }
             let at = (start + i) % n;
             match op(self.endpoints[at].store.clone()).await {
                 Err(e @ BackendError::Transient { .. }) if n > 1 => {
