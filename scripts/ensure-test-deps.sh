@@ -47,6 +47,17 @@ if ! have_faketime; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libfaketime >/dev/null
 fi
 have_faketime || { echo "error: libfaketime.so.1 is not under /usr/lib/*/faketime after installing it" >&2; exit 1; }
+
+# FUSE (fusermount, libfuse2 for fusepy): a mounted file system without fsync (durability tests).
+have_fuse() { command -v fusermount >/dev/null && compgen -G "/lib/*/libfuse.so.2" >/dev/null; }
+if ! have_fuse; then
+    echo "installing fuse and libfuse2"
+    [[ "$(id -u)" == 0 ]] || { echo "error: installing fuse needs root" >&2; exit 1; }
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fuse libfuse2 >/dev/null
+fi
+have_fuse || { echo "error: fusermount or libfuse.so.2 missing after installing fuse and libfuse2" >&2; exit 1; }
+[[ -e /dev/fuse ]] || { echo "error: /dev/fuse is missing; the FUSE durability test needs it" >&2; exit 1; }
 echo "libfaketime: $(compgen -G '/usr/lib/*/faketime/libfaketime.so.1' | head -1)"
 
 scripts/ensure-python-deps.sh

@@ -2,10 +2,10 @@
 //! (FM-14, FM-15): an fsync error is fatal and never taken for success, and a target that refuses
 //! fsync is shown as "durability unverified" wherever the vault's state is shown.
 //!
-//! No file system that refuses fsync can be mounted on every machine this suite runs on (a FUSE
-//! file system that answers ENOSYS is even made to look synced by the kernel), so the refusals
-//! come from the `fsync-file` and `fsync-dir` failpoints, which return the errno such a file
-//! system returns.
+//! A real file system without sync semantics is mounted: `restore-tests/py/nosync_fs.py`, a
+//! pass-through FUSE file system (fusepy, libfuse) whose fsync and fsyncdir answer EINVAL. (One
+//! that answers ENOSYS would be made to look synced by the kernel, and nothing could tell.) Disk
+//! errors and refusals at chosen points come from the `fsync-file` and `fsync-dir` failpoints.
 
 use std::path::Path;
 
@@ -141,6 +141,61 @@ fn a_target_that_refuses_fsync_is_shown_as_durability_unverified() {
         .unwrap();
     let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(check["durability_unverified"].as_str().unwrap().contains("refuses file fsync"), "found at open: {check}");
+}
+
+/// A mounted FUSE file system, unmounted on drop.
+struct NoSyncMount {
+    child: std::process::Child,
+    point: std::path::PathBuf,
+}
+
+impl NoSyncMount {
+    fn mount(backing: &Path, point: &Path) -> Self {
+        std::fs::create_dir_all(backing).unwrap();
+        std::fs::create_dir_all(point).unwrap();
+        assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is needed for the FUSE durability test");
+        let python = restore_tests::test_deps().join("venv/bin/python");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/nosync_fs.py");
+        let child = std::process::Command::new(python).arg(script).arg(backing).arg(point).spawn().unwrap();
+        let mut m = Self { child, point: point.to_path_buf() };
+        restore_tests::plane::wait_for("the FUSE mount", std::time::Duration::from_secs(30), || {
+            if let Ok(Some(st)) = m.child.try_wait() {
+                panic!("nosync_fs.py exited ({st}) before mounting");
+            }
+            std::fs::read_to_string("/proc/self/mounts")
+                .is_ok_and(|t| t.lines().any(|l| l.split(' ').nth(1) == point.to_str() && l.contains("fuse")))
+        });
+        m
+    }
+}
+
+impl Drop for NoSyncMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fusermount").arg("-u").arg(&self.point).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A vault on a mounted FUSE file system whose fsync and fsyncdir fail with EINVAL: `init`
+/// records and shows durability as unverified, and backup, `check --read-data` and restore
+/// work on it, `check` saying it again.
+#[test]
+fn a_fuse_file_system_without_fsync_is_recorded_and_still_backs_up_and_restores() {
+    let mut w = World::empty();
+    let mount = NoSyncMount::mount(&w.path("backing"), &w.path("mnt"));
+    w.url = mount.point.join("vault").to_str().unwrap().to_string();
+    let escrow = w.escrow();
+    let init = w.ok(&["init", "--vault", w.vault_str(), "--escrow-key-out", escrow.to_str().unwrap()]);
+    assert!(init.contains("durability UNVERIFIED") && init.contains("Invalid argument"), "{init}");
+    let src = source(&w);
+    let done = w.backup(&[&src]);
+    assert!(done["storage"]["durability_unverified"].is_string(), "{done}");
+    let check = w.ok(&["check", "--vault", w.vault_str(), "--read-data"]);
+    assert!(check.contains("durability UNVERIFIED") && check.contains("no errors found"), "{check}");
+    let to = w.path("restored");
+    w.ok(&["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]);
+    restore_tests::assert_same_tree(&src, &to.join(src.strip_prefix("/").unwrap()));
 }
 
 /// An agent whose vault refuses fsync: `tresorctl status` shows it as a problem (and it is
