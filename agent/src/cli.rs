@@ -319,7 +319,7 @@ pub struct KeepArgs {
     #[arg(long, value_name = "N")]
     pub keep_yearly: Option<u32>,
     /// Keep everything within this of the newest (e.g. 2d).
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_within)]
     pub keep_within: Option<String>,
 }
 
@@ -344,4 +344,9 @@ fn parse_source(s: &str) -> Result<tresor_sources::spec::SourceSpec, String> {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     tresor_proto::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// `--keep-within`, checked here: the retention rules would skip a value they cannot read.
+fn parse_within(s: &str) -> Result<String, String> {
+    parse_duration(s).map(|_| s.to_string())
 }

@@ -208,7 +208,8 @@ pub async fn backup(
     let vault_id = vault.config().vault_id;
     let root = cache_root(g)?;
     let BackupDone { id: sid, manifest, errors } = backup_into(vault, &root, req).await?;
-    crate::expected::note_committed(&root, &vault_id, sid)?;
+    // The snapshot is committed: a record that cannot be written is a warning, not a failed backup.
+    let unrecorded = crate::expected::note_committed(&root, &vault_id, sid).err().map(|e| format!("{e:#}"));
     let s = &manifest.summary;
     let mut text = format!(
         "snapshot {sid} saved\n  {} files, {} dirs, {} in total; read {}, new {} in {} chunks, stored {} in {:.1} s",
@@ -224,8 +225,13 @@ pub async fn backup(
     for e in &errors {
         text.push_str(&format!("\n  skipped {}: {}", e.path, e.error));
     }
+    if let Some(e) = &unrecorded {
+        tracing::warn!(error = %e, "snapshot not noted in this host's expected-snapshots record");
+        text.push_str(&format!("\n  warning: not noted in this host's record of expected snapshots ({e}); standalone gc cannot notice if it goes missing"));
+    }
     let code = if errors.is_empty() { exit::OK } else { exit::PARTIAL };
-    Ok(Outcome { json: json!({"snapshot": sid, "manifest": manifest, "errors": errors}), text, code })
+    let json = json!({"snapshot": sid, "manifest": manifest, "errors": errors, "warning": unrecorded});
+    Ok(Outcome { json, text, code })
 }
 
 /// `documents`: the signed documents in the vault, and optionally each as a file.

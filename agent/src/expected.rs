@@ -18,7 +18,7 @@ pub struct Expected {
 impl Expected {
     /// The record for `vault` under the cache `root` (empty when there is none yet).
     pub fn load(root: &Path, vault: &tresor_vault::ids::VaultId) -> anyhow::Result<Self> {
-        let path = root.join(vault.to_hex()).join("expected-snapshots.json");
+        let path = tresor_vault::localfile::vault_cache_dir(root, vault).join("expected-snapshots.json");
         let ids = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice::<Vec<String>>(&b)
                 .with_context(|| format!("{} is damaged; move it away to start a new record", path.display()))?
@@ -31,16 +31,11 @@ impl Expected {
         Ok(Self { path, ids })
     }
 
-    /// Write the record (atomically).
+    /// Write the record (atomically and durably: a torn one would stop `backup` and `gc`).
     pub fn save(&self) -> anyhow::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
-        }
         let ids: Vec<String> = self.ids.iter().map(ToString::to_string).collect();
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&ids)?)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("cannot write {}", self.path.display()))
+        tresor_vault::localfile::write_atomic(&self.path, &serde_json::to_vec_pretty(&ids)?)
+            .with_context(|| format!("cannot write {}", self.path.display()))
     }
 }
 

@@ -101,12 +101,16 @@ pub async fn forget(
             }
         }
     }
+    if !dry_run {
+        // The record first: a snapshot gone from the vault but still expected would stop GC.
+        for (id, _) in &chosen {
+            expected.ids.remove(id);
+        }
+        expected.save()?;
+    }
     let mut forgotten = Vec::new();
     for (id, why) in &chosen {
         if !dry_run {
-            // The record first: a snapshot gone from the vault but still expected would stop GC.
-            expected.ids.remove(id);
-            expected.save()?;
             vault.forget_snapshot(id).await?;
         }
         forgotten.push(json!({"id": id.to_string(), "why": why}));

@@ -3,10 +3,10 @@
 //! No chunk data crosses this API; messages carry commands and metadata only, so both sides cap
 //! their size at [`MAX_MESSAGE_BYTES`].
 
-/// Generated messages and services (`tresor.v1`).
-#[allow(clippy::all, missing_docs)]
 pub mod retention;
 
+/// Generated messages and services (`tresor.v1`).
+#[allow(clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("tresor.v1");
 }

@@ -367,8 +367,7 @@ impl BackupSession {
         write_marker(&vault, &id, &marker).await?;
         // Read the GC mark only after our marker exists: a sweep that missed our marker started
         // before this read, and its mark is still in place for us to see.
-        let avoid: HashSet<PackId> =
-            crate::session::read_mark(&vault).await?.map(|m| m.packs.into_iter().collect()).unwrap_or_default();
+        let avoid: HashSet<PackId> = crate::session::marked_packs(&vault).await?;
         // A sweep that finished between the caller's index load and our marker deleted the
         // segments it compacted: the loaded index may name deleted packs. Detect it, start again.
         if index.is_stale(&vault.index_segment_ids().await?) {
@@ -548,8 +547,7 @@ impl BackupSession {
     async fn reused_still_there(&self, vault: &Vault) -> Result<()> {
         // The mark is read again too: on storage where an overwrite shows late, the one read at
         // the start may have been old, and this run may have deduplicated against marked packs.
-        let mark: HashSet<PackId> =
-            crate::session::read_mark(vault).await?.map(|m| m.packs.into_iter().collect()).unwrap_or_default();
+        let mark: HashSet<PackId> = crate::session::marked_packs(vault).await?;
         if mark == self.shared.avoid && !self.shared.index.is_stale(&vault.index_segment_ids().await?) {
             return Ok(());
         }
@@ -686,10 +684,7 @@ async fn uploader(
             Some(r) = inflight.join_next(), if !inflight.is_empty() => {
                 if let Some((id, e)) = finish_one(r, &mut done) {
                     s.fail(format!("pack upload failed: {e}"));
-                    if let Some(id) = id {
-                        marker.packs.retain(|p| p.id != id);
-                        refresh_marker(&s, &session, &mut marker).await;
-                    }
+                    unannounce(&s, &session, &mut marker, id).await;
                     failure.get_or_insert(e);
                 }
             }
@@ -715,10 +710,7 @@ async fn uploader(
     }
     while let Some(r) = inflight.join_next().await {
         if let Some((id, e)) = finish_one(r, &mut done) {
-            if let Some(id) = id {
-                marker.packs.retain(|p| p.id != id);
-                refresh_marker(&s, &session, &mut marker).await;
-            }
+            unannounce(&s, &session, &mut marker, id).await;
             failure.get_or_insert(e);
         }
     }
@@ -732,6 +724,15 @@ async fn uploader(
 /// [`MARKER_STALE_HOURS`] as crashed.
 const MARKER_REFRESH: Duration = Duration::from_secs(300);
 const MARKER_STALE_HOURS: i64 = 1;
+
+/// Stop announcing a pack whose put failed: its durability was never confirmed, so no later run
+/// may adopt it.
+async fn unannounce(s: &Shared, session: &SessionId, marker: &mut SessionMarker, failed: Option<PackId>) {
+    if let Some(id) = failed {
+        marker.packs.retain(|p| p.id != id);
+        refresh_marker(s, session, marker).await;
+    }
+}
 
 async fn refresh_marker(s: &Shared, session: &SessionId, marker: &mut SessionMarker) {
     marker.refreshed = crate::clock::now().to_rfc3339();

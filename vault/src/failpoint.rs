@@ -24,6 +24,11 @@ fn armed() -> &'static HashMap<String, String> {
     })
 }
 
+/// Whether any failpoint is armed (hot paths skip building scoped names when none is).
+pub fn any_armed() -> bool {
+    !armed().is_empty()
+}
+
 /// Whether `name` is armed (any action).
 pub fn is_armed(name: &str) -> bool {
     armed().contains_key(name)
@@ -38,17 +43,26 @@ pub fn hit(name: &str) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
         return;
     }
-    let nth: u64 = match action.as_str() {
-        "kill" => 1,
-        a => match a.strip_prefix("kill@").and_then(|n| n.parse().ok()) {
-            Some(n) => n,
-            None => return,
-        },
-    };
-    if count_hit(name) == nth {
+    let Some(("kill", nth)) = parse(name, action) else { return };
+    if count_hit(name) == nth.unwrap_or(1) {
         tracing::warn!(failpoint = name, "failpoint: SIGKILL");
         let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::process::abort();
+    }
+}
+
+/// `ACTION` or `ACTION@N` (the N-th hit only); a bad N arms nothing, and says so, so a test with
+/// a typo does not pass untested.
+fn parse<'a>(name: &str, action: &'a str) -> Option<(&'a str, Option<u64>)> {
+    match action.split_once('@') {
+        None => Some((action, None)),
+        Some((kind, n)) => match n.parse() {
+            Ok(n) => Some((kind, Some(n))),
+            Err(_) => {
+                tracing::error!(failpoint = name, action, "failpoint armed with a bad @N: not armed");
+                None
+            }
+        },
     }
 }
 
@@ -63,11 +77,7 @@ fn count_hit(name: &str) -> u64 {
 /// Reach the I/O point `name`: the error it is armed to return at this hit, if any. Stands in for
 /// a disk that fails (`eio`) or a file system without sync semantics (`einval`, `enotsup`).
 pub fn io_error(name: &str) -> Option<std::io::Error> {
-    let action = armed().get(name)?;
-    let (kind, nth) = match action.split_once('@') {
-        Some((k, n)) => (k, Some(n.parse::<u64>().ok()?)),
-        None => (action.as_str(), None),
-    };
+    let (kind, nth) = parse(name, armed().get(name)?)?;
     let errno = match kind {
         "eio" => rustix::io::Errno::IO,
         "einval" => rustix::io::Errno::INVAL,

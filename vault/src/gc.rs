@@ -105,27 +105,30 @@ struct Observations {
 
 impl Observations {
     fn path(vault: &Vault, cache: &Path) -> std::path::PathBuf {
-        cache.join(vault.config().vault_id.to_hex()).join("gc-observed.json")
+        vault.cache_dir(cache).join("gc-observed.json")
     }
 
-    fn load(path: &Path) -> Self {
-        std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    async fn load(path: &Path) -> Self {
+        let path = path.to_path_buf();
+        let read = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
+        read.ok().and_then(Result::ok).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 
-    fn save(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
-        }
-        std::fs::write(&tmp, serde_json::to_vec(self).unwrap_or_default()).map_err(|e| Error::io(tmp.display(), e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display(), e))
+    async fn save(&self, path: &Path) -> Result<()> {
+        let (path, bytes) = (path.to_path_buf(), serde_json::to_vec(self).unwrap_or_default());
+        tokio::task::spawn_blocking(move || {
+            crate::localfile::write_atomic(&path, &bytes).map_err(|e| Error::io(path.display(), e))
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("cache write task failed: {e}")))?
     }
 
     /// Note `bytes` at `key` now; returns for how many seconds these same bytes have been seen.
     fn unchanged_for(&mut self, key: &str, bytes: &[u8], now: i64) -> u64 {
         let hash = blake3::hash(bytes).to_hex().to_string();
         match self.seen.get(key) {
-            Some((h, since)) if *h == hash => (now - since).max(0) as u64,
+            // `since` comes from a file: no arithmetic on it may overflow.
+            Some((h, since)) if *h == hash => now.saturating_sub(*since).max(0) as u64,
             _ => {
                 let _ = self.seen.insert(key.to_string(), (hash, now));
                 0
@@ -223,7 +226,7 @@ async fn referenced(
     expected: &BTreeSet<ObjectId>,
     report: &mut GcReport,
 ) -> Result<(HashSet<PackId>, HashMap<ChunkId, IndexEntry>)> {
-    for prefix in [layout::SNAPSHOTS, layout::INDEX, layout::DATA] {
+    for prefix in layout::REQUIRED {
         vault.backend().require_prefix(prefix).await.map_err(|e| {
             Error::Invalid(format!(
                 "GC deletes nothing: {e}; a vault's {prefix} never goes away on its own (run `check`)"
@@ -342,14 +345,15 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
     vault.check_epoch().await?;
     let mut report = GcReport::default();
     let observed_at = Observations::path(&vault, cache);
-    let mut seen = Observations::load(&observed_at);
+    let mut seen = Observations::load(&observed_at).await;
     let now = crate::clock::now().timestamp();
-    let mark =
-        read_mark_bytes(&vault).await?.map(|(mark, bytes)| (mark, seen.unchanged_for(layout::GC_MARK, &bytes, now)));
+    let mark = crate::session::read_mark_bytes(&vault)
+        .await?
+        .map(|(mark, bytes)| (mark, seen.unchanged_for(layout::GC_MARK, &bytes, now)));
     // Sessions first: a writer that commits after this listing has its snapshot in the listing
     // below; one that is live now postpones the sweep.
     let (live, announced) = sessions(&vault, &mut seen, &mut report).await?;
-    seen.save(&observed_at)?;
+    seen.save(&observed_at).await?;
     // A sweep that is due reads the marked packs' directories first, so the walk below can say
     // where the index places each live chunk they hold.
     let due = mark.as_ref().is_some_and(|(_, age)| *age >= opts.grace.as_secs() && live.is_empty());
@@ -398,18 +402,23 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
         guard(opts)?;
         if !doomed.is_empty() {
             report.segments_compacted = compact_index(&vault, &doomed).await?;
+            // Live chunks each doomed pack holds (read where the index places them), for the audit.
+            let mut held: HashMap<PackId, usize> = HashMap::new();
+            for p in placed.keys().filter_map(|c| watch.get(c)).flatten() {
+                *held.entry(*p).or_default() += 1;
+            }
             for p in &doomed {
                 guard(opts)?;
                 crate::failpoint::hit("gc-before-pack-delete");
                 vault.backend().delete(&layout::pack(p)).await?;
                 report.packs_deleted += 1;
-                report.bytes_freed += listed.get(p).copied().unwrap_or(0);
-                let held = watch.values().flatten().filter(|q| *q == p).count();
+                let bytes = listed.get(p).copied().unwrap_or(0);
+                report.bytes_freed += bytes;
                 report.deleted.push(format!(
-                    "pack {p} ({} bytes): marked at {}; referenced by none of the {} snapshots; in no live writer's marker; its directory read: {held} live chunk(s) in it, each read and verified where the index places it",
-                    listed.get(p).copied().unwrap_or(0),
+                    "pack {p} ({bytes} bytes): marked at {}; referenced by none of the {} snapshots; in no live writer's marker; its directory read: {} live chunk(s) in it, each read and verified where the index places it",
                     mark.marked_at,
-                    report.snapshots
+                    report.snapshots,
+                    held.get(p).copied().unwrap_or(0)
                 ));
             }
         }
@@ -417,12 +426,12 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
         vault.backend().delete(layout::GC_MARK).await?;
         let unreferenced: BTreeSet<PackId> = unreferenced.difference(&doomed).copied().collect();
         write_mark(&vault, &unreferenced, &mut report, &mut seen).await?;
-        seen.save(&observed_at)?;
+        seen.save(&observed_at).await?;
         return Ok(report);
     }
     vault.check_epoch().await?;
     write_mark(&vault, &unreferenced, &mut report, &mut seen).await?;
-    seen.save(&observed_at)?;
+    seen.save(&observed_at).await?;
     Ok(report)
 }
 
@@ -444,17 +453,6 @@ async fn write_mark(
     crate::failpoint::hit("gc-after-mark");
     report.packs_marked = packs.len();
     Ok(())
-}
-
-/// `gc/mark` and its stored bytes, if there is one.
-async fn read_mark_bytes(vault: &Vault) -> Result<Option<(GcMark, Bytes)>> {
-    match vault.backend().get(layout::GC_MARK).await {
-        Ok(bytes) => object::open_named::<GcMark>(vault.keys(), ObjectType::GcMark, layout::GC_MARK, &bytes)
-            .map(|m| Some((m, bytes)))
-            .map_err(|e| Error::integrity("gc/mark", e)),
-        Err(BackendError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Rewrite the index without the entries of `doomed` packs, into as few segments as fit; the

@@ -12,6 +12,9 @@ pub const DATA: &str = "data/";
 pub const INDEX: &str = "index/";
 /// Snapshot manifests.
 pub const SNAPSHOTS: &str = "snapshots/";
+/// Prefixes that exist from `init` on, on storage that has directories: GC refuses to run when
+/// one is missing (it would list as empty).
+pub const REQUIRED: [&str; 3] = [SNAPSHOTS, INDEX, DATA];
 /// Writer session markers (the only objects that are overwritten).
 pub const SESSIONS: &str = "sessions/";
 /// Controller-signed snapshot receipts (sealed object type 7, keyed by snapshot id).

@@ -30,6 +30,7 @@ pub mod index;
 mod keyring;
 pub mod keys;
 pub mod layout;
+pub mod localfile;
 pub mod object;
 pub mod pack;
 pub mod restore;

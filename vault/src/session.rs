@@ -68,9 +68,19 @@ pub struct GcMark {
 /// # Errors
 /// Storage errors, or a mark that does not open.
 pub async fn read_mark(vault: &Vault) -> Result<Option<GcMark>> {
+    Ok(read_mark_bytes(vault).await?.map(|(mark, _)| mark))
+}
+
+/// The packs the current `gc/mark` lists (none without a mark).
+pub async fn marked_packs(vault: &Vault) -> Result<std::collections::HashSet<crate::ids::PackId>> {
+    Ok(read_mark(vault).await?.map(|m| m.packs.into_iter().collect()).unwrap_or_default())
+}
+
+/// `gc/mark` and its stored bytes, if there is one.
+pub(crate) async fn read_mark_bytes(vault: &Vault) -> Result<Option<(GcMark, bytes::Bytes)>> {
     match vault.backend().get(layout::GC_MARK).await {
         Ok(bytes) => object::open_named::<GcMark>(vault.keys(), ObjectType::GcMark, layout::GC_MARK, &bytes)
-            .map(Some)
+            .map(|m| Some((m, bytes)))
             .map_err(|e| Error::integrity("gc/mark", e)),
         Err(BackendError::NotFound(_)) => Ok(None),
         Err(e) => Err(e.into()),

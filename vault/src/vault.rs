@@ -212,8 +212,11 @@ impl Vault {
             backend.check_before_create();
         }
         // A read-only mount cannot be probed; it still reads, and writes would fail on their own.
-        if let Err(e) = backend.probe_durability().await {
-            tracing::info!(error = %e, "durability probe not possible");
+        // A failing disk is another matter (and shows in `durability_unverified`).
+        match backend.probe_durability().await {
+            Ok(()) => {}
+            Err(e @ BackendError::NotDurable { .. }) => tracing::warn!(error = %e, "durability probe failed"),
+            Err(e) => tracing::info!(error = %e, "durability probe not possible"),
         }
         Ok(Self {
             backend,
@@ -268,6 +271,12 @@ impl Vault {
     /// Id of the slot that opened the vault.
     pub fn slot_id(&self) -> &str {
         &self.slot_id
+    }
+
+    /// This vault's directory in the host's cache `root` (index copy, GC observations, expected
+    /// snapshots).
+    pub fn cache_dir(&self, root: &std::path::Path) -> std::path::PathBuf {
+        crate::localfile::vault_cache_dir(root, &self.config.vault_id)
     }
 
     /// Why the storage cannot confirm that what it acknowledges is durable: found now (a sync
@@ -350,10 +359,11 @@ impl Vault {
     /// Remove a slot, then start a new key epoch without it, so the removed secret reads nothing
     /// written afterwards. Refuses to remove the last password slot or the last escrow slot.
     pub async fn key_remove(&mut self, id: &str) -> Result<EpochReport> {
-        if !self.key_list().await?.iter().any(|s| s.id == id) {
+        let report = self.remove_slots(&[id], &format!("slot {id} removed")).await?;
+        if report.removed.is_empty() {
             return Err(Error::Invalid(format!("no key slot {id}")));
         }
-        self.remove_slots(&[id], &format!("slot {id} removed")).await
+        Ok(report)
     }
 
     /// Remove several slots with one new epoch (an agent revoked at the controller: every slot
@@ -385,7 +395,7 @@ impl Vault {
             )));
         }
         // The epoch first: a crash after it leaves the slots stranded already, never readable.
-        let mut report = self.start_epoch(reason, &present).await?;
+        let mut report = self.start_epoch_with(&slots, reason, &present).await?;
         crate::failpoint::hit("remove-after-epoch");
         for id in present {
             match self.backend.delete(&layout::key_slot(id)).await {
@@ -415,12 +425,21 @@ impl Vault {
     /// The opening slot must be carried (`key upgrade` first for a slot made before epochs), and
     /// so must at least one escrow slot.
     pub async fn start_epoch(&mut self, reason: &str, leave_out: &[&str]) -> Result<EpochReport> {
-        self.check_epoch().await?;
         let slots = self.key_list().await?;
+        self.start_epoch_with(&slots, reason, leave_out).await
+    }
+
+    /// [`Self::start_epoch`] with the slots the caller already read.
+    async fn start_epoch_with(&mut self, slots: &[KeySlot], reason: &str, leave_out: &[&str]) -> Result<EpochReport> {
+        self.writable()?;
         let records = read_epoch_records(&self.backend, &self.config.vault_id).await?;
+        // As `check_epoch`, from the records just read: an epoch begun since this vault was opened.
+        if let Some(newest) = records.keys().next_back().copied().filter(|n| *n > self.epochs_seen) {
+            return Err(Error::EpochChanged(newest));
+        }
         let mut carried = Vec::new();
         let mut left_out = Vec::new();
-        for slot in &slots {
+        for slot in slots {
             match slot.grant_public() {
                 Some(public) if !leave_out.contains(&slot.id.as_str()) && self.reaches_current(slot, &records) => {
                     carried.push((slot.id.clone(), public, slot.kind))
@@ -435,9 +454,15 @@ impl Vault {
             )));
         }
         if !carried.iter().any(|(.., kind)| *kind == SlotKind::Escrow) {
-            return Err(Error::Invalid(
-                "no escrow slot would be carried into the new epoch (the escrow slot was made before key epochs); run `tresor-agent key upgrade --escrow-key-file FILE` first, so the offline key keeps opening new data".into(),
-            ));
+            // Name the cause that holds: the advice to upgrade only helps a version 1 slot.
+            let why = if slots.iter().any(|s| s.kind == SlotKind::Escrow && s.grant_public().is_none()) {
+                "the escrow slot was made before key epochs; run `tresor-agent key upgrade --escrow-key-file FILE` first"
+            } else {
+                "every escrow slot was left out of a key epoch since it was made, or its binding does not verify (see `tresor-agent key list`)"
+            };
+            return Err(Error::Invalid(format!(
+                "no escrow slot would be carried into the new epoch ({why}), so the offline key would stop opening new data"
+            )));
         }
         let (previous_epoch, previous) = self.current_master();
         let epoch = previous_epoch + 1;
@@ -682,7 +707,7 @@ impl Vault {
         cache_root: &std::path::Path,
     ) -> Result<(Arc<LocalIndex>, Vec<(ObjectId, String)>)> {
         let mut skipped = Vec::new();
-        let dir = cache_root.join(self.config.vault_id.to_hex()).join("index");
+        let dir = self.cache_dir(cache_root).join("index");
         let listed_ids = self.index_segment_ids().await?;
         let d = dir.clone();
         let mut ix = cpu(move || LocalIndex::open(&d)).await??;

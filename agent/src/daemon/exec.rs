@@ -312,35 +312,27 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         guard: Some(ctx.leases.guard(jr)),
         expected,
     };
-    let key_epoch = vault.key_epoch();
+    // Whatever GC does next, the controller hears what was forgotten and revoked, and the key
+    // epoch new data is written under.
+    let done =
+        pb::PruneResult { forgotten, slots_revoked, revoke_error, key_epoch: vault.key_epoch(), ..Default::default() };
     let r = match tresor_vault::gc::run(vault, &ctx.cache_dir(), &opts).await {
+        Ok(r) => r,
         // Not a failure to retry: the listing is short, and the controller must hear what it lacked.
         Err(tresor_vault::Error::SnapshotsMissing(missing)) => {
             tracing::error!(vault = %p.vault, missing = missing.len(), "snapshot listing short; GC deleted nothing");
-            return Ok(ResultKind::Prune(pb::PruneResult {
-                forgotten,
-                slots_revoked,
-                revoke_error,
-                listing_missing: missing,
-                ..Default::default()
-            }));
+            return Ok(ResultKind::Prune(pb::PruneResult { listing_missing: missing, ..done }));
         }
+        // A lost lease is this attempt's end, not a finding about the vault.
+        Err(e) if ctx.leases.check(&jr.job_id, jr.attempt).is_err() => return Err(e.into()),
         // A listing page or a read failed, or what GC saw was implausible: nothing more is
         // deleted, and the controller hears why (a failed job would only be retried, unseen).
         Err(e) => {
-            tracing::error!(vault = %p.vault, error = %e, "GC stopped on a storage error");
-            return Ok(ResultKind::Prune(pb::PruneResult {
-                forgotten,
-                slots_revoked,
-                revoke_error,
-                gc_error: e.to_string(),
-                ..Default::default()
-            }));
+            tracing::error!(vault = %p.vault, error = %e, "GC stopped");
+            return Ok(ResultKind::Prune(pb::PruneResult { gc_error: e.to_string(), ..done }));
         }
-        r => r?,
     };
     Ok(ResultKind::Prune(pb::PruneResult {
-        forgotten,
         packs_marked: r.packs_marked as u64,
         packs_deleted: r.packs_deleted as u64,
         bytes_freed: r.bytes_freed,
@@ -349,13 +341,9 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         packs_unreferenced: r.unreferenced as u64,
         gc_warnings: r.false_index_entries.iter().chain(&r.kept).cloned().collect(),
         swept: r.swept,
-        slots_revoked,
-        key_epoch,
-        revoke_error,
         quarantined: r.quarantined,
-        listing_missing: Vec::new(),
         deleted: r.deleted,
-        gc_error: String::new(),
+        ..done
     }))
 }
 

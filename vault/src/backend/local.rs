@@ -34,9 +34,33 @@ pub struct LocalBackend {
     root: PathBuf,
     /// Why durability is unverified, once an fsync was refused as unsupported.
     unverified: Arc<OnceLock<String>>,
-    /// Whether a file fsync and a directory fsync have succeeded here: after that, a refusal is
-    /// a failure, not a missing feature.
+    /// Whether a file fsync and a directory fsync have succeeded here (indexed by [`Synced`]):
+    /// after that, a refusal is a failure, not a missing feature.
     confirmed: Arc<[AtomicBool; 2]>,
+}
+
+/// What an fsync makes durable.
+#[derive(Clone, Copy)]
+enum Synced {
+    File = 0,
+    Dir = 1,
+}
+
+impl Synced {
+    fn name(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Dir => "directory",
+        }
+    }
+
+    /// Its failpoint: `fsync-file` or `fsync-dir`.
+    fn failpoint(self) -> &'static str {
+        match self {
+            Self::File => "fsync-file",
+            Self::Dir => "fsync-dir",
+        }
+    }
 }
 
 /// `fsync` refused as a call the file system does not implement, rather than failed.
@@ -45,11 +69,14 @@ fn sync_unsupported(e: &std::io::Error) -> bool {
     e.raw_os_error().is_some_and(|n| unsupported.iter().any(|u| u.raw_os_error() == n))
 }
 
-/// The failpoint for `what` (`fsync-file` or `fsync-dir`), also armable for one top-level
-/// directory of the vault (`fsync-file:data`), so a test can fail only pack writes.
-fn injected(what: &str, key: &str) -> Option<std::io::Error> {
-    let top = key.split('/').next().unwrap_or_default();
-    failpoint::io_error(what).or_else(|| failpoint::io_error(&format!("{what}:{top}")))
+/// The failpoint of `what`, also armable for one top-level directory of the vault
+/// (`fsync-file:data`), so a test can fail only pack writes.
+fn injected(what: Synced, key: &str) -> Option<std::io::Error> {
+    if !failpoint::any_armed() {
+        return None;
+    }
+    let (point, top) = (what.failpoint(), key.split('/').next().unwrap_or_default());
+    failpoint::io_error(point).or_else(|| failpoint::io_error(&format!("{point}:{top}")))
 }
 
 impl LocalBackend {
@@ -58,45 +85,36 @@ impl LocalBackend {
         Self { root, unverified: Arc::default(), confirmed: Arc::default() }
     }
 
-    /// Judge the outcome of an fsync of `what` for `key`: unsupported is noted, any other
-    /// error is fatal.
-    fn synced(&self, r: std::io::Result<()>, key: &str, what: &str) -> Result<(), BackendError> {
-        let confirmed = &self.confirmed[usize::from(what == "directory")];
+    /// fsync `f` (the file or directory `what` holding `key`), or take the error its failpoint
+    /// is armed with. Unsupported is noted, unless an fsync of that kind succeeded here before;
+    /// any other error is fatal.
+    fn sync(&self, f: &File, what: Synced, key: &str) -> Result<(), BackendError> {
+        let confirmed = &self.confirmed[what as usize];
+        let r = match injected(what, key) {
+            Some(e) => Err(e),
+            None => f.sync_all(),
+        };
         match r {
             Ok(()) => {
                 confirmed.store(true, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) if sync_unsupported(&e) && !confirmed.load(Ordering::Relaxed) => {
-                let mut first = false;
-                self.unverified.get_or_init(|| {
-                    first = true;
-                    format!("the file system at {} refuses {what} fsync ({e})", self.root.display())
-                });
-                if first {
+                let why = format!("the file system at {} refuses {} fsync ({e})", self.root.display(), what.name());
+                if self.unverified.set(why).is_ok() {
                     tracing::warn!(location = %self.root.display(), error = %e, "fsync unsupported: durability unverified");
                 }
                 Ok(())
             }
-            Err(e) => Err(BackendError::NotDurable { key: key.into(), detail: format!("{what} fsync failed: {e}") }),
+            Err(e) => {
+                Err(BackendError::NotDurable { key: key.into(), detail: format!("{} fsync failed: {e}", what.name()) })
+            }
         }
-    }
-
-    fn sync_file(&self, f: &File, key: &str) -> Result<(), BackendError> {
-        let r = match injected("fsync-file", key) {
-            Some(e) => Err(e),
-            None => f.sync_all(),
-        };
-        self.synced(r, key, "file")
     }
 
     fn sync_dir(&self, dir: &Path, key: &str) -> Result<(), BackendError> {
         let f = File::open(dir).map_err(|e| BackendError::from_io(key, &e))?;
-        let r = match injected("fsync-dir", key) {
-            Some(e) => Err(e),
-            None => f.sync_all(),
-        };
-        self.synced(r, key, "directory")
+        self.sync(&f, Synced::Dir, key)
     }
 
     /// Make `dir` and its missing parents, each made durable in its parent before use. A
@@ -142,13 +160,22 @@ impl LocalBackend {
         Ok((path, f))
     }
 
-    fn write_tmp(&self, key: &str, bytes: &[u8]) -> Result<PathBuf, BackendError> {
+    /// Write `bytes` to a new temp file and fsync it; removed again on failure.
+    fn write_synced_tmp(&self, key: &str, bytes: &[u8]) -> Result<PathBuf, BackendError> {
         let (tmp, mut f) = self.tmp_file()?;
-        let res = f.write_all(bytes).map_err(|e| BackendError::from_io(key, &e)).and_then(|()| self.sync_file(&f, key));
+        let res = f
+            .write_all(bytes)
+            .map_err(|e| BackendError::from_io(key, &e))
+            .and_then(|()| self.sync(&f, Synced::File, key));
         if let Err(e) = res {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
+        Ok(tmp)
+    }
+
+    fn write_tmp(&self, key: &str, bytes: &[u8]) -> Result<PathBuf, BackendError> {
+        let tmp = self.write_synced_tmp(key, bytes)?;
         failpoint::hit("local-before-link");
         Ok(tmp)
     }
@@ -188,13 +215,11 @@ impl LocalBackend {
     }
 
     fn probe_blocking(&self) -> Result<(), BackendError> {
-        let (tmp, mut f) = self.tmp_file()?;
-        let res = f
-            .write_all(b"durability probe")
-            .map_err(|e| BackendError::from_io(TMP_DIR, &e))
-            .and_then(|()| self.sync_file(&f, TMP_DIR))
-            .and_then(|()| self.sync_dir(&self.root.join(TMP_DIR), TMP_DIR));
-        let _ = fs::remove_file(&tmp);
+        let res = self.write_synced_tmp(TMP_DIR, b"durability probe").and_then(|tmp| {
+            let synced = self.sync_dir(&self.root.join(TMP_DIR), TMP_DIR);
+            let _ = fs::remove_file(&tmp);
+            synced
+        });
         // A disk that fails the probe confirms nothing either: say so wherever durability shows.
         if let Err(BackendError::NotDurable { detail, .. }) = &res {
             let _ = self.unverified.set(format!("the durability probe at {} failed: {detail}", self.root.display()));
@@ -287,7 +312,7 @@ impl Backend for LocalBackend {
         let root = self.root.clone();
         // The directories GC requires (`require_prefix`) exist from the start.
         blocking(move || {
-            for dir in ["", "data", "index", "snapshots"] {
+            for dir in std::iter::once("").chain(crate::layout::REQUIRED) {
                 let d = root.join(dir);
                 fs::create_dir_all(&d).map_err(|e| BackendError::from_io(&d.display().to_string(), &e))?;
             }

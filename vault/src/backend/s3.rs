@@ -50,8 +50,8 @@ impl Default for S3Options {
 
 /// One endpoint of the storage and the client for it.
 struct Endpoint {
-    /// As given; empty for the AWS default.
-    url: String,
+    /// As given; `None` for the AWS default.
+    url: Option<String>,
     store: Arc<AmazonS3>,
 }
 
@@ -77,24 +77,31 @@ pub struct S3Backend {
     look_first: AtomicBool,
 }
 
+/// Add the endpoints of `list` (comma-separated URLs) to `out`, once each; errors name `source`
+/// (the vault URL or the variable the list came from).
+fn push_endpoints(list: &str, source: &str, out: &mut Vec<String>) -> Result<(), BackendError> {
+    for e in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(other(source, &format!("endpoint {e:?} must start with http:// or https://")));
+        }
+        let e = e.trim_end_matches('/');
+        if !out.iter().any(|known| known == e) {
+            out.push(e.to_string());
+        }
+    }
+    Ok(())
+}
+
 /// Split `s3://bucket/prefix?endpoint=URL&endpoint=URL` into the URL without its query and the
 /// endpoints it lists (each `endpoint=` may also hold several, separated by commas).
-pub fn split_endpoints(url: &str) -> Result<(&str, Vec<String>), BackendError> {
+fn split_endpoints(url: &str) -> Result<(&str, Vec<String>), BackendError> {
     let Some((base, query)) = url.split_once('?') else { return Ok((url, Vec::new())) };
     let mut endpoints = Vec::new();
     for param in query.split('&').filter(|p| !p.is_empty()) {
         let Some(value) = param.strip_prefix("endpoint=") else {
             return Err(other(url, &format!("unknown URL parameter {param:?}: only endpoint=URL is known")));
         };
-        for e in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(other(url, &format!("endpoint {e:?} must start with http:// or https://")));
-            }
-            let e = e.trim_end_matches('/');
-            if !endpoints.iter().any(|known| known == e) {
-                endpoints.push(e.to_string());
-            }
-        }
+        push_endpoints(value, url, &mut endpoints)?;
     }
     if endpoints.is_empty() {
         return Err(other(url, "the URL's query names no endpoint (endpoint=http://host:port)"));
@@ -105,7 +112,11 @@ pub fn split_endpoints(url: &str) -> Result<(&str, Vec<String>), BackendError> {
 /// Split `s3://bucket/prefix` into bucket and prefix (without surrounding slashes); a query of
 /// endpoints is left out.
 pub fn parse_url(url: &str) -> Result<(String, String), BackendError> {
-    let (url, _) = split_endpoints(url)?;
+    parse_base(split_endpoints(url)?.0)
+}
+
+/// [`parse_url`] of a URL without its query.
+fn parse_base(url: &str) -> Result<(String, String), BackendError> {
     let rest = url.strip_prefix("s3://").ok_or_else(|| other(url, "an S3 vault URL starts with s3://"))?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
@@ -132,14 +143,14 @@ impl S3Backend {
         vars: impl IntoIterator<Item = (String, String)>,
         opts: S3Options,
     ) -> Result<Self, BackendError> {
-        let (bucket, prefix) = parse_url(url)?;
-        let (_, mut urls) = split_endpoints(url)?;
+        let (base, mut urls) = split_endpoints(url)?;
+        let (bucket, prefix) = parse_base(base)?;
         let vars: Vec<(String, String)> = vars.into_iter().filter(|(k, _)| k.starts_with("AWS_")).collect();
-        let var = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let var = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(k, v)| (k.clone(), v.clone()));
         if urls.is_empty()
-            && let Some(from_env) = var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT"))
+            && let Some((name, list)) = var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT"))
         {
-            urls = split_endpoints(&format!("?endpoint={from_env}"))?.1;
+            push_endpoints(&list, &name, &mut urls)?;
         }
         let retries = if urls.len() > 1 { opts.max_retries.min(RETRIES_BEFORE_FAILOVER) } else { opts.max_retries };
         let build = |endpoint: Option<&str>| -> Result<AmazonS3, BackendError> {
@@ -179,10 +190,10 @@ impl S3Backend {
                 .map_err(|e| other(url, &format!("S3 configuration: {e}")))
         };
         let endpoints = if urls.is_empty() {
-            vec![Endpoint { url: String::new(), store: Arc::new(build(None)?) }]
+            vec![Endpoint { url: None, store: Arc::new(build(None)?) }]
         } else {
             urls.into_iter()
-                .map(|u| Ok(Endpoint { store: Arc::new(build(Some(&u))?), url: u }))
+                .map(|u| Ok(Endpoint { store: Arc::new(build(Some(&u))?), url: Some(u) }))
                 .collect::<Result<_, BackendError>>()?
         };
         Ok(Self {
@@ -215,8 +226,9 @@ impl S3Backend {
             let at = (start + i) % n;
             match op(self.endpoints[at].store.clone()).await {
                 Err(e @ BackendError::Transient { .. }) if n > 1 => {
-                    let next = &self.endpoints[(at + 1) % n].url;
-                    let failed = &self.endpoints[at].url;
+                    // Several endpoints are all named in the URL.
+                    let name = |i: usize| self.endpoints[i % n].url.as_deref().unwrap_or_default();
+                    let (failed, next) = (name(at), name(at + 1));
                     tracing::warn!(key, endpoint = %failed, next = %next, error = %e, "storage endpoint failed; trying the next");
                     let when = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                     *self.failover.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -338,17 +350,19 @@ impl S3Backend {
     }
 
     /// Run `op` (a read, or a whole multipart upload), trying again when the failure may be
-    /// passing (a broken-off body, a 5xx that outlasted `object_store`'s own retries).
+    /// passing (a broken-off body, a 5xx that outlasted `object_store`'s own retries). With
+    /// several endpoints, [`Self::on_endpoints`]' rounds are the retries: no second loop on top.
     async fn retry<T, F, Fut>(&self, what: &str, key: &str, mut op: F) -> Result<T, BackendError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, BackendError>>,
     {
+        let attempts = if self.endpoints.len() > 1 { 1 } else { self.opts.read_attempts };
         let mut attempt = 0;
         loop {
             attempt += 1;
             match op().await {
-                Err(BackendError::Transient { detail, .. }) if attempt < self.opts.read_attempts => {
+                Err(BackendError::Transient { detail, .. }) if attempt < attempts => {
                     tracing::warn!(key, attempt, %detail, "storage {what} failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
@@ -373,8 +387,7 @@ impl Backend for S3Backend {
     }
 
     fn endpoint(&self) -> Option<String> {
-        let e = &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()];
-        (!e.url.is_empty()).then(|| e.url.clone())
+        self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()].url.clone()
     }
 
     fn endpoint_failover(&self) -> Option<String> {
@@ -472,7 +485,8 @@ impl Backend for S3Backend {
 
     async fn size(&self, key: &str) -> Result<Option<u64>, BackendError> {
         let path = self.path(key)?;
-        self.retry("read", key, || self.on_endpoints(key, |store| head_owned(store, key, &path))).await
+        let path = &path;
+        self.retry("read", key, || self.on_endpoints(key, |store| async move { head(&store, key, path).await })).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
@@ -524,10 +538,6 @@ async fn head(store: &AmazonS3, key: &str, path: &StorePath) -> Result<Option<u6
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(map_err(key, e)),
     }
-}
-
-async fn head_owned(store: Arc<AmazonS3>, key: &str, path: &StorePath) -> Result<Option<u64>, BackendError> {
-    head(&store, key, path).await
 }
 
 fn other(key: &str, detail: &str) -> BackendError {
