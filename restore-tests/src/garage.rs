@@ -61,10 +61,21 @@ admin_token = "{secret}"
     .expect("write garage.toml");
 }
 
+/// `cmd` without the `GARAGE_*` variables of the caller's environment (an operator's
+/// `GARAGE_RPC_HOST` or `GARAGE_RPC_SECRET` would point the test's commands at a real cluster).
+fn without_garage_env(mut cmd: Command) -> Command {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("GARAGE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 /// `garage -c CONFIG server`, its output appended to `log`.
 pub(crate) fn spawn_server(bin: &Path, config: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
-    Command::new(bin)
+    without_garage_env(Command::new(bin))
         .arg("-c")
         .arg(config)
         .arg("server")
@@ -77,7 +88,7 @@ pub(crate) fn spawn_server(bin: &Path, config: &Path, log: &Path) -> Child {
 
 /// `garage -c CONFIG ARGS`: its stdout, or what it said when it failed.
 pub(crate) fn cli(bin: &Path, config: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(bin).arg("-c").arg(config).args(args).stdin(Stdio::null()).output();
+    let out = without_garage_env(Command::new(bin)).arg("-c").arg(config).args(args).stdin(Stdio::null()).output();
     match out {
         Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
         Ok(o) => Err(format!(

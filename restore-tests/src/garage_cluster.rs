@@ -249,10 +249,9 @@ impl GarageCluster {
     }
 }
 
-impl Drop for GarageCluster {
+// Each node stops with its own drop, also those started before a failed set-up finished.
+impl Drop for Node {
     fn drop(&mut self) {
-        for n in &mut self.nodes {
-            n.kill();
-        }
+        self.kill();
     }
 }

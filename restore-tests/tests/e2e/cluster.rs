@@ -44,9 +44,12 @@ fn source(w: &World, seed: u64) -> PathBuf {
 
 /// A job of the agent, held by a `sleep:MS` failpoint, whose stderr the test reads as it comes.
 struct Job {
-    child: Child,
+    /// Taken by [`Job::finish`]; a job still here when the test panics is killed on drop.
+    child: Option<Child>,
+    /// The stderr lines taken from `lines` so far, for failure messages.
+    seen: Vec<String>,
     lines: std::sync::mpsc::Receiver<String>,
-    stderr: std::thread::JoinHandle<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 /// Start `args` on the agent with a failpoint that pauses after each pack put (or before each
@@ -73,7 +76,7 @@ fn spawn(w: &World, failpoints: &str, args: &[&str]) -> Job {
         }
         all
     });
-    Job { child, lines, stderr }
+    Job { child: Some(child), lines, seen: Vec::new(), stderr: Some(stderr) }
 }
 
 impl Job {
@@ -84,21 +87,46 @@ impl Job {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains("failpoint: sleeping") => return,
-                Ok(_) => {}
-                Err(e) => panic!("the job never reached its failpoint ({e}); exited: {:?}", self.child.try_wait()),
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!(
+                    "the job never reached its failpoint ({e}); exited: {:?}; stderr:\n{}",
+                    self.child.as_mut().map(|c| c.try_wait()),
+                    self.seen.join("\n")
+                ),
             }
         }
     }
 
+    /// The kill came while the job still had work to do (else the test proved nothing).
     fn assert_running(&mut self, what: &str) {
-        assert!(self.child.try_wait().unwrap().is_none(), "the node died while the {what} was still running");
+        let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        assert!(exited.is_none(), "the {what} had ended ({exited:?}) before the node was killed");
     }
 
-    fn finish(self) -> Output {
-        let mut out = self.child.wait_with_output().unwrap();
-        out.stderr = self.stderr.join().unwrap().into_bytes();
+    fn finish(mut self) -> Output {
+        let child = self.child.take().expect("a job finishes once");
+        let mut out = child.wait_with_output().unwrap();
+        out.stderr = self.stderr.take().map(|t| t.join().unwrap()).unwrap_or_default().into_bytes();
         out
     }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Start a backup of `src` held after each pack, kill `node` once it is held, and let it finish.
+fn backup_killing(c: &mut GarageCluster, w: &World, src: &Path, node: usize) -> Output {
+    let mut job = spawn(w, "after-pack-put=sleep:800", &["backup", "--vault", w.vault_str(), src.to_str().unwrap()]);
+    job.wait_held();
+    c.kill(node);
+    job.assert_running("backup");
+    job.finish()
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -128,11 +156,7 @@ fn a_node_killed_mid_backup_and_another_mid_restore_loses_nothing() {
     let mut c = GarageCluster::start();
     let w = World::on_s3(c.url("vault"), c.env());
     let src = source(&w, 1);
-    let mut job = spawn(&w, "after-pack-put=sleep:800", &["backup", "--vault", w.vault_str(), src.to_str().unwrap()]);
-    job.wait_held();
-    c.kill(2);
-    job.assert_running("backup");
-    let done = json(&job.finish());
+    let done = json(&backup_killing(&mut c, &w, &src, 2));
     assert!(done["manifest"]["summary"]["bytes_new"].as_u64().unwrap() >= 40 << 20, "{done}");
     check_read_data(&w);
 
@@ -159,15 +183,13 @@ fn the_first_endpoint_killed_mid_backup_fails_over() {
     let mut c = GarageCluster::start();
     let w = World::on_s3(c.url("vault"), c.env());
     let src = source(&w, 2);
-    let mut job = spawn(&w, "after-pack-put=sleep:800", &["backup", "--vault", w.vault_str(), src.to_str().unwrap()]);
-    job.wait_held();
-    c.kill(0);
-    job.assert_running("backup");
-    let out = job.finish();
+    let out = backup_killing(&mut c, &w, &src, 0);
     let done = if out.status.success() {
+        println!("the backup failed over and completed");
         serde_json::from_slice(&out.stdout).unwrap()
     } else {
         // Failed cleanly: nothing was committed, and the retry completes.
+        println!("the backup failed cleanly; retrying it");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let err: serde_json::Value =
             stderr.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or_default();

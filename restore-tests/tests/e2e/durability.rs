@@ -156,7 +156,12 @@ impl NoSyncMount {
         assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is needed for the FUSE durability test");
         let python = restore_tests::test_deps().join("venv/bin/python");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/nosync_fs.py");
-        let child = std::process::Command::new(python).arg(script).arg(backing).arg(point).spawn().unwrap();
+        let child = std::process::Command::new(&python)
+            .arg(script)
+            .arg(backing)
+            .arg(point)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {} ({e}): run scripts/ensure-test-deps.sh", python.display()));
         let mut m = Self { child, point: point.to_path_buf() };
         restore_tests::plane::wait_for("the FUSE mount", std::time::Duration::from_secs(30), || {
             if let Ok(Some(st)) = m.child.try_wait() {
@@ -171,7 +176,11 @@ impl NoSyncMount {
 
 impl Drop for NoSyncMount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("fusermount").arg("-u").arg(&self.point).status();
+        // A busy mount (a test that panicked mid-write) is detached lazily instead of left behind.
+        let unmounted = std::process::Command::new("fusermount").arg("-u").arg(&self.point).status();
+        if !unmounted.is_ok_and(|s| s.success()) {
+            let _ = std::process::Command::new("fusermount").arg("-uz").arg(&self.point).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

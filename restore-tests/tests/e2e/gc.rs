@@ -490,6 +490,8 @@ fn standalone_gc_and_a_writer_with_clocks_two_hours_apart_lose_nothing() {
             let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(r["packs_deleted"], 0, "writer {writer}, maintainer {maintainer}: {r}");
         }
+        // Only a writer still held at its commit point makes "deleted nothing" mean anything.
+        assert!(child.try_wait().unwrap().is_none(), "the writer finished before GC ran: lengthen its pause");
         let status = child.wait().unwrap();
         assert!(status.success(), "writer {writer}: {}", std::fs::read_to_string(&log).unwrap());
         w.ok(&["check", "--vault", w.vault_str(), "--read-data"]);
@@ -500,13 +502,26 @@ fn standalone_gc_and_a_writer_with_clocks_two_hours_apart_lose_nothing() {
 }
 
 /// Run `cmd` with its wall clock shifted by `offset` ("-2h", "+0") through libfaketime; the
-/// monotonic clock is left alone.
+/// monotonic clock is left alone. The shift is checked once on `date`: a preload that failed
+/// would leave the real clock, and the clock tests would pass without any skew.
 fn faketime(mut cmd: std::process::Command, offset: &str) -> std::process::Command {
     let lib =
         ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("libfaketime is missing: run scripts/ensure-test-deps.sh");
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| {
+        let out = std::process::Command::new("date")
+            .arg("+%s")
+            .env("LD_PRELOAD", lib)
+            .env("FAKETIME", "-2h")
+            .output()
+            .expect("date runs");
+        let shifted: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("date +%s prints seconds");
+        let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert!((real - 7200 - shifted).abs() < 60, "libfaketime does not shift the clock: {shifted} vs {real}");
+    });
     cmd.env("LD_PRELOAD", lib).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     cmd
 }

@@ -22,7 +22,7 @@ const POINTS: [&str; 5] = [
 fn gc_killed_twenty_times_on_the_local_backend_loses_nothing() {
     let w = World::new();
     let seed = restore_tests::seed_from_env("TRESOR_KILL_SEED", "GC kills (local)");
-    kill_gc_repeatedly(&w, seed, 20);
+    kill_gc_repeatedly(&w, seed, 20, false);
 }
 
 #[test]
@@ -37,7 +37,7 @@ fn gc_killed_twenty_times_on_garage_behind_the_fault_proxy_loses_nothing() {
     proxy.add_rule(Matcher::on("GET", "list-type=2"), Fault::ShortListing, 20);
     proxy.add_rule(Matcher::on("DELETE", "/data/"), Fault::ServiceUnavailable, 6);
     proxy.add_rule(Matcher::on("DELETE", "/index/"), Fault::Reset, 3);
-    kill_gc_repeatedly(&w, seed, 20);
+    kill_gc_repeatedly(&w, seed, 20, true);
     let injected = proxy.injected();
     println!("{} requests, faults injected: {injected:?}", proxy.requests());
     for f in [Fault::ServiceUnavailable, Fault::Reset, Fault::ShortListing] {
@@ -48,7 +48,8 @@ fn gc_killed_twenty_times_on_garage_behind_the_fault_proxy_loses_nothing() {
 /// Rounds of: new garbage (a changed file, a new snapshot, the oldest forgotten), then a GC
 /// armed to kill itself at a random point; then the vault must check whole. Rounds go on until
 /// `kills` runs were killed (a point is not reached in every run: a sweep needs a due mark).
-fn kill_gc_repeatedly(w: &World, seed: u64, kills: u64) {
+/// Without injected `faults`, a run that was not killed must succeed.
+fn kill_gc_repeatedly(w: &World, seed: u64, kills: u64, faults: bool) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let src = w.path("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -80,6 +81,11 @@ fn kill_gc_repeatedly(w: &World, seed: u64, kills: u64) {
             // Not killed: the point was not reached this often. The run itself may have stopped
             // on an injected fault it could not retry, but never with damage.
             assert_ne!(out.status.code(), Some(13), "round {round}: {}", String::from_utf8_lossy(&out.stdout));
+            assert!(
+                faults || out.status.success(),
+                "round {round}: GC failed with no fault injected: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         assert_whole(w, &format!("seed {seed}, round {round}, {point} kill@{nth}"));
         round += 1;

@@ -4,6 +4,23 @@ use restore_tests::World;
 use tresor_vault::crypto::ObjectType;
 use tresor_vault::{Secret, Vault, backend, object};
 
+/// The vault's stored `config` bytes and its id, as someone with storage access reads them.
+fn stored_config(w: &World) -> (Vec<u8>, tresor_vault::ids::VaultId) {
+    let config = std::fs::read(w.vault.join("config")).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    let id = doc["vault_id"].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no vault id: {doc}"));
+    (config, id)
+}
+
+/// Argon2id cheap enough for slots a test writes itself (the vault's own slots keep theirs).
+fn fast_kdf() -> tresor_vault::keys::KdfParams {
+    tresor_vault::keys::KdfParams {
+        memory_kib: 8 * 1024,
+        iterations: 1,
+        ..tresor_vault::keys::KdfParams::recommended()
+    }
+}
+
 /// `key add` for the password in `file`; returns the new slot's id.
 fn add_key(w: &World, file: &std::path::Path, label: &str) -> String {
     let added = w.json(&[
@@ -378,17 +395,15 @@ fn a_rotation_killed_at_any_step_leaves_the_old_or_the_new_password_working() {
 #[test]
 fn slots_made_before_key_epochs_are_upgraded_then_carried() {
     use tresor_vault::crypto::MasterKey;
-    use tresor_vault::keys::{EscrowKey, KdfParams, KeySlot, SlotKind};
+    use tresor_vault::keys::{EscrowKey, KeySlot, SlotKind};
     let w = World::new();
-    let config = std::fs::read(w.vault.join("config")).unwrap();
-    let doc: serde_json::Value = serde_json::from_slice(&config).unwrap();
-    let vault_id: tresor_vault::ids::VaultId = doc["vault_id"].as_str().unwrap().parse().unwrap();
+    let (config, vault_id) = stored_config(&w);
     for f in restore_tests::files_below(&w.vault.join("keys")) {
         std::fs::remove_file(f).unwrap();
     }
     let master = MasterKey::generate();
     let mac = master.derive().config_mac(&config);
-    let kdf = KdfParams { memory_kib: 8 * 1024, iterations: 1, ..KdfParams::recommended() };
+    let kdf = fast_kdf();
     let escrow = EscrowKey::generate();
     for (kind, secret) in [(SlotKind::Password, w.password.as_bytes()), (SlotKind::Escrow, escrow.secret())] {
         let slot = KeySlot::wrap_v1(&vault_id, kind, "before epochs", secret, &master, mac, kdf.clone()).unwrap();
@@ -436,12 +451,10 @@ fn slots_made_before_key_epochs_are_upgraded_then_carried() {
 #[test]
 fn a_slot_planted_without_the_key_is_never_granted_an_epoch() {
     use tresor_vault::crypto::MasterKey;
-    use tresor_vault::keys::{KdfParams, KeySlot, SlotKind};
+    use tresor_vault::keys::{KeySlot, SlotKind};
     let w = World::new();
-    let config = std::fs::read(w.vault.join("config")).unwrap();
-    let doc: serde_json::Value = serde_json::from_slice(&config).unwrap();
-    let vault_id: tresor_vault::ids::VaultId = doc["vault_id"].as_str().unwrap().parse().unwrap();
-    let kdf = KdfParams { memory_kib: 8 * 1024, iterations: 1, ..KdfParams::recommended() };
+    let (_, vault_id) = stored_config(&w);
+    let kdf = fast_kdf();
     let guess = MasterKey::generate();
     let planted =
         KeySlot::wrap_with(&vault_id, SlotKind::Password, "planted", b"attacker", (1, &guess), [0; 32], kdf).unwrap();

@@ -177,14 +177,18 @@ fn reused_pack_survives_gc_with_clocks(writer_skew: i64, maintainer_skew: i64) {
         p.agent_log("w1").contains("failpoint: sleeping")
     });
     // GC runs while the writer holds a reference to a.bin's pack that no snapshot has yet.
+    let committed = p.snapshots("w1/data").len();
     let first = p.ctl_json(&["prune", "nas"]);
     assert!(first["packs_marked"].as_u64().unwrap() >= 1, "{first}");
     let second = p.ctl_json(&["prune", "nas"]);
     assert_eq!(second["packs_deleted"], 0, "the sweep waits for the writer: {second}");
+    // Only a writer still held at its commit point makes "deleted nothing" mean anything.
+    assert_eq!(p.snapshots("w1/data").len(), committed, "the writer committed before GC ran: lengthen its pause");
     let done = p.ctl_json(&["watch", &job]);
     assert_eq!(done["state"], "succeeded", "{done}");
     // Now the pack is referenced: the next sweep keeps it.
     let third = p.ctl_json(&["prune", "nas"]);
+    assert_eq!(third["state"], "succeeded", "{third}");
     let report = check_vault(&url, &pws[0], &[], true);
     assert!(report["problems"].as_array().unwrap().is_empty(), "{third}\n{report}");
     let target = p.dir.path().join("restored");
@@ -380,6 +384,9 @@ fn a_snapshot_listing_short_of_a_receipted_snapshot_makes_gc_delete_nothing() {
     random_file(&data.join("a.bin"), 1 << 20, 81);
     assert!(p.apply_policy(&policy("w1", &[("w1", "data", &data, "0 0 1 1 *", 10)])).status.success());
     p.ctl_ok(&["backup", "w1/data"]);
+    // The two snapshots share no file: whichever is lost, its packs are referenced by nothing
+    // else, so only the receipts can keep GC from deleting them.
+    std::fs::remove_file(data.join("a.bin")).unwrap();
     random_file(&data.join("b.bin"), 1 << 20, 82);
     p.ctl_ok(&["backup", "w1/data"]);
     let vault = Path::new(&url);

@@ -290,7 +290,12 @@ fn a_thousand_refused_tokens_make_two_audit_entries() {
         p.state.join("ca.pem").display()
     );
     std::fs::write(&config, vec![one; 1000].join("next\n")).unwrap();
-    let out = std::process::Command::new("curl").args(["-sS", "--config"]).arg(&config).output().unwrap();
+    // -q first: no ~/.curlrc; no proxy from the environment for a loopback controller.
+    let out = std::process::Command::new("curl")
+        .args(["-q", "-sS", "--noproxy", "*", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap_or_else(|e| panic!("curl is needed for this test: {e}"));
     let codes = String::from_utf8_lossy(&out.stdout);
     assert_eq!(codes.lines().count(), 1000, "{}", String::from_utf8_lossy(&out.stderr));
     let distinct: std::collections::BTreeSet<&str> = codes.lines().collect();
