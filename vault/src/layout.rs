@@ -30,6 +30,14 @@ pub const AUDIT: &str = "audit/";
 pub const QUARANTINE: &str = "quarantine/";
 /// Capability probes at init.
 pub const PROBE: &str = "probe/";
+/// Objects rewritten or removed by design in the normal run of things: no retention of their
+/// own in a locked bucket, hidden (not kept) when deleted, and not reported as hidden by `check`.
+const REWRITTEN: [&str; 3] = [SESSIONS, GC_MARK, PROBE];
+
+/// Whether `key` is rewritten by design (see [`REWRITTEN`]).
+pub fn rewritten(key: &str) -> bool {
+    REWRITTEN.iter().any(|p| key.starts_with(p))
+}
 
 /// Key of a pack.
 pub fn pack(id: &PackId) -> String {

@@ -1,4 +1,5 @@
-//! Storage backends. Objects are write-once (`create`); only session markers are overwritten.
+//! Storage backends. Objects are write-once (`create`); only session markers and the GC mark
+//! are overwritten.
 //!
 //! Every backend passes the same conformance suite (`tests/backend_conformance.rs`).
 
@@ -27,6 +28,95 @@ pub struct ObjectInfo {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+}
+
+/// Object Lock retention mode. Governance can be lifted by an account with the right to bypass
+/// it; compliance cannot be shortened by anyone, the account's root included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// `GOVERNANCE`.
+    Governance,
+    /// `COMPLIANCE`.
+    Compliance,
+}
+
+impl LockMode {
+    /// From S3's name (`GOVERNANCE`) or ours (`governance`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "governance" => Some(Self::Governance),
+            "compliance" => Some(Self::Compliance),
+            _ => None,
+        }
+    }
+
+    /// S3's name.
+    pub fn s3_name(self) -> &'static str {
+        match self {
+            Self::Governance => "GOVERNANCE",
+            Self::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// The retention Tresor writes objects with: each is locked until the storage's time at the
+/// write plus `seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Retention {
+    /// Governance or compliance.
+    pub mode: LockMode,
+    /// How long from the write.
+    pub seconds: u64,
+}
+
+/// What the storage keeps of replaced and deleted objects, as the probe found it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StorageVersioning {
+    /// `enabled`, `suspended` or `off`.
+    pub versioning: String,
+    /// The bucket has Object Lock.
+    pub object_lock: bool,
+    /// The bucket's default retention: mode and days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_retention: Option<(LockMode, u32)>,
+}
+
+impl StorageVersioning {
+    /// Replaced and deleted objects are kept as versions.
+    pub fn keeps_versions(&self) -> bool {
+        self.versioning != "off"
+    }
+}
+
+impl std::fmt::Display for StorageVersioning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "versioning {}", self.versioning)?;
+        match (self.object_lock, self.default_retention) {
+            (false, _) => write!(f, ", no Object Lock"),
+            (true, None) => write!(f, ", Object Lock without a default retention"),
+            (true, Some((mode, days))) => write!(f, ", Object Lock with a default retention of {days} days ({mode:?})"),
+        }
+    }
+}
+
+/// One version of an object, or a delete marker, in a versioned bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion {
+    /// Key relative to the vault root.
+    pub key: String,
+    /// The storage's version id.
+    pub version_id: String,
+    /// The current version of its key (what a plain read returns, or hides when a marker).
+    pub latest: bool,
+    /// A delete marker: hides the versions below it.
+    pub delete_marker: bool,
+    /// The entity tag (MD5 of a single-part upload).
+    pub etag: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// When written, as the storage reports it.
+    pub last_modified: String,
 }
 
 /// Backend errors. `Transient` ones may succeed when retried.
@@ -74,6 +164,17 @@ pub enum BackendError {
         /// What failed.
         detail: String,
     },
+    /// Object Lock keeps this version until its retention passes: nothing may delete it yet.
+    #[error("{key}: kept by Object Lock ({detail}); it can be deleted once its retention passes")]
+    Retained {
+        /// Key.
+        key: String,
+        /// Mode and retain-until date.
+        detail: String,
+    },
+    /// The storage keeps no versions, or cannot list them.
+    #[error("{0}: the storage keeps no object versions")]
+    NoVersions(String),
     /// Any other failure.
     #[error("{key}: {detail}")]
     Other {
@@ -127,7 +228,10 @@ pub trait Backend: Send + Sync + 'static {
     /// All objects whose key starts with `prefix`, sorted by key. Errors are never turned into
     /// a short listing.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError>;
-    /// Delete an object; deleting a missing object succeeds.
+    /// Delete an object; deleting a missing object succeeds. Where the storage keeps versions,
+    /// every version is deleted by its id; a version Object Lock still keeps fails the delete
+    /// with [`BackendError::Retained`], except for rewritten objects (session markers, the GC
+    /// mark, probes), which are then hidden under a delete marker until a later delete.
     async fn delete(&self, key: &str) -> Result<(), BackendError>;
     /// Why the storage cannot confirm that what it acknowledged is durable (a file system that
     /// refuses fsync), once found out; `None` while it confirms every write.
@@ -146,6 +250,32 @@ pub trait Backend: Send + Sync + 'static {
     /// The last failover between endpoints: which one failed, when and why.
     fn endpoint_failover(&self) -> Option<String> {
         None
+    }
+    /// Find out whether the storage keeps versions of replaced and deleted objects (S3 versioning)
+    /// and locks them (Object Lock); `None` where it keeps nothing. Deletes of a backend that
+    /// keeps versions remove every version by its id (see [`Backend::delete`]).
+    async fn probe_versioning(&self) -> Result<Option<StorageVersioning>, BackendError> {
+        Ok(None)
+    }
+    /// Write every later object (but the rewritten ones: session markers, the GC mark, probes)
+    /// with this retention; `None`: only the bucket's default retention applies.
+    fn set_retention(&self, _retention: Option<Retention>) {}
+    /// The storage's clock now, as its answers tell it, where it has told it.
+    fn storage_now(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        None
+    }
+    /// Every version and delete marker under `prefix`: each key's newest version first.
+    async fn versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>, BackendError> {
+        Err(BackendError::NoVersions(prefix.to_string()))
+    }
+    /// Read one version of `key`.
+    async fn get_version(&self, key: &str, _version_id: &str) -> Result<Bytes, BackendError> {
+        Err(BackendError::NoVersions(key.to_string()))
+    }
+    /// Delete one version of `key` (or a delete marker) for good; [`BackendError::Retained`]
+    /// while Object Lock keeps it.
+    async fn delete_version(&self, key: &str, _version_id: &str) -> Result<(), BackendError> {
+        Err(BackendError::NoVersions(key.to_string()))
     }
     /// Fail where storage has directories and the one `prefix` names is missing (a local vault
     /// whose `snapshots/` went away would otherwise list as empty). Object stores have no
