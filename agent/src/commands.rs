@@ -132,7 +132,12 @@ fn durability_line(unverified: Option<&str>) -> String {
 }
 
 /// `init`.
-pub async fn init(g: &Global, url: &str, escrow_out: &Path) -> anyhow::Result<Outcome> {
+pub async fn init(
+    g: &Global,
+    url: &str,
+    escrow_out: &Path,
+    object_lock: Option<tresor_vault::backend::Retention>,
+) -> anyhow::Result<Outcome> {
     let password = secret::password(g.password_file.as_deref(), "TRESOR_PASSWORD", "--password-file")?;
     if escrow_out.exists() {
         bail!(
@@ -142,7 +147,7 @@ pub async fn init(g: &Global, url: &str, escrow_out: &Path) -> anyhow::Result<Ou
     }
     let backend = opened(backend::from_url(url)?);
     let escrow = EscrowKey::generate();
-    let (vault, report) = Vault::init(backend, password, &escrow).await?;
+    let (vault, report) = Vault::init(backend, password, &escrow, object_lock).await?;
     write_private(escrow_out, escrow.to_file_text(&vault.config().vault_id).as_bytes()).with_context(|| {
         format!(
             "the vault was made, but writing the escrow key file {} failed; add an escrow slot before relying on it",
@@ -150,8 +155,9 @@ pub async fn init(g: &Global, url: &str, escrow_out: &Path) -> anyhow::Result<Ou
         )
     })?;
     let caps = &report.config.capabilities;
+    let lock = vault.lock_line().map(|l| format!("\n  {l}")).unwrap_or_default();
     let text = format!(
-        "created vault {} at {url}\n  format v{}, chunks {}-{}-{} bytes, cipher {}\n  backend {}: create-once {}, delete {}\n  {}\n  key slots: password {}, escrow {}\n  escrow key file: {}  <- store it offline; with the storage location it restores everything",
+        "created vault {} at {url}\n  format v{}, chunks {}-{}-{} bytes, cipher {}\n  backend {}: create-once {}, delete {}\n  {}{lock}\n  key slots: password {}, escrow {}\n  escrow key file: {}  <- store it offline; with the storage location it restores everything",
         report.config.vault_id,
         report.config.version,
         report.config.chunker.min_size,
@@ -461,9 +467,10 @@ pub async fn check(
     let vault = open(g, url).await?;
     let unverified = vault.durability_unverified();
     let scratch = tempfile_dir()?;
+    let lock = vault.lock_line().map(|l| format!("{l}\n")).unwrap_or_default();
     let report = check::run(vault, read, scratch.path()).await?;
     let mut text = format!(
-        "{}\n{} snapshots, {} index segments, {} packs ({} unreferenced); read {} packs, verified {} chunks ({})",
+        "{lock}{}\n{} snapshots, {} index segments, {} packs ({} unreferenced); read {} packs, verified {} chunks ({})",
         durability_line(unverified.as_deref()),
         report.snapshots,
         report.index_segments,
@@ -482,6 +489,9 @@ pub async fn check(
     for p in &report.problems {
         text.push_str(&format!("\nERROR {}: {}", p.object, p.detail));
     }
+    for n in &report.notes {
+        text.push_str(&format!("\nnote: {n}"));
+    }
     for d in &report.damaged_snapshots {
         text.push_str(&format!("\nsnapshot {} ({}) is damaged:", d.snapshot, d.time));
         for f in &d.files {
@@ -495,6 +505,30 @@ pub async fn check(
         obj.insert("durability_unverified".into(), unverified.into());
     }
     Ok(Outcome { json, text, code })
+}
+
+/// `recover-hidden`: needs no key, only the storage; the config is brought back first.
+pub async fn recover_hidden(url: &str, dry_run: bool) -> anyhow::Result<Outcome> {
+    let backend = opened(backend::from_url(url)?);
+    backend.check_location().await?;
+    let versioning = backend.probe_versioning().await?;
+    if !versioning.as_ref().is_some_and(|v| v.keeps_versions()) {
+        bail!(
+            "{} keeps no object versions ({}): nothing hidden can be brought back",
+            backend.location(),
+            versioning.map_or("not S3".to_string(), |v| v.to_string())
+        );
+    }
+    let hidden = tresor_vault::hidden::find(&backend).await?;
+    let mut text = format!("{} hidden object(s) in {}", hidden.len(), backend.location());
+    for h in &hidden {
+        text.push_str(&format!("\n  {}: {h}", h.key));
+    }
+    let recovered = if dry_run { Vec::new() } else { tresor_vault::hidden::recover(&backend, &hidden).await? };
+    if !dry_run {
+        text.push_str(&format!("\nbrought back {} object(s); run `check` to confirm", recovered.len()));
+    }
+    Ok(Outcome::ok(json!({"hidden": hidden, "recovered": recovered, "dry_run": dry_run}), text))
 }
 
 fn tempfile_dir() -> anyhow::Result<TempDir> {

@@ -80,7 +80,12 @@ fn main() -> ExitCode {
 async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
     let g = &cli.global;
     match &cli.command {
-        Command::Init { vault, escrow_key_out } => commands::init(g, &vault.vault, escrow_key_out).await,
+        Command::Init { vault, escrow_key_out, object_lock, object_lock_mode } => {
+            let lock =
+                object_lock.map(|d| tresor_vault::backend::Retention { mode: *object_lock_mode, seconds: d.as_secs() });
+            commands::init(g, &vault.vault, escrow_key_out, lock).await
+        }
+        Command::RecoverHidden { vault, dry_run } => commands::recover_hidden(&vault.vault, *dry_run).await,
         Command::Backup {
             vault,
             tags,

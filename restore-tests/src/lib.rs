@@ -4,6 +4,7 @@ pub mod conformance;
 pub mod fault_proxy;
 pub mod garage;
 pub mod garage_cluster;
+pub mod moto;
 pub mod pg;
 pub mod plane;
 pub mod qdrant_fake;

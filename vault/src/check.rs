@@ -86,6 +86,11 @@ pub struct CheckReport {
     pub transient: Vec<Problem>,
     /// Snapshots affected by damage, with their files.
     pub damaged_snapshots: Vec<DamagedSnapshot>,
+    /// Write-once objects hidden under a delete marker or replaced (in a bucket that keeps
+    /// versions); each is also a problem. `recover-hidden` brings them back.
+    pub hidden: Vec<crate::hidden::HiddenObject>,
+    /// What the check could not look at, and why (not damage).
+    pub notes: Vec<String>,
 }
 
 impl CheckReport {
@@ -121,6 +126,20 @@ pub async fn run(vault: Arc<Vault>, read: ReadData, scratch: &std::path::Path) -
     }
     let mut report = CheckReport::default();
     let be = vault.backend().clone();
+    if vault.storage_versioning().is_some_and(|v| v.keeps_versions()) {
+        match crate::hidden::find(&be).await {
+            Ok(hidden) => {
+                for h in &hidden {
+                    report.problems.push(Problem {
+                        object: h.key.clone(),
+                        detail: format!("{h}: run `tresor-agent recover-hidden` to bring it back"),
+                    });
+                }
+                report.hidden = hidden;
+            }
+            Err(e) => report.notes.push(format!("hidden objects not looked for: the versions do not list ({e})")),
+        }
+    }
     let pack_list = be.list(layout::DATA).await?;
     let packs: HashMap<PackId, u64> =
         pack_list.iter().filter_map(|i| layout::id_of::<PackId>(&i.key).map(|id| (id, i.size))).collect();

@@ -78,6 +78,10 @@ pub struct Capabilities {
     /// fsync); absent when it could. Added without a version bump: older readers skip it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durability_unverified: Option<String>,
+    /// What the storage keeps of replaced and deleted objects (S3 versioning, Object Lock);
+    /// absent where it keeps nothing (a directory) and in vaults made before it was probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versioning: Option<crate::backend::StorageVersioning>,
     /// RFC 3339 time of the probe.
     pub probed_at: String,
 }
@@ -103,6 +107,23 @@ pub struct VaultConfig {
     pub pack_target_size: u32,
     /// What the backend guarantees.
     pub capabilities: Capabilities,
+    /// The Object Lock retention every object but the rewritten ones is written with
+    /// (`init --object-lock`); absent: only the bucket's default retention, if any. Added
+    /// without a version bump: older readers skip it (and write without retention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::backend::Retention>,
+}
+
+/// Longest Object Lock retention `init` takes: a typo of years would lock a compliance-mode
+/// bucket's data (and its bill) for that long.
+pub const MAX_RETENTION_SECS: u64 = 10 * 366 * 86_400;
+
+/// A retention `init --object-lock` may set: at least one second, at most ten years.
+pub fn check_retention(r: &crate::backend::Retention) -> Result<(), String> {
+    if r.seconds == 0 || r.seconds > MAX_RETENTION_SECS {
+        return Err(format!("an Object Lock retention of {} s is outside 1 s to 10 years", r.seconds));
+    }
+    Ok(())
 }
 
 /// Smallest and largest allowed pack target (16-64 MiB).
@@ -121,6 +142,7 @@ impl VaultConfig {
             chunk_id: "blake3-keyed".into(),
             pack_target_size: 16 << 20,
             capabilities,
+            object_lock: None,
         }
     }
 

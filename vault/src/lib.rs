@@ -25,6 +25,7 @@ pub mod epochs;
 mod error;
 pub mod failpoint;
 pub mod gc;
+pub mod hidden;
 pub mod ids;
 pub mod index;
 mod keyring;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::backend::{BackendError, Created, DynBackend};
+use crate::backend::{BackendError, Created, DynBackend, Retention, StorageVersioning};
 use crate::config::{Capabilities, VaultConfig};
 use crate::crypto::{FIRST_EPOCH, MasterKey, ObjectType, VaultKeys};
 use crate::epochs::{self, EpochRecord};
@@ -69,6 +69,8 @@ pub struct Vault {
     epochs_seen: u32,
     /// Reads that failed verification once and passed when repeated.
     transient_reads: std::sync::atomic::AtomicU64,
+    /// What the storage keeps of replaced and deleted objects, as probed at open (or init).
+    versioning: Option<StorageVersioning>,
 }
 
 async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -92,16 +94,36 @@ pub struct EpochReport {
 impl Vault {
     /// Make a new vault: probe the backend, write the password and escrow key slots, then the
     /// config (its presence marks the vault as made).
-    pub async fn init(backend: DynBackend, password: Secret, escrow: &EscrowKey) -> Result<(Self, InitReport)> {
+    pub async fn init(
+        backend: DynBackend,
+        password: Secret,
+        escrow: &EscrowKey,
+        object_lock: Option<Retention>,
+    ) -> Result<(Self, InitReport)> {
         backend.prepare_location().await.map_err(location_error)?;
         if backend.size(layout::CONFIG).await?.is_some() {
             return Err(Error::AlreadyInitialized(backend.location()));
         }
-        let capabilities = probe(&backend).await?;
+        // Before the first write: a locked bucket refuses uploads without the headers it needs.
+        let versioning = backend.probe_versioning().await?;
+        if let Some(r) = object_lock {
+            if !versioning.as_ref().is_some_and(|v| v.object_lock) {
+                return Err(Error::Invalid(format!(
+                    "--object-lock needs a bucket with Object Lock enabled; {} has {}",
+                    backend.location(),
+                    versioning.as_ref().map_or("no object versions (not S3)".to_string(), |v| v.to_string())
+                )));
+            }
+            crate::config::check_retention(&r).map_err(Error::Invalid)?;
+            backend.set_retention(Some(r));
+        }
+        let mut capabilities = probe(&backend).await?;
+        capabilities.versioning = versioning.clone();
         if !capabilities.create_once {
             backend.check_before_create();
         }
-        let config = VaultConfig::new(capabilities);
+        let mut config = VaultConfig::new(capabilities);
+        config.object_lock = object_lock;
         let config_bytes = config.to_json();
         let master = MasterKey::generate();
         let mac = master.derive().config_mac(&config_bytes);
@@ -137,6 +159,7 @@ impl Vault {
                 stale: None,
                 epochs_seen: FIRST_EPOCH,
                 transient_reads: Default::default(),
+                versioning,
             },
             report,
         ))
@@ -151,6 +174,20 @@ impl Vault {
             Err(e) => return Err(e.into()),
         };
         let config = VaultConfig::from_json(&config_bytes).map_err(|e| Error::integrity("config", e))?;
+        let versioning = match backend.probe_versioning().await {
+            Ok(v) => v,
+            // Deletes must know whether the bucket keeps versions: refuse to guess where it did.
+            Err(e) if config.capabilities.versioning.as_ref().is_some_and(|v| v.keeps_versions()) => {
+                return Err(Error::Invalid(format!(
+                    "the bucket kept object versions at init, and whether it still does cannot be read now: {e}"
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read whether the storage keeps object versions");
+                None
+            }
+        };
+        backend.set_retention(config.object_lock);
         if let Secret::Escrow(k) = secret
             && let Some(named) = k.vault()
             && named != config.vault_id.to_string()
@@ -228,6 +265,7 @@ impl Vault {
             stale: chain.stale,
             epochs_seen,
             transient_reads: Default::default(),
+            versioning,
         })
     }
 
@@ -286,6 +324,24 @@ impl Vault {
             let c = &self.config.capabilities;
             c.durability_unverified.as_ref().map(|why| format!("{why} (found at init, {})", c.probed_at))
         })
+    }
+
+    /// What the storage keeps of replaced and deleted objects (versioning, Object Lock), as
+    /// probed when this handle opened the vault; `None` where it keeps nothing.
+    pub fn storage_versioning(&self) -> Option<&StorageVersioning> {
+        self.versioning.as_ref()
+    }
+
+    /// One line on versions and Object Lock for `init` and `check`; `None` where the storage
+    /// keeps no versions.
+    pub fn lock_line(&self) -> Option<String> {
+        let v = self.versioning.as_ref()?;
+        let ours = match self.config.object_lock {
+            Some(r) => format!("; Tresor writes each object locked for {} s ({:?})", r.seconds, r.mode),
+            None if v.object_lock => "; Tresor sets no retention of its own".to_string(),
+            None => String::new(),
+        };
+        Some(format!("storage: {v}{ours}"))
     }
 
     /// The key epoch new data is written under (the newest this slot reaches).
@@ -895,6 +951,7 @@ async fn probe(backend: &DynBackend) -> Result<Capabilities> {
         create_once,
         delete,
         durability_unverified: backend.durability_unverified(),
+        versioning: None,
         probed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     })
 }

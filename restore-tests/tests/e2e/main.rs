@@ -14,6 +14,7 @@ mod gc_kills;
 mod golden_vault;
 mod keys;
 mod memory;
+mod object_lock;
 mod reports;
 mod restore_safety;
 mod roundtrip;

@@ -47,11 +47,11 @@ pub fn object_lock(body: &[u8]) -> Result<(bool, Option<(LockMode, u32)>), Strin
         Some(m) => LockMode::parse(m).ok_or_else(|| format!("ObjectLockConfiguration: unknown mode {m:?}"))?,
         None => return Err("ObjectLockConfiguration: a default retention without a mode".into()),
     };
-    let days = match (d.days, d.years) {
-        (Some(days), None) => days,
-        (None, Some(years)) => years.saturating_mul(365),
-        _ => return Err("ObjectLockConfiguration: a default retention needs Days or Years (one of them)".into()),
-    };
+    // S3 sends one of Days and Years; some servers send the other as 0.
+    let days = d.days.unwrap_or(0).saturating_add(d.years.unwrap_or(0).saturating_mul(365));
+    if days == 0 {
+        return Err("ObjectLockConfiguration: a default retention without Days or Years".into());
+    }
     Ok((enabled, Some((mode, days))))
 }
 

@@ -1,0 +1,204 @@
+//! Vaults in S3 buckets with Object Lock. The server is moto's (an emulation of S3, pinned,
+//! started per test): Garage has no Object Lock or versions. moto enforces what matters here:
+//! the upload headers a locked bucket requires, retention on deletes by version id, delete
+//! markers and versions.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+
+use restore_tests::moto::Moto;
+use restore_tests::{World, assert_same_tree, random_file};
+
+fn source(w: &World) -> PathBuf {
+    let src = w.path("src");
+    random_file(&src.join("model/weights.bin"), 40 << 20, 7);
+    for i in 0..20 {
+        random_file(&src.join(format!("docs/file{i:02}.txt")), 500 + i * 91, 50 + i as u64);
+    }
+    src
+}
+
+fn world(moto: &Moto, bucket: &str) -> World {
+    let mut w = World::empty();
+    w.url = format!("s3://{bucket}/vault");
+    w.env = moto.env();
+    w
+}
+
+/// `init` with `extra` flags; its text output.
+fn init(w: &World, extra: &[&str]) -> String {
+    let escrow = w.escrow();
+    let mut args = vec!["init", "--vault", w.vault_str(), "--escrow-key-out", escrow.to_str().unwrap()];
+    args.extend(extra);
+    w.ok(&args)
+}
+
+fn check_clean(w: &World) -> serde_json::Value {
+    let check = w.json(&["check", "--vault", w.vault_str(), "--read-data"]);
+    assert_eq!(check["problems"].as_array().map(Vec::len), Some(0), "{check}");
+    assert_eq!(check["hidden"].as_array().map(Vec::len), Some(0), "{check}");
+    assert_eq!(check["notes"].as_array().map(Vec::len), Some(0), "the versions list: {check}");
+    check
+}
+
+fn restore_equals(w: &World, src: &Path, to: &str, escrow: bool) {
+    let to = w.path(to);
+    let mut cmd = w.agent();
+    if escrow {
+        cmd.env_remove("TRESOR_PASSWORD").env("TRESOR_ESCROW_KEY_FILE", w.escrow());
+    }
+    let out = cmd.args(["restore", "--vault", w.vault_str(), "latest", "--to", to.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    assert_same_tree(src, &to.join(src.strip_prefix("/").unwrap()));
+}
+
+/// Current keys under the vault prefix, with `prefix`.
+fn keys(moto: &Moto, bucket: &str, prefix: &str) -> Vec<String> {
+    let out = moto.admin(&["keys", bucket, &format!("vault/{prefix}")]);
+    out["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect()
+}
+
+/// An object's lock as the server reports it: mode, and seconds left by the server's clock.
+fn lock_of(moto: &Moto, bucket: &str, key: &str) -> (String, f64) {
+    let r = moto.admin(&["retention", bucket, key]);
+    (r["mode"].as_str().unwrap_or_default().to_string(), r["left"].as_f64().unwrap_or(0.0))
+}
+
+/// Init, back up, `check --read-data`, restore with the password and with the escrow key, in
+/// a bucket locked in governance mode by Tresor, in compliance mode by Tresor, and by the
+/// bucket's own default retention; each pack carries the lock the storage was asked for, counted
+/// from the storage's clock, and no version of it can be deleted.
+#[test]
+fn locked_buckets_back_up_check_and_restore_in_each_mode() {
+    let moto = Moto::start();
+    // Bucket, its default retention, init's flags, and the lock each object must carry.
+    type Case<'a> = (&'a str, Option<(&'a str, u32)>, &'a [&'a str], &'a str, f64);
+    let cases: [Case; 3] = [
+        ("gov", None, &["--object-lock", "3600s"], "GOVERNANCE", 3600.0),
+        ("comp", None, &["--object-lock", "2h", "--object-lock-mode", "compliance"], "COMPLIANCE", 7200.0),
+        ("dflt", Some(("GOVERNANCE", 1)), &[], "GOVERNANCE", 86_400.0),
+    ];
+    for (bucket, default, flags, mode, seconds) in cases {
+        moto.bucket(bucket, true, default);
+        let w = world(&moto, bucket);
+        let text = init(&w, flags);
+        assert!(text.contains("versioning enabled") && text.contains("Object Lock"), "{bucket}: {text}");
+        let src = source(&w);
+        w.backup(&[&src]);
+        let check = check_clean(&w);
+        assert!(check["chunks_verified"].as_u64().unwrap() > 20, "{check}");
+        restore_equals(&w, &src, "restored", false);
+        restore_equals(&w, &src, "by-escrow", true);
+
+        let packs = keys(&moto, bucket, "data/");
+        assert!(packs.len() >= 3, "{bucket}: {packs:?}");
+        for key in packs.iter().chain(keys(&moto, bucket, "snapshots/").iter()) {
+            let (got, left) = lock_of(&moto, bucket, key);
+            assert_eq!(got, mode, "{bucket} {key}");
+            // Counted from the server's clock at the write, a few seconds ago at most.
+            assert!(left > seconds - 300.0 && left <= seconds + 2.0, "{bucket} {key}: {left} s left of {seconds}");
+        }
+        let destroyed = moto.admin(&["destroy", bucket, &packs[0]]);
+        assert_eq!(destroyed["deleted"].as_array().map(Vec::len), Some(0), "{bucket}: {destroyed}");
+        assert_eq!(destroyed["refused"][0], "AccessDenied", "{bucket}: {destroyed}");
+    }
+    // --object-lock on a bucket without Object Lock is refused before anything is written.
+    moto.bucket("plain", false, None);
+    let w = world(&moto, "plain");
+    let out = w.run(&["init", "--vault", w.vault_str(), "--object-lock", "1d"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("needs a bucket with Object Lock enabled"), "{err}");
+    assert!(keys(&moto, "plain", "").is_empty(), "nothing written: {:?}", keys(&moto, "plain", ""));
+}
+
+/// A backup killed with SIGKILL after its second pack, on a locked bucket: `check` passes, the
+/// next backup completes and restores equal to the source.
+#[test]
+fn a_backup_killed_on_a_locked_bucket_is_followed_by_a_clean_one() {
+    let moto = Moto::start();
+    moto.bucket("locked", true, Some(("GOVERNANCE", 1)));
+    let w = world(&moto, "locked");
+    init(&w, &["--object-lock", "600s"]);
+    let src = source(&w);
+    let out = w
+        .agent()
+        .env("TRESOR_FAILPOINTS", "after-pack-put=kill@2")
+        .args(["backup", "--vault", w.vault_str(), src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9), "not killed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(w.snapshot_ids().is_empty());
+    check_clean(&w);
+    w.backup(&[&src]);
+    check_clean(&w);
+    restore_equals(&w, &src, "restored", false);
+}
+
+/// An attacker with the agent's credentials hides a pack, an index segment, a snapshot and the
+/// escrow key slot under delete markers and replaces others with new versions; deleting a
+/// locked version is refused. `check` names each, `recover-hidden` brings every one back, and
+/// then check, a new backup and a restore succeed. Then the config and the password slot are
+/// hidden: the vault does not open, `recover-hidden` (which needs no key) brings them back.
+#[test]
+fn objects_an_attacker_hides_or_replaces_are_named_and_brought_back() {
+    let moto = Moto::start();
+    moto.bucket("locked", true, None);
+    let w = world(&moto, "locked");
+    init(&w, &["--object-lock", "3600s"]);
+    let src = source(&w);
+    w.backup(&[&src]);
+    let b = "locked";
+    let (packs, segments, snapshots, slots) =
+        (keys(&moto, b, "data/"), keys(&moto, b, "index/"), keys(&moto, b, "snapshots/"), keys(&moto, b, "keys/"));
+    assert!(packs.len() >= 3 && !segments.is_empty() && snapshots.len() == 1 && slots.len() == 2);
+    let escrow_slot = {
+        let list = w.json(&["key", "list", "--vault", w.vault_str()]);
+        let rows = list.as_array().cloned().unwrap_or_default();
+        let escrow = rows.iter().find(|s| s["kind"] == "escrow").unwrap_or_else(|| panic!("{list}"));
+        format!("vault/keys/{}", escrow["id"].as_str().unwrap())
+    };
+    let hidden = [packs[0].clone(), segments[0].clone(), snapshots[0].clone(), escrow_slot];
+    let replaced = [packs[1].clone()];
+    for k in &hidden {
+        moto.admin(&["hide", b, k]);
+    }
+    for k in &replaced {
+        let destroyed = moto.admin(&["destroy", b, k]);
+        assert_eq!(destroyed["refused"], serde_json::json!(["AccessDenied"]), "{destroyed}");
+        moto.admin(&["replace", b, k]);
+    }
+
+    let out = w.run(&["--json", "check", "--vault", w.vault_str()]);
+    assert!(!out.status.success(), "check must fail");
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let named: Vec<String> =
+        check["hidden"].as_array().unwrap().iter().map(|h| format!("vault/{}", h["key"].as_str().unwrap())).collect();
+    for k in hidden.iter().chain(&replaced) {
+        assert!(named.contains(k), "{k} not named: {check}");
+    }
+    assert_eq!(check["hidden"].as_array().unwrap().len(), hidden.len() + replaced.len(), "{check}");
+    let text = String::from_utf8_lossy(&w.run(&["check", "--vault", w.vault_str()]).stdout).into_owned();
+    assert!(text.contains("recover-hidden") && text.contains("delete marker"), "{text}");
+
+    let dry = w.json(&["recover-hidden", "--vault", w.vault_str(), "--dry-run"]);
+    assert_eq!(dry["recovered"].as_array().map(Vec::len), Some(0), "{dry}");
+    let done = w.json(&["recover-hidden", "--vault", w.vault_str()]);
+    assert_eq!(done["recovered"].as_array().map(Vec::len), Some(hidden.len() + replaced.len()), "{done}");
+    check_clean(&w);
+    restore_equals(&w, &src, "restored", false);
+    restore_equals(&w, &src, "by-escrow", true);
+    random_file(&src.join("docs/new.txt"), 5000, 99);
+    w.backup(&[&src]);
+    check_clean(&w);
+
+    moto.admin(&["hide", b, "vault/config"]);
+    let password_slot = slots.iter().find(|s| !hidden.contains(s)).unwrap().clone();
+    moto.admin(&["hide", b, &password_slot]);
+    let out = w.run(&["check", "--vault", w.vault_str()]);
+    assert!(!out.status.success());
+    let done = w.json(&["recover-hidden", "--vault", w.vault_str()]);
+    assert_eq!(done["recovered"][0], "config", "the config comes back first: {done}");
+    assert_eq!(done["recovered"].as_array().map(Vec::len), Some(2), "{done}");
+    check_clean(&w);
+    restore_equals(&w, &src, "restored-2", false);
+}

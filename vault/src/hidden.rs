@@ -1,0 +1,121 @@
+//! Objects hidden or replaced in a bucket that keeps versions. Whoever may write and delete can
+//! put a delete marker over an object or a new version on top of it; neither destroys the
+//! versions below, which Object Lock keeps. Tresor itself never does either to its write-once
+//! objects (its deletes remove versions by id), so every such object is someone else's doing:
+//! [`find`] names them, [`recover`] makes each one's first version current again.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::backend::{BackendError, DynBackend, ObjectVersion};
+use crate::layout;
+
+/// How an object was hidden.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HiddenBy {
+    /// A delete marker is its current version: plain reads and listings no longer see it.
+    DeleteMarker,
+    /// A version with other content is current: reads return that.
+    Replaced,
+}
+
+/// A write-once object whose current version is not the one Tresor wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HiddenObject {
+    /// Key relative to the vault root.
+    pub key: String,
+    /// How.
+    pub by: HiddenBy,
+    /// When the current version (marker or replacement) was written, as the storage says.
+    pub since: String,
+    /// The first version: what Tresor wrote, and what [`recover`] makes current again.
+    pub original: String,
+}
+
+impl std::fmt::Display for HiddenObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = match self.by {
+            HiddenBy::DeleteMarker => "hidden under a delete marker",
+            HiddenBy::Replaced => "replaced by a version with other content",
+        };
+        write!(f, "{how} since {}; its first version {} is intact", self.since, self.original)
+    }
+}
+
+/// The write-once objects of the vault whose current version is a delete marker, or a version
+/// other than the first. Rewritten objects (session markers, the GC mark, probes) are left out.
+pub async fn find(backend: &DynBackend) -> Result<Vec<HiddenObject>, BackendError> {
+    let mut by_key: BTreeMap<String, Vec<ObjectVersion>> = BTreeMap::new();
+    for v in backend.versions("").await? {
+        if !layout::rewritten(&v.key) {
+            by_key.entry(v.key.clone()).or_default().push(v);
+        }
+    }
+    Ok(by_key.into_iter().filter_map(|(key, versions)| hidden(key, &versions)).collect())
+}
+
+/// Whether one key's versions (each newest first, as listed) show it hidden.
+fn hidden(key: String, versions: &[ObjectVersion]) -> Option<HiddenObject> {
+    let latest = versions.iter().find(|v| v.latest)?;
+    // Listed newest first: the last real version is the first one written.
+    let original = versions.iter().rev().find(|v| !v.delete_marker)?;
+    let by = if latest.delete_marker {
+        HiddenBy::DeleteMarker
+    } else if latest.etag != original.etag || latest.size != original.size {
+        HiddenBy::Replaced
+    } else {
+        return None;
+    };
+    Some(HiddenObject { key, by, since: latest.last_modified.clone(), original: original.version_id.clone() })
+}
+
+/// Make the first version of each hidden object current again, the config first (nothing
+/// opens without it): its bytes are read and written back as a new version, with the vault's
+/// retention. Returns what was brought back; the markers and replacements stay below as history.
+pub async fn recover(backend: &DynBackend, hidden: &[HiddenObject]) -> Result<Vec<String>, BackendError> {
+    let mut order: Vec<&HiddenObject> = hidden.iter().collect();
+    order.sort_by_key(|h| (h.key != layout::CONFIG, h.key.clone()));
+    let mut done = Vec::new();
+    for h in order {
+        let bytes = backend.get_version(&h.key, &h.original).await?;
+        backend.overwrite(&h.key, bytes).await?;
+        done.push(h.key.clone());
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(id: &str, latest: bool, marker: bool, etag: &str) -> ObjectVersion {
+        ObjectVersion {
+            key: "snapshots/x".into(),
+            version_id: id.into(),
+            latest,
+            delete_marker: marker,
+            etag: (!marker).then(|| etag.to_string()),
+            size: if marker { 0 } else { 10 },
+            last_modified: format!("t-{id}"),
+        }
+    }
+
+    #[test]
+    fn markers_and_replacements_are_found_and_the_first_version_named() {
+        let k = || "snapshots/x".to_string();
+        assert_eq!(hidden(k(), &[v("1", true, false, "a")]), None);
+        let marked = hidden(k(), &[v("1", false, false, "a"), v("2", true, true, "")]).unwrap();
+        assert_eq!((marked.by, marked.original.as_str(), marked.since.as_str()), (HiddenBy::DeleteMarker, "1", "t-2"));
+        let replaced = hidden(k(), &[v("3", true, false, "b"), v("1", false, false, "a")]).unwrap();
+        assert_eq!((replaced.by, replaced.original.as_str()), (HiddenBy::Replaced, "1"));
+        // Brought back: the current version has the first one's content again.
+        assert_eq!(
+            hidden(k(), &[v("4", true, false, "a"), v("3", false, false, "b"), v("1", false, false, "a")]),
+            None
+        );
+        // Nothing but markers: nothing to bring back.
+        assert_eq!(hidden(k(), &[v("2", true, true, "")]), None);
+    }
+}
