@@ -211,6 +211,10 @@ pub enum Command {
     Gc {
         #[command(flatten)]
         vault: VaultArg,
+        /// How often this GC runs: in a locked vault, locks ending within --grace plus this are
+        /// extended, and a retention not longer than both is refused.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+        maintenance_interval: std::time::Duration,
         /// How long marked packs wait before a later run deletes them.
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         grace: std::time::Duration,

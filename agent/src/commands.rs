@@ -588,6 +588,13 @@ pub async fn key(g: &Global, action: &KeyAction) -> anyhow::Result<Outcome> {
         KeyAction::Remove { vault, id } => {
             let mut v = open_upgraded(g, &vault.vault).await?;
             let report = v.key_remove(id).await?;
+            if !report.locked.is_empty() {
+                let text = format!(
+                    "key slot {id} is left out of key epoch {} (it opens no newer data), but Object Lock keeps it until its retention passes; run `key remove` again then",
+                    report.epoch
+                );
+                return Ok(Outcome::ok(json!({"removed": null, "locked": id, "epoch": report.epoch}), text));
+            }
             Ok(epoch_outcome(json!({"removed": id}), &format!("removed key slot {id}"), &report))
         }
         KeyAction::Rotate { vault, master: true, .. } => {

@@ -135,7 +135,9 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
             commands::check(g, &vault.vault, *read_data, read_data_subset.as_deref(), *seed).await
         }
         Command::Key { action } => commands::key(g, action).await,
-        Command::Gc { vault, grace, reset_expected } => maintain::gc(g, &vault.vault, *grace, *reset_expected).await,
+        Command::Gc { vault, grace, maintenance_interval, reset_expected } => {
+            maintain::gc(g, &vault.vault, *grace, *maintenance_interval, *reset_expected).await
+        }
         Command::Forget { vault, snapshots, keep, tz, dry_run } => {
             maintain::forget(g, &vault.vault, snapshots, &keep.rules(), *tz, *dry_run).await
         }

@@ -13,14 +13,20 @@ use crate::expected::Expected;
 
 /// `gc`: collect garbage in two phases (mark now, delete at a later run once the mark is older
 /// than `grace`), refusing when the listing lacks a snapshot this host expects.
-pub async fn gc(g: &Global, url: &str, grace: std::time::Duration, reset_expected: bool) -> anyhow::Result<Outcome> {
+pub async fn gc(
+    g: &Global,
+    url: &str,
+    grace: std::time::Duration,
+    maintenance_interval: std::time::Duration,
+    reset_expected: bool,
+) -> anyhow::Result<Outcome> {
     let vault = open(g, url).await?;
     let root = cache_root(g)?;
     let mut expected = Expected::load(&root, &vault.config().vault_id)?;
     if reset_expected {
         expected.ids.clear();
     }
-    let opts = GcOptions { grace, guard: None, expected: expected.ids.clone() };
+    let opts = GcOptions { grace, guard: None, expected: expected.ids.clone(), maintenance_interval };
     let report = match gc::run(vault, &root, &opts).await {
         Err(tresor_vault::Error::SnapshotsMissing(missing)) => {
             let text = format!(
@@ -46,10 +52,21 @@ pub async fn gc(g: &Global, url: &str, grace: std::time::Duration, reset_expecte
     if let Some(p) = &report.postponed {
         text.push_str(&format!("\n  sweep postponed: {p}"));
     }
-    for w in report.kept.iter().chain(&report.false_index_entries).chain(&report.quarantined) {
+    for w in &report.waiting {
+        text.push_str(&format!("\n  waiting: {w}"));
+    }
+    if report.locks_extended > 0 || report.old_versions_removed > 0 {
+        text.push_str(&format!(
+            "\n  Object Lock extended on {} live object(s); {} old version(s) of rewritten objects removed",
+            report.locks_extended, report.old_versions_removed
+        ));
+    }
+    for w in report.kept.iter().chain(&report.false_index_entries).chain(&report.quarantined).chain(&report.lock_errors)
+    {
         text.push_str(&format!("\n  WARNING {w}"));
     }
-    let findings = report.kept.len() + report.false_index_entries.len() + report.quarantined.len();
+    let findings =
+        report.kept.len() + report.false_index_entries.len() + report.quarantined.len() + report.lock_errors.len();
     Ok(Outcome {
         json: serde_json::to_value(&report)?,
         text,
@@ -108,19 +125,24 @@ pub async fn forget(
         }
         expected.save()?;
     }
-    let mut forgotten = Vec::new();
+    let (mut forgotten, mut locked) = (Vec::new(), Vec::new());
+    let verb = if dry_run { "would forget" } else { "forgot" };
+    let mut lines = String::new();
     for (id, why) in &chosen {
-        if !dry_run {
-            vault.forget_snapshot(id).await?;
+        if !dry_run && let Some(kept) = vault.forget_snapshot(id).await? {
+            lines.push_str(&format!("\n  {id}: not yet: {kept}"));
+            locked.push(json!({"id": id.to_string(), "why": why, "kept": kept}));
+            continue;
         }
+        lines.push_str(&format!("\n  {id}: {why}"));
         forgotten.push(json!({"id": id.to_string(), "why": why}));
     }
-    let verb = if dry_run { "would forget" } else { "forgot" };
     let mut text = format!("{verb} {} snapshot(s)", forgotten.len());
-    for (id, why) in &chosen {
-        text.push_str(&format!("\n  {id}: {why}"));
+    if !locked.is_empty() {
+        text.push_str(&format!("; {} kept by Object Lock until their retention passes", locked.len()));
     }
-    Ok(Outcome::ok_with(json!({"forgotten": forgotten, "dry_run": dry_run}), text))
+    text.push_str(&lines);
+    Ok(Outcome::ok_with(json!({"forgotten": forgotten, "locked": locked, "dry_run": dry_run}), text))
 }
 
 /// A snapshot id and its manifest's time (Unix ms), if it has one to go by.

@@ -108,6 +108,16 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
     }
     for v in ctl.policies().values().flat_map(|p| p.vaults.iter()) {
         let rec = ctl.catalog.vault(&v.name)?;
+        if !rec.lock_error.is_empty() {
+            out.push(Problem {
+                kind: "object_lock_extension_failed",
+                subject: v.name.clone(),
+                message: format!(
+                    "vault {}: the maintainer could not extend the Object Lock of live objects, which may become deletable when their locks run out: {}",
+                    v.name, rec.lock_error
+                ),
+            });
+        }
         if !rec.revoke_slots.is_empty() {
             let why = if rec.revoke_error.is_empty() {
                 "waiting for the maintainer's next prune".to_string()

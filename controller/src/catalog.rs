@@ -104,6 +104,10 @@ pub struct VaultRecord {
     /// The key epoch the maintainer writes under, from its last prune.
     #[serde(default)]
     pub key_epoch: u32,
+    /// Live objects whose Object Lock the last prune could not extend: an alert until a prune
+    /// extends every lock.
+    #[serde(default)]
+    pub lock_error: String,
 }
 
 impl SourceRecord {

@@ -665,6 +665,11 @@ impl Controller {
             reasons: plan.reasons.clone(),
             revoke_slots: self.catalog.vault(vault)?.revoke_slots,
             expected,
+            maintenance_interval_seconds: vp
+                .prune
+                .as_ref()
+                .and_then(|s| s.longest_gap(chrono::Utc::now(), 32))
+                .map_or(0, |g| g.as_secs()),
         };
         let job = JobRecord::new(id, a.name, vault.to_string(), spec, trigger, self.config.max_attempts);
         self.jobs.submit(&job)?;

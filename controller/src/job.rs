@@ -61,6 +61,9 @@ pub enum JobSpec {
         /// Receipted snapshots of the vault not forgotten by this job: GC's listing must hold them.
         #[serde(default)]
         expected: Vec<String>,
+        /// The longest gap between the vault's scheduled prunes, 0 when not scheduled.
+        #[serde(default)]
+        maintenance_interval_seconds: u64,
     },
     /// List the vault's snapshots and receipts (catalog rebuild).
     Scan,
@@ -295,12 +298,15 @@ impl JobRecord {
             JobSpec::Check { read_data_percent, .. } => {
                 Kind::Check(pb::CheckJob { vault: self.vault.clone(), read_data_percent: *read_data_percent })
             }
-            JobSpec::Prune { forget, gc_grace_seconds, revoke_slots, expected, .. } => Kind::Prune(pb::PruneJob {
+            JobSpec::Prune {
+                forget, gc_grace_seconds, revoke_slots, expected, maintenance_interval_seconds, ..
+            } => Kind::Prune(pb::PruneJob {
                 vault: self.vault.clone(),
                 forget: forget.clone(),
                 gc_grace_seconds: *gc_grace_seconds,
                 revoke_slots: revoke_slots.clone(),
                 expected: expected.clone(),
+                maintenance_interval_seconds: *maintenance_interval_seconds,
             }),
             JobSpec::Scan => Kind::Scan(pb::ScanJob { vault: self.vault.clone() }),
             JobSpec::Drill(d) => Kind::Drill(pb::DrillJob {

@@ -135,6 +135,7 @@ impl Controller {
                     ("gc.delete", &run, crate::audit_log::OK, &p.deleted),
                     ("gc.kept", &object, crate::audit_log::FAILED, &p.gc_warnings),
                     ("gc.quarantine", &object, crate::audit_log::FAILED, &p.quarantined),
+                    ("lock.extend_failed", &object, crate::audit_log::FAILED, &p.lock_errors),
                 ];
                 for (action, object, outcome, items) in entries {
                     for item in items {
@@ -166,6 +167,10 @@ impl Controller {
                     n => format!("{n} finding(s), first: {}", findings[0]),
                 };
                 v.gc_warning = warning;
+                v.lock_error = match p.lock_errors.as_slice() {
+                    [] => String::new(),
+                    [first, ..] => format!("{} object(s), first: {first}", p.lock_errors.len()),
+                };
                 self.catalog.put_vault(&job.vault, &v)?;
                 if let Some(vid) = self.known_vault_id(&job.vault) {
                     for s in &p.forgotten {

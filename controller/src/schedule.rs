@@ -51,6 +51,20 @@ impl Schedule {
         cron.find_next_occurrence(&after.with_timezone(&tz), false).ok().map(|t| t.with_timezone(&Utc))
     }
 
+    /// The longest gap between the next `slots` slots after `now` (an irregular cron, such as
+    /// weekdays only, has gaps of different lengths); `None` without two slots.
+    pub fn longest_gap(&self, now: DateTime<Utc>, slots: usize) -> Option<Duration> {
+        let mut prev = self.next_slot(now)?;
+        let mut longest = None;
+        for _ in 1..slots {
+            let next = self.next_slot(prev)?;
+            let gap = (next - prev).to_std().ok()?;
+            longest = Some(longest.map_or(gap, |l: Duration| l.max(gap)));
+            prev = next;
+        }
+        longest
+    }
+
     /// This source's fixed share of the jitter window, so runs spread out but stay predictable.
     pub fn jitter_for(&self, key: &str) -> Duration {
         let ms = self.jitter.as_millis() as u64;

@@ -45,8 +45,18 @@ def main():
         out["mode"] = head.get("ObjectLockMode")
         until = head.get("ObjectLockRetainUntilDate")
         date = email.utils.parsedate_to_datetime(head["ResponseMetadata"]["HTTPHeaders"]["date"])
-        # Seconds of retention left by the server's own clock.
+        # Seconds of retention left by the server's own clock, and both times.
         out["left"] = (until - date).total_seconds() if until else None
+        out["until"] = until.timestamp() if until else None
+        out["now"] = date.timestamp()
+    elif command == "versions":
+        # versions BUCKET KEY [prefix]: how many versions and delete markers the key (or every
+        # key under the prefix) has
+        listed = s3.list_object_versions(Bucket=args[0], Prefix=args[1])
+        whole = len(args) > 2 and args[2] == "prefix"
+        same = lambda items: [v for v in items if whole or v["Key"] == args[1]]
+        out["versions"] = len(same(listed.get("Versions", [])))
+        out["markers"] = len(same(listed.get("DeleteMarkers", [])))
     elif command == "hide":
         # hide BUCKET KEY: a plain delete (a delete marker in a versioned bucket)
         s3.delete_object(Bucket=args[0], Key=args[1])

@@ -56,6 +56,10 @@ pub struct GcOptions {
     /// Snapshots the maintainer knows exist (receipted, or recorded by this host, minus those
     /// it forgot): a listing without any of them aborts the run.
     pub expected: BTreeSet<ObjectId>,
+    /// How often the maintainer runs; zero when not known ([`crate::lock::ASSUMED_INTERVAL`]
+    /// is assumed). In a locked vault, locks ending within the grace period plus this are
+    /// extended, and a retention not longer than both is refused (FM-34).
+    pub maintenance_interval: Duration,
 }
 
 /// What a run did.
@@ -89,6 +93,15 @@ pub struct GcReport {
     pub quarantined: Vec<String>,
     /// Each pack deleted, with why it could go: for the audit log.
     pub deleted: Vec<String>,
+    /// Doomed packs that Object Lock (on them or on a segment indexing them) still keeps, with
+    /// until when: not a finding, a later run deletes them.
+    pub waiting: Vec<String>,
+    /// Live objects whose Object Lock was extended.
+    pub locks_extended: usize,
+    /// Live objects whose lock could not be read or extended, with why (alerted).
+    pub lock_errors: Vec<String>,
+    /// Old versions of rewritten objects (session markers, the mark) removed.
+    pub old_versions_removed: usize,
     /// The snapshots listed (for the caller's record of what to expect next time).
     #[serde(skip)]
     pub listed_snapshots: BTreeSet<ObjectId>,
@@ -343,6 +356,12 @@ async fn still_needed(
 pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<GcReport> {
     // GC rewrites index segments and the mark; a stale slot would seal them under an old epoch.
     vault.check_epoch().await?;
+    let interval =
+        if opts.maintenance_interval.is_zero() { crate::lock::ASSUMED_INTERVAL } else { opts.maintenance_interval };
+    let lock = crate::lock::effective(&vault);
+    if let Some(r) = lock {
+        crate::lock::check_covers(r, opts.grace, interval)?;
+    }
     let mut report = GcReport::default();
     let observed_at = Observations::path(&vault, cache);
     let mut seen = Observations::load(&observed_at).await;
@@ -375,6 +394,13 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
     let unreferenced: BTreeSet<PackId> =
         listed.keys().filter(|p| !refs.contains(p) && !announced.contains(p)).copied().collect();
     report.unreferenced = unreferenced.len();
+    if let Some(r) = lock {
+        let live: BTreeSet<PackId> = refs.iter().copied().collect();
+        let done = crate::lock::extend(&vault, &live, &opts.expected, r, opts.grace + interval).await?;
+        report.locks_extended = done.extended;
+        report.lock_errors = done.errors;
+    }
+    let versioned = vault.storage_versioning().is_some_and(|v| v.keeps_versions());
 
     if let Some((mark, age)) = mark {
         if age < opts.grace.as_secs() {
@@ -397,20 +423,45 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
         let keep = still_needed(&vault, &doomed, &watch, &placed, &mut report).await?;
         report.swept = true;
         doomed.retain(|p| !keep.contains(p));
+        if lock.is_some() {
+            let keys = doomed.iter().map(layout::pack).collect();
+            for (key, until) in crate::lock::still_locked(vault.backend(), keys).await? {
+                if let Some(p) = layout::id_of::<PackId>(&key).filter(|p| doomed.remove(p)) {
+                    report
+                        .waiting
+                        .push(format!("pack {p}: Object Lock keeps it until {until}; a later run deletes it"));
+                }
+            }
+        }
         // Compacted segments and the next mark are sealed: not under an epoch that ended meanwhile.
         vault.check_epoch().await?;
         guard(opts)?;
         if !doomed.is_empty() {
-            report.segments_compacted = compact_index(&vault, &doomed).await?;
+            report.segments_compacted = if lock.is_some() {
+                compact_locked(&vault, &mut doomed, &mut report).await?
+            } else {
+                compact_index(&vault, &doomed).await?
+            };
             // Live chunks each doomed pack holds (read where the index places them), for the audit.
             let mut held: HashMap<PackId, usize> = HashMap::new();
             for p in placed.keys().filter_map(|c| watch.get(c)).flatten() {
                 *held.entry(*p).or_default() += 1;
             }
-            for p in &doomed {
+            for p in &doomed.clone() {
                 guard(opts)?;
                 crate::failpoint::hit("gc-before-pack-delete");
-                vault.backend().delete(&layout::pack(p)).await?;
+                match vault.backend().delete(&layout::pack(p)).await {
+                    Ok(()) => {}
+                    // Out of the index already: an unreferenced pack a later run deletes.
+                    Err(BackendError::Retained { detail, .. }) => {
+                        doomed.remove(p);
+                        report
+                            .waiting
+                            .push(format!("pack {p}: Object Lock keeps it ({detail}); a later run deletes it"));
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 report.packs_deleted += 1;
                 let bytes = listed.get(p).copied().unwrap_or(0);
                 report.bytes_freed += bytes;
@@ -427,11 +478,14 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
         let unreferenced: BTreeSet<PackId> = unreferenced.difference(&doomed).copied().collect();
         write_mark(&vault, &unreferenced, &mut report, &mut seen).await?;
         seen.save(&observed_at).await?;
-        return Ok(report);
+    } else {
+        vault.check_epoch().await?;
+        write_mark(&vault, &unreferenced, &mut report, &mut seen).await?;
+        seen.save(&observed_at).await?;
     }
-    vault.check_epoch().await?;
-    write_mark(&vault, &unreferenced, &mut report, &mut seen).await?;
-    seen.save(&observed_at).await?;
+    if versioned {
+        report.old_versions_removed = crate::lock::clean_rewritten(vault.backend()).await?.removed;
+    }
     Ok(report)
 }
 
@@ -475,6 +529,46 @@ async fn compact_index(vault: &Vault, doomed: &BTreeSet<PackId>) -> Result<usize
             vault.backend().delete(&layout::segment(id)).await?;
             crate::failpoint::hit("gc-after-segment-delete");
         }
+    }
+    Ok(old.len())
+}
+
+/// [`compact_index`] in a locked vault: only the segments that index a doomed pack are
+/// rewritten (a rewrite would lock the others anew). A segment a lock still keeps cannot go, so
+/// the doomed packs it indexes are kept for a later run.
+async fn compact_locked(vault: &Vault, doomed: &mut BTreeSet<PackId>, report: &mut GcReport) -> Result<usize> {
+    let mut touched: Vec<(ObjectId, Segment)> = Vec::new();
+    for info in vault.backend().list(layout::INDEX).await? {
+        let Some(id) = layout::id_of::<ObjectId>(&info.key) else { continue };
+        let seg = vault.read_segment(&id).await?;
+        if seg.packs.iter().any(|p| doomed.contains(&p.id)) {
+            touched.push((id, seg));
+        }
+    }
+    let keys = touched.iter().map(|(id, _)| layout::segment(id)).collect();
+    let held = crate::lock::still_locked(vault.backend(), keys).await?;
+    touched.retain(|(id, seg)| {
+        let Some(until) = held.get(&layout::segment(id)) else { return true };
+        for p in seg.packs.iter().filter(|p| doomed.remove(&p.id)) {
+            report.waiting.push(format!(
+                "pack {}: indexed by segment {id}, which Object Lock keeps until {until}; a later run deletes it",
+                p.id
+            ));
+        }
+        false
+    });
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    let (old, segments): (Vec<ObjectId>, Vec<Segment>) = touched.into_iter().unzip();
+    let mut written = HashSet::new();
+    for seg in compacted(&segments, &old, doomed) {
+        written.insert(vault.write_segment(&seg).await?);
+        crate::failpoint::hit("gc-after-segment-write");
+    }
+    for id in old.iter().filter(|id| !written.contains(*id)) {
+        vault.backend().delete(&layout::segment(id)).await?;
+        crate::failpoint::hit("gc-after-segment-delete");
     }
     Ok(old.len())
 }

@@ -32,6 +32,7 @@ mod keyring;
 pub mod keys;
 pub mod layout;
 pub mod localfile;
+pub mod lock;
 pub mod object;
 pub mod pack;
 pub mod restore;

@@ -89,6 +89,9 @@ pub struct EpochReport {
     pub left_out: Vec<String>,
     /// The slots deleted (by `remove_slots`; those asked for but not found are not among them).
     pub removed: Vec<String>,
+    /// Slots left out (they open no newer data) that Object Lock keeps until their retention
+    /// passes; a later removal deletes them.
+    pub locked: Vec<String>,
 }
 
 impl Vault {
@@ -433,6 +436,7 @@ impl Vault {
                 carried: Vec::new(),
                 left_out: Vec::new(),
                 removed: Vec::new(),
+                locked: Vec::new(),
             });
         }
         for kind in [SlotKind::Password, SlotKind::Escrow] {
@@ -451,11 +455,27 @@ impl Vault {
             )));
         }
         // The epoch first: a crash after it leaves the slots stranded already, never readable.
-        let mut report = self.start_epoch_with(&slots, reason, &present).await?;
+        // Slots an earlier epoch left out (Object Lock kept them) need no new one.
+        let out = self.left_out_slots().await?;
+        let mut report = if present.iter().all(|id| out.contains(*id)) {
+            EpochReport {
+                epoch: self.key_epoch(),
+                carried: Vec::new(),
+                left_out: present.iter().map(|s| s.to_string()).collect(),
+                removed: Vec::new(),
+                locked: Vec::new(),
+            }
+        } else {
+            self.start_epoch_with(&slots, reason, &present).await?
+        };
         crate::failpoint::hit("remove-after-epoch");
         for id in present {
             match self.backend.delete(&layout::key_slot(id)).await {
                 Ok(()) | Err(BackendError::NotFound(_)) => report.removed.push(id.to_string()),
+                Err(BackendError::Retained { detail, .. }) => {
+                    tracing::warn!(slot = id, %detail, "key slot left out of the key epoch but kept by Object Lock");
+                    report.locked.push(id.to_string());
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -469,10 +489,24 @@ impl Vault {
         let label = self.key_list().await?.into_iter().find(|s| s.id == old).map(|s| s.label).unwrap_or_default();
         let slot = self.key_add(new_secret, &label).await?;
         crate::failpoint::hit("rotate-before-delete");
-        self.backend.delete(&layout::key_slot(&old)).await?;
+        match self.backend.delete(&layout::key_slot(&old)).await {
+            Ok(()) | Err(BackendError::NotFound(_)) => {}
+            // The same holder: the old secret opening the vault until the lock passes is no loss.
+            Err(BackendError::Retained { detail, .. }) => {
+                tracing::warn!(slot = %old, %detail, "the old key slot stays until its Object Lock passes; `key remove` it then");
+            }
+            Err(e) => return Err(e.into()),
+        }
         crate::failpoint::hit("rotate-after-delete");
         self.slot_id = slot.id.clone();
         Ok(slot)
+    }
+
+    /// The ids of slots some key epoch left out (removed or revoked ones, and slots made before
+    /// key epochs once a later epoch began): they open no newer data.
+    pub async fn left_out_slots(&self) -> Result<std::collections::BTreeSet<String>> {
+        let records = read_epoch_records(&self.backend, &self.config.vault_id).await?;
+        Ok(records.into_values().flatten().flat_map(|r| r.left_out).collect())
     }
 
     /// Start a new key epoch: a new random master key, granted to every slot except `leave_out`
@@ -547,6 +581,7 @@ impl Vault {
             carried: carried.into_iter().map(|(id, ..)| id).collect(),
             left_out,
             removed: Vec::new(),
+            locked: Vec::new(),
         })
     }
 
@@ -643,14 +678,19 @@ impl Vault {
 
     /// Forget a snapshot: its manifest goes first, then its receipt. Its data stays until
     /// garbage collection finds it unreferenced. Forgetting one already gone is not an error.
-    pub async fn forget_snapshot(&self, id: &SnapshotId) -> Result<()> {
+    /// In a locked bucket a snapshot whose lock has not run out stays: the answer then says
+    /// until when (`Some`), and a later forget removes it.
+    pub async fn forget_snapshot(&self, id: &SnapshotId) -> Result<Option<String>> {
         for key in [layout::snapshot(id), layout::receipt(id)] {
             match self.backend.delete(&key).await {
                 Ok(()) | Err(BackendError::NotFound(_)) => {}
+                Err(BackendError::Retained { detail, .. }) => {
+                    return Ok(Some(format!("{key} is kept by Object Lock ({detail})")));
+                }
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Every receipt in the vault, by snapshot id. A receipt that does not open is reported as an

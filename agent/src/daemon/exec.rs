@@ -275,11 +275,17 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
     } else {
         ctx.leases.check(&jr.job_id, jr.attempt).map_err(anyhow::Error::msg)?;
         match revoke_slots(ctx, &p.vault, &p.revoke_slots).await {
-            Ok(removed) => {
+            Ok((removed, locked)) => {
                 // Only what was really deleted counts: a slot id the revoked agent reported that
                 // is not in the vault stays pending (a false report must not pass as a revocation).
-                let absent: Vec<&String> = p.revoke_slots.iter().filter(|s| !removed.contains(s)).collect();
-                let why = if absent.is_empty() {
+                let absent: Vec<&String> =
+                    p.revoke_slots.iter().filter(|s| !removed.contains(s) && !locked.contains(s)).collect();
+                let why = if !locked.is_empty() {
+                    format!(
+                        "slot(s) {} are left out of the key epoch (they open no new data) but Object Lock keeps them until their retention passes; a later prune removes them",
+                        locked.join(", ")
+                    )
+                } else if absent.is_empty() {
                     String::new()
                 } else {
                     format!(
@@ -300,8 +306,11 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
     for s in &p.forget {
         ctx.leases.check(&jr.job_id, jr.attempt).map_err(anyhow::Error::msg)?;
         let id: SnapshotId = s.parse().map_err(|_| anyhow::anyhow!("prune: bad snapshot id {s:?}"))?;
-        vault.forget_snapshot(&id).await?;
-        forgotten.push(s.clone());
+        // Kept by Object Lock: not reported as forgotten, so the controller plans it again.
+        match vault.forget_snapshot(&id).await? {
+            None => forgotten.push(s.clone()),
+            Some(kept) => tracing::info!(vault = %p.vault, snapshot = %s, "{kept}; forgotten by a later prune"),
+        }
     }
     let mut expected = std::collections::BTreeSet::new();
     for s in &p.expected {
@@ -311,6 +320,7 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         grace: std::time::Duration::from_secs(u64::from(p.gc_grace_seconds)),
         guard: Some(ctx.leases.guard(jr)),
         expected,
+        maintenance_interval: std::time::Duration::from_secs(p.maintenance_interval_seconds),
     };
     // Whatever GC does next, the controller hears what was forgotten and revoked, and the key
     // epoch new data is written under.
@@ -343,19 +353,27 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         swept: r.swept,
         quarantined: r.quarantined,
         deleted: r.deleted,
+        locks_extended: r.locks_extended as u64,
+        lock_errors: r.lock_errors,
+        old_versions_removed: r.old_versions_removed as u64,
+        packs_waiting: r.waiting.len() as u64,
         ..done
     }))
 }
 
 /// Remove the key slots of revoked agents with one new key epoch. This agent's own slot is
 /// upgraded first if it was made before key epochs, so it is carried into the new one.
-async fn revoke_slots(ctx: &Arc<AgentCtx>, vault: &str, slots: &[String]) -> anyhow::Result<Vec<String>> {
+async fn revoke_slots(
+    ctx: &Arc<AgentCtx>,
+    vault: &str,
+    slots: &[String],
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let (mut v, secret) = ctx.vault_owned(vault).await?;
     if let Some(slot) = v.key_upgrade(&secret).await? {
         tracing::info!(vault, slot = %slot.id, "own key slot upgraded to take key epochs");
     }
     let ids: Vec<&str> = slots.iter().map(String::as_str).collect();
     let report = v.remove_slots(&ids, "agent revoked at the controller").await?;
-    tracing::warn!(vault, epoch = report.epoch, removed = ?report.removed, "revoked key slots removed; a new key epoch began");
-    Ok(report.removed)
+    tracing::warn!(vault, epoch = report.epoch, removed = ?report.removed, locked = ?report.locked, "revoked key slots left out of a new key epoch and removed (those Object Lock keeps, once it passes)");
+    Ok((report.removed, report.locked))
 }

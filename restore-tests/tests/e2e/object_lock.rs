@@ -202,3 +202,74 @@ fn objects_an_attacker_hides_or_replaces_are_named_and_brought_back() {
     check_clean(&w);
     restore_equals(&w, &src, "restored-2", false);
 }
+
+/// Retention keeps pace: with a 20 s lock, GC run every 15 s and a 2 s grace, a pack a live
+/// snapshot references is still locked after its first retain-until (the maintainer extended
+/// it), while the pack of a forgotten snapshot is deleted for good (every version) once its lock
+/// passed. Forgetting a snapshot under its lock says "not yet"; session markers leave no
+/// versions or delete markers behind; a retention not longer than grace plus interval is
+/// refused (FM-34).
+#[test]
+fn live_packs_stay_locked_and_unreferenced_ones_go_once_their_lock_passes() {
+    let moto = Moto::start();
+    moto.bucket("locked", true, None);
+    let w = world(&moto, "locked");
+    init(&w, &["--object-lock", "20s"]);
+    let gc = |grace: &str, interval: &str| {
+        w.json(&["gc", "--vault", w.vault_str(), "--grace", grace, "--maintenance-interval", interval])
+    };
+    let (one, two) = (w.path("one"), w.path("two"));
+    random_file(&one.join("a.bin"), 3 << 20, 1);
+    random_file(&two.join("b.bin"), 3 << 20, 2);
+    let first = w.backup(&[&one])["snapshot"].as_str().unwrap().to_string();
+    let first_packs = keys(&moto, "locked", "data/");
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    w.backup(&[&two]);
+    let second_packs: Vec<String> =
+        keys(&moto, "locked", "data/").into_iter().filter(|k| !first_packs.contains(k)).collect();
+    assert!(!first_packs.is_empty() && !second_packs.is_empty());
+    let first_until = moto.admin(&["retention", "locked", &second_packs[0]])["until"].as_f64().unwrap();
+
+    let out = w.run(&["gc", "--vault", w.vault_str(), "--grace", "10s", "--maintenance-interval", "15s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("must be longer than the GC grace period"), "{err}");
+
+    // Forgotten only once its lock passed; until then "not yet".
+    let forgot = w.json(&["forget", "--vault", w.vault_str(), &first]);
+    assert_eq!(forgot["locked"][0]["id"], first.as_str(), "{forgot}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let forgot = w.json(&["forget", "--vault", w.vault_str(), &first]);
+        if forgot["forgotten"].as_array().is_some_and(|f| f.len() == 1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never forgotten: {forgot}");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let marked = gc("2s", "15s");
+    assert!(marked["locks_extended"].as_u64().unwrap() >= 1, "the live pack's lock was due: {marked}");
+    assert!(marked["packs_marked"].as_u64().unwrap() >= 1, "{marked}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let swept = gc("2s", "15s");
+    assert_eq!(swept["packs_deleted"].as_u64(), Some(first_packs.len() as u64), "{swept}");
+    // Session markers were rewritten and deleted by version id: no versions or markers remain.
+    let sessions = moto.admin(&["versions", "locked", "vault/sessions/", "prefix"]);
+    assert_eq!((sessions["versions"].as_u64(), sessions["markers"].as_u64()), (Some(0), Some(0)), "{sessions}");
+    for p in &first_packs {
+        let v = moto.admin(&["versions", "locked", p]);
+        assert_eq!((v["versions"].as_u64(), v["markers"].as_u64()), (Some(0), Some(0)), "{p} not gone for good: {v}");
+    }
+    // Past the live pack's first retain-until, it is still locked.
+    loop {
+        let r = moto.admin(&["retention", "locked", &second_packs[0]]);
+        if r["now"].as_f64().unwrap() > first_until + 1.0 {
+            assert!(r["left"].as_f64().unwrap() > 0.0, "the live pack's lock ran out: {r}");
+            let destroyed = moto.admin(&["destroy", "locked", &second_packs[0]]);
+            assert_eq!(destroyed["refused"], serde_json::json!(["AccessDenied"]), "{destroyed}");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    check_clean(&w);
+    restore_equals(&w, &two, "restored", false);
+}

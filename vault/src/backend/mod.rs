@@ -277,6 +277,20 @@ pub trait Backend: Send + Sync + 'static {
     async fn delete_version(&self, key: &str, _version_id: &str) -> Result<(), BackendError> {
         Err(BackendError::NoVersions(key.to_string()))
     }
+    /// Until when Object Lock keeps the current version of `key` (a legal hold counts as kept
+    /// for good); `None` when nothing keeps it.
+    async fn retained_until(&self, _key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, BackendError> {
+        Ok(None)
+    }
+    /// Keep the current version of `key` locked until `until` (never shortens a lock).
+    async fn extend_retention(
+        &self,
+        key: &str,
+        _retention: Retention,
+        _until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::NoVersions(key.to_string()))
+    }
     /// Fail where storage has directories and the one `prefix` names is missing (a local vault
     /// whose `snapshots/` went away would otherwise list as empty). Object stores have no
     /// directories: always fine there.

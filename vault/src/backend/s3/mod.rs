@@ -257,7 +257,8 @@ impl S3Backend {
                 async move {
                     let reply = e.signed.send(&e.store, request, key).await?;
                     match reply.status.as_u16() {
-                        409 | 429 | 500..=599 => Err(status_error(key, &reply)),
+                        // 501 is an answer (the server lacks the call), not a passing failure.
+                        409 | 429 | 500 | 502..=599 => Err(status_error(key, &reply)),
                         _ => Ok(reply),
                     }
                 }
@@ -722,6 +723,49 @@ impl Backend for S3Backend {
         match reply.status.as_u16() {
             200..=299 | 404 => Ok(()),
             403 => Err(self.refusal(key, &path, version_id, &reply).await),
+            _ => Err(status_error(key, &reply)),
+        }
+    }
+
+    async fn retained_until(&self, key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, BackendError> {
+        let path = self.path(key)?;
+        let head = self.send(key, || Request::new(Method::HEAD, Some(path.as_ref()))).await?;
+        match head.status.as_u16() {
+            200 => {}
+            _ => return Err(status_error(key, &head)),
+        }
+        if head.header("x-amz-object-lock-legal-hold") == Some("ON") {
+            return Ok(Some(chrono::DateTime::<chrono::Utc>::MAX_UTC));
+        }
+        let until = head.header("x-amz-object-lock-retain-until-date").map(str::to_string);
+        let Some(until) = until else { return Ok(None) };
+        let until = chrono::DateTime::parse_from_rfc3339(&until)
+            .map_err(|e| other(key, &format!("retain-until date {until:?}: {e}")))?
+            .with_timezone(&chrono::Utc);
+        let now = self.clock.now().unwrap_or_else(chrono::Utc::now);
+        Ok((until > now).then_some(until))
+    }
+
+    async fn extend_retention(
+        &self,
+        key: &str,
+        retention: Retention,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), BackendError> {
+        let path = self.path(key)?;
+        let body = Bytes::from(format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode><RetainUntilDate>{}</RetainUntilDate></Retention>",
+            retention.mode.s3_name(),
+            until.format("%Y-%m-%dT%H:%M:%S.000Z")
+        ));
+        let sums = signed::Checksums::of(&body);
+        let reply = self
+            .send(key, || {
+                Request::new(Method::PUT, Some(path.as_ref())).query("retention", "").checked_body(body.clone(), &sums)
+            })
+            .await?;
+        match reply.status.as_u16() {
+            200..=299 => Ok(()),
             _ => Err(status_error(key, &reply)),
         }
     }

@@ -208,8 +208,9 @@ pub fn status_error(key: &str, reply: &Reply) -> BackendError {
         404 if code == "NoSuchBucket" => BackendError::NoSuchLocation(key.into()),
         404 => BackendError::NotFound(key.into()),
         401 | 403 => BackendError::PermissionDenied { key: key.into(), detail },
-        // 409 is a concurrent conditional write (retry), 429 and 5xx are the server's trouble.
-        409 | 429 | 500..=599 => transient(key, &detail),
+        // 409 is a concurrent conditional write (retry), 429 and 5xx are the server's trouble;
+        // 501 means the server lacks the call.
+        409 | 429 | 500 | 502..=599 => transient(key, &detail),
         _ => other(key, &detail),
     }
 }

@@ -1,0 +1,208 @@
+//! Object Lock upkeep by the maintainer (docs/FORMAT.md, "Locked buckets"). Every live object's
+//! lock is extended before it runs out; GC learns which doomed packs and index segments a lock
+//! still keeps (they wait for a later run); old versions of rewritten objects (session markers,
+//! the GC mark, probes) are removed once nothing keeps them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::backend::{BackendError, DynBackend, ObjectVersion, Retention};
+use crate::error::{Error, Result};
+use crate::ids::{ObjectId, PackId};
+use crate::layout;
+use crate::vault::Vault;
+
+/// Lock requests in flight at once during upkeep (unit: requests, each a HEAD or a PUT).
+const IN_FLIGHT: usize = 8;
+
+/// Maintenance interval assumed when the maintainer's schedule is not known (a manual run).
+pub const ASSUMED_INTERVAL: Duration = Duration::from_secs(86_400);
+
+/// The retention live objects are kept under: the vault's own (`init --object-lock`), else the
+/// bucket's default retention; `None` where the storage locks nothing.
+pub fn effective(vault: &Vault) -> Option<Retention> {
+    if let Some(r) = vault.config().object_lock {
+        return Some(r);
+    }
+    let v = vault.storage_versioning()?;
+    let (mode, days) = v.default_retention.filter(|_| v.object_lock)?;
+    Some(Retention { mode, seconds: u64::from(days) * 86_400 })
+}
+
+/// Refuse a retention that does not outlast GC's grace period plus the maintenance interval
+/// (FM-34): a pack that turns live again (a backup reuses it) while its lock runs out would be
+/// unprotected until the next run extends it.
+pub fn check_covers(r: Retention, grace: Duration, interval: Duration) -> Result<()> {
+    let needed = grace.as_secs().saturating_add(interval.as_secs());
+    if r.seconds <= needed {
+        return Err(Error::Invalid(format!(
+            "the vault's Object Lock retention ({} s, {:?}) must be longer than the GC grace period ({} s) plus the maintenance interval ({} s): locks could run out between maintenance runs; lengthen the retention or run maintenance more often",
+            r.seconds,
+            r.mode,
+            grace.as_secs(),
+            interval.as_secs()
+        )));
+    }
+    Ok(())
+}
+
+/// What extending locks did.
+#[derive(Debug, Default)]
+pub struct Extended {
+    /// Objects whose lock was extended.
+    pub extended: usize,
+    /// Objects whose lock could not be read or extended, with why.
+    pub errors: Vec<String>,
+}
+
+/// Extend the lock of every live object whose lock ends within `threshold`, to the storage's
+/// time now plus the retention. Live: the config, epoch records, signed documents, the index
+/// segments that index a live pack (one that indexes only dead ones would hold them past their
+/// own lock), the key slots no epoch left out, the manifests and receipts of the snapshots the
+/// maintainer `keeps` (a snapshot retention lets go is not extended, so it can be forgotten once
+/// its lock passes), and `live_packs`.
+pub async fn extend(
+    vault: &Vault,
+    live_packs: &BTreeSet<PackId>,
+    keeps: &BTreeSet<ObjectId>,
+    r: Retention,
+    threshold: Duration,
+) -> Result<Extended> {
+    let be = vault.backend();
+    let mut keys = vec![layout::CONFIG.to_string()];
+    for prefix in [crate::epochs::PREFIX, layout::REPORTS, layout::AUDIT] {
+        keys.extend(be.list(prefix).await?.into_iter().map(|i| i.key));
+    }
+    for info in be.list(layout::INDEX).await? {
+        let Some(id) = layout::id_of::<ObjectId>(&info.key) else { continue };
+        if vault.read_segment(&id).await?.packs.iter().any(|p| live_packs.contains(&p.id)) {
+            keys.push(info.key);
+        }
+    }
+    let left_out = vault.left_out_slots().await?;
+    let slots = be.list(layout::KEYS).await?.into_iter().map(|i| i.key);
+    keys.extend(slots.filter(|k| !left_out.iter().any(|id| layout::key_slot(id) == *k)));
+    for s in be.list(layout::SNAPSHOTS).await? {
+        if layout::id_of::<ObjectId>(&s.key).is_some_and(|id| keeps.contains(&id)) {
+            keys.push(s.key);
+        }
+    }
+    for s in be.list(layout::RECEIPTS).await? {
+        if layout::id_of::<ObjectId>(&s.key).is_some_and(|id| keeps.contains(&id)) {
+            keys.push(s.key);
+        }
+    }
+    keys.extend(live_packs.iter().map(layout::pack));
+    let results: Vec<(String, std::result::Result<bool, BackendError>)> = futures::stream::iter(keys)
+        .map(|key| async move {
+            let done = extend_one(be, &key, r, threshold).await;
+            (key, done)
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let mut out = Extended::default();
+    for (key, done) in results {
+        match done {
+            Ok(true) => out.extended += 1,
+            Ok(false) => {}
+            Err(e) => out.errors.push(format!("{key}: {e}")),
+        }
+    }
+    Ok(out)
+}
+
+/// Extend one object's lock if it ends within `threshold`; whether it was extended.
+async fn extend_one(
+    be: &DynBackend,
+    key: &str,
+    r: Retention,
+    threshold: Duration,
+) -> std::result::Result<bool, BackendError> {
+    let now = be.storage_now().unwrap_or_else(chrono::Utc::now);
+    let soon = now + chrono::Duration::seconds(i64::try_from(threshold.as_secs()).unwrap_or(i64::MAX / 4));
+    match be.retained_until(key).await {
+        Ok(Some(until)) if until > soon => return Ok(false),
+        Ok(_) => {}
+        // Gone since the listing (GC, forget): nothing to keep.
+        Err(BackendError::NotFound(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let until = now + chrono::Duration::seconds(i64::try_from(r.seconds).unwrap_or(i64::MAX / 4) + 1);
+    match be.extend_retention(key, r, until).await {
+        Err(BackendError::NotFound(_)) => Ok(false),
+        other => other.map(|()| true),
+    }
+}
+
+/// Which of `keys` a lock still keeps, and until when (a key that is gone is not kept).
+pub async fn still_locked(
+    be: &DynBackend,
+    keys: Vec<String>,
+) -> Result<BTreeMap<String, chrono::DateTime<chrono::Utc>>> {
+    let results: Vec<(String, std::result::Result<_, BackendError>)> = futures::stream::iter(keys)
+        .map(|key| async move {
+            let until = be.retained_until(&key).await;
+            (key, until)
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let mut out = BTreeMap::new();
+    for (key, until) in results {
+        match until {
+            Ok(Some(u)) => {
+                out.insert(key, u);
+            }
+            Ok(None) | Err(BackendError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+/// What cleaning rewritten objects did.
+#[derive(Debug, Default)]
+pub struct Cleaned {
+    /// Old versions and delete markers removed.
+    pub removed: usize,
+    /// Old versions a lock still keeps (removed by a later run).
+    pub kept: usize,
+}
+
+/// Remove the old versions of rewritten objects (session markers, the GC mark, probes): every
+/// version but the current one, and for an object hidden under a delete marker every version,
+/// the marker last, once nothing below it is kept (else it would show a kept version again).
+pub async fn clean_rewritten(be: &DynBackend) -> Result<Cleaned> {
+    let mut by_key: BTreeMap<String, Vec<ObjectVersion>> = BTreeMap::new();
+    for prefix in [layout::SESSIONS, layout::GC_MARK, layout::PROBE] {
+        for v in be.versions(prefix).await? {
+            if layout::rewritten(&v.key) {
+                by_key.entry(v.key.clone()).or_default().push(v);
+            }
+        }
+    }
+    let mut out = Cleaned::default();
+    for (key, versions) in by_key {
+        let hidden = versions.iter().any(|v| v.latest && v.delete_marker);
+        let mut kept_any = false;
+        let (markers, real): (Vec<_>, Vec<_>) = versions.iter().partition(|v| v.delete_marker);
+        for v in real.iter().filter(|v| hidden || !v.latest) {
+            match be.delete_version(&key, &v.version_id).await {
+                Ok(()) => out.removed += 1,
+                Err(BackendError::Retained { .. }) => {
+                    kept_any = true;
+                    out.kept += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for m in markers.iter().filter(|m| !(m.latest && kept_any)) {
+            be.delete_version(&key, &m.version_id).await?;
+            out.removed += 1;
+        }
+    }
+    Ok(out)
+}
