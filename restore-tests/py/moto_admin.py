@@ -4,26 +4,75 @@ import email.utils
 import json
 import sys
 
+import os
+import urllib.request
+
 import boto3
 from botocore.config import Config
 
 
-def client(endpoint):
+def client(endpoint, service="s3"):
+    # Once IAM is enforced (iam-setup), calls are made with an IAM user's key from the environment.
     return boto3.client(
-        "s3",
+        service,
         endpoint_url=endpoint,
         region_name="us-east-1",
-        aws_access_key_id="tresor-test",
-        aws_secret_access_key="tresor-test-secret",
+        aws_access_key_id=os.environ.get("MOTO_KEY", "tresor-test"),
+        aws_secret_access_key=os.environ.get("MOTO_SECRET", "tresor-test-secret"),
         config=Config(retries={"max_attempts": 1}),
     )
+
+
+# moto 5.2.6 in server mode checks each call under "s3:" and its operation's name, where AWS
+# checks its own action names (s3:ListBucket for ListObjectsV2, s3:GetObject for HeadObject,
+# s3:DeleteObjectVersion for a DeleteObject with a version id...): each AWS action in the
+# policies also grants (or denies) the operations AWS checks it for.
+MOTO_ALIASES = {
+    "s3:ListBucket": ["s3:ListObjectsV2", "s3:ListObjects", "s3:HeadBucket"],
+    "s3:ListBucketVersions": ["s3:ListObjectVersions"],
+    "s3:GetObject": ["s3:HeadObject"],
+    "s3:GetBucketObjectLockConfiguration": ["s3:GetObjectLockConfiguration"],
+}
+
+
+def moto_names(policy):
+    doc = json.loads(policy)
+    for statement in doc["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        statement["Action"] = actions + [alias for a in actions for alias in MOTO_ALIASES.get(a, [])]
+    return json.dumps(doc)
+
+
+def iam_setup(endpoint, bucket, prefix, policies):
+    """Users admin, agent and maintainer; the last two with the policies docs/policies gives
+    them. Then moto enforces IAM on every later call."""
+    iam = client(endpoint, "iam")
+    admin_policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    out = {}
+    for user, policy in [("admin", json.dumps(admin_policy))] + [
+        (name, open(os.path.join(policies, f"{name}.json")).read()) for name in ["agent", "maintainer"]
+    ]:
+        iam.create_user(UserName=user)
+        policy = moto_names(policy.replace("<bucket>", bucket).replace("<prefix>", prefix))
+        iam.put_user_policy(UserName=user, PolicyName=f"tresor-{user}", PolicyDocument=policy)
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        out[user] = {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+    # Not form-encoded: moto reads the raw body as the count of calls left unchecked.
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
+    )
+    urllib.request.urlopen(request).read()
+    return out
 
 
 def main():
     endpoint, command, args = sys.argv[1], sys.argv[2], sys.argv[3:]
     s3 = client(endpoint)
     out = {}
-    if command == "create-bucket":
+    if command == "iam-setup":
+        # iam-setup BUCKET PREFIX POLICY_DIR
+        out = iam_setup(endpoint, args[0], args[1], args[2])
+    elif command == "create-bucket":
         # create-bucket NAME [locked] [MODE DAYS]
         name = args[0]
         locked = len(args) > 1 and args[1] == "locked"
@@ -58,8 +107,12 @@ def main():
         out["versions"] = len(same(listed.get("Versions", [])))
         out["markers"] = len(same(listed.get("DeleteMarkers", [])))
     elif command == "hide":
-        # hide BUCKET KEY: a plain delete (a delete marker in a versioned bucket)
-        s3.delete_object(Bucket=args[0], Key=args[1])
+        # hide BUCKET KEY: a plain delete (a delete marker in a versioned bucket), or its refusal
+        try:
+            s3.delete_object(Bucket=args[0], Key=args[1])
+            out["refused"] = None
+        except s3.exceptions.ClientError as e:
+            out["refused"] = e.response["Error"]["Code"]
     elif command == "replace":
         # replace BUCKET KEY: a new version with other content
         s3.put_object(Bucket=args[0], Key=args[1], Body=b"ransomware was here", ChecksumAlgorithm="SHA256")

@@ -14,6 +14,8 @@ pub struct Moto {
     log: tempfile::NamedTempFile,
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
+    /// The `admin` user's key once IAM is enforced: what [`Self::admin`] calls with.
+    admin_user: std::sync::Mutex<Option<(String, String)>>,
 }
 
 fn venv_bin(name: &str) -> PathBuf {
@@ -38,7 +40,8 @@ impl Moto {
             .stderr(log.reopen().expect("log"))
             .spawn()
             .expect("start moto_server");
-        let mut moto = Self { child, log, endpoint: format!("http://127.0.0.1:{port}") };
+        let mut moto =
+            Self { child, log, endpoint: format!("http://127.0.0.1:{port}"), admin_user: Default::default() };
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(st)) = moto.child.try_wait() {
@@ -58,8 +61,18 @@ impl Moto {
     /// Run `restore-tests/py/moto_admin.py COMMAND ARGS` (boto3, the admin's or an attacker's
     /// calls) against this server; its JSON answer.
     pub fn admin(&self, args: &[&str]) -> serde_json::Value {
+        let admin = self.admin_user.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.admin_as(admin.as_ref(), args)
+    }
+
+    /// [`Self::admin`] with an IAM user's `(key, secret)` (once [`Self::enforce_iam`] ran).
+    pub fn admin_as(&self, user: Option<&(String, String)>, args: &[&str]) -> serde_json::Value {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/moto_admin.py");
-        let out = Command::new(venv_bin("python"))
+        let mut cmd = Command::new(venv_bin("python"));
+        if let Some((key, secret)) = user {
+            cmd.env("MOTO_KEY", key).env("MOTO_SECRET", secret);
+        }
+        let out = cmd
             .arg(&script)
             .arg(&self.endpoint)
             .args(args)
@@ -91,14 +104,33 @@ impl Moto {
         self.admin(&args);
     }
 
-    /// `AWS_*` variables for the agent (moto takes any credentials).
+    /// `AWS_*` variables for the agent (moto takes any credentials until IAM is enforced).
     pub fn env(&self) -> Vec<(String, String)> {
+        self.env_as(&("tresor-test".into(), "tresor-test-secret".into()))
+    }
+
+    /// `AWS_*` variables with an IAM user's `(key, secret)`.
+    pub fn env_as(&self, (key, secret): &(String, String)) -> Vec<(String, String)> {
         vec![
             ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
             ("AWS_REGION".into(), "us-east-1".into()),
-            ("AWS_ACCESS_KEY_ID".into(), "tresor-test".into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), "tresor-test-secret".into()),
+            ("AWS_ACCESS_KEY_ID".into(), key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), secret.clone()),
         ]
+    }
+
+    /// Users `admin`, `agent` and `maintainer` with the policies of docs/policies/ for
+    /// `bucket`/`prefix`, each user's `(key, secret)` by name; from then on moto checks every
+    /// request's signature and the policy of the user who signed it.
+    pub fn enforce_iam(&self, bucket: &str, prefix: &str) -> std::collections::BTreeMap<String, (String, String)> {
+        let policies = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/policies");
+        let out = self.admin(&["iam-setup", bucket, prefix, policies.to_str().unwrap_or_default()]);
+        let user = |name: &str| {
+            let u = &out[name];
+            (u["key"].as_str().unwrap_or_default().to_string(), u["secret"].as_str().unwrap_or_default().to_string())
+        };
+        *self.admin_user.lock().unwrap_or_else(|p| p.into_inner()) = Some(user("admin"));
+        ["admin", "agent", "maintainer"].into_iter().map(|n| (n.to_string(), user(n))).collect()
     }
 }
 

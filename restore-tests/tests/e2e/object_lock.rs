@@ -273,3 +273,52 @@ fn live_packs_stay_locked_and_unreferenced_ones_go_once_their_lock_passes() {
     check_clean(&w);
     restore_equals(&w, &two, "restored", false);
 }
+
+/// Least privilege, with the policies docs/policies/ gives (moto enforces IAM: each request's
+/// signature and its user's policy). The maintainer makes the vault; an agent backs up and
+/// checks without any right to delete. With the agent's credentials an attacker's deletes are
+/// refused (plain and by version id) and its overwrites only hide: `check` names them, the
+/// maintainer's `recover-hidden` brings them back, and GC runs with the maintainer's rights.
+/// moto checks calls under their operation names (py/moto_admin.py maps AWS's actions onto
+/// them), so what it cannot tell apart is not tried here: shortening a lock (on AWS the policies
+/// deny s3:BypassGovernanceRetention, without which a lock can only be lengthened) and reading
+/// old versions (the agent's policy lacks s3:GetObjectVersion; moto checks s3:GetObject).
+#[test]
+fn an_agent_without_delete_rights_backs_up_and_can_only_hide() {
+    let moto = Moto::start();
+    moto.bucket("locked", true, Some(("GOVERNANCE", 1)));
+    let users = moto.enforce_iam("locked", "vault");
+    let as_user = |name: &str| {
+        let mut w = world(&moto, "locked");
+        w.env = moto.env_as(&users[name]);
+        w
+    };
+    let maintainer = as_user("maintainer");
+    init(&maintainer, &[]);
+    let agent = as_user("agent");
+    let src = source(&agent);
+    agent.backup(&[&src]);
+    check_clean(&agent);
+
+    let attacker = Some(&users["agent"]);
+    let (packs, snapshots) = (keys(&moto, "locked", "data/"), keys(&moto, "locked", "snapshots/"));
+    for k in [&packs[0], &snapshots[0], &"vault/config".to_string()] {
+        let hidden = moto.admin_as(attacker, &["hide", "locked", k]);
+        assert_eq!(hidden["refused"], "AccessDenied", "{k}: {hidden}");
+        let destroyed = moto.admin_as(attacker, &["destroy", "locked", k]);
+        assert_eq!(destroyed["refused"], serde_json::json!(["AccessDenied"]), "{k}: {destroyed}");
+    }
+    moto.admin_as(attacker, &["replace", "locked", &packs[1]]);
+    moto.admin_as(attacker, &["replace", "locked", &snapshots[0]]);
+    let out = agent.run(&["--json", "check", "--vault", agent.vault_str()]);
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(check["hidden"].as_array().map(Vec::len), Some(2), "{check}");
+
+    let done = maintainer.json(&["recover-hidden", "--vault", maintainer.vault_str()]);
+    assert_eq!(done["recovered"].as_array().map(Vec::len), Some(2), "{done}");
+    check_clean(&agent);
+    restore_equals(&agent, &src, "restored", false);
+    let gc =
+        maintainer.json(&["gc", "--vault", maintainer.vault_str(), "--grace", "1h", "--maintenance-interval", "1h"]);
+    assert!(gc["lock_errors"].as_array().is_some_and(Vec::is_empty), "{gc}");
+}
