@@ -75,3 +75,19 @@ impl Schedule {
         Duration::from_millis(h % ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_gap_of_an_irregular_schedule_is_found() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let daily = Schedule::parse("t", "0 3 * * *", "UTC", Duration::ZERO).unwrap();
+        assert_eq!(daily.longest_gap(at("2026-12-07T12:00:00Z"), 8), Some(Duration::from_secs(86_400)));
+        // Weekdays only: the weekend makes a gap of three days.
+        let weekdays = Schedule::parse("t", "0 3 * * 1-5", "UTC", Duration::ZERO).unwrap();
+        assert_eq!(weekdays.longest_gap(at("2026-12-07T12:00:00Z"), 8), Some(Duration::from_secs(3 * 86_400)));
+        assert_eq!(daily.longest_gap(at("2026-12-07T12:00:00Z"), 1), None);
+    }
+}

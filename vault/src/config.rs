@@ -173,3 +173,20 @@ impl VaultConfig {
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{LockMode, Retention};
+
+    #[test]
+    fn a_retention_must_be_between_a_second_and_ten_years() {
+        let r = |seconds| Retention { mode: LockMode::Compliance, seconds };
+        assert!(check_retention(&r(1)).is_ok());
+        assert!(check_retention(&r(MAX_RETENTION_SECS)).is_ok());
+        for bad in [0, MAX_RETENTION_SECS + 1, u64::MAX] {
+            let e = check_retention(&r(bad)).unwrap_err();
+            assert!(e.contains("outside 1 s to 10 years"), "{e}");
+        }
+    }
+}

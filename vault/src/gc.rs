@@ -100,6 +100,8 @@ pub struct GcReport {
     pub locks_extended: usize,
     /// Live objects whose lock could not be read or extended, with why (alerted).
     pub lock_errors: Vec<String>,
+    /// Session markers unchanged for a day (their writers could not delete them) removed.
+    pub stale_markers_removed: usize,
     /// Old versions of rewritten objects (session markers, the mark) removed.
     pub old_versions_removed: usize,
     /// The snapshots listed (for the caller's record of what to expect next time).
@@ -213,6 +215,13 @@ async fn sessions(
         }
         if same_for < 24 * 3600 {
             announced.extend(m.packs.iter().map(|p| p.id));
+        } else {
+            // Unchanged for a day: its writer is long gone (it fences itself after 13 minutes
+            // without a rewrite). Writers without delete rights leave theirs behind.
+            match vault.backend().delete(&info.key).await {
+                Ok(()) => report.stale_markers_removed += 1,
+                Err(e) => tracing::warn!(key = %info.key, error = %e, "could not remove a stale session marker"),
+            }
         }
     }
     seen.seen.retain(|k, _| !k.starts_with(layout::SESSIONS) || listed.contains(k));

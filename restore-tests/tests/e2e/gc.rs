@@ -377,6 +377,41 @@ fn a_junk_session_marker_blocks_gc_for_one_lease_then_is_quarantined() {
     assert_eq!(std::fs::read(w.vault.join("quarantine").join(&junk_name)).unwrap(), b"not a session marker");
 }
 
+/// A backup killed mid-way (as one whose agent may not delete leaves its marker when it ends):
+/// its session marker announces its packs for a day by the maintainer's record, then GC removes it.
+#[test]
+fn a_session_marker_unchanged_for_a_day_is_removed_by_gc() {
+    let w = World::new();
+    let src = w.path("src");
+    random_file(&src.join("a.bin"), 40 << 20, 61);
+    let out = w
+        .agent()
+        .env("TRESOR_FAILPOINTS", "after-pack-put=kill@1")
+        .args(["backup", "--vault", w.vault_str(), src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(9));
+    let markers = files_below(&w.vault.join("sessions"));
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    let name = format!("sessions/{}", markers[0].file_name().unwrap().to_str().unwrap());
+    let v = open(&w);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let opts = GcOptions { grace: std::time::Duration::ZERO, ..GcOptions::default() };
+    let gc = |v: &Arc<Vault>| rt.block_on(gc::run(v.clone(), &w.path("gc-cache"), &opts)).unwrap();
+    let first = gc(&v);
+    assert_eq!(first.stale_markers_removed, 0, "{first:?}");
+    assert!(w.vault.join(&name).exists());
+    // A day later by the maintainer's record.
+    let record = w.path("gc-cache").join(v.config().vault_id.to_hex()).join("gc-observed.json");
+    let mut seen: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let first_seen = &mut seen["seen"][&name][1];
+    *first_seen = (first_seen.as_i64().unwrap() - 24 * 3600 - 60).into();
+    std::fs::write(&record, serde_json::to_vec(&seen).unwrap()).unwrap();
+    let later = gc(&v);
+    assert_eq!(later.stale_markers_removed, 1, "{later:?}");
+    assert!(!w.vault.join(&name).exists());
+}
+
 /// A key holder who can guess content another host will back up plants an index entry for its
 /// chunk id that points into a decoy pack. A writer that trusted the index would skip storing the
 /// chunk and commit a snapshot no restore can read; it checks the pack's own directory first,
