@@ -18,7 +18,17 @@ pub struct Expected {
 impl Expected {
     /// The record for `vault` under the cache `root` (empty when there is none yet).
     pub fn load(root: &Path, vault: &tresor_vault::ids::VaultId) -> anyhow::Result<Self> {
-        let path = tresor_vault::localfile::vault_cache_dir(root, vault).join("expected-snapshots.json");
+        Self::load_file(root, vault, "expected-snapshots.json")
+    }
+
+    /// The snapshots this host let go that Object Lock still keeps (`forget` said "not yet"):
+    /// `gc` forgets them once it can, and does not extend their locks meanwhile.
+    pub fn pending_forgets(root: &Path, vault: &tresor_vault::ids::VaultId) -> anyhow::Result<Self> {
+        Self::load_file(root, vault, "forget-pending.json")
+    }
+
+    fn load_file(root: &Path, vault: &tresor_vault::ids::VaultId, name: &str) -> anyhow::Result<Self> {
+        let path = tresor_vault::localfile::vault_cache_dir(root, vault).join(name);
         let ids = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice::<Vec<String>>(&b)
                 .with_context(|| format!("{} is damaged; move it away to start a new record", path.display()))?

@@ -26,7 +26,16 @@ pub async fn gc(
     if reset_expected {
         expected.ids.clear();
     }
-    let opts = GcOptions { grace, guard: None, expected: expected.ids.clone(), maintenance_interval };
+    // Snapshots `forget` let go that a lock kept: forgotten now if their locks have passed.
+    let mut pending = Expected::pending_forgets(&root, &vault.config().vault_id)?;
+    for id in pending.ids.clone() {
+        if vault.forget_snapshot(&id).await?.is_none() {
+            pending.ids.remove(&id);
+        }
+    }
+    pending.save()?;
+    let forgotten = pending.ids.clone();
+    let opts = GcOptions { grace, guard: None, expected: expected.ids.clone(), forgotten, maintenance_interval };
     let report = match gc::run(vault, &root, &opts).await {
         Err(tresor_vault::Error::SnapshotsMissing(missing)) => {
             let text = format!(
@@ -128,14 +137,21 @@ pub async fn forget(
     let (mut forgotten, mut locked) = (Vec::new(), Vec::new());
     let verb = if dry_run { "would forget" } else { "forgot" };
     let mut lines = String::new();
+    let mut pending = Expected::pending_forgets(&root, &vault.config().vault_id)?;
     for (id, why) in &chosen {
         if !dry_run && let Some(kept) = vault.forget_snapshot(id).await? {
-            lines.push_str(&format!("\n  {id}: not yet: {kept}"));
+            // `gc` forgets it once the lock passes, and stops extending the lock.
+            pending.ids.insert(*id);
+            lines.push_str(&format!("\n  {id}: not yet (gc forgets it once its lock passes): {kept}"));
             locked.push(json!({"id": id.to_string(), "why": why, "kept": kept}));
             continue;
         }
+        pending.ids.remove(id);
         lines.push_str(&format!("\n  {id}: {why}"));
         forgotten.push(json!({"id": id.to_string(), "why": why}));
+    }
+    if !dry_run {
+        pending.save()?;
     }
     let mut text = format!("{verb} {} snapshot(s)", forgotten.len());
     if !locked.is_empty() {

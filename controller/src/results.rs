@@ -167,7 +167,10 @@ impl Controller {
                     n => format!("{n} finding(s), first: {}", findings[0]),
                 };
                 v.gc_warning = warning;
+                // A run that stopped before extending says nothing about the locks.
+                let stopped = !p.gc_error.is_empty() || !p.listing_missing.is_empty();
                 v.lock_error = match p.lock_errors.as_slice() {
+                    [] if stopped => v.lock_error.clone(),
                     [] => String::new(),
                     [first, ..] => format!("{} object(s), first: {first}", p.lock_errors.len()),
                 };

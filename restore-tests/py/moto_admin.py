@@ -1,5 +1,6 @@
 """Admin and attacker calls against a moto S3 server (an emulation of S3, used for Object Lock,
 which Garage lacks). Prints JSON. Usage: moto_admin.py ENDPOINT COMMAND ARGS..."""
+import datetime
 import email.utils
 import json
 import sys
@@ -53,7 +54,8 @@ def iam_setup(endpoint, bucket, prefix, policies):
         (name, open(os.path.join(policies, f"{name}.json")).read()) for name in ["agent", "maintainer"]
     ]:
         iam.create_user(UserName=user)
-        policy = moto_names(policy.replace("<bucket>", bucket).replace("<prefix>", prefix))
+        policy = policy.replace("<bucket>", bucket).replace("<prefix>", prefix)
+        policy = moto_names(policy.replace("<MODE>", "GOVERNANCE").replace("<days>", "1"))
         iam.put_user_policy(UserName=user, PolicyName=f"tresor-{user}", PolicyDocument=policy)
         key = iam.create_access_key(UserName=user)["AccessKey"]
         out[user] = {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
@@ -106,6 +108,13 @@ def main():
         same = lambda items: [v for v in items if whole or v["Key"] == args[1]]
         out["versions"] = len(same(listed.get("Versions", [])))
         out["markers"] = len(same(listed.get("DeleteMarkers", [])))
+    elif command == "put":
+        # put BUCKET KEY [SECONDS]: a new version, locked in governance mode for SECONDS if given
+        extra = {}
+        if len(args) > 2:
+            until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=int(args[2]))
+            extra = {"ObjectLockMode": "GOVERNANCE", "ObjectLockRetainUntilDate": until}
+        s3.put_object(Bucket=args[0], Key=args[1], Body=b"rewritten", ChecksumAlgorithm="SHA256", **extra)
     elif command == "hide":
         # hide BUCKET KEY: a plain delete (a delete marker in a versioned bucket), or its refusal
         try:

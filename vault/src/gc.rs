@@ -56,6 +56,9 @@ pub struct GcOptions {
     /// Snapshots the maintainer knows exist (receipted, or recorded by this host, minus those
     /// it forgot): a listing without any of them aborts the run.
     pub expected: BTreeSet<ObjectId>,
+    /// Snapshots being let go (forgotten in this run, or refused as still locked and to be
+    /// forgotten later): their locks are not extended.
+    pub forgotten: BTreeSet<ObjectId>,
     /// How often the maintainer runs; zero when not known ([`crate::lock::ASSUMED_INTERVAL`]
     /// is assumed). In a locked vault, locks ending within the grace period plus this are
     /// extended, and a retention not longer than both is refused (FM-34).
@@ -405,7 +408,7 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
     report.unreferenced = unreferenced.len();
     if let Some(r) = lock {
         let live: BTreeSet<PackId> = refs.iter().copied().collect();
-        let done = crate::lock::extend(&vault, &live, &opts.expected, r, opts.grace + interval).await?;
+        let done = crate::lock::extend(&vault, &live, &opts.forgotten, r, opts.grace.saturating_add(interval)).await?;
         report.locks_extended = done.extended;
         report.lock_errors = done.errors;
     }
@@ -575,8 +578,18 @@ async fn compact_locked(vault: &Vault, doomed: &mut BTreeSet<PackId>, report: &m
         written.insert(vault.write_segment(&seg).await?);
         crate::failpoint::hit("gc-after-segment-write");
     }
-    for id in old.iter().filter(|id| !written.contains(*id)) {
-        vault.backend().delete(&layout::segment(id)).await?;
+    for (id, seg) in old.iter().zip(&segments).filter(|(id, _)| !written.contains(*id)) {
+        match vault.backend().delete(&layout::segment(id)).await {
+            Ok(()) => {}
+            // An older version still kept (a legal hold, a lock set by someone else): the
+            // segment stays, and with it every doomed pack it indexes.
+            Err(BackendError::Retained { detail, .. }) => {
+                for p in seg.packs.iter().filter(|p| doomed.remove(&p.id)) {
+                    report.waiting.push(format!("pack {}: indexed by segment {id}, kept ({detail})", p.id));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
         crate::failpoint::hit("gc-after-segment-delete");
     }
     Ok(old.len())

@@ -53,28 +53,73 @@ pub async fn find(backend: &DynBackend) -> Result<Vec<HiddenObject>, BackendErro
             by_key.entry(v.key.clone()).or_default().push(v);
         }
     }
-    Ok(by_key.into_iter().filter_map(|(key, versions)| hidden(key, &versions)).collect())
+    let mut out = Vec::new();
+    for (key, versions) in by_key {
+        match hidden(key, &versions) {
+            Some(Suspect::Hidden(h)) => out.push(h),
+            Some(Suspect::Compare { hidden, latest }) => {
+                // ETags that are not plain MD5s (multipart, SSE-KMS) say nothing: compare bytes.
+                let now = backend.get_version(&hidden.key, &latest).await?;
+                let first = backend.get_version(&hidden.key, &hidden.original).await?;
+                if blake3::hash(&now) != blake3::hash(&first) {
+                    out.push(hidden);
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// What one key's versions say.
+#[derive(Debug, PartialEq, Eq)]
+enum Suspect {
+    /// Hidden for sure.
+    Hidden(HiddenObject),
+    /// Replaced, unless the current version (`latest`) has the first one's bytes.
+    Compare { hidden: HiddenObject, latest: String },
 }
 
 /// Whether one key's versions (each newest first, as listed) show it hidden.
-fn hidden(key: String, versions: &[ObjectVersion]) -> Option<HiddenObject> {
+fn hidden(key: String, versions: &[ObjectVersion]) -> Option<Suspect> {
     let latest = versions.iter().find(|v| v.latest)?;
     // Listed newest first: the last real version is the first one written.
     let original = versions.iter().rev().find(|v| !v.delete_marker)?;
-    let by = if latest.delete_marker {
-        HiddenBy::DeleteMarker
-    } else if latest.etag != original.etag || latest.size != original.size {
-        HiddenBy::Replaced
-    } else {
+    let found =
+        |by| HiddenObject { key, by, since: latest.last_modified.clone(), original: original.version_id.clone() };
+    if latest.delete_marker {
+        return Some(Suspect::Hidden(found(HiddenBy::DeleteMarker)));
+    }
+    if latest.version_id == original.version_id {
         return None;
-    };
-    Some(HiddenObject { key, by, since: latest.last_modified.clone(), original: original.version_id.clone() })
+    }
+    let plain_md5 = |e: &Option<String>| e.as_deref().is_some_and(|e| e.len() == 32 && !e.contains('-'));
+    if latest.size != original.size {
+        Some(Suspect::Hidden(found(HiddenBy::Replaced)))
+    } else if plain_md5(&latest.etag) && plain_md5(&original.etag) {
+        (latest.etag != original.etag).then(|| Suspect::Hidden(found(HiddenBy::Replaced)))
+    } else {
+        let latest = latest.version_id.clone();
+        Some(Suspect::Compare { hidden: found(HiddenBy::Replaced), latest })
+    }
 }
 
 /// Make the first version of each hidden object current again, the config first (nothing
 /// opens without it): its bytes are read and written back as a new version, with the vault's
 /// retention. Returns what was brought back; the markers and replacements stay below as history.
 pub async fn recover(backend: &DynBackend, hidden: &[HiddenObject]) -> Result<Vec<String>, BackendError> {
+    // The vault's retention, from its first config (read without a key: it is plain JSON).
+    let config = match hidden.iter().find(|h| h.key == layout::CONFIG) {
+        Some(h) => backend.get_version(layout::CONFIG, &h.original).await,
+        None => backend.get(layout::CONFIG).await,
+    };
+    match config.map(|b| crate::config::VaultConfig::from_json(&b)) {
+        Ok(Ok(c)) => backend.set_retention(c.object_lock),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the config does not read; objects come back without the vault's own retention")
+        }
+        Err(e) => tracing::warn!(error = %e, "no config; objects come back without the vault's own retention"),
+    }
     let mut order: Vec<&HiddenObject> = hidden.iter().collect();
     order.sort_by_key(|h| (h.key != layout::CONFIG, h.key.clone()));
     let mut done = Vec::new();
@@ -102,20 +147,28 @@ mod tests {
         }
     }
 
+    fn sure(s: Option<Suspect>) -> HiddenObject {
+        match s {
+            Some(Suspect::Hidden(h)) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn markers_and_replacements_are_found_and_the_first_version_named() {
         let k = || "snapshots/x".to_string();
-        assert_eq!(hidden(k(), &[v("1", true, false, "a")]), None);
-        let marked = hidden(k(), &[v("1", false, false, "a"), v("2", true, true, "")]).unwrap();
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        assert_eq!(hidden(k(), &[v("1", true, false, &a)]), None);
+        let marked = sure(hidden(k(), &[v("1", false, false, &a), v("2", true, true, "")]));
         assert_eq!((marked.by, marked.original.as_str(), marked.since.as_str()), (HiddenBy::DeleteMarker, "1", "t-2"));
-        let replaced = hidden(k(), &[v("3", true, false, "b"), v("1", false, false, "a")]).unwrap();
+        let replaced = sure(hidden(k(), &[v("3", true, false, &b), v("1", false, false, &a)]));
         assert_eq!((replaced.by, replaced.original.as_str()), (HiddenBy::Replaced, "1"));
         // Brought back: the current version has the first one's content again.
-        assert_eq!(
-            hidden(k(), &[v("4", true, false, "a"), v("3", false, false, "b"), v("1", false, false, "a")]),
-            None
-        );
+        assert_eq!(hidden(k(), &[v("4", true, false, &a), v("3", false, false, &b), v("1", false, false, &a)]), None);
         // Nothing but markers: nothing to bring back.
         assert_eq!(hidden(k(), &[v("2", true, true, "")]), None);
+        // A multipart ETag says nothing about the bytes: they are compared.
+        let multipart = hidden(k(), &[v("4", true, false, &a), v("1", false, false, "abc-3")]);
+        assert!(matches!(multipart, Some(Suspect::Compare { ref latest, .. }) if latest == "4"), "{multipart:?}");
     }
 }

@@ -60,50 +60,60 @@ pub struct Extended {
 /// Extend the lock of every live object whose lock ends within `threshold`, to the storage's
 /// time now plus the retention. Live: the config, epoch records, signed documents, the index
 /// segments that index a live pack (one that indexes only dead ones would hold them past their
-/// own lock), the key slots no epoch left out, the manifests and receipts of the snapshots the
-/// maintainer `keeps` (a snapshot retention lets go is not extended, so it can be forgotten once
-/// its lock passes), and `live_packs`.
+/// own lock; one that does not read counts as live), the key slots no epoch left out, every
+/// snapshot's manifest and receipt but those being `forgotten` (a snapshot retention lets go is
+/// no longer extended, so it can be forgotten once its lock passes), and `live_packs`. The lock
+/// extended is each object's first version: what Tresor wrote, whatever was put on top of it.
 pub async fn extend(
     vault: &Vault,
     live_packs: &BTreeSet<PackId>,
-    keeps: &BTreeSet<ObjectId>,
+    forgotten: &BTreeSet<ObjectId>,
     r: Retention,
     threshold: Duration,
 ) -> Result<Extended> {
     let be = vault.backend();
+    let mut out = Extended::default();
     let mut keys = vec![layout::CONFIG.to_string()];
     for prefix in [crate::epochs::PREFIX, layout::REPORTS, layout::AUDIT] {
         keys.extend(be.list(prefix).await?.into_iter().map(|i| i.key));
     }
     for info in be.list(layout::INDEX).await? {
         let Some(id) = layout::id_of::<ObjectId>(&info.key) else { continue };
-        if vault.read_segment(&id).await?.packs.iter().any(|p| live_packs.contains(&p.id)) {
-            keys.push(info.key);
+        match vault.read_segment(&id).await {
+            Ok(seg) if !seg.packs.iter().any(|p| live_packs.contains(&p.id)) => continue,
+            Ok(_) => {}
+            Err(e) => out.errors.push(format!("{}: does not read ({e}); its lock is extended all the same", info.key)),
         }
+        keys.push(info.key);
     }
     let left_out = vault.left_out_slots().await?;
     let slots = be.list(layout::KEYS).await?.into_iter().map(|i| i.key);
     keys.extend(slots.filter(|k| !left_out.iter().any(|id| layout::key_slot(id) == *k)));
-    for s in be.list(layout::SNAPSHOTS).await? {
-        if layout::id_of::<ObjectId>(&s.key).is_some_and(|id| keeps.contains(&id)) {
-            keys.push(s.key);
-        }
-    }
-    for s in be.list(layout::RECEIPTS).await? {
-        if layout::id_of::<ObjectId>(&s.key).is_some_and(|id| keeps.contains(&id)) {
-            keys.push(s.key);
+    for prefix in [layout::SNAPSHOTS, layout::RECEIPTS] {
+        for s in be.list(prefix).await? {
+            if !layout::id_of::<ObjectId>(&s.key).is_some_and(|id| forgotten.contains(&id)) {
+                keys.push(s.key);
+            }
         }
     }
     keys.extend(live_packs.iter().map(layout::pack));
+    let firsts = first_versions(be).await?;
     let results: Vec<(String, std::result::Result<bool, BackendError>)> = futures::stream::iter(keys)
-        .map(|key| async move {
-            let done = extend_one(be, &key, r, threshold).await;
-            (key, done)
+        .map(|key| {
+            let first = firsts.as_ref().map(|f| f.get(&key).cloned());
+            async move {
+                let done = match first {
+                    // Live, yet no version of it is left: say so, never pass it over.
+                    Some(None) => Err(BackendError::NotFound(key.clone())),
+                    Some(Some(v)) => extend_one(be, &key, Some(&v), r, threshold).await,
+                    None => extend_one(be, &key, None, r, threshold).await,
+                };
+                (key, done)
+            }
         })
         .buffer_unordered(IN_FLIGHT)
         .collect()
         .await;
-    let mut out = Extended::default();
     for (key, done) in results {
         match done {
             Ok(true) => out.extended += 1,
@@ -114,27 +124,41 @@ pub async fn extend(
     Ok(out)
 }
 
+/// Each key's first version (what Tresor wrote) where the storage keeps versions; `None` where
+/// it keeps none.
+async fn first_versions(be: &DynBackend) -> Result<Option<BTreeMap<String, String>>> {
+    let versions = match be.versions("").await {
+        Ok(v) => v,
+        Err(BackendError::NoVersions(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut firsts = BTreeMap::new();
+    // Listed newest first within each key: the last real version listed is the first written.
+    for v in versions.into_iter().filter(|v| !v.delete_marker) {
+        firsts.insert(v.key, v.version_id);
+    }
+    Ok(Some(firsts))
+}
+
 /// Extend one object's lock if it ends within `threshold`; whether it was extended.
 async fn extend_one(
     be: &DynBackend,
     key: &str,
+    version: Option<&str>,
     r: Retention,
     threshold: Duration,
 ) -> std::result::Result<bool, BackendError> {
     let now = be.storage_now().unwrap_or_else(chrono::Utc::now);
-    let soon = now + chrono::Duration::seconds(i64::try_from(threshold.as_secs()).unwrap_or(i64::MAX / 4));
-    match be.retained_until(key).await {
-        Ok(Some(until)) if until > soon => return Ok(false),
-        Ok(_) => {}
-        // Gone since the listing (GC, forget): nothing to keep.
-        Err(BackendError::NotFound(_)) => return Ok(false),
-        Err(e) => return Err(e),
+    let soon =
+        crate::backend::retain_from(now, threshold.as_secs()).unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    if be.retained_until(key, version).await?.is_some_and(|until| until > soon) {
+        return Ok(false);
     }
-    let until = now + chrono::Duration::seconds(i64::try_from(r.seconds).unwrap_or(i64::MAX / 4) + 1);
-    match be.extend_retention(key, r, until).await {
-        Err(BackendError::NotFound(_)) => Ok(false),
-        other => other.map(|()| true),
-    }
+    let until = crate::backend::retain_from(now, r.seconds).ok_or_else(|| BackendError::Other {
+        key: key.to_string(),
+        detail: format!("a retention of {} s runs past the end of time", r.seconds),
+    })?;
+    be.extend_retention(key, version, r, until).await.map(|()| true)
 }
 
 /// Which of `keys` a lock still keeps, and until when (a key that is gone is not kept).
@@ -144,7 +168,7 @@ pub async fn still_locked(
 ) -> Result<BTreeMap<String, chrono::DateTime<chrono::Utc>>> {
     let results: Vec<(String, std::result::Result<_, BackendError>)> = futures::stream::iter(keys)
         .map(|key| async move {
-            let until = be.retained_until(&key).await;
+            let until = be.retained_until(&key, None).await;
             (key, until)
         })
         .buffer_unordered(IN_FLIGHT)

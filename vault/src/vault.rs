@@ -455,19 +455,9 @@ impl Vault {
             )));
         }
         // The epoch first: a crash after it leaves the slots stranded already, never readable.
-        // Slots an earlier epoch left out (Object Lock kept them) need no new one.
-        let out = self.left_out_slots().await?;
-        let mut report = if present.iter().all(|id| out.contains(*id)) {
-            EpochReport {
-                epoch: self.key_epoch(),
-                carried: Vec::new(),
-                left_out: present.iter().map(|s| s.to_string()).collect(),
-                removed: Vec::new(),
-                locked: Vec::new(),
-            }
-        } else {
-            self.start_epoch_with(&slots, reason, &present).await?
-        };
+        // Always a new one, even for slots an earlier record left out: whoever held the master
+        // key could have written that record, and would know its key.
+        let mut report = self.start_epoch_with(&slots, reason, &present).await?;
         crate::failpoint::hit("remove-after-epoch");
         for id in present {
             match self.backend.delete(&layout::key_slot(id)).await {
@@ -489,24 +479,35 @@ impl Vault {
         let label = self.key_list().await?.into_iter().find(|s| s.id == old).map(|s| s.label).unwrap_or_default();
         let slot = self.key_add(new_secret, &label).await?;
         crate::failpoint::hit("rotate-before-delete");
-        match self.backend.delete(&layout::key_slot(&old)).await {
-            Ok(()) | Err(BackendError::NotFound(_)) => {}
-            // The same holder: the old secret opening the vault until the lock passes is no loss.
-            Err(BackendError::Retained { detail, .. }) => {
-                tracing::warn!(slot = %old, %detail, "the old key slot stays until its Object Lock passes; `key remove` it then");
-            }
+        let kept = match self.backend.delete(&layout::key_slot(&old)).await {
+            Ok(()) | Err(BackendError::NotFound(_)) => None,
+            Err(BackendError::Retained { detail, .. }) => Some(detail),
             Err(e) => return Err(e.into()),
-        }
+        };
         crate::failpoint::hit("rotate-after-delete");
         self.slot_id = slot.id.clone();
+        if let Some(detail) = kept {
+            // A rotated secret may have leaked: a slot Object Lock keeps is left out of a new
+            // key epoch at once (so its lock is no longer extended either), and goes later.
+            tracing::warn!(slot = %old, %detail, "the old key slot is kept by Object Lock; leaving it out of a new key epoch");
+            let slots = self.key_list().await?;
+            self.start_epoch_with(&slots, "key rotated; the old slot is kept by Object Lock", &[old.as_str()]).await?;
+        }
         Ok(slot)
     }
 
-    /// The ids of slots some key epoch left out (removed or revoked ones, and slots made before
-    /// key epochs once a later epoch began): they open no newer data.
+    /// The ids of slots a key epoch this handle reaches left out (removed or revoked ones, and
+    /// slots made before key epochs once a later epoch began): they open no newer data. Only the
+    /// records this handle's chain verified count; a record beyond it says nothing.
     pub async fn left_out_slots(&self) -> Result<std::collections::BTreeSet<String>> {
         let records = read_epoch_records(&self.backend, &self.config.vault_id).await?;
-        Ok(records.into_values().flatten().flat_map(|r| r.left_out).collect())
+        let reached = self.key_epoch();
+        Ok(records
+            .into_iter()
+            .filter(|(e, _)| *e <= reached)
+            .filter_map(|(_, r)| r.ok())
+            .flat_map(|r| r.left_out)
+            .collect())
     }
 
     /// Start a new key epoch: a new random master key, granted to every slot except `leave_out`

@@ -316,7 +316,11 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
     for s in &p.expected {
         expected.insert(s.parse().map_err(|_| anyhow::anyhow!("prune: bad expected snapshot id {s:?}"))?);
     }
+    // Every snapshot this prune lets go, forgotten now or kept by a lock until a later prune:
+    // their locks are no longer extended.
+    let letting_go = p.forget.iter().filter_map(|s| s.parse().ok()).collect();
     let opts = tresor_vault::gc::GcOptions {
+        forgotten: letting_go,
         grace: std::time::Duration::from_secs(u64::from(p.gc_grace_seconds)),
         guard: Some(ctx.leases.guard(jr)),
         expected,

@@ -246,8 +246,12 @@ fn live_packs_stay_locked_and_unreferenced_ones_go_once_their_lock_passes() {
         assert!(std::time::Instant::now() < deadline, "never forgotten: {forgot}");
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
+    let before = moto.admin(&["retention", "locked", &second_packs[0]]);
+    assert!(before["now"].as_f64().unwrap() < first_until, "the machine was too slow to test in time: {before}");
     let marked = gc("2s", "15s");
     assert!(marked["locks_extended"].as_u64().unwrap() >= 1, "the live pack's lock was due: {marked}");
+    let after = moto.admin(&["retention", "locked", &second_packs[0]]);
+    assert!(after["until"].as_f64().unwrap() > first_until + 5.0, "extended before it ran out: {after}");
     assert!(marked["packs_marked"].as_u64().unwrap() >= 1, "{marked}");
     std::thread::sleep(std::time::Duration::from_secs(3));
     let swept = gc("2s", "15s");
@@ -272,6 +276,22 @@ fn live_packs_stay_locked_and_unreferenced_ones_go_once_their_lock_passes() {
     }
     check_clean(&w);
     restore_equals(&w, &two, "restored", false);
+
+    // Rewritten objects whose old versions a lock keeps: one replaced, one hidden under a
+    // marker. GC removes the old versions (and then the marker) only once the lock passed.
+    moto.admin(&["put", "locked", "vault/probe/replaced", "6"]);
+    moto.admin(&["put", "locked", "vault/probe/replaced"]);
+    moto.admin(&["put", "locked", "vault/probe/hidden", "6"]);
+    moto.admin(&["hide", "locked", "vault/probe/hidden"]);
+    let early = gc("2s", "15s");
+    assert_eq!(early["old_versions_removed"], 0, "{early}");
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let late = gc("2s", "15s");
+    assert_eq!(late["old_versions_removed"], 3, "two old versions and the marker: {late}");
+    let replaced = moto.admin(&["versions", "locked", "vault/probe/replaced"]);
+    assert_eq!((replaced["versions"].as_u64(), replaced["markers"].as_u64()), (Some(1), Some(0)), "{replaced}");
+    let hidden = moto.admin(&["versions", "locked", "vault/probe/hidden"]);
+    assert_eq!((hidden["versions"].as_u64(), hidden["markers"].as_u64()), (Some(0), Some(0)), "{hidden}");
 }
 
 /// Least privilege, with the policies docs/policies/ gives (moto enforces IAM: each request's
@@ -318,7 +338,23 @@ fn an_agent_without_delete_rights_backs_up_and_can_only_hide() {
     assert_eq!(done["recovered"].as_array().map(Vec::len), Some(2), "{done}");
     check_clean(&agent);
     restore_equals(&agent, &src, "restored", false);
-    let gc =
-        maintainer.json(&["gc", "--vault", maintainer.vault_str(), "--grace", "1h", "--maintenance-interval", "1h"]);
+    // Make the locks due: a grace and interval together 10 s short of the day the bucket locks
+    // for, once the config's lock has less than that left. The maintainer's rights extend them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while moto.admin(&["retention", "locked", "vault/config"])["left"].as_f64().unwrap() >= 86_390.0 {
+        assert!(std::time::Instant::now() < deadline, "the config's lock never got due");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let gc = maintainer.json(&[
+        "gc",
+        "--vault",
+        maintainer.vault_str(),
+        "--grace",
+        "86380s",
+        "--maintenance-interval",
+        "10s",
+    ]);
     assert!(gc["lock_errors"].as_array().is_some_and(Vec::is_empty), "{gc}");
+    assert!(gc["locks_extended"].as_u64().unwrap() >= 5, "config, slots, segment, snapshot, packs: {gc}");
+    assert!(moto.admin(&["retention", "locked", "vault/config"])["left"].as_f64().unwrap() > 86_390.0);
 }

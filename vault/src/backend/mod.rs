@@ -277,15 +277,21 @@ pub trait Backend: Send + Sync + 'static {
     async fn delete_version(&self, key: &str, _version_id: &str) -> Result<(), BackendError> {
         Err(BackendError::NoVersions(key.to_string()))
     }
-    /// Until when Object Lock keeps the current version of `key` (a legal hold counts as kept
-    /// for good); `None` when nothing keeps it.
-    async fn retained_until(&self, _key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, BackendError> {
+    /// Until when Object Lock keeps `version` of `key` (the current one when `None`; a legal
+    /// hold counts as kept for good); `None` when nothing keeps it.
+    async fn retained_until(
+        &self,
+        _key: &str,
+        _version: Option<&str>,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, BackendError> {
         Ok(None)
     }
-    /// Keep the current version of `key` locked until `until` (never shortens a lock).
+    /// Keep `version` of `key` (the current one when `None`) locked until `until` (never
+    /// shortens a lock).
     async fn extend_retention(
         &self,
         key: &str,
+        _version: Option<&str>,
         _retention: Retention,
         _until: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), BackendError> {
@@ -297,6 +303,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn require_prefix(&self, _prefix: &str) -> Result<(), BackendError> {
         Ok(())
     }
+}
+
+/// `now` plus `seconds` and one more (whole seconds, rounded up: never a moment short of a
+/// retention), `None` past what a date can hold.
+pub fn retain_from(now: chrono::DateTime<chrono::Utc>, seconds: u64) -> Option<chrono::DateTime<chrono::Utc>> {
+    let secs = i64::try_from(seconds).ok()?.checked_add(1)?;
+    now.checked_add_signed(chrono::Duration::try_seconds(secs)?)
 }
 
 /// Shared handle to a backend.

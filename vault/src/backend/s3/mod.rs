@@ -17,6 +17,8 @@
 //! short when there are several) moves the backend on to the next, where it stays.
 
 mod signed;
+mod url;
+mod versions;
 mod xml;
 
 use std::ops::Range;
@@ -35,6 +37,8 @@ use object_store::{
 };
 
 use self::signed::{Reply, Request, ServerClock, Signed, status_error};
+pub use self::url::parse_url;
+use self::url::{parse_base, push_endpoints, split_endpoints};
 use super::{Backend, BackendError, Created, ObjectInfo, ObjectVersion, Retention, StorageVersioning};
 use crate::layout;
 
@@ -95,62 +99,12 @@ pub struct S3Backend {
     versioned: AtomicBool,
     /// Set when the probe found Object Lock on the bucket: no multipart uploads.
     locked: AtomicBool,
+    /// Set once the probe answered: until then a delete cannot know how to delete.
+    probed: AtomicBool,
     /// The retention later creates are written with.
     retention: Mutex<Option<Retention>>,
     /// The storage's time, from the `Date` of its answers.
     clock: Arc<ServerClock>,
-}
-
-/// Add the endpoints of `list` (comma-separated URLs) to `out`, once each; errors name `source`
-/// (the vault URL or the variable the list came from).
-fn push_endpoints(list: &str, source: &str, out: &mut Vec<String>) -> Result<(), BackendError> {
-    for e in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        if !(e.starts_with("http://") || e.starts_with("https://")) {
-            return Err(other(source, &format!("endpoint {e:?} must start with http:// or https://")));
-        }
-        let e = e.trim_end_matches('/');
-        if !out.iter().any(|known| known == e) {
-            out.push(e.to_string());
-        }
-    }
-    Ok(())
-}
-
-/// Split `s3://bucket/prefix?endpoint=URL&endpoint=URL` into the URL without its query and the
-/// endpoints it lists (each `endpoint=` may also hold several, separated by commas).
-fn split_endpoints(url: &str) -> Result<(&str, Vec<String>), BackendError> {
-    let Some((base, query)) = url.split_once('?') else { return Ok((url, Vec::new())) };
-    let mut endpoints = Vec::new();
-    for param in query.split('&').filter(|p| !p.is_empty()) {
-        let Some(value) = param.strip_prefix("endpoint=") else {
-            return Err(other(url, &format!("unknown URL parameter {param:?}: only endpoint=URL is known")));
-        };
-        push_endpoints(value, url, &mut endpoints)?;
-    }
-    if endpoints.is_empty() {
-        return Err(other(url, "the URL's query names no endpoint (endpoint=http://host:port)"));
-    }
-    Ok((base, endpoints))
-}
-
-/// Split `s3://bucket/prefix` into bucket and prefix (without surrounding slashes); a query of
-/// endpoints is left out.
-pub fn parse_url(url: &str) -> Result<(String, String), BackendError> {
-    parse_base(split_endpoints(url)?.0)
-}
-
-/// [`parse_url`] of a URL without its query.
-fn parse_base(url: &str) -> Result<(String, String), BackendError> {
-    let rest = url.strip_prefix("s3://").ok_or_else(|| other(url, "an S3 vault URL starts with s3://"))?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return Err(other(url, "the S3 vault URL names no bucket (s3://bucket/prefix)"));
-    }
-    let prefix = prefix.trim_matches('/');
-    if prefix.split('/').any(|p| p == "." || p == "..") {
-        return Err(other(url, "the prefix must not contain . or .. components"));
-    }
-    Ok((bucket.to_string(), prefix.to_string()))
 }
 
 impl S3Backend {
@@ -233,6 +187,7 @@ impl S3Backend {
             look_first: AtomicBool::new(false),
             versioned: AtomicBool::new(false),
             locked: AtomicBool::new(false),
+            probed: AtomicBool::new(false),
             retention: Mutex::new(None),
             clock,
         })
@@ -347,7 +302,7 @@ impl S3Backend {
         sums: &signed::Checksums,
         conditional: bool,
     ) -> Result<Option<Created>, BackendError> {
-        let lock = if layout::rewritten(key) { None } else { self.retain_until() };
+        let lock = if layout::rewritten(key) { None } else { self.retain_until(key)? };
         let reply = self
             .send(key, || {
                 let mut r = Request::new(Method::PUT, Some(path.as_ref())).checked_body(bytes.clone(), sums);
@@ -366,51 +321,6 @@ impl S3Backend {
             501 if conditional => Ok(None),
             _ => Err(status_error(key, &reply)),
         }
-    }
-
-    /// Mode and retain-until date (storage time now plus the retention) for a write now.
-    fn retain_until(&self) -> Option<(&'static str, String)> {
-        let r = (*self.retention.lock().unwrap_or_else(|p| p.into_inner()))?;
-        let now = self.clock.now().unwrap_or_else(|| {
-            tracing::warn!("the storage has not told its time yet; retention counts from this host's clock");
-            chrono::Utc::now()
-        });
-        // Whole seconds, rounded up: never a moment short of the retention asked for.
-        let until = now + chrono::Duration::seconds(i64::try_from(r.seconds).unwrap_or(i64::MAX / 2) + 1);
-        Some((r.mode.s3_name(), until.format("%Y-%m-%dT%H:%M:%S.000Z").to_string()))
-    }
-
-    /// Every version of exactly `key`.
-    async fn versions_of(&self, key: &str) -> Result<Vec<ObjectVersion>, BackendError> {
-        let mut all = self.versions(key).await?;
-        all.retain(|v| v.key == key);
-        Ok(all)
-    }
-
-    /// Why a refused delete of `version_id` was refused: Object Lock still keeping it (then
-    /// [`BackendError::Retained`]) or the credentials.
-    async fn refusal(&self, key: &str, path: &StorePath, version_id: &str, refused: &Reply) -> BackendError {
-        let head =
-            self.send(key, || Request::new(Method::HEAD, Some(path.as_ref())).query("versionId", version_id)).await;
-        if let Ok(head) = head {
-            let hold = head.header("x-amz-object-lock-legal-hold") == Some("ON");
-            let until = head.header("x-amz-object-lock-retain-until-date").map(str::to_string);
-            let mode = head.header("x-amz-object-lock-mode").unwrap_or("retention").to_string();
-            let now = self.clock.now().unwrap_or_else(chrono::Utc::now);
-            let locked =
-                until.as_deref().and_then(|u| chrono::DateTime::parse_from_rfc3339(u).ok()).is_some_and(|u| u > now);
-            if hold || locked {
-                let detail = match (hold, until) {
-                    (true, _) => "legal hold".to_string(),
-                    (false, until) => format!("{mode} until {}", until.unwrap_or_default()),
-                };
-                return BackendError::Retained {
-                    key: key.to_string(),
-                    detail: format!("version {version_id}: {detail}"),
-                };
-            }
-        }
-        status_error(key, refused)
     }
 
     /// Large objects go up in parts. A multipart upload cannot be conditional, so the object is
@@ -636,28 +546,7 @@ impl Backend for S3Backend {
     }
 
     async fn probe_versioning(&self) -> Result<Option<StorageVersioning>, BackendError> {
-        let bucket = self.bucket.clone();
-        let reply = self.send(&bucket, || Request::new(Method::GET, None).query("versioning", "")).await?;
-        let versioning = match reply.status.as_u16() {
-            200 => xml::versioning_status(&reply.body).map_err(|e| other(&bucket, &e))?,
-            // A server without versioning may not know the call at all.
-            400 | 404 | 405 | 501 => None,
-            _ => return Err(status_error(&bucket, &reply)),
-        };
-        let reply = self.send(&bucket, || Request::new(Method::GET, None).query("object-lock", "")).await?;
-        let (object_lock, default_retention) = match reply.status.as_u16() {
-            200 => xml::object_lock(&reply.body).map_err(|e| other(&bucket, &e))?,
-            400 | 404 | 405 | 501 => (false, None),
-            _ => return Err(status_error(&bucket, &reply)),
-        };
-        let found = StorageVersioning {
-            versioning: versioning.map_or("off".to_string(), |v| v.to_ascii_lowercase()),
-            object_lock,
-            default_retention,
-        };
-        self.versioned.store(found.keeps_versions(), Ordering::Relaxed);
-        self.locked.store(object_lock, Ordering::Relaxed);
-        Ok(Some(found))
+        self.probe_versions().await.map(Some)
     }
 
     fn set_retention(&self, retention: Option<Retention>) {
@@ -669,109 +558,42 @@ impl Backend for S3Backend {
     }
 
     async fn versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>, BackendError> {
-        let full = if self.prefix.is_empty() { prefix.to_string() } else { format!("{}/{prefix}", self.prefix) };
-        let mut out = Vec::new();
-        let mut next: Option<(String, String)> = None;
-        loop {
-            let reply = self
-                .send(prefix, || {
-                    let mut r = Request::new(Method::GET, None).query("versions", "").query("prefix", full.as_str());
-                    if let Some((key, version)) = &next {
-                        r = r.query("key-marker", key.as_str());
-                        if !version.is_empty() {
-                            r = r.query("version-id-marker", version.as_str());
-                        }
-                    }
-                    r
-                })
-                .await?;
-            match reply.status.as_u16() {
-                200 => {}
-                400 | 405 | 501 => return Err(BackendError::NoVersions(self.location())),
-                _ => return Err(status_error(prefix, &reply)),
-            }
-            let page = xml::version_page(&reply.body).map_err(|e| other(prefix, &e))?;
-            for mut v in page.versions {
-                v.key = self.key_of(&StorePath::from(v.key.as_str()));
-                if v.key.starts_with(prefix) {
-                    out.push(v);
-                }
-            }
-            match page.next {
-                Some(n) if Some(&n) != next.as_ref() => next = Some(n),
-                Some(_) => return Err(other(prefix, "the version listing repeats its page marker")),
-                None => break,
-            }
-        }
-        Ok(out)
+        self.list_versions(prefix).await
     }
 
     async fn get_version(&self, key: &str, version_id: &str) -> Result<Bytes, BackendError> {
-        let path = self.path(key)?;
-        let reply =
-            self.send(key, || Request::new(Method::GET, Some(path.as_ref())).query("versionId", version_id)).await?;
-        match reply.status.as_u16() {
-            200 => Ok(reply.body),
-            _ => Err(status_error(key, &reply)),
-        }
+        self.read_version(key, version_id).await
     }
 
     async fn delete_version(&self, key: &str, version_id: &str) -> Result<(), BackendError> {
-        let path = self.path(key)?;
-        let reply =
-            self.send(key, || Request::new(Method::DELETE, Some(path.as_ref())).query("versionId", version_id)).await?;
-        match reply.status.as_u16() {
-            200..=299 | 404 => Ok(()),
-            403 => Err(self.refusal(key, &path, version_id, &reply).await),
-            _ => Err(status_error(key, &reply)),
-        }
+        self.remove_version(key, version_id).await
     }
 
-    async fn retained_until(&self, key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, BackendError> {
-        let path = self.path(key)?;
-        let head = self.send(key, || Request::new(Method::HEAD, Some(path.as_ref()))).await?;
-        match head.status.as_u16() {
-            200 => {}
-            _ => return Err(status_error(key, &head)),
-        }
-        if head.header("x-amz-object-lock-legal-hold") == Some("ON") {
-            return Ok(Some(chrono::DateTime::<chrono::Utc>::MAX_UTC));
-        }
-        let until = head.header("x-amz-object-lock-retain-until-date").map(str::to_string);
-        let Some(until) = until else { return Ok(None) };
-        let until = chrono::DateTime::parse_from_rfc3339(&until)
-            .map_err(|e| other(key, &format!("retain-until date {until:?}: {e}")))?
-            .with_timezone(&chrono::Utc);
-        let now = self.clock.now().unwrap_or_else(chrono::Utc::now);
-        Ok((until > now).then_some(until))
+    async fn retained_until(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, BackendError> {
+        self.lock_of(key, version).await
     }
 
     async fn extend_retention(
         &self,
         key: &str,
+        version: Option<&str>,
         retention: Retention,
         until: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), BackendError> {
-        let path = self.path(key)?;
-        let body = Bytes::from(format!(
-            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode><RetainUntilDate>{}</RetainUntilDate></Retention>",
-            retention.mode.s3_name(),
-            until.format("%Y-%m-%dT%H:%M:%S.000Z")
-        ));
-        let sums = signed::Checksums::of(&body);
-        let reply = self
-            .send(key, || {
-                Request::new(Method::PUT, Some(path.as_ref())).query("retention", "").checked_body(body.clone(), &sums)
-            })
-            .await?;
-        match reply.status.as_u16() {
-            200..=299 => Ok(()),
-            _ => Err(status_error(key, &reply)),
-        }
+        self.lengthen_lock(key, version, retention, until).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), BackendError> {
         let path = self.path(key)?;
+        // A plain delete in a bucket that keeps versions would leave a delete marker that
+        // `check` takes for an attacker's: never delete without knowing which kind it is.
+        if !self.probed.load(Ordering::Relaxed) {
+            self.probe_versions().await?;
+        }
         if self.versioned.load(Ordering::Relaxed) {
             let mut kept = None;
             for v in self.versions_of(key).await? {
@@ -877,24 +699,5 @@ fn map_err(key: &str, e: object_store::Error) -> BackendError {
         }
         _ if is_passing(&e, &text) => transient(key, &text),
         _ => other(key, &text),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_come_from_the_url_query() {
-        let (base, e) = split_endpoints("s3://b/p?endpoint=http://a:1&endpoint=http://b:2,https://c:3/").unwrap();
-        assert_eq!(base, "s3://b/p");
-        assert_eq!(e, ["http://a:1", "http://b:2", "https://c:3"]);
-        assert_eq!(parse_url("s3://b/p/q?endpoint=http://a:1").unwrap(), ("b".into(), "p/q".into()));
-        assert!(split_endpoints("s3://b/p").unwrap().1.is_empty());
-        for bad in ["s3://b?endpont=http://a", "s3://b?endpoint=ftp://a", "s3://b?", "s3://b?endpoint="] {
-            assert!(split_endpoints(bad).is_err(), "{bad}");
-        }
-        // The same endpoint twice is listed once.
-        assert_eq!(split_endpoints("s3://b?endpoint=http://a:1&endpoint=http://a:1").unwrap().1.len(), 1);
     }
 }

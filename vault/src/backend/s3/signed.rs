@@ -34,7 +34,13 @@ impl ServerClock {
     fn observe(&self, headers: &HeaderMap) {
         let Some(date) = headers.get(http::header::DATE).and_then(|v| v.to_str().ok()) else { return };
         if let Ok(at) = chrono::DateTime::parse_from_rfc2822(date) {
-            let skew = at.timestamp() - chrono::Utc::now().timestamp();
+            let skew = at.timestamp().saturating_sub(chrono::Utc::now().timestamp());
+            // A Date more than a day off is not believed (a forged one would lock objects for
+            // ages in compliance mode): this host's clock is used until a sane one comes.
+            if skew.abs() > MAX_SKEW_SECS {
+                tracing::warn!(date, skew, "the storage's Date is more than a day from this host's clock; not used");
+                return;
+            }
             self.skew.store(skew, Ordering::Relaxed);
         }
     }
@@ -42,9 +48,16 @@ impl ServerClock {
     /// The storage's time now, `None` before it has answered with a `Date`.
     pub fn now(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         let skew = self.skew.load(Ordering::Relaxed);
-        (skew != i64::MIN).then(|| chrono::Utc::now() + chrono::Duration::seconds(skew))
+        (skew != i64::MIN)
+            .then(|| chrono::Utc::now() + chrono::Duration::seconds(skew.clamp(-MAX_SKEW_SECS, MAX_SKEW_SECS)))
     }
 }
+
+/// The largest answer read.
+const MAX_BODY: u64 = 256 << 20;
+
+/// The most the storage's clock may differ from ours and still be believed.
+const MAX_SKEW_SECS: i64 = 86_400;
 
 /// An answer: status, headers and the whole body (answers here are small XML documents).
 #[derive(Debug)]
@@ -174,6 +187,7 @@ impl Signed {
             url.push('?');
             url.push_str(&query.join("&"));
         }
+        let head = req.method == Method::HEAD;
         let digest: [u8; 32] = req.sha256.unwrap_or_else(|| sha2::Sha256::digest(&req.body).into());
         let mut request = http::Request::builder()
             .method(req.method)
@@ -194,6 +208,14 @@ impl Signed {
             .map_err(|e| other(what, &format!("signing: {e}")))?;
         let response = self.client.execute(request).await.map_err(|e| transient(what, &e.to_string()))?;
         let (parts, body) = response.into_parts();
+        // Answers here are small documents, or one object (a pack is at most 64 MiB).
+        let length = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if !head && length.is_some_and(|n| n > MAX_BODY) {
+            return Err(other(
+                what,
+                &format!("the storage answered with {} bytes, more than {MAX_BODY}", length.unwrap_or(0)),
+            ));
+        }
         let body = body.bytes().await.map_err(|e| transient(what, &e.to_string()))?;
         self.clock.observe(&parts.headers);
         Ok(Reply { status: parts.status, headers: parts.headers, body })

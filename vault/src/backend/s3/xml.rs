@@ -52,6 +52,10 @@ pub fn object_lock(body: &[u8]) -> Result<(bool, Option<(LockMode, u32)>), Strin
     if days == 0 {
         return Err("ObjectLockConfiguration: a default retention without Days or Years".into());
     }
+    // S3 allows up to 100 years; more is not a bucket's setting but damage.
+    if days > 36_600 {
+        return Err(format!("ObjectLockConfiguration: a default retention of {days} days is over 100 years"));
+    }
     Ok((enabled, Some((mode, days))))
 }
 
@@ -124,6 +128,8 @@ mod tests {
         assert_eq!(object_lock(lock).unwrap(), (true, Some((LockMode::Compliance, 730))));
         let bare = b"<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled></ObjectLockConfiguration>";
         assert_eq!(object_lock(bare).unwrap(), (true, None));
+        let ages = b"<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>GOVERNANCE</Mode><Years>4294967295</Years></DefaultRetention></Rule></ObjectLockConfiguration>";
+        assert!(object_lock(ages).unwrap_err().contains("over 100 years"));
         for bad in [&b"<ObjectLockConfiguration><Rule><DefaultRetention><Mode>X</Mode><Days>1</Days></DefaultRetention></Rule></ObjectLockConfiguration>"[..], b"<ObjectLockConfiguration><Rule><DefaultRetention><Mode>GOVERNANCE</Mode></DefaultRetention></Rule></ObjectLockConfiguration>", b"\xff", b"<a"] {
             assert!(object_lock(bad).is_err());
         }
