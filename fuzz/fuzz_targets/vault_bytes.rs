@@ -1,9 +1,11 @@
 //! Everything read back from a vault: packs, sealed objects, and the plaintext decoders behind
-//! them (manifests, trees, index segments), key slots, the vault config, escrow key files, codecs.
+//! them (manifests, trees, index segments), key slots, the vault config, escrow key files, codecs,
+//! and the S3 answers about versions and Object Lock.
 //! Errors are expected; a panic, an abort or an unbounded allocation is a bug.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use tresor_vault::backend::s3::xml;
 use tresor_vault::codec::{self, Codec};
 use tresor_vault::config::VaultConfig;
 use tresor_vault::crypto::{MasterKey, ObjectType};
@@ -30,6 +32,9 @@ fuzz_target!(|bytes: &[u8]| {
     let _ = VaultConfig::from_json(bytes);
     let _ = EscrowKey::from_file_text(&String::from_utf8_lossy(bytes));
     let _ = codec::decode(Codec::Zstd, bytes, len);
+    let _ = xml::versioning_status(bytes);
+    let _ = xml::object_lock(bytes);
+    let _ = xml::version_page(bytes);
     if let Some(c) = bytes.first().copied().and_then(Codec::from_byte) {
         let _ = codec::decode(c, &bytes[1..], len);
     }

@@ -19,7 +19,7 @@
 mod signed;
 mod url;
 mod versions;
-mod xml;
+pub mod xml;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
