@@ -45,12 +45,17 @@ def moto_names(policy):
 
 
 def iam_setup(endpoint, bucket, prefix, policies):
-    """Users admin, agent and maintainer; the last two with the policies docs/policies gives
-    them. Then moto enforces IAM on every later call."""
+    """Users admin, agent and maintainer, the last two with the policies docs/policies gives
+    them, and reader (it may list and read, nothing else). Then moto enforces IAM on every later
+    call."""
     iam = client(endpoint, "iam")
     admin_policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    reader_actions = ["s3:ListBucket", "s3:ListBucketVersions", "s3:GetBucketVersioning",
+                      "s3:GetBucketObjectLockConfiguration", "s3:GetObject"]
+    reader_policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": reader_actions,
+                                                             "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}
     out = {}
-    for user, policy in [("admin", json.dumps(admin_policy))] + [
+    for user, policy in [("admin", json.dumps(admin_policy)), ("reader", json.dumps(reader_policy))] + [
         (name, open(os.path.join(policies, f"{name}.json")).read()) for name in ["agent", "maintainer"]
     ]:
         iam.create_user(UserName=user)

@@ -120,7 +120,7 @@ impl Moto {
     }
 
     /// Users `admin`, `agent` and `maintainer` with the policies of docs/policies/ for
-    /// `bucket`/`prefix`, each user's `(key, secret)` by name; from then on moto checks every
+    /// `bucket`/`prefix`, and `reader` (list and read only); each user's `(key, secret)` by name; from then on moto checks every
     /// request's signature and the policy of the user who signed it.
     pub fn enforce_iam(&self, bucket: &str, prefix: &str) -> std::collections::BTreeMap<String, (String, String)> {
         let policies = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/policies");
@@ -130,7 +130,7 @@ impl Moto {
             (u["key"].as_str().unwrap_or_default().to_string(), u["secret"].as_str().unwrap_or_default().to_string())
         };
         *self.admin_user.lock().unwrap_or_else(|p| p.into_inner()) = Some(user("admin"));
-        ["admin", "agent", "maintainer"].into_iter().map(|n| (n.to_string(), user(n))).collect()
+        ["admin", "agent", "maintainer", "reader"].into_iter().map(|n| (n.to_string(), user(n))).collect()
     }
 }
 

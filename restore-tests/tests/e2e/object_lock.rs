@@ -358,3 +358,43 @@ fn an_agent_without_delete_rights_backs_up_and_can_only_hide() {
     assert!(gc["locks_extended"].as_u64().unwrap() >= 5, "config, slots, segment, snapshot, packs: {gc}");
     assert!(moto.admin(&["retention", "locked", "vault/config"])["left"].as_f64().unwrap() > 86_390.0);
 }
+
+/// Through the controller: a locked vault whose maintainer's credentials may not extend locks
+/// (they may only list and read). Its scheduled prunes find the locks due (a grace and prune
+/// interval 10 s short of the bucket's one-day lock), cannot extend them, and the controller
+/// raises `object_lock_extension_failed` and audits each as `lock.extend_failed`.
+#[test]
+fn a_maintainer_that_cannot_extend_locks_raises_an_alert() {
+    use restore_tests::plane::{Plane, VaultSpec, wait_for};
+    let moto = Moto::start();
+    moto.bucket("locked", true, Some(("GOVERNANCE", 1)));
+    let users = moto.enforce_iam("locked", "vault");
+    let mut p = Plane::start("");
+    let url = "s3://locked/vault".to_string();
+    let pw = p.password_file("a1");
+    p.init_vault(&url, &pw, &moto.env_as(&users["maintainer"]));
+    let vault = VaultSpec { name: "s3".into(), url, password_file: pw, env: moto.env_as(&users["reader"]) };
+    p.add_agent("a1", std::slice::from_ref(&vault), &[]);
+    let src = p.dir.path().join("src");
+    random_file(&src.join("x.bin"), 64 << 10, 3);
+    let policy = format!(
+        "name = \"l\"\n[defaults]\nschedule = \"0 0 1 1 *\"\nretention = {{ keep_last = 5 }}\n[[vault]]\nname = \"s3\"\nmaintainer = \"a1\"\ngc_grace = \"86380s\"\nprune_schedule = \"*/5 * * * * *\"\n[[source]]\nagent = \"a1\"\nname = \"a\"\nvault = \"s3\"\npaths = [\"{}\"]\n",
+        src.display()
+    );
+    let applied = p.apply_policy(&policy);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    wait_for("the lock alert", std::time::Duration::from_secs(180), || {
+        String::from_utf8_lossy(&p.ctl(&["status"]).stdout).contains("could not extend the Object Lock")
+    });
+    // Exit 4: problems are listed.
+    let out = p.ctl(&["--json", "status"]);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = status["problems"].as_array().cloned().unwrap_or_default();
+    assert!(
+        problems.iter().any(|m| m.as_str().is_some_and(|m| m.contains("vault s3: the maintainer could not extend"))),
+        "{status}"
+    );
+    let audit = String::from_utf8_lossy(&p.ctl(&["audit", "show"]).stdout).into_owned();
+    assert!(audit.contains("lock.extend_failed"), "{audit}");
+}
