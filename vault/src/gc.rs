@@ -496,7 +496,7 @@ pub async fn run(vault: Arc<Vault>, cache: &Path, opts: &GcOptions) -> Result<Gc
         seen.save(&observed_at).await?;
     }
     if versioned {
-        report.old_versions_removed = crate::lock::clean_rewritten(vault.backend()).await?.removed;
+        report.old_versions_removed = crate::lock::clean_rewritten(vault.backend()).await?;
     }
     Ok(report)
 }

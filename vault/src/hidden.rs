@@ -109,11 +109,12 @@ fn hidden(key: String, versions: &[ObjectVersion]) -> Option<Suspect> {
 /// retention. Returns what was brought back; the markers and replacements stay below as history.
 pub async fn recover(backend: &DynBackend, hidden: &[HiddenObject]) -> Result<Vec<String>, BackendError> {
     // The vault's retention, from its first config (read without a key: it is plain JSON).
-    let config = match hidden.iter().find(|h| h.key == layout::CONFIG) {
+    let hidden_config = hidden.iter().find(|h| h.key == layout::CONFIG);
+    let config = match hidden_config {
         Some(h) => backend.get_version(layout::CONFIG, &h.original).await,
         None => backend.get(layout::CONFIG).await,
     };
-    match config.map(|b| crate::config::VaultConfig::from_json(&b)) {
+    match config.as_ref().map(|b| crate::config::VaultConfig::from_json(b)) {
         Ok(Ok(c)) => backend.set_retention(c.object_lock),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "the config does not read; objects come back without the vault's own retention")
@@ -123,8 +124,13 @@ pub async fn recover(backend: &DynBackend, hidden: &[HiddenObject]) -> Result<Ve
     let mut order: Vec<&HiddenObject> = hidden.iter().collect();
     order.sort_by_key(|h| (h.key != layout::CONFIG, h.key.clone()));
     let mut done = Vec::new();
+    // The hidden config's first version was read above: not twice.
+    let mut first_config = if hidden_config.is_some() { config.ok() } else { None };
     for h in order {
-        let bytes = backend.get_version(&h.key, &h.original).await?;
+        let bytes = match first_config.take().filter(|_| h.key == layout::CONFIG) {
+            Some(b) => b,
+            None => backend.get_version(&h.key, &h.original).await?,
+        };
         backend.overwrite(&h.key, bytes).await?;
         done.push(h.key.clone());
     }

@@ -187,19 +187,11 @@ pub async fn still_locked(
     Ok(out)
 }
 
-/// What cleaning rewritten objects did.
-#[derive(Debug, Default)]
-pub struct Cleaned {
-    /// Old versions and delete markers removed.
-    pub removed: usize,
-    /// Old versions a lock still keeps (removed by a later run).
-    pub kept: usize,
-}
-
 /// Remove the old versions of rewritten objects (session markers, the GC mark, probes): every
 /// version but the current one, and for an object hidden under a delete marker every version,
 /// the marker last, once nothing below it is kept (else it would show a kept version again).
-pub async fn clean_rewritten(be: &DynBackend) -> Result<Cleaned> {
+/// Returns how many old versions and delete markers were removed.
+pub async fn clean_rewritten(be: &DynBackend) -> Result<usize> {
     let mut by_key: BTreeMap<String, Vec<ObjectVersion>> = BTreeMap::new();
     for prefix in [layout::SESSIONS, layout::GC_MARK, layout::PROBE] {
         for v in be.versions(prefix).await? {
@@ -208,25 +200,22 @@ pub async fn clean_rewritten(be: &DynBackend) -> Result<Cleaned> {
             }
         }
     }
-    let mut out = Cleaned::default();
+    let mut removed = 0;
     for (key, versions) in by_key {
         let hidden = versions.iter().any(|v| v.latest && v.delete_marker);
         let mut kept_any = false;
         let (markers, real): (Vec<_>, Vec<_>) = versions.iter().partition(|v| v.delete_marker);
         for v in real.iter().filter(|v| hidden || !v.latest) {
             match be.delete_version(&key, &v.version_id).await {
-                Ok(()) => out.removed += 1,
-                Err(BackendError::Retained { .. }) => {
-                    kept_any = true;
-                    out.kept += 1;
-                }
+                Ok(()) => removed += 1,
+                Err(BackendError::Retained { .. }) => kept_any = true,
                 Err(e) => return Err(e.into()),
             }
         }
         for m in markers.iter().filter(|m| !(m.latest && kept_any)) {
             be.delete_version(&key, &m.version_id).await?;
-            out.removed += 1;
+            removed += 1;
         }
     }
-    Ok(out)
+    Ok(removed)
 }

@@ -206,7 +206,13 @@ impl S3Backend {
     /// Send a signed request through the current endpoint (failing over as
     /// [`Self::on_endpoints`] does); a 5xx answer counts as a failure of the endpoint.
     async fn send<'r>(&self, key: &str, req: impl Fn() -> Request<'r>) -> Result<Reply, BackendError> {
-        self.retry("request", key, || {
+        let attempts = if self.endpoints.len() > 1 {
+            1
+        } else {
+            // Signed requests have no retries of object_store's beneath them.
+            u32::try_from(self.opts.max_retries).unwrap_or(6) + 1
+        };
+        self.retry_n("request", key, attempts, || {
             self.on_each_endpoint(key, |e| {
                 let request = req();
                 async move {
@@ -377,17 +383,21 @@ impl S3Backend {
     /// Run `op` (a read, or a whole multipart upload), trying again when the failure may be
     /// passing (a broken-off body, a 5xx that outlasted `object_store`'s own retries). With
     /// several endpoints, [`Self::on_endpoints`]' rounds are the retries: no second loop on top.
-    async fn retry<T, F, Fut>(&self, what: &str, key: &str, mut op: F) -> Result<T, BackendError>
+    async fn retry<T, F, Fut>(&self, what: &str, key: &str, op: F) -> Result<T, BackendError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, BackendError>>,
     {
-        let attempts = match (self.endpoints.len() > 1, what) {
-            (true, _) => 1,
-            // Signed requests have no retries of object_store's beneath them.
-            (false, "request") => u32::try_from(self.opts.max_retries).unwrap_or(6) + 1,
-            (false, _) => self.opts.read_attempts,
-        };
+        let attempts = if self.endpoints.len() > 1 { 1 } else { self.opts.read_attempts };
+        self.retry_n(what, key, attempts, op).await
+    }
+
+    /// [`Self::retry`] with `attempts` in all.
+    async fn retry_n<T, F, Fut>(&self, what: &str, key: &str, attempts: u32, mut op: F) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
