@@ -73,6 +73,35 @@ pub enum Command {
         #[arg(long, value_name = "MODE", default_value = "governance", requires = "object_lock", value_parser = parse_lock_mode)]
         object_lock_mode: tresor_vault::backend::LockMode,
     },
+    /// Copy snapshots, with the packs and index they need, to a second site of the same vault
+    /// (another folder or bucket): made on the first copy, brought up to date after. Same vault
+    /// id and keys, so the one escrow key file opens both (decision 0017). Resumes after a kill,
+    /// sends only what the copy lacks, verifies every pack at the source before sending it.
+    Copy {
+        /// The vault to copy from (directory or s3://bucket/prefix).
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// Where the copy is (an empty location, or an earlier copy of the same vault).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// AWS_* variables for the copy's storage, one KEY=VALUE per line (else the
+        /// environment's, shared with --from).
+        #[arg(long, value_name = "FILE")]
+        to_credentials: Option<PathBuf>,
+        /// Copy only these snapshots (ids or unique prefixes; repeatable); default: all.
+        #[arg(long = "snapshot", value_name = "ID")]
+        snapshots: Vec<String>,
+        /// When the copy is made: write every object there locked for this long (S3 Object
+        /// Lock), as `init --object-lock` does.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        object_lock: Option<std::time::Duration>,
+        /// The lock's mode (governance or compliance).
+        #[arg(long, value_name = "MODE", default_value = "governance", requires = "object_lock", value_parser = parse_lock_mode)]
+        object_lock_mode: tresor_vault::backend::LockMode,
+        /// Packs in flight at once (each held whole in memory).
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        uploads: usize,
+    },
     /// Back up paths and sources; prints the snapshot id.
     Backup {
         #[command(flatten)]

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod copy;
 mod daemon;
 mod exit;
 mod expected;
@@ -84,6 +85,12 @@ async fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
             let lock =
                 object_lock.map(|d| tresor_vault::backend::Retention { mode: *object_lock_mode, seconds: d.as_secs() });
             commands::init(g, &vault.vault, escrow_key_out, lock).await
+        }
+        Command::Copy { from, to, to_credentials, snapshots, object_lock, object_lock_mode, uploads } => {
+            let lock =
+                object_lock.map(|d| tresor_vault::backend::Retention { mode: *object_lock_mode, seconds: d.as_secs() });
+            let to = copy::Site { url: to.clone(), credentials: to_credentials.clone() };
+            copy::copy(g, from, &to, snapshots, lock, *uploads).await
         }
         Command::RecoverHidden { vault, dry_run } => commands::recover_hidden(&vault.vault, *dry_run).await,
         Command::Backup {

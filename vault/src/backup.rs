@@ -598,7 +598,7 @@ async fn abandon_marker(vault: &Vault, id: &SessionId, packs: Vec<PackRef>) {
     }
 }
 
-fn group_packs(packs: &[(PackRef, Vec<PackEntry>)]) -> Vec<&[(PackRef, Vec<PackEntry>)]> {
+pub(crate) fn group_packs(packs: &[(PackRef, Vec<PackEntry>)]) -> Vec<&[(PackRef, Vec<PackEntry>)]> {
     let mut groups = Vec::new();
     let (mut start, mut count) = (0, 0);
     for (i, (_, e)) in packs.iter().enumerate() {
@@ -745,7 +745,7 @@ async fn refresh_marker(s: &Shared, session: &SessionId, marker: &mut SessionMar
     }
 }
 
-async fn write_marker(vault: &Vault, id: &SessionId, marker: &SessionMarker) -> Result<()> {
+pub(crate) async fn write_marker(vault: &Vault, id: &SessionId, marker: &SessionMarker) -> Result<()> {
     let key = layout::session(id);
     let bytes = object::seal_named(vault.keys(), ObjectType::Session, &key, marker);
     vault.backend().overwrite(&key, Bytes::from(bytes)).await?;

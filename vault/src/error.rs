@@ -59,6 +59,10 @@ pub enum Error {
     /// Invalid argument or configuration.
     #[error("{0}")]
     Invalid(String),
+    /// Declined for now because of what another process is doing (a GC collecting what this
+    /// needs); nothing was changed, and a later run goes ahead.
+    #[error("{0}")]
+    Refused(String),
     /// Data sealed under a key epoch the opening slot does not reach.
     #[error(transparent)]
     KeyEpoch(#[from] crate::crypto::EpochMissing),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::backend::{BackendError, Created, DynBackend, Retention, StorageVersioning};
-use crate::config::{Capabilities, VaultConfig};
+use crate::config::VaultConfig;
 use crate::crypto::{FIRST_EPOCH, MasterKey, ObjectType, VaultKeys};
 use crate::epochs::{self, EpochRecord};
 use crate::error::{Error, Result};
@@ -73,7 +73,7 @@ pub struct Vault {
     versioning: Option<StorageVersioning>,
 }
 
-async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub(crate) async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Invalid(format!("worker task failed: {e}")))
 }
 
@@ -107,24 +107,7 @@ impl Vault {
         if backend.size(layout::CONFIG).await?.is_some() {
             return Err(Error::AlreadyInitialized(backend.location()));
         }
-        // Before the first write: a locked bucket refuses uploads without the headers it needs.
-        let versioning = backend.probe_versioning().await?;
-        if let Some(r) = object_lock {
-            if !versioning.as_ref().is_some_and(|v| v.object_lock) {
-                return Err(Error::Invalid(format!(
-                    "--object-lock needs a bucket with Object Lock enabled; {} has {}",
-                    backend.location(),
-                    versioning.as_ref().map_or("no object versions (not S3)".to_string(), |v| v.to_string())
-                )));
-            }
-            crate::config::check_retention(&r).map_err(Error::Invalid)?;
-            backend.set_retention(Some(r));
-        }
-        let mut capabilities = probe(&backend).await?;
-        capabilities.versioning = versioning.clone();
-        if !capabilities.create_once {
-            backend.check_before_create();
-        }
+        let (capabilities, versioning) = crate::probe::probe_new(&backend, object_lock).await?;
         let mut config = VaultConfig::new(capabilities);
         config.object_lock = object_lock;
         let config_bytes = config.to_json();
@@ -272,7 +255,7 @@ impl Vault {
         })
     }
 
-    async fn read_slots(backend: &DynBackend) -> Result<Vec<KeySlot>> {
+    pub(crate) async fn read_slots(backend: &DynBackend) -> Result<Vec<KeySlot>> {
         let mut slots = Vec::new();
         for info in backend.list(layout::KEYS).await? {
             // A slot is a few hundred bytes; a planted huge one is not read.
@@ -292,6 +275,16 @@ impl Vault {
             }
         }
         Ok(slots)
+    }
+
+    /// The stored bytes of this vault's `config` (what key slots carry a MAC of).
+    pub(crate) fn config_bytes(&self) -> &[u8] {
+        &self.config_bytes
+    }
+
+    /// The first epoch's master key: the one config MACs are made under.
+    pub(crate) fn first_master(&self) -> &MasterKey {
+        &self.masters[0].1
     }
 
     /// The backend.
@@ -975,24 +968,4 @@ fn location_error(e: BackendError) -> Error {
         BackendError::NoSuchLocation(l) => Error::NoSuchLocation(l),
         other => other.into(),
     }
-}
-
-/// Find out what the backend guarantees: is a second create of the same name refused, and may
-/// these credentials delete?
-async fn probe(backend: &DynBackend) -> Result<Capabilities> {
-    let key = format!("{}{}", layout::PROBE, crate::ids::SessionId::random());
-    backend.create(&key, Bytes::from_static(b"probe 1")).await?;
-    let second = backend.create(&key, Bytes::from_static(b"probe 2")).await?;
-    let kept_first = backend.get(&key).await?.as_ref() == b"probe 1";
-    let create_once = second == Created::Existed && kept_first;
-    let delete = backend.delete(&key).await.is_ok() && backend.size(&key).await?.is_none();
-    backend.probe_durability().await?;
-    Ok(Capabilities {
-        backend: backend.kind().to_string(),
-        create_once,
-        delete,
-        durability_unverified: backend.durability_unverified(),
-        versioning: None,
-        probed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    })
 }

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cluster;
 mod control;
+mod copy;
 mod corruption;
 mod crash;
 mod disaster;

@@ -317,6 +317,21 @@ pub type DynBackend = Arc<dyn Backend>;
 
 /// Open the backend named by a vault URL: a directory path, or `s3://bucket/prefix`.
 pub fn from_url(url: &str) -> Result<DynBackend, BackendError> {
+    from_url_with(url, None)
+}
+
+/// [`from_url`], an S3 URL with these `AWS_*` variables instead of the environment's (a second
+/// site's own credentials).
+pub fn from_url_with(url: &str, vars: Option<Vec<(String, String)>>) -> Result<DynBackend, BackendError> {
+    if let Some(vars) = vars {
+        if !url.starts_with("s3://") {
+            return Err(BackendError::Other {
+                key: url.into(),
+                detail: "credentials are for s3:// vaults only".into(),
+            });
+        }
+        return Ok(Arc::new(s3::S3Backend::from_vars(url, vars, s3::S3Options::default())?));
+    }
     if url.trim().is_empty() {
         return Err(BackendError::Other { key: url.into(), detail: "vault URL is empty".into() });
     }
