@@ -79,7 +79,7 @@ pub async fn copy(
     for spec in snapshots {
         ids.push(source.resolve_snapshot(spec).await?.0);
     }
-    let opts = CopyOptions { snapshots: ids, host: crate::host::hostname(), uploads };
+    let opts = CopyOptions { snapshots: (!ids.is_empty()).then_some(ids), host: crate::host::hostname(), uploads };
     let report = tresor_vault::copy::run(&source, &dest, &cache_root(g)?, &opts).await?;
     let code = if report.failed.is_empty() {
         exit::OK

@@ -93,6 +93,31 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
             }
         }
     }
+    let now = crate::core::now_unix();
+    for c in ctl.copy_status(now)? {
+        if c.overdue {
+            out.push(Problem {
+                kind: "copy_overdue",
+                subject: format!("{}→{}", c.from, c.to),
+                message: format!(
+                    "second site {} of vault {}: {} of {} snapshot(s) not copied yet, the oldest of them at one site only for {} s (copy_rpo {} s)",
+                    c.to,
+                    c.from,
+                    c.snapshots - c.copied,
+                    c.snapshots,
+                    c.lag_seconds,
+                    c.rpo_seconds
+                ),
+            });
+        }
+        if !c.last_error.is_empty() {
+            out.push(Problem {
+                kind: "copy_failed",
+                subject: format!("{}→{}", c.from, c.to),
+                message: format!("copy of vault {} to {} failed: {}", c.from, c.to, c.last_error),
+            });
+        }
+    }
     for v in ctl.policies().values().flat_map(|p| p.vaults.iter()) {
         let rec = ctl.catalog.vault(&v.name)?;
         if !rec.gc_warning.is_empty() {

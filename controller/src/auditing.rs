@@ -188,6 +188,9 @@ impl Controller {
             (JobSpec::Restore { snapshot, target, .. }, _) => {
                 format!("snapshot {snapshot} to {}:{target}", job.agent_name)
             }
+            (JobSpec::Copy { to, snapshots }, _) => {
+                format!("vault {} → vault {to} ({} snapshot(s) to copy)", job.vault, snapshots.len())
+            }
             _ => format!("vault {}", job.vault),
         };
         let (outcome, reason) = if result.error.is_empty() {

@@ -108,6 +108,12 @@ pub struct VaultRecord {
     /// extends every lock.
     #[serde(default)]
     pub lock_error: String,
+    /// A vault with a second site: when its last copy job ended with every snapshot copied.
+    #[serde(default)]
+    pub copy_last_success_unix: i64,
+    /// Why its last copy job failed or left snapshots behind (an alert until one succeeds).
+    #[serde(default)]
+    pub copy_error: String,
 }
 
 impl SourceRecord {
@@ -139,6 +145,7 @@ pub struct Catalog {
     active: sled::Tree,
     done: sled::Tree,
     snapshots: sled::Tree,
+    copies: sled::Tree,
     sources: sled::Tree,
     vaults: sled::Tree,
     enroll: sled::Tree,
@@ -203,6 +210,7 @@ impl Catalog {
             active: db.open_tree("jobs-active")?,
             done: db.open_tree("jobs-done")?,
             snapshots: db.open_tree("snapshots")?,
+            copies: db.open_tree("copies")?,
             sources: db.open_tree("sources")?,
             vaults: db.open_tree("vaults")?,
             enroll: db.open_tree("enroll-tokens")?,
@@ -363,6 +371,38 @@ impl Catalog {
     /// sled failed or a record is damaged.
     pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
         self.snapshots.iter().map(|r| r.map_err(Error::from).and_then(|(k, v)| decode(&k, &v))).collect()
+    }
+
+    // --- copies (snapshots at second sites) ----------------------------------------------------
+
+    /// Record that the second site `s.vault` holds snapshot `s.snapshot_id` (a copy keeps the
+    /// vault id and snapshot id of its source, so copies are kept apart from `snapshots`).
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn put_copy(&self, s: &SnapshotRecord) -> Result<()> {
+        let _ = self.copies.insert(format!("{}/{}", s.vault, s.snapshot_id), encode(s))?;
+        Ok(())
+    }
+
+    /// Drop a snapshot the second site `vault` no longer holds.
+    ///
+    /// # Errors
+    /// sled failed.
+    pub fn remove_copy(&self, vault: &str, snapshot_id: &str) -> Result<()> {
+        let _ = self.copies.remove(format!("{vault}/{snapshot_id}"))?;
+        Ok(())
+    }
+
+    /// The snapshots the second site `vault` holds.
+    ///
+    /// # Errors
+    /// sled failed or a record is damaged.
+    pub fn copies_in(&self, vault: &str) -> Result<Vec<SnapshotRecord>> {
+        self.copies
+            .scan_prefix(format!("{vault}/"))
+            .map(|r| r.map_err(Error::from).and_then(|(k, v)| decode(&k, &v)))
+            .collect()
     }
 
     // --- sources ------------------------------------------------------------------------------

@@ -502,8 +502,15 @@ impl Controller {
         }
         // A vault the catalog knows no snapshot of (a new controller, a lost catalog) is scanned
         // on its maintainer, so earlier snapshots come back without a separate rebuild.
-        let known: std::collections::BTreeSet<String> =
+        let mut known: std::collections::BTreeSet<String> =
             self.catalog.snapshots()?.into_iter().map(|s| s.vault).collect();
+        // A second site is scanned into its own records (so a new controller learns what it
+        // holds) until the catalog knows some.
+        for v in &policy.vaults {
+            if policy.copy_source(&v.name).is_some() && !self.catalog.copies_in(&v.name)?.is_empty() {
+                known.insert(v.name.clone());
+            }
+        }
         for v in policy.vaults.iter().filter(|v| !known.contains(&v.name)) {
             if let Some((id, a)) = self.state.find_agent(&v.maintainer).filter(|(id, _)| !self.state.is_revoked(id)) {
                 let job =
@@ -594,14 +601,23 @@ impl Controller {
         if !policies.values().any(|p| p.vaults.iter().any(|v| v.name == vault)) {
             return Err(Error::NotFound(format!("no vault {vault:?} in the applied policies")));
         }
-        let all: Vec<SnapshotRecord> = self.catalog.snapshots()?.into_iter().filter(|s| s.vault == vault).collect();
+        let all: Vec<SnapshotRecord> = self.vault_snapshots(vault)?;
+        // A second site keeps what its copy retention (else each source's own) keeps of the
+        // sources that back up to its source vault.
+        let copy_of = self.copy_source_of(vault);
+        let backs_up_here = |s: &crate::policy::SourcePolicy| match &copy_of {
+            Some(from) => s.vault == from.name,
+            None => s.vault == vault,
+        };
         let mut plan = PrunePlan::default();
         for p in policies.values() {
-            for src in p.sources.iter().filter(|s| s.vault == vault) {
+            for src in p.sources.iter().filter(|s| backs_up_here(s)) {
+                let rules = copy_of.as_ref().and_then(|f| f.copy.as_ref()).and_then(|c| c.retention.as_ref());
+                let rules = rules.unwrap_or(&src.retention);
                 let mine: Vec<SnapshotRecord> =
                     all.iter().filter(|s| s.agent == src.agent && s.source == src.name).cloned().collect();
                 let tz: chrono_tz::Tz = src.schedule.timezone.parse().unwrap_or(chrono_tz::Europe::Berlin);
-                let ids = crate::retention::to_forget(&mine, &src.retention, tz);
+                let ids = crate::retention::to_forget(&mine, rules, tz);
                 let (kept, total) = (mine.len() - ids.len(), mine.len());
                 for s in mine.into_iter().filter(|s| ids.contains(&s.snapshot_id)) {
                     let receipted = s
@@ -610,7 +626,7 @@ impl Controller {
                         .map_or_else(String::new, |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                     let why = format!(
                         "retention of {}/{} in policy {} ({}) keeps {kept} of {total} snapshots; this one, receipted {receipted}, is not among them",
-                        src.agent, src.name, p.name, src.retention
+                        src.agent, src.name, p.name, rules
                     );
                     let _ = plan.reasons.insert(s.snapshot_id.clone(), why);
                     plan.forget.push(s);
@@ -653,10 +669,9 @@ impl Controller {
         // What the vault must list: every snapshot the controller signed a receipt for there,
         // less what this prune forgets (earlier prunes' forgets are out of the catalog already).
         let expected = self
-            .catalog
-            .snapshots()?
+            .vault_snapshots(vault)?
             .into_iter()
-            .filter(|s| s.vault == vault && s.committed_ms.is_some() && !forget.contains(&s.snapshot_id))
+            .filter(|s| s.committed_ms.is_some() && !forget.contains(&s.snapshot_id))
             .map(|s| s.snapshot_id)
             .collect();
         let spec = JobSpec::Prune {

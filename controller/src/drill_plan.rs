@@ -45,6 +45,9 @@ pub struct DrillPlan {
     /// out (and the report counts them), so a sandbox never holds another host's privileged
     /// programs.
     pub special_bits: bool,
+    /// Drill from this vault: the source's second site (its vault's copy_to); default the
+    /// source's own vault.
+    pub vault: Option<String>,
 }
 
 /// A `[[drill]]` table as written.
@@ -66,6 +69,7 @@ pub(crate) struct RawDrill {
     keep: bool,
     #[serde(default)]
     special_bits: bool,
+    vault: Option<String>,
 }
 
 /// A source a drill may name: (agent, name, its RPO).
@@ -123,6 +127,7 @@ pub(crate) fn parse(raw: Vec<RawDrill>, sources: &[SourceRef<'_>], tz_default: &
             read_data_percent,
             keep: d.keep,
             special_bits: d.special_bits,
+            vault: d.vault,
         });
     }
     Ok(plans)

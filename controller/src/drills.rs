@@ -263,7 +263,9 @@ impl Controller {
             ),
         };
         let mut notes = Vec::new();
-        let snap = self.drill_snapshot(&key, snapshot, &choice, &mut notes)?;
+        let from = chosen.as_ref().and_then(|(_, d)| d.vault.clone()).unwrap_or_else(|| vault.name.clone());
+        let snaps = if from == vault.name { self.snapshots(&key)? } else { self.copy_snapshots(&from, &key)? };
+        let snap = self.drill_snapshot(&key, &snaps, snapshot, &choice, &mut notes)?;
         let (id, a) = self
             .state
             .find_agent(&sandbox_agent)
@@ -271,10 +273,9 @@ impl Controller {
         if self.state.is_revoked(&id) {
             return Err(Error::FailedPrecondition(format!("sandbox agent {sandbox_agent} is revoked")));
         }
-        if sandbox_agent != source.agent && !self.opens_vault(&id, &vault.name) {
+        if (sandbox_agent != source.agent || from != vault.name) && !self.opens_vault(&id, &from) {
             return Err(Error::FailedPrecondition(format!(
-                "sandbox agent {sandbox_agent} cannot open vault {:?}: give it its own key slot and list the vault in its agent.toml",
-                vault.name
+                "sandbox agent {sandbox_agent} cannot open vault {from:?}: give it its own key slot and list the vault in its agent.toml"
             )));
         }
         let spec = DrillSpec {
@@ -293,14 +294,8 @@ impl Controller {
             rpo_s,
             notes,
         };
-        let mut job = JobRecord::new(
-            id,
-            a.name,
-            vault.name.clone(),
-            JobSpec::Drill(Box::new(spec)),
-            trigger,
-            self.config.max_attempts,
-        );
+        let mut job =
+            JobRecord::new(id, a.name, from, JobSpec::Drill(Box::new(spec)), trigger, self.config.max_attempts);
         if let JobSpec::Drill(d) = &mut job.spec {
             d.drill_id = job.id.to_string();
         }
@@ -316,11 +311,11 @@ impl Controller {
     fn drill_snapshot(
         &self,
         key: &str,
+        snaps: &[SnapshotRecord],
         prefix: &str,
         choice: &SnapshotChoice,
         notes: &mut Vec<String>,
     ) -> Result<SnapshotRecord> {
-        let snaps = self.snapshots(key)?;
         if !prefix.is_empty() {
             let m: Vec<_> = snaps.iter().filter(|s| s.snapshot_id.starts_with(prefix)).collect();
             return match m.as_slice() {
@@ -380,8 +375,12 @@ impl Controller {
         // Achieved RPO: the drill's start (its dispatch, controller clock, like the receipts)
         // minus the newest good snapshot of the source at that moment, whichever snapshot the
         // drill restores.
-        let newest_ms =
-            self.snapshots(&spec.source)?.iter().filter_map(|s| s.committed_ms).filter(|t| *t <= started_ms).max();
+        // (At a second site, the newest snapshot that site held.)
+        let held = match self.copy_source_of(&job.vault) {
+            Some(_) => self.copy_snapshots(&job.vault, &spec.source)?,
+            None => self.snapshots(&spec.source)?,
+        };
+        let newest_ms = held.iter().filter_map(|s| s.committed_ms).filter(|t| *t <= started_ms).max();
         let rpo_measured = newest_ms.map_or(f64::from(u32::MAX), |t| (started_ms - t) as f64 / 1000.0);
         let mut checks: Vec<Check> = r
             .checks
@@ -414,6 +413,18 @@ impl Controller {
                 check: "drill ran".into(),
                 result: Verdict::Fail,
                 detail: if error.is_empty() { "the agent returned no findings".into() } else { error.to_string() },
+            });
+        }
+        if let Some(from) = self.copy_source_of(&job.vault) {
+            checks.push(Check {
+                level: Level::Structure,
+                subject: format!("vault {}", job.vault),
+                check: "restored from the second site".into(),
+                result: Verdict::of(result.is_some()),
+                detail: format!(
+                    "vault {} is the second site of vault {} (a copy under the same vault id and keys); the snapshot was read there, not at {}",
+                    job.vault, from.name, from.name
+                ),
             });
         }
         let mut anomalies = spec.notes.clone();

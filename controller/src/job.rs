@@ -65,6 +65,13 @@ pub enum JobSpec {
         #[serde(default)]
         maintenance_interval_seconds: u64,
     },
+    /// Copy snapshots of the job's vault to its second site (the job's agent opens both).
+    Copy {
+        /// The second site's vault name.
+        to: String,
+        /// Full snapshot ids to copy (none: only keys and late receipts).
+        snapshots: Vec<String>,
+    },
     /// List the vault's snapshots and receipts (catalog rebuild).
     Scan,
     /// A restore drill on the sandbox agent (the job's agent).
@@ -124,6 +131,7 @@ impl JobSpec {
             Self::Restore { .. } => "restore",
             Self::Check { .. } => "check",
             Self::Prune { .. } => "prune",
+            Self::Copy { .. } => "copy",
             Self::Scan => "scan",
             Self::Drill(_) => "drill",
             Self::Documents { .. } => "documents",
@@ -308,6 +316,9 @@ impl JobRecord {
                 expected: expected.clone(),
                 maintenance_interval_seconds: *maintenance_interval_seconds,
             }),
+            JobSpec::Copy { to, snapshots } => {
+                Kind::Copy(pb::CopyJob { from: self.vault.clone(), to: to.clone(), snapshots: snapshots.clone() })
+            }
             JobSpec::Scan => Kind::Scan(pb::ScanJob { vault: self.vault.clone() }),
             JobSpec::Drill(d) => Kind::Drill(pb::DrillJob {
                 drill_id: d.drill_id.clone(),

@@ -322,7 +322,10 @@ impl Jobs {
             } else {
                 j.error = result.error.clone();
                 // Restores and scans are not retried blindly: a person is waiting and reads the error.
-                if matches!(j.spec, JobSpec::Backup { .. } | JobSpec::Check { .. } | JobSpec::Prune { .. }) {
+                if matches!(
+                    j.spec,
+                    JobSpec::Backup { .. } | JobSpec::Check { .. } | JobSpec::Prune { .. } | JobSpec::Copy { .. }
+                ) {
                     self.retry_or_fail(&mut j, now)?;
                 } else {
                     j.state = JobState::Failed;

@@ -12,6 +12,7 @@ pub mod audit_log;
 pub mod auditing;
 pub mod catalog;
 pub mod config;
+pub mod copies;
 pub mod core;
 pub mod drill_plan;
 pub mod drills;

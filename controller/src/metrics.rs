@@ -105,6 +105,28 @@ pub fn render(ctl: &Controller) -> String {
         "Achieved RPO of the newest drill of the source.",
         newest.values().map(|d| (src(&d.source), d.rpo_s)).collect(),
     );
+    let copies = ctl.copy_status(now).unwrap_or_default();
+    let pair = |c: &tresor_proto::pb::CopyStatus| format!("from=\"{}\",to=\"{}\"", c.from, c.to);
+    gauge(
+        "tresor_copy_lag_seconds",
+        "How long the oldest snapshot the second site should hold and lacks has existed at one site only (0: none).",
+        copies.iter().map(|c| (pair(c), c.lag_seconds as f64)).collect(),
+    );
+    gauge(
+        "tresor_copy_overdue",
+        "1 when the second site's lag is past its copy_rpo.",
+        copies.iter().map(|c| (pair(c), f64::from(u8::from(c.overdue)))).collect(),
+    );
+    gauge(
+        "tresor_copy_last_success_timestamp_seconds",
+        "End of the last copy job that copied everything it was sent for.",
+        copies.iter().map(|c| (pair(c), c.last_success_unix as f64)).collect(),
+    );
+    gauge(
+        "tresor_copy_snapshots_missing",
+        "Snapshots the second site should hold and lacks.",
+        copies.iter().map(|c| (pair(c), f64::from(c.snapshots - c.copied))).collect(),
+    );
     gauge(
         "tresor_alerts_active",
         "Alert conditions active now (see tresorctl status).",

@@ -39,6 +39,24 @@ pub struct VaultPolicy {
     pub prune: Option<Schedule>,
     /// Packs unreferenced for this long may be deleted by GC.
     pub gc_grace: Duration,
+    /// Its second site: another vault of the policy it is copied to.
+    #[serde(default)]
+    pub copy: Option<CopyPolicy>,
+}
+
+/// A vault's second site (decision 0017): where, when, by whom, and how much it keeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyPolicy {
+    /// The vault copies go to (a `[[vault]]` of the same policy that no source backs up to).
+    pub to: String,
+    /// When copies run.
+    pub schedule: Schedule,
+    /// The agent that runs them: it opens both vaults (default: the source vault's maintainer).
+    pub agent: String,
+    /// The second site's RPO: alert when a snapshot has been at one site only for longer.
+    pub rpo: Duration,
+    /// What the copy keeps, per source (default: each source's own retention).
+    pub retention: Option<Retention>,
 }
 
 /// One source on one agent.
@@ -103,6 +121,11 @@ struct RawVault {
     max_concurrent_jobs: Option<u32>,
     prune_schedule: Option<String>,
     gc_grace: Option<String>,
+    copy_to: Option<String>,
+    copy_schedule: Option<String>,
+    copy_agent: Option<String>,
+    copy_rpo: Option<String>,
+    copy_retention: Option<Retention>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,14 +199,17 @@ impl Policy {
                 .map(|c| Schedule::parse(&format!("{f}.prune"), c, &tz_default, Duration::ZERO))
                 .transpose()?;
             let gc_grace = dur(&format!("{f}.gc_grace"), v.gc_grace.as_deref(), "1h")?;
+            let copy = copy_policy(&f, &v, &tz_default)?;
             vaults.push(VaultPolicy {
                 name: v.name,
                 maintainer: v.maintainer,
                 max_concurrent_jobs: max,
                 prune,
                 gc_grace,
+                copy,
             });
         }
+        check_copies(&vaults)?;
         let mut sources: Vec<SourcePolicy> = Vec::new();
         for (i, s) in raw.sources.into_iter().enumerate() {
             let f = format!("source[{i}]");
@@ -193,6 +219,12 @@ impl Policy {
                 return Err(Error::Config(format!(
                     "{f}.vault: {:?} is not a vault of this policy (add a [[vault]] with that name)",
                     s.vault
+                )));
+            }
+            if let Some(from) = vaults.iter().find(|v| v.copy.as_ref().is_some_and(|c| c.to == s.vault)) {
+                return Err(Error::Config(format!(
+                    "{f}.vault: {:?} is the second site of vault {:?}; sources back up to {:?} and copies reach {:?}",
+                    s.vault, from.name, from.name, s.vault
                 )));
             }
             if sources.iter().any(|o| o.agent == s.agent && o.name == s.name) {
@@ -251,7 +283,83 @@ impl Policy {
         let refs: Vec<crate::drill_plan::SourceRef<'_>> =
             sources.iter().map(|s| (s.agent.as_str(), s.name.as_str(), s.rpo)).collect();
         let drills = crate::drill_plan::parse(raw.drills, &refs, &tz_default)?;
+        for (i, d) in drills.iter().enumerate() {
+            let Some(v) = &d.vault else { continue };
+            let home = sources.iter().find(|s| s.agent == d.agent && s.name == d.source).map(|s| s.vault.as_str());
+            let second = vaults.iter().find(|x| Some(x.name.as_str()) == home).and_then(|x| x.copy.as_ref());
+            if Some(v.as_str()) != home && second.is_none_or(|c| c.to != *v) {
+                return Err(Error::Config(format!(
+                    "drill[{i}].vault: {v:?} is neither the vault {}/{} backs up to nor its second site (copy_to)",
+                    d.agent, d.source
+                )));
+            }
+        }
         Ok(Self { name: raw.name, vaults, sources, drills })
+    }
+}
+
+/// The `copy_*` fields of `[[vault]]` `f`.
+fn copy_policy(f: &str, v: &RawVault, tz: &str) -> Result<Option<CopyPolicy>> {
+    let Some(to) = &v.copy_to else {
+        let stray = [("copy_schedule", v.copy_schedule.is_some()), ("copy_agent", v.copy_agent.is_some())]
+            .into_iter()
+            .chain([("copy_rpo", v.copy_rpo.is_some()), ("copy_retention", v.copy_retention.is_some())])
+            .find(|(_, set)| *set);
+        if let Some((field, _)) = stray {
+            return Err(Error::Config(format!("{f}.{field}: set only with copy_to")));
+        }
+        return Ok(None);
+    };
+    name_ok(&format!("{f}.copy_to"), to)?;
+    if *to == v.name {
+        return Err(Error::Config(format!("{f}.copy_to: a vault cannot be its own second site")));
+    }
+    let cron = v
+        .copy_schedule
+        .as_deref()
+        .ok_or_else(|| Error::Config(format!("{f}.copy_schedule: missing (when copies to {to:?} run)")))?;
+    let agent = v.copy_agent.clone().unwrap_or_else(|| v.maintainer.clone());
+    name_ok(&format!("{f}.copy_agent"), &agent)?;
+    if let Some(w) = v.copy_retention.as_ref().and_then(|r| r.keep_within.as_deref()) {
+        dur(&format!("{f}.copy_retention.keep_within"), Some(w), "0s")?;
+    }
+    Ok(Some(CopyPolicy {
+        to: to.clone(),
+        schedule: Schedule::parse(&format!("{f}.copy"), cron, tz, Duration::ZERO)?,
+        agent,
+        rpo: dur(&format!("{f}.copy_rpo"), v.copy_rpo.as_deref(), "26h")?,
+        retention: v.copy_retention.clone(),
+    }))
+}
+
+/// Each copy goes to a vault of the policy that is no one else's copy and copies nowhere itself.
+fn check_copies(vaults: &[VaultPolicy]) -> Result<()> {
+    for (i, v) in vaults.iter().enumerate() {
+        let Some(c) = &v.copy else { continue };
+        let f = format!("vault[{i}].copy_to");
+        let Some(to) = vaults.iter().find(|o| o.name == c.to) else {
+            return Err(Error::Config(format!(
+                "{f}: {:?} is not a vault of this policy (add a [[vault]] with that name)",
+                c.to
+            )));
+        };
+        if to.copy.is_some() {
+            return Err(Error::Config(format!(
+                "{f}: {:?} copies on to another vault itself; copy from the first site",
+                c.to
+            )));
+        }
+        if vaults.iter().filter(|o| o.copy.as_ref().is_some_and(|oc| oc.to == c.to)).count() > 1 {
+            return Err(Error::Config(format!("{f}: {:?} is the second site of two vaults; give each its own", c.to)));
+        }
+    }
+    Ok(())
+}
+
+impl Policy {
+    /// The vault `name` is the second site of, if it is one.
+    pub fn copy_source(&self, name: &str) -> Option<&VaultPolicy> {
+        self.vaults.iter().find(|v| v.copy.as_ref().is_some_and(|c| c.to == name))
     }
 }
 

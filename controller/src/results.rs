@@ -24,6 +24,7 @@ impl Controller {
                 | (Some(K::Restore(_)), JobSpec::Restore { .. })
                 | (Some(K::Check(_)), JobSpec::Check { .. })
                 | (Some(K::Prune(_)), JobSpec::Prune { .. })
+                | (Some(K::Copy(_)), JobSpec::Copy { .. })
                 | (Some(K::Scan(_)), JobSpec::Scan)
                 | (Some(K::Drill(_)), JobSpec::Drill(_))
                 | (Some(K::DocumentsStored(_)), JobSpec::Documents { .. }) => true,
@@ -121,6 +122,10 @@ impl Controller {
                 self.jobs.set_receipt(&job, &receipt)?;
                 reply.receipt = Some(receipt);
             }
+            (Some(Kind::Copy(c)), true, JobSpec::Copy { to, .. }) => self.record_copy(&job, to, c)?,
+            (_, false, JobSpec::Copy { .. }) if job.state == crate::jobs::JobState::Failed => {
+                self.copy_failed(&job, &result.error)?;
+            }
             (Some(Kind::Scan(scan)), true, _) => {
                 let n = self.merge_scan(&job.vault, scan)?;
                 tracing::info!(vault = %job.vault, snapshots = n, "catalog rebuilt from the vault");
@@ -175,7 +180,12 @@ impl Controller {
                     [first, ..] => format!("{} object(s), first: {first}", p.lock_errors.len()),
                 };
                 self.catalog.put_vault(&job.vault, &v)?;
-                if let Some(vid) = self.known_vault_id(&job.vault) {
+                if self.copy_source_of(&job.vault).is_some() {
+                    // A second site: its records are its own, under its source's vault id.
+                    for s in &p.forgotten {
+                        self.catalog.remove_copy(&job.vault, s)?;
+                    }
+                } else if let Some(vid) = self.known_vault_id(&job.vault) {
                     for s in &p.forgotten {
                         self.catalog.remove_snapshot(&vid, s)?;
                     }
@@ -323,7 +333,7 @@ impl Controller {
         }
     }
 
-    fn known_vault_id(&self, vault: &str) -> Option<String> {
+    pub(crate) fn known_vault_id(&self, vault: &str) -> Option<String> {
         self.vault_id_of(vault)
             .or_else(|| self.catalog.snapshots().ok()?.into_iter().find(|s| s.vault == vault).map(|s| s.vault_id))
     }
@@ -339,6 +349,9 @@ impl Controller {
     /// Merge a vault scan into the catalog. Receipts are verified with our key; a snapshot
     /// without a valid one is kept, but retention never forgets it.
     fn merge_scan(&self, vault: &str, scan: &pb::ScanResult) -> Result<usize> {
+        if self.copy_source_of(vault).is_some() {
+            return self.merge_copy_scan(vault, scan);
+        }
         let mut n = 0;
         for meta in &scan.snapshots {
             let mut rec = snapshot_record(meta, vault, &pb::Receipt::default());
@@ -374,6 +387,23 @@ impl Controller {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+impl Controller {
+    /// A scan of a second site: what it holds goes to its own records (never to its source's,
+    /// which share the vault and snapshot ids); a receipt that verifies gives the time.
+    fn merge_copy_scan(&self, vault: &str, scan: &pb::ScanResult) -> Result<usize> {
+        for meta in &scan.snapshots {
+            let receipt = meta
+                .receipt
+                .clone()
+                .filter(|r| r.snapshot_id == meta.snapshot_id && r.vault_id == scan.vault_id)
+                .filter(|r| self.state.verify(&tresor_proto::receipt_signing_bytes(r), &r.signature))
+                .unwrap_or_default();
+            self.catalog.put_copy(&snapshot_record(meta, vault, &receipt))?;
+        }
+        Ok(scan.snapshots.len())
     }
 }
 

@@ -43,6 +43,34 @@ fn has_active(ctl: &Controller, agent: &str, pred: impl Fn(&JobSpec) -> bool) ->
         .any(|j| j.agent_name == agent && matches!(j.state, JobState::Queued | JobState::Running) && pred(&j.spec)))
 }
 
+/// Queue a copy for every vault whose copy slot has come (a slot missed while the controller
+/// was down runs once; the first sight of a schedule starts from its current slot).
+fn schedule_copies(ctl: &Controller, now: chrono::DateTime<chrono::Utc>) -> Result<bool> {
+    let mut wrote = false;
+    for policy in ctl.policies().values() {
+        for v in &policy.vaults {
+            let Some(copy) = &v.copy else { continue };
+            let key = format!("copy-slot/{}", v.name);
+            let Some(slot) = copy.schedule.last_slot(now) else { continue };
+            match ctl.catalog.meta_get(&key)? {
+                None => ctl.catalog.meta_put(&key, slot.timestamp())?,
+                Some(l) if slot.timestamp() > l => {
+                    match ctl.start_copy(&v.name, "schedule") {
+                        Ok(job) => {
+                            tracing::info!(vault = %v.name, to = %copy.to, job = %job.id, "scheduled copy queued")
+                        }
+                        Err(e) => tracing::warn!(vault = %v.name, error = %e, "scheduled copy not queued"),
+                    }
+                    ctl.catalog.meta_put(&key, slot.timestamp())?;
+                }
+                Some(_) => continue,
+            }
+            wrote = true;
+        }
+    }
+    Ok(wrote)
+}
+
 /// Queue every job whose slot has come.
 ///
 /// # Errors
@@ -127,6 +155,7 @@ pub async fn schedule_due(ctl: &Controller) -> Result<()> {
             wrote = true;
         }
     }
+    wrote |= schedule_copies(ctl, now)?;
     wrote |= ctl.schedule_drills()?;
     if now.timestamp() - ctl.catalog.meta_get("orphan-drill-scan-at")?.unwrap_or(0) >= 10 {
         ctl.report_orphan_drills()?;

@@ -31,6 +31,7 @@ pub fn status(ctl: &Controller) -> Result<pb::StatusReply> {
             });
         }
     }
+    reply.copies = ctl.copy_status(now)?;
     reply.problems = crate::alerts::problems(ctl)?.into_iter().map(|p| p.message).collect();
     reply.agents = ctl.agent_infos().into_iter().filter(|a| !a.revoked).collect();
     for j in ctl.catalog.active_jobs()? {

@@ -97,6 +97,18 @@ enum Command {
         /// Restore only this path of the snapshot and what is below it (repeatable).
         #[arg(long, value_name = "PATH")]
         include: Vec<String>,
+        /// Restore from this second site of the source's vault (its copy_to) instead.
+        #[arg(long, value_name = "VAULT")]
+        from_vault: Option<String>,
+        /// Return once the job is queued.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Copy a vault to its second site now (its copy_to, by its copy agent): what the copy
+    /// should hold and lacks, and its keys; waits unless --detach.
+    Copy {
+        /// The vault's name in the policies.
+        vault: String,
         /// Return once the job is queued.
         #[arg(long)]
         detach: bool,
@@ -242,6 +254,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     when(s.next_run_unix)
                 ));
             }
+            for c in &r.copies {
+                let state = if !c.last_error.is_empty() {
+                    "FAILING"
+                } else if c.overdue {
+                    "OVERDUE"
+                } else {
+                    "ok"
+                };
+                text.push_str(&format!(
+                    "copy {} -> {}: {} of {} snapshot(s), lag {} s (copy_rpo {} s), last good {}  {state}\n",
+                    c.from,
+                    c.to,
+                    c.copied,
+                    c.snapshots,
+                    c.lag_seconds,
+                    c.rpo_seconds,
+                    when(c.last_success_unix)
+                ));
+            }
             text.push_str(&format!("jobs: {} running, {} queued\n", r.jobs_running, r.jobs_queued));
             for p in &r.problems {
                 text.push_str(&format!("PROBLEM: {p}\n"));
@@ -250,9 +281,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 text.push_str("all good");
             }
             let sources: Vec<_> = r.sources.iter().map(|s| json!({"agent": s.agent, "source": s.source, "vault": s.vault, "last_success_unix": s.last_success_unix, "last_error": s.last_error, "rpo_seconds": s.rpo_seconds, "overdue": s.overdue, "failing": s.failing, "next_run_unix": s.next_run_unix})).collect();
+            let copies: Vec<_> = r.copies.iter().map(|c| json!({"from": c.from, "to": c.to, "snapshots": c.snapshots, "copied": c.copied, "lag_seconds": c.lag_seconds, "rpo_seconds": c.rpo_seconds, "last_success_unix": c.last_success_unix, "last_error": c.last_error, "overdue": c.overdue})).collect();
             out(
                 j,
-                json!({"sources": sources, "problems": r.problems, "jobs_running": r.jobs_running, "jobs_queued": r.jobs_queued}),
+                json!({"sources": sources, "copies": copies, "problems": r.problems, "jobs_running": r.jobs_running, "jobs_queued": r.jobs_queued}),
                 text.trim_end().to_string(),
             );
             Ok(if r.problems.is_empty() { exit::OK } else { exit::PROBLEMS })
@@ -426,7 +458,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             crate::print::watch(&mut c, &h.job_id, j).await
         }
-        Command::Restore { selector, snapshot, at, to, on, dry_run, force, include, detach } => {
+        Command::Copy { vault, detach } => {
+            let h = c.start_copy(pb::StartCopyRequest { vault: vault.clone() }).await.map_err(status_err)?.into_inner();
+            if detach {
+                out(j, json!({"job_id": h.job_id}), format!("copy of vault {vault} queued as job {}", h.job_id));
+                return Ok(exit::OK);
+            }
+            crate::print::watch(&mut c, &h.job_id, j).await
+        }
+        Command::Restore { selector, snapshot, at, to, on, dry_run, force, include, from_vault, detach } => {
             let h = c
                 .start_restore(pb::StartRestoreRequest {
                     selector: selector.clone(),
@@ -437,6 +477,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     force,
                     dry_run,
                     include,
+                    from_vault: from_vault.unwrap_or_default(),
                 })
                 .await
                 .map_err(status_err)?

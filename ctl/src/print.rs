@@ -128,6 +128,26 @@ fn summary(ev: &pb::JobEvent) -> (serde_json::Value, String) {
                 text,
             )
         }
+        Some(Kind::Copy(r)) => {
+            let mut text = format!(
+                "copied {} snapshot(s) ({} packs, {}; {} packs already there); the copy holds {}",
+                r.copied.len(),
+                r.packs_copied,
+                human(r.bytes_copied),
+                r.packs_present,
+                r.held.len()
+            );
+            for f in &r.failed {
+                text.push_str(&format!("\nFAILED {f}"));
+            }
+            for w in &r.slots_waiting {
+                text.push_str(&format!("\nslot removed at the source, kept at the copy by Object Lock: {w}"));
+            }
+            (
+                json!({"copied": r.copied, "held": r.held, "failed": r.failed, "packs_copied": r.packs_copied, "packs_present": r.packs_present, "bytes_copied": r.bytes_copied, "receipts_copied": r.receipts_copied, "created": r.created, "epochs_copied": r.epochs_copied, "slots_copied": r.slots_copied, "slots_removed": r.slots_removed, "slots_waiting": r.slots_waiting}),
+                text,
+            )
+        }
         _ => (json!({}), String::new()),
     }
 }

@@ -30,6 +30,8 @@ pub struct AgentCtx {
     /// The current client (replaced when the certificate is renewed).
     pub client: watch::Receiver<Client>,
     vaults: Mutex<HashMap<String, Arc<Vault>>>,
+    /// A job changed what a vault is (a copy made a second site): the heartbeat looks again.
+    vaults_changed: std::sync::atomic::AtomicBool,
 }
 
 impl AgentCtx {
@@ -43,7 +45,18 @@ impl AgentCtx {
             outbox_wake: Notify::new(),
             client,
             vaults: Mutex::new(HashMap::new()),
+            vaults_changed: Default::default(),
         }
+    }
+
+    /// Have the next heartbeat report the vaults as they are now.
+    pub fn vaults_changed(&self) {
+        self.vaults_changed.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a job changed a vault since the last call.
+    pub fn take_vaults_changed(&self) -> bool {
+        self.vaults_changed.swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The index cache directory.
@@ -91,6 +104,14 @@ impl AgentCtx {
             format!("this agent has no vault {name:?} in its agent.toml; add [vaults.{name}] with its url and this agent's password_file")
         })?;
         crate::secret::open_secret(vc.password_file.as_deref(), vc.escrow_key_file.as_deref())
+    }
+
+    /// A second site's storage (`[vaults.NAME]`), which may not hold a vault yet.
+    pub fn site(&self, name: &str) -> anyhow::Result<tresor_vault::backend::DynBackend> {
+        let vc = self.cfg.vaults.get(name).with_context(|| {
+            format!("this agent has no vault {name:?} in its agent.toml; add [vaults.{name}] with the copy's url and the source's password_file")
+        })?;
+        Ok(backend::from_url(&vc.url)?)
     }
 
     async fn open_vault(&self, name: &str) -> anyhow::Result<Vault> {

@@ -50,6 +50,7 @@ async fn execute(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, kind: Option<Kind>) -> an
         Some(Kind::Check(c)) => check(ctx, c).await,
         Some(Kind::Scan(s)) => scan(ctx, s).await,
         Some(Kind::Prune(p)) => prune(ctx, jr, p).await,
+        Some(Kind::Copy(c)) => copy(ctx, jr, c).await,
         Some(Kind::Drill(d)) => Ok(ResultKind::Drill(super::drill::run(ctx, jr.attempt, d).await?)),
         Some(Kind::Documents(d)) => {
             store_documents(ctx, &d).await?;
@@ -362,6 +363,44 @@ async fn prune(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, p: pb::PruneJob) -> anyhow:
         old_versions_removed: r.old_versions_removed as u64,
         packs_waiting: r.waiting.len() as u64,
         ..done
+    }))
+}
+
+/// Copy snapshots to the second site `c.to`: its keys first (so a revocation at the source
+/// reaches it), then the data. The copy's own handle is dropped after, so the next job there
+/// opens it under the epoch it has now.
+async fn copy(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, c: pb::CopyJob) -> anyhow::Result<ResultKind> {
+    let source = ctx.vault(&c.from).await?;
+    let to = ctx.site(&c.to)?;
+    ctx.leases.check(&jr.job_id, jr.attempt).map_err(anyhow::Error::msg)?;
+    let site = tresor_vault::copy::mirror(&source, &to, None).await.with_context(|| format!("the copy {}", c.to))?;
+    let dest = Arc::new(ctx.vault_owned(&c.to).await?.0);
+    if site.created {
+        ctx.vaults_changed();
+    }
+    let mut snapshots = Vec::new();
+    for s in &c.snapshots {
+        snapshots.push(s.parse().map_err(|e| anyhow::anyhow!("snapshot id {s:?}: {e}"))?);
+    }
+    let opts =
+        tresor_vault::copy::CopyOptions { snapshots: Some(snapshots), host: crate::host::hostname(), uploads: 4 };
+    ctx.progress(jr, "copying", 0, 0).await;
+    let r = tresor_vault::copy::run(&source, &dest, &ctx.cache_dir(), &opts).await?;
+    let held = dest.backend().list(tresor_vault::layout::SNAPSHOTS).await?;
+    Ok(ResultKind::Copy(pb::CopyResult {
+        copied: r.copied.iter().map(ToString::to_string).collect(),
+        held: held.iter().filter_map(|i| i.key.rsplit('/').next().map(str::to_string)).collect(),
+        failed: r.failed.iter().map(|f| format!("{}: {}", f.snapshot, f.why)).collect(),
+        packs_copied: r.packs_copied as u64,
+        packs_present: r.packs_present as u64,
+        bytes_copied: r.bytes_copied,
+        receipts_copied: r.receipts_copied as u64,
+        created: site.created,
+        epochs_copied: site.epochs_copied as u64,
+        slots_copied: site.slots_copied as u64,
+        slots_removed: site.slots_removed as u64,
+        slots_waiting: site.slots_waiting,
+        vault_id: dest.config().vault_id.to_string(),
     }))
 }
 

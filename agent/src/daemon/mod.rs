@@ -132,7 +132,8 @@ async fn heartbeat_loop(ctx: Arc<AgentCtx>) {
     let mut failing = false;
     let hostname = crate::host::hostname();
     loop {
-        if checked.elapsed() > VAULT_RECHECK
+        if ctx.take_vaults_changed()
+            || checked.elapsed() > VAULT_RECHECK
             || vaults.iter().any(|v| !v.error.is_empty()) && checked.elapsed() > Duration::from_secs(30)
         {
             vaults = ctx.vault_states().await;
@@ -215,15 +216,22 @@ async fn stream_loop(ctx: Arc<AgentCtx>, max_jobs: usize) -> anyhow::Result<()> 
     }
 }
 
-async fn vault_name_for(ctx: &AgentCtx, vault_id: &str) -> Option<String> {
+/// The configured vault a receipt belongs in: of those with its vault id, the one that holds the
+/// snapshot (a second site of a vault has the same id, and receives the receipt with its copy).
+async fn vault_name_for(ctx: &AgentCtx, vault_id: &str, snapshot_id: &str) -> Option<String> {
+    let mut first = None;
     for name in ctx.cfg.vaults.keys() {
         if let Ok(v) = ctx.vault(name).await
             && v.config().vault_id.to_string() == vault_id
         {
-            return Some(name.clone());
+            let key = format!("{}{snapshot_id}", tresor_vault::layout::SNAPSHOTS);
+            if v.backend().size(&key).await.ok().flatten().is_some() {
+                return Some(name.clone());
+            }
+            first.get_or_insert_with(|| name.clone());
         }
     }
-    None
+    first
 }
 
 async fn outbox_loop(ctx: Arc<AgentCtx>) {
@@ -242,7 +250,7 @@ async fn outbox_loop(ctx: Arc<AgentCtx>) {
                         }
                     }
                     if let Some(r) = reply.receipt {
-                        match vault_name_for(&ctx, &r.vault_id).await {
+                        match vault_name_for(&ctx, &r.vault_id, &r.snapshot_id).await {
                             Some(v) => {
                                 if let Err(e) = ctx.outbox.put_receipt(&v, &r) {
                                     // Keep the result: Finish answers the same receipt again. The

@@ -244,6 +244,15 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn start_copy(&self, req: Request<pb::StartCopyRequest>) -> Result<Response<pb::JobHandle>, Status> {
+        let actor = self.need(&req, Role::Admin, "copy")?;
+        let vault = req.get_ref().vault.clone();
+        let started = self.0.start_copy(&vault, "manual");
+        let job = self.audited(&actor, "copy.start", &format!("vault {vault}"), started)?;
+        self.0.catalog.flush().await?;
+        Ok(Response::new(pb::JobHandle { job_id: job.id.to_string() }))
+    }
+
     async fn start_drill(&self, req: Request<pb::StartDrillRequest>) -> Result<Response<pb::JobHandle>, Status> {
         let actor = self.need(&req, Role::Operator, "drill run")?;
         let r = req.get_ref();
@@ -314,7 +323,18 @@ fn start_restore(ctl: &Controller, r: &pb::StartRestoreRequest) -> Result<JobRec
             )));
         }
     }
-    let snaps = ctl.snapshots(&r.selector)?;
+    // From the second site: its own holdings, and an agent that lists it.
+    let (vault_name, snaps) = if r.from_vault.is_empty() {
+        (vault.name.clone(), ctl.snapshots(&r.selector)?)
+    } else {
+        if ctl.copy_source_of(&r.from_vault).is_none_or(|v| v.name != vault.name) {
+            return Err(Error::InvalidArgument(format!(
+                "--from-vault {:?}: not the second site of vault {:?}, which {} backs up to (copy_to in its [[vault]])",
+                r.from_vault, vault.name, r.selector
+            )));
+        }
+        (r.from_vault.clone(), ctl.copy_snapshots(&r.from_vault, &r.selector)?)
+    };
     let snap =
         if !r.snapshot.is_empty() {
             let matching: Vec<_> = snaps.iter().filter(|s| s.snapshot_id.starts_with(&r.snapshot)).collect();
@@ -348,12 +368,11 @@ fn start_restore(ctl: &Controller, r: &pb::StartRestoreRequest) -> Result<JobRec
     if ctl.state.is_revoked(&id) {
         return Err(Error::FailedPrecondition(format!("agent {on} is revoked")));
     }
-    if on != source.agent && !ctl.opens_vault(&id, &vault.name) {
+    if (on != source.agent || vault_name != vault.name) && !ctl.opens_vault(&id, &vault_name) {
         return Err(Error::FailedPrecondition(format!(
-            "agent {on} cannot open vault {:?}: it needs its own key slot. On a machine that opens the vault run \
+            "agent {on} cannot open vault {vault_name:?}: it needs its own key slot. On a machine that opens the vault run \
              `tresor-agent key add --vault URL --label {on}`, give {on} that password file, list the vault in {on}'s \
-             agent.toml as [vaults.{}] and restart the agent",
-            vault.name, vault.name
+             agent.toml as [vaults.{vault_name}] and restart the agent"
         )));
     }
     let spec = JobSpec::Restore {
@@ -364,7 +383,7 @@ fn start_restore(ctl: &Controller, r: &pb::StartRestoreRequest) -> Result<JobRec
         include: r.include.clone(),
         origin: r.selector.clone(),
     };
-    let mut job = JobRecord::new(id, a.name, vault.name.clone(), spec, "manual", 1);
+    let mut job = JobRecord::new(id, a.name, vault_name, spec, "manual", 1);
     job.state = JobState::Queued;
     ctl.jobs.submit(&job)?;
     Ok(job)

@@ -41,8 +41,9 @@ use crate::{layout, object, pack};
 /// What to copy.
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
-    /// Snapshots to copy, oldest first; empty: every snapshot of the source.
-    pub snapshots: Vec<SnapshotId>,
+    /// Snapshots to copy, oldest first; `None`: every snapshot of the source (`Some` of none:
+    /// only the keys and receipts of snapshots the copy holds).
+    pub snapshots: Option<Vec<SnapshotId>>,
     /// Host named in the copy's session marker.
     pub host: String,
     /// Packs in flight at once (each held whole in memory: at most the pack target size plus
@@ -105,10 +106,9 @@ pub async fn run(source: &Arc<Vault>, dest: &Arc<Vault>, cache: &Path, opts: &Co
     let src_index = source.sync_index(cache).await?;
     let dest_cache = copy_cache(cache, &dest.backend().location());
     let there: HashSet<SnapshotId> = listed_ids(dest, layout::SNAPSHOTS).await?;
-    let wanted: Vec<SnapshotId> = if opts.snapshots.is_empty() {
-        source.snapshots().await?.into_iter().map(|(id, _)| id).collect()
-    } else {
-        opts.snapshots.clone()
+    let wanted: Vec<SnapshotId> = match &opts.snapshots {
+        None => source.snapshots().await?.into_iter().map(|(id, _)| id).collect(),
+        Some(ids) => ids.clone(),
     };
     let mut report = CopyReport::default();
     let mut session = Announcer::start(dest, &opts.host).await?;

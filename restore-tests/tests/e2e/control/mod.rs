@@ -4,4 +4,5 @@ mod alerts;
 mod compromised;
 mod faults;
 mod lifecycle;
+mod second_site;
 mod security;

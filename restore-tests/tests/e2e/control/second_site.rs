@@ -1,0 +1,173 @@
+//! A second site through the controller: a scheduled copy to Garage, its lag in status and
+//! /metrics, the audit log, a restore and a drill from the copy; then the site-loss runbook of
+//! docs/OPERATIONS.md, step by step: the primary vault gone (restore and drill from the copy with
+//! the same controller), then the controller's state gone too (a fresh machine with only the
+//! copy's location and the escrow key file restores every snapshot equal to the source).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use restore_tests::garage::Garage;
+use restore_tests::plane::{Plane, VaultSpec, wait_for};
+use restore_tests::{assert_same_tree, bin, free_port, metrics, random_file};
+
+fn policy(src: &Path) -> String {
+    format!(
+        r#"name = "sites"
+[defaults]
+schedule = "0 0 1 1 *"
+rpo = "26h"
+retention = {{ keep_last = 5 }}
+[[vault]]
+name = "nas"
+maintainer = "db-01"
+copy_to = "offsite"
+copy_schedule = "*/3 * * * * *"
+copy_rpo = "1h"
+[[vault]]
+name = "offsite"
+maintainer = "db-01"
+[[source]]
+agent = "db-01"
+name = "docs"
+vault = "nas"
+paths = [{src:?}]
+[[drill]]
+name = "second-site"
+source = "db-01/docs"
+vault = "offsite"
+schedule = "0 0 1 1 *"
+rto = "1h"
+"#
+    )
+}
+
+fn agent(args: &[&str], env: &[(String, String)]) -> std::process::Output {
+    Command::new(bin("tresor-agent"))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env.iter().cloned())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn status(p: &Plane) -> serde_json::Value {
+    let out = p.ctl(&["--json", "status"]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_second_site_is_copied_on_schedule_and_survives_the_loss_of_the_first() {
+    let garage = Garage::start();
+    let metrics_port = free_port();
+    let mut p = Plane::start(&format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n"));
+    let root = p.dir.path().to_path_buf();
+    let nas_dir = root.join("nas");
+    std::fs::create_dir_all(&nas_dir).unwrap();
+    let nas_url = nas_dir.to_str().unwrap().to_string();
+    let pw = p.password_file("db-01");
+    // The escrow key file goes to the safe (decision 0017: one file, kept apart from both sites).
+    let safe = tempfile::tempdir().unwrap();
+    let escrow = safe.path().join("escrow.key");
+    let out = agent(
+        &[
+            "init",
+            "--vault",
+            &nas_url,
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--escrow-key-out",
+            escrow.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let offsite_url = garage.url("offsite");
+    let spec = |name: &str, url: &str, env: Vec<(String, String)>| VaultSpec {
+        name: name.into(),
+        url: url.into(),
+        password_file: pw.clone(),
+        env,
+    };
+    p.add_agent("db-01", &[spec("nas", &nas_url, vec![]), spec("offsite", &offsite_url, garage.env())], &[]);
+
+    // The source data lives apart from the plane, as the reference the restores are held to.
+    let data = tempfile::tempdir().unwrap();
+    let src = data.path().join("docs");
+    random_file(&src.join("a.bin"), 3 << 20, 1);
+    random_file(&src.join("notes/b.txt"), 4000, 2);
+    let applied = p.apply_policy(&policy(&src));
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let first_tree = data.path().join("first");
+    assert!(Command::new("cp").arg("-a").arg(&src).arg(&first_tree).status().unwrap().success());
+    assert!(p.ctl_ok(&["backup", "db-01/docs"]).contains("saved"));
+    random_file(&src.join("c.bin"), 1 << 20, 3);
+    assert!(p.ctl_ok(&["backup", "db-01/docs"]).contains("saved"));
+
+    // The copy schedule fires on its own; status shows both snapshots at the copy, lag 0.
+    wait_for("the scheduled copy", Duration::from_secs(90), || {
+        let s = status(&p);
+        s["copies"][0]["copied"] == 2 && s["copies"][0]["lag_seconds"] == 0
+    });
+    let s = status(&p);
+    assert_eq!((s["copies"][0]["from"].as_str(), s["copies"][0]["to"].as_str()), (Some("nas"), Some("offsite")), "{s}");
+    assert_eq!(s["copies"][0]["overdue"], false, "{s}");
+    let m = metrics(metrics_port);
+    assert!(m.contains("tresor_copy_lag_seconds{from=\"nas\",to=\"offsite\"} 0"), "{m}");
+    assert!(m.contains("tresor_copy_snapshots_missing{from=\"nas\",to=\"offsite\"} 0"), "{m}");
+    let audit = p.ctl_ok(&["audit", "show"]);
+    assert_eq!(audit.matches("copy.snapshot").count(), 2, "{audit}");
+
+    // A manual copy finds nothing left to send.
+    let out = p.ctl_ok(&["copy", "nas"]);
+    assert!(out.contains("the copy holds 2"), "{out}");
+
+    // Disaster one: the primary vault is gone. Restore and drill from the second site.
+    // The copy agent reports the second site it made as a vault it opens.
+    wait_for("db-01 to report the copy", Duration::from_secs(20), || {
+        p.ctl_json(&["agents"])[0]["vaults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "offsite" && v["error"] == "")
+    });
+    std::fs::remove_dir_all(&nas_dir).unwrap();
+    let to = root.join("restored-from-copy");
+    let out = p.ctl_ok(&["restore", "db-01/docs", "--from-vault", "offsite", "--to", to.to_str().unwrap()]);
+    assert!(out.contains("restored"), "{out}");
+    assert_same_tree(&src, &to.join(src.strip_prefix("/").unwrap()));
+    let drill = p.ctl(&["--json", "drill", "run", "db-01/docs", "--plan", "second-site"]);
+    let report: serde_json::Value = serde_json::from_slice(&drill.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}{}", String::from_utf8_lossy(&drill.stdout), String::from_utf8_lossy(&drill.stderr))
+    });
+    assert_eq!(report["verdict"], "PASS", "{report}");
+    let checks = report["checks"].as_array().unwrap();
+    assert!(checks.iter().any(|c| c["check"] == "restored from the second site" && c["result"] == "PASS"), "{report}");
+
+    // Disaster two: the controller and its state are gone too. A fresh machine holds only the
+    // copy's location, its storage credentials and the escrow key file.
+    drop(p);
+    let fresh = tempfile::tempdir().unwrap();
+    let key = fresh.path().join("escrow.key");
+    std::fs::copy(&escrow, &key).unwrap();
+    let mut env = garage.env();
+    env.push(("HOME".into(), fresh.path().to_str().unwrap().into()));
+    let k = key.to_str().unwrap();
+    let out = agent(&["--json", "check", "--vault", &offsite_url, "--escrow-key-file", k, "--read-data"], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed = agent(&["--json", "snapshots", "--vault", &offsite_url, "--escrow-key-file", k], &env);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{listed}");
+    for (id, tree) in ids.iter().zip([&first_tree, &src]) {
+        let to = fresh.path().join(format!("restored-{}", &id[..8]));
+        let out = agent(
+            &["restore", "--vault", &offsite_url, "--escrow-key-file", k, id, "--to", to.to_str().unwrap()],
+            &env,
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_same_tree(tree, &to.join(src.strip_prefix("/").unwrap()));
+    }
+}
