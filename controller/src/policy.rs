@@ -435,6 +435,37 @@ paths = ["/srv/models"]
     }
 
     #[test]
+    fn second_sites_parse_and_bad_ones_name_the_field() {
+        let site = "maintainer = \"backup-01\"\ncopy_to = \"offsite\"\ncopy_schedule = \"30 3 * * *\"\n";
+        let with = |extra: &str| {
+            GOOD.replace("maintainer = \"backup-01\"\n", &format!("{site}{extra}"))
+                + "[[vault]]\nname = \"offsite\"\nmaintainer = \"backup-02\"\n"
+        };
+        let p = Policy::parse(&with("copy_retention = { keep_daily = 30 }\n"), "p.toml").unwrap();
+        let c = p.vaults[0].copy.as_ref().unwrap();
+        assert_eq!((c.to.as_str(), c.agent.as_str(), c.rpo.as_secs()), ("offsite", "backup-01", 26 * 3600));
+        assert_eq!(c.retention.as_ref().and_then(|r| r.keep_daily), Some(30));
+        assert_eq!(p.copy_source("offsite").map(|v| v.name.as_str()), Some("nas"));
+
+        let e = err(&with("").replace("copy_schedule = \"30 3 * * *\"\n", ""));
+        assert!(e.contains("vault[0].copy_schedule") && e.contains("missing"), "{e}");
+        let e = err(&with("").replace("copy_to = \"offsite\"", "copy_to = \"tape\""));
+        assert!(e.contains("vault[0].copy_to") && e.contains("tape"), "{e}");
+        let e = err(&with("").replace("copy_to = \"offsite\"", "copy_to = \"nas\""));
+        assert!(e.contains("its own second site"), "{e}");
+        let e = err(&GOOD.replace("maintainer = \"backup-01\"\n", "maintainer = \"backup-01\"\ncopy_rpo = \"1h\"\n"));
+        assert!(e.contains("vault[0].copy_rpo") && e.contains("only with copy_to"), "{e}");
+        // Sources back up to the first site only.
+        let e = err(&with("").replace("vault = \"nas\"\npaths", "vault = \"offsite\"\npaths"));
+        assert!(e.contains("source[0].vault") && e.contains("second site"), "{e}");
+        // A drill names the source's vault or its second site.
+        let drill = "[[drill]]\nname = \"d\"\nsource = \"db-01/models\"\nschedule = \"0 4 * * 0\"\nrto = \"1h\"\n";
+        assert!(Policy::parse(&(with("") + drill + "vault = \"offsite\"\n"), "p.toml").is_ok());
+        let e = err(&(with("") + drill + "vault = \"tape\"\n"));
+        assert!(e.contains("drill[0].vault") && e.contains("tape"), "{e}");
+    }
+
+    #[test]
     fn sources_sit_beside_paths() {
         let p = Policy::parse(
             &GOOD.replace("paths = [\"/srv/models\"]", "paths = [\"/srv/models\", \"sqlite:/var/lib/app/app.db\"]"),

@@ -165,3 +165,75 @@ fn a_copy_into_a_locked_bucket_is_locked_and_follows_key_removals() {
         .run_with_password_file(&other, &["restore", "--vault", to, &newest, "--to", s2.path("r2").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(12), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The packs in a folder vault.
+fn packs(vault: &Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    files_below(&vault.join("data")).into_iter().collect()
+}
+
+/// A slot planted at the source without the vault's key is not carried; a pack damaged at the
+/// source keeps its snapshot from the copy (named, exit 13) while the others are copied; a copy
+/// whose config was altered is refused before anything is written beside it.
+#[test]
+fn hostile_sources_and_copies_are_refused_naming_the_problem() {
+    let w = World::new();
+    let src = w.path("src");
+    random_file(&src.join("a.bin"), 3 << 20, 1);
+    w.backup(&[&src]);
+    let before = packs(&w.vault);
+    random_file(&src.join("b.bin"), 2 << 20, 2);
+    w.backup(&[&src]);
+    let ids = w.snapshot_ids();
+
+    // A slot planted beside the real ones: another id, a MAC made without the key.
+    let real = files_below(&w.vault.join("keys")).into_iter().next().unwrap();
+    let mut slot: serde_json::Value = serde_json::from_slice(&std::fs::read(&real).unwrap()).unwrap();
+    slot["id"] = "00112233aabbccdd".into();
+    slot["config_mac"] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
+    std::fs::write(w.vault.join("keys/00112233aabbccdd"), serde_json::to_vec(&slot).unwrap()).unwrap();
+
+    // Every pack of the second snapshot damaged in its middle.
+    let damaged: Vec<String> =
+        packs(&w.vault).difference(&before).map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    for p in packs(&w.vault).difference(&before) {
+        let mut bytes = std::fs::read(p).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        let mut perms = std::fs::metadata(p).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(p, perms).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+
+    let to = w.path("copy");
+    let out = copy(&w, to.to_str().unwrap(), &[], None, &[]);
+    assert_eq!(out.status.code(), Some(13), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["copied"], serde_json::json!([ids[0]]), "{r}");
+    let failed = r["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{r}");
+    assert_eq!(failed[0]["snapshot"], ids[1].as_str(), "{r}");
+    assert_eq!(failed[0]["damage"], true, "{r}");
+    let why = failed[0]["error"].as_str().unwrap();
+    assert!(why.starts_with("integrity") && damaged.iter().any(|d| why.contains(d.as_str())), "{r}");
+    let skipped = r["site"]["slots_skipped"].as_array().unwrap();
+    assert!(skipped.len() == 1 && skipped[0].as_str().unwrap().starts_with("00112233aabbccdd"), "{r}");
+    assert!(!to.join("keys/00112233aabbccdd").exists());
+    let s2 = site(&w, to.to_str().unwrap(), vec![]);
+    check_clean(&s2);
+
+    // The copy's config altered (its delete capability flipped): refused, and the copy no longer opens.
+    let config = to.join("config");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let mut perms = std::fs::metadata(&config).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&config, perms).unwrap();
+    std::fs::write(&config, text.replace("\"delete\": true", "\"delete\": false")).unwrap();
+    let out = copy(&w, to.to_str().unwrap(), &[], None, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config object was altered"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s2.run(&["check", "--vault", to.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("altered"));
+}

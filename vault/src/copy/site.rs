@@ -150,8 +150,11 @@ async fn mirror_slots(source: &Vault, dest: &DynBackend, mac: [u8; 32], report: 
         }
         // Its config MAC proves its maker held the vault's first key; one planted at the source
         // by a writer without it is not vouched for at the copy.
-        if let Err(e) = slot.verify_config(&first, &source_config) {
-            report.slots_skipped.push(format!("{}: {e}", slot.id));
+        if slot.verify_config(&first, &source_config).is_err() {
+            report.slots_skipped.push(format!(
+                "{}: its config MAC does not verify under the vault's key (made without it, or damaged)",
+                slot.id
+            ));
             continue;
         }
         let carried = KeySlot { config_mac: base64_of(&mac), ..slot.clone() };
