@@ -26,6 +26,10 @@ pub struct Global {
     /// Open the vault with the escrow key file instead of a password.
     #[arg(long, global = true, value_name = "FILE", env = "TRESOR_ESCROW_KEY_FILE")]
     pub escrow_key_file: Option<PathBuf>,
+    /// Allow key changes (`key add`, `remove`, `rotate`, `upgrade`) at a second site of a vault,
+    /// once its first site is lost for good.
+    #[arg(long, global = true)]
+    pub at_second_site: bool,
     /// Local cache directory (index copy).
     #[arg(long, global = true, value_name = "DIR", env = "TRESOR_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,

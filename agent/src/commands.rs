@@ -93,7 +93,10 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
 pub(crate) async fn open(g: &Global, url: &str) -> anyhow::Result<Arc<Vault>> {
     let secret = secret::open_secret(g.password_file.as_deref(), g.escrow_key_file.as_deref())?;
     let backend = opened(backend::from_url(url)?);
-    let vault = Vault::open(backend, &secret).await?;
+    let mut vault = Vault::open(backend, &secret).await?;
+    if g.at_second_site {
+        vault.allow_key_changes_at_second_site();
+    }
     *RECORDED.lock().unwrap_or_else(|p| p.into_inner()) = vault.durability_unverified();
     Ok(Arc::new(vault))
 }

@@ -98,6 +98,8 @@ pub fn report_json(to: &str, site: &SiteReport, r: &CopyReport) -> serde_json::V
         "copied": r.copied.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "already_there": r.present,
         "failed": r.failed.iter().map(|f| json!({"snapshot": f.snapshot.to_string(), "error": f.why, "damage": f.damage})).collect::<Vec<_>>(),
+        "gone": r.gone.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "held": r.held.len(),
         "packs_copied": r.packs_copied,
         "packs_present": r.packs_present,
         "bytes_copied": r.bytes_copied,

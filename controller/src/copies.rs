@@ -169,7 +169,15 @@ impl Controller {
             return self.catalog.put_vault(&job.vault, &v);
         }
         let held: HashSet<&String> = r.held.iter().collect();
-        for id in &r.held {
+        let known: HashSet<String> = self.catalog.copies_in(to)?.into_iter().map(|s| s.snapshot_id).collect();
+        for meta in r.copied_meta.iter().filter(|m| held.contains(&m.snapshot_id)) {
+            self.put_copy_meta(to, &r.vault_id, meta)?;
+        }
+        // Held but unknown here (copied by hand, or by a run whose result was lost): the first
+        // site's record, while it has one; a scan of the copy brings the rest.
+        for id in
+            r.held.iter().filter(|id| !known.contains(*id) && !r.copied_meta.iter().any(|m| m.snapshot_id == **id))
+        {
             if let Some(rec) = self.catalog.snapshot(&r.vault_id, id)? {
                 self.catalog.put_copy(&SnapshotRecord { vault: to.to_string(), ..rec })?;
             }

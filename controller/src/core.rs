@@ -393,8 +393,12 @@ impl Controller {
     /// Move a revoked agent's key slots to their vaults' removal lists; returns (vault, slot,
     /// other agents that use the same slot).
     async fn queue_slot_revocations(&self, agent: &AgentId) -> Result<Vec<(String, String, Vec<String>)>> {
-        let vaults: Vec<String> =
-            self.policies().values().flat_map(|p| p.vaults.iter().map(|v| v.name.clone())).collect();
+        // A second site's keys follow its first site's (the next copy carries the removal).
+        let vaults: Vec<String> = self
+            .policies()
+            .values()
+            .flat_map(|p| p.vaults.iter().filter(|v| p.copy_source(&v.name).is_none()).map(|v| v.name.clone()))
+            .collect();
         let agent = agent.to_string();
         self.blocking(move |c| {
             let mut queued = Vec::new();
@@ -678,7 +682,12 @@ impl Controller {
             forget,
             gc_grace_seconds: vp.gc_grace.as_secs() as u32,
             reasons: plan.reasons.clone(),
-            revoke_slots: self.catalog.vault(vault)?.revoke_slots,
+            // Keys change at a first site only; a second site gets them from the next copy.
+            revoke_slots: if self.copy_source_of(vault).is_some() {
+                Vec::new()
+            } else {
+                self.catalog.vault(vault)?.revoke_slots
+            },
             expected,
             maintenance_interval_seconds: vp
                 .prune

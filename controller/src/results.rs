@@ -376,10 +376,14 @@ impl Controller {
                 }
             }
             // A scan never replaces a receipted record by one without that receipt or naming
-            // another agent or source.
+            // another agent or source, nor a record of another vault (a second site has its
+            // first site's vault and snapshot ids).
             if let Some(held) = self.catalog.snapshot(&rec.vault_id, &rec.snapshot_id)?
-                && held.receipt_sig.is_some()
-                && (held.receipt_sig != rec.receipt_sig || held.agent != rec.agent || held.source != rec.source)
+                && (held.vault != vault
+                    || held.receipt_sig.is_some()
+                        && (held.receipt_sig != rec.receipt_sig
+                            || held.agent != rec.agent
+                            || held.source != rec.source))
             {
                 continue;
             }
@@ -395,15 +399,21 @@ impl Controller {
     /// which share the vault and snapshot ids); a receipt that verifies gives the time.
     fn merge_copy_scan(&self, vault: &str, scan: &pb::ScanResult) -> Result<usize> {
         for meta in &scan.snapshots {
-            let receipt = meta
-                .receipt
-                .clone()
-                .filter(|r| r.snapshot_id == meta.snapshot_id && r.vault_id == scan.vault_id)
-                .filter(|r| self.state.verify(&tresor_proto::receipt_signing_bytes(r), &r.signature))
-                .unwrap_or_default();
-            self.catalog.put_copy(&snapshot_record(meta, vault, &receipt))?;
+            self.put_copy_meta(vault, &scan.vault_id, meta)?;
         }
         Ok(scan.snapshots.len())
+    }
+
+    /// Record that the second site `vault` holds the snapshot `meta` describes (read there); a
+    /// receipt that verifies gives its time, agent and source.
+    pub(crate) fn put_copy_meta(&self, vault: &str, vault_id: &str, meta: &pb::SnapshotMeta) -> Result<()> {
+        let receipt = meta
+            .receipt
+            .clone()
+            .filter(|r| r.snapshot_id == meta.snapshot_id && r.vault_id == vault_id && meta.vault_id == vault_id)
+            .filter(|r| self.state.verify(&tresor_proto::receipt_signing_bytes(r), &r.signature))
+            .unwrap_or_default();
+        self.catalog.put_copy(&snapshot_record(meta, vault, &receipt))
     }
 }
 

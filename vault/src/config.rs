@@ -112,6 +112,11 @@ pub struct VaultConfig {
     /// without a version bump: older readers skip it (and write without retention).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<crate::backend::Retention>,
+    /// This location is a second site of the vault, made by `copy` (decision 0017): keys change
+    /// at the first site only, and the host's cache keeps it apart from the first site, which
+    /// has the same vault id. Added without a version bump: older readers skip it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub second_site: bool,
 }
 
 /// Longest Object Lock retention `init` takes: a typo of years would lock a compliance-mode
@@ -143,6 +148,7 @@ impl VaultConfig {
             pack_target_size: 16 << 20,
             capabilities,
             object_lock: None,
+            second_site: false,
         }
     }
 

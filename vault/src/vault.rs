@@ -71,6 +71,8 @@ pub struct Vault {
     transient_reads: std::sync::atomic::AtomicU64,
     /// What the storage keeps of replaced and deleted objects, as probed at open (or init).
     versioning: Option<StorageVersioning>,
+    /// Key changes allowed although this is a second site (its first site is lost for good).
+    keys_at_second_site: bool,
 }
 
 pub(crate) async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -146,6 +148,7 @@ impl Vault {
                 epochs_seen: FIRST_EPOCH,
                 transient_reads: Default::default(),
                 versioning,
+                keys_at_second_site: false,
             },
             report,
         ))
@@ -252,6 +255,7 @@ impl Vault {
             epochs_seen,
             transient_reads: Default::default(),
             versioning,
+            keys_at_second_site: false,
         })
     }
 
@@ -282,6 +286,29 @@ impl Vault {
         &self.config_bytes
     }
 
+    /// Allow key changes at a second site: only once its first site is lost for good (they would
+    /// fork the key chain the next copy brings).
+    pub fn allow_key_changes_at_second_site(&mut self) {
+        self.keys_at_second_site = true;
+    }
+
+    fn keys_change_here(&self) -> Result<()> {
+        if self.config.second_site && !self.keys_at_second_site {
+            return Err(Error::Invalid(format!(
+                "{} is a second site of vault {}: keys change at its first site, and the next copy brings the change here; \
+                 only if the first site is lost for good, give --at-second-site",
+                self.backend.location(),
+                self.config.vault_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// The master key of `epoch`, if this handle reaches it.
+    pub(crate) fn master_of(&self, epoch: u32) -> Option<&MasterKey> {
+        self.masters.iter().find(|(e, _)| *e == epoch).map(|(_, m)| m)
+    }
+
     /// The first epoch's master key: the one config MACs are made under.
     pub(crate) fn first_master(&self) -> &MasterKey {
         &self.masters[0].1
@@ -310,7 +337,14 @@ impl Vault {
     /// This vault's directory in the host's cache `root` (index copy, GC observations, expected
     /// snapshots).
     pub fn cache_dir(&self, root: &std::path::Path) -> std::path::PathBuf {
-        crate::localfile::vault_cache_dir(root, &self.config.vault_id)
+        let dir = crate::localfile::vault_cache_dir(root, &self.config.vault_id);
+        if !self.config.second_site {
+            return dir;
+        }
+        // A second site has the first site's vault id: its index, GC observations and expected
+        // snapshots are its own, by location.
+        let site = blake3::hash(self.backend.location().as_bytes()).to_hex();
+        dir.with_file_name(format!("{}.site-{}", self.config.vault_id.to_hex(), &site[..16]))
     }
 
     /// Why the storage cannot confirm that what it acknowledges is durable: found now (a sync
@@ -386,6 +420,7 @@ impl Vault {
     /// Add a slot for `secret` that opens the current key epoch and is granted later ones; it is
     /// read back and unwrapped before this returns.
     pub async fn key_add(&self, secret: &Secret, label: &str) -> Result<KeySlot> {
+        self.keys_change_here()?;
         self.check_epoch().await?;
         let (epoch, master) = self.current_master();
         let (vid, master, mac, kind) =
@@ -515,6 +550,7 @@ impl Vault {
 
     /// [`Self::start_epoch`] with the slots the caller already read.
     async fn start_epoch_with(&mut self, slots: &[KeySlot], reason: &str, leave_out: &[&str]) -> Result<EpochReport> {
+        self.keys_change_here()?;
         self.writable()?;
         let records = read_epoch_records(&self.backend, &self.config.vault_id).await?;
         // As `check_epoch`, from the records just read: an epoch begun since this vault was opened.
@@ -685,6 +721,19 @@ impl Vault {
             }
         }
         Ok(None)
+    }
+
+    /// One snapshot's receipt, if the vault has one that opens.
+    pub async fn receipt(&self, snapshot: &SnapshotId) -> Result<Option<Vec<u8>>> {
+        let key = layout::receipt(snapshot);
+        let bytes = match self.backend.get(&key).await {
+            Ok(b) => b,
+            Err(BackendError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(object::open_named::<serde_bytes::ByteBuf>(self.keys(), ObjectType::Receipt, &key, &bytes)
+            .ok()
+            .map(|b| b.into_vec()))
     }
 
     /// Every receipt in the vault, by snapshot id. A receipt that does not open is reported as an

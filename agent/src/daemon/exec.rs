@@ -386,10 +386,18 @@ async fn copy(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, c: pb::CopyJob) -> anyhow::R
         tresor_vault::copy::CopyOptions { snapshots: Some(snapshots), host: crate::host::hostname(), uploads: 4 };
     ctx.progress(jr, "copying", 0, 0).await;
     let r = tresor_vault::copy::run(&source, &dest, &ctx.cache_dir(), &opts).await?;
-    let held = dest.backend().list(tresor_vault::layout::SNAPSHOTS).await?;
+    let mut copied_meta = Vec::new();
+    for id in &r.copied {
+        let m = dest.load_snapshot(id).await?;
+        let mut meta = meta_of(&dest, id, &m);
+        meta.receipt = dest.receipt(id).await?.and_then(|b| pb::Receipt::decode(b.as_slice()).ok());
+        copied_meta.push(meta);
+    }
     Ok(ResultKind::Copy(pb::CopyResult {
         copied: r.copied.iter().map(ToString::to_string).collect(),
-        held: held.iter().filter_map(|i| i.key.rsplit('/').next().map(str::to_string)).collect(),
+        held: r.held.iter().map(ToString::to_string).collect(),
+        copied_meta,
+        gone: r.gone.iter().map(ToString::to_string).collect(),
         failed: r.failed.iter().map(|f| format!("{}: {}", f.snapshot, f.why)).collect(),
         packs_copied: r.packs_copied as u64,
         packs_present: r.packs_present as u64,

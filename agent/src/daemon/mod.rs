@@ -216,22 +216,26 @@ async fn stream_loop(ctx: Arc<AgentCtx>, max_jobs: usize) -> anyhow::Result<()> 
     }
 }
 
-/// The configured vault a receipt belongs in: of those with its vault id, the one that holds the
-/// snapshot (a second site of a vault has the same id, and receives the receipt with its copy).
-async fn vault_name_for(ctx: &AgentCtx, vault_id: &str, snapshot_id: &str) -> Option<String> {
-    let mut first = None;
+/// The configured vault a receipt belongs in: of those with its vault id, the first site (a second
+/// site has the same id, and receives the receipt with its copy); `None` (try again later) when
+/// a vault with that id cannot be opened now.
+async fn vault_name_for(ctx: &AgentCtx, vault_id: &str) -> Option<String> {
+    let (mut second, mut unopened) = (None, false);
     for name in ctx.cfg.vaults.keys() {
-        if let Ok(v) = ctx.vault(name).await
-            && v.config().vault_id.to_string() == vault_id
-        {
-            let key = format!("{}{snapshot_id}", tresor_vault::layout::SNAPSHOTS);
-            if v.backend().size(&key).await.ok().flatten().is_some() {
-                return Some(name.clone());
-            }
-            first.get_or_insert_with(|| name.clone());
+        let Ok(v) = ctx.vault(name).await else {
+            unopened = true;
+            continue;
+        };
+        if v.config().vault_id.to_string() != vault_id {
+            continue;
         }
+        if !v.config().second_site {
+            return Some(name.clone());
+        }
+        second.get_or_insert_with(|| name.clone());
     }
-    first
+    // A vault that did not open may be the first site: do not settle for a second one yet.
+    if unopened { None } else { second }
 }
 
 async fn outbox_loop(ctx: Arc<AgentCtx>) {
@@ -250,7 +254,7 @@ async fn outbox_loop(ctx: Arc<AgentCtx>) {
                         }
                     }
                     if let Some(r) = reply.receipt {
-                        match vault_name_for(&ctx, &r.vault_id, &r.snapshot_id).await {
+                        match vault_name_for(&ctx, &r.vault_id).await {
                             Some(v) => {
                                 if let Err(e) = ctx.outbox.put_receipt(&v, &r) {
                                     // Keep the result: Finish answers the same receipt again. The

@@ -223,6 +223,34 @@ fn hostile_sources_and_copies_are_refused_naming_the_problem() {
     let s2 = site(&w, to.to_str().unwrap(), vec![]);
     check_clean(&s2);
 
+    // A slot that vanished from the source's listing without a key epoch leaving it out (a
+    // deleted object, a short listing) stays at the copy.
+    let escrow_slot = files_below(&w.vault.join("keys"))
+        .into_iter()
+        .find(|p| !p.ends_with("00112233aabbccdd") && std::fs::read_to_string(p).unwrap().contains("\"escrow\""))
+        .unwrap();
+    let aside = w.path("escrow-slot-aside");
+    std::fs::rename(&escrow_slot, &aside).unwrap();
+    let out = copy(&w, to.to_str().unwrap(), &[], None, &[]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["site"]["slots_removed"], 0, "{r}");
+    assert!(to.join("keys").join(escrow_slot.file_name().unwrap()).exists());
+    std::fs::rename(&aside, &escrow_slot).unwrap();
+
+    // Keys change at the first site only.
+    let other = w.path("other.password");
+    std::fs::write(&other, "another password").unwrap();
+    let add = ["key", "add", "--vault", to.to_str().unwrap(), "--new-password-file", other.to_str().unwrap()];
+    let out = s2.run(&add);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("second site"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut forced = vec!["--at-second-site"];
+    forced.extend(add);
+    s2.ok(&forced);
+
     // The copy's config altered (its delete capability flipped): refused, and the copy no longer opens.
     let config = to.join("config");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -233,7 +261,11 @@ fn hostile_sources_and_copies_are_refused_naming_the_problem() {
     std::fs::write(&config, text.replace("\"delete\": true", "\"delete\": false")).unwrap();
     let out = copy(&w, to.to_str().unwrap(), &[], None, &[]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("config object was altered"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("config object was altered"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = s2.run(&["check", "--vault", to.to_str().unwrap()]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("altered"));
 }

@@ -3,24 +3,26 @@
 //! ```text
 //! site::mirror (config, epochs/, keys/) -> per snapshot, oldest first:
 //!   plan: each chunk of its tree -> already indexed at the copy (reuse that pack)
-//!                                 | else the source pack holding it (copy it, or index it if there)
+//!                                 | else the source pack holding it (send it, or index it if there)
 //!   source pack --get--> verify (name = BLAKE3 of bytes, directory, every blob opens)
-//!       --create--> copy pack, size checked      [at most `uploads` packs in flight]
+//!       --announce, create--> copy pack, size checked      [at most `uploads` packs in flight]
 //!   index segments for the new packs -> structure check at the copy
 //!   -> commit point: the snapshot object, byte for byte -> its receipt
 //! ```
 //!
 //! Every object keeps its name and bytes, so a run that was killed resumes where it stopped: a
 //! pack already at the copy is not sent again, an uploaded pack the copy does not index yet is
-//! indexed from its own directory. The copier announces itself at the copy with a writer session
-//! marker, so a GC there neither deletes what it uploads nor sweeps while it runs.
+//! verified there and indexed from its own directory. The copier announces itself at the copy
+//! with a writer session marker (`announce.rs`), so a GC there neither deletes what it uploads nor
+//! sweeps while it runs.
 
+mod announce;
+mod send;
 pub mod site;
 
-use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -28,15 +30,15 @@ use futures::StreamExt;
 pub use site::{SiteReport, mirror};
 
 use crate::backend::{BackendError, Created};
-use crate::crypto::{ObjectType, VaultKeys};
+use crate::crypto::ObjectType;
 use crate::error::{Error, Result};
-use crate::ids::{ChunkId, PackId, SessionId, SnapshotId};
+use crate::ids::{ChunkId, ObjectId, PackId, SnapshotId};
 use crate::index::{LocalIndex, PackRef, Segment};
 use crate::pack::PackEntry;
-use crate::session::{SESSION_LIVE_SECS, SessionMarker};
-use crate::snapshot::Node;
+use crate::snapshot::{Manifest, Node};
 use crate::vault::{Vault, cpu};
-use crate::{layout, object, pack};
+use crate::{layout, object};
+use announce::Announcer;
 
 /// What to copy.
 #[derive(Debug, Clone)]
@@ -60,6 +62,10 @@ pub struct CopyReport {
     pub present: usize,
     /// Snapshots that could not be copied (the others were).
     pub failed: Vec<CopyFailure>,
+    /// Selected snapshots the source no longer has (forgotten since they were chosen).
+    pub gone: Vec<SnapshotId>,
+    /// Every snapshot the copy holds after the run, each checked against its name there.
+    pub held: Vec<SnapshotId>,
     /// Packs sent to the copy.
     pub packs_copied: usize,
     /// Packs the copied snapshots need that the copy already held.
@@ -81,7 +87,7 @@ pub struct CopyFailure {
     pub snapshot: SnapshotId,
     /// Why, in words.
     pub why: String,
-    /// It is damaged at the source (or would not restore at the copy), rather than postponed.
+    /// Damage was found (at the source, or at the copy), rather than the snapshot postponed.
     pub damage: bool,
 }
 
@@ -90,8 +96,8 @@ pub struct CopyFailure {
 ///
 /// # Errors
 /// Storage failures, a copy that is not of this vault, or a key slot that cannot write. A
-/// snapshot that cannot be copied (damaged at the source, a pack the copy's GC is about to
-/// delete) is reported in [`CopyReport::failed`] and the others are copied.
+/// snapshot that cannot be copied (damaged, a pack the copy's GC is about to delete) is reported
+/// in [`CopyReport::failed`] and the others are copied.
 pub async fn run(source: &Arc<Vault>, dest: &Arc<Vault>, cache: &Path, opts: &CopyOptions) -> Result<CopyReport> {
     if source.config().vault_id != dest.config().vault_id {
         return Err(Error::Invalid(format!(
@@ -104,45 +110,71 @@ pub async fn run(source: &Arc<Vault>, dest: &Arc<Vault>, cache: &Path, opts: &Co
     dest.writable()?;
     dest.check_epoch().await?;
     let src_index = source.sync_index(cache).await?;
-    let dest_cache = copy_cache(cache, &dest.backend().location());
-    let there: HashSet<SnapshotId> = listed_ids(dest, layout::SNAPSHOTS).await?;
     let wanted: Vec<SnapshotId> = match &opts.snapshots {
         None => source.snapshots().await?.into_iter().map(|(id, _)| id).collect(),
         Some(ids) => ids.clone(),
     };
     let mut report = CopyReport::default();
-    let mut session = Announcer::start(dest, &opts.host).await?;
-    for id in wanted {
-        if there.contains(&id) {
-            report.present += 1;
-            continue;
-        }
-        let one = SnapshotCopy { source, dest, src_index: &src_index, dest_cache: &dest_cache, uploads: opts.uploads };
-        match one.run(id, &mut session, &mut report).await {
-            Ok(()) => report.copied.push(id),
-            Err(e @ (Error::Integrity { .. } | Error::SnapshotNotFound(_) | Error::Refused(_))) => {
-                tracing::warn!(snapshot = %id, error = %e, "snapshot not copied");
-                let damage = !matches!(e, Error::Refused(_));
-                report.failed.push(CopyFailure { snapshot: id, why: e.to_string(), damage });
+    let (mut held, garbage) = held_snapshots(dest).await?;
+    let session = Announcer::start(dest, &opts.host, opts.uploads).await?;
+    let result = async {
+        let sizes: HashMap<PackId, u64> = source
+            .backend()
+            .list(layout::DATA)
+            .await?
+            .into_iter()
+            .filter_map(|i| layout::id_of::<PackId>(&i.key).map(|p| (p, i.size)))
+            .collect();
+        let one = SnapshotCopy { source, dest, src_index: &src_index, cache, uploads: opts.uploads, sizes: &sizes };
+        for id in wanted {
+            if held.contains(&id) {
+                report.present += 1;
+                continue;
             }
-            Err(e) => {
-                session.finish().await;
-                return Err(e);
+            if garbage.contains(&id) {
+                let why = format!("the copy holds another object under {}; remove it there", layout::snapshot(&id));
+                report.failed.push(CopyFailure { snapshot: id, why, damage: true });
+                continue;
+            }
+            match one.run(id, &session, &mut report).await {
+                Ok(()) => {
+                    report.copied.push(id);
+                    held.insert(id);
+                }
+                Err(Error::SnapshotNotFound(_)) => report.gone.push(id),
+                Err(e @ (Error::Integrity { .. } | Error::Refused(_))) => {
+                    tracing::warn!(snapshot = %id, error = %e, "snapshot not copied");
+                    let damage = !matches!(e, Error::Refused(_));
+                    report.failed.push(CopyFailure { snapshot: id, why: e.to_string(), damage });
+                }
+                Err(e) => return Err(e),
             }
         }
+        report.receipts_copied += late_receipts(source, dest, &held).await?;
+        Ok(())
     }
-    report.receipts_copied += late_receipts(source, dest).await?;
+    .await;
     session.finish().await;
+    result?;
+    report.held = held.into_iter().collect();
+    report.held.sort();
     Ok(report)
 }
 
-/// Where the copy's local index lives: apart from the source's, which has the same vault id.
-fn copy_cache(cache: &Path, location: &str) -> PathBuf {
-    cache.join("copies").join(&blake3::hash(location.as_bytes()).to_hex()[..16])
-}
-
-async fn listed_ids(vault: &Vault, prefix: &str) -> Result<HashSet<SnapshotId>> {
-    Ok(vault.backend().list(prefix).await?.iter().filter_map(|i| layout::id_of(&i.key)).collect())
+/// The snapshots the copy holds, each read and checked against its name, and the names that
+/// hold something else.
+async fn held_snapshots(dest: &Vault) -> Result<(HashSet<SnapshotId>, HashSet<SnapshotId>)> {
+    let (mut held, mut garbage) = (HashSet::new(), HashSet::new());
+    for info in dest.backend().list(layout::SNAPSHOTS).await? {
+        let Some(id) = layout::id_of::<SnapshotId>(&info.key) else { continue };
+        match dest.backend().get(&info.key).await {
+            Ok(bytes) if object::content_id(&bytes) == id => held.insert(id),
+            Ok(_) => garbage.insert(id),
+            Err(BackendError::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+    }
+    Ok((held, garbage))
 }
 
 /// One snapshot's copy.
@@ -150,8 +182,10 @@ struct SnapshotCopy<'a> {
     source: &'a Arc<Vault>,
     dest: &'a Arc<Vault>,
     src_index: &'a Arc<LocalIndex>,
-    dest_cache: &'a Path,
+    cache: &'a Path,
     uploads: usize,
+    /// The source's packs by their listing: (id, bytes).
+    sizes: &'a HashMap<PackId, u64>,
 }
 
 /// Where each pack a snapshot needs comes from.
@@ -165,11 +199,17 @@ struct Plan {
     upload: BTreeSet<PackId>,
 }
 
+impl Plan {
+    fn all(&self) -> impl Iterator<Item = &PackId> {
+        self.reuse.iter().chain(&self.index_only).chain(&self.upload)
+    }
+}
+
 impl SnapshotCopy<'_> {
-    async fn run(&self, id: SnapshotId, session: &mut Announcer<'_>, report: &mut CopyReport) -> Result<()> {
+    async fn run(&self, id: SnapshotId, session: &Announcer, report: &mut CopyReport) -> Result<()> {
         let m = self.source.load_snapshot(&id).await?;
         let nodes = Arc::new(self.source.read_tree(&m, self.src_index).await?);
-        let dest_index = self.dest.sync_index(self.dest_cache).await?;
+        let dest_index = self.dest.sync_index(self.cache).await?;
         // Read after our marker exists: a sweep that did not see it is still holding its mark.
         let mark = crate::session::marked_packs(self.dest).await?;
         let present: HashSet<PackId> = self.dest_packs().await?;
@@ -180,26 +220,28 @@ impl SnapshotCopy<'_> {
         session.depend_on(plan.reuse.iter().chain(&plan.index_only).copied()).await;
         let mut new_packs: Vec<(PackRef, Vec<PackEntry>)> = Vec::new();
         for p in &plan.index_only {
-            let dir = self.dest.read_pack_directory(p).await?;
+            let dir = send::check_held(self.dest, *p).await?;
             new_packs.push((PackRef { id: *p, salt: dir.salt }, dir.entries));
         }
         let mut sent = futures::stream::iter(plan.upload.iter().copied())
-            .map(|p| send_pack(self.source, self.dest, p))
+            .map(|p| send::send_pack(self.source, self.dest, session, p, self.sizes.get(&p).copied()))
             .buffer_unordered(self.uploads.max(1));
         while let Some(done) = sent.next().await {
             let sent = done?;
             report.packs_copied += 1;
             report.bytes_copied += sent.bytes;
             report.chunks_verified += sent.entries.len() as u64;
-            session.uploaded(sent.pack).await;
             new_packs.push((sent.pack, sent.entries));
         }
+        drop(sent);
         self.dest.check_epoch().await?;
         for group in crate::backup::group_packs(&new_packs) {
             self.dest.write_segment(&Segment::from_packs(0, group)).await?;
             report.segments_written += 1;
         }
-        self.commit(id, &m, nodes, &plan, session, report).await
+        self.commit(id, &m, nodes, &plan, &mark, session).await?;
+        report.receipts_copied += copy_receipt(self.source, self.dest, &id).await?;
+        Ok(())
     }
 
     async fn dest_packs(&self) -> Result<HashSet<PackId>> {
@@ -207,17 +249,17 @@ impl SnapshotCopy<'_> {
         Ok(listing.iter().filter_map(|i| layout::id_of::<PackId>(&i.key)).collect())
     }
 
-    /// Check the copy holds the whole snapshot, then write it (the commit point) and its receipt.
+    /// Check the copy holds the whole snapshot, then write it (the commit point).
     async fn commit(
         &self,
         id: SnapshotId,
-        m: &crate::snapshot::Manifest,
+        m: &Manifest,
         nodes: Arc<Vec<Node>>,
         plan: &Plan,
-        session: &mut Announcer<'_>,
-        report: &mut CopyReport,
+        mark_at_plan: &HashSet<PackId>,
+        session: &Announcer,
     ) -> Result<()> {
-        let dest_index = self.dest.sync_index(self.dest_cache).await?;
+        let dest_index = self.dest.sync_index(self.cache).await?;
         let tree = Arc::new(m.tree.iter().map(|c| tree_node(*c)).collect::<Vec<Node>>());
         for part in [nodes, tree] {
             let found = crate::check_snapshot::structure(self.dest, dest_index.clone(), part).await?;
@@ -229,10 +271,31 @@ impl SnapshotCopy<'_> {
             }
         }
         crate::failpoint::hit("copy-before-snapshot-put");
-        // A sweep at the copy that started before our marker deletes only what its mark lists,
-        // and its mark stays until it is done: a needed pack not in the mark now, and there, stays.
+        self.still_there(id, plan, mark_at_plan, &dest_index).await?;
+        session.fenced()?;
+        self.dest.check_epoch().await?;
+        let bytes = verified_object(self.source, &layout::snapshot(&id), &id).await?;
+        self.dest.backend().create(&layout::snapshot(&id), bytes).await?;
+        session.committed().await;
+        Ok(())
+    }
+
+    /// Right before the commit point, as a backup does (`BackupSession::reused_still_there`): a
+    /// sweep at the copy that started before our marker deletes only what its mark lists, and
+    /// its mark stays until it is done. Unchanged mark and index: nothing was swept. Otherwise
+    /// every needed pack must be there and unmarked.
+    async fn still_there(
+        &self,
+        id: SnapshotId,
+        plan: &Plan,
+        mark_at_plan: &HashSet<PackId>,
+        index: &LocalIndex,
+    ) -> Result<()> {
         let mark = crate::session::marked_packs(self.dest).await?;
-        for p in plan.reuse.iter().chain(&plan.index_only).chain(&plan.upload) {
+        if mark == *mark_at_plan && !index.is_stale(&self.dest.index_segment_ids().await?) {
+            return Ok(());
+        }
+        for p in plan.all() {
             if mark.contains(p) || self.dest.backend().size(&layout::pack(p)).await?.is_none() {
                 return Err(Error::Refused(format!(
                     "pack {p}, which snapshot {id} needs, is being collected by a GC at the copy; \
@@ -240,12 +303,6 @@ impl SnapshotCopy<'_> {
                 )));
             }
         }
-        session.fenced()?;
-        self.dest.check_epoch().await?;
-        let bytes = verified_object(self.source, &layout::snapshot(&id), &id).await?;
-        self.dest.backend().create(&layout::snapshot(&id), bytes).await?;
-        session.committed().await;
-        report.receipts_copied += copy_receipt(self.source, self.dest, &id).await?;
         Ok(())
     }
 }
@@ -300,67 +357,12 @@ fn plan(
     Ok(plan)
 }
 
-struct Sent {
-    pack: PackRef,
-    entries: Vec<PackEntry>,
-    bytes: u64,
-}
-
-/// Read a pack at the source, verify it whole, create it at the copy and check its size there.
-async fn send_pack(source: &Vault, dest: &Vault, id: PackId) -> Result<Sent> {
-    let key = layout::pack(&id);
-    let (bytes, dir) = fetch_verified(source, id).await?;
-    let len = bytes.len() as u64;
-    dest.backend().create(&key, bytes).await?;
-    crate::failpoint::hit("copy-after-pack-put");
-    match dest.backend().size(&key).await? {
-        Some(n) if n == len => {}
-        other => {
-            return Err(Error::integrity(
-                format!("pack {id} at the copy"),
-                format!(
-                    "{} after it was written, expected {len} bytes",
-                    other.map_or("missing".into(), |n| format!("{n} bytes"))
-                ),
-            ));
-        }
-    }
-    Ok(Sent { pack: PackRef { id, salt: dir.salt }, entries: dir.entries, bytes: len })
-}
-
-/// A pack read from the source and verified whole; one that fails is read once more (a bit
-/// flipped in transit is not damage).
-async fn fetch_verified(source: &Vault, id: PackId) -> Result<(Bytes, pack::PackDirectory)> {
-    let mut first = None;
-    for _ in 0..2 {
-        let bytes = source.backend().get(&layout::pack(&id)).await?;
-        let (keys, b) = (source.keys().clone(), bytes.clone());
-        match cpu(move || verify_pack(&keys, &id, &b)).await? {
-            Ok(dir) => return Ok((bytes, dir)),
-            Err(why) => {
-                first.get_or_insert(why);
-            }
-        }
-    }
-    Err(Error::integrity(format!("pack {id} at the source"), first.unwrap_or_default()))
-}
-
-/// The pack's name is the BLAKE3 of its bytes, its directory opens and every blob decrypts and
-/// hashes to its chunk id.
-fn verify_pack(keys: &VaultKeys, id: &PackId, bytes: &[u8]) -> std::result::Result<pack::PackDirectory, String> {
-    if *blake3::hash(bytes).as_bytes() != id.0 {
-        return Err("its content does not match its name (damaged or altered)".into());
-    }
-    let dir = pack::read_directory_full(keys, bytes).map_err(|e| e.to_string())?;
-    for (e, res) in pack::open_all(keys, &dir, bytes) {
-        res.map_err(|err| format!("chunk {}: {err}", e.id))?;
-    }
-    Ok(dir)
-}
-
 /// An object named by its content, read and checked at the source.
-async fn verified_object(source: &Vault, key: &str, id: &crate::ids::ObjectId) -> Result<Bytes> {
-    let bytes = source.backend().get(key).await?;
+async fn verified_object(source: &Vault, key: &str, id: &ObjectId) -> Result<Bytes> {
+    let bytes = source.backend().get(key).await.map_err(|e| match e {
+        BackendError::NotFound(_) => Error::SnapshotNotFound(id.to_hex()),
+        e => e.into(),
+    })?;
     if object::content_id(&bytes) != *id {
         return Err(Error::integrity(key.to_string(), "content does not match its name at the source"));
     }
@@ -383,86 +385,16 @@ async fn copy_receipt(source: &Vault, dest: &Vault, id: &SnapshotId) -> Result<u
 }
 
 /// Receipts that reached the source after their snapshot was copied.
-async fn late_receipts(source: &Vault, dest: &Vault) -> Result<usize> {
-    let theirs = listed_ids(dest, layout::RECEIPTS).await?;
-    let snapshots = listed_ids(dest, layout::SNAPSHOTS).await?;
-    let ours = listed_ids(source, layout::RECEIPTS).await?;
+async fn late_receipts(source: &Vault, dest: &Vault, held: &HashSet<SnapshotId>) -> Result<usize> {
+    let (theirs, ours) = (receipt_ids(dest).await?, receipt_ids(source).await?);
     let mut n = 0;
-    for id in ours.iter().filter(|id| snapshots.contains(id) && !theirs.contains(id)) {
+    for id in ours.iter().filter(|id| held.contains(id) && !theirs.contains(id)) {
         n += copy_receipt(source, dest, id).await?;
     }
     Ok(n)
 }
 
-/// How often the copier rewrites its marker while packs go up.
-const MARKER_REFRESH: Duration = Duration::from_secs(60);
-
-/// The copier's writer session marker at the copy: the packs it sent and not yet indexed (a GC
-/// keeps them, a later run adopts them) and the packs the snapshot in progress depends on.
-struct Announcer<'a> {
-    vault: &'a Vault,
-    id: SessionId,
-    marker: SessionMarker,
-    written: Instant,
-}
-
-impl<'a> Announcer<'a> {
-    async fn start(vault: &'a Vault, host: &str) -> Result<Self> {
-        let now = crate::clock::now().to_rfc3339();
-        let marker = SessionMarker {
-            v: 1,
-            host: host.to_string(),
-            pid: std::process::id(),
-            started: now.clone(),
-            refreshed: now,
-            ..SessionMarker::default()
-        };
-        let id = SessionId::random();
-        crate::backup::write_marker(vault, &id, &marker).await?;
-        Ok(Self { vault, id, marker, written: Instant::now() })
-    }
-
-    async fn depend_on(&mut self, packs: impl Iterator<Item = PackId>) {
-        self.marker.reused = packs.collect::<BTreeSet<_>>().into_iter().collect();
-        self.write().await;
-    }
-
-    async fn uploaded(&mut self, pack: PackRef) {
-        self.marker.packs.push(pack);
-        if self.written.elapsed() >= MARKER_REFRESH {
-            self.write().await;
-        }
-    }
-
-    /// The snapshot is in: its packs are indexed and referenced.
-    async fn committed(&mut self) {
-        self.marker.packs.clear();
-        self.marker.reused.clear();
-        self.write().await;
-    }
-
-    async fn write(&mut self) {
-        self.marker.refreshed = crate::clock::now().to_rfc3339();
-        match crate::backup::write_marker(self.vault, &self.id, &self.marker).await {
-            Ok(()) => self.written = Instant::now(),
-            Err(e) => tracing::warn!(error = %e, "could not refresh the copy's session marker"),
-        }
-    }
-
-    /// Refuse to commit when the marker went unrefreshed so long that a GC may take it for dead.
-    fn fenced(&self) -> Result<()> {
-        let quiet = self.written.elapsed().as_secs();
-        if quiet as i64 > SESSION_LIVE_SECS - 120 {
-            return Err(Error::Invalid(format!(
-                "commit refused: the copy's session marker was last written {quiet} s ago, so a GC there may have taken it for dead; run the copy again"
-            )));
-        }
-        Ok(())
-    }
-
-    async fn finish(self) {
-        if let Err(e) = self.vault.backend().delete(&layout::session(&self.id)).await {
-            tracing::warn!(error = %e, "could not remove the copy's session marker");
-        }
-    }
+async fn receipt_ids(v: &Vault) -> Result<HashSet<SnapshotId>> {
+    let listed = v.backend().list(layout::RECEIPTS).await?;
+    Ok(listed.iter().filter_map(|i| layout::id_of(&i.key)).collect())
 }

@@ -5,12 +5,18 @@
 //! and slots, so the one escrow key file opens both. Only the config differs per site, so each
 //! slot at the copy carries the MAC of the copy's config (made under the first epoch's key, which
 //! the copier holds); the slot's wrapped key, binding and public key are the source's, unchanged.
+//!
+//! Nothing read from either storage is copied on its word: epoch records must verify under the
+//! keys this handle holds, slots must carry a config MAC only a key holder can make, and a slot
+//! is removed at the copy only when a verified epoch record left it out.
+
+use std::collections::BTreeSet;
 
 use bytes::Bytes;
 
 use crate::backend::{BackendError, Created, DynBackend, Retention};
 use crate::config::VaultConfig;
-use crate::epochs;
+use crate::epochs::{self, EpochRecord};
 use crate::error::{Error, Result};
 use crate::keys::KeySlot;
 use crate::layout;
@@ -25,7 +31,7 @@ pub struct SiteReport {
     pub epochs_copied: usize,
     /// Key slots written to the copy.
     pub slots_copied: usize,
-    /// Slots removed at the copy because the source no longer has them.
+    /// Slots removed at the copy because the source removed them (and left them out of a key epoch).
     pub slots_removed: usize,
     /// Slots the source removed that Object Lock still keeps at the copy (id: until when).
     pub slots_waiting: Vec<String>,
@@ -33,14 +39,16 @@ pub struct SiteReport {
     pub slots_skipped: Vec<String>,
 }
 
-/// Make `dest` a site of `source`'s vault, or bring an existing one's keys up to date: the
-/// config (first time only; `object_lock` applies then), then epoch records (so a slot removed at
-/// the source is already left out of the newest epoch at the copy), then slots. A copy cut off
-/// between its config and its slots does not open yet; the next run finishes it.
+/// Make `dest` a second site of `source`'s vault, or bring an existing one's keys up to date:
+/// the config (first time only; `object_lock` applies then), then epoch records (so a slot
+/// removed at the source is already left out of the newest epoch at the copy), then slots. A
+/// copy cut off between its config and its slots does not open yet; the next run finishes it.
 ///
 /// # Errors
-/// `dest` holds another vault, its config was altered, it has a key epoch the source lacks (key
-/// changes are made at the source), or storage fails.
+/// `dest` holds another vault or a config that is not this vault's (altered), it has a key epoch
+/// the source lacks (key changes are made at the source), an epoch record of the source does not
+/// verify, the source's slot listing lacks the opener's own slot (a short listing), or storage
+/// fails.
 pub async fn mirror(source: &Vault, dest: &DynBackend, object_lock: Option<Retention>) -> Result<SiteReport> {
     source.writable()?;
     let mut report = SiteReport::default();
@@ -48,7 +56,8 @@ pub async fn mirror(source: &Vault, dest: &DynBackend, object_lock: Option<Reten
         Some(bytes) => bytes,
         None => {
             let (capabilities, _) = crate::probe::probe_new(dest, object_lock).await?;
-            let bytes = VaultConfig { capabilities, object_lock, ..source.config().clone() }.to_json();
+            let config = VaultConfig { capabilities, object_lock, second_site: true, ..source.config().clone() };
+            let bytes = config.to_json();
             if dest.create(layout::CONFIG, Bytes::from(bytes.clone())).await? == Created::Existed {
                 return Err(Error::Invalid(format!(
                     "{} was made into a vault by someone else while this copy started; nothing of it was changed",
@@ -59,13 +68,16 @@ pub async fn mirror(source: &Vault, dest: &DynBackend, object_lock: Option<Reten
             bytes
         }
     };
-    report.epochs_copied = mirror_epochs(source, dest).await?;
+    let (copied, left_out) = mirror_epochs(source, dest).await?;
+    report.epochs_copied = copied;
     let mac = source.first_master().derive().config_mac(&config_bytes);
-    mirror_slots(source, dest, mac, &mut report).await?;
+    mirror_slots(source, dest, mac, &left_out, &mut report).await?;
     Ok(report)
 }
 
-/// The copy's config bytes when it was made before; checks it is this vault's, unaltered.
+/// The copy's config bytes when it was made before. Everything but what belongs to the site
+/// (its capabilities and Object Lock) must be the source's; whether its slots vouch for it is
+/// checked with them.
 async fn existing_config(source: &Vault, dest: &DynBackend, object_lock: Option<Retention>) -> Result<Option<Vec<u8>>> {
     dest.prepare_location().await?;
     let bytes = match dest.get(layout::CONFIG).await {
@@ -73,72 +85,113 @@ async fn existing_config(source: &Vault, dest: &DynBackend, object_lock: Option<
         Err(BackendError::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let config =
+    let theirs =
         VaultConfig::from_json(&bytes).map_err(|e| Error::integrity(format!("{} config", dest.location()), e))?;
-    if config.vault_id != source.config().vault_id {
+    let ours = source.config();
+    if theirs.vault_id != ours.vault_id {
         return Err(Error::Invalid(format!(
             "{} holds vault {}, not a copy of vault {}; copies go to an empty location or to an earlier copy of the same vault",
             dest.location(),
-            config.vault_id,
-            source.config().vault_id
+            theirs.vault_id,
+            ours.vault_id
         )));
     }
-    if object_lock.is_some() && object_lock != config.object_lock {
+    let site_free = VaultConfig {
+        capabilities: ours.capabilities.clone(),
+        object_lock: ours.object_lock,
+        second_site: ours.second_site,
+        ..theirs.clone()
+    };
+    if site_free != *ours || !theirs.second_site || theirs.capabilities.backend != dest.kind() {
+        return Err(Error::integrity(
+            format!("{} config", dest.location()),
+            "it is not a second site of this vault as copy makes one (altered, or made by hand); nothing was copied",
+        ));
+    }
+    if object_lock.is_some() && object_lock != theirs.object_lock {
         return Err(Error::Invalid(format!(
             "the copy at {} was made with Object Lock {}; a copy's retention is set when it is made",
             dest.location(),
-            config.object_lock.map_or("off".to_string(), |r| format!("{} s ({:?})", r.seconds, r.mode))
+            theirs.object_lock.map_or("off".to_string(), |r| format!("{} s ({:?})", r.seconds, r.mode))
         )));
     }
-    dest.set_retention(config.object_lock);
-    if !config.capabilities.create_once {
+    dest.set_retention(theirs.object_lock);
+    if !theirs.capabilities.create_once {
         dest.check_before_create();
     }
     Ok(Some(bytes))
 }
 
-/// Copy the epoch records this source reaches; a record the copy holds must be byte-identical.
-async fn mirror_epochs(source: &Vault, dest: &DynBackend) -> Result<usize> {
-    let wanted = source.key_epoch();
-    let theirs: std::collections::BTreeMap<String, u64> =
-        dest.list(epochs::PREFIX).await?.into_iter().map(|i| (i.key, i.size)).collect();
-    let mut copied = 0;
-    for info in source.backend().list(epochs::PREFIX).await? {
-        // A record beyond the epoch this source reached was never walked (it may be planted).
-        if epochs::epoch_of(&info.key).is_none_or(|e| e > wanted) || info.size > epochs::MAX_RECORD_BYTES {
-            continue;
-        }
-        let bytes = source.backend().get(&info.key).await?;
-        if theirs.contains_key(&info.key) {
-            if dest.get(&info.key).await? != bytes {
+/// Copy the epoch records this source reaches, each verified under the previous epoch's key
+/// before it is written; a record the copy holds must be the same record. Returns how many were
+/// written and the slots the verified records left out.
+async fn mirror_epochs(source: &Vault, dest: &DynBackend) -> Result<(usize, BTreeSet<String>)> {
+    let reached = source.key_epoch();
+    let vault = source.config().vault_id;
+    let theirs: BTreeSet<String> = dest.list(epochs::PREFIX).await?.into_iter().map(|i| i.key).collect();
+    if let Some(e) = theirs.iter().filter_map(|k| epochs::epoch_of(k)).filter(|e| *e > reached).max() {
+        return Err(Error::Invalid(format!(
+            "the copy has key epoch {e}, which the source's slot does not reach (its newest is {reached}); key changes are made at the source, never at a copy"
+        )));
+    }
+    let (mut copied, mut left_out) = (0, BTreeSet::new());
+    for epoch in (crate::crypto::FIRST_EPOCH + 1)..=reached {
+        let name = epochs::record_name(epoch);
+        let bytes = source.backend().get(&name).await?;
+        let previous = source.master_of(epoch - 1).ok_or(Error::KeyEpoch(crate::crypto::EpochMissing(epoch - 1)))?;
+        let record = verified_record(&bytes, &vault, &name, previous)
+            .map_err(|e| Error::integrity(format!("the source's {name}"), e))?;
+        left_out.extend(record.left_out.iter().cloned());
+        if theirs.contains(&name) {
+            let at_copy = dest.get(&name).await?;
+            if verified_record(&at_copy, &vault, &name, previous).ok().as_ref() != Some(&record) {
                 return Err(Error::Invalid(format!(
-                    "the copy's {} differs from the source's; key changes are made at the source, never at a copy",
-                    info.key
+                    "the copy's {name} is not the source's; key changes are made at the source, never at a copy"
                 )));
             }
             continue;
         }
-        if dest.create(&info.key, bytes).await? == Created::New {
+        if bytes.len() as u64 > epochs::MAX_RECORD_BYTES {
+            return Err(Error::integrity(format!("the source's {name}"), "larger than any epoch record"));
+        }
+        if dest.create(&name, bytes).await? == Created::New {
             copied += 1;
         }
     }
-    let newer = theirs.keys().filter_map(|k| epochs::epoch_of(k)).filter(|e| *e > wanted).max();
-    if let Some(e) = newer {
-        return Err(Error::Invalid(format!(
-            "the copy has key epoch {e}, which this source slot does not reach (its newest is {wanted}); key changes are made at the source, never at a copy"
-        )));
-    }
-    Ok(copied)
+    Ok((copied, left_out))
+}
+
+fn verified_record(
+    bytes: &[u8],
+    vault: &crate::ids::VaultId,
+    name: &str,
+    previous: &crate::crypto::MasterKey,
+) -> std::result::Result<EpochRecord, crate::keys::KeyError> {
+    let record = EpochRecord::from_json(bytes, vault, name)?;
+    record.verify(previous)?;
+    Ok(record)
 }
 
 /// Carry the source's slots (each with the copy's config MAC) and remove the copy's slots the
-/// source no longer has.
-async fn mirror_slots(source: &Vault, dest: &DynBackend, mac: [u8; 32], report: &mut SiteReport) -> Result<()> {
+/// source no longer lists and a verified epoch record left out.
+async fn mirror_slots(
+    source: &Vault,
+    dest: &DynBackend,
+    mac: [u8; 32],
+    left_out: &BTreeSet<String>,
+    report: &mut SiteReport,
+) -> Result<()> {
     let ours = Vault::read_slots(source.backend()).await?;
+    if !ours.iter().any(|s| s.id == source.slot_id()) {
+        return Err(Error::Invalid(format!(
+            "the source's listing of keys/ lacks the slot this copy opened it with ({}): a short or failed listing; nothing of the copy's keys was changed",
+            source.slot_id()
+        )));
+    }
     let theirs = Vault::read_slots(dest).await?;
     // The copy's slots carry the MAC of its config; none matching means it was altered (say, its
     // Object Lock taken out). Refused before any slot is written beside it. (No slots at all: a
-    // copy cut off right after its config was made.)
+    // copy cut off right after its config was made; its config was held to the source's above.)
     if !theirs.is_empty() && !theirs.iter().any(|t| t.config_mac == base64_of(&mac)) {
         return Err(Error::Key(crate::keys::KeyError::ConfigTampered));
     }
@@ -162,7 +215,9 @@ async fn mirror_slots(source: &Vault, dest: &DynBackend, mac: [u8; 32], report: 
             report.slots_copied += 1;
         }
     }
-    for slot in theirs.iter().filter(|t| !ours.iter().any(|o| o.id == t.id)) {
+    // Gone from the source's listing alone is not enough (a listing is unauthenticated): only a
+    // slot a verified record left out goes.
+    for slot in theirs.iter().filter(|t| left_out.contains(&t.id) && !ours.iter().any(|o| o.id == t.id)) {
         match dest.delete(&layout::key_slot(&slot.id)).await {
             Ok(()) => report.slots_removed += 1,
             Err(BackendError::NotFound(_)) => {}
