@@ -171,3 +171,45 @@ fn a_second_site_is_copied_on_schedule_and_survives_the_loss_of_the_first() {
         assert_same_tree(tree, &to.join(src.strip_prefix("/").unwrap()));
     }
 }
+
+/// A second site behind its `copy_rpo` raises `copy_overdue`, a copy job that fails raises
+/// `copy_failed` (and audits it), and a manual copy that succeeds clears both.
+#[test]
+fn a_second_site_behind_or_failing_is_alerted_until_a_copy_succeeds() {
+    let metrics_port = free_port();
+    let mut p = Plane::start(&format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\nmax_attempts = 1\n"));
+    let root = p.dir.path().to_path_buf();
+    let nas = p.folder_vault("nas", "nas", "db-01");
+    // The copy's location is a file for now: every copy there fails.
+    let offsite = root.join("offsite");
+    std::fs::write(&offsite, "not a directory").unwrap();
+    let copy_spec = VaultSpec { name: "offsite".into(), url: offsite.to_str().unwrap().into(), ..nas.clone() };
+    p.add_agent("db-01", &[nas, copy_spec], &[]);
+    let src = root.join("src");
+    random_file(&src.join("a.bin"), 1 << 20, 1);
+    let text = policy(&src).replace("*/3 * * * * *", "0 0 1 1 *").replace("copy_rpo = \"1h\"", "copy_rpo = \"1s\"");
+    let applied = p.apply_policy(&text);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    assert!(p.ctl_ok(&["backup", "db-01/docs"]).contains("saved"));
+
+    wait_for("copy_overdue", Duration::from_secs(30), || {
+        status(&p)["problems"].as_array().unwrap().iter().any(|m| m.as_str().unwrap().contains("second site offsite"))
+    });
+    assert!(metrics(metrics_port).contains("tresor_copy_overdue{from=\"nas\",to=\"offsite\"} 1"));
+
+    let out = p.ctl(&["copy", "nas"]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    wait_for("copy_failed", Duration::from_secs(30), || {
+        status(&p)["problems"].as_array().unwrap().iter().any(|m| m.as_str().unwrap().starts_with("copy of vault nas to offsite failed"))
+    });
+    assert!(p.ctl_ok(&["audit", "show"]).contains("copy"));
+
+    std::fs::remove_file(&offsite).unwrap();
+    std::fs::create_dir(&offsite).unwrap();
+    let out = p.ctl_ok(&["copy", "nas"]);
+    assert!(out.contains("copied 1 snapshot(s)"), "{out}");
+    let s = status(&p);
+    assert_eq!(s["problems"].as_array().unwrap().len(), 0, "{s}");
+    assert_eq!((s["copies"][0]["copied"].as_u64(), s["copies"][0]["lag_seconds"].as_i64()), (Some(1), Some(0)), "{s}");
+    assert!(metrics(metrics_port).contains("tresor_copy_overdue{from=\"nas\",to=\"offsite\"} 0"));
+}
