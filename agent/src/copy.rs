@@ -106,6 +106,7 @@ pub fn report_json(to: &str, site: &SiteReport, r: &CopyReport) -> serde_json::V
         "chunks_verified": r.chunks_verified,
         "segments_written": r.segments_written,
         "receipts_copied": r.receipts_copied,
+        "documents_copied": r.documents_copied,
         "site": {
             "created": site.created,
             "epochs_copied": site.epochs_copied,
@@ -134,8 +135,8 @@ fn report_text(to: &str, site: &SiteReport, r: &CopyReport) -> String {
         r.segments_written
     ));
     t.push_str(&format!(
-        "\n  keys: {} epoch record(s) and {} slot(s) copied, {} slot(s) removed as at the source; {} receipt(s) copied",
-        site.epochs_copied, site.slots_copied, site.slots_removed, r.receipts_copied
+        "\n  keys: {} epoch record(s) and {} slot(s) copied, {} slot(s) removed as at the source; {} receipt(s) and {} signed document(s) copied",
+        site.epochs_copied, site.slots_copied, site.slots_removed, r.receipts_copied, r.documents_copied
     ));
     for w in &site.slots_waiting {
         t.push_str(&format!("\n  slot removed at the source, kept at the copy by Object Lock: {w}"));

@@ -130,11 +130,12 @@ fn summary(ev: &pb::JobEvent) -> (serde_json::Value, String) {
         }
         Some(Kind::Copy(r)) => {
             let mut text = format!(
-                "copied {} snapshot(s) ({} packs, {}; {} packs already there); the copy holds {}",
+                "copied {} snapshot(s) ({} packs, {}; {} packs already there) and {} signed document(s); the copy holds {}",
                 r.copied.len(),
                 r.packs_copied,
                 human(r.bytes_copied),
                 r.packs_present,
+                r.documents_copied,
                 r.held.len()
             );
             for f in &r.failed {
@@ -144,7 +145,7 @@ fn summary(ev: &pb::JobEvent) -> (serde_json::Value, String) {
                 text.push_str(&format!("\nslot removed at the source, kept at the copy by Object Lock: {w}"));
             }
             (
-                json!({"copied": r.copied, "held": r.held, "failed": r.failed, "packs_copied": r.packs_copied, "packs_present": r.packs_present, "bytes_copied": r.bytes_copied, "receipts_copied": r.receipts_copied, "created": r.created, "epochs_copied": r.epochs_copied, "slots_copied": r.slots_copied, "slots_removed": r.slots_removed, "slots_waiting": r.slots_waiting}),
+                json!({"copied": r.copied, "held": r.held, "failed": r.failed, "packs_copied": r.packs_copied, "packs_present": r.packs_present, "bytes_copied": r.bytes_copied, "receipts_copied": r.receipts_copied, "documents_copied": r.documents_copied, "created": r.created, "epochs_copied": r.epochs_copied, "slots_copied": r.slots_copied, "slots_removed": r.slots_removed, "slots_waiting": r.slots_waiting}),
                 text,
             )
         }

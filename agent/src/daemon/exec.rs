@@ -398,6 +398,7 @@ async fn copy(ctx: &Arc<AgentCtx>, jr: &pb::JobRef, c: pb::CopyJob) -> anyhow::R
         held: r.held.iter().map(ToString::to_string).collect(),
         copied_meta,
         gone: r.gone.iter().map(ToString::to_string).collect(),
+        documents_copied: r.documents_copied as u64,
         failed: r.failed.iter().map(|f| format!("{}: {}", f.snapshot, f.why)).collect(),
         packs_copied: r.packs_copied as u64,
         packs_present: r.packs_present as u64,

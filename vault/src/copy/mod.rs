@@ -78,6 +78,9 @@ pub struct CopyReport {
     pub segments_written: usize,
     /// Receipts copied (with their snapshots or after them).
     pub receipts_copied: usize,
+    /// Signed documents copied (drill reports, audit checkpoints), so the evidence outlives the
+    /// first site.
+    pub documents_copied: usize,
 }
 
 /// A snapshot a run could not copy.
@@ -151,6 +154,7 @@ pub async fn run(source: &Arc<Vault>, dest: &Arc<Vault>, cache: &Path, opts: &Co
             }
         }
         report.receipts_copied += late_receipts(source, dest, &held).await?;
+        report.documents_copied += documents(source, dest).await?;
         Ok(())
     }
     .await;
@@ -397,4 +401,26 @@ async fn late_receipts(source: &Vault, dest: &Vault, held: &HashSet<SnapshotId>)
 async fn receipt_ids(v: &Vault) -> Result<HashSet<SnapshotId>> {
     let listed = v.backend().list(layout::RECEIPTS).await?;
     Ok(listed.iter().filter_map(|i| layout::id_of(&i.key)).collect())
+}
+
+/// Signed documents (`reports/`, `audit/`) the copy lacks, each opened at the source first.
+async fn documents(source: &Vault, dest: &Vault) -> Result<usize> {
+    let mut n = 0;
+    for prefix in [layout::REPORTS, layout::AUDIT] {
+        let theirs: HashSet<String> = dest.backend().list(prefix).await?.into_iter().map(|i| i.key).collect();
+        for info in source.backend().list(prefix).await? {
+            if theirs.contains(&info.key) || layout::document(&info.key).is_none() {
+                continue;
+            }
+            let bytes = source.backend().get(&info.key).await?;
+            if let Err(e) =
+                object::open_named::<serde_bytes::ByteBuf>(source.keys(), ObjectType::Document, &info.key, &bytes)
+            {
+                tracing::warn!(key = %info.key, error = %e, "signed document at the source does not open; not copied");
+                continue;
+            }
+            n += usize::from(dest.backend().create(&info.key, bytes).await? == Created::New);
+        }
+    }
+    Ok(n)
 }

@@ -34,6 +34,11 @@ name = "docs"
 vault = "nas"
 paths = [{src:?}]
 [[drill]]
+name = "first-site"
+source = "db-01/docs"
+schedule = "0 0 1 1 *"
+rto = "1h"
+[[drill]]
 name = "second-site"
 source = "db-01/docs"
 vault = "offsite"
@@ -120,9 +125,21 @@ fn a_second_site_is_copied_on_schedule_and_survives_the_loss_of_the_first() {
     let audit = p.ctl_ok(&["audit", "show"]);
     assert_eq!(audit.matches("copy.snapshot").count(), 2, "{audit}");
 
-    // A manual copy finds nothing left to send.
+    // A drill at the first site; its signed report reaches the copy with the next copy, which
+    // has no snapshot left to send.
+    let first = p.ctl(&["--json", "drill", "run", "db-01/docs", "--plan", "first-site"]);
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(first["verdict"], "PASS", "{first}");
+    let report_name = format!("{}.json", first["drill_id"].as_str().unwrap());
+    wait_for("the first site's report in its vault", Duration::from_secs(30), || {
+        nas_dir
+            .join("reports")
+            .read_dir()
+            .is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy() == report_name))
+    });
     let out = p.ctl_ok(&["copy", "nas"]);
-    assert!(out.contains("the copy holds 2"), "{out}");
+    assert!(out.contains("copied 0 snapshot(s)") && out.contains("the copy holds 2"), "{out}");
+    assert!(!out.contains(" 0 signed document(s)"), "{out}");
 
     // Disaster one: the primary vault is gone. Restore and drill from the second site.
     // The copy agent reports the second site it made as a vault it opens.
@@ -170,6 +187,33 @@ fn a_second_site_is_copied_on_schedule_and_survives_the_loss_of_the_first() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_same_tree(tree, &to.join(src.strip_prefix("/").unwrap()));
     }
+    // The evidence survived: both drills' signed reports are at the copy.
+    let docs = agent(&["--json", "documents", "--vault", &offsite_url, "--escrow-key-file", k], &env);
+    let docs: serde_json::Value = serde_json::from_slice(&docs.stdout).unwrap();
+    let names: Vec<&str> = docs["documents"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    assert!(names.contains(&format!("reports/{report_name}").as_str()), "{docs}");
+    assert!(names.iter().filter(|n| n.starts_with("reports/") && n.ends_with(".json")).count() >= 2, "{docs}");
+    // Two sites again: a new one made from the copy, and it restores.
+    let new_site = fresh.path().join("new-site");
+    let out =
+        agent(&["copy", "--from", &offsite_url, "--to", new_site.to_str().unwrap(), "--escrow-key-file", k], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let to = fresh.path().join("from-new-site");
+    let out = agent(
+        &[
+            "restore",
+            "--vault",
+            new_site.to_str().unwrap(),
+            "--escrow-key-file",
+            k,
+            "latest",
+            "--to",
+            to.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_same_tree(&src, &to.join(src.strip_prefix("/").unwrap()));
 }
 
 /// A second site behind its `copy_rpo` raises `copy_overdue`, a copy job that fails raises
@@ -200,7 +244,11 @@ fn a_second_site_behind_or_failing_is_alerted_until_a_copy_succeeds() {
     let out = p.ctl(&["copy", "nas"]);
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     wait_for("copy_failed", Duration::from_secs(30), || {
-        status(&p)["problems"].as_array().unwrap().iter().any(|m| m.as_str().unwrap().starts_with("copy of vault nas to offsite failed"))
+        status(&p)["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m.as_str().unwrap().starts_with("copy of vault nas to offsite failed"))
     });
     assert!(p.ctl_ok(&["audit", "show"]).contains("copy"));
 
@@ -212,4 +260,19 @@ fn a_second_site_behind_or_failing_is_alerted_until_a_copy_succeeds() {
     assert_eq!(s["problems"].as_array().unwrap().len(), 0, "{s}");
     assert_eq!((s["copies"][0]["copied"].as_u64(), s["copies"][0]["lag_seconds"].as_i64()), (Some(1), Some(0)), "{s}");
     assert!(metrics(metrics_port).contains("tresor_copy_overdue{from=\"nas\",to=\"offsite\"} 0"));
+
+    // The copy keeps what copy_retention keeps; the first site keeps what the source's keeps.
+    assert!(p.ctl_ok(&["backup", "db-01/docs"]).contains("saved"));
+    assert!(p.ctl_ok(&["copy", "nas"]).contains("the copy holds 2"));
+    let kept = text.replace("copy_rpo = \"1s\"", "copy_rpo = \"1s\"\ncopy_retention = { keep_last = 1 }");
+    let applied = p.apply_policy(&kept);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let out = p.ctl_ok(&["prune", "offsite"]);
+    assert!(out.contains("forgot 1 snapshots"), "{out}");
+    assert_eq!(std::fs::read_dir(offsite.join("snapshots")).unwrap().count(), 1);
+    assert_eq!(p.snapshots("db-01/docs").len(), 2, "the first site's records are untouched");
+    assert_eq!(std::fs::read_dir(root.join("nas/snapshots")).unwrap().count(), 2);
+    let s = status(&p);
+    assert_eq!((s["copies"][0]["snapshots"].as_u64(), s["copies"][0]["copied"].as_u64()), (Some(1), Some(1)), "{s}");
+    assert_eq!(s["problems"].as_array().unwrap().len(), 0, "{s}");
 }
