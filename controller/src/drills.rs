@@ -381,7 +381,17 @@ impl Controller {
             None => self.snapshots(&spec.source)?,
         };
         let newest_ms = held.iter().filter_map(|s| s.committed_ms).filter(|t| *t <= started_ms).max();
-        let rpo_measured = newest_ms.map_or(f64::from(u32::MAX), |t| (started_ms - t) as f64 / 1000.0);
+        // No receipt this controller can verify (a new controller after a site loss, whose
+        // scans found the old controller's receipts): the snapshots' own manifest times, said so.
+        let unreceipted = newest_ms.is_none().then(|| {
+            held.iter()
+                .filter_map(|s| chrono::DateTime::parse_from_rfc3339(&s.manifest_time).ok())
+                .map(|t| t.timestamp_millis())
+                .filter(|t| *t <= started_ms)
+                .max()
+        });
+        let rpo_measured =
+            newest_ms.or(unreceipted.flatten()).map_or(f64::from(u32::MAX), |t| (started_ms - t) as f64 / 1000.0);
         let mut checks: Vec<Check> = r
             .checks
             .iter()
@@ -428,6 +438,11 @@ impl Controller {
             });
         }
         let mut anomalies = spec.notes.clone();
+        if unreceipted.flatten().is_some() {
+            anomalies.push(
+                "no snapshot of the source has a receipt this controller can verify: the achieved RPO counts from the newest snapshot's own manifest time, which its writer set".into(),
+            );
+        }
         anomalies.extend(notes_from_checks);
         if job.attempt > 1 {
             anomalies.push(format!("the drill needed {} attempts", job.attempt));

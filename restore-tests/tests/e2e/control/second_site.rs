@@ -214,6 +214,43 @@ fn a_second_site_is_copied_on_schedule_and_survives_the_loss_of_the_first() {
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_same_tree(&src, &to.join(src.strip_prefix("/").unwrap()));
+
+    // A new controller: the rebuilt agent gets a key slot of its own at the copy from the escrow
+    // key, the copy is the vault its source backs up to, and a drill from it passes.
+    let mut q = Plane::start("");
+    let pw2 = q.password_file("db-01-rebuilt");
+    let out = agent(
+        &[
+            "--at-second-site",
+            "key",
+            "add",
+            "--vault",
+            &offsite_url,
+            "--escrow-key-file",
+            k,
+            "--new-password-file",
+            pw2.to_str().unwrap(),
+            "--label",
+            "db-01 (rebuilt)",
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let copy_spec =
+        VaultSpec { name: "offsite".into(), url: offsite_url.clone(), password_file: pw2, env: garage.env() };
+    q.add_agent("db-01", &[copy_spec], &[]);
+    let rebuilt = format!(
+        "name = \"sites\"\n[[vault]]\nname = \"offsite\"\nmaintainer = \"db-01\"\n[[source]]\nagent = \"db-01\"\nname = \"docs\"\nvault = \"offsite\"\npaths = [{src:?}]\nschedule = \"0 0 1 1 *\"\nrpo = \"26h\"\n"
+    );
+    let applied = q.apply_policy(&rebuilt);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    wait_for("the copy scanned into the new catalog", Duration::from_secs(60), || q.snapshots("db-01/docs").len() == 2);
+    let drill = q.ctl(&["--json", "drill", "run", "db-01/docs"]);
+    let report: serde_json::Value = serde_json::from_slice(&drill.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}{}", String::from_utf8_lossy(&drill.stdout), String::from_utf8_lossy(&drill.stderr))
+    });
+    assert_eq!(report["verdict"], "PASS", "{report}");
+    assert!(report["anomalies"].to_string().contains("manifest time"), "{report}");
 }
 
 /// A second site behind its `copy_rpo` raises `copy_overdue`, a copy job that fails raises
