@@ -214,11 +214,11 @@ pub async fn backup(
         progress: None,
         quiet: g.json,
     };
-    let vault_id = vault.config().vault_id;
     let root = cache_root(g)?;
+    let cache_dir = vault.cache_dir(&root);
     let BackupDone { id: sid, manifest, errors } = backup_into(vault, &root, req).await?;
     // The snapshot is committed: a record that cannot be written is a warning, not a failed backup.
-    let unrecorded = crate::expected::note_committed(&root, &vault_id, sid).err().map(|e| format!("{e:#}"));
+    let unrecorded = crate::expected::note_committed(&cache_dir, sid).err().map(|e| format!("{e:#}"));
     let s = &manifest.summary;
     let mut text = format!(
         "snapshot {sid} saved\n  {} files, {} dirs, {} in total; read {}, new {} in {} chunks, stored {} in {:.1} s",

@@ -1,4 +1,5 @@
-//! The snapshots this host expects to find in a vault (`<cache>/<vault id>/expected-snapshots.json`):
+//! The snapshots this host expects to find in a vault (`expected-snapshots.json` in the vault's
+//! cache directory, `Vault::cache_dir`, which keeps a second site apart from its first):
 //! those it committed or its last `gc` listed, less those it forgot. Standalone GC deletes nothing
 //! when a listing lacks one.
 
@@ -16,19 +17,19 @@ pub struct Expected {
 }
 
 impl Expected {
-    /// The record for `vault` under the cache `root` (empty when there is none yet).
-    pub fn load(root: &Path, vault: &tresor_vault::ids::VaultId) -> anyhow::Result<Self> {
-        Self::load_file(root, vault, "expected-snapshots.json")
+    /// The record of the vault whose cache directory is `dir` (empty when there is none yet).
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        Self::load_file(dir, "expected-snapshots.json")
     }
 
     /// The snapshots this host let go that Object Lock still keeps (`forget` said "not yet"):
     /// `gc` forgets them once it can, and does not extend their locks meanwhile.
-    pub fn pending_forgets(root: &Path, vault: &tresor_vault::ids::VaultId) -> anyhow::Result<Self> {
-        Self::load_file(root, vault, "forget-pending.json")
+    pub fn pending_forgets(dir: &Path) -> anyhow::Result<Self> {
+        Self::load_file(dir, "forget-pending.json")
     }
 
-    fn load_file(root: &Path, vault: &tresor_vault::ids::VaultId, name: &str) -> anyhow::Result<Self> {
-        let path = tresor_vault::localfile::vault_cache_dir(root, vault).join(name);
+    fn load_file(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let path = dir.join(name);
         let ids = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice::<Vec<String>>(&b)
                 .with_context(|| format!("{} is damaged; move it away to start a new record", path.display()))?
@@ -49,9 +50,9 @@ impl Expected {
     }
 }
 
-/// Note a snapshot this host committed.
-pub fn note_committed(root: &Path, vault: &tresor_vault::ids::VaultId, id: SnapshotId) -> anyhow::Result<()> {
-    let mut expected = Expected::load(root, vault)?;
+/// Note a snapshot this host committed to the vault whose cache directory is `dir`.
+pub fn note_committed(dir: &Path, id: SnapshotId) -> anyhow::Result<()> {
+    let mut expected = Expected::load(dir)?;
     expected.ids.insert(id);
     expected.save()
 }

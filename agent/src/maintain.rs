@@ -22,12 +22,12 @@ pub async fn gc(
 ) -> anyhow::Result<Outcome> {
     let vault = open(g, url).await?;
     let root = cache_root(g)?;
-    let mut expected = Expected::load(&root, &vault.config().vault_id)?;
+    let mut expected = Expected::load(&vault.cache_dir(&root))?;
     if reset_expected {
         expected.ids.clear();
     }
     // Snapshots `forget` let go that a lock kept: forgotten now if their locks have passed.
-    let mut pending = Expected::pending_forgets(&root, &vault.config().vault_id)?;
+    let mut pending = Expected::pending_forgets(&vault.cache_dir(&root))?;
     for id in pending.ids.clone() {
         if vault.forget_snapshot(&id).await?.is_none() {
             pending.ids.remove(&id);
@@ -98,7 +98,7 @@ pub async fn forget(
 ) -> anyhow::Result<Outcome> {
     let vault = open(g, url).await?;
     let root = cache_root(g)?;
-    let mut expected = Expected::load(&root, &vault.config().vault_id)?;
+    let mut expected = Expected::load(&vault.cache_dir(&root))?;
     let mut chosen: Vec<(SnapshotId, String)> = Vec::new();
     for spec in specs {
         let (id, _) = vault.resolve_snapshot(spec).await?;
@@ -137,7 +137,7 @@ pub async fn forget(
     let (mut forgotten, mut locked) = (Vec::new(), Vec::new());
     let verb = if dry_run { "would forget" } else { "forgot" };
     let mut lines = String::new();
-    let mut pending = Expected::pending_forgets(&root, &vault.config().vault_id)?;
+    let mut pending = Expected::pending_forgets(&vault.cache_dir(&root))?;
     for (id, why) in &chosen {
         if !dry_run && let Some(kept) = vault.forget_snapshot(id).await? {
             // `gc` forgets it once the lock passes, and stops extending the lock.

@@ -49,6 +49,14 @@ pub struct SnapshotRecord {
     /// The job whose result made this record (none for records rebuilt from a vault scan).
     #[serde(default)]
     pub job: Option<String>,
+    /// A scan found a receipt that does not verify under this controller's key (one signed by a
+    /// controller before it, lost with its state): the only case a drill's RPO may count from the
+    /// manifest's own time.
+    #[serde(default)]
+    pub receipt_unverified: bool,
+    /// At a second site: when the controller first knew the copy held it (Unix milliseconds).
+    #[serde(default)]
+    pub copied_ms: Option<i64>,
 }
 
 /// The scheduler's and the status view's memory of one source.

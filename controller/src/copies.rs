@@ -169,17 +169,24 @@ impl Controller {
             return self.catalog.put_vault(&job.vault, &v);
         }
         let held: HashSet<&String> = r.held.iter().collect();
-        let known: HashSet<String> = self.catalog.copies_in(to)?.into_iter().map(|s| s.snapshot_id).collect();
+        let known: std::collections::HashMap<String, SnapshotRecord> =
+            self.catalog.copies_in(to)?.into_iter().map(|s| (s.snapshot_id.clone(), s)).collect();
         for meta in r.copied_meta.iter().filter(|m| held.contains(&m.snapshot_id)) {
             self.put_copy_meta(to, &r.vault_id, meta)?;
         }
-        // Held but unknown here (copied by hand, or by a run whose result was lost): the first
-        // site's record, while it has one; a scan of the copy brings the rest.
-        for id in
-            r.held.iter().filter(|id| !known.contains(*id) && !r.copied_meta.iter().any(|m| m.snapshot_id == **id))
-        {
-            if let Some(rec) = self.catalog.snapshot(&r.vault_id, id)? {
-                self.catalog.put_copy(&SnapshotRecord { vault: to.to_string(), ..rec })?;
+        // Held but unknown here (copied by hand, or by a run whose result was lost), or known
+        // without the receipt that reached the source after the copy: the first site's record,
+        // while it has a receipted one; a scan of the copy brings the rest.
+        for id in r.held.iter().filter(|id| !r.copied_meta.iter().any(|m| m.snapshot_id == **id)) {
+            let have = known.get(id);
+            if have.is_some_and(|k| k.committed_ms.is_some()) {
+                continue;
+            }
+            if let Some(rec) = self.catalog.snapshot(&r.vault_id, id)?
+                && (have.is_none() || rec.committed_ms.is_some())
+            {
+                let copied_ms = have.and_then(|k| k.copied_ms).or_else(|| Some(chrono::Utc::now().timestamp_millis()));
+                self.catalog.put_copy(&SnapshotRecord { vault: to.to_string(), copied_ms, ..rec })?;
             }
         }
         for gone in self.catalog.copies_in(to)?.into_iter().filter(|s| !held.contains(&s.snapshot_id)) {

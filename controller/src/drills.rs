@@ -375,16 +375,21 @@ impl Controller {
         // Achieved RPO: the drill's start (its dispatch, controller clock, like the receipts)
         // minus the newest good snapshot of the source at that moment, whichever snapshot the
         // drill restores.
-        // (At a second site, the newest snapshot that site held.)
-        let held = match self.copy_source_of(&job.vault) {
-            Some(_) => self.copy_snapshots(&job.vault, &spec.source)?,
+        // (At a second site, the newest snapshot that site held when the drill started.)
+        let held: Vec<SnapshotRecord> = match self.copy_source_of(&job.vault) {
+            Some(_) => self
+                .copy_snapshots(&job.vault, &spec.source)?
+                .into_iter()
+                .filter(|s| s.copied_ms.is_some_and(|t| t <= started_ms))
+                .collect(),
             None => self.snapshots(&spec.source)?,
         };
         let newest_ms = held.iter().filter_map(|s| s.committed_ms).filter(|t| *t <= started_ms).max();
-        // No receipt this controller can verify (a new controller after a site loss, whose
-        // scans found the old controller's receipts): the snapshots' own manifest times, said so.
+        // No receipt this controller can verify, only receipts of a controller before it (a new
+        // controller after a site loss): the manifest times of those snapshots, said so.
         let unreceipted = newest_ms.is_none().then(|| {
             held.iter()
+                .filter(|s| s.receipt_unverified)
                 .filter_map(|s| chrono::DateTime::parse_from_rfc3339(&s.manifest_time).ok())
                 .map(|t| t.timestamp_millis())
                 .filter(|t| *t <= started_ms)

@@ -357,6 +357,7 @@ impl Controller {
             let mut rec = snapshot_record(meta, vault, &pb::Receipt::default());
             rec.committed_ms = None;
             rec.receipt_sig = None;
+            rec.receipt_unverified = meta.receipt.is_some();
             if let Some(r) = &meta.receipt
                 && r.snapshot_id == meta.snapshot_id
                 && r.vault_id == scan.vault_id
@@ -364,6 +365,7 @@ impl Controller {
             {
                 rec.committed_ms = Some(r.committed_unix_ms);
                 rec.receipt_sig = Some(hex::encode(&r.signature));
+                rec.receipt_unverified = false;
                 rec.agent = r.agent.clone();
                 rec.source = r.source.clone();
                 rec.job = (!r.job_id.is_empty()).then(|| r.job_id.clone());
@@ -378,8 +380,9 @@ impl Controller {
             // A scan never replaces a receipted record by one without that receipt or naming
             // another agent or source, nor a record of another vault (a second site has its
             // first site's vault and snapshot ids).
+            let configured = |v: &str| self.policies().values().any(|p| p.vaults.iter().any(|x| x.name == v));
             if let Some(held) = self.catalog.snapshot(&rec.vault_id, &rec.snapshot_id)?
-                && (held.vault != vault
+                && (held.vault != vault && configured(&held.vault)
                     || held.receipt_sig.is_some()
                         && (held.receipt_sig != rec.receipt_sig
                             || held.agent != rec.agent
@@ -413,7 +416,16 @@ impl Controller {
             .filter(|r| r.snapshot_id == meta.snapshot_id && r.vault_id == vault_id && meta.vault_id == vault_id)
             .filter(|r| self.state.verify(&tresor_proto::receipt_signing_bytes(r), &r.signature))
             .unwrap_or_default();
-        self.catalog.put_copy(&snapshot_record(meta, vault, &receipt))
+        let mut rec = snapshot_record(meta, vault, &receipt);
+        rec.receipt_unverified = meta.receipt.is_some() && receipt.signature.is_empty();
+        rec.copied_ms = self.copied_since(vault, &meta.snapshot_id)?;
+        self.catalog.put_copy(&rec)
+    }
+
+    /// When the copy `vault` was first known to hold `snapshot` (now, for a new record).
+    pub(crate) fn copied_since(&self, vault: &str, snapshot: &str) -> Result<Option<i64>> {
+        let known = self.catalog.copies_in(vault)?.into_iter().find(|s| s.snapshot_id == snapshot);
+        Ok(known.and_then(|s| s.copied_ms).or_else(|| Some(chrono::Utc::now().timestamp_millis())))
     }
 }
 
@@ -437,6 +449,8 @@ pub fn snapshot_record(meta: &pb::SnapshotMeta, vault: &str, receipt: &pb::Recei
         duration_ms: meta.duration_ms,
         paths: meta.paths.clone(),
         job: (signed && !receipt.job_id.is_empty()).then(|| receipt.job_id.clone()),
+        receipt_unverified: false,
+        copied_ms: None,
     }
 }
 

@@ -38,6 +38,8 @@ mod tests {
             duration_ms: 0,
             paths: vec![],
             job: None,
+            receipt_unverified: false,
+            copied_ms: None,
         }
     }
 

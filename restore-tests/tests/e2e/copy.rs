@@ -156,6 +156,14 @@ fn a_copy_into_a_locked_bucket_is_locked_and_follows_key_removals() {
     let waiting = second["site"]["slots_waiting"].as_array().unwrap();
     assert!(waiting.len() == 1 && waiting[0].as_str().unwrap().starts_with(&added), "{second}");
 
+    // One host keeps the two sites' records apart (they share the vault id): a forget the copy's
+    // lock postpones is not carried out at the first site by the first site's gc.
+    let first = w.snapshot_ids()[0].clone();
+    let out = w.agent().envs(moto.env()).args(["forget", "--vault", to, &first]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not yet"), "{}", String::from_utf8_lossy(&out.stdout));
+    w.ok(&["gc", "--vault", w.vault_str()]);
+    assert!(w.snapshot_ids().contains(&first), "the first site kept the snapshot forgotten at the copy");
+
     let s2 = site(&w, to, moto.env());
     check_clean(&s2);
     restore_with_escrow_equals(&s2, &src, "latest", "restored");
@@ -236,6 +244,20 @@ fn hostile_sources_and_copies_are_refused_naming_the_problem() {
     assert_eq!(r["site"]["slots_removed"], 0, "{r}");
     assert!(to.join("keys").join(escrow_slot.file_name().unwrap()).exists());
     std::fs::rename(&aside, &escrow_slot).unwrap();
+
+    // Every slot of the copy hidden (while it holds data): refused, not taken for a first run.
+    let hidden = w.path("copy-keys-aside");
+    std::fs::rename(to.join("keys"), &hidden).unwrap();
+    std::fs::create_dir(to.join("keys")).unwrap();
+    let out = copy(&w, to.to_str().unwrap(), &[], None, &[]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("but no key slot"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir(to.join("keys")).unwrap();
+    std::fs::rename(&hidden, to.join("keys")).unwrap();
 
     // Keys change at the first site only.
     let other = w.path("other.password");

@@ -109,28 +109,38 @@ async fn own(
     written: Arc<Mutex<Instant>>,
 ) {
     loop {
-        let done = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+        let mut waiting = Vec::new();
+        match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
             Ok(None) => return,
-            Ok(Some((note, done))) => {
-                match note {
-                    Note::Uploading(p) => marker.packs.push(p),
-                    Note::DependOn(packs) => marker.reused = packs,
-                    Note::Committed => {
-                        marker.packs.clear();
-                        marker.reused.clear();
-                    }
+            Ok(Some(first)) => {
+                // Every note queued by now goes into the same write.
+                let mut next = Some(first);
+                while let Some((note, done)) = next {
+                    apply(&mut marker, note);
+                    waiting.push(done);
+                    next = rx.try_recv().ok();
                 }
-                Some(done)
             }
-            Err(_) => None,
-        };
+            Err(_) => {}
+        }
         marker.refreshed = crate::clock::now().to_rfc3339();
         match crate::backup::write_marker(&vault, &id, &marker).await {
             Ok(()) => *written.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now(),
             Err(e) => tracing::warn!(error = %e, "could not rewrite the copy's session marker"),
         }
-        if let Some(done) = done {
+        for done in waiting {
             let _ = done.send(());
+        }
+    }
+}
+
+fn apply(marker: &mut SessionMarker, note: Note) {
+    match note {
+        Note::Uploading(p) => marker.packs.push(p),
+        Note::DependOn(packs) => marker.reused = packs,
+        Note::Committed => {
+            marker.packs.clear();
+            marker.reused.clear();
         }
     }
 }

@@ -145,6 +145,11 @@ pub async fn run(source: &Arc<Vault>, dest: &Arc<Vault>, cache: &Path, opts: &Co
                     held.insert(id);
                 }
                 Err(Error::SnapshotNotFound(_)) => report.gone.push(id),
+                // An object it needs went away meanwhile (a GC at either site): it waits.
+                Err(Error::Backend(BackendError::NotFound(key))) => {
+                    let why = format!("{key} went away while the copy ran (a GC?); the next copy run tries again");
+                    report.failed.push(CopyFailure { snapshot: id, why, damage: false });
+                }
                 Err(e @ (Error::Integrity { .. } | Error::Refused(_))) => {
                     tracing::warn!(snapshot = %id, error = %e, "snapshot not copied");
                     let damage = !matches!(e, Error::Refused(_));
@@ -279,7 +284,16 @@ impl SnapshotCopy<'_> {
         session.fenced()?;
         self.dest.check_epoch().await?;
         let bytes = verified_object(self.source, &layout::snapshot(&id), &id).await?;
-        self.dest.backend().create(&layout::snapshot(&id), bytes).await?;
+        if self.dest.backend().create(&layout::snapshot(&id), bytes).await? == Created::Existed {
+            // Written meanwhile under its name: it must be this snapshot.
+            let there = self.dest.backend().get(&layout::snapshot(&id)).await?;
+            if object::content_id(&there) != id {
+                return Err(Error::integrity(
+                    format!("{} at the copy", layout::snapshot(&id)),
+                    "another object was put under its name while the copy ran",
+                ));
+            }
+        }
         session.committed().await;
         Ok(())
     }
@@ -347,14 +361,16 @@ fn plan(
         need.insert(e.pack.id);
     }
     for p in need {
-        if !present.contains(&p) {
-            plan.upload.insert(p);
-        } else if mark.contains(&p) {
+        // Marked, present or not: a sweep of that mark may be deleting it now, or delete what
+        // this run would send under its name.
+        if mark.contains(&p) {
             return Err(Error::Refused(format!(
-                "pack {p} is at the copy but its GC marked it for deletion; the next copy run after that GC sends it again"
+                "pack {p} is marked for deletion by a GC at the copy; the next copy run after that GC sends it again"
             )));
-        } else {
+        } else if present.contains(&p) {
             plan.index_only.insert(p);
+        } else {
+            plan.upload.insert(p);
         }
     }
     plan.reuse.retain(|p| !plan.index_only.contains(p));

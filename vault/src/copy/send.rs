@@ -90,7 +90,17 @@ async fn fetch_verified(
 ) -> Result<std::result::Result<(Bytes, pack::PackDirectory), String>> {
     let mut first = None;
     for _ in 0..2 {
-        let bytes = vault.backend().get(&layout::pack(&id)).await?;
+        let bytes = match vault.backend().get(&layout::pack(&id)).await {
+            Ok(b) => b,
+            // Gone between the listing and now: a GC at that site; this snapshot waits.
+            Err(crate::backend::BackendError::NotFound(_)) => {
+                return Err(Error::Refused(format!(
+                    "pack {id} went away at {} while the copy ran (a GC there?); the next copy run tries again",
+                    vault.backend().location()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let (keys, b) = (vault.keys().clone(), bytes.clone());
         match cpu(move || verify_pack(&keys, &id, &b)).await? {
             Ok(dir) => return Ok(Ok((bytes, dir))),

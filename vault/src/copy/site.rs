@@ -108,6 +108,26 @@ async fn existing_config(source: &Vault, dest: &DynBackend, object_lock: Option<
             "it is not a second site of this vault as copy makes one (altered, or made by hand); nothing was copied",
         ));
     }
+    // The copy's slots carry the MAC of its config; none matching means it was altered (say, its
+    // Object Lock taken out). A copy without slots is accepted only while it holds nothing else
+    // (cut off right after its config was made); slots hidden from a copy that holds data are
+    // an attack on it, not a first run.
+    let mac = base64_of(&source.first_master().derive().config_mac(&bytes));
+    let slots = Vault::read_slots(dest).await?;
+    if slots.is_empty() {
+        for prefix in [layout::SNAPSHOTS, layout::INDEX, layout::DATA] {
+            if !dest.list(prefix).await?.is_empty() {
+                return Err(Error::integrity(
+                    format!("{} keys/", dest.location()),
+                    format!(
+                        "the copy holds {prefix} but no key slot: its slots were removed or hidden; nothing was copied"
+                    ),
+                ));
+            }
+        }
+    } else if !slots.iter().any(|t| t.config_mac == mac) {
+        return Err(Error::Key(crate::keys::KeyError::ConfigTampered));
+    }
     if object_lock.is_some() && object_lock != theirs.object_lock {
         return Err(Error::Invalid(format!(
             "the copy at {} was made with Object Lock {}; a copy's retention is set when it is made",
@@ -154,8 +174,17 @@ async fn mirror_epochs(source: &Vault, dest: &DynBackend) -> Result<(usize, BTre
         if bytes.len() as u64 > epochs::MAX_RECORD_BYTES {
             return Err(Error::integrity(format!("the source's {name}"), "larger than any epoch record"));
         }
-        if dest.create(&name, bytes).await? == Created::New {
-            copied += 1;
+        match dest.create(&name, bytes).await? {
+            Created::New => copied += 1,
+            // Written meanwhile (or missed by the listing): it must be the same record.
+            Created::Existed => {
+                let at_copy = dest.get(&name).await?;
+                if verified_record(&at_copy, &vault, &name, previous).ok().as_ref() != Some(&record) {
+                    return Err(Error::Invalid(format!(
+                        "the copy's {name} is not the source's; key changes are made at the source, never at a copy"
+                    )));
+                }
+            }
         }
     }
     Ok((copied, left_out))
@@ -189,23 +218,24 @@ async fn mirror_slots(
         )));
     }
     let theirs = Vault::read_slots(dest).await?;
-    // The copy's slots carry the MAC of its config; none matching means it was altered (say, its
-    // Object Lock taken out). Refused before any slot is written beside it. (No slots at all: a
-    // copy cut off right after its config was made; its config was held to the source's above.)
-    if !theirs.is_empty() && !theirs.iter().any(|t| t.config_mac == base64_of(&mac)) {
-        return Err(Error::Key(crate::keys::KeyError::ConfigTampered));
-    }
     let first = source.first_master().clone();
     let source_config = source.config_bytes().to_vec();
     for slot in &ours {
         if theirs.iter().any(|t| t.id == slot.id) {
             continue;
         }
-        // Its config MAC proves its maker held the vault's first key; one planted at the source
-        // by a writer without it is not vouched for at the copy.
-        if slot.verify_config(&first, &source_config).is_err() {
+        // A version 2 slot's binding (its id, kind, epoch and public key under its epoch's key)
+        // proves its maker held the vault's key; one planted at the source without it is not
+        // vouched for at the copy. A version 1 slot has only the config MAC, which any reader of
+        // a slot can copy; a planted one opens nothing (its wrapped key is not the vault's), and
+        // no later epoch is ever granted to it.
+        let vouched = match slot.epoch {
+            Some(e) => source.master_of(e).is_some_and(|m| slot.bound_to(&source.config().vault_id, m)),
+            None => slot.verify_config(&first, &source_config).is_ok(),
+        };
+        if !vouched {
             report.slots_skipped.push(format!(
-                "{}: its config MAC does not verify under the vault's key (made without it, or damaged)",
+                "{}: its binding does not verify under the vault's key (made without it, or damaged)",
                 slot.id
             ));
             continue;
