@@ -346,7 +346,8 @@ fn store_file(path: &Path, sink: &ChunkSink) -> Result<ReadFile, FileError> {
         if let Some(e) = src_err {
             return Err(FileError::Source(e));
         }
-        let stored = stored.map_err(|e| FileError::Pipeline(std::io::Error::other(e.to_string())))?;
+        // The vault's error rides inside, typed, so the exit code still sees what it was.
+        let stored = stored.map_err(|e| FileError::Pipeline(std::io::Error::other(e)))?;
         if stored.len != len {
             return Err(FileError::Source(std::io::Error::other(format!(
                 "file changed while read: expected {len} bytes at {start}, got {}",
@@ -375,7 +376,7 @@ fn store_model(mut f: File, layout: &tresor_sources::model::Layout, sink: &Chunk
     }
     let stored = stored.map_err(|e| match e {
         tresor_vault::Error::Io { .. } => FileError::Source(std::io::Error::other(e.to_string())),
-        e => FileError::Pipeline(std::io::Error::other(e.to_string())),
+        e => FileError::Pipeline(std::io::Error::other(e)),
     })?;
     let extents = vec![Extent { offset: 0, chunks: stored.chunks }];
     Ok((extents, stored.hash, stored.len, Some(layout.record(hashes))))
