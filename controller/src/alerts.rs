@@ -93,7 +93,6 @@ pub fn problems(ctl: &Controller) -> Result<Vec<Problem>> {
             }
         }
     }
-    let now = crate::core::now_unix();
     for c in ctl.copy_status(now)? {
         if c.overdue {
             out.push(Problem {

@@ -168,31 +168,33 @@ impl Controller {
             v.copy_error = why;
             return self.catalog.put_vault(&job.vault, &v);
         }
-        let held: HashSet<&String> = r.held.iter().collect();
-        let known: std::collections::HashMap<String, SnapshotRecord> =
-            self.catalog.copies_in(to)?.into_iter().map(|s| (s.snapshot_id.clone(), s)).collect();
-        for meta in r.copied_meta.iter().filter(|m| held.contains(&m.snapshot_id)) {
-            self.put_copy_meta(to, &r.vault_id, meta)?;
+        // Ids become catalog keys: only well-formed ones count; metas only of what was copied.
+        let held: HashSet<&String> = r.held.iter().filter(|id| crate::fields::snapshot_id_ok(id)).collect();
+        let copied: HashSet<&String> = r.copied.iter().filter(|id| held.contains(id)).collect();
+        let known = self.copy_records(to)?;
+        let metas: Vec<&pb::SnapshotMeta> = r.copied_meta.iter().filter(|m| copied.contains(&m.snapshot_id)).collect();
+        for meta in &metas {
+            self.put_copy_meta(to, &r.vault_id, meta, crate::results::first_seen(&known, &meta.snapshot_id))?;
         }
         // Held but unknown here (copied by hand, or by a run whose result was lost), or known
         // without the receipt that reached the source after the copy: the first site's record,
         // while it has a receipted one; a scan of the copy brings the rest.
-        for id in r.held.iter().filter(|id| !r.copied_meta.iter().any(|m| m.snapshot_id == **id)) {
-            let have = known.get(id);
+        for id in held.iter().filter(|id| !metas.iter().any(|m| m.snapshot_id == ***id)) {
+            let have = known.get(*id);
             if have.is_some_and(|k| k.committed_ms.is_some()) {
                 continue;
             }
             if let Some(rec) = self.catalog.snapshot(&r.vault_id, id)?
                 && (have.is_none() || rec.committed_ms.is_some())
             {
-                let copied_ms = have.and_then(|k| k.copied_ms).or_else(|| Some(chrono::Utc::now().timestamp_millis()));
+                let copied_ms = crate::results::first_seen(&known, id);
                 self.catalog.put_copy(&SnapshotRecord { vault: to.to_string(), copied_ms, ..rec })?;
             }
         }
-        for gone in self.catalog.copies_in(to)?.into_iter().filter(|s| !held.contains(&s.snapshot_id)) {
-            self.catalog.remove_copy(to, &gone.snapshot_id)?;
+        for gone in known.keys().filter(|id| !held.contains(id)) {
+            self.catalog.remove_copy(to, gone)?;
         }
-        for id in &r.copied {
+        for id in &copied {
             let reason = format!("copied by job {} ({} trigger)", job.id, job.trigger);
             self.audit(&actor, "copy.snapshot", &format!("snapshot {id}: {object}"), crate::audit_log::OK, &reason);
         }

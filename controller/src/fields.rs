@@ -24,6 +24,12 @@ pub(crate) fn name_ok(field: &str, v: &str) -> Result<()> {
     }
 }
 
+/// Whether `id` has the shape of a snapshot id (64 hex digits); agents' results are checked with
+/// it before an id becomes a catalog key.
+pub(crate) fn snapshot_id_ok(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// A duration as the TOML files write it (`90s`, `26h`, `7d`).
 pub(crate) fn duration(field: &str, v: &str) -> Result<std::time::Duration> {
     tresor_proto::parse_duration(v).map_err(|e| Error::Config(format!("{field}: {e}")))

@@ -301,10 +301,13 @@ impl Policy {
 /// The `copy_*` fields of `[[vault]]` `f`.
 fn copy_policy(f: &str, v: &RawVault, tz: &str) -> Result<Option<CopyPolicy>> {
     let Some(to) = &v.copy_to else {
-        let stray = [("copy_schedule", v.copy_schedule.is_some()), ("copy_agent", v.copy_agent.is_some())]
-            .into_iter()
-            .chain([("copy_rpo", v.copy_rpo.is_some()), ("copy_retention", v.copy_retention.is_some())])
-            .find(|(_, set)| *set);
+        let set = [
+            ("copy_schedule", v.copy_schedule.is_some()),
+            ("copy_agent", v.copy_agent.is_some()),
+            ("copy_rpo", v.copy_rpo.is_some()),
+            ("copy_retention", v.copy_retention.is_some()),
+        ];
+        let stray = set.into_iter().find(|(_, given)| *given);
         if let Some((field, _)) = stray {
             return Err(Error::Config(format!("{f}.{field}: set only with copy_to")));
         }

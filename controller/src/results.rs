@@ -250,7 +250,7 @@ impl Controller {
         meta: &pb::SnapshotMeta,
     ) -> Result<Option<String>> {
         let id = &meta.snapshot_id;
-        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !crate::fields::snapshot_id_ok(id) {
             return Ok(Some(format!("the result names no valid snapshot id ({:?})", short(id))));
         }
         if let Some(v) = self.known_vault_id(&job.vault)
@@ -352,6 +352,8 @@ impl Controller {
         if self.copy_source_of(vault).is_some() {
             return self.merge_copy_scan(vault, scan);
         }
+        let configured: std::collections::HashSet<String> =
+            self.policies().values().flat_map(|p| p.vaults.iter().map(|v| v.name.clone())).collect();
         let mut n = 0;
         for meta in &scan.snapshots {
             let mut rec = snapshot_record(meta, vault, &pb::Receipt::default());
@@ -380,9 +382,8 @@ impl Controller {
             // A scan never replaces a receipted record by one without that receipt or naming
             // another agent or source, nor a record of another vault (a second site has its
             // first site's vault and snapshot ids).
-            let configured = |v: &str| self.policies().values().any(|p| p.vaults.iter().any(|x| x.name == v));
             if let Some(held) = self.catalog.snapshot(&rec.vault_id, &rec.snapshot_id)?
-                && (held.vault != vault && configured(&held.vault)
+                && (held.vault != vault && configured.contains(&held.vault)
                     || held.receipt_sig.is_some()
                         && (held.receipt_sig != rec.receipt_sig
                             || held.agent != rec.agent
@@ -401,15 +402,24 @@ impl Controller {
     /// A scan of a second site: what it holds goes to its own records (never to its source's,
     /// which share the vault and snapshot ids); a receipt that verifies gives the time.
     fn merge_copy_scan(&self, vault: &str, scan: &pb::ScanResult) -> Result<usize> {
-        for meta in &scan.snapshots {
-            self.put_copy_meta(vault, &scan.vault_id, meta)?;
+        let known = self.copy_records(vault)?;
+        let mut n = 0;
+        for meta in scan.snapshots.iter().filter(|m| crate::fields::snapshot_id_ok(&m.snapshot_id)) {
+            self.put_copy_meta(vault, &scan.vault_id, meta, first_seen(&known, &meta.snapshot_id))?;
+            n += 1;
         }
-        Ok(scan.snapshots.len())
+        Ok(n)
     }
 
     /// Record that the second site `vault` holds the snapshot `meta` describes (read there); a
     /// receipt that verifies gives its time, agent and source.
-    pub(crate) fn put_copy_meta(&self, vault: &str, vault_id: &str, meta: &pb::SnapshotMeta) -> Result<()> {
+    pub(crate) fn put_copy_meta(
+        &self,
+        vault: &str,
+        vault_id: &str,
+        meta: &pb::SnapshotMeta,
+        copied_ms: Option<i64>,
+    ) -> Result<()> {
         let receipt = meta
             .receipt
             .clone()
@@ -417,16 +427,22 @@ impl Controller {
             .filter(|r| self.state.verify(&tresor_proto::receipt_signing_bytes(r), &r.signature))
             .unwrap_or_default();
         let mut rec = snapshot_record(meta, vault, &receipt);
+        // The copy is of this vault, whatever the agent wrote into the meta.
+        rec.vault_id = vault_id.to_string();
         rec.receipt_unverified = meta.receipt.is_some() && receipt.signature.is_empty();
-        rec.copied_ms = self.copied_since(vault, &meta.snapshot_id)?;
+        rec.copied_ms = copied_ms;
         self.catalog.put_copy(&rec)
     }
 
-    /// When the copy `vault` was first known to hold `snapshot` (now, for a new record).
-    pub(crate) fn copied_since(&self, vault: &str, snapshot: &str) -> Result<Option<i64>> {
-        let known = self.catalog.copies_in(vault)?.into_iter().find(|s| s.snapshot_id == snapshot);
-        Ok(known.and_then(|s| s.copied_ms).or_else(|| Some(chrono::Utc::now().timestamp_millis())))
+    /// What the catalog knows the second site `vault` holds, by snapshot id.
+    pub(crate) fn copy_records(&self, vault: &str) -> Result<std::collections::HashMap<String, SnapshotRecord>> {
+        Ok(self.catalog.copies_in(vault)?.into_iter().map(|s| (s.snapshot_id.clone(), s)).collect())
     }
+}
+
+/// When a second site was first known to hold `snapshot`: as recorded, else now.
+pub(crate) fn first_seen(known: &std::collections::HashMap<String, SnapshotRecord>, snapshot: &str) -> Option<i64> {
+    known.get(snapshot).and_then(|k| k.copied_ms).or_else(|| Some(chrono::Utc::now().timestamp_millis()))
 }
 
 /// A catalog record from a snapshot's metadata and its receipt.

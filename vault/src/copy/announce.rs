@@ -58,26 +58,27 @@ impl Announcer {
         Ok(Self { tx, task, written, vault: vault.clone(), id })
     }
 
-    async fn note(&self, note: Note) {
+    /// Hand a note to the owner task and wait until it was written (or tried).
+    async fn note(&self, note: Note) -> Result<()> {
         let (done, wait) = oneshot::channel();
-        if self.tx.send((note, done)).await.is_ok() {
-            let _ = wait.await;
-        }
+        let gone = || Error::Invalid("the copy's session marker task stopped; nothing more is sent".into());
+        self.tx.send((note, done)).await.map_err(|_| gone())?;
+        wait.await.map_err(|_| gone())
     }
 
     /// Announce a pack before its create starts.
-    pub(super) async fn uploading(&self, pack: PackRef) {
-        self.note(Note::Uploading(pack)).await;
+    pub(super) async fn uploading(&self, pack: PackRef) -> Result<()> {
+        self.note(Note::Uploading(pack)).await
     }
 
     /// Announce the packs the snapshot in progress relies on.
-    pub(super) async fn depend_on(&self, packs: impl Iterator<Item = PackId>) {
-        self.note(Note::DependOn(packs.collect())).await;
+    pub(super) async fn depend_on(&self, packs: impl Iterator<Item = PackId>) -> Result<()> {
+        self.note(Note::DependOn(packs.collect())).await
     }
 
     /// The snapshot is committed: nothing of it needs announcing any more.
-    pub(super) async fn committed(&self) {
-        self.note(Note::Committed).await;
+    pub(super) async fn committed(&self) -> Result<()> {
+        self.note(Note::Committed).await
     }
 
     /// Refuse to commit when the marker went unrewritten so long that a GC may take it for dead.

@@ -129,6 +129,10 @@ pub async fn run(source: &Arc<Vault>, dest: &Arc<Vault>, cache: &Path, opts: &Co
             .filter_map(|i| layout::id_of::<PackId>(&i.key).map(|p| (p, i.size)))
             .collect();
         let one = SnapshotCopy { source, dest, src_index: &src_index, cache, uploads: opts.uploads, sizes: &sizes };
+        // The copy's packs, listed once and kept up to date as packs are sent: while our marker
+        // is live no sweep runs there, and one that started before it is caught at each commit.
+        let mut present: HashSet<PackId> =
+            dest.backend().list(layout::DATA).await?.iter().filter_map(|i| layout::id_of(&i.key)).collect();
         for id in wanted {
             if held.contains(&id) {
                 report.present += 1;
@@ -139,7 +143,7 @@ pub async fn run(source: &Arc<Vault>, dest: &Arc<Vault>, cache: &Path, opts: &Co
                 report.failed.push(CopyFailure { snapshot: id, why, damage: true });
                 continue;
             }
-            match one.run(id, &session, &mut report).await {
+            match one.run(id, &session, &mut present, &mut report).await {
                 Ok(()) => {
                     report.copied.push(id);
                     held.insert(id);
@@ -215,18 +219,23 @@ impl Plan {
 }
 
 impl SnapshotCopy<'_> {
-    async fn run(&self, id: SnapshotId, session: &Announcer, report: &mut CopyReport) -> Result<()> {
+    async fn run(
+        &self,
+        id: SnapshotId,
+        session: &Announcer,
+        present: &mut HashSet<PackId>,
+        report: &mut CopyReport,
+    ) -> Result<()> {
         let m = self.source.load_snapshot(&id).await?;
         let nodes = Arc::new(self.source.read_tree(&m, self.src_index).await?);
         let dest_index = self.dest.sync_index(self.cache).await?;
         // Read after our marker exists: a sweep that did not see it is still holding its mark.
         let mark = crate::session::marked_packs(self.dest).await?;
-        let present: HashSet<PackId> = self.dest_packs().await?;
         let chunks: Vec<ChunkId> = m.tree.iter().chain(nodes.iter().flat_map(|n| n.chunks())).copied().collect();
         let (src, dst, pr, mk) = (self.src_index.clone(), dest_index.clone(), present.clone(), mark.clone());
         let plan = cpu(move || plan(&chunks, &src, &dst, &pr, &mk)).await??;
         report.packs_present += plan.reuse.len() + plan.index_only.len();
-        session.depend_on(plan.reuse.iter().chain(&plan.index_only).copied()).await;
+        session.depend_on(plan.reuse.iter().chain(&plan.index_only).copied()).await?;
         let mut new_packs: Vec<(PackRef, Vec<PackEntry>)> = Vec::new();
         for p in &plan.index_only {
             let dir = send::check_held(self.dest, *p).await?;
@@ -240,6 +249,7 @@ impl SnapshotCopy<'_> {
             report.packs_copied += 1;
             report.bytes_copied += sent.bytes;
             report.chunks_verified += sent.entries.len() as u64;
+            present.insert(sent.pack.id);
             new_packs.push((sent.pack, sent.entries));
         }
         drop(sent);
@@ -253,11 +263,6 @@ impl SnapshotCopy<'_> {
         Ok(())
     }
 
-    async fn dest_packs(&self) -> Result<HashSet<PackId>> {
-        let listing = self.dest.backend().list(layout::DATA).await?;
-        Ok(listing.iter().filter_map(|i| layout::id_of::<PackId>(&i.key)).collect())
-    }
-
     /// Check the copy holds the whole snapshot, then write it (the commit point).
     async fn commit(
         &self,
@@ -269,15 +274,15 @@ impl SnapshotCopy<'_> {
         session: &Announcer,
     ) -> Result<()> {
         let dest_index = self.dest.sync_index(self.cache).await?;
-        let tree = Arc::new(m.tree.iter().map(|c| tree_node(*c)).collect::<Vec<Node>>());
-        for part in [nodes, tree] {
-            let found = crate::check_snapshot::structure(self.dest, dest_index.clone(), part).await?;
-            if let Some((path, why)) = found.broken.first() {
-                return Err(Error::integrity(
-                    format!("copy of snapshot {id}"),
-                    format!("{} entries would not restore at the copy, first {path}: {why}", found.broken.len()),
-                ));
-            }
+        // The files and the tree chunks, in one check (one listing of the copy's packs).
+        let mut all = Arc::try_unwrap(nodes).unwrap_or_else(|shared| (*shared).clone());
+        all.extend(m.tree.iter().map(|c| tree_node(*c)));
+        let found = crate::check_snapshot::structure(self.dest, dest_index.clone(), Arc::new(all)).await?;
+        if let Some((path, why)) = found.broken.first() {
+            return Err(Error::integrity(
+                format!("copy of snapshot {id}"),
+                format!("{} entries would not restore at the copy, first {path}: {why}", found.broken.len()),
+            ));
         }
         crate::failpoint::hit("copy-before-snapshot-put");
         self.still_there(id, plan, mark_at_plan, &dest_index).await?;
@@ -294,7 +299,10 @@ impl SnapshotCopy<'_> {
                 ));
             }
         }
-        session.committed().await;
+        // Past the commit point: a marker that keeps listing the snapshot's packs only delays a GC.
+        if let Err(e) = session.committed().await {
+            tracing::warn!(error = %e, "could not clear the copy's session marker after a commit");
+        }
         Ok(())
     }
 
@@ -391,17 +399,22 @@ async fn verified_object(source: &Vault, key: &str, id: &ObjectId) -> Result<Byt
 
 /// Copy a snapshot's receipt, if the source has one that opens; returns how many were written.
 async fn copy_receipt(source: &Vault, dest: &Vault, id: &SnapshotId) -> Result<usize> {
-    let key = layout::receipt(id);
-    let bytes = match source.backend().get(&key).await {
+    copy_sealed(source, dest, &layout::receipt(id), ObjectType::Receipt).await
+}
+
+/// Copy one name-bound sealed object (a receipt, a signed document) as it is, if the source has
+/// one that opens under its name and type; returns how many were written (0 or 1).
+async fn copy_sealed(source: &Vault, dest: &Vault, key: &str, kind: ObjectType) -> Result<usize> {
+    let bytes = match source.backend().get(key).await {
         Ok(b) => b,
         Err(BackendError::NotFound(_)) => return Ok(0),
         Err(e) => return Err(e.into()),
     };
-    if let Err(e) = object::open_named::<serde_bytes::ByteBuf>(source.keys(), ObjectType::Receipt, &key, &bytes) {
-        tracing::warn!(%key, error = %e, "receipt at the source does not open; not copied");
+    if let Err(e) = object::open_named::<serde_bytes::ByteBuf>(source.keys(), kind, key, &bytes) {
+        tracing::warn!(%key, error = %e, "sealed object at the source does not open; not copied");
         return Ok(0);
     }
-    Ok(usize::from(dest.backend().create(&key, bytes).await? == Created::New))
+    Ok(usize::from(dest.backend().create(key, bytes).await? == Created::New))
 }
 
 /// Receipts that reached the source after their snapshot was copied.
@@ -428,14 +441,7 @@ async fn documents(source: &Vault, dest: &Vault) -> Result<usize> {
             if theirs.contains(&info.key) || layout::document(&info.key).is_none() {
                 continue;
             }
-            let bytes = source.backend().get(&info.key).await?;
-            if let Err(e) =
-                object::open_named::<serde_bytes::ByteBuf>(source.keys(), ObjectType::Document, &info.key, &bytes)
-            {
-                tracing::warn!(key = %info.key, error = %e, "signed document at the source does not open; not copied");
-                continue;
-            }
-            n += usize::from(dest.backend().create(&info.key, bytes).await? == Created::New);
+            n += copy_sealed(source, dest, &info.key, ObjectType::Document).await?;
         }
     }
     Ok(n)

@@ -47,7 +47,7 @@ pub(super) async fn send_pack(
     let (bytes, dir) = fetch_verified(source, id).await?.map_err(|why| Error::integrity(what(), why))?;
     let len = bytes.len() as u64;
     let pack = PackRef { id, salt: dir.salt };
-    announcer.uploading(pack).await;
+    announcer.uploading(pack).await?;
     let key = layout::pack(&id);
     if dest.backend().create(&key, bytes).await? == Created::Existed {
         // Someone's object under this name: it must be this pack.

@@ -52,8 +52,8 @@ pub struct SiteReport {
 pub async fn mirror(source: &Vault, dest: &DynBackend, object_lock: Option<Retention>) -> Result<SiteReport> {
     source.writable()?;
     let mut report = SiteReport::default();
-    let config_bytes = match existing_config(source, dest, object_lock).await? {
-        Some(bytes) => bytes,
+    let (config_bytes, theirs) = match existing_config(source, dest, object_lock).await? {
+        Some(found) => found,
         None => {
             let (capabilities, _) = crate::probe::probe_new(dest, object_lock).await?;
             let config = VaultConfig { capabilities, object_lock, second_site: true, ..source.config().clone() };
@@ -65,20 +65,24 @@ pub async fn mirror(source: &Vault, dest: &DynBackend, object_lock: Option<Reten
                 )));
             }
             report.created = true;
-            bytes
+            (bytes, Vec::new())
         }
     };
     let (copied, left_out) = mirror_epochs(source, dest).await?;
     report.epochs_copied = copied;
     let mac = source.first_master().derive().config_mac(&config_bytes);
-    mirror_slots(source, dest, mac, &left_out, &mut report).await?;
+    mirror_slots(source, dest, (mac, &theirs), &left_out, &mut report).await?;
     Ok(report)
 }
 
-/// The copy's config bytes when it was made before. Everything but what belongs to the site
-/// (its capabilities and Object Lock) must be the source's; whether its slots vouch for it is
-/// checked with them.
-async fn existing_config(source: &Vault, dest: &DynBackend, object_lock: Option<Retention>) -> Result<Option<Vec<u8>>> {
+/// The copy's config bytes and key slots when it was made before. Everything but what belongs to
+/// the site (its capabilities and Object Lock) must be the source's, and its slots must vouch for
+/// it.
+async fn existing_config(
+    source: &Vault,
+    dest: &DynBackend,
+    object_lock: Option<Retention>,
+) -> Result<Option<(Vec<u8>, Vec<KeySlot>)>> {
     dest.prepare_location().await?;
     let bytes = match dest.get(layout::CONFIG).await {
         Ok(b) => b.to_vec(),
@@ -102,10 +106,20 @@ async fn existing_config(source: &Vault, dest: &DynBackend, object_lock: Option<
         second_site: ours.second_site,
         ..theirs.clone()
     };
-    if site_free != *ours || !theirs.second_site || theirs.capabilities.backend != dest.kind() {
+    let mut differ = differing_fields(&site_free, ours);
+    if !theirs.second_site {
+        differ.push("second_site".into());
+    }
+    if theirs.capabilities.backend != dest.kind() {
+        differ.push("capabilities.backend".into());
+    }
+    if !differ.is_empty() {
         return Err(Error::integrity(
             format!("{} config", dest.location()),
-            "it is not a second site of this vault as copy makes one (altered, or made by hand); nothing was copied",
+            format!(
+                "it is not a second site of this vault as copy makes one ({} differ: altered, or made by hand); nothing was copied",
+                differ.join(", ")
+            ),
         ));
     }
     // The copy's slots carry the MAC of its config; none matching means it was altered (say, its
@@ -139,7 +153,14 @@ async fn existing_config(source: &Vault, dest: &DynBackend, object_lock: Option<
     if !theirs.capabilities.create_once {
         dest.check_before_create();
     }
-    Ok(Some(bytes))
+    Ok(Some((bytes, slots)))
+}
+
+/// The top-level fields in which two configs differ, by name.
+fn differing_fields(a: &VaultConfig, b: &VaultConfig) -> Vec<String> {
+    let (a, b) = (serde_json::to_value(a).unwrap_or_default(), serde_json::to_value(b).unwrap_or_default());
+    let keys: BTreeSet<&String> = a.as_object().into_iter().chain(b.as_object()).flat_map(|o| o.keys()).collect();
+    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
 }
 
 /// Copy the epoch records this source reaches, each verified under the previous epoch's key
@@ -206,7 +227,7 @@ fn verified_record(
 async fn mirror_slots(
     source: &Vault,
     dest: &DynBackend,
-    mac: [u8; 32],
+    (mac, theirs): ([u8; 32], &[KeySlot]),
     left_out: &BTreeSet<String>,
     report: &mut SiteReport,
 ) -> Result<()> {
@@ -217,7 +238,6 @@ async fn mirror_slots(
             source.slot_id()
         )));
     }
-    let theirs = Vault::read_slots(dest).await?;
     let first = source.first_master().clone();
     let source_config = source.config_bytes().to_vec();
     for slot in &ours {
@@ -261,4 +281,25 @@ async fn mirror_slots(
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differing_fields_are_named() {
+        let caps = crate::config::Capabilities {
+            backend: "local".into(),
+            create_once: true,
+            delete: true,
+            durability_unverified: None,
+            versioning: None,
+            probed_at: "2026-12-07T00:00:00Z".into(),
+        };
+        let a = VaultConfig::new(caps);
+        assert!(differing_fields(&a, &a.clone()).is_empty());
+        let b = VaultConfig { pack_target_size: a.pack_target_size * 2, second_site: true, ..a.clone() };
+        assert_eq!(differing_fields(&a, &b), ["pack_target_size", "second_site"]);
+    }
 }

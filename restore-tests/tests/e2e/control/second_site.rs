@@ -287,7 +287,10 @@ fn a_second_site_behind_or_failing_is_alerted_until_a_copy_succeeds() {
             .iter()
             .any(|m| m.as_str().unwrap().starts_with("copy of vault nas to offsite failed"))
     });
-    assert!(p.ctl_ok(&["audit", "show"]).contains("copy"));
+    let audit = p.ctl_ok(&["audit", "show"]);
+    let failed_copy =
+        audit.lines().any(|l| l.split_whitespace().collect::<Vec<_>>().windows(2).any(|w| w == ["copy", "failed"]));
+    assert!(failed_copy, "the failed copy job is audited: {audit}");
 
     std::fs::remove_file(&offsite).unwrap();
     std::fs::create_dir(&offsite).unwrap();
